@@ -1,0 +1,1 @@
+"""Concrete ensembles: models, data, run folders, corruptions, optimizers, the trainer."""
