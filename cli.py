@@ -1,0 +1,161 @@
+"""The ``sharpdiv`` command: one thin click command per job.
+
+Each command parses options, calls library functions, writes results and prints a short summary
+on stdout; progress bars go to stderr. Bad input ends with one line on stderr and exit status 2.
+Conventions shared by every command:
+
+- ``--data NAME`` and ``--data-path DIR`` name a dataset and where it lies on disk;
+- lists are comma lists (``--seeds 13,17,27``, ``--rho 0.1,0.2``) and ranges are ``1-5``;
+- run folders are positional ``RUN...`` arguments;
+- ``--device auto|cpu|cuda[:i]`` and ``--threads N``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from landscape.errors import InputError
+
+
+class _Group(click.Group):
+    """Turns InputError anywhere below into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as error:
+            click.echo(f"sharpdiv: error: {error}", err=True)
+            ctx.exit(2)
+
+
+class CommaList(click.ParamType):
+    """``13,17,27`` -> [13, 17, 27]; ranges ``1-5`` are allowed for integers (``1-3,5``)."""
+
+    name = "list"
+
+    def __init__(self, item_type=str, ranges: bool = False):
+        self.item_type = item_type
+        self.ranges = ranges
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        items = []
+        for piece in str(value).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            try:
+                if self.ranges and "-" in piece[1:]:
+                    low, high = piece.split("-", 1)
+                    low, high = int(low), int(high)
+                    if low > high:
+                        self.fail(f"range {piece!r} runs backwards", param, ctx)
+                    items.extend(range(low, high + 1))
+                else:
+                    items.append(self.item_type(piece))
+            except ValueError:
+                self.fail(f"{piece!r} is not a valid {self.item_type.__name__}", param, ctx)
+        if not items:
+            self.fail("empty list", param, ctx)
+        return items
+
+
+def data_options(required: bool = False):
+    """``--data NAME`` and ``--data-path DIR``; on run folders ``--data`` defaults to the run's own."""
+
+    def decorate(function):
+        function = click.option("--data-path", type=click.Path(file_okay=False, path_type=Path), default=None,
+                                help="Folder holding the datasets (default $SHARPDIV_DATA, then ~/.cache/sharpdiv/data).")(function)
+        function = click.option("--data", "dataset", required=required, default=None,
+                                help="cifar10, cifar100, tinyimagenet, digits or folder:<path>.")(function)
+        return function
+
+    return decorate
+
+
+def device_options(function):
+    """``--device`` and ``--threads``."""
+    function = click.option("--threads", type=click.IntRange(min=1), default=None,
+                            help="CPU threads for torch (default: torch's choice).")(function)
+    function = click.option("--device", default="auto", show_default=True,
+                            help="auto, cpu, cuda or cuda:<i>.")(function)
+    return function
+
+
+def resolve_device(device: str, threads: int | None = None):
+    """The torch device a ``--device`` value names; sets the thread count when given."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:<i>") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return chosen
+
+
+def parse_assignments(pairs) -> dict:
+    """``key=value`` pairs from ``--set``; values are read as JSON where they parse (numbers, lists)."""
+    import json
+
+    settings = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--set {pair!r}: expected key=value, e.g. --set rho=0.2")
+        key, text = pair.split("=", 1)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if key == "seeds" and isinstance(value, str):
+            value = [int(s) for s in value.split(",") if s]
+        settings[key.strip()] = value
+    return settings
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sharpdiv", message="sharpdiv %(version)s")
+def main():
+    """sharpdiv: sharpness, diversity and their trade-off in deep ensembles."""
+
+
+@main.command("import")
+@click.option("--model", "model_name", required=True, help="Architecture of the checkpoints (resnet18, resnet18_tin, wrn40_2, small_cnn, mlp).")
+@click.option("--num-classes", required=True, type=click.IntRange(min=2))
+@click.option("--data", "dataset", required=True, help="Dataset the members were trained on (cifar10, cifar100, tinyimagenet, digits, folder:<path>).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Model width, when the model has one.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Record a setting in run.json (method, rho, width, seeds=13,17,27 ...); repeatable.")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def import_command(model_name, num_classes, dataset, width, assignments, out, files):
+    """Build the run folder OUT from checkpoint FILES, one member per file.
+
+    Reads plain state dicts, dicts holding 'state_dict', 'model' or 'last', DataParallel
+    'module.' prefixes and SharpBalance's seed_<s>/model_best.pth.tar, always with
+    weights_only=True: a file whose pickle carries code is refused and nothing is written.
+    """
+    from ensembles.checkpoints import import_checkpoints
+
+    settings = parse_assignments(assignments)
+    model_args = {"width": width} if width is not None else {}
+    if "width" in settings and width is None:
+        model_args["width"] = settings.pop("width")
+    import_checkpoints(out, files, model=model_name, num_classes=num_classes, dataset=dataset,
+                       model_args=model_args, settings=settings)
+    click.echo(f"imported {len(files)} members into {out}")
+
+
+# -- commands end --
+
+
+if __name__ == "__main__":
+    sys.exit(main())

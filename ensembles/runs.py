@@ -1,0 +1,414 @@
+"""Run folders: one ensemble on disk, and its results table.
+
+A run folder holds::
+
+    run.json                 what the ensemble is: dataset, model, method, hyper-parameters, seeds,
+                             which weights the members are, per-member status, library versions
+    member-<i>.safetensors   the weights analyses use (parameters and buffers)
+    train/                   whatever the trainer needs to resume; analyses never read it
+    results/                 the results table: long-format rows in parquet parts
+
+The results table is the one store every measurement writes to. A row is one number: ``run``,
+``scope`` (``member-<i>``, ``ensemble``, ``ensemble@<k>``, ``pair-<i>-<j>``), ``metric``, ``value``,
+``stderr``, ``dataset``, ``split``, ``corruption``, ``severity``, and the settings that produced it
+as further columns. Each row also carries ``weights``, a digest of the member files its scope
+reads, so new weights make old rows stale instead of wrong, and ``key``, which identifies the
+measurement (scope, metric, slice, settings, weights): writing the same key again replaces the
+row. Every append writes its own parquet part (temporary file + rename), so two processes that
+append at once both keep their rows; reading merges the parts.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import safetensors.torch
+import torch
+from filelock import FileLock
+
+from landscape.errors import InputError
+from ensembles.files import atomic_path, file_digest, write_json
+
+RUN_FILE = "run.json"
+RESULTS_DIR = "results"
+TRAIN_DIR = "train"
+FORMAT_VERSION = 1
+
+#: Columns every results row has, in this order; settings columns follow.
+RESULT_COLUMNS = ("run", "scope", "metric", "value", "stderr", "dataset", "split", "corruption", "severity")
+#: Columns the table adds itself; they are never settings.
+BOOKKEEPING_COLUMNS = ("weights", "settings", "key", "created", "sharpdiv_version", "torch_version")
+_SLICE_COLUMNS = ("dataset", "split", "corruption", "severity")
+_COMPACT_AFTER_PARTS = 64
+
+
+def member_path(run_path: str | os.PathLike, index: int) -> Path:
+    return Path(run_path) / f"member-{index}.safetensors"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that can change a number: recorded in run.json and on every results row."""
+    import numpy
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("sharpdiv")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        own = "unknown"
+    return {"sharpdiv": own, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------------------------
+# run.json and member weights
+
+
+def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model: str,
+               model_args: Mapping | None = None, method: str = "sgd", seeds: Iterable[int] = (),
+               keep: str = "best", n_members: int | None = None, exist_ok: bool = False,
+               **settings) -> dict:
+    """Write a new run folder's run.json and return the config.
+
+    ``settings`` are the method's hyper-parameters (rho, k, td, epochs, lr, width, sparsity ...);
+    they are stored flat at the top level so reports can group by any of them.
+    """
+    path = Path(path)
+    seeds = [int(s) for s in seeds]
+    n_members = len(seeds) if n_members is None else int(n_members)
+    config = {
+        "format": FORMAT_VERSION,
+        "dataset": dataset,
+        "num_classes": int(num_classes),
+        "model": model,
+        "model_args": dict(model_args or {}),
+        "method": method,
+        "seeds": seeds,
+        "keep": keep,
+        **settings,
+        "members": [{"index": i, "seed": seeds[i] if i < len(seeds) else None, "status": "pending"}
+                    for i in range(n_members)],
+        "versions": library_versions(),
+        "created": _now(),
+    }
+    if (path / RUN_FILE).exists() and not exist_ok:
+        raise InputError(f"{path} already holds a run (run.json exists); choose another folder or remove it")
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / RUN_FILE, config)
+    return config
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """run.json of a run folder, with a clear error when the folder is not a run."""
+    path = Path(path)
+    file = path / RUN_FILE
+    if not file.is_file():
+        if not path.exists():
+            raise InputError(f"run folder {path} does not exist")
+        raise InputError(f"{path} is not a run folder (no {RUN_FILE}); make one with "
+                         "`sharpdiv train` or `sharpdiv import`")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{file} is not valid JSON ({error}); restore it or recreate the run") from None
+
+
+def update_config(path: str | os.PathLike, **changes) -> dict:
+    """Change top-level fields of run.json under the run's lock (safe across processes)."""
+    path = Path(path)
+    with FileLock(str(path / ".run.lock")):
+        config = read_config(path)
+        config.update(changes)
+        write_json(path / RUN_FILE, config)
+    return config
+
+
+def save_member(path: str | os.PathLike, index: int, weights: torch.nn.Module | Mapping[str, torch.Tensor],
+                *, status: str = "done", **info) -> Path:
+    """Write member ``index``'s weights (parameters and buffers) and mark it in run.json.
+
+    ``info`` (seed, epoch, val_accuracy, source file ...) is stored in the member's run.json entry.
+    """
+    path = Path(path)
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else dict(weights)
+    # safetensors wants contiguous tensors that share no memory; clone to be sure.
+    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state.items()}
+    target = member_path(path, index)
+    with atomic_path(target) as temporary:
+        safetensors.torch.save_file(tensors, str(temporary), metadata={"member": str(index)})
+    with FileLock(str(path / ".run.lock")):
+        config = read_config(path)
+        members = config.setdefault("members", [])
+        while len(members) <= index:
+            members.append({"index": len(members), "seed": None, "status": "pending"})
+        members[index].update({"status": status, "file": target.name, **info})
+        write_json(path / RUN_FILE, config)
+    return target
+
+
+def load_member_state(path: str | os.PathLike, index: int) -> dict[str, torch.Tensor]:
+    file = member_path(path, index)
+    if not file.is_file():
+        raise InputError(f"member {index} of {path} has no weights ({file.name} is missing); "
+                         "finish its training or re-import it")
+    return safetensors.torch.load_file(str(file))
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its config and its members (modules in eval mode)."""
+
+    path: Path
+    config: dict
+    members: list[torch.nn.Module] = field(repr=False)
+    member_indices: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+
+def finished_members(config: Mapping) -> list[int]:
+    return [m["index"] for m in config.get("members", []) if m.get("status") == "done"]
+
+
+def build_member_model(config: Mapping) -> torch.nn.Module:
+    from ensembles import models
+
+    return models.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> Run:
+    """Load a run folder's finished members as modules in eval mode on ``device``."""
+    from ensembles import models
+
+    path = Path(path)
+    config = read_config(path)
+    indices = finished_members(config)
+    if not indices:
+        raise InputError(f"{path} has no finished members yet; train or import them first")
+    members = []
+    for index in indices:
+        model = build_member_model(config)
+        try:
+            models.load_weights(model, load_member_state(path, index))
+        except InputError as error:
+            raise InputError(f"member {index} of {path}: {error}") from None
+        model.to(device=device, dtype=dtype).eval()
+        members.append(model)
+    return Run(path=path, config=config, members=members, member_indices=indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# the results table
+
+
+def scope_members(scope: str, config: Mapping) -> list[int]:
+    """Which members a scope reads: ``member-3`` -> [3], ``ensemble@2`` -> first two, ``pair-0-2``."""
+    done = finished_members(config)
+    if match := re.fullmatch(r"member-(\d+)", scope):
+        return [int(match.group(1))]
+    if match := re.fullmatch(r"ensemble@(\d+)", scope):
+        return done[: int(match.group(1))]
+    if match := re.fullmatch(r"pair-(\d+)-(\d+)", scope):
+        return [int(match.group(1)), int(match.group(2))]
+    return done
+
+
+def weights_digest(path: str | os.PathLike, scope: str, config: Mapping | None = None) -> str:
+    """Digest of the member files a scope reads: the part of a row's key that new weights change."""
+    path = Path(path)
+    config = read_config(path) if config is None else config
+    parts = []
+    for index in scope_members(scope, config):
+        file = member_path(path, index)
+        parts.append(f"{index}:{file_digest(file) if file.is_file() else 'missing'}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def canonical_settings(settings: Mapping) -> str:
+    """One string per settings dict, independent of key order and of int/float spelling."""
+    return json.dumps({k: _plain(v) for k, v in sorted(settings.items())}, sort_keys=True, default=str)
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_key(scope, metric, slice_values, settings_text, weights) -> str:
+    text = json.dumps([scope, metric, [None if _missing(v) else _plain(v) for v in slice_values],
+                       settings_text, weights], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _path_of(run) -> Path:
+    return run.path if isinstance(run, Run) else Path(run)
+
+
+def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.DataFrame) -> pd.DataFrame:
+    """Add measurement rows to a run's results table and return them as written.
+
+    Each row needs ``scope``, ``metric`` and ``value``; ``stderr`` and the slice columns
+    (``dataset``, ``split``, ``corruption``, ``severity``) are optional; every other field is a
+    setting and becomes a column. NaN values are allowed (an undefined metric is a result).
+    """
+    path = _path_of(run)
+    config = run.config if isinstance(run, Run) else read_config(path)
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
+    if not records:
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    versions = library_versions()
+    created = _now()
+    digests: dict[str, str] = {}
+    prepared = []
+    for record in records:
+        for required in ("scope", "metric", "value"):
+            if required not in record:
+                raise ValueError(f"results row without {required!r}: {record}")
+        settings = {k: v for k, v in record.items()
+                    if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS}
+        scope = str(record["scope"])
+        if scope not in digests:
+            digests[scope] = weights_digest(path, scope, config)
+        settings_text = canonical_settings(settings)
+        row = {"run": path.name, "scope": scope, "metric": str(record["metric"]),
+               "value": float(record["value"]),
+               "stderr": float("nan") if _missing(record.get("stderr")) else float(record["stderr"])}
+        for column in _SLICE_COLUMNS:
+            row[column] = None if _missing(record.get(column)) else _plain(record.get(column))
+        row.update({k: _column_value(v) for k, v in settings.items()})
+        row.update(weights=digests[scope], settings=settings_text,
+                   key=_row_key(scope, row["metric"], [row[c] for c in _SLICE_COLUMNS], settings_text,
+                                digests[scope]),
+                   created=created, sharpdiv_version=versions["sharpdiv"], torch_version=versions["torch"])
+        prepared.append(row)
+    frame = _uniform_columns(pd.DataFrame(prepared))
+    results = path / RESULTS_DIR
+    results.mkdir(parents=True, exist_ok=True)
+    part = results / f"part-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    with atomic_path(part) as temporary:
+        frame.to_parquet(temporary, index=False)
+    if len(list(results.glob("part-*.parquet"))) > _COMPACT_AFTER_PARTS:
+        compact_results(path)
+    return frame
+
+
+def _column_value(value):
+    value = _plain(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)  # parquet columns hold scalars; lists are kept as JSON text
+    return value
+
+
+def _uniform_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: a column mixing text and numbers becomes text."""
+    for column in frame.columns:
+        kinds = {type(v) for v in frame[column] if not _missing(v)}
+        if str in kinds and len(kinds) > 1:
+            frame[column] = [None if _missing(v) else str(v) for v in frame[column]]
+        elif kinds and kinds <= {int, float, bool} and len(kinds) > 1 and bool not in kinds:
+            frame[column] = frame[column].astype(float)
+    return frame
+
+
+def _read_parts(results: Path) -> list[pd.DataFrame]:
+    frames = []
+    for part in sorted(results.glob("part-*.parquet")):
+        try:
+            frames.append(pd.read_parquet(part))
+        except FileNotFoundError:  # compacted away by another process between listing and reading
+            return _read_parts(results)
+    return frames
+
+
+def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd.DataFrame:
+    """The run's results table: one row per measurement (the newest write of each key).
+
+    A ``stale`` column is True where the member files have changed since the row was written;
+    ``current_only=True`` drops those rows.
+    """
+    path = _path_of(run)
+    config = run.config if isinstance(run, Run) else read_config(path)
+    frames = [f for f in _read_parts(path / RESULTS_DIR) if not f.empty]
+    if not frames:
+        empty = pd.DataFrame(columns=[*RESULT_COLUMNS, *BOOKKEEPING_COLUMNS, "stale"])
+        return empty
+    table = pd.concat(frames, ignore_index=True, sort=False)
+    table = table.sort_values("created", kind="stable").drop_duplicates("key", keep="last")
+    digests = {scope: weights_digest(path, scope, config) for scope in table["scope"].unique()}
+    table["stale"] = table["weights"] != table["scope"].map(digests)
+    if current_only:
+        table = table[~table["stale"]]
+    leading = [c for c in RESULT_COLUMNS if c in table.columns]
+    others = [c for c in table.columns if c not in leading]
+    return table[leading + others].reset_index(drop=True)
+
+
+def find_results(run: Run | str | os.PathLike, settings: Mapping, **where) -> pd.DataFrame:
+    """Stored, current rows produced with exactly ``settings``, filtered by column values.
+
+    ``where`` filters on any column (``scope="member-0"``, ``metric=...``, ``split="train"``).
+    A command that finds its rows here can skip the work.
+    """
+    table = read_results(run, current_only=True)
+    if table.empty:
+        return table
+    mask = table["settings"] == canonical_settings(settings)
+    for column, wanted in where.items():
+        if column not in table.columns:
+            return table.iloc[0:0]
+        if _missing(wanted):
+            mask &= table[column].isna()
+        else:
+            mask &= table[column] == _plain(wanted)
+    return table[mask].reset_index(drop=True)
+
+
+def compact_results(run: Run | str | os.PathLike) -> None:
+    """Merge the results parts into one (newest row per key); safe while others append."""
+    path = _path_of(run)
+    results = path / RESULTS_DIR
+    with FileLock(str(results / ".compact.lock")):
+        parts = sorted(results.glob("part-*.parquet"))
+        if len(parts) < 2:
+            return
+        table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True, sort=False)
+        table = table.sort_values("created", kind="stable").drop_duplicates("key", keep="last")
+        # Which row wins is decided by its `created` time, not by file names.
+        merged = results / f"part-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-merged-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_path(merged) as temporary:
+            _uniform_columns(table).to_parquet(temporary, index=False)
+        for part in parts:
+            if part != merged:
+                part.unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
