@@ -1,0 +1,73 @@
+"""CLI conventions every command shares, and the promise that CI installs as the README says."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import cli
+from landscape.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(cli.main, ["--help"])
+    assert result.exit_code == 0
+    assert "import" in result.output
+
+
+def test_python_dash_m_cli_works():
+    done = subprocess.run([sys.executable, "-m", "cli", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "sharpdiv" in done.stdout
+
+
+@pytest.mark.parametrize("text, item_type, ranges, expected", [
+    ("13,17,27", int, False, [13, 17, 27]),
+    ("0.1, 0.2", float, False, [0.1, 0.2]),
+    ("1-5", int, True, [1, 2, 3, 4, 5]),
+    ("1-3,5", int, True, [1, 2, 3, 5]),
+    ("fog,contrast", str, False, ["fog", "contrast"]),
+])
+def test_comma_lists_and_ranges(text, item_type, ranges, expected):
+    assert cli.CommaList(item_type, ranges=ranges).convert(text, None, None) == expected
+
+
+@pytest.mark.parametrize("text", ["5-1", "a,b", ","])
+def test_bad_lists_fail_cleanly(text):
+    with pytest.raises(click.BadParameter):
+        cli.CommaList(int, ranges=True).convert(text, None, None)
+
+
+def test_set_assignments_parse_json_values():
+    assert cli.parse_assignments(["rho=0.2", "method=sam", "seeds=13,17,27", "width=[1,2]"]) == {
+        "rho": 0.2, "method": "sam", "seeds": [13, 17, 27], "width": [1, 2]}
+    with pytest.raises(InputError, match="key=value"):
+        cli.parse_assignments(["rho"])
+
+
+def test_device_resolution():
+    assert cli.resolve_device("cpu").type == "cpu"
+    assert cli.resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(InputError, match="unknown device"):
+        cli.resolve_device("tpu:7")
+
+
+def test_input_errors_exit_2_without_traceback(tmp_path):
+    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10",
+                                           "--data", "cifar10", str(tmp_path / "out"), str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_ci_installs_and_tests_exactly_as_the_readme_says():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    test_block = next(block for block in blocks if "pytest" in block)
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for line in test_block.strip().splitlines():
+        assert line.strip() in ci_lines, f"README line missing from .ci/run: {line}"
+    assert any("sharpdiv quickstart" in block or "sharpdiv --help" in block for block in blocks)
