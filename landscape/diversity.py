@@ -1,0 +1,93 @@
+"""How differently ensemble members predict: disagreement, DER, prediction variance, pairwise KL.
+
+Member logits ``L`` have shape ``(M, N, C)``, labels ``y`` shape ``(N,)``; ``ŷ_in = argmax_c L_inc``
+(ties to the lowest class) and ``p_i = softmax(L_i)``.
+
+- Disagreement (Masegosa 2020; Jiang et al. 2022): ``Dis(i, j) = (1/N) Σ_n 1[ŷ_in ≠ ŷ_jn]``.
+- Disagreement-error ratio (Theisen et al. 2023; SharpBalance eq. 2): the mean disagreement over
+  unordered pairs ``i < j`` divided by the mean member error ``Ē``:
+  ``DER = (2 / (M(M−1))) Σ_{i<j} Dis(i, j) / Ē``. Undefined (NaN with a warning) when ``Ē = 0``.
+  Not robustness_metrics' "normalized disagreement", which divides by the ensemble's error.
+- Prediction variance (Ortega et al. 2022; SharpBalance eq. 1, ``D(θ) = E_D[Var(f_θ(D))]``): per sample
+  the unbiased variance across members of the output vector, summed over classes, averaged over
+  samples: ``(1/N) Σ_n Σ_c (1/(M−1)) Σ_i (f_inc − f̄_nc)²`` with ``f = L`` (``space="logits"``, as in
+  SharpBalance's released code) or ``f = p`` (``space="probs"``).
+- Pairwise KL (SharpBalance eq. 11): ``KL(p_i ‖ p_j) = Σ_c p_ic (log p_ic − log p_jc)`` per sample,
+  averaged over samples and over the ``M(M−1)`` ordered pairs ``i ≠ j``; computed from
+  ``log_softmax`` so that tiny probabilities keep their logarithms.
+
+All metrics need at least two members. Results are tensors in the dtype and on the device of the
+member logits.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from landscape.ensemble import divide_by_mean_member_error, mean_member_error, validate_member_logits
+from landscape.errors import InputError
+
+__all__ = [
+    "disagreement_error_ratio",
+    "disagreement_matrix",
+    "pairwise_kl",
+    "pairwise_kl_matrix",
+    "prediction_variance",
+]
+
+
+def _mean_off_diagonal(pairwise: torch.Tensor) -> torch.Tensor:
+    """Mean of an ``(M, M)`` matrix over the ``M(M−1)`` entries ``i ≠ j``."""
+    n_members = pairwise.shape[0]
+    off_diagonal = ~torch.eye(n_members, dtype=torch.bool, device=pairwise.device)
+    return pairwise[off_diagonal].mean()
+
+
+def disagreement_matrix(member_logits: torch.Tensor) -> torch.Tensor:
+    """``Dis(i, j)``, the fraction of samples on which members ``i`` and ``j`` predict different
+    classes; a symmetric ``(M, M)`` matrix with zero diagonal."""
+    validate_member_logits(member_logits)
+    predictions = member_logits.argmax(dim=-1)
+    return (predictions[:, None, :] != predictions[None, :, :]).to(member_logits.dtype).mean(dim=-1)
+
+
+def disagreement_error_ratio(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``DER = mean_{i<j} Dis(i, j) / Ē`` (Theisen et al. 2023); NaN with a warning when ``Ē = 0``."""
+    validate_member_logits(member_logits, labels, minimum_members=2)
+    # Dis is symmetric, so the mean over unordered pairs equals the mean over ordered ones.
+    mean_disagreement = _mean_off_diagonal(disagreement_matrix(member_logits))
+    return divide_by_mean_member_error(mean_disagreement, mean_member_error(member_logits, labels),
+                                       "The disagreement-error ratio")
+
+
+def prediction_variance(member_logits: torch.Tensor,
+                        space: Literal["logits", "probs"] = "logits") -> torch.Tensor:
+    """``(1/N) Σ_n Σ_c Var_i(f_inc)`` with the unbiased (``M − 1``) variance across members, where
+    ``f`` is the logits or the softmax probabilities (SharpBalance eq. 1)."""
+    validate_member_logits(member_logits, minimum_members=2)
+    if space == "logits":
+        outputs = member_logits
+    elif space == "probs":
+        outputs = F.softmax(member_logits, dim=-1)
+    else:
+        raise InputError(f"space must be 'logits' or 'probs', got {space!r}.")
+    return outputs.var(dim=0, correction=1).sum(dim=-1).mean()
+
+
+def pairwise_kl_matrix(member_logits: torch.Tensor) -> torch.Tensor:
+    """``K[i, j] = (1/N) Σ_n KL(p_in ‖ p_jn)``, an ``(M, M)`` matrix with exactly zero diagonal."""
+    validate_member_logits(member_logits)
+    log_probabilities = F.log_softmax(member_logits, dim=-1)
+    probabilities = log_probabilities.exp()
+    # One column j at a time: memory stays at one (M, N, C) tensor instead of (M, M, N, C).
+    columns = [(probabilities * (log_probabilities - log_probabilities_j)).sum(dim=-1).mean(dim=-1)
+               for log_probabilities_j in log_probabilities]
+    return torch.stack(columns, dim=1)
+
+
+def pairwise_kl(member_logits: torch.Tensor) -> torch.Tensor:
+    """Mean of ``KL(p_i ‖ p_j)`` over samples and ordered member pairs ``i ≠ j`` (SharpBalance eq. 11)."""
+    validate_member_logits(member_logits, minimum_members=2)
+    return _mean_off_diagonal(pairwise_kl_matrix(member_logits))
