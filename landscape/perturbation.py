@@ -1,0 +1,272 @@
+"""The perturbation set of sharpness: the ρ-ball ``{ε : ‖T⁻¹ε‖_p ≤ ρ}`` in weight space.
+
+Andriushchenko et al. (ICML 2023, eq. 1–2; SharpBalance eq. 3, 9) measure sharpness over
+perturbations ``ε`` of the weights ``θ`` that lie in a ball of radius ρ in a *scaled* norm:
+``T = diag(|θ|)`` for adaptive sharpness (Kwon et al. 2021), ``T = I`` for standard sharpness,
+and ``p ∈ {2, ∞}``. For the adaptive ℓ2 ball this is the ellipsoid ``Σ_i ε_i² / (ρ|θ_i|)² ≤ 1``,
+for the adaptive ℓ∞ ball the box ``|ε_i| ≤ ρ|θ_i|``.
+
+A weight that is exactly 0 has ``T_ii = 0``: its semi-axis is 0, so the coordinate cannot move.
+Every operation below keeps such coordinates at exactly 0 and never divides by them (the
+reference code's scaled norm turns NaN there and its projection is then silently skipped).
+
+A perturbation is a dict ``{parameter name: tensor of shape (B, *parameter.shape)}``: ``B``
+independent perturbations (one per batch in m-sharpness), all handled at once. Norms and
+projections act on each of the ``B`` perturbations as one vector over all parameters.
+
+Two projections are offered, because two geometries are in use:
+
+- :meth:`PerturbationBall.project` — the projection in the ball's own (scaled) metric
+  ``‖T⁻¹·‖₂``: rescale ``ε ← ε · min(1, ρ/‖T⁻¹ε‖)`` (ℓ2) or clamp to ``±ρT`` (ℓ∞). With
+  :meth:`PerturbationBall.ascent_direction` (steepest ascent in the same metric, ``T²g/‖Tg‖₂``)
+  this is projected gradient ascent on ``u = T⁻¹ε`` over the plain ball ``‖u‖ ≤ ρ``, whose fixed
+  points are exactly the KKT points of ``max gᵀε s.t. ‖T⁻¹ε‖ ≤ ρ``.
+- :meth:`PerturbationBall.project_euclidean` — the Euclidean projection
+  ``argmin_{d in ball} ‖d − x‖₂``, what the reference code approximates for the adaptive ℓ2
+  ellipsoid by an uncapped bisection. Here it is solved exactly (see
+  :func:`project_onto_ellipsoid`). It equals :meth:`project` except for the adaptive ℓ2 ball.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from landscape.errors import InputError
+
+Perturbation = dict[str, torch.Tensor]
+
+NORMS = ("l2", "linf")
+
+
+def per_batch(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """View ``(B,)`` values so that they broadcast against a ``(B, *shape)`` tensor."""
+    return values.reshape(values.shape + (1,) * (like.dim() - 1))
+
+
+def batched_where(condition: torch.Tensor, chosen: Perturbation, other: Perturbation) -> Perturbation:
+    """Per batch ``b``: ``chosen`` where ``condition[b]``, else ``other``."""
+    return {name: torch.where(per_batch(condition, value), value, other[name]) for name, value in chosen.items()}
+
+
+def squared_norm(perturbation: Perturbation, reference: torch.Tensor) -> torch.Tensor:
+    """``Σ_i x_i²`` over all parameters, per batch: shape ``(B,)``, accumulated in the perturbation's dtype."""
+    total = torch.zeros(reference.shape[0], dtype=reference.dtype, device=reference.device)
+    for value in perturbation.values():
+        total = total + value.flatten(1).pow(2).sum(1)
+    return total
+
+
+@dataclass(frozen=True, eq=False)
+class PerturbationBall:
+    """The set ``{ε : ‖T⁻¹ε‖_p ≤ ρ}``; ``scale`` holds ``T`` per parameter (``|θ|``), ``None`` for ``T = I``."""
+
+    rho: float
+    norm: str
+    scale: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; choose 'l2' or 'linf'")
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise InputError(f"rho must be a finite number >= 0, got {self.rho!r}")
+
+    @classmethod
+    def around(cls, center: dict[str, torch.Tensor], rho: float, norm: str, adaptive: bool) -> "PerturbationBall":
+        """The ball of adaptive (``T = diag(|θ|)``) or standard (``T = I``) sharpness around ``θ = center``."""
+        scale = {name: value.detach().abs() for name, value in center.items()} if adaptive else None
+        return cls(rho=float(rho), norm=norm, scale=scale)
+
+    # -- the scaled coordinates u = T⁻¹ε ------------------------------------------------------
+
+    def _times_scale(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        return value if self.scale is None else value * self.scale[name]
+
+    def stretch(self, scaled: Perturbation) -> Perturbation:
+        """``ε = T u``: from scaled coordinates back to weights (coordinates with ``T_ii = 0`` become 0)."""
+        return {name: self._times_scale(name, value) for name, value in scaled.items()}
+
+    def scaled(self, perturbation: Perturbation) -> Perturbation:
+        """``u = T⁻¹ε``, with ``u_i = 0`` where ``T_ii = 0`` (such coordinates never move)."""
+        if self.scale is None:
+            return perturbation
+        scaled = {}
+        for name, value in perturbation.items():
+            scale = self.scale[name]
+            movable = scale > 0
+            scaled[name] = torch.where(movable, value / torch.where(movable, scale, torch.ones_like(scale)), 0.0)
+        return scaled
+
+    def size(self, perturbation: Perturbation) -> torch.Tensor:
+        """``‖T⁻¹ε‖_p`` per batch, shape ``(B,)``."""
+        scaled = self.scaled(perturbation)
+        reference = next(iter(perturbation.values()))
+        if self.norm == "l2":
+            return squared_norm(scaled, reference).sqrt()
+        size = torch.zeros(reference.shape[0], dtype=reference.dtype, device=reference.device)
+        for value in scaled.values():
+            size = torch.maximum(size, value.flatten(1).abs().amax(1))
+        return size
+
+    # -- projections -----------------------------------------------------------------------
+
+    def project(self, perturbation: Perturbation) -> Perturbation:
+        """Projection onto the ball in its own metric ``‖T⁻¹·‖``: rescale (ℓ2) or clamp to ``±ρT`` (ℓ∞).
+
+        Points inside are returned unchanged; coordinates with ``T_ii = 0`` become 0.
+        """
+        if not perturbation:
+            return perturbation
+        if self.norm == "linf":
+            return self._clamp(perturbation)
+        size = self.size(perturbation)
+        factor = torch.where(size > self.rho, self.rho / size.clamp_min(torch.finfo(size.dtype).tiny), 1.0)
+        projected = {}
+        for name, value in perturbation.items():
+            value = value * per_batch(factor, value)
+            if self.scale is not None:
+                value = torch.where(self.scale[name] > 0, value, 0.0)
+            projected[name] = value
+        # a rescaled point may sit an ulp outside; shrink by that ulp so it is feasible
+        return self._shrink_onto(projected)
+
+    def project_euclidean(self, perturbation: Perturbation, max_iterations: int = 100) -> Perturbation:
+        """Euclidean projection ``argmin_{d in ball} ‖d − x‖₂``; exact (see :func:`project_onto_ellipsoid`)."""
+        if not perturbation or self.norm == "linf" or self.scale is None:
+            return self.project(perturbation)  # box clamp and sphere rescale are Euclidean projections
+        semi_axes = {name: self.rho * scale for name, scale in self.scale.items()}
+        return project_onto_ellipsoid(perturbation, semi_axes, max_iterations=max_iterations)
+
+    def _clamp(self, perturbation: Perturbation) -> Perturbation:
+        if self.scale is None:
+            return {name: value.clamp(-self.rho, self.rho) for name, value in perturbation.items()}
+        return {name: torch.minimum(torch.maximum(value, -self.rho * self.scale[name]), self.rho * self.scale[name])
+                for name, value in perturbation.items()}
+
+    def _shrink_onto(self, perturbation: Perturbation) -> Perturbation:
+        size = self.size(perturbation)
+        if bool((size <= self.rho).all()):
+            return perturbation
+        factor = torch.where(size > self.rho, self.rho / size * (1 - torch.finfo(size.dtype).eps), 1.0)
+        return {name: value * per_batch(factor, value) for name, value in perturbation.items()}
+
+    # -- steps and random points -----------------------------------------------------------
+
+    def ascent_direction(self, gradient: Perturbation) -> Perturbation:
+        """The steepest-ascent step of unit size in the ball's norm.
+
+        ℓ2: ``T²g / ‖Tg‖₂`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖₂ ≤ 1; ASAM's direction);
+        ℓ∞: ``T·sign(g)`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖∞ ≤ 1). A zero gradient gives a zero step.
+        """
+        if self.norm == "linf":
+            return {name: self._times_scale(name, value.sign()) for name, value in gradient.items()}
+        scaled_gradient = {name: self._times_scale(name, value) for name, value in gradient.items()}
+        reference = next(iter(gradient.values()))
+        length = squared_norm(scaled_gradient, reference).sqrt().clamp_min(torch.finfo(reference.dtype).tiny)
+        return {name: self._times_scale(name, value) / per_batch(length, value)
+                for name, value in scaled_gradient.items()}
+
+    def random_point(self, batch_size: int, like: dict[str, torch.Tensor],
+                     generator: torch.Generator | None = None) -> Perturbation:
+        """``batch_size`` points drawn uniformly from the ball (movable coordinates only).
+
+        ℓ∞: ``ε = ρ T (2U − 1)``, U uniform on [0, 1]. ℓ2: ``ε = T u`` with u uniform in the
+        ρ-ball of the movable coordinates: a Gaussian direction times ``ρ V^{1/d}``, V uniform.
+        """
+        if not like:
+            return {}
+        reference = next(iter(like.values()))
+        options = dict(dtype=reference.dtype, device=reference.device)
+        if self.norm == "linf":
+            return self.stretch({name: self.rho * (2 * torch.rand((batch_size, *value.shape), generator=generator, **options) - 1)
+                                 for name, value in like.items()})
+        direction = {}
+        dimension = 0
+        for name, value in like.items():
+            draw = torch.randn((batch_size, *value.shape), generator=generator, **options)
+            if self.scale is not None:
+                movable = self.scale[name] > 0
+                draw = torch.where(movable, draw, 0.0)
+                dimension += int(movable.sum())
+            else:
+                dimension += value.numel()
+            direction[name] = draw
+        length = squared_norm(direction, direction[next(iter(direction))]).sqrt().clamp_min(torch.finfo(reference.dtype).tiny)
+        radius = self.rho * torch.rand(batch_size, generator=generator, **options).pow(1.0 / max(dimension, 1))
+        point = {name: self._times_scale(name, value * per_batch(radius / length, value))
+                 for name, value in direction.items()}
+        return self._shrink_onto(point)
+
+
+def project_onto_ellipsoid(points: Perturbation, semi_axes: dict[str, torch.Tensor],
+                           max_iterations: int = 100) -> Perturbation:
+    """Euclidean projection of each of the ``B`` points onto ``E = {d : Σ_i (d_i/s_i)² ≤ 1}``.
+
+    Mathematics. For ``x`` outside ``E`` the KKT conditions of ``min ½‖d − x‖² s.t. Σ d_i²/s_i² ≤ 1``
+    give ``d_i = x_i s_i² / (s_i² + μ)`` (i.e. ``x_i / (1 + μ/s_i²)``) with ``μ > 0`` the root of
+    ``q(μ) = 1`` where ``q(μ)² = Σ_i u_i² s_i⁴/(s_i² + μ)²`` and ``u = x/s``. This is the
+    trust-region secular equation; ``1/q`` is concave and increasing in ``μ`` (Moré & Sorensen,
+    1983), so Newton's method on ``1/q(μ) = 1`` started at ``μ = 0`` increases monotonically to
+    the root without overshooting. It is safeguarded by the bracket ``[0, ‖x⊙s‖₂]`` (``q ≤ 1`` at
+    the right end) with bisection should rounding push an iterate out, stops when
+    ``|q − 1| ≤ 8·eps`` of the dtype or after ``max_iterations`` (then at most the last rounding
+    differs), and the result is rescaled by ``1/max(1, q)`` so that it is feasible to the last bit.
+
+    Coordinates with ``s_i = 0`` are fixed at ``d_i = 0``; points inside ``E`` are returned
+    unchanged (apart from those coordinates). ``semi_axes[name]`` has the parameter's shape,
+    ``points[name]`` a leading batch dimension.
+    """
+    if not points:
+        return points
+    reference = next(iter(points.values()))
+    dtype, device, batch = reference.dtype, reference.device, reference.shape[0]
+    tolerance = 8 * torch.finfo(dtype).eps
+
+    movable = {name: s > 0 for name, s in semi_axes.items()}
+    squared_axes = {name: s.pow(2) for name, s in semi_axes.items()}
+    scaled = {name: torch.where(movable[name], x / torch.where(movable[name], semi_axes[name], 1.0), 0.0)
+              for name, x in points.items()}
+
+    def secular(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q(μ)`` and ``Σ_i u_i² s_i⁴/(s_i² + μ)³`` (so that ``dq/dμ = −that/q``)."""
+        norm_squared = torch.zeros(batch, dtype=dtype, device=device)
+        derivative = torch.zeros(batch, dtype=dtype, device=device)
+        for name, u in scaled.items():
+            a = squared_axes[name]
+            denominator = a + per_batch(mu, u)
+            shrink = torch.where(movable[name], a / torch.where(movable[name], denominator, 1.0), 0.0)
+            term = (u * shrink).pow(2)
+            norm_squared = norm_squared + term.flatten(1).sum(1)
+            derivative = derivative + torch.where(movable[name], term / torch.where(movable[name], denominator, 1.0), 0.0).flatten(1).sum(1)
+        return norm_squared.sqrt(), derivative
+
+    mu = torch.zeros(batch, dtype=dtype, device=device)
+    q, derivative = secular(mu)
+    outside = q > 1
+    upper = squared_norm({n: points[n] * semi_axes[n] for n in points}, reference).sqrt()
+    lower = torch.zeros_like(mu)
+    for _ in range(max_iterations):
+        active = outside & ((q - 1).abs() > tolerance)
+        if not bool(active.any()):
+            break
+        lower = torch.where(active & (q > 1), mu, lower)
+        upper = torch.where(active & (q < 1), mu, upper)
+        # Newton on 1/q(μ) = 1: μ ← μ + (q − 1)·q² / Σ u² s⁴/(s² + μ)³
+        newton = mu + (q - 1) * q.pow(2) / derivative.clamp_min(torch.finfo(dtype).tiny)
+        safe = (newton > lower) & (newton < upper)
+        mu = torch.where(active, torch.where(safe, newton, (lower + upper) / 2), mu)
+        q, derivative = secular(mu)
+
+    projected = {}
+    for name, x in points.items():
+        a = squared_axes[name]
+        denominator = a + per_batch(mu, x)
+        projected[name] = torch.where(movable[name], x * a / torch.where(movable[name], denominator, 1.0), 0.0)
+    # rounding can leave d an ulp outside E: shrink by that ulp so that it is feasible to the last bit
+    size = squared_norm({name: torch.where(movable[name], d / torch.where(movable[name], semi_axes[name], 1.0), 0.0)
+                         for name, d in projected.items()}, reference).sqrt()
+    shrink = torch.where(size > 1, (1 - torch.finfo(dtype).eps) / size, 1.0)
+    return {name: torch.where(per_batch(outside, x), projected[name] * per_batch(shrink, x),
+                              torch.where(movable[name], x, 0.0))
+            for name, x in points.items()}

@@ -1,0 +1,568 @@
+"""Worst-case and average-case sharpness in weight space (m-sharpness).
+
+Definitions (Andriushchenko et al., "A Modern Look at the Relationship between Sharpness and
+Generalization", ICML 2023, eq. 1–2; SharpBalance, Lu et al. NeurIPS 2024, eq. 3, 9, 10). For a
+batch ``B`` of ``m`` examples with mean loss ``L_B``:
+
+- worst-case  ``S_max(θ) = max_{‖T⁻¹ε‖_p ≤ ρ} L_B(θ + ε) − L_B(θ)``,
+- average-case ``S_avg(θ) = E_ε L_B(θ + ε) − L_B(θ)``, ``ε ~ N(0, ρ²T²)`` (ℓ2) or ``U[−ρT, ρT]`` (ℓ∞),
+
+with ``T = diag(|θ|)`` (adaptive) or ``T = I`` (standard), ``p ∈ {2, ∞}``. The data is cut into
+batches of size ``m``; every batch gets its own perturbation and the result is the mean over
+batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
+running statistics, which are shared and never perturbed. All trainable parameters are perturbed
+unless ``include``/``exclude`` name patterns say otherwise.
+
+Worst case: the maximum is searched by APGD (Croce & Hein, ICML 2020) in weight space, as in the
+reference code of Andriushchenko et al.: step ``η`` starting at ``2ρ``, momentum ``α = 0.75``,
+
+    z      = P(ε_k + η·s(g_k)),      s(g) = T²g/‖Tg‖₂ (ℓ2) or T·sign(g) (ℓ∞),
+    ε_k+1  = P(ε_k + α(z − ε_k) + (1 − α)(ε_k − ε_k−1))        (α = 1 at the first step),
+
+``P`` the projection onto the ball in its scaled metric (see :mod:`landscape.perturbation`), and
+``η`` halved at the APGD checkpoints (:func:`apgd_checkpoints`) when fewer than 0.75 of the steps
+since the last checkpoint improved the best loss, or when the step was not halved last time and
+the best loss did not improve; on halving the search returns to the best point, perturbation
+*and* momentum *and* gradient. Every evaluated point is feasible, so the result is a lower bound
+of the true maximum (up to rounding). Compared with the reference code this fixes: steepest
+ascent in the ball's own metric (the reference steps along ``Tg/‖g‖₂`` with the raw gradient's
+norm and projects Euclidean-wise, whose fixed points are not the constrained maxima of the
+adaptive ℓ2 problem); true APGD momentum; restoring perturbation and momentum on halving;
+weights equal to 0 in adaptive mode (a zero-radius coordinate that never moves, never NaN);
+working random starts and restarts; no copies of the state dict. ``reference_ascent=True``
+reproduces the reference ascent (see :func:`worst_case_sharpness`).
+
+Speed: the ``B`` perturbations of one measurement are one computation. Batches are stacked into
+``(B, m, ...)``, a perturbation is ``(B, *parameter.shape)`` per parameter, and the loss and its
+gradient for every batch come from ``vmap`` over ``functional_call`` (``vmap(grad)`` for the
+ascent); ``chunk_size`` bounds how many batches (or, for the average case, draws) are in flight.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from landscape.errors import InputError
+from landscape.perturbation import NORMS, Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
+
+__all__ = [
+    "SharpnessResult", "worst_case_sharpness", "average_case_sharpness", "apgd_checkpoints",
+    "select_parameters", "normalize_logits",
+]
+
+Patterns = str | Sequence[str] | None
+
+# APGD's constants (Croce & Hein 2020, §3.2), also those of the reference code
+_SUCCESS_FRACTION = 0.75
+_STEP_REDUCTION = 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# The result
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SharpnessResult:
+    """One sharpness measurement: the value, its spread over batches, and every setting.
+
+    ``value`` = mean over batches of ``per_batch`` = perturbed loss − clean loss; ``stderr`` =
+    ``std(per_batch) / √n_batches`` (NaN for one batch). ``perturbed_loss`` is the mean loss at the
+    worst point found (worst case) or over the draws (average case); ``error_increase`` the mean
+    increase of the 0-1 error there (NaN when the targets are not class labels).
+    """
+
+    value: float
+    per_batch: torch.Tensor
+    stderr: float
+    clean_loss: float
+    perturbed_loss: float
+    error_increase: float
+    # settings
+    kind: str  # "worst" or "average"
+    rho: float
+    norm: str
+    adaptive: bool
+    m: int
+    n_batches: int
+    n_perturbed: int  # number of scalar weights perturbed
+    include: tuple[str, ...] | None
+    exclude: tuple[str, ...] | None
+    logit_normalization: bool
+    n_iters: int | None = None
+    n_restarts: int | None = None
+    init: str | None = None
+    step_size: float | None = None
+    momentum: float | None = None
+    reference_ascent: bool | None = None
+    n_samples: int | None = None
+
+    _MEASURED = ("value", "per_batch", "stderr", "clean_loss", "perturbed_loss", "error_increase")
+
+    @property
+    def worst_loss(self) -> float:
+        """Mean loss at the worst point found (worst-case sharpness only)."""
+        if self.kind != "worst":
+            raise AttributeError("average-case sharpness has no worst point; use perturbed_loss")
+        return self.perturbed_loss
+
+    @property
+    def metric(self) -> str:
+        """The results-table name, e.g. ``sharpness/worst/l2/adaptive``."""
+        return f"sharpness/{self.kind}/{self.norm}/{'adaptive' if self.adaptive else 'standard'}"
+
+    def settings(self) -> dict:
+        """Every setting that produced the value (those that apply to this kind), for a results row."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in self._MEASURED and getattr(self, f.name) is not None
+                or f.name in ("include", "exclude")}
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs: parameters, batches, model mode
+# ------------------------------------------------------------------------------------------------
+
+def _as_patterns(patterns: Patterns, what: str) -> tuple[str, ...] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return (patterns,)
+    patterns = tuple(patterns)
+    if not all(isinstance(pattern, str) for pattern in patterns):
+        raise InputError(f"{what} must be a parameter-name pattern or a list of them (strings), got {patterns!r}")
+    return patterns
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """Shell-style (``*.bn*.weight``) or, if it is one, a regular expression matching the whole name."""
+    if fnmatch.fnmatchcase(name, pattern):
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def select_parameters(model: nn.Module, include: Patterns = None, exclude: Patterns = None) -> dict[str, torch.Tensor]:
+    """The trainable parameters to perturb, by name: those matching an ``include`` pattern (all if
+    ``None``) and no ``exclude`` pattern. A pattern matches a whole name as a shell glob
+    (``layer1.*``) or as a regular expression (``.*bn\\d\\.weight``). A pattern that matches no
+    trainable parameter is an :class:`InputError` (almost always a typo)."""
+    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    for patterns, what in ((include, "include"), (exclude, "exclude")):
+        for pattern in patterns or ():
+            if not any(_matches(name, pattern) for name in trainable):
+                shown = ", ".join(list(trainable)[:8]) + (", ..." if len(trainable) > 8 else "")
+                raise InputError(f"{what} pattern {pattern!r} matches no trainable parameter; "
+                                 f"names look like: {shown}")
+    return {name: parameter for name, parameter in trainable.items()
+            if (include is None or any(_matches(name, p) for p in include))
+            and not any(_matches(name, p) for p in exclude or ())}
+
+
+def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(inputs, targets)`` pairs of equal batch size ``m`` into ``(B, m, ...)`` tensors."""
+    inputs, targets = [], []
+    for index, batch in enumerate(batches):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise InputError(f"batch {index} is not an (inputs, targets) pair; pass an iterable of such pairs "
+                             "(a DataLoader yielding (x, y) or a list of tuples)")
+        x, y = (torch.as_tensor(item) for item in batch)
+        if inputs and (x.shape != inputs[0].shape or y.shape != targets[0].shape):
+            raise InputError(f"batch {index} has inputs {tuple(x.shape)} and targets {tuple(y.shape)} but batch 0 has "
+                             f"{tuple(inputs[0].shape)} and {tuple(targets[0].shape)}; m-sharpness needs batches of "
+                             "one size m (use DataLoader(..., drop_last=True))")
+        inputs.append(x)
+        targets.append(y)
+    if not inputs:
+        raise InputError("no batches given; pass at least one (inputs, targets) pair")
+    stacked = torch.stack(inputs).to(device)
+    if stacked.is_floating_point():
+        stacked = stacked.to(dtype)  # work in the model's own dtype
+    return stacked, torch.stack(targets).to(device)
+
+
+@contextmanager
+def _evaluation_mode(model: nn.Module):
+    """Eval mode for the measurement; every module's own mode is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def normalize_logits(outputs: torch.Tensor) -> torch.Tensor:
+    """Centre the logits and divide by their ℓ2 norm (floored at 1e-10), as in Andriushchenko et al."""
+    centred = outputs - outputs.mean(-1, keepdim=True)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-10)
+
+
+def _zero_one_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of wrong arg-max predictions; NaN when the targets are not class labels."""
+    labels = not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
+    if labels and outputs.dim() == targets.dim() + 1:
+        return (outputs.argmax(-1) != targets).to(outputs.dtype).mean()
+    return outputs.new_full((), math.nan)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loss of every batch at its own perturbation, at once
+# ------------------------------------------------------------------------------------------------
+
+class _PerturbedLoss:
+    """``ε ↦ (L_b(θ + ε_b), error_b)`` for all batches ``b`` at once, and its gradient in ``ε``.
+
+    ``θ`` are the selected parameters (the others and all buffers are the model's own, shared by
+    every batch). vmap runs ``functional_call`` once over the stacked batches.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, center: dict[str, torch.Tensor], logit_normalization: bool):
+        self.model, self.loss_fn, self.center = model, loss_fn, center
+        self.logit_normalization = logit_normalization
+
+        def loss(perturbation: Perturbation, inputs: torch.Tensor, targets: torch.Tensor):
+            weights = {name: self.center[name] + value for name, value in perturbation.items()}
+            outputs = functional_call(self.model, weights, (inputs,))
+            if self.logit_normalization:
+                outputs = normalize_logits(outputs)
+            value = self.loss_fn(outputs, targets)
+            return value, (value.detach(), _zero_one_error(outputs.detach(), targets))
+
+        self._value = vmap(lambda e, x, y: loss(e, x, y)[1])
+        self._clean = vmap(lambda x, y: loss({}, x, y)[1])
+        self._value_and_gradient = vmap(grad(loss, has_aux=True))
+
+    def clean(self, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and error at ``θ`` for every batch (the unperturbed weights need no per-batch copy)."""
+        return self._clean(inputs, targets)
+
+    def value(self, perturbation, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._value(perturbation, inputs, targets)
+
+    def value_and_gradient(self, perturbation, inputs, targets):
+        """``(loss, error), gradient`` with the gradient in ``ε`` per batch, ``(B, *parameter.shape)``."""
+        gradient, (loss, error) = self._value_and_gradient(perturbation, inputs, targets)
+        return (loss, error), gradient
+
+
+def _check_model_output(model, loss_fn, inputs, targets, logit_normalization):
+    """One plain forward on the first batch: the loss must be a scalar (the mean over the batch)."""
+    outputs = model(inputs[0])
+    if logit_normalization:
+        outputs = normalize_logits(outputs)
+    loss = loss_fn(outputs, targets[0])
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise InputError(f"loss_fn must return the mean loss over the batch (a scalar tensor); it returned "
+                         f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))} "
+                         "(use reduction='mean')")
+
+
+# ------------------------------------------------------------------------------------------------
+# APGD in weight space
+# ------------------------------------------------------------------------------------------------
+
+def apgd_checkpoints(n_iters: int) -> list[int]:
+    """APGD's step-size checkpoints ``w_j = ⌈p_j · n_iters⌉`` (Croce & Hein 2020, §3.2).
+
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)``, until the
+    iterations are used up. For 20 iterations: 5, 9, 12, 15, 16, 18, 19, 20 (the float rounding of
+    the ``p_j`` is part of the definition, as in the reference code). The check happens after the
+    update of (0-based) iteration ``w_j``.
+    """
+    fractions, checkpoints = [0.0, 0.22], [0, math.ceil(0.22 * n_iters)]
+    while checkpoints[-1] < n_iters and checkpoints[-1] != checkpoints[-2]:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+        checkpoints.append(math.ceil(fractions[-1] * n_iters))
+    return checkpoints[1:]
+
+
+def _axpy(alpha, x: Perturbation, y: Perturbation) -> Perturbation:
+    """``α·x + y`` per parameter; ``α`` a number or a ``(B,)`` tensor."""
+    if isinstance(alpha, torch.Tensor):
+        return {name: per_batch(alpha, value) * value + y[name] for name, value in x.items()}
+    return {name: alpha * value + y[name] for name, value in x.items()}
+
+
+def _reference_direction(ball: PerturbationBall, gradient: Perturbation) -> Perturbation:
+    """The reference code's step: ``T·g / (‖g‖₂ + 1e-12)`` (ℓ2, the raw gradient's norm), ``T·sign(g)`` (ℓ∞)."""
+    if ball.norm == "linf":
+        return ball.stretch({name: value.sign() for name, value in gradient.items()})
+    reference = next(iter(gradient.values()))
+    length = squared_norm(gradient, reference).sqrt() + 1e-12
+    return ball.stretch({name: value / per_batch(length, value) for name, value in gradient.items()})
+
+
+def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start: Perturbation,
+            n_iters: int, step_size: float, momentum: float, reference: bool, tick: Callable[[], None]):
+    """One APGD run from ``start`` for each batch of the chunk: the best loss, its error, and the
+    loss and error at ``start`` (returned so that a zero start gives the clean loss for free)."""
+    batch = inputs.shape[0]
+    if n_iters == 0:
+        start_loss, start_error = loss.value(start, inputs, targets)
+        return start_loss, start_error, start_loss, start_error
+    (current_loss, current_error), gradient = loss.value_and_gradient(start, inputs, targets)
+    start_loss, start_error = current_loss, current_error
+    perturbation, previous = start, start
+    best_loss, best_error = current_loss, current_error
+    best, best_previous, best_gradient = perturbation, previous, gradient
+
+    dtype, device = current_loss.dtype, current_loss.device
+    step = torch.full((batch,), step_size, dtype=dtype, device=device)
+    improvements = torch.zeros(batch, dtype=dtype, device=device)
+    halved_last = torch.zeros(batch, dtype=torch.bool, device=device)
+    best_at_checkpoint = best_loss
+    last_checkpoint = 0
+    checkpoints = set(apgd_checkpoints(n_iters))
+
+    for iteration in range(n_iters):
+        if reference:
+            # the reference: z = P_euclid(ε + η T g/‖g‖), ε_k+1 = α z + (1 − α) ε_k−1
+            z = ball.project_euclidean(_axpy(step, _reference_direction(ball, gradient), perturbation))
+            following = {name: momentum * z[name] + (1 - momentum) * previous[name] for name in z}
+        else:
+            z = ball.project(_axpy(step, ball.ascent_direction(gradient), perturbation))
+            if iteration == 0 or momentum == 1:
+                following = z
+            else:
+                following = ball.project({name: perturbation[name] + momentum * (z[name] - perturbation[name])
+                                          + (1 - momentum) * (perturbation[name] - previous[name]) for name in z})
+        previous, perturbation = perturbation, following
+
+        last = iteration == n_iters - 1
+        if last:
+            current_loss, current_error = loss.value(perturbation, inputs, targets)
+        else:
+            (current_loss, current_error), gradient = loss.value_and_gradient(perturbation, inputs, targets)
+        tick()
+
+        improved = current_loss > best_loss
+        improvements = improvements + improved.to(dtype)
+        best_loss = torch.where(improved, current_loss, best_loss)
+        best_error = torch.where(improved, current_error, best_error)
+        if not last:
+            best_gradient = batched_where(improved, gradient, best_gradient)
+            if not reference:
+                best = batched_where(improved, perturbation, best)
+                best_previous = batched_where(improved, previous, best_previous)
+
+        if iteration in checkpoints and not last:
+            too_few_improvements = improvements < _SUCCESS_FRACTION * (iteration - last_checkpoint)
+            stalled = ~halved_last & (best_loss == best_at_checkpoint)
+            halve = too_few_improvements | stalled
+            halved_last, best_at_checkpoint, last_checkpoint = halve, best_loss, iteration
+            improvements = torch.zeros_like(improvements)
+            step = torch.where(halve, step * _STEP_REDUCTION, step)
+            # back to the best point: the next gradient is the best point's
+            gradient = batched_where(halve, best_gradient, gradient)
+            if not reference:  # ... and so are the perturbation and its momentum (the reference keeps its own)
+                perturbation = batched_where(halve, best, perturbation)
+                previous = batched_where(halve, best_previous, previous)
+    return best_loss, best_error, start_loss, start_error
+
+
+# ------------------------------------------------------------------------------------------------
+# Public measurements
+# ------------------------------------------------------------------------------------------------
+
+def _check_common(rho, norm, chunk_size):
+    if norm not in NORMS:
+        raise InputError(f"unknown norm {norm!r}; choose 'l2' or 'linf'")
+    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 0):
+        raise InputError(f"rho must be a finite number >= 0, got {rho!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
+def _model_dtype_device(model: nn.Module):
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise InputError("the model has no parameters to perturb")
+    return parameter.dtype, parameter.device
+
+
+def _summarize(per_batch_perturbed, per_batch_clean, per_batch_error_increase, **settings) -> SharpnessResult:
+    per_batch_value = per_batch_perturbed - per_batch_clean
+    n_batches = per_batch_value.shape[0]
+    stderr = (per_batch_value.std() / math.sqrt(n_batches)).item() if n_batches > 1 else math.nan
+    return SharpnessResult(
+        value=per_batch_value.mean().item(), per_batch=per_batch_value.detach(), stderr=stderr,
+        clean_loss=per_batch_clean.mean().item(), perturbed_loss=per_batch_perturbed.mean().item(),
+        error_increase=per_batch_error_increase.mean().item(), n_batches=n_batches, **settings)
+
+
+def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
+                         adaptive: bool = True, n_iters: int = 20, n_restarts: int = 1, init: str = "zero",
+                         step_size: float | None = None, momentum: float = 0.75, include: Patterns = None,
+                         exclude: Patterns = None, logit_normalization: bool = False, reference_ascent: bool = False,
+                         chunk_size: int | None = None, generator: torch.Generator | None = None,
+                         progress: bool = False) -> SharpnessResult:
+    """Worst-case m-sharpness ``mean_b max_{‖T⁻¹ε_b‖_p ≤ ρ} L_b(θ + ε_b) − L_b(θ)`` by APGD in weight space.
+
+    ``batches``: an iterable of ``(inputs, targets)`` with one batch size ``m`` (one perturbation
+    per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``init="zero"`` starts at
+    ``ε = 0`` (the reference's start; note that at an exact stationary point the gradient there
+    is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the
+    first always start at random, and the best over restarts counts (the clean loss counts as
+    well: ``ε = 0`` is feasible, so the value is never negative). ``step_size`` defaults to
+    ``2ρ``; ``momentum`` is APGD's ``α`` (the weight of the new step). ``chunk_size`` batches are
+    searched at once (all if ``None``); ``generator`` (on the model's device) drives random starts,
+    whose draws depend on ``chunk_size``. ``progress`` shows a progress bar.
+
+    ``reference_ascent=True`` reproduces the ascent of Andriushchenko et al.'s code: step
+    ``T·g/(‖g‖₂ + 1e-12)`` (raw gradient norm) or ``T·sign(g)``, Euclidean projection (the
+    ellipsoid solved exactly here rather than by their uncapped bisection), "momentum"
+    ``ε_k+1 = α z + (1 − α) ε_k−1``, and on halving only the gradient point returns to the best
+    point, not the perturbation or momentum. Random starts and restarts (which crash there) use
+    this module's uniform start; weights equal to 0 stay fixed instead of producing NaN.
+
+    Cost per restart: ``n_iters`` forward+backward passes and one forward pass of every batch
+    (plus one forward for the clean loss with random starts).
+    """
+    _check_common(rho, norm, chunk_size)
+    if not isinstance(n_iters, int) or n_iters < 0:
+        raise InputError(f"n_iters must be an integer >= 0, got {n_iters!r}")
+    if not isinstance(n_restarts, int) or n_restarts < 1:
+        raise InputError(f"n_restarts must be an integer >= 1, got {n_restarts!r}")
+    if init not in ("zero", "random"):
+        raise InputError(f"unknown init {init!r}; choose 'zero' or 'random'")
+    if not (0 < momentum <= 1):
+        raise InputError(f"momentum (APGD's alpha, the weight of the new step) must be in (0, 1], got {momentum!r}")
+    step_size = 2 * rho if step_size is None else step_size
+    if not (math.isfinite(step_size) and step_size >= 0):
+        raise InputError(f"step_size must be a finite number >= 0, got {step_size!r}")
+
+    dtype, device = _model_dtype_device(model)
+    selected = select_parameters(model, include, exclude)
+    inputs, targets = _stack_batches(batches, device, dtype)
+    n_batches = inputs.shape[0]
+    chunk = chunk_size or n_batches
+    settings = dict(kind="worst", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
+                    n_perturbed=sum(p.numel() for p in selected.values()),
+                    include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),
+                    logit_normalization=bool(logit_normalization), n_iters=n_iters, n_restarts=n_restarts,
+                    init=init, step_size=float(step_size), momentum=float(momentum),
+                    reference_ascent=bool(reference_ascent))
+
+    with _evaluation_mode(model), torch.no_grad():
+        _check_model_output(model, loss_fn, inputs, targets, logit_normalization)
+        center = {name: parameter.detach() for name, parameter in selected.items()}
+        loss = _PerturbedLoss(model, loss_fn, center, logit_normalization)
+        chunks = [slice(start, start + chunk) for start in range(0, n_batches, chunk)]
+
+        clean_loss = torch.empty(n_batches, dtype=dtype, device=device)
+        clean_error = torch.empty(n_batches, dtype=dtype, device=device)
+        if init == "random" or not selected:
+            for part in chunks:
+                clean_loss[part], clean_error[part] = loss.clean(inputs[part], targets[part])
+        if not selected:  # nothing to perturb: the ball is {0}
+            return _summarize(clean_loss, clean_loss, torch.zeros_like(clean_error), **settings)
+
+        ball = PerturbationBall.around(center, rho, norm, adaptive)
+        worst_loss = torch.full((n_batches,), -math.inf, dtype=dtype, device=device)
+        worst_error = torch.full((n_batches,), math.nan, dtype=dtype, device=device)
+        bar = _progress_bar(progress, n_restarts * len(chunks) * n_iters)
+        try:
+            # restarts outside chunks: the first restart's random draws do not depend on n_restarts
+            for restart in range(n_restarts):
+                for part in chunks:
+                    size = inputs[part].shape[0]
+                    if restart == 0 and init == "zero":
+                        start = {name: torch.zeros((size, *value.shape), dtype=dtype, device=device)
+                                 for name, value in center.items()}
+                    else:
+                        start = ball.random_point(size, center, generator)
+                    best_loss, best_error, start_loss, start_error = _ascend(
+                        loss, ball, inputs[part], targets[part], start, n_iters, step_size, momentum,
+                        reference_ascent, bar.update if bar else lambda: None)
+                    if restart == 0 and init == "zero":
+                        clean_loss[part], clean_error[part] = start_loss, start_error
+                    better = best_loss > worst_loss[part]
+                    worst_loss[part] = torch.where(better, best_loss, worst_loss[part])
+                    worst_error[part] = torch.where(better, best_error, worst_error[part])
+        finally:
+            if bar:
+                bar.close()
+        # ε = 0 is feasible: the clean point counts too (matters for random starts only)
+        clean_is_worst = clean_loss >= worst_loss
+        worst_error = torch.where(clean_is_worst, clean_error, worst_error)
+        worst_loss = torch.where(clean_is_worst, clean_loss, worst_loss)
+        result = _summarize(worst_loss, clean_loss, worst_error - clean_error, **settings)
+    return result
+
+
+def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
+                           adaptive: bool = True, n_samples: int = 100, include: Patterns = None,
+                           exclude: Patterns = None, logit_normalization: bool = False,
+                           chunk_size: int | None = None, generator: torch.Generator | None = None) -> SharpnessResult:
+    """Average-case m-sharpness ``mean_b E_ε L_b(θ + ε) − L_b(θ)``, estimated with ``n_samples`` draws per batch.
+
+    ``ε = ρ T z`` with ``z ~ N(0, I)`` (ℓ2, so ``ε ~ N(0, ρ²T²)``) or ``z ~ U[−1, 1]`` (ℓ∞), drawn
+    independently for every batch and draw. All ``n_samples × B`` evaluations are vectorized;
+    ``chunk_size`` of them run at once (default ``B``, one draw for every batch). The draws depend
+    on ``generator`` (on the model's device) and on ``chunk_size``. Cost: ``n_samples + 1``
+    forward passes of every batch.
+    """
+    _check_common(rho, norm, chunk_size)
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    dtype, device = _model_dtype_device(model)
+    selected = select_parameters(model, include, exclude)
+    inputs, targets = _stack_batches(batches, device, dtype)
+    n_batches = inputs.shape[0]
+    chunk = chunk_size or n_batches
+    settings = dict(kind="average", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
+                    n_perturbed=sum(p.numel() for p in selected.values()),
+                    include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),
+                    logit_normalization=bool(logit_normalization), n_samples=n_samples)
+
+    with _evaluation_mode(model), torch.no_grad():
+        _check_model_output(model, loss_fn, inputs, targets, logit_normalization)
+        center = {name: parameter.detach() for name, parameter in selected.items()}
+        loss = _PerturbedLoss(model, loss_fn, center, logit_normalization)
+        clean_loss = torch.empty(n_batches, dtype=dtype, device=device)
+        clean_error = torch.empty(n_batches, dtype=dtype, device=device)
+        for start in range(0, n_batches, chunk):
+            part = slice(start, start + chunk)
+            clean_loss[part], clean_error[part] = loss.clean(inputs[part], targets[part])
+        if not selected:
+            return _summarize(clean_loss, clean_loss, torch.zeros_like(clean_error), **settings)
+
+        ball = PerturbationBall.around(center, rho, norm, adaptive)
+        loss_sum = torch.zeros(n_batches, dtype=dtype, device=device)
+        error_sum = torch.zeros(n_batches, dtype=dtype, device=device)
+        total = n_samples * n_batches  # evaluation j is draw j // B of batch j % B
+        for start in range(0, total, chunk):
+            which = torch.arange(start, min(start + chunk, total), device=device) % n_batches
+            size = which.shape[0]
+            if norm == "l2":
+                draws = {name: torch.randn((size, *value.shape), generator=generator, dtype=dtype, device=device)
+                         for name, value in center.items()}
+            else:
+                draws = {name: 2 * torch.rand((size, *value.shape), generator=generator, dtype=dtype, device=device) - 1
+                         for name, value in center.items()}
+            noise = ball.stretch({name: rho * value for name, value in draws.items()})
+            perturbed_loss, perturbed_error = loss.value(noise, inputs[which], targets[which])
+            loss_sum.index_add_(0, which, perturbed_loss)
+            error_sum.index_add_(0, which, perturbed_error)
+        mean_loss, mean_error = loss_sum / n_samples, error_sum / n_samples
+        result = _summarize(mean_loss, clean_loss, mean_error - clean_error, **settings)
+    return result
+
+
+def _progress_bar(progress: bool, total: int):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sharpness ascent", unit="step")

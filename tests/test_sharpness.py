@@ -1,0 +1,537 @@
+"""Sharpness checked against closed forms, brute force, scipy, and a plain per-batch loop.
+
+References used: for a loss that is exactly quadratic and stationary at θ (least squares at
+an exact fit, ``H = 2XᵀX/m``) the worst case over the scaled ℓ2 ball is ``ρ²/2 · λmax(THT)`` (the
+trust-region problem at a stationary point), the ℓ2 average ``ρ²/2 · Σ H_ii T_ii²``, the ℓ∞
+average ``ρ²/6 · Σ H_ii T_ii²``, and for diagonal ``H`` the ℓ∞ worst case is the corner
+``ρ²/2 · Σ H_ii T_ii²``. For a loss linear in θ, ``L = cᵀθ``, the worst case is the dual norm:
+``ρ‖Tc‖₂`` (ℓ2), ``ρ Σ|c_i| T_ii`` (ℓ∞).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from scipy.optimize import minimize
+from torch import nn
+from torch.func import functional_call
+
+from landscape.errors import InputError
+from landscape.perturbation import PerturbationBall, project_onto_ellipsoid
+from landscape.sharpness import (SharpnessResult, apgd_checkpoints, average_case_sharpness, select_parameters,
+                                 worst_case_sharpness)
+
+DOUBLE = torch.float64
+ROUNDING = 1e-9  # relative slack for "never above the true maximum"
+
+
+def squared_error(outputs, targets):
+    return (outputs.squeeze(-1) - targets).pow(2).mean()
+
+
+def mean_output(outputs, targets):
+    return outputs.mean()
+
+
+def linear_model(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    model = nn.Linear(weight.shape[-1], 1, bias=bias is not None).to(DOUBLE)
+    with torch.no_grad():
+        model.weight.copy_(weight.reshape(1, -1))
+        if bias is not None:
+            model.bias.copy_(bias.reshape(1))
+    return model
+
+
+def exact_fit_batches(n_batches=3, m=8, d=5, seed=0):
+    """Least squares with noiseless targets: every batch is exactly fitted, so stationary."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(d, generator=generator, dtype=DOUBLE)
+    scales = torch.linspace(0.4, 2.0, d, dtype=DOUBLE)
+    batches = []
+    for _ in range(n_batches):
+        inputs = torch.randn(m, d, generator=generator, dtype=DOUBLE) * scales
+        batches.append((inputs, inputs @ weight))
+    return linear_model(weight), weight, batches
+
+
+def hessian(inputs):
+    return 2 * inputs.T @ inputs / inputs.shape[0]
+
+
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def tiny_cnn_and_batches(n_batches=3, m=4, seed=0):
+    torch.manual_seed(seed)
+    model = TinyCNN().to(DOUBLE)
+    generator = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(m, 2, 4, 4, generator=generator, dtype=DOUBLE),
+                torch.randint(0, 3, (m,), generator=generator)) for _ in range(n_batches)]
+    with torch.no_grad():  # non-trivial running statistics and BN affine parameters
+        model.bn.running_mean.uniform_(-0.5, 0.5, generator=generator)
+        model.bn.running_var.uniform_(0.5, 2.0, generator=generator)
+        model.bn.weight.uniform_(0.5, 1.5, generator=generator)
+        model.bn.bias.uniform_(-0.3, 0.3, generator=generator)
+    return model, batches
+
+
+# ------------------------------------------------------------------------------------------------
+# Closed forms
+# ------------------------------------------------------------------------------------------------
+
+def test_checkpoints_for_twenty_iterations_match_the_reference_schedule():
+    assert apgd_checkpoints(20) == [5, 9, 12, 15, 16, 18, 19, 20]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_worst_case_l2_on_exactly_fitted_least_squares_is_the_top_eigenvalue(adaptive):
+    model, weight, batches = exact_fit_batches()
+    rho = 0.5
+    scale = torch.diag(weight.abs()) if adaptive else torch.eye(weight.numel(), dtype=DOUBLE)
+    expected = torch.tensor([rho ** 2 / 2 * torch.linalg.eigvalsh(scale @ hessian(x) @ scale)[-1] for x, _ in batches])
+    result = worst_case_sharpness(model, squared_error, batches, rho, norm="l2", adaptive=adaptive,
+                                  init="random", generator=torch.Generator().manual_seed(0))
+    # one perturbation per batch: each batch reaches its own maximum
+    assert (result.per_batch <= expected * (1 + ROUNDING)).all()
+    assert (result.per_batch >= 0.98 * expected).all()
+    assert result.value == pytest.approx(expected.mean().item(), rel=0.02)
+    assert result.stderr == pytest.approx((expected.std() / math.sqrt(3)).item(), rel=0.1)
+    assert math.isnan(result.error_increase)  # regression targets: no 0-1 error
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_worst_case_linf_on_a_diagonal_quadratic_is_the_corner(adaptive):
+    # inputs diag(a), m = d: L(w) = (1/d) Σ a_i² (w_i − w*_i)², i.e. H = diag(2a²/d)
+    d, rho = 6, 0.05
+    a = torch.linspace(0.5, 3.0, d, dtype=DOUBLE)
+    weight = torch.tensor([0.7, -1.3, 0.2, 2.0, -0.4, 1.1], dtype=DOUBLE)
+    inputs = torch.diag(a)
+    model = linear_model(weight)
+    radius = rho * (weight.abs() if adaptive else torch.ones(d, dtype=DOUBLE))
+    expected = 0.5 * ((2 * a ** 2 / d) * radius ** 2).sum().item()
+    result = worst_case_sharpness(model, squared_error, [(inputs, inputs @ weight)], rho, norm="linf",
+                                  adaptive=adaptive, init="random", generator=torch.Generator().manual_seed(1))
+    assert result.value <= expected * (1 + ROUNDING)
+    assert result.value >= 0.999 * expected
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_worst_case_of_a_linear_loss_is_the_dual_norm_from_a_zero_start(norm, adaptive):
+    # L(w, b) = mean(Xw + b) = cᵀw + b with c = mean of the rows of X; two weights are exactly 0
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(10, 7, generator=generator, dtype=DOUBLE)
+    weight = torch.randn(7, generator=generator, dtype=DOUBLE)
+    weight[[1, 4]] = 0.0
+    bias = torch.tensor(0.3, dtype=DOUBLE)
+    model = linear_model(weight, bias)
+    rho = 0.1
+    c = torch.cat([inputs.mean(0), torch.ones(1, dtype=DOUBLE)])
+    scale = torch.cat([weight, bias.reshape(1)]).abs() if adaptive else torch.ones(8, dtype=DOUBLE)
+    expected = rho * ((c * scale).norm() if norm == "l2" else (c.abs() * scale).sum()).item()
+    result = worst_case_sharpness(model, mean_output, [(inputs, torch.zeros(10, dtype=DOUBLE))], rho,
+                                  norm=norm, adaptive=adaptive)
+    assert result.value == pytest.approx(expected, rel=1e-10)
+    reference = worst_case_sharpness(model, mean_output, [(inputs, torch.zeros(10, dtype=DOUBLE))], rho,
+                                     norm=norm, adaptive=adaptive, reference_ascent=True)
+    assert 0 < reference.value <= expected * (1 + ROUNDING)
+
+
+def test_reference_ascent_falls_short_on_the_adaptive_ellipsoid_and_ours_does_not():
+    # the reference steps along T g/‖g‖ and projects Euclidean-wise: its fixed points are not
+    # the maxima of the adaptive l2 problem (for a linear loss the maximizer is ρ T²c/‖Tc‖)
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(6, 5, generator=generator, dtype=DOUBLE)
+    weight = torch.tensor([0.05, 1.0, -2.0, 0.3, -0.8], dtype=DOUBLE)
+    model = linear_model(weight)
+    rho = 0.2
+    expected = rho * (inputs.mean(0) * weight.abs()).norm().item()
+    batch = [(inputs, torch.zeros(6, dtype=DOUBLE))]
+    ours = worst_case_sharpness(model, mean_output, batch, rho, norm="l2", adaptive=True)
+    reference = worst_case_sharpness(model, mean_output, batch, rho, norm="l2", adaptive=True, reference_ascent=True)
+    assert ours.value == pytest.approx(expected, rel=1e-10)
+    assert reference.value < 0.99 * expected
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_average_case_on_exactly_fitted_least_squares_matches_the_trace_formula(norm, adaptive):
+    model, weight, batches = exact_fit_batches(n_batches=1, m=12, d=5, seed=2)
+    inputs = batches[0][0]
+    rho, n_samples = 0.3, 3000
+    scale = torch.diag(weight.abs()) if adaptive else torch.eye(5, dtype=DOUBLE)
+    # the increase is exactly zᵀAz with A = ρ²/2 · T H T and z ~ N(0, I) or U[-1, 1]
+    a = rho ** 2 / 2 * scale @ hessian(inputs) @ scale
+    if norm == "l2":
+        mean, variance = a.trace(), 2 * (a ** 2).sum()
+    else:
+        off_diagonal = (a ** 2).sum() - (a.diagonal() ** 2).sum()
+        mean, variance = a.trace() / 3, (a.diagonal() ** 2).sum() * (1 / 5 - 1 / 9) + 2 * off_diagonal / 9
+    result = average_case_sharpness(model, squared_error, batches, rho, norm=norm, adaptive=adaptive,
+                                    n_samples=n_samples, chunk_size=1000, generator=torch.Generator().manual_seed(0))
+    assert abs(result.value - mean.item()) <= 4 * math.sqrt(variance.item() / n_samples)
+    assert result.n_samples == n_samples and result.kind == "average"
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero weights in adaptive mode
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("reference_ascent", [False, True])
+@pytest.mark.parametrize("init", ["zero", "random"])
+def test_weights_equal_to_zero_cannot_move(norm, reference_ascent, init):
+    # the loss depends only on coordinates whose weight is exactly 0: the adaptive ball is {0} there
+    inputs = torch.zeros(4, 5, dtype=DOUBLE)
+    inputs[:, [0, 2]] = torch.tensor([1.0, -2.0], dtype=DOUBLE)
+    weight = torch.tensor([0.0, 1.0, 0.0, -0.5, 2.0], dtype=DOUBLE)
+    model = linear_model(weight)
+    batch = [(inputs, torch.zeros(4, dtype=DOUBLE))]
+    result = worst_case_sharpness(model, mean_output, batch, 0.5, norm=norm, adaptive=True, init=init,
+                                  n_restarts=2, reference_ascent=reference_ascent,
+                                  generator=torch.Generator().manual_seed(0))
+    assert result.value == 0.0 and torch.isfinite(result.per_batch).all()
+    average = average_case_sharpness(model, mean_output, batch, 0.5, norm=norm, n_samples=10,
+                                     generator=torch.Generator().manual_seed(0))
+    assert average.value == 0.0
+
+
+def test_zero_semi_axes_are_fixed_by_the_projections():
+    semi_axes = {"w": torch.tensor([0.0, 1.0, 2.0, 0.0], dtype=DOUBLE)}
+    points = {"w": torch.tensor([[3.0, 4.0, 0.0, -1.0], [5.0, 0.1, 0.1, 0.0]], dtype=DOUBLE)}
+    projected = project_onto_ellipsoid(points, semi_axes)["w"]
+    assert torch.isfinite(projected).all()
+    assert (projected[:, [0, 3]] == 0).all()
+    # the movable coordinates are projected as a problem of their own
+    alone = project_onto_ellipsoid({"w": points["w"][:, 1:3]}, {"w": semi_axes["w"][1:3]})["w"]
+    torch.testing.assert_close(projected[:, 1:3], alone, rtol=0, atol=1e-14)
+    ball = PerturbationBall(rho=0.5, norm="l2", scale=semi_axes)
+    rescaled = ball.project(points)["w"]
+    assert (rescaled[:, [0, 3]] == 0).all() and torch.isfinite(rescaled).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Projections
+# ------------------------------------------------------------------------------------------------
+
+def scipy_projection(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    constraint = {"type": "ineq", "fun": lambda d: 1 - ((d / s) ** 2).sum(), "jac": lambda d: -2 * d / s ** 2}
+    found = minimize(lambda d: 0.5 * ((d - x) ** 2).sum(), np.zeros_like(x), jac=lambda d: d - x,
+                     constraints=[constraint], method="SLSQP", options={"ftol": 1e-15, "maxiter": 500})
+    return found.x
+
+
+def test_ellipsoid_projection_matches_scipy_and_satisfies_kkt():
+    generator = torch.Generator().manual_seed(0)
+    s = torch.rand(6, generator=generator, dtype=DOUBLE) * 2 + 0.05
+    x = torch.randn(5, 6, generator=generator, dtype=DOUBLE) * 3
+    x[0] = 0.2 * s / math.sqrt(6)  # inside
+    d = project_onto_ellipsoid({"w": x}, {"w": s})["w"]
+    for row in range(5):
+        np.testing.assert_allclose(d[row].numpy(), scipy_projection(x[row].numpy(), s.numpy()), atol=1e-6)
+    for row in range(1, 5):
+        assert ((d[row] / s) ** 2).sum().item() == pytest.approx(1.0, abs=1e-12)
+        # KKT: x − d = μ · d / s² with one μ ≥ 0 for every coordinate
+        normal = d[row] / s ** 2
+        mu = ((x[row] - d[row]) @ normal / (normal @ normal)).item()
+        assert mu > 0
+        torch.testing.assert_close(x[row] - d[row], mu * normal, rtol=1e-10, atol=1e-12)
+    assert torch.equal(d[0], x[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=-6, max_value=1), st.floats(min_value=0.01, max_value=100))
+def test_ellipsoid_projection_is_feasible_idempotent_and_nearest(seed, smallest_exponent, spread):
+    generator = torch.Generator().manual_seed(seed)
+    s = torch.logspace(smallest_exponent, 1, 8, dtype=DOUBLE)[torch.randperm(8, generator=generator)]
+    x = torch.randn(3, 8, generator=generator, dtype=DOUBLE) * spread * s
+    d = project_onto_ellipsoid({"w": x}, {"w": s})["w"]
+    assert (((d / s) ** 2).sum(1) <= 1 + 1e-12).all()
+    assert torch.equal(project_onto_ellipsoid({"w": d}, {"w": s})["w"], d)
+    # nearest: no feasible point among many random ones (on the boundary and inside) is closer
+    candidates = torch.randn(2000, 8, generator=generator, dtype=DOUBLE)
+    candidates = candidates / candidates.norm(dim=1, keepdim=True) * s
+    candidates = candidates * torch.rand(2000, 1, generator=generator, dtype=DOUBLE).sqrt().clamp_min(0.9)
+    for row in range(3):
+        assert (x[row] - d[row]).norm() <= (x[row] - candidates).norm(dim=1).min() * (1 + 1e-12)
+
+
+def test_points_inside_the_ball_are_unchanged_by_every_projection():
+    scale = {"a": torch.tensor([0.5, 2.0], dtype=DOUBLE), "b": torch.tensor([[1.0, 3.0]], dtype=DOUBLE)}
+    inside = {"a": torch.tensor([[0.01, -0.1]], dtype=DOUBLE), "b": torch.tensor([[[0.02, 0.2]]], dtype=DOUBLE)}
+    for norm in ("l2", "linf"):
+        for ball in (PerturbationBall(0.3, norm, scale), PerturbationBall(0.3, norm, None)):
+            for projected in (ball.project(inside), ball.project_euclidean(inside)):
+                for name in inside:
+                    assert torch.equal(projected[name], inside[name])
+
+
+def test_ascent_direction_maximizes_a_linear_function_over_the_unit_ball():
+    generator = torch.Generator().manual_seed(4)
+    scale = {"a": torch.rand(4, generator=generator, dtype=DOUBLE), "b": torch.rand(2, 3, generator=generator, dtype=DOUBLE)}
+    gradient = {name: torch.randn(2, *value.shape, generator=generator, dtype=DOUBLE) for name, value in scale.items()}
+    flat_g = torch.cat([gradient["a"], gradient["b"].flatten(1)], 1)
+    flat_t = torch.cat([scale["a"], scale["b"].flatten()])
+    for norm, dual in (("l2", (flat_g * flat_t).norm(dim=1)), ("linf", (flat_g.abs() * flat_t).sum(1))):
+        ball = PerturbationBall(1.0, norm, scale)
+        step = ball.ascent_direction(gradient)
+        flat_step = torch.cat([step["a"], step["b"].flatten(1)], 1)
+        torch.testing.assert_close((flat_g * flat_step).sum(1), dual)
+        torch.testing.assert_close(ball.size(step), torch.ones(2, dtype=DOUBLE))
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_random_points_lie_in_the_ball(norm):
+    scale = {"w": torch.tensor([0.0, 0.5, 2.0, 1e-3], dtype=DOUBLE)}
+    ball = PerturbationBall(0.7, norm, scale)
+    points = ball.random_point(500, scale, torch.Generator().manual_seed(0))
+    assert (ball.size(points) <= 0.7).all() and (points["w"][:, 0] == 0).all()
+    assert ball.size(points).max() > 0.5  # spread out, not stuck at the centre
+
+
+# ------------------------------------------------------------------------------------------------
+# The vectorized computation equals a plain loop over batches
+# ------------------------------------------------------------------------------------------------
+
+CHECKPOINTS_20 = [5, 9, 12, 15, 16, 18, 19, 20]  # from the APGD paper's formula, worked by hand
+
+
+def loop_worst_case(model, loss_fn, batches, rho, norm, adaptive, reference=False, momentum=0.75):
+    """Straightforward APGD, one batch after another, ordinary autograd, 20 iterations."""
+    n_iters = 20
+    model.eval()
+    center = {name: p.detach().clone() for name, p in model.named_parameters()}
+    scale = {name: (v.abs() if adaptive else torch.ones_like(v)) for name, v in center.items()}
+
+    def flat(delta):
+        return torch.cat([v.flatten() for v in delta.values()])
+
+    def evaluate(delta, x, y):
+        leaves = {name: v.clone().requires_grad_(True) for name, v in delta.items()}
+        outputs = functional_call(model, {name: center[name] + leaves[name] for name in leaves}, (x,))
+        loss = loss_fn(outputs, y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        error = (outputs.argmax(1) != y).to(DOUBLE).mean().item()
+        return loss.item(), error, dict(zip(leaves, grads))
+
+    def scaled_size(delta):
+        return flat({n: v / scale[n] for n, v in delta.items()}).norm()
+
+    def project(delta):
+        if norm == "linf":
+            return {n: torch.clamp(v, -rho * scale[n], rho * scale[n]) for n, v in delta.items()}
+        size = scaled_size(delta)
+        return {n: v * rho / size for n, v in delta.items()} if size > rho else delta
+
+    def project_euclidean_by_bisection(delta):
+        if norm == "linf" or not adaptive or scaled_size(delta) <= rho:
+            return project(delta)
+        x, axes = flat(delta), rho * flat(scale)
+        def outside(mu):
+            return ((x * axes / (axes ** 2 + mu)) ** 2).sum() > 1
+        low, high = 0.0, 1.0
+        while outside(high):
+            high *= 2
+        for _ in range(64):  # to float64 resolution
+            middle = (low + high) / 2
+            low, high = (middle, high) if outside(middle) else (low, middle)
+        projected, start = {}, 0
+        for n, v in delta.items():
+            a = axes[start:start + v.numel()].reshape(v.shape)
+            projected[n] = v * a ** 2 / (a ** 2 + high)
+            start += v.numel()
+        return projected
+
+    def direction(g):
+        if norm == "linf":
+            return {n: scale[n] * v.sign() for n, v in g.items()}
+        if reference:
+            length = flat(g).norm() + 1e-12
+            return {n: scale[n] * v / length for n, v in g.items()}
+        length = flat({n: scale[n] * v for n, v in g.items()}).norm()
+        return {n: scale[n] ** 2 * v / length for n, v in g.items()}
+
+    increases, error_increases = [], []
+    for x, y in batches:
+        delta = {n: torch.zeros_like(v) for n, v in center.items()}
+        previous = delta
+        clean, clean_error, g = evaluate(delta, x, y)
+        best, best_error, best_delta, best_previous, best_g = clean, clean_error, delta, previous, g
+        step, improvements, halved_last, best_at_checkpoint, last_checkpoint = 2 * rho, 0, False, best, 0
+        for i in range(n_iters):
+            if reference:
+                z = project_euclidean_by_bisection({n: delta[n] + step * s for n, s in direction(g).items()})
+                new = {n: momentum * z[n] + (1 - momentum) * previous[n] for n in z}
+            else:
+                z = project({n: delta[n] + step * s for n, s in direction(g).items()})
+                new = z if i == 0 else project({n: delta[n] + momentum * (z[n] - delta[n])
+                                                + (1 - momentum) * (delta[n] - previous[n]) for n in z})
+            previous, delta = delta, new
+            loss, error, g = evaluate(delta, x, y)
+            if loss > best:
+                best, best_error, best_delta, best_previous, best_g = loss, error, delta, previous, g
+                improvements += 1
+            if i in CHECKPOINTS_20 and i < n_iters - 1:
+                halve = improvements < 0.75 * (i - last_checkpoint) or (not halved_last and best == best_at_checkpoint)
+                halved_last, best_at_checkpoint, last_checkpoint, improvements = halve, best, i, 0
+                if halve:
+                    step /= 2
+                    g = best_g
+                    if not reference:
+                        delta, previous = best_delta, best_previous
+        increases.append(best - clean)
+        error_increases.append(best_error - clean_error)
+    return torch.tensor(increases, dtype=DOUBLE), torch.tensor(error_increases, dtype=DOUBLE)
+
+
+@pytest.mark.parametrize("norm,adaptive,rho,reference", [
+    ("l2", True, 0.5, False), ("linf", False, 0.02, False), ("l2", True, 0.5, True), ("l2", False, 0.3, True),
+])
+def test_vectorized_worst_case_equals_a_plain_loop_over_batches_with_batchnorm(norm, adaptive, rho, reference):
+    model, batches = tiny_cnn_and_batches()
+    model.train()
+    expected, expected_error = loop_worst_case(model, F.cross_entropy, batches, rho, norm, adaptive, reference)
+    model.train()
+    for chunk_size in (None, 2):
+        result = worst_case_sharpness(model, F.cross_entropy, batches, rho, norm=norm, adaptive=adaptive,
+                                      reference_ascent=reference, chunk_size=chunk_size)
+        torch.testing.assert_close(result.per_batch, expected, rtol=1e-9, atol=1e-12)
+        assert result.error_increase == pytest.approx(expected_error.mean().item(), abs=1e-12)
+    assert (expected > 0).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_vectorized_average_case_equals_a_plain_loop_over_draws(norm):
+    model, batches = tiny_cnn_and_batches(n_batches=3)
+    rho, n_samples = 0.4, 4
+    result = average_case_sharpness(model, F.cross_entropy, batches, rho, norm=norm, n_samples=n_samples,
+                                    generator=torch.Generator().manual_seed(7))
+    # replay the documented draw order: chunk = B evaluations, evaluation j is draw j // B of batch j % B
+    model.eval()
+    generator = torch.Generator().manual_seed(7)
+    center = {name: p.detach() for name, p in model.named_parameters()}
+    sums = torch.zeros(3, dtype=DOUBLE)
+    with torch.no_grad():
+        for _ in range(n_samples):
+            draws = {name: (torch.randn if norm == "l2" else torch.rand)((3, *v.shape), generator=generator, dtype=DOUBLE)
+                     for name, v in center.items()}
+            for b, (x, y) in enumerate(batches):
+                weights = {name: v + rho * v.abs() * (draws[name][b] if norm == "l2" else 2 * draws[name][b] - 1)
+                           for name, v in center.items()}
+                sums[b] += F.cross_entropy(functional_call(model, weights, (x,)), y)
+        clean = torch.stack([F.cross_entropy(model(x), y) for x, y in batches])
+    torch.testing.assert_close(result.per_batch, sums / n_samples - clean, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Restarts, random starts, selection, bookkeeping
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("init", ["zero", "random"])
+def test_more_restarts_never_lower_the_result(init):
+    model, batches = tiny_cnn_and_batches(n_batches=2)
+    results = [worst_case_sharpness(model, F.cross_entropy, batches, 0.3, n_iters=8, init=init, n_restarts=restarts,
+                                    generator=torch.Generator().manual_seed(11)) for restarts in (1, 3)]
+    assert torch.isfinite(results[1].per_batch).all()
+    assert (results[1].per_batch >= results[0].per_batch).all()
+    assert results[0].value > 0
+
+
+def test_excluding_every_parameter_gives_exactly_zero():
+    model, batches = tiny_cnn_and_batches(n_batches=2)
+    worst = worst_case_sharpness(model, F.cross_entropy, batches, 0.5, exclude="*")
+    average = average_case_sharpness(model, F.cross_entropy, batches, 0.5, exclude=["conv.*", r"(bn|head)\..*"])
+    for result in (worst, average):
+        assert result.value == 0.0 and torch.equal(result.per_batch, torch.zeros(2, dtype=DOUBLE))
+        assert result.n_perturbed == 0 and result.error_increase == 0.0
+
+
+def test_include_perturbs_only_the_named_parameters():
+    # linear loss cᵀw + b: perturbing only the weight gives ρ‖T c‖ over the weight block alone
+    generator = torch.Generator().manual_seed(8)
+    inputs = torch.randn(5, 4, generator=generator, dtype=DOUBLE)
+    weight = torch.randn(4, generator=generator, dtype=DOUBLE)
+    model = linear_model(weight, torch.tensor(2.0, dtype=DOUBLE))
+    batch = [(inputs, torch.zeros(5, dtype=DOUBLE))]
+    result = worst_case_sharpness(model, mean_output, batch, 0.1, include="weight")
+    assert result.value == pytest.approx(0.1 * (inputs.mean(0) * weight.abs()).norm().item(), rel=1e-10)
+    assert result.n_perturbed == 4
+    only_bias = worst_case_sharpness(model, mean_output, batch, 0.1, exclude=r"w.*t")
+    assert only_bias.value == pytest.approx(0.1 * 2.0, rel=1e-10)
+
+
+def test_selection_by_glob_and_regex_and_typos():
+    model, _ = tiny_cnn_and_batches()
+    assert list(select_parameters(model, include="*.weight")) == ["conv.weight", "bn.weight", "head.weight"]
+    assert list(select_parameters(model, include=r"(conv|head)\.bias")) == ["conv.bias", "head.bias"]
+    assert list(select_parameters(model, exclude=["bn.*", "head.*"])) == ["conv.weight", "conv.bias"]
+    with pytest.raises(InputError, match="matches no trainable parameter"):
+        select_parameters(model, include="layer1.*")
+
+
+def test_model_mode_parameters_and_buffers_are_left_as_they_were():
+    model, batches = tiny_cnn_and_batches(n_batches=2)
+    model.train()
+    model.head.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    worst_case_sharpness(model, F.cross_entropy, batches, 0.5, n_iters=3, init="random",
+                         generator=torch.Generator().manual_seed(0))
+    average_case_sharpness(model, F.cross_entropy, batches, 0.5, n_samples=2)
+    assert model.training and model.conv.training and model.bn.training and not model.head.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_clean_loss_uses_eval_mode_and_logit_normalization():
+    model, batches = tiny_cnn_and_batches(n_batches=2)
+    model.train()
+    result = worst_case_sharpness(model, F.cross_entropy, batches, 0.1, n_iters=2, logit_normalization=True)
+    model.eval()
+    with torch.no_grad():
+        expected = []
+        for x, y in batches:
+            logits = model(x)
+            centred = logits - logits.mean(1, keepdim=True)
+            expected.append(F.cross_entropy(centred / centred.norm(dim=1, keepdim=True), y))
+    assert result.clean_loss == pytest.approx(torch.stack(expected).mean().item(), rel=1e-12)
+    assert result.logit_normalization
+
+
+def test_result_records_its_settings_and_works_in_float32():
+    model, batches = tiny_cnn_and_batches(n_batches=3, m=4)
+    model = model.float()
+    batches = [(x.float(), y) for x, y in batches]
+    result = worst_case_sharpness(model, F.cross_entropy, batches, 0.05, norm="linf", adaptive=False, n_iters=4)
+    assert isinstance(result, SharpnessResult) and result.per_batch.dtype == torch.float32
+    assert math.isfinite(result.value) and result.value >= 0
+    settings_row = result.settings()
+    assert settings_row["m"] == 4 and settings_row["n_batches"] == 3 and settings_row["rho"] == 0.05
+    assert settings_row["norm"] == "linf" and settings_row["adaptive"] is False and settings_row["n_iters"] == 4
+    assert "value" not in settings_row and "n_samples" not in settings_row
+    assert result.metric == "sharpness/worst/linf/standard"
+    assert result.worst_loss == result.perturbed_loss
+
+
+def test_bad_input_is_reported_clearly():
+    model, batches = tiny_cnn_and_batches(n_batches=2)
+    uneven = batches + [(batches[0][0][:2], batches[0][1][:2])]
+    with pytest.raises(InputError, match="drop_last"):
+        worst_case_sharpness(model, F.cross_entropy, uneven, 0.1)
+    with pytest.raises(InputError, match="mean loss"):
+        worst_case_sharpness(model, lambda o, y: F.cross_entropy(o, y, reduction="none"), batches, 0.1)
+    with pytest.raises(InputError, match="norm"):
+        average_case_sharpness(model, F.cross_entropy, batches, 0.1, norm="l1")
+    with pytest.raises(InputError, match="rho"):
+        worst_case_sharpness(model, F.cross_entropy, batches, -1.0)
+    with pytest.raises(InputError, match="no batches"):
+        worst_case_sharpness(model, F.cross_entropy, [], 0.1)
