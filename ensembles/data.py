@@ -191,7 +191,20 @@ class _ArrayImages:
         consecutive = len(indices) > 0 and int(indices[-1]) - first == len(indices) - 1 and (
             len(indices) == 1 or bool(np.all(np.diff(indices) == 1)))
         rows = self.array[first:first + len(indices)] if consecutive else self.array[indices]
-        return torch.from_numpy(np.array(rows, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2)
+        # channels first while still uint8: a quarter of the bytes of doing it in float32
+        return torch.from_numpy(np.array(rows.transpose(0, 3, 1, 2), order="C"))
+
+    def __getstate__(self):
+        # A memmap would pickle as all its bytes (DataLoader workers under "spawn"); send where it lives.
+        if isinstance(self.array, np.memmap) and self.array.filename is not None:
+            return {"memmap": (self.array.filename, self.array.offset, self.array.shape)}
+        return {"array": self.array}
+
+    def __setstate__(self, state):
+        if "memmap" in state:
+            filename, offset, shape = state["memmap"]
+            state = {"array": np.memmap(filename, dtype=np.uint8, mode="r", offset=offset, shape=shape)}
+        self.__init__(state["array"])
 
 
 class _ImageFiles:
@@ -222,7 +235,7 @@ class _ImageFiles:
         batch = np.empty((len(indices), height, width, 3), dtype=np.uint8)
         for slot, index in enumerate(indices):  # decoding is per file; the rest is per batch
             batch[slot] = self.decode(self.paths[index])
-        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.array(batch.transpose(0, 3, 1, 2), order="C"))
 
 
 def _image_size_of(path: str) -> tuple[int, int]:
@@ -250,15 +263,17 @@ def random_crop_and_flip(images: torch.Tensor, padding: int = CROP_PADDING) -> t
     is folded into the column index, so the whole batch is one gather.
     """
     count, channels, height, width = images.shape
-    offsets = torch.randint(0, 2 * padding + 1, (count, 2)).to(images.device)
-    flips = (torch.rand(count) < 0.5).to(images.device)
+    device = images.device
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2)).to(device)
+    flips = (torch.rand(count) < 0.5).to(device)
     padded = F.pad(images, (padding, padding, padding, padding))
-    rows = offsets[:, :1] + torch.arange(height, device=images.device)
-    columns = offsets[:, 1:] + torch.arange(width, device=images.device)
+    rows = offsets[:, :1] + torch.arange(height, device=device)  # (B, H) rows of the padded image
+    columns = offsets[:, 1:] + torch.arange(width, device=device)  # (B, W)
     columns = torch.where(flips[:, None], columns.flip(1), columns)
-    batch_index = torch.arange(count, device=images.device)[:, None, None, None]
-    channel_index = torch.arange(channels, device=images.device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows[:, None, :, None], columns[:, None, None, :]]
+    # Output pixel (i, j) of image b is padded pixel (rows[b, i], columns[b, j]), in every channel.
+    source = (rows[:, :, None] * (width + 2 * padding) + columns[:, None, :]).reshape(count, 1, height * width)
+    cropped = padded.flatten(2).gather(2, source.expand(-1, channels, -1))
+    return cropped.view(count, channels, height, width)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +385,9 @@ class Indexed(Dataset):
         return x, y, int(index)
 
     def __getattr__(self, attribute: str):
-        if attribute == "dataset":  # not yet set (e.g. during unpickling)
+        # Dunders stay unforwarded: DataLoader would take the wrapped __getitems__ (no index);
+        # "dataset" itself is missing while unpickling.
+        if attribute.startswith("__") or attribute == "dataset":
             raise AttributeError(attribute)
         return getattr(self.dataset, attribute)
 
@@ -744,7 +761,14 @@ def _corrupted_arrays(folder: Path, corruption: str, severity: int, title: str, 
                          "must be stacked in equal blocks")
     per_severity = len(images) // 5
     rows = slice((severity - 1) * per_severity, severity * per_severity)
-    return images[rows], np.array(labels[rows], dtype=np.int64)
+    if images.flags.c_contiguous:
+        # Map just these rows, so the memmap's offset and shape describe them (and it pickles small).
+        row_bytes = int(np.prod(images.shape[1:]))
+        severity_images = np.memmap(images_file, dtype=np.uint8, mode="r", shape=(per_severity, *images.shape[1:]),
+                                    offset=images.offset + rows.start * row_bytes)
+    else:
+        severity_images = images[rows]
+    return severity_images, np.array(labels[rows], dtype=np.int64)
 
 
 def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption: str | None = None,
@@ -771,9 +795,7 @@ def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption:
     mean, std = _NORMALIZATION[kind]
     clean_name = f"folder:{path}" if kind == "folder" else kind
     if kind == "tinyimagenet":
-        clean = data_root(root) / _CLEAN_FOLDERS["tinyimagenet"]
-        if not clean.is_dir() and folder.parent.name == _CLEAN_FOLDERS["tinyimagenet"]:
-            clean = folder.parent
+        clean = folder.parent / _CLEAN_FOLDERS["tinyimagenet"]
         severity_folder = folder / corruption / str(severity)
         if not severity_folder.is_dir():
             raise InputError(f"{severity_folder} not found: expected {layout}; re-extract {title}")
@@ -785,12 +807,10 @@ def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption:
     else:
         if kind == "folder":
             classes = _folder_layout(path)[1]
-            image_size = None
         else:
             classes = _cifar_classes(kind, root) if kind.startswith("cifar") else tuple(str(k) for k in range(10))
-            image_size = _IMAGE_SIZES[kind]
-        images, labels = _corrupted_arrays(folder, corruption, severity, title, image_size)
-        image_size = None
+        images, labels = _corrupted_arrays(folder, corruption, severity, title, _IMAGE_SIZES.get(kind))
+        image_size = None  # the array's own
     return ImageDataset(images, labels, name=f"{clean_name}-c", split="test", num_classes=len(classes),
                         mean=mean, std=std, classes=classes, normalize=normalize, image_size=image_size,
                         corruption=corruption, severity=severity)

@@ -16,6 +16,7 @@ a few grey levels.
 from __future__ import annotations
 
 import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,9 +72,26 @@ def _random_images(rng: np.random.Generator, count: int, size: int = CIFAR_SIZE)
     return rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
 
 
+class _Python2Pickler(pickle._Pickler):
+    """Pickles ``bytes`` as Python 2 ``str`` (the BINSTRING opcodes), as the real CIFAR files were
+    written by Python 2: Python 3 reads those strings back as bytes with ``encoding="bytes"`` (the
+    CIFAR page's recipe: ``b'data'``) and as str with ``encoding="latin1"`` (torchvision's reader)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_string(self, text: bytes) -> None:
+        if len(text) < 256:
+            self.write(pickle.SHORT_BINSTRING + struct.pack("<B", len(text)) + text)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(text)) + text)
+        self.memoize(text)
+
+    dispatch[bytes] = save_python2_string
+
+
 def _pickle(path: Path, content: dict) -> None:
     with open(path, "wb") as stream:
-        pickle.dump(content, stream, protocol=2)
+        _Python2Pickler(stream, protocol=2).dump(content)
 
 
 def _cifar_rows(images: np.ndarray) -> np.ndarray:
