@@ -154,6 +154,23 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
     click.echo(f"imported {len(files)} members into {out}")
 
 
+@main.command("theory")
+@click.option("--figure", required=True, type=click.Choice(["1b", "2", "9", "10", "11"]),
+              help="Paper figure: 1b (SAM vs SharpBalance), 2 and 10 (Theorem 1), 9 and 11 (Theorem 2).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNG, SVG and CSV.")
+@click.option("--quick", is_flag=True, help="Small configuration (300x30, 8 data sets) that runs in seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random data, teachers and initialisations.")
+def theory_command(figure, out, quick, seed):
+    """Simulate Theorems 1 and 2 of SharpBalance and plot them against theory (paper §3, App. C)."""
+    from reports.theory import diversity_at_matched_sharpness, theory_figure
+
+    paths = theory_figure(figure, out, quick=quick, seed=seed)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo(diversity_at_matched_sharpness(paths[-1]).statement)
+
+
 # -- commands end --
 
 
