@@ -1,0 +1,495 @@
+"""Evaluating ensembles: cached member logits -> metrics -> rows of the run's results table.
+
+``sharpdiv evaluate`` and ``sharpdiv robustness`` are thin layers over :func:`evaluate_runs` and
+:func:`evaluate_robustness`. Every number comes from a function of :mod:`landscape` applied to the
+member logits ``L`` ``(M, N, C)`` and labels ``y`` of one data slice (REFERENCE.md §1), which
+:mod:`ensembles.logits` computes once per slice and member and keeps in the run folder.
+
+Rows follow ``docs/results-table.md``. For each slice (``val``, clean ``test``, and each corruption
+at each severity of the ``-C`` data, split ``test``):
+
+- ``member-<i>``: ``accuracy``, ``nll``, ``brier``, ``ece`` (setting ``n_bins``) and the reliability
+  bins ``reliability/{confidence,accuracy,count}`` (settings ``bin``, ``n_bins``);
+- ``ensemble`` and ``ensemble@<k>`` (the first ``k`` members, ``k = 2..M``), each with setting
+  ``combine``: ``accuracy`` (``1 − E_ens``), ``nll``, ``ece``, ``brier`` of the combined
+  log-probabilities (not for ``combine="vote"``, where they are undefined), ``eir``,
+  ``mean_member_error``, and with two or more members ``der``, ``disagreement`` (mean ``Dis(i, j)``
+  over pairs), ``variance/logits``, ``variance/probs`` and ``kl``; the reliability bins for
+  ``ensemble`` only.
+
+A slice whose rows are all stored (current weights, same settings) is skipped without touching its
+logits; rows are written only after every slice of every run succeeded, so bad input leaves no
+partial rows (the logit cache keeps what was computed, so a re-run resumes).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ensembles import data as datasets
+from ensembles import runs as run_folders
+from ensembles.logits import DataSlice, dataset_label, slice_logits
+from landscape import calibration, diversity, ensemble
+from landscape.errors import InputError
+
+__all__ = [
+    "Evaluation",
+    "RobustnessEvaluation",
+    "evaluate_robustness",
+    "evaluate_runs",
+    "evaluation_slices",
+    "planned_measurements",
+    "slice_rows",
+]
+
+COMBINE_MODES = ensemble.COMBINE_MODES
+MEMBER_METRICS = ("accuracy", "nll", "ece", "brier")
+# NLL, ECE and Brier need probabilities, which a majority vote does not give.
+CALIBRATION_METRICS = ("nll", "ece", "brier")
+GAIN_METRICS = ("eir", "mean_member_error")
+DIVERSITY_METRICS = ("der", "disagreement", "variance/logits", "variance/probs", "kl")
+RELIABILITY_METRICS = ("reliability/confidence", "reliability/accuracy", "reliability/count")
+ROBUSTNESS_METRICS = ("robust_accuracy", "clean_accuracy")
+NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+# ----------------------------------------------------------------------------------------------
+# slices
+
+
+def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] = "all",
+                      severities: Iterable[int] = datasets.SEVERITIES) -> list[DataSlice]:
+    """``val``, ``test``, then each corruption at each severity.
+
+    ``corruptions`` is ``"all"`` (the 15 standard corruptions present on disk), ``"none"``, or a list
+    (or comma text) of names, which may include the four extra ones.
+    """
+    label = dataset_label(dataset)
+    severities = sorted(set(severities))
+    for severity in severities:
+        if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in datasets.SEVERITIES:
+            raise InputError(f"severity must be an integer in 1..5, got {severity!r}; e.g. --severities 1-5")
+    if isinstance(corruptions, str) and corruptions in ("all", "none"):
+        chosen = ([] if corruptions == "none" else
+                  [c for c in datasets.available_corruptions(label, root) if c in datasets.STANDARD_CORRUPTIONS])
+    else:
+        names = corruptions.split(",") if isinstance(corruptions, str) else corruptions
+        chosen = list(dict.fromkeys(name.strip() for name in names if name.strip()))
+        if not chosen:
+            raise InputError("no corruptions named; pass all, none or a comma list such as fog,contrast")
+    slices = [DataSlice(label, "val"), DataSlice(label, "test")]
+    slices += [DataSlice(label, "test", corruption, int(severity)) for corruption in chosen for severity in severities]
+    return slices
+
+
+# ----------------------------------------------------------------------------------------------
+# rows of one slice
+
+
+def _settings(scope: str, metric: str, combine: str, n_bins: int, bin: int | None = None) -> dict:
+    """The settings a row carries: ``combine`` on ensemble scopes, ``n_bins`` on ECE and the
+    reliability bins, ``bin`` on the bins."""
+    settings = {"combine": combine} if scope.startswith("ensemble") else {}
+    if metric == "ece" or metric.startswith("reliability/"):
+        settings["n_bins"] = n_bins
+    if bin is not None:
+        settings["bin"] = bin
+    return settings
+
+
+def _ensemble_metrics(n_members: int, combine: str) -> tuple[str, ...]:
+    metrics = ("accuracy",) + (() if combine == "vote" else CALIBRATION_METRICS) + GAIN_METRICS
+    return metrics + (DIVERSITY_METRICS if n_members >= 2 else ())
+
+
+def _ensemble_scopes(n_members: int) -> list[tuple[str, int]]:
+    """``(scope, number of leading members)``: the whole ensemble and the first ``k``, ``k = 2..M``."""
+    return [("ensemble", n_members)] + [(f"ensemble@{k}", k) for k in range(2, n_members + 1)]
+
+
+def planned_measurements(member_indices: Sequence[int], combine: str = "probs",
+                         n_bins: int = 15) -> list[tuple[str, str, dict]]:
+    """``(scope, metric, settings)`` of every row :func:`slice_rows` writes for one slice."""
+    planned = []
+    for index in member_indices:
+        scope = f"member-{index}"
+        planned += [(scope, metric, _settings(scope, metric, combine, n_bins)) for metric in MEMBER_METRICS]
+        planned += [(scope, metric, _settings(scope, metric, combine, n_bins, b))
+                    for b in range(n_bins) for metric in RELIABILITY_METRICS]
+    for scope, k in _ensemble_scopes(len(member_indices)):
+        planned += [(scope, metric, _settings(scope, metric, combine, n_bins)) for metric in _ensemble_metrics(k, combine)]
+    if combine != "vote":
+        planned += [("ensemble", metric, _settings("ensemble", metric, combine, n_bins, b))
+                    for b in range(n_bins) for metric in RELIABILITY_METRICS]
+    return planned
+
+
+def _probability_metrics(log_probabilities: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[str, torch.Tensor]:
+    return {"nll": calibration.negative_log_likelihood(log_probabilities, labels),
+            "ece": calibration.expected_calibration_error(log_probabilities, labels, n_bins),
+            "brier": calibration.brier_score(log_probabilities, labels)}
+
+
+def _reliability(bins: calibration.ReliabilityBins) -> dict[str, torch.Tensor]:
+    return {"reliability/confidence": bins.confidence, "reliability/accuracy": bins.accuracy,
+            "reliability/count": bins.count}
+
+
+def _ensemble_values(member_logits: torch.Tensor, labels: torch.Tensor, combine: str,
+                     n_bins: int) -> dict[str, torch.Tensor]:
+    values = {"accuracy": 1 - ensemble.ensemble_error(member_logits, labels, combine)}
+    if combine != "vote":
+        values.update(_probability_metrics(ensemble.combine(member_logits, combine), labels, n_bins))
+    with warnings.catch_warnings():
+        # Ē = 0 makes EIR and DER undefined: the row says NaN, which is the result.
+        warnings.simplefilter("ignore", ensemble.UndefinedMetricWarning)
+        values["eir"] = ensemble.ensemble_improvement_rate(member_logits, labels, combine)
+        values["mean_member_error"] = ensemble.mean_member_error(member_logits, labels)
+        n_members = member_logits.shape[0]
+        if n_members >= 2:
+            values["der"] = diversity.disagreement_error_ratio(member_logits, labels)
+            # Dis has a zero diagonal, so the mean over the M(M−1) ordered pairs is sum / (M(M−1)).
+            values["disagreement"] = diversity.disagreement_matrix(member_logits).sum() / (n_members * (n_members - 1))
+            values["variance/logits"] = diversity.prediction_variance(member_logits, "logits")
+            values["variance/probs"] = diversity.prediction_variance(member_logits, "probs")
+            values["kl"] = diversity.pairwise_kl(member_logits)
+    return values
+
+
+def slice_rows(member_logits: torch.Tensor, labels: torch.Tensor, data_slice: DataSlice, *,
+               member_indices: Sequence[int] | None = None, combine: str = "probs",
+               n_bins: int = 15) -> list[dict]:
+    """The results rows of one slice (see the module docstring) from its member logits ``(M, N, C)``
+    and labels ``(N,)``; ``member_indices`` name the members (default ``0..M−1``)."""
+    ensemble.validate_member_logits(member_logits, labels)
+    if combine not in COMBINE_MODES:
+        raise InputError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    member_indices = list(range(member_logits.shape[0])) if member_indices is None else list(member_indices)
+    if len(member_indices) != member_logits.shape[0]:
+        raise InputError(f"{len(member_indices)} member indices for {member_logits.shape[0]} members' logits")
+    where = data_slice.columns()
+
+    def rows(scope: str, values: Mapping[str, torch.Tensor]) -> list[dict]:
+        out = []
+        for metric, value in values.items():
+            if value.dim() == 0:
+                out.append({"scope": scope, "metric": metric, "value": float(value), **where,
+                            **_settings(scope, metric, combine, n_bins)})
+            else:  # reliability bins: one row per bin
+                out += [{"scope": scope, "metric": metric, "value": float(v), **where,
+                         **_settings(scope, metric, combine, n_bins, b)} for b, v in enumerate(value.tolist())]
+        return out
+
+    written = []
+    for index, logits in zip(member_indices, member_logits):
+        values = {"accuracy": calibration.accuracy(logits, labels), **_probability_metrics(logits, labels, n_bins)}
+        written += rows(f"member-{index}", {**values, **_reliability(calibration.reliability_bins(logits, labels, n_bins))})
+    for scope, k in _ensemble_scopes(len(member_indices)):
+        written += rows(scope, _ensemble_values(member_logits[:k], labels, combine, n_bins))
+    if combine != "vote":
+        combined = ensemble.combine(member_logits, combine)
+        written += rows("ensemble", _reliability(calibration.reliability_bins(combined, labels, n_bins)))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# what the results table already holds
+
+
+def _slice_value(value):
+    """Slice and setting values as comparable Python scalars (parquet gives NaN for None, floats for ints)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _measurement(scope: str, metric: str, where: Mapping, settings_text: str) -> tuple:
+    return (scope, metric, *(_slice_value(where.get(c)) for c in ("dataset", "split", "corruption", "severity")),
+            settings_text)
+
+
+def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
+    """``measurement -> value`` of the current rows (the lookup of :func:`runs.find_results`,
+    done once per run instead of once per row)."""
+    if table.empty:
+        return {}
+    columns = ["scope", "metric", "dataset", "split", "corruption", "severity", "settings", "value"]
+    table = table.reindex(columns=columns)
+    return {_measurement(scope, metric, {"dataset": d, "split": s, "corruption": c, "severity": v}, settings): value
+            for scope, metric, d, s, c, v, settings, value in table.itertuples(index=False)}
+
+
+def _row_measurement(row: Mapping) -> tuple:
+    settings = {k: v for k, v in row.items()
+                if k not in run_folders.RESULT_COLUMNS and k not in run_folders.BOOKKEEPING_COLUMNS}
+    return _measurement(row["scope"], row["metric"], row, run_folders.canonical_settings(settings))
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluating runs
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_runs` did for one run: the slices, which needed forward passes
+    (``computed``), which were measured from cached logits (``from_cache``), which had all rows
+    stored already (``stored``); the new ``rows``; and ``values[slice name][metric]`` for the summary
+    (ensemble rows; ``member_accuracy`` is the mean member accuracy)."""
+
+    path: Path
+    dataset: str
+    combine: str
+    n_bins: int
+    n_members: int
+    slices: tuple[DataSlice, ...]
+    computed: tuple[str, ...]
+    from_cache: tuple[str, ...]
+    stored: tuple[str, ...]
+    rows: list[dict] = field(repr=False)
+    values: dict[str, dict[str, float]] = field(repr=False)
+
+    def summary(self) -> list[str]:
+        """A compact text summary: ensemble and mean member accuracy, EIR, DER and ECE on the
+        validation and test data, and on the corrupted data per severity (mean over corruptions)."""
+        lines = [f"{self.path.name}: {self.dataset}, {self.n_members} members, combine={self.combine}; "
+                 f"{len(self.slices)} slices: {len(self.computed)} needed forward passes, "
+                 f"{len(self.from_cache)} came from cached logits, {len(self.stored)} were already stored"]
+        columns = ("accuracy", "member_accuracy", "eir", "der", "ece")
+        lines.append(f"  {'slice':<14}{'accuracy':>10}{'members':>10}{'EIR':>9}{'DER':>9}{'ECE':>9}")
+
+        def line(label: str, values: Mapping[str, float]) -> str:
+            cells = [f"{100 * values.get(c, math.nan):9.2f}%" for c in columns[:2]]
+            cells += [f"{values.get(c, math.nan):9.4f}" if c in values else f"{'n/a':>9}" for c in columns[2:]]
+            return f"  {label:<14}" + "".join(cells)
+
+        for data_slice in self.slices:
+            if not data_slice.corrupted:
+                lines.append(line(f"{data_slice.split} (ID)", self.values[data_slice.name]))
+        corrupted = [s for s in self.slices if s.corrupted]
+        for severity in sorted({s.severity for s in corrupted}):
+            at = [self.values[s.name] for s in corrupted if s.severity == severity]
+            mean = {c: float(np.mean([v[c] for v in at])) for c in columns if all(c in v for v in at)}
+            lines.append(line(f"OOD severity {severity}", mean))
+        if corrupted:
+            names = sorted({s.corruption for s in corrupted})
+            lines.append(f"  (OOD rows: mean over {len(names)} corruptions: {', '.join(names)})")
+        if self.combine == "vote":
+            lines.append("  combine=vote gives classes, not probabilities: NLL, ECE and Brier are not defined for "
+                         "the ensemble and no such rows were written")
+        return lines
+
+
+def _summary_values(measurements: Mapping[tuple, float], data_slice: DataSlice, member_indices: Sequence[int],
+                    combine: str, n_bins: int) -> dict[str, float]:
+    where = data_slice.columns()
+    values = {}
+    for metric in ("accuracy", "eir", "der", "ece"):
+        key = _measurement("ensemble", metric, where,
+                           run_folders.canonical_settings(_settings("ensemble", metric, combine, n_bins)))
+        if key in measurements:
+            values[metric] = float(measurements[key])
+    member = [measurements.get(_measurement(f"member-{i}", "accuracy", where, run_folders.canonical_settings({})))
+              for i in member_indices]
+    if member and all(value is not None for value in member):
+        values["member_accuracy"] = float(np.mean(member))
+    return values
+
+
+class _MemberLoader:
+    """Loads a run's members on first use only: a fully cached evaluation never builds a model."""
+
+    def __init__(self, path: Path, device):
+        self.path, self.device, self.run = path, device, None
+
+    def __call__(self, indices: Sequence[int]) -> list[torch.nn.Module]:
+        if self.run is None:
+            self.run = run_folders.load_run(self.path, self.device)
+        return [self.run.members[self.run.member_indices.index(i)] for i in indices]
+
+
+def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
+    if combine not in COMBINE_MODES:
+        raise InputError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    for name, value in (("n_bins", n_bins), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _evaluate_run(path: Path, *, dataset, root, corruptions, severities, combine, n_bins, batch_size, device,
+                  progress) -> Evaluation:
+    config = run_folders.read_config(path)
+    members = run_folders.finished_members(config)
+    if not members:
+        raise InputError(f"{path} has no finished members yet; train or import them first")
+    n_classes = int(config["num_classes"])
+    slices = evaluation_slices(dataset or config["dataset"], root, corruptions, severities)
+    measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
+    load_members = _MemberLoader(path, device)
+    computed, from_cache, stored, rows, values = [], [], [], [], {}
+    for data_slice in tqdm(slices, desc=path.name, unit="slice", file=sys.stderr, disable=not progress, leave=False):
+        where = data_slice.columns()
+        planned = [_measurement(scope, metric, where, run_folders.canonical_settings(settings))
+                   for scope, metric, settings in planned_measurements(members, combine, n_bins)]
+        if all(key in measurements for key in planned):
+            stored.append(data_slice.name)
+            values[data_slice.name] = _summary_values(measurements, data_slice, members, combine, n_bins)
+            continue
+        logits = slice_logits(path, data_slice, members=members, n_classes=n_classes, load_members=load_members,
+                              root=root, batch_size=batch_size, device=device)
+        (computed if logits.computed else from_cache).append(data_slice.name)
+        new = slice_rows(logits.member_logits, logits.labels, data_slice, member_indices=members,
+                         combine=combine, n_bins=n_bins)
+        rows += new
+        values[data_slice.name] = _summary_values({_row_measurement(r): r["value"] for r in new}, data_slice,
+                                                  members, combine, n_bins)
+    return Evaluation(path=path, dataset=slices[0].dataset, combine=combine, n_bins=n_bins, n_members=len(members),
+                      slices=tuple(slices), computed=tuple(computed), from_cache=tuple(from_cache),
+                      stored=tuple(stored), rows=rows, values=values)
+
+
+def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
+                  corruptions: str | Sequence[str] = "all", severities: Iterable[int] = datasets.SEVERITIES,
+                  combine: str = "probs", n_bins: int = 15, batch_size: int = 512,
+                  device: torch.device | str = "cpu", progress: bool = False) -> list[Evaluation]:
+    """Evaluate each run on every slice and append the new rows to its results table.
+
+    ``dataset`` defaults to each run's own. Member logits come from the cache (computed once, see
+    :mod:`ensembles.logits`); slices whose rows are all stored are skipped. Rows are written only
+    after every run succeeded.
+    """
+    _check_options(combine, n_bins, batch_size)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no run folders given; pass at least one RUN folder")
+    evaluations = [_evaluate_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities,
+                                 combine=combine, n_bins=n_bins, batch_size=batch_size, device=device,
+                                 progress=progress) for path in paths]
+    for evaluation in evaluations:
+        if evaluation.rows:
+            run_folders.append_results(evaluation.path, evaluation.rows)
+    return evaluations
+
+
+# ----------------------------------------------------------------------------------------------
+# adversarial robustness
+
+
+@dataclass(frozen=True)
+class RobustnessEvaluation:
+    """What :func:`evaluate_robustness` did for one run: ``values[scope] = (clean, robust)`` accuracy,
+    ``attacked`` the scopes attacked now (the others were stored), and the new ``rows``."""
+
+    path: Path
+    dataset: str
+    split: str
+    settings: dict
+    values: dict[str, tuple[float, float]]
+    attacked: tuple[str, ...]
+    rows: list[dict] = field(repr=False)
+
+    def summary(self) -> list[str]:
+        settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        lines = [f"{self.path.name}: {self.dataset} {self.split}, {settings}; "
+                 f"{len(self.attacked)} of {len(self.values)} scopes attacked now, the rest were stored",
+                 f"  {'scope':<12}{'clean':>9}{'robust':>9}"]
+        lines += [f"  {scope:<12}{100 * clean:8.2f}%{100 * robust:8.2f}%" for scope, (clean, robust) in self.values.items()]
+        return lines
+
+
+def _robustness_settings(norm: str, eps: float, attacks: Sequence[str], n_examples: int, seed: int) -> dict:
+    return {"norm": norm, "eps": float(eps), "attacks": ",".join(attacks), "n_examples": int(n_examples),
+            "seed": int(seed)}
+
+
+def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_size, seed, combine, dataset,
+                    root, device, progress) -> RobustnessEvaluation:
+    from landscape.robustness import EnsembleClassifier, Normalized, robust_accuracy
+
+    config = run_folders.read_config(path)
+    members = run_folders.finished_members(config)
+    if not members:
+        raise InputError(f"{path} has no finished members yet; train or import them first")
+    label = dataset_label(dataset or config["dataset"])
+    where = DataSlice(label, split).columns()
+    base = _robustness_settings(norm, eps, attacks, n_examples, seed)
+    scopes = {f"member-{i}": base for i in members}
+    scopes["ensemble"] = {**base, "combine": combine}
+    measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
+
+    def stored(scope: str, metric: str):
+        return measurements.get(_measurement(scope, metric, where, run_folders.canonical_settings(scopes[scope])))
+
+    values = {scope: (stored(scope, "clean_accuracy"), stored(scope, "robust_accuracy")) for scope in scopes}
+    missing = [scope for scope, pair in values.items() if None in pair]
+    rows = []
+    if missing:
+        images = DataSlice(label, split).load(root, normalize=False)  # attacks work in [0, 1]
+        if images.num_classes != int(config["num_classes"]):
+            raise InputError(f"{label} has {images.num_classes} classes but the run's members have "
+                             f"{config['num_classes']}; evaluate on the dataset the run was trained for (--data)")
+        if n_examples > len(images):
+            raise InputError(f"--n-examples {n_examples} but {label} {split} has {len(images)} images; "
+                             f"choose at most {len(images)}")
+        # The first n examples of the split, as AutoAttack's own evaluations take them.
+        inputs = images.batch(np.arange(n_examples), device=device)
+        labels = images.targets[:n_examples].to(device)
+        run = run_folders.load_run(path, device)
+        for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
+            if scope == "ensemble":
+                model = EnsembleClassifier(run.members, combine=combine, mean=images.mean, std=images.std)
+            else:
+                member = run.members[run.member_indices.index(int(scope.split("-")[1]))]
+                model = Normalized(member, images.mean, images.std)
+            result = robust_accuracy(model, inputs, labels, eps=eps, norm=NORMS[norm], attacks=tuple(attacks),
+                                     batch_size=batch_size, seed=seed)
+            values[scope] = (result.clean_accuracy, result.robust_accuracy)
+            rows += [{"scope": scope, "metric": metric, "value": value, **where, **scopes[scope]}
+                     for metric, value in zip(ROBUSTNESS_METRICS, (result.robust_accuracy, result.clean_accuracy))]
+    return RobustnessEvaluation(path=path, dataset=label, split=split, settings={**base, "combine": combine},
+                                values={s: (float(c), float(r)) for s, (c, r) in values.items()},
+                                attacked=tuple(missing), rows=rows)
+
+
+def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: float, n_examples: int,
+                        attacks: Sequence[str] = ("apgd-ce", "apgd-t"), split: str = "test", batch_size: int = 250,
+                        seed: int = 0, combine: str = "probs", dataset: str | None = None, root=None,
+                        device: torch.device | str = "cpu", progress: bool = False) -> list[RobustnessEvaluation]:
+    """AutoAttack robust and clean accuracy (:func:`landscape.robustness.robust_accuracy`) of each
+    member and of the ensemble as one model (its combined log-probabilities), on the first
+    ``n_examples`` images of ``split`` in ``[0, 1]``, the normalization inside the attacked model.
+
+    ``norm`` is ``"linf"`` or ``"l2"``. Scopes whose rows are stored are not attacked again; rows are
+    written after every run succeeded.
+    """
+    if norm not in NORMS:
+        raise InputError(f"norm must be linf or l2, got {norm!r}")
+    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
+        raise InputError(f"n_examples must be a positive integer, got {n_examples!r}")
+    if combine not in ("probs", "logits"):
+        raise InputError(f"combine must be probs or logits for an attacked ensemble, got {combine!r} "
+                         "(a majority vote has no gradient to attack)")
+    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no run folders given; pass at least one RUN folder")
+    evaluations = [_robustness_run(path, norm=norm, eps=eps, n_examples=n_examples, attacks=attacks, split=split,
+                                   batch_size=batch_size, seed=seed, combine=combine, dataset=dataset, root=root,
+                                   device=device, progress=progress) for path in paths]
+    for evaluation in evaluations:
+        if evaluation.rows:
+            run_folders.append_results(evaluation.path, evaluation.rows)
+    return evaluations

@@ -1,0 +1,392 @@
+"""`sharpdiv evaluate` and the logit cache.
+
+The members are linear models (``mlp`` with no hidden layer) whose first three logits are, by
+hand-set weights, the three channels of pixel [0, 0] after normalization. The CIFAR-10-C fixture
+writes its corruption, severity and row into that pixel, so decoding the cached logits tells which
+images a slice really holds. The other seven logits have random weights that differ per member,
+so the members disagree and the diversity metrics are not trivial. Every stored number is
+recomputed here from the cache files, read with safetensors directly, by the landscape functions.
+"""
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from click.testing import CliRunner
+
+import cli
+from disk_layouts import write_cifar10, write_cifar_c
+from ensembles import data, evaluation, logits as logit_cache, runs
+from ensembles.models import MLP, build
+from landscape import calibration, diversity, ensemble
+
+N_CLASSES = 10
+SIDE = 32
+PIXELS = SIDE * SIDE
+CORRUPTIONS = ("gaussian_noise", "fog")   # positions 0 and 1 in the fixture's pixel code
+N_PER_SEVERITY = 4
+N_TEST, N_TRAIN = 10, 40
+MEAN, STD = data.normalization("cifar10")
+# Metric names of docs/results-table.md, written out here rather than taken from the module.
+MEMBER = {"accuracy", "nll", "ece", "brier", "reliability/confidence", "reliability/accuracy", "reliability/count"}
+ENSEMBLE_AT_K = {"accuracy", "nll", "ece", "brier", "der", "disagreement", "variance/logits", "variance/probs", "kl",
+                 "eir", "mean_member_error"}
+ENSEMBLE = ENSEMBLE_AT_K | {"reliability/confidence", "reliability/accuracy", "reliability/count"}
+
+
+def pixel_reader(seed: int) -> MLP:
+    """Logit c (c < 3) = channel c of pixel [0, 0], normalized; logits 3..9 random."""
+    model = build("mlp", N_CLASSES, input_size=3 * PIXELS, hidden=[])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = torch.zeros(N_CLASSES, 3 * PIXELS)
+        weight[3:] = torch.randn(N_CLASSES - 3, 3 * PIXELS, generator=generator) * 0.05
+        for channel in range(3):
+            weight[channel, channel * PIXELS] = 1.0   # flattened CHW: channel c, row 0, column 0
+        model.layers[0].weight.copy_(weight)
+        model.layers[0].bias.zero_()
+    return model
+
+
+def make_run(path, n_members=3):
+    runs.create_run(path, dataset="cifar10", num_classes=N_CLASSES, model="mlp",
+                    model_args={"input_size": 3 * PIXELS, "hidden": []}, seeds=list(range(n_members)))
+    for index in range(n_members):
+        runs.save_member(path, index, pixel_reader(seed=index))
+    return path
+
+
+@pytest.fixture
+def setting(tmp_path):
+    root = tmp_path / "data"
+    clean = write_cifar10(root, n_train=N_TRAIN, n_test=N_TEST)
+    corrupted = write_cifar_c(root, corruptions=CORRUPTIONS, n_per_severity=N_PER_SEVERITY)
+    return make_run(tmp_path / "run"), root, clean, corrupted
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """Counts MLP forward calls (one per batch per member)."""
+    calls = []
+    original = MLP.forward
+
+    def counted(self, x):
+        calls.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(MLP, "forward", counted)
+    return calls
+
+
+def evaluate(run, root, *options):
+    result = CliRunner().invoke(cli.main, ["evaluate", str(run), "--data-path", str(root), "--device", "cpu", *options])
+    return result
+
+
+def cached(run, slice_name, member=None):
+    folder = run / "logits" / "cifar10" / slice_name
+    if member is None:
+        return safetensors.torch.load_file(str(folder / "labels.safetensors"))["labels"]
+    return safetensors.torch.load_file(str(folder / f"member-{member}.safetensors"))["logits"]
+
+
+def decoded_pixels(logits):
+    """Invert the normalization of the three pixel logits: the uint8 values of pixel [0, 0]."""
+    values = (logits[:, :3].double() * torch.tensor(STD, dtype=torch.float64)
+              + torch.tensor(MEAN, dtype=torch.float64)) * 255
+    assert torch.allclose(values, values.round(), atol=1e-3)
+    return values.round().long()
+
+
+def results(run):
+    table = runs.read_results(run, current_only=True)
+    return table
+
+
+def select(table, scope, metric, corruption=None, severity=None, split="test", **settings):
+    rows = table[(table["scope"] == scope) & (table["metric"] == metric) & (table["split"] == split)]
+    rows = rows[rows["corruption"].isna()] if corruption is None else rows[rows["corruption"] == corruption]
+    rows = rows[rows["severity"].isna()] if severity is None else rows[rows["severity"] == severity]
+    for name, value in settings.items():
+        rows = rows[rows[name] == value]
+    return rows
+
+
+def parts(run):
+    return sorted((run / "results").glob("part-*.parquet")) if (run / "results").exists() else []
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_every_slice_holds_its_own_images(setting):
+    run, root, clean, corrupted = setting
+    result = evaluate(run, root)
+    assert result.exit_code == 0, result.output
+    for position, corruption in enumerate(CORRUPTIONS):
+        for severity in range(1, 6):
+            name = f"{corruption}-{severity}"
+            rows = corrupted.severity_rows(severity)
+            assert torch.equal(cached(run, name), torch.from_numpy(corrupted.labels[rows]))
+            for member in range(3):
+                pixels = decoded_pixels(cached(run, name, member))
+                assert (pixels[:, 0] == 10 * (position + 1) + severity).all(), name
+                assert torch.equal(pixels[:, 1], torch.arange(N_PER_SEVERITY)), name
+                assert (pixels[:, 2] == 255 - severity).all(), name
+    assert torch.equal(decoded_pixels(cached(run, "test", 0)), torch.from_numpy(clean.test_images[:, 0, 0]).long())
+    assert torch.equal(cached(run, "test"), torch.from_numpy(clean.test_labels))
+    _, val_rows = data.fixed_split(N_TRAIN, (data.VALIDATION_FRACTION,))
+    assert torch.equal(decoded_pixels(cached(run, "val", 2)), torch.from_numpy(clean.train_images[val_rows, 0, 0]).long())
+    # The summary names the clean splits and every severity.
+    assert "test (ID)" in result.output and all(f"OOD severity {s}" in result.output for s in range(1, 6))
+
+
+def test_cached_logits_are_the_members_outputs(setting):
+    run, root, _, corrupted = setting
+    assert evaluate(run, root, "--corruptions", "fog", "--severities", "4").exit_code == 0
+    images = data.load_corrupted("cifar10", root, "fog", 4)
+    inputs = images.batch(np.arange(len(images)))
+    for member in range(3):
+        assert torch.allclose(cached(run, "fog-4", member), pixel_reader(member)(inputs), atol=1e-5)
+
+
+def test_rows_follow_the_contract_and_equal_the_landscape_functions(setting):
+    run, root, _, _ = setting
+    assert evaluate(run, root, "--corruptions", "fog", "--severities", "2", "--n-bins", "5").exit_code == 0
+    table = results(run)
+    for slice_name, corruption, severity in (("test", None, None), ("fog-2", "fog", 2)):
+        member_logits = torch.stack([cached(run, slice_name, m) for m in range(3)])
+        labels = cached(run, slice_name)
+        where = {"corruption": corruption, "severity": severity}
+
+        def value(scope, metric, **settings):
+            rows = select(table, scope, metric, **where, **settings)
+            assert len(rows) == 1, (scope, metric, settings, slice_name)
+            return rows["value"].iloc[0]
+
+        for member in range(3):
+            logits = member_logits[member]
+            assert value(f"member-{member}", "accuracy") == pytest.approx(float(calibration.accuracy(logits, labels)))
+            assert value(f"member-{member}", "nll") == pytest.approx(
+                float(calibration.negative_log_likelihood(logits, labels)), rel=1e-6)
+            assert value(f"member-{member}", "ece", n_bins=5) == pytest.approx(
+                float(calibration.expected_calibration_error(logits, labels, 5)), rel=1e-6, abs=1e-9)
+            assert value(f"member-{member}", "brier") == pytest.approx(float(calibration.brier_score(logits, labels)), rel=1e-6)
+        for scope, k in (("ensemble", 3), ("ensemble@2", 2), ("ensemble@3", 3)):
+            part = member_logits[:k]
+            combined = ensemble.combine(part, "probs")
+            expected = {
+                "accuracy": calibration.accuracy(combined, labels),
+                "nll": calibration.negative_log_likelihood(combined, labels),
+                "ece": calibration.expected_calibration_error(combined, labels, 5),
+                "brier": calibration.brier_score(combined, labels),
+                "der": diversity.disagreement_error_ratio(part, labels),
+                "disagreement": diversity.disagreement_matrix(part)[tuple(torch.triu_indices(k, k, 1))].mean(),
+                "variance/logits": diversity.prediction_variance(part, "logits"),
+                "variance/probs": diversity.prediction_variance(part, "probs"),
+                "kl": diversity.pairwise_kl(part),
+                "eir": ensemble.ensemble_improvement_rate(part, labels, "probs"),
+                "mean_member_error": ensemble.mean_member_error(part, labels),
+            }
+            for metric, number in expected.items():
+                settings = {"combine": "probs", **({"n_bins": 5} if metric == "ece" else {})}
+                assert value(scope, metric, **settings) == pytest.approx(float(number), rel=1e-5, abs=1e-7), (scope, metric)
+        bins = calibration.reliability_bins(ensemble.combine(member_logits, "probs"), labels, 5)
+        for b in range(5):
+            assert value("ensemble", "reliability/count", bin=b, n_bins=5, combine="probs") == int(bins.count[b])
+        member_bins = calibration.reliability_bins(member_logits[1], labels, 5)
+        counts = [value("member-1", "reliability/count", bin=b, n_bins=5) for b in range(5)]
+        assert counts == member_bins.count.tolist() and sum(counts) == len(labels)
+    # Exactly the documented metrics per scope, on every slice, with combine only on ensemble rows.
+    for slice_name in ("val", "test"):
+        on_slice = table[(table["split"] == slice_name) & table["corruption"].isna()]
+        for scope, names in (("member-0", MEMBER), ("ensemble", ENSEMBLE), ("ensemble@2", ENSEMBLE_AT_K)):
+            assert set(on_slice.loc[on_slice["scope"] == scope, "metric"]) == names, scope
+    assert set(table["scope"]) == {"member-0", "member-1", "member-2", "ensemble", "ensemble@2", "ensemble@3"}
+    assert table.loc[table["scope"].str.startswith("member"), "combine"].isna().all()
+    assert (table.loc[table["scope"].str.startswith("ensemble"), "combine"] == "probs").all()
+    assert set(table["dataset"]) == {"cifar10"}
+
+
+def test_second_call_does_no_forward_pass_and_no_recomputation(setting, forward_calls, monkeypatch):
+    run, root, _, _ = setting
+    assert evaluate(run, root, "--severities", "1,5").exit_code == 0
+    n_slices = 2 + len(CORRUPTIONS) * 2
+    assert len(forward_calls) == 3 * n_slices          # every slice fits one batch of 512
+    stored = parts(run)
+    slices_measured = []
+    original = evaluation.slice_rows
+    monkeypatch.setattr(evaluation, "slice_rows", lambda *a, **k: slices_measured.append(1) or original(*a, **k))
+    forward_calls.clear()
+    result = evaluate(run, root, "--severities", "1,5")
+    assert result.exit_code == 0, result.output
+    assert forward_calls == [] and slices_measured == [] and parts(run) == stored
+    assert f"{n_slices} were already stored" in result.output
+    # Another combine mode reuses the cached logits: metrics, but no forward pass.
+    result = evaluate(run, root, "--severities", "1,5", "--combine", "logits")
+    assert result.exit_code == 0 and forward_calls == [] and len(slices_measured) == n_slices
+    assert f"{n_slices} came from cached logits" in result.output
+
+
+def test_an_interrupted_evaluation_resumes_from_the_cache(setting, forward_calls, monkeypatch):
+    run, root, _, _ = setting
+    original = logit_cache.compute_member_logits
+    done = []
+
+    def interrupted_after_three_slices(*args, **kwargs):
+        if len(done) == 3:
+            raise KeyboardInterrupt
+        done.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(logit_cache, "compute_member_logits", interrupted_after_three_slices)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_runs([run], root=root)
+    assert parts(run) == []   # no partial rows
+    monkeypatch.setattr(logit_cache, "compute_member_logits", original)
+    forward_calls.clear()
+    result = evaluate(run, root)
+    assert result.exit_code == 0, result.output
+    n_slices = 2 + len(CORRUPTIONS) * 5
+    assert len(forward_calls) == 3 * (n_slices - 3)
+    assert f"{n_slices - 3} needed forward passes, 3 came from cached logits" in result.output
+
+
+def test_new_weights_recompute_only_that_member(setting, forward_calls):
+    run, root, _, _ = setting
+    assert evaluate(run, root, "--corruptions", "none").exit_code == 0
+    runs.save_member(run, 1, pixel_reader(seed=11))
+    forward_calls.clear()
+    assert evaluate(run, root, "--corruptions", "none").exit_code == 0
+    assert len(forward_calls) == 2   # member 1 on val and on test
+    logits, labels = cached(run, "test", 1), cached(run, "test")
+    assert torch.allclose(logits, pixel_reader(11)(data.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))),
+                          atol=1e-5)
+    after = select(results(run), "member-1", "accuracy")["value"]
+    assert len(after) == 1 and after.iloc[0] == pytest.approx(float(calibration.accuracy(logits, labels)))
+
+
+def test_vote_writes_no_probability_metrics_and_says_so(setting):
+    run, root, _, _ = setting
+    result = evaluate(run, root, "--corruptions", "none", "--combine", "vote")
+    assert result.exit_code == 0, result.output
+    assert "not defined" in result.output
+    table = results(run)
+    ensemble_rows = table[table["scope"].str.startswith("ensemble")]
+    assert not ensemble_rows["metric"].isin(["nll", "ece", "brier"]).any()
+    assert not ensemble_rows["metric"].str.startswith("reliability/").any()
+    member_logits = torch.stack([cached(run, "test", m) for m in range(3)])
+    labels = cached(run, "test")
+    accuracy = select(table, "ensemble", "accuracy", combine="vote")["value"].iloc[0]
+    # Majority vote counted by hand, ties to the lowest class.
+    counts = torch.nn.functional.one_hot(member_logits.argmax(-1), N_CLASSES).sum(0)
+    majority = torch.tensor([min(c for c in range(N_CLASSES) if row[c] == row.max()) for row in counts])
+    assert accuracy == pytest.approx(float((majority == labels).double().mean()))
+    assert set(table.loc[table["scope"] == "member-0", "metric"]) == MEMBER
+
+
+def overwrite(file, tensor):
+    with safetensors.safe_open(str(file), framework="pt") as stored:
+        metadata = stored.metadata()
+    safetensors.torch.save_file({"logits": tensor}, str(file), metadata=metadata)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda logits: logits.index_fill(0, torch.tensor([2]), float("nan")), "NaN or Inf"),
+    (lambda logits: logits[:, :-1].contiguous(), "shape"),
+    (lambda logits: logits[:-1].contiguous(), "shape"),
+])
+def test_a_damaged_cache_file_is_a_clear_error_without_rows(setting, damage, message):
+    run, root, _, _ = setting
+    assert evaluate(run, root, "--corruptions", "none").exit_code == 0
+    shutil.rmtree(run / "results")
+    file = run / "logits" / "cifar10" / "test" / "member-1.safetensors"
+    overwrite(file, damage(cached(run, "test", 1)))
+    result = evaluate(run, root, "--corruptions", "none")
+    assert result.exit_code == 2
+    assert message in result.output and str(file) in result.output and "delete" in result.output
+    assert parts(run) == []
+
+
+def test_damaged_labels_and_a_dataset_with_other_classes_are_errors(setting, tmp_path):
+    run, root, _, _ = setting
+    assert evaluate(run, root, "--corruptions", "none").exit_code == 0
+    shutil.rmtree(run / "results")
+    file = run / "logits" / "cifar10" / "val" / "labels.safetensors"
+    safetensors.torch.save_file({"labels": torch.full((4,), 12, dtype=torch.long)}, str(file))
+    result = evaluate(run, root, "--corruptions", "none")
+    assert result.exit_code == 2 and "labels" in result.output and str(file) in result.output
+    assert parts(run) == []
+    # A 3-class run evaluated on 10-class CIFAR-10.
+    other = tmp_path / "three"
+    runs.create_run(other, dataset="cifar10", num_classes=3, model="mlp", model_args={"input_size": 3 * PIXELS, "hidden": []})
+    runs.save_member(other, 0, build("mlp", 3, input_size=3 * PIXELS, hidden=[]))
+    result = evaluate(other, root, "--corruptions", "none")
+    assert result.exit_code == 2 and "10 classes" in result.output and "3" in result.output
+    assert parts(other) == []
+
+
+def test_members_with_different_numbers_of_classes_are_an_error(setting):
+    run, root, _, _ = setting
+    runs.save_member(run, 1, build("mlp", 5, input_size=3 * PIXELS, hidden=[]))
+    result = evaluate(run, root, "--corruptions", "none")
+    assert result.exit_code == 2 and "member 1" in result.output
+    assert parts(run) == []
+
+
+def test_two_evaluations_at_once_both_keep_their_rows(setting, forward_calls):
+    run, root, _, _ = setting
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def evaluate_with(combine):
+        try:
+            barrier.wait()
+            evaluation.evaluate_runs([run], root=root, corruptions="fog", severities=[1, 3], combine=combine)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=evaluate_with, args=(mode,)) for mode in ("probs", "logits")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    table = results(run)
+    for mode in ("probs", "logits"):
+        assert len(select(table, "ensemble", "accuracy", combine=mode)) == 1
+        assert len(select(table, "ensemble", "der", "fog", 3, combine=mode)) == 1
+    # Both wrote the same cache files; what is left is complete and current.
+    forward_calls.clear()
+    result = evaluate(run, root, "--corruptions", "fog", "--severities", "1,3", "--combine", "vote")
+    assert result.exit_code == 0 and forward_calls == []
+    assert not list(run.glob("logits/**/.*.tmp"))
+
+
+def test_planned_measurements_are_exactly_the_rows_written():
+    generator = torch.Generator().manual_seed(0)
+    where = logit_cache.DataSlice("cifar10", "test", "fog", 3)
+    for n_members in (1, 2, 3):
+        for combine in ("probs", "logits", "vote"):
+            member_logits = torch.randn(n_members, 20, 4, generator=generator, dtype=torch.float64)
+            labels = torch.randint(0, 4, (20,), generator=generator)
+            rows = evaluation.slice_rows(member_logits, labels, where, member_indices=[0, 2, 5][:n_members],
+                                         combine=combine, n_bins=4)
+            written = sorted((r["scope"], r["metric"], runs.canonical_settings(
+                {k: v for k, v in r.items() if k not in runs.RESULT_COLUMNS})) for r in rows)
+            planned = sorted((scope, metric, runs.canonical_settings(settings)) for scope, metric, settings
+                             in evaluation.planned_measurements([0, 2, 5][:n_members], combine, 4))
+            assert written == planned
+            assert len(set(written)) == len(written)
+
+
+def test_bad_options_are_clear_errors(setting):
+    run, root, _, _ = setting
+    result = evaluate(run, root, "--corruptions", "no_such_corruption")
+    assert result.exit_code == 2 and "no_such_corruption" in result.output
+    result = evaluate(run, root, "--severities", "0-2")
+    assert result.exit_code == 2 and "severity" in result.output
+    assert parts(run) == []
