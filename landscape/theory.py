@@ -225,7 +225,8 @@ def theorem_1(setting: QuadraticSetting, *, iterations: int, eta, rho,
     ``Var Z ≤ (φ(4k,4) − φ(2k,2)²)‖θ*‖⁴`` (Cauchy-Schwarz). ``jensen_gap="derived"`` (default) carries
     that through: ``G = ρ0 (φ(4k,4) − φ(2k,2)²) ‖θ*‖ / (2 φ(2k,2)^{3/2})``. ``"printed"`` uses the
     paper's ``G = (φ(4k,4) − φ(2k,2)²) / (2 φ(2k,2)^{3/2} ‖θ*‖)``, which drops the factor ρ0 and
-    writes ``Var Z`` with ``‖θ*‖²`` (docs/theory.md).
+    writes ``Var Z`` with ``‖θ*‖²`` (docs/theory.md). The lower bound needs ``n_tr ≥ d_in`` (below
+    that ``λmin(AᵀA) = 0``); for fewer samples it is ``None``.
     """
     eta, rho = _check_training(iterations, eta, rho)
     k, c = iterations, setting.ratio
@@ -245,7 +246,7 @@ def theorem_1(setting: QuadraticSetting, *, iterations: int, eta, rho,
     else:
         raise InputError(f"jensen_gap must be 'derived' or 'printed', got {jensen_gap!r}")
     root_c = math.sqrt(c)
-    lower = radius**2 / 2 * (root_c - 1) ** 2 + linear - gap
+    lower = radius**2 / 2 * (root_c - 1) ** 2 + linear - gap if c >= 1 else None
     upper = radius**2 / 2 * (root_c + 1) ** 2 + linear
     return TheoremPrediction(diversity=diversity, sharpness_lower=lower, sharpness_upper=upper)
 

@@ -139,6 +139,8 @@ def theory_table(figure: str, *, quick: bool = False, seed: int = 0,
                     prediction = theorem_2(setting, iterations=iterations, eta=eta, rho=rho)
                     theory = {"diversity": prediction.diversity, "sharpness_upper": prediction.sharpness_upper}
                 for quantity, value in theory.items():
+                    if value is None:  # no lower bound when n_tr < d_in
+                        continue
                     rows.append({**point, "source": "theory", "quantity": quantity, "value": value,
                                  "standard_error": float("nan")})
                 simulated = simulate_tradeoff(problems, iterations=iterations, eta=eta, rho=rho, method=method)

@@ -216,6 +216,12 @@ def test_theorem_1_at_zero_iterations_by_hand():
     assert printed.sharpness_lower == pytest.approx(prediction.sharpness_lower + gap - gap / radius)
 
 
+def test_theorem_1_has_no_lower_bound_with_fewer_samples_than_inputs():
+    setting = QuadraticSetting(train_samples=20, input_dim=30, initializations=20, partitions=1)
+    prediction = theorem_1(setting, iterations=2, eta=0.1, rho=0.1)
+    assert prediction.sharpness_lower is None and prediction.sharpness_upper > 0
+
+
 def test_theorem_2_with_one_block_is_theorem_1():
     setting = QuadraticSetting(train_samples=300, input_dim=30, initializations=20, partitions=1)
     one, two = (theorem(setting, iterations=5, eta=Fraction(1, 100), rho=Fraction(1, 20))
