@@ -185,8 +185,7 @@ class QuadraticSetting:
                              "with at least two models per block (the diversity estimate needs them); "
                              f"use e.g. initializations={2 * self.partitions}")
         if self.datasets < 2:
-            # (checked above as positive; two are needed for a standard error)
-            raise InputError("QuadraticSetting.datasets must be at least 2 (for a standard error)")
+            raise InputError("QuadraticSetting.datasets must be at least 2 (the standard error needs two)")
 
     @property
     def ratio(self) -> Fraction:
