@@ -171,6 +171,21 @@ def theory_command(figure, out, quick, seed):
     click.echo(diversity_at_matched_sharpness(paths[-1]).statement)
 
 
+@main.command("corrupt")
+@data_options(required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data root to write <Folder>-C into (pass it later as --data-path).")
+@click.option("--corruptions", type=CommaList(str), default=None,
+              help="Comma list of corruptions (default: every one that needs no image assets).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def corrupt_command(dataset, data_path, out, corruptions, seed):
+    """Write the CIFAR-10-C-style corrupted test split of a data set (5 severities each)."""
+    from ensembles.corruptions import write_corrupted_dataset
+
+    folder, written, kept = write_corrupted_dataset(dataset, data_path, out, corruptions, seed=seed, progress=True)
+    click.echo(f"{folder}: wrote {len(written)} corruptions" + (f", kept {len(kept)} already there" if kept else ""))
+
+
 # -- commands end --
 
 

@@ -697,3 +697,59 @@ def _corrupted_splits(images: np.ndarray, labels: np.ndarray, corruptions: list[
                 corrupted[rows] = CORRUPTIONS[name](images[start:stop], severity,
                                                     _generator(seed, name, severity, chunk))
         yield name, corrupted, np.tile(labels, len(SEVERITIES))
+
+
+def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterable[str] | None = None,
+                            seed: int = 0, progress: bool = False) -> tuple:
+    """Write the ``-C`` version of a data set's test split in CIFAR-10-C's layout.
+
+    ``<out>/<Folder>-C/<corruption>.npy`` (uint8 ``(5N, H, W, 3)``, severity s in the s-th fifth of
+    the rows) and ``labels.npy`` (``(5N,)``), where ``<Folder>-C`` is what
+    :func:`ensembles.data.corrupted_folder` names (``digits-C``, ``CIFAR-10-C``, ``<basename>-C``),
+    so :func:`ensembles.data.load_corrupted` reads it back with ``root=out``. Every file is written
+    atomically; corruptions already on disk with the right shape are kept, so an interrupted call
+    resumes. Returns ``(folder, written names, kept names)``.
+    """
+    from tqdm import tqdm
+
+    from ensembles import data
+    from ensembles.files import atomic_path
+
+    kind = name.split(":", 1)[0] if name.startswith("folder:") else name
+    if kind.lower().replace("-", "").replace("_", "") in {"tinyimagenet", "tinyimgnet"}:
+        raise InputError("Tiny-ImageNet-C is a tree of JPEG files, not arrays; use the published "
+                         "Tiny-ImageNet-C (zenodo.org/record/2536630) rather than generating it")
+    names = corruption_names() if corruptions is None else list(corruptions)
+    for corruption in names:
+        _check_corruption(corruption)
+    clean = data.load_dataset(name, root, split="test", normalize=False)
+    # Back to the stored uint8 pixels: the loader scaled them by 1/255 and nothing else.
+    images = np.empty((len(clean), *clean.image_size, 3), dtype=np.uint8)
+    for start in range(0, len(clean), 1024):
+        chunk = clean.batch(np.arange(start, min(start + 1024, len(clean))))
+        images[start:start + len(chunk)] = (chunk * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = clean.targets.numpy()
+    folder = data.corrupted_folder(name, out if out is not None else root)
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = (len(SEVERITIES) * len(images), *images.shape[1:])
+    with atomic_path(folder / "labels.npy") as temporary:
+        with open(temporary, "wb") as stream:
+            np.save(stream, np.tile(labels, len(SEVERITIES)).astype(np.int64))
+    kept = [c for c in names if _has_array(folder / f"{c}.npy", expected)]
+    todo = [c for c in names if c not in kept]
+    for corruption, corrupted, _ in tqdm(make_corrupted_split(images, labels, todo, seed=seed), total=len(todo),
+                                         desc=f"corrupting {name}", unit="corruption", disable=not progress):
+        with atomic_path(folder / f"{corruption}.npy") as temporary:
+            with open(temporary, "wb") as stream:
+                np.save(stream, corrupted)
+    return folder, todo, kept
+
+
+def _has_array(path, shape) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    return array.shape == shape and array.dtype == np.uint8
