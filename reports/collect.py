@@ -1,0 +1,412 @@
+"""Gather what the run folders' results tables hold, and read per-run quantities from it.
+
+Reports never measure anything: every number here is a stored row (``docs/results-table.md``),
+selected, and averaged over members, corruption slices or runs.
+
+:func:`collect` joins the current (non-stale) rows of many run folders with the settings in
+each folder's ``run.json``, into one long table:
+
+- the results columns keep their names (``run``, ``scope``, ``metric``, ``value``, ``rho`` ...);
+- every run.json field is added as ``run.<field>``: ``run.method``, ``run.rho`` (the training
+  radius, not the ``rho`` of a sharpness row), ``run.width``, ``run.sparsity``, ``run.dataset``,
+  ``run.model``. The prefix is always there, so a column never changes name with the metrics a
+  run happens to have. ``model_args`` entries are lifted to ``run.<key>`` (``run.width``) unless
+  run.json has the same key at the top level; lists become comma text (``run.seeds`` = "13,17,27");
+  ``run.n_members`` is the number of members run.json lists;
+- ``path`` is the run folder as given, ``run_label`` a short unique name for legends and files.
+
+The readers below turn that table into one number per run. Their conventions:
+
+- clean test data (``on="test"``) is ``split == "test"`` with no corruption; corrupted data
+  (``on="ood"``) is every row with a corruption, averaged over the corruption × severity slices;
+- ``scope="members"`` averages ``member-<i>`` rows over members within each slice first;
+- ensemble rows are those of the chosen ``combine`` mode (rows without a ``combine`` column count
+  for every mode);
+- when one quantity was stored under several settings (two bin counts, two batch sizes), the
+  newest measurement is used.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ensembles import runs as run_folders
+from landscape.errors import InputError
+
+__all__ = [
+    "DIVERSITY_METRICS",
+    "Missing",
+    "SharpnessSpec",
+    "collect",
+    "diversity_metric",
+    "group_labels",
+    "group_order",
+    "missing_measurements",
+    "per_run",
+    "run_table",
+    "sharpness_per_run",
+    "tradeoff_points",
+]
+
+RUN_PREFIX = "run."
+_NOT_SETTINGS = {"format", "members", "versions", "created", "model_args"}
+_SLICE = ["dataset", "split", "corruption", "severity"]
+UNSET = "(unset)"
+
+#: ``--diversity`` names and the results-table metric each reads (variance is paper eq. 1 on logits).
+DIVERSITY_METRICS = {"der": "der", "variance": "variance/logits", "kl": "kl",
+                     "variance/logits": "variance/logits", "variance/probs": "variance/probs",
+                     "disagreement": "disagreement"}
+_DIVERSITY_NAMES = {"der": "DER", "variance/logits": "prediction variance (logits)",
+                    "variance/probs": "prediction variance (probabilities)", "kl": "pairwise KL (nats)",
+                    "disagreement": "disagreement"}
+
+
+# ----------------------------------------------------------------------------------------------
+# run folders and their settings
+
+
+def _text(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _settings(config: dict) -> dict:
+    flat = {key: _text(value) for key, value in config.items() if key not in _NOT_SETTINGS}
+    for key, value in (config.get("model_args") or {}).items():
+        flat.setdefault(key, _text(value))  # a top-level field wins over the model's argument
+    flat["n_members"] = len(config.get("members", []))
+    return {RUN_PREFIX + key: value for key, value in flat.items()}
+
+
+def _unique_paths(paths: Iterable) -> list[Path]:
+    seen, unique = set(), []
+    for path in paths:
+        path = Path(path)
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    if not unique:
+        raise InputError("no run folders given; pass at least one RUN folder")
+    return unique
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """The shortest trailing part of each path that tells the runs apart (the folder name usually)."""
+    for depth in range(1, max(len(p.resolve().parts) for p in paths) + 1):
+        labels = ["/".join(p.resolve().parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def run_table(paths: Iterable) -> pd.DataFrame:
+    """One row per run folder: ``path``, ``run_label`` and the flattened run.json (``run.<field>``)."""
+    paths = _unique_paths(paths)
+    rows = [{"path": str(path), **_settings(run_folders.read_config(path))} for path in paths]
+    table = pd.DataFrame(rows)
+    table.insert(1, "run_label", _labels(paths))
+    return table
+
+
+def collect(paths: Iterable, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The current results rows of every run folder, with that run's settings as ``run.*`` columns.
+
+    Stale rows (written for member weights that have since changed) are left out. ``runs`` may be
+    passed when :func:`run_table` was already called for the same paths.
+    """
+    runs = run_table(paths) if runs is None else runs
+    frames = []
+    for path in runs["path"]:
+        table = run_folders.read_results(path, current_only=True)
+        if not table.empty:
+            frames.append(table.drop(columns=["stale"]).assign(path=path))
+    if not frames:
+        return pd.DataFrame(columns=[*run_folders.RESULT_COLUMNS, *runs.columns])
+    results = pd.concat(frames, ignore_index=True, sort=False)
+    return results.merge(runs, on="path", how="left", validate="many_to_one")
+
+
+# ----------------------------------------------------------------------------------------------
+# groups
+
+
+def _plain_label(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return UNSET
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def group_labels(frame: pd.DataFrame, group_by: str) -> pd.Series:
+    """The group each row belongs to, as text: the run.json field ``group_by`` (``method``, ``rho``,
+    ``width``, ``sparsity`` ...; with or without the ``run.`` prefix). Runs without it get "(unset)"."""
+    column = group_by if group_by.startswith(RUN_PREFIX) else RUN_PREFIX + group_by
+    if column not in frame.columns:
+        fields = sorted(c[len(RUN_PREFIX):] for c in frame.columns if c.startswith(RUN_PREFIX))
+        raise InputError(f"no run has the field {group_by!r} in its run.json; group by one of: "
+                         f"{', '.join(fields) or '(no fields)'}")
+    return frame[column].map(_plain_label).rename(group_by)
+
+
+def group_order(labels: Iterable[str]) -> list[str]:
+    """Groups in reading order: numerically when every label is a number, else alphabetically;
+    "(unset)" last."""
+    unique = [label for label in dict.fromkeys(labels) if label != UNSET]
+    try:
+        ordered = sorted(unique, key=float)
+    except ValueError:
+        ordered = sorted(unique)
+    return ordered + ([UNSET] if UNSET in set(labels) else [])
+
+
+# ----------------------------------------------------------------------------------------------
+# one number per run
+
+
+@dataclass(frozen=True)
+class SharpnessSpec:
+    """Which sharpness the reports read: ``METRIC@RHO``, e.g. ``sharpness/worst/l2/adaptive@0.5``.
+
+    Sharpness metrics need the radius; curvature metrics (``hessian/trace``) take none.
+    """
+
+    metric: str
+    rho: float | None
+
+    @classmethod
+    def parse(cls, text: str) -> "SharpnessSpec":
+        metric, _, radius = str(text).partition("@")
+        metric = metric.strip()
+        if not metric:
+            raise InputError(f"--sharpness {text!r}: expected METRIC@RHO, e.g. sharpness/worst/l2/adaptive@0.5")
+        if metric.startswith("sharpness") and not re.fullmatch(
+                r"sharpness(-error)?/(worst|average)/(l2|linf)/(adaptive|standard)", metric):
+            raise InputError(f"--sharpness {text!r}: the metric is sharpness/<worst|average>/<l2|linf>/"
+                             "<adaptive|standard> (or sharpness-error/...)")
+        if not radius:
+            if metric.startswith("sharpness"):
+                raise InputError(f"--sharpness {text!r} names no radius; add it, e.g. {metric}@0.5")
+            return cls(metric, None)
+        try:
+            rho = float(radius)
+        except ValueError:
+            raise InputError(f"--sharpness {text!r}: {radius!r} is not a number; e.g. {metric}@0.5") from None
+        if not rho > 0:
+            raise InputError(f"--sharpness {text!r}: the radius must be positive")
+        return cls(metric, rho)
+
+    def __str__(self) -> str:
+        return self.metric if self.rho is None else f"{self.metric}@{self.rho:g}"
+
+    @property
+    def description(self) -> str:
+        """Axis text, e.g. "worst-case ℓ2 adaptive, ρ = 0.5 (loss increase)"."""
+        parts = self.metric.split("/")
+        if parts[0] in ("sharpness", "sharpness-error") and len(parts) == 4:
+            kind = "worst-case" if parts[1] == "worst" else "average-case"
+            norm = "ℓ2" if parts[2] == "l2" else "ℓ∞"
+            unit = "loss increase" if parts[0] == "sharpness" else "error increase"
+            return f"{kind} {norm} {parts[3]}, ρ = {self.rho:g} ({unit})"
+        return self.metric
+
+    def command(self, path: str) -> str:
+        """The command that stores this measurement for run ``path``."""
+        parts = self.metric.split("/")
+        if parts[0] in ("sharpness", "sharpness-error"):
+            options = []
+            if parts[1] != "worst":
+                options.append(f"--kind {parts[1]}")
+            if parts[2] != "l2":
+                options.append(f"--norm {parts[2]}")
+            if parts[3] != "adaptive":
+                options.append("--standard")
+            options.append(f"--rho {self.rho:g}")
+            return " ".join(["sharpdiv sharpness", shlex.quote(path), *options])
+        if parts[0] == "hessian":
+            return f"sharpdiv hessian {shlex.quote(path)} --trace"
+        if parts[0] == "fisher":
+            return f"sharpdiv fisher {shlex.quote(path)}"
+        return f"sharpdiv --help  # no command known to store {self.metric}"
+
+
+def diversity_metric(name: str) -> str:
+    """The results-table metric a ``--diversity`` name reads (der, variance, kl ...)."""
+    try:
+        return DIVERSITY_METRICS[name]
+    except KeyError:
+        raise InputError(f"unknown diversity {name!r}; use one of {', '.join(DIVERSITY_METRICS)}") from None
+
+
+def diversity_description(metric: str, on: str) -> str:
+    """Axis text, e.g. "DER on corrupted data (mean over slices)"."""
+    where = "corrupted data (mean over slices)" if on == "ood" else "clean test data"
+    return f"{_DIVERSITY_NAMES.get(metric, metric)} on {where}"
+
+
+def _on_slice(rows: pd.DataFrame, on: str) -> pd.DataFrame:
+    corrupted = rows["corruption"].notna() if "corruption" in rows else pd.Series(False, index=rows.index)
+    if on == "test":
+        return rows[(rows["split"] == "test") & ~corrupted]
+    if on == "ood":
+        return rows[corrupted]
+    if on == "any":
+        return rows
+    raise InputError(f"unknown data slice {on!r}; use test (clean test split) or ood (corrupted test data)")
+
+
+def _of_scope(rows: pd.DataFrame, scope: str) -> pd.DataFrame:
+    if scope == "members":
+        return rows[rows["scope"].str.fullmatch(r"member-\d+")]
+    return rows[rows["scope"] == scope]
+
+
+def _of_combine(rows: pd.DataFrame, combine: str | None) -> pd.DataFrame:
+    if combine is None or "combine" not in rows:
+        return rows
+    return rows[rows["combine"].isna() | (rows["combine"] == combine)]
+
+
+def _filled(rows: pd.DataFrame, columns: Sequence[str]) -> list[pd.Series]:
+    """The columns as grouping keys, with every kind of missing value (None, NaN) as ""."""
+    cells = rows[list(columns)].astype(object)
+    return [cells[c].where(cells[c].notna(), "") for c in columns]
+
+
+def _newest_settings(rows: pd.DataFrame, within: Sequence[str]) -> pd.DataFrame:
+    """Within each group of ``within`` columns, only the rows of the newest measurement's settings."""
+    if rows.empty:
+        return rows
+    rows = rows.sort_values("created", kind="stable")
+    newest = rows.groupby(_filled(rows, within), sort=False)["settings"].transform("last")
+    return rows[rows["settings"] == newest]
+
+
+def _slice_values(results: pd.DataFrame, metric: str, scope: str, on: str, combine: str | None) -> pd.DataFrame:
+    """One value per (run, slice): the newest measurement, averaged over members for ``members``.
+    Missing slice values (clean data has no corruption) are "" here."""
+    if results.empty or "metric" not in results:
+        return pd.DataFrame(columns=["path", *_SLICE, "value"])
+    rows = results[results["metric"] == metric]
+    rows = _of_combine(_on_slice(_of_scope(rows, scope), on), combine)
+    rows = _newest_settings(rows, ["path", "scope", *_SLICE])
+    if rows.empty:
+        return pd.DataFrame(columns=["path", *_SLICE, "value"])
+    slices = rows[_SLICE].astype(object)
+    rows = rows.assign(**{c: slices[c].where(slices[c].notna(), "") for c in _SLICE})
+    return rows.groupby(["path", *_SLICE], as_index=False)["value"].mean()
+
+
+def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: str = "test",
+            combine: str | None = "probs", by_severity: bool = False) -> pd.Series | pd.DataFrame:
+    """One value of ``metric`` per run (a Series indexed by ``path``), averaged over slices.
+
+    ``scope`` is ``ensemble``, ``members`` (mean over members), or any stored scope (``ensemble@2``).
+    ``by_severity=True`` gives a DataFrame (index ``path``, one column per severity) whose values
+    are averaged over corruptions at each severity.
+    """
+    values = _slice_values(results, metric, scope, on, combine)
+    if by_severity:
+        values = values[values["severity"] != ""]
+        if values.empty:
+            return pd.DataFrame(index=pd.Index([], name="path"))
+        values = values.assign(severity=values["severity"].astype(float).astype(int))
+        return values.pivot_table(index="path", columns="severity", values="value", aggfunc="mean")
+    return values.groupby("path")["value"].mean()
+
+
+def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
+    """The members' mean sharpness per run: the stored ensemble mean row (``scope="ensemble"``),
+    or the mean of the member rows where a run has no mean row. Rows at the spec's radius only."""
+    rows = results[results["metric"] == spec.metric] if "metric" in results else results.iloc[0:0]
+    if spec.rho is not None:
+        if "rho" not in rows:
+            return pd.Series(dtype=float, name=str(spec))
+        rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
+    mean_rows = per_run(rows, spec.metric, scope="ensemble", on="any", combine=None)
+    member_rows = per_run(rows, spec.metric, scope="members", on="any", combine=None)
+    return mean_rows.combine_first(member_rows).rename(str(spec))
+
+
+def tradeoff_points(results: pd.DataFrame, *, sharpness: SharpnessSpec, diversity: str = "der",
+                    on: str = "ood", combine: str | None = "probs", group_by: str = "method") -> pd.DataFrame:
+    """One row per run with every number the trade-off plot needs.
+
+    Columns: ``group``, ``sharpness`` (members' mean), ``diversity`` (ensemble, on ``on``), ``eir``,
+    ``member_accuracy`` and ``ensemble_accuracy`` (fractions, on ``on``), ``run_label``; runs missing
+    sharpness or diversity are dropped.
+    """
+    metric = diversity_metric(diversity)
+    if results.empty or "path" not in results:
+        return pd.DataFrame(columns=["group", "sharpness", "diversity", "eir", "member_accuracy",
+                                     "ensemble_accuracy", "run_label"])
+    firsts = results.drop_duplicates("path").set_index("path")
+    points = pd.DataFrame({
+        "group": group_labels(firsts, group_by),
+        "sharpness": sharpness_per_run(results, sharpness),
+        "diversity": per_run(results, metric, on=on, combine=combine),
+        "eir": per_run(results, "eir", on=on, combine=combine),
+        "member_accuracy": per_run(results, "accuracy", scope="members", on=on, combine=combine),
+        "ensemble_accuracy": per_run(results, "accuracy", on=on, combine=combine),
+        "run_label": firsts["run_label"],
+    }, index=firsts.index)
+    points.index.name = "path"
+    return points.dropna(subset=["sharpness", "diversity"])
+
+
+# ----------------------------------------------------------------------------------------------
+# what is missing, and the command that would store it
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A measurement a run lacks for this report, and the command that would store it."""
+
+    path: str
+    what: str
+    command: str
+
+    def __str__(self) -> str:
+        return f"run {self.path} has no {self.what}: run `{self.command}`"
+
+
+def missing_measurements(results: pd.DataFrame, runs: pd.DataFrame, *, sharpness: SharpnessSpec,
+                         diversity: str = "der", on: str = "ood", combine: str | None = "probs") -> list[Missing]:
+    """For every run, the measurements this report reads that its results table does not hold."""
+    metric = diversity_metric(diversity)
+    clean = set(per_run(results, "accuracy", scope="members", on="test", combine=None).index)
+    corrupted = set(per_run(results, "accuracy", scope="members", on="ood", combine=None).index)
+    combined = set(per_run(results, "accuracy", on="any", combine=combine).index)
+    diverse = set(per_run(results, metric, on=on, combine=combine).index)
+    sharp = set(sharpness_per_run(results, sharpness).index)
+    found = []
+    for path in runs["path"]:
+        quoted = shlex.quote(path)
+        if path not in clean:
+            found.append(Missing(path, "evaluation", f"sharpdiv evaluate {quoted}"))
+        if path not in corrupted:
+            found.append(Missing(path, "corrupted-data evaluation", f"sharpdiv evaluate {quoted} --corruptions all"))
+        evaluated = path in clean or path in corrupted
+        if evaluated and combine is not None and path not in combined:
+            found.append(Missing(path, f"ensemble rows with combine={combine}",
+                                 f"sharpdiv evaluate {quoted} --combine {combine}"))
+        elif evaluated and not (on == "ood" and path not in corrupted) and path not in diverse:
+            found.append(Missing(path, f"{metric} on {'corrupted' if on == 'ood' else 'clean test'} data",
+                                 f"sharpdiv evaluate {quoted}" + (" --corruptions all" if on == "ood" else "")))
+        if path not in sharp:
+            found.append(Missing(path, str(sharpness), sharpness.command(path)))
+    return found
