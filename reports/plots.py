@@ -1,0 +1,537 @@
+"""Figures from stored results: the sharpness–diversity trade-off and the views around it.
+
+Every function reads the long table of :func:`reports.collect.collect`, draws with matplotlib's
+object API (no pyplot state, no display; Agg canvas) in a seaborn style, writes PNG and SVG into
+``directory`` and returns :class:`Figures`: the written paths and the figures themselves (so their
+axes can be inspected), or no paths and the reason when the rows it needs are absent.
+
+Figures (SharpBalance, NeurIPS 2024):
+
+- :func:`plot_tradeoff` — sharpness vs diversity on log–log axes, one marker per ensemble, colour =
+  EIR or accuracy, marker shape = group, with each group's fitted power law and β with its
+  bootstrap interval (Figs. 1c, 3–5, 12);
+- :func:`plot_method_comparison` — bars of mean member accuracy topped by the ensemble's improvement
+  (Fig. 7);
+- :func:`plot_severity` — accuracy and EIR against corruption severity (Tables 2–4 as curves);
+- :func:`plot_ensemble_size` — accuracy and EIR against the number of members (Fig. 8);
+- :func:`plot_reliability` — reliability diagrams from the stored bins, pooled over runs;
+- :func:`plot_barriers`, :func:`plot_interpolation`, :func:`plot_plane` — loss barriers between
+  members, the interpolation curves and the loss plane through three members, per run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+from ensembles.files import atomic_path
+from reports.collect import (SharpnessSpec, diversity_description, diversity_metric, group_labels,
+                             group_order, per_run, tradeoff_points)
+from reports.tradeoff import BetaFit, fits_by_group
+
+__all__ = [
+    "Figures",
+    "plot_barriers",
+    "plot_ensemble_size",
+    "plot_interpolation",
+    "plot_method_comparison",
+    "plot_plane",
+    "plot_reliability",
+    "plot_severity",
+    "plot_tradeoff",
+]
+
+FORMATS = ("png", "svg")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+_WHERE = {"test": "clean test data", "ood": "corrupted data"}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a plot function wrote: ``paths`` (PNG and SVG of each figure) and the ``figures``; or no
+    paths and the ``reason`` it was skipped."""
+
+    paths: tuple[Path, ...] = ()
+    figures: tuple[Figure, ...] = field(default=(), repr=False)
+    reason: str | None = None
+
+
+def _skip(reason: str) -> Figures:
+    return Figures(reason=reason)
+
+
+@contextlib.contextmanager
+def _style():
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        yield
+
+
+def _figure(rows: int = 1, columns: int = 1, width: float = 5.5, height: float = 4.2, **options):
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, **options)
+    return figure, axes
+
+
+def _save(figure: Figure, directory: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for extension in formats:
+        path = directory / f"{stem}.{extension}"
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=extension, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+
+def _palette(groups: Sequence[str]) -> dict[str, tuple]:
+    return dict(zip(groups, sns.color_palette("colorblind", max(len(groups), 1))))
+
+
+def _run_groups(results: pd.DataFrame, group_by: str) -> pd.Series:
+    return group_labels(results.drop_duplicates("path").set_index("path"), group_by)
+
+
+def _mean_and_std(values: pd.DataFrame | pd.Series, groups: pd.Series):
+    grouped = values.groupby(groups.reindex(values.index))
+    return grouped.mean(), grouped.std(ddof=1)
+
+
+def _has(results: pd.DataFrame, metric_pattern: str) -> bool:
+    return not results.empty and "metric" in results and bool(results["metric"].str.fullmatch(metric_pattern).any())
+
+
+# ----------------------------------------------------------------------------------------------
+# the trade-off
+
+
+def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                  sharpness: SharpnessSpec | str = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
+                  on: str = "ood", colour: str = "eir", combine: str | None = "probs", n_bootstrap: int = 2000,
+                  seed: int = 0, name: str | None = None, formats: Sequence[str] = FORMATS) -> Figures:
+    """Sharpness (members' mean) against diversity (ensemble) on log–log axes, with β per group.
+
+    ``colour`` is ``eir``, ``member_accuracy`` or ``ensemble_accuracy``, all on the same data as the
+    diversity (``on``). β is the slope of ``log D = α + β log S`` over the group's ensembles
+    (:func:`reports.tradeoff.fit_beta`), shown whatever its sign; groups with fewer than 3
+    ensembles get no line, and the legend says why.
+    """
+    spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
+    metric = diversity_metric(diversity)
+    points = tradeoff_points(results, sharpness=spec, diversity=diversity, on=on, combine=combine, group_by=group_by)
+    if points.empty:
+        return _skip(f"no run has both {spec} and {metric} on {_WHERE[on]}")
+    if colour not in ("eir", "member_accuracy", "ensemble_accuracy"):
+        raise ValueError(f"colour {colour!r}: use eir, member_accuracy or ensemble_accuracy")
+    scale = 1 if colour == "eir" else 100
+    colour_values = points[colour] * scale
+    colour_label = {"eir": "Ensemble improvement rate (EIR)", "member_accuracy": "Mean member accuracy (%)",
+                    "ensemble_accuracy": "Ensemble accuracy (%)"}[colour] + f", {_WHERE[on]}"
+    positive = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
+    fits = fits_by_group(positive["sharpness"], positive["diversity"], positive["group"],
+                         n_bootstrap=n_bootstrap, seed=seed)
+    groups = group_order(points["group"])
+    palette = _palette(groups)
+    colour_map = matplotlib.colormaps["coolwarm"].with_extremes(bad="lightgrey")
+    finite = colour_values[np.isfinite(colour_values)]
+    norm = matplotlib.colors.Normalize(*(finite.min(), finite.max())) if len(finite) else None
+    if norm is not None and norm.vmin == norm.vmax:
+        norm = matplotlib.colors.Normalize(norm.vmin - 0.5 * (abs(norm.vmin) or 1) * 0.01,
+                                           norm.vmax + 0.5 * (abs(norm.vmax) or 1) * 0.01)
+    with _style():
+        figure, axes = _figure(width=6.5, height=4.8)
+        ax = axes[0, 0]
+        handles = []
+        for index, group in enumerate(groups):
+            chosen = points["group"] == group
+            marker = _MARKERS[index % len(_MARKERS)]
+            collection = ax.scatter(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"],
+                                    c=colour_values[chosen] if norm is not None else [palette[group]],
+                                    cmap=colour_map if norm is not None else None, norm=norm, marker=marker,
+                                    s=60, edgecolors=[palette[group]], linewidths=1.5, zorder=3,
+                                    plotnonfinite=True)
+            fit = fits.get(group, "no positive values")
+            if isinstance(fit, BetaFit):
+                span = np.geomspace(points.loc[chosen, "sharpness"].min(), points.loc[chosen, "sharpness"].max(), 50)
+                ax.plot(span, fit.line(span), color=palette[group], linestyle="--", linewidth=1.5, zorder=2)
+                text = f"{group}: β = {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}], n = {fit.n}"
+            else:
+                text = f"{group}: β not fitted ({fit})"
+            handles.append(Line2D([], [], color=palette[group], linestyle="--" if isinstance(fit, BetaFit) else "",
+                                  marker=marker, markerfacecolor="white", markeredgecolor=palette[group],
+                                  markersize=8, label=text))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"Sharpness, members' mean (log scale)\n{spec.description}")
+        ax.set_ylabel(f"Diversity (log scale)\n{diversity_description(metric, on)}")
+        ax.set_title("Sharpness–diversity trade-off")
+        ax.legend(handles=handles, title=f"{group_by}: slope β [95% bootstrap interval]", loc="best",
+                  fontsize="small", title_fontsize="small")
+        if norm is not None:
+            figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=colour_map), ax=ax, label=colour_label)
+    stem = name or f"tradeoff-{colour.replace('_', '-')}"
+    return Figures(paths=tuple(_save(figure, Path(directory), stem, formats)), figures=(figure,))
+
+
+# ----------------------------------------------------------------------------------------------
+# methods, severities, ensemble sizes
+
+
+def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                           combine: str | None = "probs", name: str = "methods",
+                           formats: Sequence[str] = FORMATS) -> Figures:
+    """Bars per group: the mean member accuracy (hatched) topped by the ensemble's improvement over
+    it, on clean (ID) and corrupted (OOD) data; group means over runs, error bars one std of the
+    ensemble accuracy (SharpBalance Fig. 7)."""
+    panels = []
+    for on in ("test", "ood"):
+        members = 100 * per_run(results, "accuracy", scope="members", on=on, combine=combine)
+        ensemble = 100 * per_run(results, "accuracy", on=on, combine=combine)
+        both = pd.concat({"members": members, "ensemble": ensemble}, axis=1).dropna()
+        if not both.empty:
+            panels.append((on, both))
+    if not panels:
+        return _skip("no run has member and ensemble accuracy rows: run `sharpdiv evaluate RUN`")
+    groups_of_runs = _run_groups(results, group_by)
+    with _style():
+        figure, axes = _figure(1, len(panels), width=4.8)
+        for ax, (on, both) in zip(axes[0], panels):
+            mean, std = _mean_and_std(both, groups_of_runs)
+            order = [g for g in group_order(groups_of_runs) if g in mean.index]
+            mean, std = mean.reindex(order), std.reindex(order)
+            palette = _palette(order)
+            positions = np.arange(len(order))
+            colours = [palette[g] for g in order]
+            improvement = mean["ensemble"] - mean["members"]
+            ax.bar(positions, mean["members"], color=colours, alpha=0.55, hatch="//", edgecolor="black",
+                   label="mean member")
+            ax.bar(positions, improvement, bottom=mean["members"], color=colours, edgecolor="black",
+                   yerr=std["ensemble"].fillna(0), capsize=4, label="ensemble improvement")
+            spread = std["ensemble"].fillna(0)
+            for x, top, low, gain, error in zip(positions, mean["ensemble"], mean["members"], improvement, spread):
+                ax.annotate(f"{top:.2f}\n({'+' if gain >= 0 else '−'}{abs(gain):.2f})", (x, max(top, low) + error),
+                            textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize="small")
+            low = float(mean[["members", "ensemble"]].min().min())
+            high = float(mean[["members", "ensemble"]].max().max())
+            pad = max(high - low, 1.0)
+            ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+            ax.set_xticks(positions, order)
+            ax.set_xlabel(group_by)
+            ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
+            ax.set_title(f"{'ID' if on == 'test' else 'OOD'}: members and ensemble improvement")
+            ax.legend(loc="lower right", fontsize="small")
+    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+
+
+def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                  combine: str | None = "probs", name: str = "severity",
+                  formats: Sequence[str] = FORMATS) -> Figures:
+    """Accuracy (ensemble solid, mean member dashed) and EIR against corruption severity, severity 0
+    being clean test data; group means over runs with one-std bars."""
+    ensemble = per_run(results, "accuracy", on="ood", combine=combine, by_severity=True)
+    if ensemble.empty:
+        return _skip("no run has corrupted-data accuracy rows: run `sharpdiv evaluate RUN --corruptions all`")
+    members = per_run(results, "accuracy", scope="members", on="ood", combine=combine, by_severity=True)
+    eir = per_run(results, "eir", on="ood", combine=combine, by_severity=True)
+
+    def with_clean(by_severity: pd.DataFrame, clean: pd.Series) -> pd.DataFrame:
+        return pd.concat([clean.rename(0), by_severity], axis=1) if not by_severity.empty else by_severity
+
+    curves = {
+        "ensemble": 100 * with_clean(ensemble, per_run(results, "accuracy", on="test", combine=combine)),
+        "mean member": 100 * with_clean(members, per_run(results, "accuracy", scope="members", on="test",
+                                                         combine=combine)),
+        "eir": with_clean(eir, per_run(results, "eir", on="test", combine=combine)),
+    }
+    groups_of_runs = _run_groups(results, group_by)
+    order = group_order(groups_of_runs)
+    palette = _palette(order)
+    with _style():
+        figure, axes = _figure(1, 2, width=5.2)
+        accuracy_ax, eir_ax = axes[0]
+        for curve, ax, style in (("ensemble", accuracy_ax, "-"), ("mean member", accuracy_ax, "--"),
+                                 ("eir", eir_ax, "-")):
+            table = curves[curve]
+            if table.empty:
+                continue
+            mean, std = _mean_and_std(table, groups_of_runs)
+            for group in [g for g in order if g in mean.index]:
+                row = mean.loc[group].dropna()
+                label = group if curve == "eir" else f"{group}, {curve}"
+                ax.errorbar(row.index.astype(int), row.values, yerr=std.loc[group].reindex(row.index).fillna(0).values,
+                            color=palette[group], linestyle=style, marker="o", capsize=3, label=label)
+        for ax in (accuracy_ax, eir_ax):
+            ax.set_xlabel("Corruption severity (0 = clean test data)")
+            ax.set_xticks(range(0, 6))
+            ax.legend(title=group_by, fontsize="small")
+        accuracy_ax.set_ylabel("Accuracy (%)")
+        accuracy_ax.set_title("Accuracy against corruption severity")
+        eir_ax.set_ylabel("Ensemble improvement rate (EIR)")
+        eir_ax.set_title("EIR against corruption severity")
+    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+
+
+def _sizes(results: pd.DataFrame, metric: str, on: str, combine: str | None) -> pd.DataFrame:
+    """Per run, ``metric`` of the sub-ensemble of the first k members (columns k); the full
+    ensemble counts as k = run.n_members where no ``ensemble@<M>`` row exists."""
+    scopes = results.loc[results["scope"].str.fullmatch(r"ensemble@\d+"), "scope"].unique()
+    columns = {int(scope.split("@")[1]): per_run(results, metric, scope=scope, on=on, combine=combine)
+               for scope in scopes}
+    table = pd.DataFrame(columns)
+    full = per_run(results, metric, scope="ensemble", on=on, combine=combine)
+    if "run.n_members" in results:
+        sizes = results.drop_duplicates("path").set_index("path")["run.n_members"]
+        for path, value in full.items():
+            k = int(sizes.get(path, 0))
+            if k >= 2 and (k not in table.columns or path not in table.index or pd.isna(table.loc[path, k])):
+                table.loc[path, k] = value
+    return table.reindex(sorted(table.columns), axis=1)
+
+
+def plot_ensemble_size(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                       combine: str | None = "probs", name: str = "ensemble-size",
+                       formats: Sequence[str] = FORMATS) -> Figures:
+    """Ensemble accuracy and EIR against the number of members k, from the ``ensemble@<k>`` rows
+    (SharpBalance Fig. 8); columns ID and OOD, group means over runs with one-std bars."""
+    if results.empty or not results["scope"].str.fullmatch(r"ensemble@\d+").any():
+        return _skip("no run has sub-ensemble (ensemble@<k>) rows: run `sharpdiv evaluate RUN`")
+    panels = [(on, metric, _sizes(results, metric, on, combine)) for on in ("test", "ood")
+              for metric in ("accuracy", "eir")]
+    used = [on for on in ("test", "ood") if any(not t.dropna(how="all").empty for o, _, t in panels if o == on)]
+    groups_of_runs = _run_groups(results, group_by)
+    order = group_order(groups_of_runs)
+    palette = _palette(order)
+    with _style():
+        figure, axes = _figure(2, len(used), width=4.8, height=3.6)
+        for column, on in enumerate(used):
+            for row, metric in enumerate(("accuracy", "eir")):
+                ax = axes[row, column]
+                table = next(t for o, m, t in panels if o == on and m == metric)
+                table = 100 * table if metric == "accuracy" else table
+                if not table.empty:
+                    mean, std = _mean_and_std(table, groups_of_runs)
+                    for group in [g for g in order if g in mean.index]:
+                        line = mean.loc[group].dropna()
+                        ax.errorbar(line.index.astype(int), line.values,
+                                    yerr=std.loc[group].reindex(line.index).fillna(0).values,
+                                    color=palette[group], marker="o", capsize=3, label=group)
+                    ax.legend(title=group_by, fontsize="small")
+                ax.set_xlabel("Number of members k")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+                ax.set_ylabel("Ensemble accuracy (%)" if metric == "accuracy" else "Ensemble improvement rate (EIR)")
+                ax.set_title(f"{'Accuracy' if metric == 'accuracy' else 'EIR'} against ensemble size, {_WHERE[on]}")
+    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration
+
+
+def _latest_by(rows: pd.DataFrame, within: Sequence[str], setting: str, coordinates: Sequence[str]) -> pd.DataFrame:
+    """Per group of ``within``: the rows with the newest value of ``setting``, one per coordinate."""
+    if rows.empty:
+        return rows
+    cells = rows[list(within)].astype(object)
+    key = cells.where(cells.notna(), "").astype(str).agg("|".join, axis=1)
+    rows = rows.assign(_key=key).sort_values("created", kind="stable")
+    if setting in rows:
+        newest = rows.groupby("_key")[setting].last()
+        rows = rows[rows[setting].astype(str) == rows["_key"].map(newest).astype(str)]
+    return rows.drop_duplicates(["_key", "metric", *coordinates], keep="last")
+
+
+def _pooled_bins(rows: pd.DataFrame, groups_of_runs: pd.Series) -> pd.DataFrame:
+    """Per (group, bin): the total count and the count-weighted sums of accuracy and confidence."""
+    slices = rows[["dataset", "split", "corruption", "severity"]].astype(object)
+    rows = rows.assign(**{c: slices[c].where(slices[c].notna(), "") for c in slices.columns},
+                       bin=rows["bin"].astype(float).astype(int))
+    wide = rows.pivot_table(index=["path", "dataset", "split", "corruption", "severity", "bin"],
+                            columns="metric", values="value", aggfunc="last")
+    wide = wide.reindex(columns=["reliability/count", "reliability/accuracy", "reliability/confidence"])
+    count = wide["reliability/count"].fillna(0)
+    # An empty bin stores NaN accuracy and confidence; its weight is 0 either way.
+    weighted = pd.DataFrame({"count": count,
+                             "accuracy": wide["reliability/accuracy"].fillna(0) * count,
+                             "confidence": wide["reliability/confidence"].fillna(0) * count})
+    weighted["group"] = weighted.index.get_level_values("path").map(groups_of_runs)
+    pooled = weighted.groupby(["group", weighted.index.get_level_values("bin")]).sum()
+    pooled.index.names = ["group", "bin"]
+    n_bins = rows.assign(group=rows["path"].map(groups_of_runs)).groupby("group")["bin"].max() + 1
+    pooled["n_bins"] = pooled.index.get_level_values("group").map(n_bins)
+    return pooled
+
+
+def plot_reliability(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                     combine: str | None = "probs", name: str = "reliability",
+                     formats: Sequence[str] = FORMATS) -> Figures:
+    """Reliability diagrams of the ensemble, one per group, pooled over its runs (and over the
+    corrupted slices for OOD): a bin's accuracy and confidence are count-weighted means of the stored
+    per-bin values, and the title carries the group's mean stored ECE."""
+    rows = results[results["metric"].str.startswith("reliability/") & (results["scope"] == "ensemble")] \
+        if "metric" in results else results
+    if combine is not None and "combine" in rows:
+        rows = rows[rows["combine"].isna() | (rows["combine"] == combine)]
+    if rows.empty or "bin" not in rows:
+        return _skip("no run has reliability-bin rows: run `sharpdiv evaluate RUN`")
+    rows = _latest_by(rows, ["path", "dataset", "split", "corruption", "severity"], "n_bins", ["bin"])
+    corrupted = rows["corruption"].notna()
+    slices = {"test": rows[(rows["split"] == "test") & ~corrupted], "ood": rows[corrupted]}
+    slices = {on: part for on, part in slices.items() if not part.empty}
+    if not slices:
+        return _skip("no reliability-bin rows on clean test or corrupted data")
+    groups_of_runs = _run_groups(results, group_by)
+    order = [g for g in group_order(groups_of_runs)
+             if any(groups_of_runs.reindex(part["path"].unique()).eq(g).any() for part in slices.values())]
+    palette = _palette(order)
+    with _style():
+        figure, axes = _figure(len(slices), len(order), width=3.8, height=3.8)
+        for row, (on, part) in enumerate(slices.items()):
+            pooled = _pooled_bins(part, groups_of_runs)
+            ece = per_run(results, "ece", on=on, combine=combine)
+            for column, group in enumerate(order):
+                ax = axes[row, column]
+                ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+                if group in pooled.index.get_level_values("group"):
+                    bins = pooled.xs(group, level="group")
+                    n_bins = int(bins["n_bins"].max())
+                    filled = bins[bins["count"] > 0]
+                    accuracy = filled["accuracy"] / filled["count"]
+                    confidence = filled["confidence"] / filled["count"]
+                    centres = (filled.index.astype(float) + 0.5) / n_bins
+                    ax.bar(centres, accuracy, width=1 / n_bins, color=palette[group], alpha=0.7,
+                           edgecolor="black", label="accuracy")
+                    ax.bar(centres, confidence - accuracy, bottom=accuracy, width=1 / n_bins, color="none",
+                           edgecolor="crimson", hatch="//", label="gap to confidence")
+                mean_ece = ece.reindex(groups_of_runs[groups_of_runs == group].index).mean()
+                suffix = f", ECE = {mean_ece:.3f}" if np.isfinite(mean_ece) else ""
+                ax.set_title(f"{group} ({'ID' if on == 'test' else 'OOD'}){suffix}")
+                ax.set_xlim(0, 1)
+                ax.set_ylim(0, 1)
+                ax.set_xlabel("Confidence (max. probability)")
+                ax.set_ylabel("Accuracy")
+                ax.legend(loc="upper left", fontsize="x-small")
+    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+
+
+# ----------------------------------------------------------------------------------------------
+# connectivity: per run
+
+
+def _pairs(scopes: pd.Series) -> pd.DataFrame:
+    parts = scopes.str.extract(r"pair-(\d+)-(\d+)").astype(int)
+    parts.columns = ["i", "j"]
+    return parts
+
+
+def _per_run_figures(results, metrics: str, reason: str, draw, directory, prefix, formats) -> Figures:
+    if not _has(results, metrics):
+        return _skip(reason)
+    rows = results[results["metric"].str.fullmatch(metrics)]
+    paths, figures = [], []
+    for path, mine in rows.groupby("path", sort=True):
+        label = str(mine["run_label"].iloc[0]) if "run_label" in mine else Path(path).name
+        with _style():
+            figure = draw(mine, label)
+        if figure is not None:
+            figures.append(figure)
+            paths += _save(figure, Path(directory), f"{prefix}-{_file_stem(label)}", formats)
+    if not paths:
+        return _skip(reason)
+    return Figures(paths=tuple(paths), figures=tuple(figures))
+
+
+def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
+                  formats: Sequence[str] = FORMATS) -> Figures:
+    """Per run: the symmetric matrix of loss barriers between members (zero diagonal) as a heatmap."""
+    def draw(rows: pd.DataFrame, label: str):
+        rows = _latest_by(rows[rows["metric"] == "connectivity/barrier"], ["scope"], "bn_mode", [])
+        pairs = _pairs(rows["scope"])
+        size = int(max(pairs["i"].max(), pairs["j"].max())) + 1
+        matrix = np.zeros((size, size))
+        matrix[pairs["i"], pairs["j"]] = rows["value"].to_numpy()
+        matrix[pairs["j"], pairs["i"]] = rows["value"].to_numpy()
+        figure, axes = _figure(width=1.2 * size + 3, height=1.1 * size + 2)
+        ax = axes[0, 0]
+        sns.heatmap(matrix, ax=ax, annot=True, fmt=".3g", cmap="rocket_r", square=True,
+                    cbar_kws={"label": "Loss barrier (loss increase over the linear path)"})
+        ax.set_xlabel("Member")
+        ax.set_ylabel("Member")
+        modes = ", ".join(sorted(rows["bn_mode"].dropna().astype(str).unique())) if "bn_mode" in rows else ""
+        ax.set_title(f"Loss barriers between members, {label}" + (f" (BN: {modes})" if modes else ""))
+        return figure
+
+    return _per_run_figures(results, r"connectivity/barrier",
+                            "no connectivity rows: run `sharpdiv connectivity RUN`", draw, directory,
+                            "barriers", formats)
+
+
+def plot_interpolation(results: pd.DataFrame, directory: str | os.PathLike, *,
+                       formats: Sequence[str] = FORMATS) -> Figures:
+    """Per run: loss and accuracy along the linear path θ(α) = (1 − α)θ_i + αθ_j of every pair."""
+    def draw(rows: pd.DataFrame, label: str):
+        rows = _latest_by(rows, ["scope"], "bn_mode", ["alpha"])
+        figure, axes = _figure(1, 2, width=4.8)
+        for ax, metric, unit in ((axes[0, 0], "connectivity/loss", "Loss (cross-entropy)"),
+                                 (axes[0, 1], "connectivity/accuracy", "Accuracy (%)")):
+            curve_rows = rows[rows["metric"] == metric]
+            for scope, curve in curve_rows.groupby("scope", sort=True):
+                curve = curve.sort_values("alpha")
+                scale = 100 if metric.endswith("accuracy") else 1
+                ax.plot(curve["alpha"].astype(float), scale * curve["value"], marker="o", markersize=3,
+                        label=scope.replace("pair-", "members ").replace("-", "–"))
+            ax.set_xlabel("Interpolation coefficient α")
+            ax.set_ylabel(unit)
+            ax.set_title(f"{unit.split(' (')[0]} along linear paths, {label}")
+            if not curve_rows.empty:
+                ax.legend(fontsize="small")
+        return figure
+
+    return _per_run_figures(results, r"connectivity/(loss|accuracy)",
+                            "no interpolation rows: run `sharpdiv connectivity RUN`", draw, directory,
+                            "interpolation", formats)
+
+
+def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
+               formats: Sequence[str] = FORMATS) -> Figures:
+    """Per run: filled contours of loss and accuracy on the plane through members 0, 1, 2
+    (coordinates u, v in the plane's orthonormal basis)."""
+    def draw(rows: pd.DataFrame, label: str):
+        rows = _latest_by(rows, ["scope"], "grid", ["u", "v"])
+        figure, axes = _figure(1, 2, width=5.0)
+        for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
+                                          (axes[0, 1], "plane/accuracy", "Accuracy (%)", "magma")):
+            surface = rows[rows["metric"] == metric]
+            if surface.empty:
+                ax.set_visible(False)
+                continue
+            grid = surface.pivot_table(index="v", columns="u", values="value", aggfunc="last")
+            scale = 100 if metric.endswith("accuracy") else 1
+            filled = ax.contourf(grid.columns.astype(float), grid.index.astype(float), scale * grid.to_numpy(),
+                                 levels=15, cmap=colours)
+            figure.colorbar(filled, ax=ax, label=unit)
+            ax.set_xlabel("u (along member 1 − member 0)")
+            ax.set_ylabel("v (orthogonal, towards member 2)")
+            ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}")
+        return figure
+
+    return _per_run_figures(results, r"plane/(loss|accuracy)",
+                            "no plane rows: run `sharpdiv connectivity RUN --plane`", draw, directory,
+                            "plane", formats)

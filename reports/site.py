@@ -1,0 +1,245 @@
+"""The whole report of a set of run folders: tables, figures, an ``index.html`` and a ``README.md``.
+
+:func:`write_report` is what ``sharpdiv report`` does. It reads the stored results
+(:mod:`reports.collect`), writes the tables (:mod:`reports.tables`) into ``<out>/tables`` and the
+figures (:mod:`reports.plots`) into ``<out>/figures``, and lists every file it wrote in
+``index.html`` (tables shown inline, figures as images linking to their SVG) and ``README.md``.
+What a run lacks is named with the command that would store it; a figure whose rows no run
+has is skipped, and the report says why.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from ensembles.files import atomic_path
+from landscape.errors import InputError
+from reports import plots
+from reports.collect import (SharpnessSpec, collect, diversity_description, diversity_metric, group_labels,
+                             group_order, missing_measurements, run_table, tradeoff_points)
+from reports.tables import beta_table, severity_table, summary_table, write_group_table, write_table
+from reports.tradeoff import fits_by_group
+
+__all__ = ["Report", "write_report"]
+
+TABLES_DIR = "tables"
+FIGURES_DIR = "figures"
+
+_CAPTIONS = {
+    "tradeoff-eir": "Sharpness against diversity, one marker per ensemble, colour = EIR; dashed lines are "
+                    "each group's fitted power law with its slope β (SharpBalance Figs. 1c, 3–5, 12).",
+    "tradeoff-member-accuracy": "The same trade-off coloured by the members' mean accuracy (Fig. 4, second row).",
+    "methods": "Mean member accuracy (hatched) and the ensemble's improvement over it, per group (Fig. 7).",
+    "severity": "Accuracy and EIR against corruption severity (Tables 2–4 as curves).",
+    "ensemble-size": "Accuracy and EIR of the sub-ensembles of the first k members (Fig. 8).",
+    "reliability": "Reliability diagrams of the ensembles, bins pooled over each group's runs.",
+    "barriers": "Loss barriers between members.",
+    "interpolation": "Loss and accuracy along the linear paths between members.",
+    "plane": "Loss and accuracy on the plane through members 0, 1 and 2.",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` wrote: the index, README, tables, figures, and its notes (missing
+    measurements with the commands that would store them; skipped figures with the reason)."""
+
+    directory: Path
+    index: Path
+    readme: Path
+    tables: tuple[Path, ...]
+    figures: tuple[Path, ...]
+    notes: tuple[str, ...]
+    rendered: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _Section:
+    title: str
+    files: list[Path]
+    text: pd.DataFrame | None = None
+    caption: str = ""
+
+
+def write_report(paths: Iterable, out: str | os.PathLike, *,
+                 sharpness: str | SharpnessSpec = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
+                 diversity_on: str = "ood", group_by: str = "method", baseline: str | None = None,
+                 combine: str | None = "probs", n_bootstrap: int = 2000, seed: int = 0,
+                 formats: Sequence[str] = plots.FORMATS) -> Report:
+    """Write the report of the run folders ``paths`` into ``out`` and return what was written.
+
+    ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
+    corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
+    runs are grouped by the run.json field ``group_by``; the severity tables show differences to
+    the group ``baseline`` (default: the first group).
+    """
+    spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
+    metric = diversity_metric(diversity)
+    if diversity_on not in ("ood", "test"):
+        raise InputError(f"--diversity-on {diversity_on!r}: use ood (corrupted data) or test (clean test split)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the report")
+    runs = run_table(paths)
+    groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
+    results = collect(runs["path"], runs)
+    notes = [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
+                                                              on=diversity_on, combine=combine)]
+    tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
+    sections: list[_Section] = []
+
+    runs_text = runs.set_index("run_label").map(_setting_text)
+    sections.append(_Section("Runs and their run.json settings",
+                             write_table(tables_dir, "runs", runs, runs_text, "Runs and their run.json settings"),
+                             runs_text))
+    summary = summary_table(results, runs, group_by=group_by, sharpness=spec, combine=combine)
+    if summary.mean.shape[1]:
+        sections.append(_Section(summary.title, write_group_table(tables_dir, summary), summary.text()))
+    else:
+        notes.append("summary table skipped: no run has results rows")
+    for of in ("ensemble", "members"):
+        table = severity_table(results, runs, group_by=group_by, baseline=baseline, of=of, combine=combine)
+        if any(column not in ("ID", "OOD") for column in table.mean.columns):
+            sections.append(_Section(table.title, write_group_table(tables_dir, table), table.text()))
+        else:
+            notes.append(f"severity table of the {of} skipped: no run has corrupted-data accuracy rows")
+    points = tradeoff_points(results, sharpness=spec, diversity=diversity, on=diversity_on, combine=combine,
+                             group_by=group_by)
+    points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
+    if not points.empty:
+        fitted = fits_by_group(points["sharpness"], points["diversity"], points["group"],
+                               n_bootstrap=n_bootstrap, seed=seed)
+        fits = {group: fitted.get(group, f"no run has both {spec} and {metric}") for group in group_order(groups)}
+        numbers, text, title = beta_table(fits, group_by, sharpness=str(spec),
+                                          diversity=diversity_description(metric, diversity_on))
+        sections.append(_Section(title, write_table(tables_dir, "tradeoff-beta", numbers, text, title), text))
+    else:
+        notes.append(f"β table skipped: no run has both {spec} and {metric} with positive values")
+
+    common = {"group_by": group_by, "combine": combine, "formats": formats}
+    rendered = {
+        "tradeoff-eir": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity, on=diversity_on,
+                                            colour="eir", n_bootstrap=n_bootstrap, seed=seed, **common),
+        "tradeoff-member-accuracy": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity,
+                                                        on=diversity_on, colour="member_accuracy",
+                                                        n_bootstrap=n_bootstrap, seed=seed, **common),
+        "methods": plots.plot_method_comparison(results, figures_dir, **common),
+        "severity": plots.plot_severity(results, figures_dir, **common),
+        "ensemble-size": plots.plot_ensemble_size(results, figures_dir, **common),
+        "reliability": plots.plot_reliability(results, figures_dir, **common),
+        "barriers": plots.plot_barriers(results, figures_dir, formats=formats),
+        "interpolation": plots.plot_interpolation(results, figures_dir, formats=formats),
+        "plane": plots.plot_plane(results, figures_dir, formats=formats),
+    }
+    figure_sections = []
+    for name, figures in rendered.items():
+        if figures.reason:
+            notes.append(f"figure {name} skipped: {figures.reason}")
+            continue
+        for stem in dict.fromkeys(path.with_suffix("") for path in figures.paths):
+            files = [path for path in figures.paths if path.with_suffix("") == stem]
+            figure_sections.append(_Section(stem.name, files, caption=_CAPTIONS.get(name, "")))
+
+    settings = {"runs": len(runs), "grouped by": group_by, "sharpness": f"{spec} — {spec.description}",
+                "diversity": diversity_description(metric, diversity_on), "ensemble combination": combine,
+                "written": datetime.datetime.now().isoformat(timespec="seconds")}
+    index = out / "index.html"
+    readme = out / "README.md"
+    _write_text(readme, _readme(out, settings, sections, figure_sections, notes))
+    _write_text(index, _index(out, settings, sections, figure_sections, notes, readme))
+    return Report(directory=out, index=index, readme=readme,
+                  tables=tuple(path for section in sections for path in section.files),
+                  figures=tuple(path for section in figure_sections for path in section.files),
+                  notes=tuple(notes), rendered=rendered)
+
+
+def _setting_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return str(value)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def _relative(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+def _kind(path: Path) -> str:
+    if path.name.endswith("-runs.csv"):
+        return "per-run CSV"
+    return {".csv": "CSV", ".md": "Markdown", ".tex": "LaTeX", ".png": "PNG", ".svg": "SVG"}.get(path.suffix, path.suffix)
+
+
+def _readme(out, settings, sections, figure_sections, notes) -> str:
+    lines = ["# sharpdiv report", "", "Open `index.html` for everything on one page.", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += ["", "## Tables", ""]
+    for section in sections:
+        links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in section.files)
+        lines.append(f"- {section.title}: {links}")
+    lines += ["", "## Figures", ""]
+    for section in figure_sections:
+        links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in section.files)
+        lines.append(f"- {section.title}: {section.caption} {links}")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+.scroll { overflow-x: auto; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+.notes li { color: #8a3b00; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def _index(out, settings, sections, figure_sections, notes, readme) -> str:
+    e = html.escape
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>sharpdiv report</title>", f"<style>{_STYLE}</style></head><body>",
+             "<h1>sharpdiv report</h1>", "<ul>"]
+    parts += [f"<li><b>{e(key)}</b>: {e(str(value))}</li>" for key, value in settings.items()]
+    parts.append(f'<li>this page as a file list: <a href="{e(_relative(readme, out))}">README.md</a></li></ul>')
+    if notes:
+        parts.append('<h2>Notes</h2><ul class="notes">')
+        for note in notes:
+            # Commands are quoted with backticks in the notes; show them as code.
+            pieces = e(note).split("`")
+            parts.append("<li>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces)) + "</li>")
+        parts.append("</ul>")
+    parts.append("<h2>Tables</h2>")
+    for section in sections:
+        links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in section.files)
+        parts.append(f"<h3>{e(section.title)}</h3><p>{links}</p>")
+        if section.text is not None:
+            parts.append('<div class="scroll">' + section.text.to_html(escape=True, border=0, na_rep="") + "</div>")
+    parts.append("<h2>Figures</h2>")
+    for section in figure_sections:
+        png = next((p for p in section.files if p.suffix == ".png"), None)
+        links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in section.files)
+        parts.append(f"<figure><h3>{e(section.title)}</h3>")
+        if png is not None:
+            parts.append(f'<img src="{e(_relative(png, out))}" alt="{e(section.title)}">')
+        parts.append(f"<figcaption>{e(section.caption)} {links}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

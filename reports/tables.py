@@ -1,0 +1,265 @@
+"""The tables researchers publish, from stored results: per-group summaries and accuracy by severity.
+
+A run contributes one number per quantity (see :mod:`reports.collect` for how rows become that
+number). Runs are grouped by a run.json field (``method``, ``rho``, ``width``, ``sparsity`` ...) and
+each cell is the group's mean over runs, with the sample standard deviation (``ddof=1``; blank for a
+single run) and the number of runs that have the quantity. Accuracies are shown in percent.
+
+- :func:`summary_table` — ID and OOD accuracy of the members (mean over members) and of the
+  ensemble, EIR, DER, prediction variance, KL, ECE and NLL of the ensemble on clean (ID) and
+  corrupted (OOD) data, and the members' mean sharpness;
+- :func:`severity_table` — the layout of SharpBalance (NeurIPS 2024) Tables 2–4: rows are groups,
+  columns are ID and severities 1..5 (accuracy averaged over the corruptions at that severity) and
+  OOD (all corrupted slices), with each group's difference to a baseline group in brackets;
+- :func:`beta_table` — the trade-off slope β per group (:mod:`reports.tradeoff`).
+
+:func:`write_table` writes any of them as CSV (the numbers, tidy: one row per group and quantity),
+Markdown and LaTeX (the formatted cells).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensembles.files import atomic_path
+from landscape.errors import InputError
+from reports.collect import (SharpnessSpec, group_labels, group_order, per_run, sharpness_per_run)
+from reports.tradeoff import BetaFit
+
+__all__ = ["GroupTable", "beta_table", "latex", "markdown", "severity_table", "summary_table", "write_group_table",
+           "write_table"]
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """Per-group statistics of per-run quantities.
+
+    ``per_run`` has one row per run (index ``path``): ``group`` and one column per quantity.
+    ``mean``, ``std`` and ``count`` are indexed by group (in :func:`reports.collect.group_order`)
+    with the same quantity columns; ``runs`` counts the runs of each group. With a ``baseline``,
+    ``difference`` is ``mean − mean of the baseline group``.
+    """
+
+    name: str
+    title: str
+    group_by: str
+    per_run: pd.DataFrame
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    count: pd.DataFrame
+    runs: pd.Series
+    percent: tuple[str, ...] = ()
+    baseline: str | None = None
+    difference: pd.DataFrame | None = None
+
+    def numbers(self) -> pd.DataFrame:
+        """Tidy numbers: one row per (group, quantity) with mean, std, count (and difference)."""
+        parts = {"mean": self.mean, "std": self.std, "count": self.count}
+        if self.difference is not None:
+            parts[f"difference_to_{self.baseline}"] = self.difference
+        long = pd.concat({name: frame.stack(future_stack=True) for name, frame in parts.items()}, axis=1)
+        long.index.names = [self.group_by, "quantity"]
+        long = long.reset_index()
+        long["count"] = long["count"].astype(int)
+        return long
+
+    def text(self) -> pd.DataFrame:
+        """Formatted cells: ``mean ± std``, ``(+diff)`` against the baseline, ``[n=k]`` where fewer
+        runs than the group has carry the quantity; ``—`` where none does."""
+        cells = pd.DataFrame(index=self.mean.index, columns=self.mean.columns, dtype=object)
+        for group in self.mean.index:
+            for quantity in self.mean.columns:
+                cells.loc[group, quantity] = self._cell(group, quantity)
+        cells.insert(0, "runs", self.runs.reindex(self.mean.index).astype(int).astype(str))
+        cells.index.name = self.group_by
+        return cells
+
+    def _cell(self, group, quantity) -> str:
+        count = int(self.count.loc[group, quantity])
+        if count == 0:
+            return "—"
+        digits = (lambda x: f"{x:.2f}") if quantity in self.percent else (lambda x: f"{x:.4g}")
+        text = digits(self.mean.loc[group, quantity])
+        spread = self.std.loc[group, quantity]
+        if np.isfinite(spread):
+            text += f" ± {digits(spread)}"
+        if self.difference is not None and group != self.baseline:
+            change = self.difference.loc[group, quantity]
+            if np.isfinite(change):
+                text += f" ({'+' if change >= 0 else '−'}{digits(abs(change))})"
+        if count < int(self.runs.get(group, count)):
+            text += f" [n={count}]"
+        return text
+
+
+def _group_statistics(name: str, title: str, group_by: str, values: pd.DataFrame, groups: pd.Series,
+                      percent=(), baseline: str | None = None) -> GroupTable:
+    """Mean, sample std and count over the runs of each group; drop quantities no run has."""
+    values = values.reindex(groups.index).dropna(axis=1, how="all")
+    order = group_order(groups)
+    grouped = values.groupby(groups)
+    mean = grouped.mean().reindex(order)
+    std = grouped.std(ddof=1).reindex(order)
+    count = grouped.count().reindex(order).fillna(0).astype(int)
+    runs = groups.value_counts().reindex(order)
+    difference = None
+    if baseline is not None:
+        if baseline not in order:
+            raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
+                             f"choose one of: {', '.join(order)}")
+        difference = mean - mean.loc[baseline]
+    per_run_table = pd.concat([groups.rename("group"), values], axis=1)
+    per_run_table.index.name = "path"
+    return GroupTable(name=name, title=title, group_by=group_by, per_run=per_run_table, mean=mean, std=std,
+                      count=count, runs=runs, percent=tuple(c for c in mean.columns if c in percent),
+                      baseline=baseline, difference=difference)
+
+
+def _groups(results: pd.DataFrame, runs: pd.DataFrame | None, group_by: str) -> pd.Series:
+    frame = runs.set_index("path") if runs is not None else results.drop_duplicates("path").set_index("path")
+    return group_labels(frame, group_by)
+
+
+def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
+                  sharpness: SharpnessSpec | str = "sharpness/worst/l2/adaptive@0.5",
+                  combine: str | None = "probs", name: str = "summary") -> GroupTable:
+    """Per-group means over runs of the headline quantities (SharpBalance Fig. 7 and §4 in numbers).
+
+    Quantities (columns; any that no run has are left out): member and ensemble accuracy (%) on
+    clean test data (ID) and on corrupted data (OOD, mean over corruption × severity slices); EIR,
+    DER, prediction variance (logits), KL, ECE and NLL of the ensemble on ID and OOD; the members'
+    mean sharpness. ``runs`` (from :func:`reports.collect.run_table`) lets runs without any row
+    count in their group.
+    """
+    spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
+    groups = _groups(results, runs, group_by)
+    columns = {}
+    for on, where in (("test", "ID"), ("ood", "OOD")):
+        columns[f"member accuracy {where} (%)"] = 100 * per_run(results, "accuracy", scope="members", on=on,
+                                                                 combine=combine)
+        columns[f"ensemble accuracy {where} (%)"] = 100 * per_run(results, "accuracy", on=on, combine=combine)
+    for metric, label in (("eir", "EIR"), ("der", "DER"), ("variance/logits", "variance"), ("kl", "KL"),
+                          ("ece", "ECE"), ("nll", "NLL")):
+        for on, where in (("test", "ID"), ("ood", "OOD")):
+            columns[f"{label} {where}"] = per_run(results, metric, on=on, combine=combine)
+    columns[f"sharpness {spec}"] = sharpness_per_run(results, spec)
+    values = pd.DataFrame(columns, index=groups.index)
+    percent = [c for c in columns if c.endswith("(%)")]
+    title = (f"Summary by {group_by}: mean ± std over runs (ensemble rows with combine={combine}; "
+             "ID = clean test data, OOD = mean over corrupted slices; accuracies in %)")
+    return _group_statistics(name, title, group_by, values, groups, percent=percent)
+
+
+def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
+                   baseline: str | None = None, of: str = "ensemble", combine: str | None = "probs",
+                   name: str | None = None) -> GroupTable:
+    """Accuracy (%) by corruption severity, the layout of SharpBalance Tables 2–4.
+
+    Columns: ``ID`` (clean test data), ``1``..``5`` (mean over the corruptions at that severity) and
+    ``OOD`` (mean over every corrupted slice). ``of`` is ``ensemble`` or ``members`` (the mean over
+    members). With a ``baseline`` group, cells carry the difference of group means to it; the
+    default baseline is the first group in reading order.
+    """
+    if of not in ("ensemble", "members"):
+        raise InputError(f"severity table of {of!r}: use ensemble or members")
+    groups = _groups(results, runs, group_by)
+    by_severity = per_run(results, "accuracy", scope=of, on="ood", combine=combine, by_severity=True)
+    values = pd.DataFrame({"ID": per_run(results, "accuracy", scope=of, on="test", combine=combine)},
+                          index=groups.index)
+    for severity in by_severity.columns:
+        values[str(severity)] = by_severity[severity]
+    values["OOD"] = per_run(results, "accuracy", scope=of, on="ood", combine=combine)
+    values = 100 * values
+    order = group_order(groups)
+    if baseline is None and order:
+        baseline = order[0]
+    who = "ensemble" if of == "ensemble" else "mean member"
+    title = (f"{who.capitalize()} accuracy (%) by corruption severity, by {group_by}: mean ± std over runs; "
+             f"in brackets the difference to {group_by} = {baseline}")
+    return _group_statistics(name or f"severity-{of}", title, group_by, values, groups,
+                             percent=list(values.columns), baseline=baseline)
+
+
+def beta_table(fits: dict[str, BetaFit | str], group_by: str, *, sharpness: str, diversity: str,
+               name: str = "tradeoff-beta") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The β of each group as (numbers, formatted text, title); a group that could not be fitted
+    has NaNs and its reason."""
+    rows, text = [], []
+    for group, fit in fits.items():
+        if isinstance(fit, BetaFit):
+            rows.append({group_by: group, "beta": fit.beta, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
+                         "r2": fit.r2, "n": fit.n, "note": ""})
+            text.append({group_by: group, "β": f"{fit.beta:.3f}", "95% interval": f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]",
+                         "R²": f"{fit.r2:.3f}", "ensembles": str(fit.n)})
+        else:
+            rows.append({group_by: group, "beta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                         "r2": math.nan, "n": 0, "note": fit})
+            text.append({group_by: group, "β": "—", "95% interval": fit, "R²": "—", "ensembles": "—"})
+    numbers = pd.DataFrame(rows, columns=[group_by, "beta", "ci_low", "ci_high", "r2", "n", "note"])
+    shown = pd.DataFrame(text, columns=[group_by, "β", "95% interval", "R²", "ensembles"]).set_index(group_by)
+    title = (f"Sharpness–diversity slope β by {group_by} (log diversity = α + β log sharpness; "
+             f"sharpness {sharpness}, diversity {diversity}; 95% percentile-bootstrap interval)")
+    return numbers, shown, title
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def markdown(text: pd.DataFrame, title: str = "") -> str:
+    """A GitHub-flavoured Markdown table (index as the first column)."""
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = [text.index.name or "", *map(str, text.columns)]
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(cell(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for index, row in text.iterrows():
+        lines.append("| " + " | ".join(cell(v) for v in [index, *row.tolist()]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "−": "$-$", "—": "---", "β": r"$\beta$", "²": r"$^2$", "ρ": r"$\rho$"}
+
+
+def latex_escape(value) -> str:
+    return "".join(_LATEX_SPECIAL.get(character, character) for character in str(value))
+
+
+def latex(text: pd.DataFrame, title: str = "", label: str = "") -> str:
+    """A booktabs LaTeX table (needs ``\\usepackage{booktabs}``), via pandas' ``to_latex``."""
+    escaped = text.map(latex_escape)
+    escaped.columns = [latex_escape(c) for c in text.columns]
+    escaped.index = [latex_escape(i) for i in text.index]
+    escaped.index.name = latex_escape(text.index.name or "")
+    return escaped.to_latex(escape=False, caption=latex_escape(title) or None, label=label or None,
+                            column_format="l" + "r" * len(text.columns), position="htbp")
+
+
+def write_table(directory: str | os.PathLike, name: str, numbers: pd.DataFrame, text: pd.DataFrame,
+                title: str = "", per_run: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``<name>.csv`` (numbers), ``<name>.md`` and ``<name>.tex`` (formatted cells) and, when
+    given, ``<name>-runs.csv`` (one row per run); return the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {directory / f"{name}.csv": numbers.to_csv(index=False),
+             directory / f"{name}.md": markdown(text, title),
+             directory / f"{name}.tex": latex(text, title, label=f"tab:{name}")}
+    if per_run is not None:
+        files[directory / f"{name}-runs.csv"] = per_run.to_csv()
+    for path, content in files.items():
+        with atomic_path(path) as temporary:
+            temporary.write_text(content, encoding="utf-8")
+    return list(files)
+
+
+def write_group_table(directory: str | os.PathLike, table: GroupTable) -> list[Path]:
+    return write_table(directory, table.name, table.numbers(), table.text(), table.title, table.per_run)
