@@ -186,6 +186,38 @@ def corrupt_command(dataset, data_path, out, corruptions, seed):
     click.echo(f"{folder}: wrote {len(written)} corruptions" + (f", kept {len(kept)} already there" if kept else ""))
 
 
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the tables, figures, index.html and README.md.")
+@click.option("--sharpness", default="sharpness/worst/l2/adaptive@0.5", show_default=True, metavar="METRIC@RHO",
+              help="Members' mean sharpness to plot against diversity.")
+@click.option("--diversity", type=click.Choice(["der", "variance", "kl"]), default="der", show_default=True)
+@click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
+              help="Corrupted data (mean over slices) or the clean test split.")
+@click.option("--group-by", default="method", show_default=True,
+              help="run.json field that groups runs (method, rho, width, sparsity ...).")
+@click.option("--baseline", default=None, help="Group the severity tables compare with (default: the first).")
+@click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
+              help="Which stored ensemble rows to read.")
+def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine):
+    """Tables, trade-off figures with β and an index.html from the stored results of RUNS.
+
+    Reads only what other commands stored; names each missing measurement with the command that
+    would store it.
+    """
+    from reports.site import write_report
+
+    report = write_report(runs, out, sharpness=sharpness, diversity=diversity, diversity_on=diversity_on,
+                          group_by=group_by, baseline=baseline, combine=combine)
+    for note in report.notes:
+        click.echo(f"sharpdiv: note: {note}", err=True)
+    tables = len({path.stem.removesuffix("-runs") for path in report.tables})
+    figures = len({path.with_suffix("") for path in report.figures})
+    click.echo(f"wrote {tables} tables and {figures} figures to {report.directory}")
+    click.echo(f"open {report.index} (file list: {report.readme})")
+
+
 # -- commands end --
 
 
