@@ -119,6 +119,8 @@ def test_matches_loop_references(seed, n_members, n_samples, n_classes, discrete
     kl = entropy(probabilities[:, None], probabilities[None, :], axis=-1)
     off_diagonal = ~np.eye(n_members, dtype=bool)
     assert pairwise_kl(member_logits).item() == pytest.approx(kl[off_diagonal].mean(), rel=1e-8, abs=1e-12)
+    for chunk_size in (1, 3):  # chunking over samples changes only the summation order
+        torch.testing.assert_close(pairwise_kl_matrix(member_logits, chunk_size), pairwise_kl_matrix(member_logits))
 
 
 @settings(max_examples=50, deadline=None)
@@ -187,3 +189,5 @@ def test_bad_input_raises_input_error():
         pairwise_kl(member_logits.index_fill(0, torch.tensor([1]), float("inf")))
     with pytest.raises(InputError, match="shape"):
         disagreement_error_ratio(member_logits, labels[:3])
+    with pytest.raises(InputError, match="chunk_size"):
+        pairwise_kl(member_logits, chunk_size=0)
