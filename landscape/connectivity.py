@@ -36,19 +36,23 @@ four ways, recorded as ``bn_mode`` on every result:
 - ``"interpolated"`` — no ``bn_loader``: the running statistics are combined with the same
   coefficients as the weights (integer buffers such as ``num_batches_tracked`` are taken from the
   first member). Cheap, but the interpolated statistics are not the statistics of the
-  interpolated network, which inflates barriers.
+  interpolated network, which typically inflates barriers (Jordan et al. 2023).
 - ``"fixed"`` — random slices without ``bn_loader``: the member's own statistics at every point, as
   Li et al. 2018 do.
 - ``"none"`` — the network has no BatchNorm layer with running statistics.
 
-Points without a statistics pass are evaluated ``chunk_size`` at a time with one batched forward,
-``torch.func.vmap`` over ``torch.func.functional_call`` on the stacked weights of the chunk: memory
-grows as ``chunk_size`` copies of the weights plus ``chunk_size`` times the activations of one
-batch, and the loader is read once per chunk, so ``loader`` (and ``bn_loader``) must be re-iterable
-(a ``DataLoader`` or a list of batches, not a generator). ``loss_fn`` is called under ``vmap`` and
-must therefore be built from torch operations (``F.cross_entropy`` is). Everything runs in eval
-mode, in the dtype and on the device of the first model, without gradients; floating inputs are
-cast to the model's dtype. The given models are never modified: evaluation works on a copy.
+Points without a statistics pass are evaluated ``chunk_size`` at a time. One point (the default)
+is loaded into a private copy of the network and run with plain forward passes. Larger chunks run
+one batched forward, ``torch.func.vmap`` over ``torch.func.functional_call`` on the stacked weights
+of the chunk: memory grows as ``chunk_size`` copies of the weights plus ``chunk_size`` times the
+activations of one batch. Batching pays where per-call overhead dominates (fully connected nets,
+small models on a GPU); on a CPU, vmap turns convolutions into grouped convolutions that run about
+half as fast, so keep ``chunk_size=1`` for CNNs there. The loader is read once per chunk, so
+``loader`` (and ``bn_loader``) must be re-iterable (a ``DataLoader`` or a list of batches, not a
+generator). With ``chunk_size > 1``, ``loss_fn`` is called under ``vmap`` and must therefore be
+built from torch operations (``F.cross_entropy`` is). Everything runs in eval mode, in the dtype
+and on the device of the first model, without gradients; floating inputs are cast to the model's
+dtype. The given models are never modified: evaluation works on a copy.
 Results are small tensors on the CPU: coordinates in float64, losses and accuracies in the model's
 dtype. Accuracy is NaN when the outputs are not ``(N, C)`` class scores for integer targets.
 """
@@ -175,14 +179,15 @@ class Plane:
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_fn: LossFunction,
                 alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
-                chunk_size: int = 8) -> Interpolation:
+                chunk_size: int = 1) -> Interpolation:
     """Loss and accuracy of ``θ(α) = (1 − α) θ_a + α θ_b`` for each ``α`` (Frankle et al. 2020).
 
     ``alphas``: a count of evenly spaced values on ``[0, 1]`` (both ends included) or the values
     themselves (values outside ``[0, 1]`` extrapolate the line). With BatchNorm and a ``bn_loader``
     every point gets recomputed running statistics (``bn_mode="reset"``), otherwise the buffers are
     interpolated like the weights (``"interpolated"``). ``chunk_size`` points share one batched
-    forward pass (ignored in ``"reset"`` mode, where each point needs its own statistics).
+    forward pass (see the module docstring for when that pays; ignored in ``"reset"`` mode, where
+    each point needs its own statistics pass).
     """
     coefficients = _alpha_grid(alphas)
     anchors = _anchors([model_a, model_b])
@@ -194,7 +199,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_fn
 
 def loss_barrier(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_fn: LossFunction,
                  alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
-                 chunk_size: int = 8) -> Barrier:
+                 chunk_size: int = 1) -> Barrier:
     """Loss barrier ``max_α L(θ(α)) − [(1 − α) L(θ_a) + α L(θ_b)]`` (Entezari et al. 2022).
 
     The maximum is over the ``alphas`` grid on ``[0, 1]``; 0 and 1 are added when missing, since the
@@ -213,7 +218,7 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_f
 
 def barrier_matrix(members: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
                    alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
-                   chunk_size: int = 8) -> BarrierMatrix:
+                   chunk_size: int = 1) -> BarrierMatrix:
     """Loss barrier between every pair of members (one path per unordered pair).
 
     ``value[i, j] = value[j, i]`` is the barrier of the path between members ``i`` and ``j``,
@@ -240,7 +245,7 @@ def barrier_matrix(members: Sequence[nn.Module], loader: Batches, loss_fn: LossF
 
 def plane(models: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
           grid: int | tuple[int, int] = 21, margin: float = 0.2, bn_loader: Batches | None = None,
-          chunk_size: int = 8) -> Plane:
+          chunk_size: int = 1) -> Plane:
     """Loss and accuracy on the plane through three members (Garipov et al. 2018).
 
     With ``w₁, w₂, w₃`` the members' parameters, ``u = (w₂ − w₁)/‖w₂ − w₁‖`` and ``v`` the
@@ -262,7 +267,8 @@ def plane(models: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
     names = [name for name, _ in models[0].named_parameters()]
     first, second, third = ({name: anchor[name] for name in names} for anchor in anchors)
 
-    # Geometry in float64: w₁ + x u + y v = w₁ + a (w₂ − w₁) + b (w₃ − w₁) with y = b h, x = a d + b p.
+    # Geometry in float64. With d = ‖w₂ − w₁‖, p = ⟨w₃ − w₁, u⟩ and h the height of w₃ over the
+    # line, w₁ + x u + y v = w₁ + a (w₂ − w₁) + b (w₃ − w₁) where y = b h and x = a d + b p.
     to_second = _difference(second, first)
     to_third = _difference(third, first)
     distance = math.sqrt(_inner(to_second, to_second))
@@ -344,7 +350,7 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
 def random_directions_slice(model: nn.Module, loader: Batches, loss_fn: LossFunction,
                             grid: int | tuple[int, int] = 21, span: float = 1.0, seed: int = 0,
                             filter_normalized: bool = True, bn_loader: Batches | None = None,
-                            chunk_size: int = 8) -> Plane:
+                            chunk_size: int = 1) -> Plane:
     """Loss and accuracy on ``θ + x d₁ + y d₂`` for ``x, y ∈ [−span, span]`` (Li et al. 2018).
 
     ``d₁, d₂ = random_directions(model, 2, seed, filter_normalized)``: filter-normalized Gaussian
@@ -466,8 +472,8 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
     constants.update({name: anchors[0][name] for name in anchors[0] if name not in varying})
     varying_anchors = [{name: anchor[name] for name in anchor if name in varying} for anchor in anchors]
 
-    def evaluate_stacked(stacked: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        return functional_call(network, (stacked, constants), (inputs,))
+    def evaluate_point(point: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        return functional_call(network, (point, constants), (inputs,))
 
     # Beyond the members (negative weights) a combined variance can drop below zero; BatchNorm
     # would then take the square root of a negative number.
@@ -478,9 +484,14 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
         stacked = _combine(varying_anchors, chunk)
         for name in variances & stacked.keys():
             stacked[name] = stacked[name].clamp_min(0.0)
-        loss, accuracy = _mean_loss_and_accuracy(
-            lambda inputs: vmap(evaluate_stacked, in_dims=(0, None))(stacked, inputs), loader,
-            loss_fn, dtype, device)
+        if len(chunk) == 1:
+            # A lone point goes into our copy: a plain forward has no vmap or functional_call
+            # overhead, and plain convolutions beat vmap's grouped ones on a CPU.
+            _load(network, {name: tensor[0] for name, tensor in stacked.items()})
+            forward = lambda inputs: network(inputs)[None]  # noqa: E731
+        else:
+            forward = lambda inputs: vmap(evaluate_point, in_dims=(0, None))(stacked, inputs)  # noqa: E731
+        loss, accuracy = _mean_loss_and_accuracy(forward, loader, loss_fn, dtype, device)
         losses.append(loss)
         accuracies.append(accuracy)
         del stacked
@@ -501,7 +512,10 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], loader: Batches
             inputs, targets = _inputs_and_targets(batch, "loader")
             inputs, targets = _to_model(inputs, dtype, device), targets.to(device)
             outputs = forward(inputs)
-            losses = vmap(loss_fn, in_dims=(0, None))(outputs, targets)
+            if outputs.shape[0] == 1:  # vmap would route loss_fn through slow decompositions
+                losses = loss_fn(outputs[0], targets)[None]
+            else:
+                losses = vmap(loss_fn, in_dims=(0, None))(outputs, targets)
             if losses.shape != outputs.shape[:1]:
                 raise InputError(f"loss_fn returned shape {tuple(losses.shape[1:])} per network but "
                                  "must return the batch's mean loss, a scalar; use reduction='mean'.")
@@ -510,14 +524,15 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], loader: Batches
                 and not targets.is_floating_point() and outputs.shape[1] == count
             correct = ((outputs.argmax(dim=-1) == targets).sum(dim=-1) if classifies
                        else torch.zeros(outputs.shape[0], device=device, dtype=torch.long))
-            losses = losses.to(torch.float64) * count
+            losses = losses.to(_accumulator_dtype(device)) * count
             total_loss = losses if total_loss is None else total_loss + losses
             total_correct = correct if total_correct is None else total_correct + correct
             samples += count
     if samples == 0:
-        raise InputError("loader yielded no samples; pass a loader with at least one (inputs, targets) batch.")
+        raise InputError("loader yielded no samples; pass a loader with at least one "
+                         "(inputs, targets) batch.")
     loss = (total_loss / samples).to(dtype).cpu()
-    accuracy = (total_correct.to(torch.float64) / samples).to(dtype).cpu()
+    accuracy = (total_correct.cpu().to(torch.float64) / samples).to(dtype)
     return loss, accuracy if classifies else torch.full_like(accuracy, math.nan)
 
 
@@ -528,7 +543,7 @@ def _recompute_batchnorm_statistics_(network: nn.Module, bn_loader: Batches) -> 
     if not layers:
         return
     dtype, device = _model_dtype_and_device(network)
-    accumulator = torch.float32 if device.type == "mps" else torch.float64  # MPS lacks float64
+    accumulator = _accumulator_dtype(device)
     moments = {}
 
     def record(layer: nn.Module, arguments: tuple) -> None:
@@ -667,6 +682,11 @@ def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device
             return parameter.dtype, parameter.device
     raise InputError(f"{type(model).__name__} has no floating-point parameters, so it has no weight "
                      "space to measure; pass a trainable network.")
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums over many batches, except on Apple's MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _batchnorm_layers(network: nn.Module) -> list[_BatchNorm]:

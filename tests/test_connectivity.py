@@ -89,10 +89,11 @@ def permuted_hidden_units(model, seed):
 # ----------------------------------------------------------------------------- linear interpolation
 
 
-def test_endpoints_reproduce_each_models_own_loss():
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_endpoints_reproduce_each_models_own_loss(chunk_size):
     data = batches(0, image=True)
     model_a, model_b = with_random_statistics(convnet(1), 2), with_random_statistics(convnet(3), 4)
-    path = interpolate(model_a, model_b, data, F.cross_entropy, alphas=5)
+    path = interpolate(model_a, model_b, data, F.cross_entropy, alphas=5, chunk_size=chunk_size)
     assert path.bn_mode == "interpolated"
     for index, model in ((0, model_a), (-1, model_b)):
         loss, accuracy = dense_loss_and_accuracy(model, data)
@@ -287,7 +288,7 @@ def test_plane_uses_garipovs_orthonormal_basis():
 def test_plane_member_positions_reproduce_the_members_own_losses():
     data = batches(90, image=True)
     members = [with_random_statistics(convnet(seed), seed + 1) for seed in (91, 93, 95)]
-    result = plane(members, data, F.cross_entropy, grid=3)
+    result = plane(members, data, F.cross_entropy, grid=3, chunk_size=4)  # members share a chunk
     assert result.bn_mode == "interpolated"
     for member, loss, accuracy in zip(members, result.member_loss, result.member_accuracy):
         own_loss, own_accuracy = dense_loss_and_accuracy(member, data)
@@ -317,7 +318,7 @@ def test_filter_normalized_directions_have_the_weights_filter_norms():
 def test_random_slice_matches_hand_built_points():
     data = batches(110, image=True)
     model = with_random_statistics(convnet(111), 112)
-    result = random_directions_slice(model, data, F.cross_entropy, grid=3, span=0.5, seed=4)
+    result = random_directions_slice(model, data, F.cross_entropy, grid=3, span=0.5, seed=4, chunk_size=4)
     assert result.bn_mode == "fixed" and result.basis_info.method == "li2018"
     own_loss, own_accuracy = dense_loss_and_accuracy(model, data)
     assert result.loss[1, 1].item() == pytest.approx(own_loss, rel=1e-12)
