@@ -218,6 +218,63 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
     click.echo(f"open {report.index} (file list: {report.readme})")
 
 
+@main.command("evaluate")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--corruptions", default="all", show_default=True,
+              help="all (the 15 standard corruptions present on disk), none, or a comma list (fog,contrast).")
+@click.option("--severities", type=CommaList(int, ranges=True), default="1-5", show_default=True,
+              help="Corruption severities, e.g. 1-5 or 3,5.")
+@click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
+              help="Ensemble prediction: mean probabilities, mean logits, or majority vote.")
+@click.option("--n-bins", type=click.IntRange(min=1), default=15, show_default=True, help="Confidence bins of ECE.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@device_options
+def evaluate_command(runs, dataset, data_path, corruptions, severities, combine, n_bins, batch_size, device, threads):
+    """Accuracy, calibration, diversity and ensemble gains of each RUN on every data slice.
+
+    Slices: val, clean test, and each corruption x severity of the -C data. Member logits are
+    computed once per slice and cached in the run folder (logits/); rows go to the run's results
+    table: per member, for the ensemble and for the first k members (ensemble@k). Repeating the
+    command reuses the cache and the stored rows.
+    """
+    from ensembles.evaluation import evaluate_runs
+
+    chosen = resolve_device(device, threads)
+    evaluations = evaluate_runs(runs, dataset=dataset, root=data_path, corruptions=corruptions, severities=severities,
+                                combine=combine, n_bins=n_bins, batch_size=batch_size, device=chosen, progress=True)
+    for evaluation in evaluations:
+        click.echo("\n".join(evaluation.summary()))
+
+
+@main.command("robustness")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--norm", required=True, type=click.Choice(["linf", "l2"]), help="Threat model.")
+@click.option("--eps", required=True, type=click.FloatRange(min=0, min_open=True),
+              help="Radius in input space [0, 1], e.g. 0.0314 (8/255) for linf.")
+@click.option("--n-examples", required=True, type=click.IntRange(min=1), help="The first N images of the split.")
+@click.option("--attacks", type=CommaList(str), default="apgd-ce,apgd-t", show_default=True,
+              help="AutoAttack attacks: apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--combine", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
+              help="How the attacked ensemble combines its members.")
+@device_options
+def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks, split, batch_size, seed, combine,
+                       device, threads):
+    """AutoAttack robust accuracy of each member of each RUN and of the ensemble as one model."""
+    from ensembles.evaluation import evaluate_robustness
+
+    chosen = resolve_device(device, threads)
+    evaluations = evaluate_robustness(runs, norm=norm, eps=eps, n_examples=n_examples, attacks=attacks, split=split,
+                                      batch_size=batch_size, seed=seed, combine=combine, dataset=dataset,
+                                      root=data_path, device=chosen, progress=True)
+    for evaluation in evaluations:
+        click.echo("\n".join(evaluation.summary()))
+
+
 # -- commands end --
 
 
