@@ -18,7 +18,7 @@ Two projections are offered, because two geometries are in use:
 
 - :meth:`PerturbationBall.project` — the projection in the ball's own (scaled) metric
   ``‖T⁻¹·‖₂``: rescale ``ε ← ε · min(1, ρ/‖T⁻¹ε‖)`` (ℓ2) or clamp to ``±ρT`` (ℓ∞). With
-  :meth:`PerturbationBall.ascent_direction` (steepest ascent in the same metric, ``T²g/‖Tg‖₂``)
+  :meth:`PerturbationBall.ascent_step` (steepest ascent in the same metric, ``T²g/‖Tg‖₂``)
   this is projected gradient ascent on ``u = T⁻¹ε`` over the plain ball ``‖u‖ ≤ ρ``, whose fixed
   points are exactly the KKT points of ``max gᵀε s.t. ‖T⁻¹ε‖ ≤ ρ``.
 - :meth:`PerturbationBall.project_euclidean` — the Euclidean projection
@@ -46,21 +46,34 @@ def per_batch(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def batched_where(condition: torch.Tensor, chosen: Perturbation, other: Perturbation) -> Perturbation:
-    """Per batch ``b``: ``chosen`` where ``condition[b]``, else ``other``."""
+    """Per batch ``b``: ``chosen`` where ``condition[b]``, else ``other`` (no copy when all agree)."""
+    if bool(condition.all()):
+        return chosen
+    if not bool(condition.any()):
+        return other
     return {name: torch.where(per_batch(condition, value), value, other[name]) for name, value in chosen.items()}
 
 
+def _safe_divide(value: torch.Tensor, divisor: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+    """``value / divisor`` where ``movable`` (there ``divisor > 0``), 0 elsewhere; never divides by 0."""
+    return torch.where(movable, value / torch.where(movable, divisor, 1.0), 0.0)
+
+
 def squared_norm(perturbation: Perturbation, reference: torch.Tensor) -> torch.Tensor:
-    """``Σ_i x_i²`` over all parameters, per batch: shape ``(B,)``, accumulated in the perturbation's dtype."""
+    """``Σ_i x_i²`` over all parameters, per batch: shape ``(B,)``."""
     total = torch.zeros(reference.shape[0], dtype=reference.dtype, device=reference.device)
     for value in perturbation.values():
-        total = total + value.flatten(1).pow(2).sum(1)
+        total = total + torch.linalg.vector_norm(value.flatten(1), dim=1).pow(2)
     return total
 
 
 @dataclass(frozen=True, eq=False)
 class PerturbationBall:
-    """The set ``{ε : ‖T⁻¹ε‖_p ≤ ρ}``; ``scale`` holds ``T`` per parameter (``|θ|``), ``None`` for ``T = I``."""
+    """The set ``{ε : ‖T⁻¹ε‖_p ≤ ρ}``; ``scale`` holds ``T`` per parameter (``|θ|``), ``None`` for ``I``.
+
+    The per-parameter tensors ``T⁻¹``, ``T²`` and ``±ρT`` are computed once; every operation on a
+    perturbation is a few fused passes over it (they run on ``B`` copies of the weights).
+    """
 
     rho: float
     norm: str
@@ -71,6 +84,19 @@ class PerturbationBall:
             raise InputError(f"unknown norm {self.norm!r}; choose 'l2' or 'linf'")
         if not (math.isfinite(self.rho) and self.rho >= 0):
             raise InputError(f"rho must be a finite number >= 0, got {self.rho!r}")
+        if self.scale is None:
+            return
+        movable = {name: t > 0 for name, t in self.scale.items()}
+        # 1/|θ| for movable weights; a weight so tiny that 1/|θ| overflows counts as immobile (its
+        # steps, of size ∝ |θ|, vanish anyway)
+        inverse = {name: torch.nan_to_num(_safe_divide(torch.ones_like(t), t, movable[name]), posinf=0.0)
+                   for name, t in self.scale.items()}
+        derived = dict(_inverse_scale=inverse, _squared_scale={name: t * t for name, t in self.scale.items()},
+                       _upper={name: self.rho * t for name, t in self.scale.items()},
+                       _lower={name: -self.rho * t for name, t in self.scale.items()},
+                       _movable=movable if any(not bool(m.all()) for m in movable.values()) else None)
+        for key, value in derived.items():
+            object.__setattr__(self, key, value)
 
     @classmethod
     def around(cls, center: dict[str, torch.Tensor], rho: float, norm: str, adaptive: bool) -> "PerturbationBall":
@@ -80,23 +106,17 @@ class PerturbationBall:
 
     # -- the scaled coordinates u = T⁻¹ε ------------------------------------------------------
 
-    def _times_scale(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        return value if self.scale is None else value * self.scale[name]
-
     def stretch(self, scaled: Perturbation) -> Perturbation:
         """``ε = T u``: from scaled coordinates back to weights (coordinates with ``T_ii = 0`` become 0)."""
-        return {name: self._times_scale(name, value) for name, value in scaled.items()}
+        if self.scale is None:
+            return scaled
+        return {name: value * self.scale[name] for name, value in scaled.items()}
 
     def scaled(self, perturbation: Perturbation) -> Perturbation:
         """``u = T⁻¹ε``, with ``u_i = 0`` where ``T_ii = 0`` (such coordinates never move)."""
         if self.scale is None:
             return perturbation
-        scaled = {}
-        for name, value in perturbation.items():
-            scale = self.scale[name]
-            movable = scale > 0
-            scaled[name] = torch.where(movable, value / torch.where(movable, scale, torch.ones_like(scale)), 0.0)
-        return scaled
+        return {name: value * self._inverse_scale[name] for name, value in perturbation.items()}
 
     def size(self, perturbation: Perturbation) -> torch.Tensor:
         """``‖T⁻¹ε‖_p`` per batch, shape ``(B,)``."""
@@ -106,7 +126,7 @@ class PerturbationBall:
             return squared_norm(scaled, reference).sqrt()
         size = torch.zeros(reference.shape[0], dtype=reference.dtype, device=reference.device)
         for value in scaled.values():
-            size = torch.maximum(size, value.flatten(1).abs().amax(1))
+            size = torch.maximum(size, torch.linalg.vector_norm(value.flatten(1), ord=math.inf, dim=1))
         return size
 
     # -- projections -----------------------------------------------------------------------
@@ -119,17 +139,19 @@ class PerturbationBall:
         if not perturbation:
             return perturbation
         if self.norm == "linf":
-            return self._clamp(perturbation)
+            if self.scale is None:
+                return {name: value.clamp(-self.rho, self.rho) for name, value in perturbation.items()}
+            return {name: torch.clamp(value, self._lower[name], self._upper[name])
+                    for name, value in perturbation.items()}
         size = self.size(perturbation)
-        factor = torch.where(size > self.rho, self.rho / size.clamp_min(torch.finfo(size.dtype).tiny), 1.0)
-        projected = {}
-        for name, value in perturbation.items():
-            value = value * per_batch(factor, value)
-            if self.scale is not None:
-                value = torch.where(self.scale[name] > 0, value, 0.0)
-            projected[name] = value
-        # a rescaled point may sit an ulp outside; shrink by that ulp so it is feasible
-        return self._shrink_onto(projected)
+        outside = size > self.rho
+        if not bool(outside.any()) and (self.scale is None or self._movable is None):
+            return perturbation
+        factor = torch.where(outside, self.rho / size.clamp_min(torch.finfo(size.dtype).tiny), 1.0)
+        projected = {name: value * per_batch(factor, value) for name, value in perturbation.items()}
+        if self.scale is not None and self._movable is not None:
+            projected = {name: value.masked_fill_(~self._movable[name], 0.0) for name, value in projected.items()}
+        return projected
 
     def project_euclidean(self, perturbation: Perturbation, max_iterations: int = 100) -> Perturbation:
         """Euclidean projection ``argmin_{d in ball} ‖d − x‖₂``; exact (see :func:`project_onto_ellipsoid`)."""
@@ -138,34 +160,34 @@ class PerturbationBall:
         semi_axes = {name: self.rho * scale for name, scale in self.scale.items()}
         return project_onto_ellipsoid(perturbation, semi_axes, max_iterations=max_iterations)
 
-    def _clamp(self, perturbation: Perturbation) -> Perturbation:
-        if self.scale is None:
-            return {name: value.clamp(-self.rho, self.rho) for name, value in perturbation.items()}
-        return {name: torch.minimum(torch.maximum(value, -self.rho * self.scale[name]), self.rho * self.scale[name])
-                for name, value in perturbation.items()}
-
-    def _shrink_onto(self, perturbation: Perturbation) -> Perturbation:
-        size = self.size(perturbation)
-        if bool((size <= self.rho).all()):
-            return perturbation
-        factor = torch.where(size > self.rho, self.rho / size * (1 - torch.finfo(size.dtype).eps), 1.0)
-        return {name: value * per_batch(factor, value) for name, value in perturbation.items()}
-
     # -- steps and random points -----------------------------------------------------------
 
-    def ascent_direction(self, gradient: Perturbation) -> Perturbation:
-        """The steepest-ascent step of unit size in the ball's norm.
+    def ascent_step(self, gradient: Perturbation, step_size: torch.Tensor) -> Perturbation:
+        """The steepest-ascent step of size ``η`` (per batch) in the ball's norm.
 
-        ℓ2: ``T²g / ‖Tg‖₂`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖₂ ≤ 1; ASAM's direction);
-        ℓ∞: ``T·sign(g)`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖∞ ≤ 1). A zero gradient gives a zero step.
+        ℓ2: ``η T²g / ‖Tg‖₂`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖₂ ≤ η; ASAM's direction);
+        ℓ∞: ``η T·sign(g)`` (maximizes ``gᵀs`` subject to ‖T⁻¹s‖∞ ≤ η). A zero gradient gives a
+        zero step.
         """
         if self.norm == "linf":
-            return {name: self._times_scale(name, value.sign()) for name, value in gradient.items()}
-        scaled_gradient = {name: self._times_scale(name, value) for name, value in gradient.items()}
+            if self.scale is None:
+                return {name: value.sign().mul_(per_batch(step_size, value)) for name, value in gradient.items()}
+            return {name: value.sign().mul_(self.scale[name]).mul_(per_batch(step_size, value))
+                    for name, value in gradient.items()}
         reference = next(iter(gradient.values()))
-        length = squared_norm(scaled_gradient, reference).sqrt().clamp_min(torch.finfo(reference.dtype).tiny)
-        return {name: self._times_scale(name, value) / per_batch(length, value)
-                for name, value in scaled_gradient.items()}
+        if self.scale is None:
+            step = gradient
+            length = squared_norm(gradient, reference).sqrt()
+        else:
+            step = {name: value * self._squared_scale[name] for name, value in gradient.items()}
+            # ‖Tg‖² = Σ g·(T²g): batched dot products, without forming Tg
+            length = sum(torch.bmm(value.flatten(1).unsqueeze(1), step[name].flatten(1).unsqueeze(2)).flatten()
+                         for name, value in gradient.items())
+            length = length.clamp_min(0).sqrt()
+        factor = step_size / length.clamp_min(torch.finfo(reference.dtype).tiny)
+        if self.scale is None:
+            return {name: value * per_batch(factor, value) for name, value in step.items()}
+        return {name: value.mul_(per_batch(factor, value)) for name, value in step.items()}
 
     def random_point(self, batch_size: int, like: dict[str, torch.Tensor],
                      generator: torch.Generator | None = None) -> Perturbation:
@@ -179,8 +201,9 @@ class PerturbationBall:
         reference = next(iter(like.values()))
         options = dict(dtype=reference.dtype, device=reference.device)
         if self.norm == "linf":
-            return self.stretch({name: self.rho * (2 * torch.rand((batch_size, *value.shape), generator=generator, **options) - 1)
-                                 for name, value in like.items()})
+            return self.stretch({
+                name: self.rho * (2 * torch.rand((batch_size, *value.shape), generator=generator, **options) - 1)
+                for name, value in like.items()})
         direction = {}
         dimension = 0
         for name, value in like.items():
@@ -192,11 +215,11 @@ class PerturbationBall:
             else:
                 dimension += value.numel()
             direction[name] = draw
-        length = squared_norm(direction, direction[next(iter(direction))]).sqrt().clamp_min(torch.finfo(reference.dtype).tiny)
+        first = next(iter(direction.values()))
+        length = squared_norm(direction, first).sqrt().clamp_min(torch.finfo(reference.dtype).tiny)
         radius = self.rho * torch.rand(batch_size, generator=generator, **options).pow(1.0 / max(dimension, 1))
-        point = {name: self._times_scale(name, value * per_batch(radius / length, value))
-                 for name, value in direction.items()}
-        return self._shrink_onto(point)
+        return self.project(self.stretch({name: value * per_batch(radius / length, value)
+                                          for name, value in direction.items()}))
 
 
 def project_onto_ellipsoid(points: Perturbation, semi_axes: dict[str, torch.Tensor],
@@ -225,8 +248,7 @@ def project_onto_ellipsoid(points: Perturbation, semi_axes: dict[str, torch.Tens
 
     movable = {name: s > 0 for name, s in semi_axes.items()}
     squared_axes = {name: s.pow(2) for name, s in semi_axes.items()}
-    scaled = {name: torch.where(movable[name], x / torch.where(movable[name], semi_axes[name], 1.0), 0.0)
-              for name, x in points.items()}
+    scaled = {name: _safe_divide(x, semi_axes[name], movable[name]) for name, x in points.items()}
 
     def secular(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q(μ)`` and ``Σ_i u_i² s_i⁴/(s_i² + μ)³`` (so that ``dq/dμ = −that/q``)."""
@@ -235,10 +257,9 @@ def project_onto_ellipsoid(points: Perturbation, semi_axes: dict[str, torch.Tens
         for name, u in scaled.items():
             a = squared_axes[name]
             denominator = a + per_batch(mu, u)
-            shrink = torch.where(movable[name], a / torch.where(movable[name], denominator, 1.0), 0.0)
-            term = (u * shrink).pow(2)
+            term = (u * _safe_divide(a, denominator, movable[name])).pow(2)
             norm_squared = norm_squared + term.flatten(1).sum(1)
-            derivative = derivative + torch.where(movable[name], term / torch.where(movable[name], denominator, 1.0), 0.0).flatten(1).sum(1)
+            derivative = derivative + _safe_divide(term, denominator, movable[name]).flatten(1).sum(1)
         return norm_squared.sqrt(), derivative
 
     mu = torch.zeros(batch, dtype=dtype, device=device)
@@ -262,10 +283,10 @@ def project_onto_ellipsoid(points: Perturbation, semi_axes: dict[str, torch.Tens
     for name, x in points.items():
         a = squared_axes[name]
         denominator = a + per_batch(mu, x)
-        projected[name] = torch.where(movable[name], x * a / torch.where(movable[name], denominator, 1.0), 0.0)
+        projected[name] = _safe_divide(x * a, denominator, movable[name])
     # rounding can leave d an ulp outside E: shrink by that ulp so that it is feasible to the last bit
-    size = squared_norm({name: torch.where(movable[name], d / torch.where(movable[name], semi_axes[name], 1.0), 0.0)
-                         for name, d in projected.items()}, reference).sqrt()
+    size = squared_norm({name: _safe_divide(d, semi_axes[name], movable[name]) for name, d in projected.items()},
+                        reference).sqrt()
     shrink = torch.where(size > 1, (1 - torch.finfo(dtype).eps) / size, 1.0)
     return {name: torch.where(per_batch(outside, x), projected[name] * per_batch(shrink, x),
                               torch.where(movable[name], x, 0.0))

@@ -5,7 +5,8 @@ Generalization", ICML 2023, eq. 1–2; SharpBalance, Lu et al. NeurIPS 2024, eq.
 batch ``B`` of ``m`` examples with mean loss ``L_B``:
 
 - worst-case  ``S_max(θ) = max_{‖T⁻¹ε‖_p ≤ ρ} L_B(θ + ε) − L_B(θ)``,
-- average-case ``S_avg(θ) = E_ε L_B(θ + ε) − L_B(θ)``, ``ε ~ N(0, ρ²T²)`` (ℓ2) or ``U[−ρT, ρT]`` (ℓ∞),
+- average-case ``S_avg(θ) = E_ε L_B(θ + ε) − L_B(θ)``, ``ε ~ N(0, ρ²T²)`` (ℓ2) or ``U[−ρT, ρT]``
+  (ℓ∞),
 
 with ``T = diag(|θ|)`` (adaptive) or ``T = I`` (standard), ``p ∈ {2, ∞}``. The data is cut into
 batches of size ``m``; every batch gets its own perturbation and the result is the mean over
@@ -287,20 +288,18 @@ def apgd_checkpoints(n_iters: int) -> list[int]:
     return checkpoints[1:]
 
 
-def _axpy(alpha, x: Perturbation, y: Perturbation) -> Perturbation:
-    """``α·x + y`` per parameter; ``α`` a number or a ``(B,)`` tensor."""
-    if isinstance(alpha, torch.Tensor):
-        return {name: per_batch(alpha, value) * value + y[name] for name, value in x.items()}
-    return {name: alpha * value + y[name] for name, value in x.items()}
-
-
-def _reference_direction(ball: PerturbationBall, gradient: Perturbation) -> Perturbation:
-    """The reference code's step: ``T·g / (‖g‖₂ + 1e-12)`` (ℓ2, the raw gradient's norm), ``T·sign(g)`` (ℓ∞)."""
+def _reference_step(ball: PerturbationBall, gradient: Perturbation, step_size: torch.Tensor) -> Perturbation:
+    """The reference code's step: ``η T·g / (‖g‖₂ + 1e-12)`` (ℓ2; the raw gradient's norm), ``η T·sign(g)``."""
     if ball.norm == "linf":
-        return ball.stretch({name: value.sign() for name, value in gradient.items()})
+        return ball.ascent_step(gradient, step_size)
     reference = next(iter(gradient.values()))
-    length = squared_norm(gradient, reference).sqrt() + 1e-12
-    return ball.stretch({name: value / per_batch(length, value) for name, value in gradient.items()})
+    factor = step_size / (squared_norm(gradient, reference).sqrt() + 1e-12)
+    return {name: value * per_batch(factor, value) for name, value in ball.stretch(gradient).items()}
+
+
+def _plus(step: Perturbation, perturbation: Perturbation) -> Perturbation:
+    """``ε + step``, written into ``step`` (a fresh tensor of the ascent's own)."""
+    return {name: value.add_(perturbation[name]) for name, value in step.items()}
 
 
 def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start: Perturbation,
@@ -328,15 +327,16 @@ def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start
     for iteration in range(n_iters):
         if reference:
             # the reference: z = P_euclid(ε + η T g/‖g‖), ε_k+1 = α z + (1 − α) ε_k−1
-            z = ball.project_euclidean(_axpy(step, _reference_direction(ball, gradient), perturbation))
-            following = {name: momentum * z[name] + (1 - momentum) * previous[name] for name in z}
+            z = ball.project_euclidean(_plus(_reference_step(ball, gradient, step), perturbation))
+            following = {name: z[name].mul(momentum).add_(previous[name], alpha=1 - momentum) for name in z}
         else:
-            z = ball.project(_axpy(step, ball.ascent_direction(gradient), perturbation))
+            z = ball.project(_plus(ball.ascent_step(gradient, step), perturbation))
             if iteration == 0 or momentum == 1:
                 following = z
-            else:
-                following = ball.project({name: perturbation[name] + momentum * (z[name] - perturbation[name])
-                                          + (1 - momentum) * (perturbation[name] - previous[name]) for name in z})
+            else:  # ε + α(z − ε) + (1 − α)(ε − ε_k−1) = αz + 2(1 − α)ε − (1 − α)ε_k−1
+                following = ball.project({
+                    name: z[name].mul(momentum).add_(perturbation[name], alpha=2 * (1 - momentum))
+                    .sub_(previous[name], alpha=1 - momentum) for name in z})
         previous, perturbation = perturbation, following
 
         last = iteration == n_iters - 1
@@ -407,7 +407,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
                          exclude: Patterns = None, logit_normalization: bool = False, reference_ascent: bool = False,
                          chunk_size: int | None = None, generator: torch.Generator | None = None,
                          progress: bool = False) -> SharpnessResult:
-    """Worst-case m-sharpness ``mean_b max_{‖T⁻¹ε_b‖_p ≤ ρ} L_b(θ + ε_b) − L_b(θ)`` by APGD in weight space.
+    """Worst-case m-sharpness ``mean_b max_{‖T⁻¹ε_b‖_p ≤ ρ} L_b(θ + ε_b) − L_b(θ)``, by APGD in weights.
 
     ``batches``: an iterable of ``(inputs, targets)`` with one batch size ``m`` (one perturbation
     per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``init="zero"`` starts at

@@ -250,7 +250,8 @@ def test_ellipsoid_projection_matches_scipy_and_satisfies_kkt():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=-6, max_value=1), st.floats(min_value=0.01, max_value=100))
+@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=-6, max_value=1),
+       st.floats(min_value=0.01, max_value=100))
 def test_ellipsoid_projection_is_feasible_idempotent_and_nearest(seed, smallest_exponent, spread):
     generator = torch.Generator().manual_seed(seed)
     s = torch.logspace(smallest_exponent, 1, 8, dtype=DOUBLE)[torch.randperm(8, generator=generator)]
@@ -276,18 +277,20 @@ def test_points_inside_the_ball_are_unchanged_by_every_projection():
                     assert torch.equal(projected[name], inside[name])
 
 
-def test_ascent_direction_maximizes_a_linear_function_over_the_unit_ball():
+def test_ascent_step_maximizes_a_linear_function_over_the_ball_of_its_size():
     generator = torch.Generator().manual_seed(4)
-    scale = {"a": torch.rand(4, generator=generator, dtype=DOUBLE), "b": torch.rand(2, 3, generator=generator, dtype=DOUBLE)}
+    scale = {"a": torch.rand(4, generator=generator, dtype=DOUBLE),
+             "b": torch.rand(2, 3, generator=generator, dtype=DOUBLE)}
     gradient = {name: torch.randn(2, *value.shape, generator=generator, dtype=DOUBLE) for name, value in scale.items()}
     flat_g = torch.cat([gradient["a"], gradient["b"].flatten(1)], 1)
     flat_t = torch.cat([scale["a"], scale["b"].flatten()])
     for norm, dual in (("l2", (flat_g * flat_t).norm(dim=1)), ("linf", (flat_g.abs() * flat_t).sum(1))):
         ball = PerturbationBall(1.0, norm, scale)
-        step = ball.ascent_direction(gradient)
+        size = torch.tensor([1.0, 0.3], dtype=DOUBLE)
+        step = ball.ascent_step(gradient, size)
         flat_step = torch.cat([step["a"], step["b"].flatten(1)], 1)
-        torch.testing.assert_close((flat_g * flat_step).sum(1), dual)
-        torch.testing.assert_close(ball.size(step), torch.ones(2, dtype=DOUBLE))
+        torch.testing.assert_close((flat_g * flat_step).sum(1), dual * size)
+        torch.testing.assert_close(ball.size(step), size)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
@@ -423,8 +426,8 @@ def test_vectorized_average_case_equals_a_plain_loop_over_draws(norm):
     sums = torch.zeros(3, dtype=DOUBLE)
     with torch.no_grad():
         for _ in range(n_samples):
-            draws = {name: (torch.randn if norm == "l2" else torch.rand)((3, *v.shape), generator=generator, dtype=DOUBLE)
-                     for name, v in center.items()}
+            draw = torch.randn if norm == "l2" else torch.rand
+            draws = {name: draw((3, *v.shape), generator=generator, dtype=DOUBLE) for name, v in center.items()}
             for b, (x, y) in enumerate(batches):
                 weights = {name: v + rho * v.abs() * (draws[name][b] if norm == "l2" else 2 * draws[name][b] - 1)
                            for name, v in center.items()}

@@ -1,0 +1,187 @@
+"""Worst-case sharpness: one vectorized computation over all batches vs a plain loop over batches.
+
+Both run the same APGD ascent (adaptive ℓ2, ρ = 0.5, zero start) on random 32×32×3 inputs:
+
+- ``vectorized``: ``landscape.sharpness.worst_case_sharpness`` (vmap over the stacked batches,
+  ``vmap(grad)`` for the ascent gradient);
+- ``loop``: the straightforward implementation, one batch after another, writing ``θ + ε`` into the
+  model and calling ``torch.autograd.grad`` (what the reference code does, minus its deep copies).
+
+Printed per setting: wall-clock and CPU time per ascent step (all batches), the ratios loop /
+vectorized, and the model evaluations per measurement (passes of one batch: forward+backward /
+forward only), counted while running. The reference code also evaluates the loss after every step
+in a separate forward pass; its count is shown too. Timings are medians over ``--repeats`` runs of
+each, interleaved (the machine is shared); ``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise (see
+below). The MLP row shows the regime where per-call overhead, not arithmetic, dominates.
+
+    /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+# On a shared, oversubscribed machine OpenMP threads that spin while waiting for each other make
+# every op ~30x slower with 2 threads (1.6 s instead of 0.05 s for a small-CNN step here); passive
+# waiting removes that artefact, which would otherwise flatter the vectorized side. Set before torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import landscape.sharpness as sharpness  # noqa: E402
+from ensembles.models import build  # noqa: E402
+from landscape.perturbation import PerturbationBall  # noqa: E402
+
+RHO = 0.5
+
+
+class Counter:
+    """Passes of one batch: forward only, and forward+backward."""
+
+    def __init__(self):
+        self.forward = 0
+        self.forward_backward = 0
+
+
+def count_vectorized_evaluations(counter: Counter):
+    """Wrap the vectorized loss so that every call adds its number of batches to ``counter``."""
+    loss_class = sharpness._PerturbedLoss
+    original = {name: getattr(loss_class, name) for name in ("clean", "value", "value_and_gradient")}
+
+    def counted(name, field):
+        def wrapper(self, *args):
+            setattr(counter, field, getattr(counter, field) + args[-2].shape[0])
+            return original[name](self, *args)
+        return wrapper
+
+    loss_class.clean = counted("clean", "forward")
+    loss_class.value = counted("value", "forward")
+    loss_class.value_and_gradient = counted("value_and_gradient", "forward_backward")
+    return lambda: [setattr(loss_class, name, function) for name, function in original.items()]
+
+
+def loop_worst_case(model, batches, n_iters, counter: Counter, momentum=0.75):
+    """The same APGD, batch after batch, with ordinary autograd on the model's own parameters."""
+    model.eval()
+    parameters = dict(model.named_parameters())
+    center = {name: p.detach().clone() for name, p in parameters.items()}
+    ball = PerturbationBall.around(center, RHO, "l2", adaptive=True)
+    checkpoints = set(sharpness.apgd_checkpoints(n_iters))
+
+    def evaluate(delta, x, y, gradient=True):
+        with torch.no_grad():
+            for name, p in parameters.items():
+                p.copy_(center[name] + delta[name][0])
+        if not gradient:
+            counter.forward += 1
+            with torch.no_grad():
+                return F.cross_entropy(model(x), y).item(), None
+        counter.forward_backward += 1
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, list(parameters.values()))
+        return loss.item(), {name: g[None] for name, g in zip(parameters, grads)}
+
+    increases = []
+    try:
+        for x, y in batches:
+            delta = {name: torch.zeros((1, *v.shape), dtype=v.dtype) for name, v in center.items()}
+            previous = delta
+            clean, g = evaluate(delta, x, y)
+            best, best_delta, best_previous, best_g = clean, delta, previous, g
+            step, improvements, halved_last, best_at_checkpoint, last_checkpoint = 2 * RHO, 0, False, best, 0
+            for i in range(n_iters):
+                z = ball.project({n: delta[n] + s for n, s in ball.ascent_step(g, torch.tensor([step])).items()})
+                new = z if i == 0 else ball.project({n: delta[n] + momentum * (z[n] - delta[n])
+                                                     + (1 - momentum) * (delta[n] - previous[n]) for n in z})
+                previous, delta = delta, new
+                last = i == n_iters - 1
+                loss, g_new = evaluate(delta, x, y, gradient=not last)
+                g = g_new if not last else g
+                if loss > best:
+                    best, best_delta, best_previous, best_g = loss, delta, previous, g
+                    improvements += 1
+                if i in checkpoints and not last:
+                    stalled = not halved_last and best == best_at_checkpoint
+                    halve = improvements < 0.75 * (i - last_checkpoint) or stalled
+                    halved_last, best_at_checkpoint, last_checkpoint, improvements = halve, best, i, 0
+                    if halve:
+                        step /= 2
+                        delta, previous, g = best_delta, best_previous, best_g
+            increases.append(best - clean)
+    finally:
+        with torch.no_grad():
+            for name, p in parameters.items():
+                p.copy_(center[name])
+    return sum(increases) / len(increases)
+
+
+def timed(function):
+    """Wall-clock and process CPU seconds of one call (CPU time is robust to other agents' load
+    at one thread; at two it also counts the second thread)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = function()
+    return time.perf_counter() - wall, time.process_time() - cpu, value
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer batches and one repeat, a smoke run")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=2, help="ascent iterations per measurement (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    n_iters = arguments.iters
+    repeats = arguments.repeats or (1 if arguments.quick else 3)
+
+    cases = [("small_cnn", {}, 5, 100), ("small_cnn", {}, 128, 8),
+             ("resnet18", {"width": 16}, 5, 100), ("resnet18", {"width": 16}, 128, 8),
+             ("mlp", {}, 5, 100)]
+    if arguments.quick:
+        cases = [("small_cnn", {}, 5, 10), ("resnet18", {"width": 16}, 5, 4), ("mlp", {}, 5, 20)]
+
+    print(f"worst-case adaptive l2 sharpness, rho={RHO}, {n_iters} ascent iterations per measurement, "
+          f"medians of {repeats} interleaved runs, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    header = (f"{'model':<19}{'m':>4}{'B':>5} | {'loop s/step':>11}{'vmap s/step':>12}{'ratio':>6} | "
+              f"{'loop cpu/step':>13}{'vmap cpu/step':>14}{'ratio':>6} | "
+              f"{'evals ours fwd+bwd/fwd':>22}{'reference code':>15} | {'|diff|':>7}")
+    print(header)
+    print("-" * len(header))
+    for name, options, m, n_batches in cases:
+        torch.manual_seed(0)
+        model = build(name, 10, **options)
+        generator = torch.Generator().manual_seed(1)
+        batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
+                   for _ in range(n_batches)]
+        sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
+
+        loop_counter, vector_counter = Counter(), Counter()
+        loop_runs, vector_runs = [], []
+        restore = count_vectorized_evaluations(vector_counter)
+        try:
+            for _ in range(repeats):  # interleaved, so that both see the same load
+                loop_runs.append(timed(lambda: loop_worst_case(model, batches, n_iters, loop_counter)))
+                vector_runs.append(timed(lambda: sharpness.worst_case_sharpness(
+                    model, F.cross_entropy, batches, RHO, n_iters=n_iters)))
+        finally:
+            restore()
+        counts = [(c.forward_backward // repeats, c.forward // repeats) for c in (loop_counter, vector_counter)]
+        assert counts[0] == counts[1], counts
+        loop_wall, loop_cpu = (statistics.median(run[k] for run in loop_runs) / n_iters for k in (0, 1))
+        vector_wall, vector_cpu = (statistics.median(run[k] for run in vector_runs) / n_iters for k in (0, 1))
+        difference = abs(loop_runs[0][2] - vector_runs[0][2].value)
+        label = name + "".join(f"({key}={value})" for key, value in options.items())
+        ours = f"{counts[1][0]} / {counts[1][1]}"
+        reference = f"{n_batches * n_iters} / {n_batches * (n_iters + 1)}"
+        print(f"{label:<19}{m:>4}{n_batches:>5} | "
+              f"{loop_wall:>11.3f}{vector_wall:>12.3f}{loop_wall / vector_wall:>6.2f} | "
+              f"{loop_cpu:>13.3f}{vector_cpu:>14.3f}{loop_cpu / vector_cpu:>6.2f} | "
+              f"{ours:>22}{reference:>15} | {difference:>7.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
