@@ -38,6 +38,13 @@ __all__ = [
 ]
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite. A NaN or Inf anywhere makes the sum non-finite, so the
+    elementwise check (an order of magnitude slower on a CPU) runs only when the sum overflows or
+    something is wrong."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def validate_logits(logits: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     """Raise :class:`InputError` unless ``logits`` is a finite floating tensor ``(..., N, C)`` and
     ``labels`` (if given) holds ``N`` integer classes in ``[0, C)``.
@@ -57,7 +64,7 @@ def validate_logits(logits: torch.Tensor, labels: torch.Tensor | None = None) ->
     if n_samples == 0 or n_classes == 0:
         raise InputError(f"logits have shape {tuple(logits.shape)}: no samples or no classes; "
                          "pass at least one sample and one class.")
-    if not torch.isfinite(logits).all():
+    if not _all_finite(logits):
         raise InputError("logits contain NaN or Inf; check the model (e.g. a diverged run) "
                          "or mask those samples out before measuring.")
     if labels is None:

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from landscape.ensemble import divide_by_mean_member_error, mean_member_error, validate_member_logits
+from landscape.ensemble import _mean_member_error, divide_by_mean_member_error, validate_member_logits
 from landscape.errors import InputError
 
 __all__ = [
@@ -49,17 +49,21 @@ def disagreement_matrix(member_logits: torch.Tensor) -> torch.Tensor:
     """``Dis(i, j)``, the fraction of samples on which members ``i`` and ``j`` predict different
     classes; a symmetric ``(M, M)`` matrix with zero diagonal."""
     validate_member_logits(member_logits)
-    predictions = member_logits.argmax(dim=-1)
-    return (predictions[:, None, :] != predictions[None, :, :]).to(member_logits.dtype).mean(dim=-1)
+    return _disagreement_matrix(member_logits.argmax(dim=-1), member_logits.dtype)
+
+
+def _disagreement_matrix(predictions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (predictions[:, None, :] != predictions[None, :, :]).to(dtype).mean(dim=-1)
 
 
 def disagreement_error_ratio(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``DER = mean_{i<j} Dis(i, j) / Ē`` (Theisen et al. 2023); NaN with a warning when ``Ē = 0``."""
     validate_member_logits(member_logits, labels, minimum_members=2)
+    predictions = member_logits.argmax(dim=-1)
     # Dis is symmetric, so the mean over unordered pairs equals the mean over ordered ones.
-    mean_disagreement = _mean_off_diagonal(disagreement_matrix(member_logits))
-    return divide_by_mean_member_error(mean_disagreement, mean_member_error(member_logits, labels),
-                                       "The disagreement-error ratio")
+    mean_disagreement = _mean_off_diagonal(_disagreement_matrix(predictions, member_logits.dtype))
+    mean_error = _mean_member_error(predictions, labels, member_logits.dtype)
+    return divide_by_mean_member_error(mean_disagreement, mean_error, "The disagreement-error ratio")
 
 
 def prediction_variance(member_logits: torch.Tensor,

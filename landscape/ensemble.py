@@ -79,16 +79,19 @@ def member_predictions(member_logits: torch.Tensor) -> torch.Tensor:
 def member_errors(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each member's error rate ``E_i = (1/N) Σ_n 1[argmax_c L_inc ≠ y_n]``, shape ``(M,)``."""
     validate_member_logits(member_logits, labels)
-    return _member_errors(member_logits, labels)
-
-
-def _member_errors(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (member_logits.argmax(dim=-1) != labels).to(member_logits.dtype).mean(dim=-1)
 
 
 def mean_member_error(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The mean member error ``Ē = (1/M) Σ_i E_i``, the denominator of both DER and EIR."""
-    return member_errors(member_logits, labels).mean()
+    validate_member_logits(member_logits, labels)
+    return _mean_member_error(member_logits.argmax(dim=-1), labels, member_logits.dtype)
+
+
+def _mean_member_error(predictions: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``Ē`` from member predictions ``(M, N)``: the one place DER (landscape.diversity) and EIR get it,
+    taking predictions so that callers that already have them do not repeat the argmax."""
+    return (predictions != labels).to(dtype).mean()
 
 
 def divide_by_mean_member_error(quantity: torch.Tensor, mean_error: torch.Tensor, metric: str) -> torch.Tensor:
@@ -165,6 +168,6 @@ def ensemble_improvement_rate(member_logits: torch.Tensor, labels: torch.Tensor,
     """``EIR = (Ē − E_ens) / Ē`` (Theisen et al. 2023; SharpBalance eq. 4); at most 1, NaN if ``Ē = 0``."""
     validate_member_logits(member_logits, labels)
     _check_combine(combine)
-    mean_error = _member_errors(member_logits, labels).mean()
+    mean_error = _mean_member_error(member_logits.argmax(dim=-1), labels, member_logits.dtype)
     improvement = mean_error - _ensemble_error(member_logits, labels, combine)
     return divide_by_mean_member_error(improvement, mean_error, "The ensemble improvement rate")

@@ -168,3 +168,9 @@ def test_bad_bin_count(n_bins):
     logits, labels = hand_example()
     with pytest.raises(InputError, match="n_bins"):
         reliability_bins(logits, labels, n_bins=n_bins)
+
+
+def test_huge_finite_logits_are_accepted():
+    # Their sum overflows to Inf, which must not be mistaken for an Inf entry.
+    logits = torch.tensor([[3e38, 3e38, 0.0], [0.0, 3e38, 3e38]])
+    assert accuracy(logits, torch.tensor([0, 1])).item() == 1.0
