@@ -275,6 +275,73 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
         click.echo("\n".join(evaluation.summary()))
 
 
+@main.command("train")
+@data_options()
+@click.option("--model", "model_name", default=None, help="Architecture: resnet18, resnet18_tin, wrn40_2, small_cnn, mlp.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
+@click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
+@click.option("--rho", type=click.FloatRange(min=0), default=0.2, show_default=True, help="SAM radius (sam, asam, sharpbalance).")
+@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=0.4, show_default=True,
+              help="SharpBalance: fraction of the training set each member contributes to the others' sets.")
+@click.option("--td", type=click.IntRange(min=1), default=None,
+              help="SharpBalance: epoch of the (first) selection [default: half the epochs].")
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default="multistep", show_default=True,
+              help="multistep: x0.1 at 50% and 75% of the epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
+@click.option("--seeds", type=CommaList(int), default="13,17,27", show_default=True, help="One seed per member.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run folder.")
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Continue this run folder's training (every other setting comes from its run.json).")
+@click.option("--members-parallel", type=click.IntRange(min=1), default=None,
+              help="Train in N processes (torch.distributed), one member per process.")
+@click.option("--sparsity", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Global magnitude pruning to this fraction of zero weights (Fig. 5b).")
+@click.option("--prune-epoch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Dense warm-up epochs before pruning (0: prune at initialization).")
+@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Member weights: best on validation, or the last epoch's.")
+@click.option("--reselect-every", type=click.IntRange(min=1), default=None,
+              help="SharpBalance: select the sets again every E epochs after td.")
+@click.option("--reference-compatible", is_flag=True,
+              help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the perturbed pass).")
+@click.option("--train-samples", type=click.IntRange(min=1), default=None, help="Train on the first N training samples only (smoke tests).")
+@device_options
+def train_command(dataset, data_path, model_name, width, method, rho, k, td, epochs, lr, schedule, batch_size,
+                  weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
+                  reselect_every, reference_compatible, train_samples, device, threads):
+    """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
+
+    Checkpoints every epoch into OUT/train; `sharpdiv train --resume OUT` continues after an
+    interruption and ends with the same weights. Progress bars on stderr, a summary on stdout.
+    """
+    from ensembles.train import TrainingSettings, resume, train
+
+    chosen = resolve_device(device, threads)
+    if resume_run is not None:
+        summaries = resume(resume_run, members_parallel=members_parallel, device=chosen, progress=True)
+        out = resume_run
+    else:
+        missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
+        if missing:
+            raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
+        settings = TrainingSettings(
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k,
+            td=td if td is not None else max(epochs // 2, 1), epochs=epochs, lr=lr, schedule=schedule,
+            batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
+            prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
+            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)
+        summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True)
+    for row in summaries:
+        click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
+                   f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
+                   f"{row.seconds:.0f} s")
+    click.echo(f"run folder: {out}")
+
+
 # -- commands end --
 
 

@@ -1,0 +1,627 @@
+"""Training ensembles: deep ensembles (SGD), SAM, ASAM and SharpBalance, resumable.
+
+Every member is trained from its own seed with SGD (lr 0.1, momentum 0.9, weight decay 5e-4,
+batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; REFERENCE.md §4), wrapped in
+:class:`ensembles.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
+SharpBalance (:mod:`ensembles.sharpbalance`) all members train with SAM until epoch T_d, then
+each scores every training sample by per-sample Fisher trace, the sets are selected from all
+members' scores, and every member continues on its mixed objective (new sets every
+``reselect_every`` epochs when asked).
+
+Members advance in lockstep **phases** separated by the selection epochs: every member trains
+to the end of a phase, then all score, then all continue. In one process (the default) members
+take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
+gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
+and exchange their scores with ``all_gather``.
+
+Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
+inside a forked RNG (as the released code seeds each member), the data order from a
+``torch.Generator`` and the augmentation draws from another (the global CPU RNG is swapped to the
+member's stream while it trains, because :mod:`ensembles.data` draws crops and flips from it).
+So with the same seeds and thread count both modes give identical weights, and so does a run
+killed at any moment and resumed.
+
+The run folder (:mod:`ensembles.runs`): ``run.json`` holds every hyper-parameter flat;
+``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
+``train/`` the state to resume from, rewritten atomically after every epoch of every member
+(``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
+accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
+logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
+val_accuracy, lr, seconds).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ensembles import models as model_zoo
+from ensembles import pruning
+from ensembles.data import ImageDataset, batches, load_dataset
+from ensembles.files import atomic_path
+from ensembles.runs import TRAIN_DIR, create_run, read_config, save_member
+from ensembles.sam import SAM
+from ensembles.sharpbalance import select_sets, training_step
+from landscape.errors import InputError
+
+__all__ = [
+    "METHODS",
+    "SCHEDULES",
+    "TrainingSettings",
+    "MemberSummary",
+    "learning_rate",
+    "selection_epochs",
+    "train",
+    "resume",
+    "read_training_log",
+]
+
+METHODS = ("sgd", "sam", "asam", "sharpbalance")
+SCHEDULES = ("multistep", "cosine")
+#: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
+MILESTONE_FRACTIONS = (0.5, 0.75)
+DECAY = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Everything that defines a trained ensemble; stored flat in run.json.
+
+    ``k``, ``td`` and ``reselect_every`` concern SharpBalance only, ``rho`` every SAM method and
+    ``eta`` ASAM (its ``T = |θ| + η``); ``prune_epoch`` is the dense warm-up before pruning to
+    ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
+    training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
+    per-sample gradients exist at once while scoring.
+    """
+
+    dataset: str
+    model: str
+    method: str = "sgd"
+    seeds: tuple[int, ...] = (13, 17, 27)
+    rho: float = 0.2
+    k: float = 0.4
+    td: int = 100
+    epochs: int = 200
+    lr: float = 0.1
+    schedule: str = "multistep"
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    width: int | None = None
+    sparsity: float = 0.0
+    prune_epoch: int = 0
+    reselect_every: int | None = None
+    reference_compatible: bool = False
+    keep: str = "best"
+    eta: float = 0.01
+    data_path: str | None = None
+    train_samples: int | None = None
+    score_chunk_size: int = 128
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.data_path is not None:
+            object.__setattr__(self, "data_path", str(self.data_path))
+        _validate(self)
+
+    @property
+    def sharpness_aware(self) -> bool:
+        return self.method != "sgd"
+
+    def run_fields(self) -> dict:
+        """The flat hyper-parameters for run.json (fields that do not apply are None)."""
+        values = asdict(self)
+        for name in ("dataset", "model", "method", "seeds", "keep"):
+            values.pop(name)
+        if self.method == "sgd":
+            values["rho"] = 0.0
+        if self.method != "asam":
+            values["eta"] = None
+        if self.method != "sharpbalance":
+            values.update(k=None, td=None, reselect_every=None, reference_compatible=False)
+        return values
+
+
+def _validate(settings: TrainingSettings) -> None:
+    def positive_int(name):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+    if settings.method not in METHODS:
+        raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
+    if settings.schedule not in SCHEDULES:
+        raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if settings.keep not in ("best", "last"):
+        raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
+    for name in ("epochs", "batch_size", "score_chunk_size"):
+        positive_int(name)
+    if settings.train_samples is not None:
+        positive_int("train_samples")
+    if not settings.seeds:
+        raise InputError("no seeds: give one seed per member, e.g. --seeds 13,17,27")
+    if len(set(settings.seeds)) != len(settings.seeds):
+        raise InputError(f"seeds repeat ({settings.seeds}); identical seeds give identical members")
+    if not settings.rho >= 0:
+        raise InputError(f"rho must be >= 0, got {settings.rho!r}")
+    if not settings.lr > 0 or not settings.momentum >= 0 or not settings.weight_decay >= 0:
+        raise InputError("lr must be > 0, momentum and weight decay >= 0")
+    if not 0 <= settings.sparsity < 1:
+        raise InputError(f"sparsity is the fraction of weights removed, in [0, 1), got {settings.sparsity!r}")
+    if settings.sparsity and not 0 <= settings.prune_epoch < settings.epochs:
+        raise InputError(f"prune_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), got {settings.prune_epoch}")
+    if settings.method == "sharpbalance":
+        if len(settings.seeds) < 2:
+            raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
+        if not 0 < settings.k <= 1:
+            raise InputError(f"k is a fraction of the training set in (0, 1], got {settings.k!r}")
+        if isinstance(settings.td, bool) or not isinstance(settings.td, (int, np.integer)) or settings.td < 1:
+            raise InputError(f"td (T_d, the epoch of the first selection) must be a positive integer, got {settings.td!r}")
+        if settings.td >= settings.epochs:
+            raise InputError(f"td = {settings.td} >= epochs = {settings.epochs}: the sets would never be used and this "
+                             "would be plain SAM; choose td < epochs (the paper uses td = epochs / 2), or --method sam")
+        if settings.reselect_every is not None:
+            positive_int("reselect_every")
+            if settings.reference_compatible:
+                raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
+
+
+def learning_rate(settings: TrainingSettings, epoch: int) -> float:
+    """The learning rate of (0-based) ``epoch``: multistep ``lr · 0.1^{#milestones ≤ epoch}`` with
+    milestones ``⌊0.5 E⌋, ⌊0.75 E⌋``, or cosine ``lr · (1 + cos(π epoch / E)) / 2``."""
+    if settings.schedule == "cosine":
+        return settings.lr * (1 + math.cos(math.pi * epoch / settings.epochs)) / 2
+    milestones = [int(settings.epochs * fraction) for fraction in MILESTONE_FRACTIONS]
+    return settings.lr * DECAY ** sum(epoch >= milestone for milestone in milestones)
+
+
+def selection_epochs(settings: TrainingSettings) -> list[int]:
+    """Epochs after which SharpBalance (re)selects the sets: T_d, then every ``reselect_every``."""
+    if settings.method != "sharpbalance":
+        return []
+    if not settings.reselect_every:
+        return [settings.td]
+    return list(range(settings.td, settings.epochs, settings.reselect_every))
+
+
+# ----------------------------------------------------------------------------------------------
+# one member
+
+
+def _stream_seeds(seed: int) -> tuple[int, int]:
+    """Two independent seeds (data order, augmentation) derived from a member's seed."""
+    order, augmentation = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+    return int(order), int(augmentation)
+
+
+@contextlib.contextmanager
+def member_randomness(generator: torch.Generator) -> Iterator[None]:
+    """Make the global CPU RNG the member's stream inside the block (and advance ``generator``)."""
+    outside = torch.get_rng_state()
+    torch.set_rng_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(torch.get_rng_state())
+        torch.set_rng_state(outside)
+
+
+class _Member:
+    """A member in training: model, optimizer, its random streams, best weights and log."""
+
+    def __init__(self, index: int, seed: int, settings: TrainingSettings, num_classes: int, device: torch.device):
+        self.index, self.seed, self.settings, self.device = index, seed, settings, device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = model_zoo.build(settings.model, num_classes, **_model_args(settings))
+        self.model.to(device)
+        base = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+        rho = settings.rho if settings.sharpness_aware else 0.0
+        self.optimizer = SAM(base, rho=rho, adaptive=settings.method == "asam", eta=settings.eta)
+        order_seed, augmentation_seed = _stream_seeds(seed)
+        self.order = torch.Generator().manual_seed(order_seed)
+        self.augmentation = torch.Generator().manual_seed(augmentation_seed)
+        self.epoch = 0
+        self.best_state = None
+        self.best_accuracy = -1.0
+        self.best_epoch = -1
+        self.log: list[dict] = []
+        self.masks = None
+        self._hooks = []
+
+    # -- checkpoint
+
+    def checkpoint_path(self, run_path: Path) -> Path:
+        return run_path / TRAIN_DIR / f"member-{self.index}.pt"
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "seed": self.seed,
+            "model": _to_cpu(self.model.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "order": self.order.get_state(), "augmentation": self.augmentation.get_state(),
+            "best": self.best_state, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+            "masks": None if self.masks is None else _to_cpu(self.masks),
+            "log": self.log,
+        }
+
+    def save(self, run_path: Path) -> None:
+        target = self.checkpoint_path(run_path)
+        with atomic_path(target) as temporary:
+            torch.save(self.state(), temporary)
+        lines = "".join(json.dumps(row) + "\n" for row in self.log)
+        with atomic_path(run_path / TRAIN_DIR / f"log-member-{self.index}.jsonl") as temporary:
+            temporary.write_text(lines)
+
+    def load(self, run_path: Path) -> bool:
+        """Restore from train/ if this member has a checkpoint; True when it did."""
+        path = self.checkpoint_path(run_path)
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated file cannot come from our atomic writes
+            raise InputError(f"cannot read {path} ({error}); the run's training state is damaged — "
+                             "remove the member's file to retrain it from scratch") from None
+        if state["seed"] != self.seed:
+            raise InputError(f"{path} belongs to seed {state['seed']}, not {self.seed}; the run folder was altered")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order.set_state(state["order"])
+        self.augmentation.set_state(state["augmentation"])
+        self.epoch = int(state["epoch"])
+        self.best_state, self.best_accuracy, self.best_epoch = state["best"], state["best_accuracy"], state["best_epoch"]
+        self.log = list(state["log"])
+        if state["masks"] is not None:
+            self._set_masks({name: mask.to(self.device) for name, mask in state["masks"].items()})
+        return True
+
+    # -- pruning
+
+    def _set_masks(self, masks: dict) -> None:
+        self.masks = masks
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = pruning.mask_gradients(self.model, masks)
+        pruning.apply_masks(self.model, masks)
+
+    def prune(self) -> None:
+        """Global magnitude pruning to the target sparsity; momentum of pruned weights cleared."""
+        self._set_masks(pruning.global_magnitude_masks(self.model, self.settings.sparsity))
+        parameters = dict(self.model.named_parameters())
+        for name, mask in self.masks.items():
+            buffer = self.optimizer.base_optimizer.state.get(parameters[name], {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(mask)
+
+    # -- one epoch
+
+    def train_epoch(self, data: "_Data", sets: torch.Tensor | None) -> dict:
+        settings = self.settings
+        if settings.sparsity and self.masks is None and self.epoch >= settings.prune_epoch:
+            self.prune()
+        rate = learning_rate(settings, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        started = time.perf_counter()
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        membership = None if sets is None else sets[self.index].to(self.device)
+        with member_randomness(self.augmentation):
+            for inputs, targets, index in batches(data.train, settings.batch_size, shuffle=True, generator=self.order,
+                                                  with_index=True, device=self.device):
+                in_sam_set = None if membership is None else membership[index]
+                outcome = training_step(self.model, self.optimizer, inputs, targets, in_sam_set,
+                                        freeze_batch_norm=not settings.reference_compatible)
+                if self.masks is not None:
+                    pruning.apply_masks(self.model, self.masks)
+                loss_sum += outcome.loss * len(targets)
+                correct += outcome.correct
+                seen += len(targets)
+        val_accuracy = accuracy(self.model, data.val, self.device)
+        self.epoch += 1
+        if val_accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = val_accuracy, self.epoch
+            self.best_state = _to_cpu(self.model.state_dict(), clone=True)
+        row = {"epoch": self.epoch, "member": self.index, "seed": self.seed,
+               "train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen,
+               "val_accuracy": val_accuracy, "lr": rate, "sharpbalance_sets": sets is not None,
+               "seconds": time.perf_counter() - started}
+        self.log.append(row)
+        return row
+
+    def scores(self, data: "_Data") -> torch.Tensor:
+        """Per-sample Fisher trace of every training sample (eval mode, no augmentation)."""
+        from landscape.fisher import per_sample_fisher_trace
+
+        return per_sample_fisher_trace(self.model, F.cross_entropy,
+                                       batches(data.scoring, 512, device=self.device),
+                                       chunk_size=self.settings.score_chunk_size)
+
+    def kept_weights(self) -> dict:
+        if self.settings.keep == "best" and self.best_state is not None:
+            return self.best_state
+        return _to_cpu(self.model.state_dict())
+
+
+def _model_args(settings: TrainingSettings) -> dict:
+    return {} if settings.width is None else {"width": settings.width}
+
+
+def _to_cpu(value, clone: bool = False):
+    if isinstance(value, torch.Tensor):
+        moved = value.detach().to("cpu")
+        return moved.clone() if clone and moved is value else moved
+    if isinstance(value, dict):
+        return {key: _to_cpu(item, clone) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item, clone) for item in value]
+    return value
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for inputs, targets in batches(dataset, batch_size, device=device):
+        correct += (model(inputs).argmax(1) == targets).sum()
+    model.train(was_training)
+    return int(correct) / len(dataset)
+
+
+@dataclass
+class _Data:
+    train: object
+    val: object
+    scoring: object | None
+    num_classes: int
+
+
+def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
+    """The first ``count`` samples of ``dataset`` (all of them for None), same settings."""
+    if count is None or count >= len(dataset):
+        return dataset
+    images = dataset.array[:count] if dataset.array is not None else dataset.paths[:count]
+    return ImageDataset(images, dataset.targets[:count], name=dataset.name, split=dataset.split,
+                        num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, classes=dataset.classes,
+                        augment=dataset.augment, normalize=dataset.normalize, image_size=dataset.image_size)
+
+
+def _load_data(settings: TrainingSettings) -> _Data:
+    def split(name, augment=False):
+        return load_dataset(settings.dataset, settings.data_path, name, augment=augment)
+
+    train = first_samples(split("train", augment=True), settings.train_samples)
+    val = split("val")
+    scoring = (first_samples(split("train"), settings.train_samples)
+               if settings.method == "sharpbalance" else None)
+    return _Data(train=train, val=val, scoring=scoring, num_classes=train.num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# lockstep phases, in one process or many
+
+
+class _Gang:
+    """How the members of this process reach the others: alone, or through torch.distributed."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    def own(self, count: int) -> list[int]:
+        return list(range(self.rank, count, self.world))
+
+    def gather_scores(self, local: dict[int, torch.Tensor], count: int) -> torch.Tensor:
+        """All members' scores ``(M, N)`` from each process's own members' rows."""
+        if self.world == 1:
+            return torch.stack([local[i] for i in range(count)])
+        import torch.distributed as dist
+
+        slots = -(-count // self.world)
+        sample = next(iter(local.values()))
+        mine = torch.zeros((slots, len(sample)), dtype=sample.dtype, device=sample.device)
+        for i, scores in local.items():
+            mine[i // self.world] = scores
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        return torch.stack([gathered[i % self.world][i // self.world] for i in range(count)])
+
+
+def _sets_path(run_path: Path, epoch: int) -> Path:
+    return run_path / TRAIN_DIR / f"sets-epoch-{epoch}.pt"
+
+
+def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, gang: _Gang,
+             settings: TrainingSettings, callback) -> torch.Tensor:
+    """The sets chosen after ``epoch`` epochs: stored ones, or scored and selected now."""
+    path = _sets_path(run_path, epoch)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["sets"]
+    behind = [m.index for m in members if m.epoch != epoch]
+    if behind:
+        raise InputError(f"{run_path}: members {behind} are not at epoch {epoch} but its SharpBalance sets "
+                         f"({path.name}) are missing; the training state is inconsistent — start the run again")
+    local = {m.index: m.scores(data) for m in members}
+    scores = gang.gather_scores(local, len(settings.seeds)).to("cpu")
+    sets = select_sets(scores, settings.k, settings.reference_compatible, settings.dataset)
+    if gang.rank == 0:
+        with atomic_path(path) as temporary:
+            torch.save({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
+                        "reference_compatible": settings.reference_compatible}, temporary)
+    if callback is not None:
+        callback({"event": "select", "epoch": epoch, "rank": gang.rank})
+    return sets
+
+
+def _train_members(run_path: Path, settings: TrainingSettings, device: torch.device, gang: _Gang,
+                   progress: bool, callback: Callable[[dict], None] | None) -> None:
+    data = _load_data(settings)
+    members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
+    for member in members:
+        member.load(run_path)
+    bars = [_progress_bar(member, settings, progress) for member in members]
+    boundaries = selection_epochs(settings)
+    sets, start = None, 0
+    for end in [*boundaries, settings.epochs]:
+        if start in boundaries:
+            sets = _sets_at(start, run_path, members, data, gang, settings, callback)
+        for member, bar in zip(members, bars):
+            while member.epoch < end:
+                row = member.train_epoch(data, sets)
+                member.save(run_path)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
+                if callback is not None:
+                    callback({"event": "epoch", "member": member.index, "epoch": member.epoch})
+        start = end
+    for member, bar in zip(members, bars):
+        bar.close()
+        save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
+                    kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
+                    val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+
+
+def _progress_bar(member: _Member, settings: TrainingSettings, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=settings.epochs, initial=member.epoch, desc=f"member {member.index} (seed {member.seed})",
+                position=member.index, leave=True, file=sys.stderr, disable=not enabled, unit="epoch")
+
+
+def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettings, device: str, threads: int,
+                  progress: bool, rendezvous: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(chosen)
+    dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo", init_method=rendezvous,
+                            rank=rank, world_size=world)
+    try:
+        _train_members(Path(run_path), settings, chosen, _Gang(rank, world), progress, callback=None)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | None, device, progress: bool,
+         callback) -> list["MemberSummary"]:
+    device = torch.device(device or "cpu")
+    world = 1 if not members_parallel else int(members_parallel)
+    if world < 1:
+        raise InputError(f"members_parallel must be a positive integer, got {members_parallel!r}")
+    if world > len(settings.seeds):
+        raise InputError(f"members_parallel = {world} but the ensemble has {len(settings.seeds)} members; "
+                         "use at most one process per member")
+    if world == 1:
+        _train_members(run_path, settings, device, _Gang(), progress, callback)
+    else:
+        if callback is not None:
+            raise InputError("a callback runs in one process only; drop members_parallel to use it")
+        import torch.multiprocessing as multiprocessing
+
+        with tempfile.TemporaryDirectory(prefix="sharpdiv-rendezvous-") as folder:
+            rendezvous = f"file://{Path(folder) / 'store'}"
+            multiprocessing.spawn(_process_main, nprocs=world, join=True,
+                                  args=(world, str(run_path), settings, str(device), torch.get_num_threads(),
+                                        progress, rendezvous))
+    return summarize(run_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry points
+
+
+@dataclass(frozen=True)
+class MemberSummary:
+    member: int
+    seed: int
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float
+    last_val_accuracy: float
+    seconds: float
+
+
+def summarize(run_path: str | os.PathLike) -> list[MemberSummary]:
+    """One line per member from its training log."""
+    table = read_training_log(run_path)
+    rows = []
+    for member, log in table.groupby("member", sort=True) if len(table) else []:
+        best = log.loc[log["val_accuracy"].idxmax()]
+        rows.append(MemberSummary(member=int(member), seed=int(log["seed"].iloc[0]), epochs=int(log["epoch"].max()),
+                                  best_epoch=int(best["epoch"]), best_val_accuracy=float(best["val_accuracy"]),
+                                  last_val_accuracy=float(log["val_accuracy"].iloc[-1]),
+                                  seconds=float(log["seconds"].sum())))
+    return rows
+
+
+def read_training_log(run_path: str | os.PathLike):
+    """All members' per-epoch rows as a DataFrame (epoch, member, seed, train_loss, train_accuracy,
+    val_accuracy, lr, sharpbalance_sets, seconds)."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted((Path(run_path) / TRAIN_DIR).glob("log-member-*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows).sort_values(["member", "epoch"], kind="stable").reset_index(drop=True) if rows \
+        else pd.DataFrame(columns=["epoch", "member", "seed", "train_loss", "train_accuracy", "val_accuracy", "lr",
+                                   "sharpbalance_sets", "seconds"])
+
+
+def train(out: str | os.PathLike, settings: TrainingSettings, *, members_parallel: int | None = None,
+          device: str | torch.device | None = None, progress: bool = False,
+          callback: Callable[[dict], None] | None = None) -> list[MemberSummary]:
+    """Train the ensemble ``settings`` describes into the new run folder ``out``.
+
+    ``members_parallel=N`` trains in N processes (members r, r+N, ... in process r); otherwise
+    all members take turns in this one. ``callback(event)`` (one process only) is called after
+    each member's epoch checkpoint (``{"event": "epoch", "member", "epoch"}``) and after each
+    selection (``{"event": "select", "epoch"}``). Returns one summary per member.
+    """
+    out = Path(out)
+    train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
+    with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
+        model_zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+    create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
+               model_args=_model_args(settings), method=settings.method, seeds=settings.seeds, keep=settings.keep,
+               **settings.run_fields())
+    return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
+    """The :class:`TrainingSettings` a run folder was trained with (from its run.json)."""
+    config = read_config(run_path)
+    names = {f.name for f in fields(TrainingSettings)}
+    if "epochs" not in config or config.get("method") not in METHODS:
+        raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
+    values = {name: config[name] for name in names if name in config and config[name] is not None}
+    values["seeds"] = tuple(config["seeds"])
+    return TrainingSettings(**values)
+
+
+def resume(run_path: str | os.PathLike, *, members_parallel: int | None = None,
+           device: str | torch.device | None = None, progress: bool = False,
+           callback: Callable[[dict], None] | None = None) -> list[MemberSummary]:
+    """Continue a run folder's training from its last checkpoints (a finished run is left as it is)."""
+    run_path = Path(run_path)
+    return _run(run_path, settings_of_run(run_path), members_parallel, device, progress, callback)
