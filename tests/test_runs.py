@@ -128,15 +128,15 @@ def _append_many(path, writer, count):
 def test_two_processes_appending_at_once_keep_all_rows(tmp_path):
     make_run(tmp_path / "run")
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_append_many, args=(tmp_path / "run", w, 40)) for w in range(2)]
+    writers = [context.Process(target=_append_many, args=(tmp_path / "run", w, 15)) for w in range(2)]
     for process in writers:
         process.start()
     for process in writers:
         process.join(120)
         assert process.exitcode == 0
     table = runs.read_results(tmp_path / "run")
-    assert len(table) == 80
-    assert set(table["metric"]) == {f"m{w}-{i}" for w in range(2) for i in range(40)}
+    assert len(table) == 30
+    assert set(table["metric"]) == {f"m{w}-{i}" for w in range(2) for i in range(15)}
 
 
 def test_compaction_keeps_the_newest_row_per_key(tmp_path):
