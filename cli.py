@@ -342,6 +342,210 @@ def train_command(dataset, data_path, model_name, width, method, rho, k, td, epo
     click.echo(f"run folder: {out}")
 
 
+@main.group("sweep", cls=_Group)
+def sweep_group():
+    """Grids of ensembles from a sweep file (TOML): plan, run (here or on SLURM), status, report.
+
+    See examples/ for sweep files and ensembles/sweep.py for the format.
+    """
+
+
+@sweep_group.command("plan")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def sweep_plan_command(file):
+    """Print the jobs FILE expands to: one run folder per grid point, and what follows training."""
+    from ensembles.sweep import plan_table, read_sweep
+
+    sweep = read_sweep(file)
+    click.echo(plan_table(sweep).to_string(index=False))
+    click.echo(f"{len(sweep.jobs)} jobs; after training: "
+               + ("; ".join(measure.describe() for measure in sweep.measurements) or "nothing"))
+    click.echo(f"report grouped by {', '.join(sweep.group_by)}")
+
+
+def _sweep_report(sweep, paths, out):
+    """The report over a sweep's runs, grouped by its [report] axes (reports.site.write_report)."""
+    from ensembles.sweep import group_runs
+    from reports.site import write_report
+
+    if not paths:
+        raise InputError(f"no run of the sweep {sweep.name} has finished members yet; run it first "
+                         "(sharpdiv sweep run FILE --out ROOT)")
+    options = {key: sweep.report[key] for key in ("sharpness", "diversity", "diversity_on", "baseline", "combine")
+               if key in sweep.report}
+    report = write_report(paths, out, group_by=group_runs(sweep, paths), **options)
+    for note in report.notes:
+        click.echo(f"sharpdiv: note: {note}", err=True)
+    return report
+
+
+@sweep_group.command("run")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Root folder: one run folder per grid point, the sweep log, and report/.")
+@click.option("--executor", type=click.Choice(["local", "slurm", "debug"]), default="local", show_default=True,
+              help="local: here (N processes with --jobs); slurm: an array job; debug: submitit in-process.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Jobs at once (local: processes, one GPU each when there are GPUs; slurm: array parallelism).")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Submit failed jobs again this many times (only their missing work is redone).")
+@click.option("--slurm-partition", default=None, help="SLURM partition.")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs per SLURM task.")
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPUs per SLURM task.")
+@click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), default=None, help="Memory per SLURM task.")
+@click.option("--time", "time_limit", default="24:00:00", show_default=True,
+              help="Time per SLURM task ([D-]HH:MM:SS or minutes); preempted or timed-out tasks are requeued.")
+@click.option("--slurm-account", default=None)
+@click.option("--slurm-qos", default=None)
+@click.option("--slurm-constraint", default=None)
+@click.option("--setup", "setup", multiple=True,
+              help="Shell line run before each SLURM task (repeatable), e.g. 'source .venv/bin/activate'.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for SLURM jobs and report (or submit and return; then use sweep status/report).")
+@click.option("--report/--no-report", "make_report", default=True, show_default=True,
+              help="Write the report into ROOT/report at the end.")
+@data_options()
+@device_options
+def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_per_job, cpus_per_job, mem_gb,
+                      time_limit, slurm_account, slurm_qos, slurm_constraint, setup, wait, make_report, dataset,
+                      data_path, device, threads):
+    """Train and measure every grid point of FILE into --out; stored work is skipped.
+
+    Each job trains its run folder (or resumes it, or keeps it when finished) and runs the sweep's
+    measurements, which reuse stored rows: stop it any time and run it again. --data is not used
+    (the dataset is a sweep setting); --data-path overrides the file's data_path.
+    """
+    from ensembles.sweep import ClusterRequest, read_sweep, run_sweep, sweep_runs, timeout_minutes
+
+    sweep = read_sweep(file)
+    if dataset is not None:
+        raise InputError("sweep run takes the dataset from the sweep file ([base] dataset or [grid] dataset); "
+                         "drop --data")
+    timeout_minutes(time_limit)  # checked before anything is submitted
+    if executor != "slurm" or device != "auto":
+        resolve_device(device, threads)
+    cluster = ClusterRequest(partition=slurm_partition, gpus_per_job=gpus_per_job, time=time_limit,
+                             cpus_per_job=cpus_per_job, mem_gb=mem_gb, account=slurm_account, qos=slurm_qos,
+                             constraint=slurm_constraint, setup=tuple(setup))
+    click.echo(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {out} ({executor} executor, {jobs} at once)", err=True)
+    result = run_sweep(sweep, out, executor=executor, jobs=jobs, retries=retries, cluster=cluster,
+                       data_path=str(data_path) if data_path else None, device=device, wait=wait, progress=True,
+                       echo=lambda message: click.echo(message, err=True))
+    if not result.waited:
+        click.echo(f"submitted {len(result.job_ids)} jobs; follow them with: sharpdiv sweep status {file} --out {out}")
+        return
+    for outcome in result.outcomes:
+        click.echo(outcome.line())
+    trained = sum(outcome.trained for outcome in result.outcomes)
+    click.echo(f"{len(result.outcomes)} of {len(sweep.jobs)} jobs done ({trained} trained now, "
+               f"{len(result.outcomes) - trained} already trained); {len(result.failures)} failed")
+    for name, error in result.failures.items():
+        click.echo(f"sharpdiv: job {name} failed: {error}", err=True)
+    if make_report:
+        paths = sweep_runs(sweep, out)
+        if paths:
+            report = _sweep_report(sweep, paths, Path(out) / "report")
+            click.echo(f"report: {report.index}")
+    if result.failures:
+        raise SystemExit(1)
+
+
+@sweep_group.command("status")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The sweep's root folder.")
+def sweep_status_command(file, out):
+    """Per grid point: training state and the last action of each measurement (from the sweep log)."""
+    from ensembles.sweep import read_sweep, sweep_status
+
+    click.echo(sweep_status(read_sweep(file), out).to_string(index=False))
+
+
+@sweep_group.command("report")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The sweep's root folder (its --out when it ran).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the report.")
+@click.option("--group-by", default=None, help="Comma list of axes to group by (default: the file's [report]).")
+def sweep_report_command(file, root, out, group_by):
+    """The report over every finished run of the sweep, grouped by its swept axes, with β per group."""
+    from dataclasses import replace
+
+    from ensembles.sweep import read_sweep, sweep_runs
+
+    sweep = read_sweep(file)
+    if group_by:
+        sweep = replace(sweep, report={**sweep.report, "group_by": [a.strip() for a in group_by.split(",") if a.strip()]})
+    paths = sweep_runs(sweep, root)
+    report = _sweep_report(sweep, paths, out)
+    click.echo(f"{len(paths)} of {len(sweep.jobs)} runs reported; open {report.index}")
+
+
+def _quickstart_summary(runs, sharpness: str = "sharpness/worst/l2/adaptive@0.5") -> list[str]:
+    """Per method: ensemble accuracy ID/OOD, OOD DER, mean sharpness; then β per method."""
+    import math
+
+    from reports.collect import SharpnessSpec, collect, run_table, tradeoff_points
+    from reports.tables import summary_table
+    from reports.tradeoff import BetaFit, fits_by_group
+
+    spec = SharpnessSpec.parse(sharpness)
+    table = run_table(runs)
+    results = collect(table["path"], table)
+    summary = summary_table(results, table, group_by="method", sharpness=spec)
+
+    def number(group, column, digits="{:.3g}"):
+        value = summary.mean.loc[group].get(column, math.nan) if column in summary.mean.columns else math.nan
+        return "n/a" if value is None or not math.isfinite(value) else digits.format(value)
+
+    lines = []
+    for group in summary.mean.index:
+        lines.append(f"{group:>12}: ensemble accuracy {number(group, 'ensemble accuracy ID (%)', '{:.1f}')}% clean, "
+                     f"{number(group, 'ensemble accuracy OOD (%)', '{:.1f}')}% corrupted; DER (corrupted) "
+                     f"{number(group, 'DER OOD')}; sharpness {number(group, f'sharpness {spec}')} "
+                     f"({int(summary.runs.get(group, 0))} ensembles)")
+    points = tradeoff_points(results, sharpness=spec, on="ood", group_by="method")
+    points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
+    fits = fits_by_group(points["sharpness"], points["diversity"], points["group"]) if len(points) else {}
+    shown = [f"{group} {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" for group, fit in fits.items()
+             if isinstance(fit, BetaFit)]
+    lines.append("β, slope of log DER on log sharpness: " + ("; ".join(shown) if shown else
+                                                              "not fitted (a group needs 3 ensembles)"))
+    return lines
+
+
+@main.command("quickstart")
+@click.option("--out", default="sharpdiv-quickstart", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for data/ (digits-C), runs/ and report/; re-running reuses what it holds.")
+@click.option("--fast", is_flag=True, help="The test suite's tiny version (2 radii, 2 members, 2 epochs; < 1 min).")
+@device_options
+def quickstart_command(out, fast, device, threads):
+    """SGD, SAM and SharpBalance ensembles on digits, measured and reported, in minutes on a CPU.
+
+    Writes digits-C, trains small CNN ensembles with SGD, SAM over a rho sweep and SharpBalance,
+    measures adaptive worst-case sharpness and the Hessian trace, evaluates every metric on clean and
+    corrupted data (per severity), and writes the report with the sharpness-diversity trade-off
+    and its slope beta. It is a sweep: running it again on the same --out reuses everything.
+    """
+    import time
+
+    from ensembles.quickstart import quickstart_sweep, run_quickstart
+
+    started = time.perf_counter()
+    chosen = resolve_device(device, threads)
+    result = run_quickstart(out, fast=fast, device=str(chosen), progress=True,
+                            echo=lambda message: click.echo(message, err=True))
+    click.echo(f"writing the report into {result.report_path}", err=True)
+    report = _sweep_report(quickstart_sweep(fast), list(result.runs), result.report_path)
+    seconds = time.perf_counter() - started
+    trained = sum(outcome.trained for outcome in result.sweep.outcomes)
+    click.echo(f"quickstart{' --fast' if fast else ''}: {len(result.runs)} ensembles on digits "
+               f"({trained} trained now, {len(result.runs) - trained} reused) in {seconds:.0f} s")
+    for line in _quickstart_summary(list(result.runs)):
+        click.echo(line)
+    click.echo(f"report: {report.index}")
+
+
 # -- commands end --
 
 
