@@ -1,0 +1,301 @@
+"""Sweeps: planning, bad files, skip-if-stored jobs, interruption and resumption, submitit executors."""
+import os
+from pathlib import Path
+
+import pytest
+import submitit
+from click.testing import CliRunner
+
+import cli
+from ensembles import evaluation, measurements, runs, sweep
+from ensembles import train as trainer
+from landscape.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLAN = """
+name = "plan"
+[base]
+dataset = "digits"
+model = "small_cnn"
+epochs = 4
+td = 2
+[grid]
+method = ["sgd", "sam", "sharpbalance"]
+rho = [0.05, 0.2]
+width = [8, 16]
+reference_compatible = [false, true]
+seeds = [[13, 17], [113, 117]]
+"""
+
+
+def test_plan_expands_the_grid_to_exactly_the_expected_jobs():
+    plan = sweep.parse_sweep(PLAN)
+    # Written out by hand: SGD ignores rho and the SharpBalance switch, SAM ignores the switch.
+    expected = []
+    for width in (8, 16):
+        for seeds in ("13.17", "113.117"):
+            expected.append(f"sgd-w{width}-s{seeds}")
+    for rho in ("0.05", "0.2"):
+        for width in (8, 16):
+            for seeds in ("13.17", "113.117"):
+                expected.append(f"sam-rho{rho}-w{width}-s{seeds}")
+    for rho in ("0.05", "0.2"):
+        for width in (8, 16):
+            for variant in ("paper", "ref"):
+                for seeds in ("13.17", "113.117"):
+                    expected.append(f"sharpbalance-rho{rho}-w{width}-{variant}-s{seeds}")
+    assert sorted(job.name for job in plan.jobs) == sorted(expected)
+    assert len(plan.jobs) == 4 + 8 + 16
+    by_name = {job.name: job.settings for job in plan.jobs}
+    chosen = by_name["sharpbalance-rho0.2-w16-ref-s113.117"]
+    assert (chosen.method, chosen.rho, chosen.width, chosen.reference_compatible, chosen.seeds, chosen.epochs,
+            chosen.td) == ("sharpbalance", 0.2, 16, True, (113, 117), 4, 2)
+    assert by_name["sgd-w8-s13.17"].method == "sgd"
+    table = sweep.plan_table(plan)
+    assert list(table.columns) == ["run", "method", "rho", "width", "reference_compatible", "seeds", "members",
+                                   "epochs"]
+    assert table.set_index("run").loc["sgd-w8-s13.17", "rho"] == "-"
+    assert plan.group_by == ("method",)
+
+
+def test_plan_command_prints_every_job():
+    result = CliRunner().invoke(cli.main, ["sweep", "plan", str(ROOT / "examples" / "digits-grid.toml")])
+    assert result.exit_code == 0, result.output
+    plan = sweep.read_sweep(ROOT / "examples" / "digits-grid.toml")
+    for job in plan.jobs:
+        assert job.name in result.output
+    assert f"{len(plan.jobs)} jobs" in result.output
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_examples_parse(example):
+    plan = sweep.read_sweep(example)
+    assert plan.jobs and len({job.name for job in plan.jobs}) == len(plan.jobs)
+
+
+def _error(text):
+    with pytest.raises(InputError) as caught:
+        sweep.parse_sweep(text, source="bad.toml")
+    return str(caught.value)
+
+
+def test_bad_sweep_files_name_the_key_and_line():
+    base = '[base]\ndataset = "digits"\nmodel = "small_cnn"\n'
+    message = _error(base + "[grid]\nrhoo = [0.1]\n")
+    assert "rhoo" in message and "line 5" in message and "unknown axis" in message
+    message = _error(base + "[grid]\nrho = []\n")
+    assert "[grid] rho (line 5)" in message and "empty" in message
+    message = _error('[base]\ndataset = "digits"\nmodel = "small_cnn"\nrho = 0.1\n[grid]\nrho = [0.1, 0.2]\n')
+    assert "rho" in message and "line 4" in message and "line 6" in message and "conflict" in message
+    message = _error(base + "[grid]\nrho = [0.1, 0.1]\n")
+    assert "twice" in message and "line 5" in message
+    message = _error(base + "[grid]\nrho = 0.1\n")
+    assert "list" in message and "line 5" in message
+    message = _error(base + "[grid]\nrho = 0.1 0.2\n")  # TOML syntax: tomllib's own line
+    assert "not valid TOML" in message and "line 5" in message
+    message = _error(base + "[measure.hessian]\nprobes = 3\n")
+    assert "probes" in message and "line 5" in message and "n_probes" in message
+    message = _error(base + "[measure.curvature]\n")
+    assert "curvature" in message
+    message = _error(base + "[grid]\nseeds = [13, 17]\n")
+    assert "seed lists" in message
+    message = _error('[base]\ndataset = "digits"\nmodel = "small_cnn"\nepochs = 2\ntd = 5\n'
+                     '[grid]\nmethod = ["sharpbalance"]\n')
+    assert "method=sharpbalance" in message and "td" in message
+    assert "model" in _error('[base]\ndataset = "digits"\n')
+    assert "frobnicate" in _error(base + "frobnicate = 1\n")
+
+
+def test_time_limits_and_slurm_script(tmp_path, monkeypatch):
+    assert sweep.timeout_minutes("24:00:00") == 24 * 60
+    assert sweep.timeout_minutes("1-02:30:00") == 26 * 60 + 30
+    assert sweep.timeout_minutes("90") == 90
+    assert sweep.timeout_minutes("10:30") == 11  # MM:SS, rounded up
+    with pytest.raises(InputError, match="--time"):
+        sweep.timeout_minutes("soon")
+    request = sweep.ClusterRequest(partition="gpu", gpus_per_job=1, time="24:00:00", cpus_per_job=8, mem_gb=32,
+                                   setup=("source .venv/bin/activate",))
+    # submitit's SLURM executor only needs to find srun; render the sbatch script it would submit.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="slurm")
+    executor.update_parameters(**sweep.slurm_parameters(request, "width", jobs=4))
+    script = executor._executor._make_submission_file_text("python -m job", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=1440",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --job-name=sharpdiv-width",
+                 "#SBATCH --signal=USR2@120", "source .venv/bin/activate"):
+        assert line in script
+
+
+def test_preempted_job_is_requeued_unchanged():
+    plan = sweep.parse_sweep(PLAN)
+    job = sweep.SweepJob(plan.jobs[0], "/tmp/root", plan.measurements)
+    delayed = job.checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is job and delayed.args == () and delayed.kwargs == {}
+
+
+TINY = """
+name = "tiny"
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 4
+seeds = [13, 17]
+epochs = 2
+batch_size = 128
+[grid]
+method = ["sgd", "sam"]
+rho = [0.05]
+[[measure.sharpness]]
+rho = [0.5]
+n_batches = 2
+n_iters = 2
+[measure.evaluate]
+corruptions = "none"
+[measure.connectivity]
+n_examples = 64
+alphas = 3
+bn_examples = 64
+[report]
+group_by = ["method", "width"]
+"""
+
+
+class _Counter:
+    """Wraps a module function and counts (and optionally sabotages) its calls."""
+
+    def __init__(self, monkeypatch, module, name, sabotage=None):
+        self.real, self.calls, self.sabotage = getattr(module, name), [], sabotage
+        monkeypatch.setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(args)
+        if self.sabotage is not None:
+            args, kwargs = self.sabotage(len(self.calls), args, kwargs)
+        return self.real(*args, **kwargs)
+
+
+def _killed_mid_training(name):
+    """Sabotage: the training of run ``name`` is killed after its first member's first epoch."""
+
+    def sabotage(count, args, kwargs):
+        if Path(args[0]).name == name:
+            def kill(event):
+                if event["event"] == "epoch":
+                    raise KeyboardInterrupt
+            kwargs = {**kwargs, "callback": kill}
+        return args, kwargs
+
+    return sabotage
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweep")
+
+
+def test_sweep_runs_is_killed_and_rerun_doing_only_the_missing_work(tiny_root, monkeypatch):
+    plan = sweep.parse_sweep(TINY)
+    assert [job.name for job in plan.jobs] == ["sgd-s13.17", "sam-rho0.05-s13.17"]
+
+    # First run: the SAM job is killed during its training, after the SGD job finished.
+    first = _Counter(monkeypatch, trainer, "train", _killed_mid_training("sam-rho0.05-s13.17"))
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(plan, tiny_root, executor="local", jobs=1, device="cpu")
+    assert [Path(args[0]).name for args in first.calls] == ["sgd-s13.17", "sam-rho0.05-s13.17"]
+    assert runs.finished_members(runs.read_config(tiny_root / "sam-rho0.05-s13.17")) == []
+    assert (tiny_root / "sam-rho0.05-s13.17" / "train" / "member-0.pt").is_file()
+    monkeypatch.undo()
+
+    # Second run: nothing is trained from scratch; the SAM job resumes; the SGD job only reads.
+    trained = _Counter(monkeypatch, trainer, "train")
+    resumed = _Counter(monkeypatch, trainer, "resume")
+    result = sweep.run_sweep(plan, tiny_root, executor="local", jobs=1, device="cpu")
+    assert trained.calls == [] and [Path(args[0]).name for args in resumed.calls] == ["sam-rho0.05-s13.17"]
+    assert not result.failures
+    sgd, sam = result.outcomes
+    assert [(s.name, s.action, s.computed) for s in sgd.steps] == [
+        ("train", "kept", 0), ("sharpness", "reused", 0), ("evaluate", "reused", 0), ("connectivity", "reused", 0)]
+    assert [(s.name, s.action) for s in sam.steps] == [
+        ("train", "resumed"), ("sharpness", "measured"), ("evaluate", "measured"), ("connectivity", "measured")]
+    config = runs.read_config(tiny_root / "sam-rho0.05-s13.17")
+    assert runs.finished_members(config) == [0, 1] and config["rho"] == 0.05
+    assert trainer.read_training_log(tiny_root / "sam-rho0.05-s13.17")["epoch"].max() == 2
+
+    # Third run: everything is stored.
+    again = sweep.run_sweep(plan, tiny_root, executor="local", jobs=1, device="cpu")
+    assert trained.calls == [] and len(resumed.calls) == 1
+    assert all(step.computed == 0 for outcome in again.outcomes for step in outcome.steps)
+
+    # The sweep log holds what happened, in order.
+    log = [(r["job"], r["step"], r["action"]) for r in sweep.read_log(tiny_root) if r["step"] == "train"]
+    assert log == [("sgd-s13.17", "train", "trained"), ("sgd-s13.17", "train", "kept"),
+                   ("sam-rho0.05-s13.17", "train", "resumed"), ("sgd-s13.17", "train", "kept"),
+                   ("sam-rho0.05-s13.17", "train", "kept")]
+    status = sweep.sweep_status(plan, tiny_root).set_index("run")
+    assert list(status["training"]) == ["done", "done"]
+
+
+def test_a_folder_holding_another_ensemble_is_refused(tiny_root):
+    changed = sweep.parse_sweep(TINY.replace("epochs = 2", "epochs = 3"))
+    with pytest.raises(InputError, match="another ensemble.*epochs 2 there vs 3 here"):
+        sweep.run_sweep(changed, tiny_root, executor="local", device="cpu")
+
+
+def test_debug_executor_reruns_a_job_that_failed_once(tiny_root, monkeypatch):
+    """submitit's in-process executor: the Hessian step fails once; the retry does only that step."""
+    text = TINY.replace("[report]", "[measure.hessian]\nn_examples = 32\nn_probes = 2\n[report]")
+    plan = sweep.parse_sweep(text)
+
+    def fail_once(count, args, kwargs):
+        if count == 1:
+            raise RuntimeError("node lost")
+        return args, kwargs
+
+    flaky = _Counter(monkeypatch, measurements, "measure_hessian", fail_once)
+    trained = _Counter(monkeypatch, trainer, "train")
+    evaluated = _Counter(monkeypatch, evaluation, "evaluate_runs")
+    messages = []
+    result = sweep.run_sweep(plan, tiny_root, executor="debug", retries=1, device="cpu", echo=messages.append)
+    assert not result.failures and len(result.outcomes) == 2
+    assert len(flaky.calls) == 3  # the SGD job failed once and ran again; the SAM job ran once
+    assert any("sgd-s13.17: failed: RuntimeError: node lost" in m for m in messages)
+    assert trained.calls == []
+    assert len(evaluated.calls) == 2 and all(
+        step.computed == 0 for outcome in result.outcomes for step in outcome.steps if step.name != "hessian")
+    hessian = [(r["job"], r["action"]) for r in sweep.read_log(tiny_root) if r["step"] == "hessian"]
+    assert sorted(hessian) == [("sam-rho0.05-s13.17", "measured"), ("sgd-s13.17", "measured")]
+    assert set(result.job_ids) == {"sgd-s13.17", "sam-rho0.05-s13.17"}
+
+    # Without retries the failure is reported, not raised, and the other job still runs.
+    monkeypatch.setattr(measurements, "measure_hessian", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    result = sweep.run_sweep(plan, tiny_root, executor="debug", retries=0, device="cpu")
+    assert set(result.failures) == {"sgd-s13.17", "sam-rho0.05-s13.17"} and result.outcomes == ()
+
+
+def test_local_processes_run_the_jobs_through_submitit(tiny_root):
+    """Two submitit local processes at once; every step is already stored, so each only checks."""
+    plan = sweep.parse_sweep(TINY)
+    result = sweep.run_sweep(plan, tiny_root, executor="local", jobs=2, device="cpu", poll_seconds=0.5)
+    assert not result.failures and [o.job for o in result.outcomes] == [j.name for j in plan.jobs]
+    assert all(step.computed == 0 for outcome in result.outcomes for step in outcome.steps)
+    pids = {r["pid"] for r in sweep.read_log(tiny_root)[-8:]}
+    assert os.getpid() not in pids and len(pids) == 2  # each job in its own process
+
+
+def test_sweep_report_groups_by_the_swept_axes(tiny_root, tmp_path):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY)
+    result = CliRunner().invoke(cli.main, ["sweep", "report", str(file), "--root", str(tiny_root),
+                                           "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "2 of 2 runs reported" in result.output
+    assert runs.read_config(tiny_root / "sam-rho0.05-s13.17")["sweep_group"] == "method=sam width=4"
+    summary = (tmp_path / "report" / "tables" / "summary.csv").read_text()
+    assert "method=sam width=4" in summary and "method=sgd width=4" in summary
+    assert (tmp_path / "report" / "index.html").is_file()
