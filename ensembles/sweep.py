@@ -148,7 +148,7 @@ class Measure:
     options: Mapping = field(default_factory=dict)
 
     def describe(self) -> str:
-        shown = ", ".join(f"{key}={_text(value)}" for key, value in self.options.items())
+        shown = ", ".join(f"{'rho' if key == 'rhos' else key}={_text(value)}" for key, value in self.options.items())
         return f"{self.command}({shown})"
 
 
