@@ -64,6 +64,10 @@ Patterns = str | Sequence[str] | None
 # APGD's constants (Croce & Hein 2020, §3.2), also those of the reference code
 _SUCCESS_FRACTION = 0.75
 _STEP_REDUCTION = 0.5
+# Default bound on B·P, the perturbed weights of all batches in flight: 2^26 (256 MB per copy in
+# float32; the ascent keeps about eight copies). A ResNet-18 (11M weights) then runs 6 batches at
+# once, a 1M-weight model 64.
+_WEIGHTS_IN_FLIGHT = 1 << 26
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,11 +225,23 @@ def _zero_one_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 # The loss of every batch at its own perturbation, at once
 # ------------------------------------------------------------------------------------------------
 
+def _with_batch_axis(result):
+    """Give every tensor in a (nested) tuple or dict a leading batch axis of size 1."""
+    if isinstance(result, dict):
+        return {name: _with_batch_axis(value) for name, value in result.items()}
+    if isinstance(result, tuple):
+        return tuple(_with_batch_axis(value) for value in result)
+    return result.unsqueeze(0)
+
+
 class _PerturbedLoss:
     """``ε ↦ (L_b(θ + ε_b), error_b)`` for all batches ``b`` at once, and its gradient in ``ε``.
 
     ``θ`` are the selected parameters (the others and all buffers are the model's own, shared by
-    every batch). vmap runs ``functional_call`` once over the stacked batches.
+    every batch). vmap runs ``functional_call`` once over the stacked batches; a chunk of one
+    batch skips vmap and runs the model's own kernels (per-batch weights turn convolutions into
+    grouped ones and BatchNorm's affine step into separate passes, which only pays off when a
+    batch is small).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, center: dict[str, torch.Tensor], logit_normalization: bool):
@@ -240,20 +256,37 @@ class _PerturbedLoss:
             value = self.loss_fn(outputs, targets)
             return value, (value.detach(), _zero_one_error(outputs.detach(), targets))
 
-        self._value = vmap(lambda e, x, y: loss(e, x, y)[1])
-        self._clean = vmap(lambda x, y: loss({}, x, y)[1])
-        self._value_and_gradient = vmap(grad(loss, has_aux=True))
+        def value(perturbation, inputs, targets):
+            return loss(perturbation, inputs, targets)[1]
+
+        def value_and_gradient_of_one(perturbation, inputs, targets):
+            # plain autograd: for a single batch it is cheaper than torch.func.grad's wrappers
+            with torch.enable_grad():
+                leaves = {name: tensor.detach().requires_grad_(True) for name, tensor in perturbation.items()}
+                loss_value, aux = loss(leaves, inputs, targets)
+                gradients = torch.autograd.grad(loss_value, list(leaves.values())) if leaves else ()
+            return dict(zip(leaves, gradients)), aux
+
+        self._one = {"value": value, "value_and_gradient": value_and_gradient_of_one}
+        self._all = {"value": vmap(value), "value_and_gradient": vmap(grad(loss, has_aux=True))}
+        self._clean = vmap(lambda x, y: value({}, x, y))
+
+    def _call(self, kind: str, perturbation: Perturbation, inputs, targets):
+        if inputs.shape[0] > 1:
+            return self._all[kind](perturbation, inputs, targets)
+        result = self._one[kind]({name: value[0] for name, value in perturbation.items()}, inputs[0], targets[0])
+        return _with_batch_axis(result)
 
     def clean(self, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and error at ``θ`` for every batch (the unperturbed weights need no per-batch copy)."""
         return self._clean(inputs, targets)
 
     def value(self, perturbation, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._value(perturbation, inputs, targets)
+        return self._call("value", perturbation, inputs, targets)
 
     def value_and_gradient(self, perturbation, inputs, targets):
         """``(loss, error), gradient`` with the gradient in ``ε`` per batch, ``(B, *parameter.shape)``."""
-        gradient, (loss, error) = self._value_and_gradient(perturbation, inputs, targets)
+        gradient, (loss, error) = self._call("value_and_gradient", perturbation, inputs, targets)
         return (loss, error), gradient
 
 
@@ -375,6 +408,12 @@ def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start
 # Public measurements
 # ------------------------------------------------------------------------------------------------
 
+def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor]) -> int:
+    """All batches at once, unless their perturbed weights would exceed ``_WEIGHTS_IN_FLIGHT``."""
+    n_perturbed = sum(parameter.numel() for parameter in selected.values())
+    return max(1, min(n_batches, _WEIGHTS_IN_FLIGHT // max(n_perturbed, 1)))
+
+
 def _check_common(rho, norm, chunk_size):
     if norm not in NORMS:
         raise InputError(f"unknown norm {norm!r}; choose 'l2' or 'linf'")
@@ -415,9 +454,14 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the
     first always start at random, and the best over restarts counts (the clean loss counts as
     well: ``ε = 0`` is feasible, so the value is never negative). ``step_size`` defaults to
-    ``2ρ``; ``momentum`` is APGD's ``α`` (the weight of the new step). ``chunk_size`` batches are
-    searched at once (all if ``None``); ``generator`` (on the model's device) drives random starts,
-    whose draws depend on ``chunk_size``. ``progress`` shows a progress bar.
+    ``2ρ``; ``momentum`` is APGD's ``α`` (the weight of the new step). ``generator`` (on the
+    model's device) drives random starts, whose draws depend on the chunking. ``progress`` shows a
+    progress bar.
+
+    ``chunk_size`` batches are searched at once in one vmapped computation; ``None`` means all of
+    them unless ``B × (number of perturbed weights)`` exceeds 2^26 (then the largest chunk below
+    that). A chunk of 1 runs without vmap. On a CPU, vectorizing pays for small batches (m = 5)
+    and costs for large ones (m ≥ 32: use ``chunk_size=1``); see ``benchmarks/bench_sharpness.py``.
 
     ``reference_ascent=True`` reproduces the ascent of Andriushchenko et al.'s code: step
     ``T·g/(‖g‖₂ + 1e-12)`` (raw gradient norm) or ``T·sign(g)``, Euclidean projection (the
@@ -446,7 +490,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     selected = select_parameters(model, include, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
-    chunk = chunk_size or n_batches
+    chunk = chunk_size or _default_chunk(n_batches, selected)
     settings = dict(kind="worst", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
                     n_perturbed=sum(p.numel() for p in selected.values()),
                     include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),
@@ -509,9 +553,9 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
 
     ``ε = ρ T z`` with ``z ~ N(0, I)`` (ℓ2, so ``ε ~ N(0, ρ²T²)``) or ``z ~ U[−1, 1]`` (ℓ∞), drawn
     independently for every batch and draw. All ``n_samples × B`` evaluations are vectorized;
-    ``chunk_size`` of them run at once (default ``B``, one draw for every batch). The draws depend
-    on ``generator`` (on the model's device) and on ``chunk_size``. Cost: ``n_samples + 1``
-    forward passes of every batch.
+    ``chunk_size`` of them run at once (default ``B``, one draw for every batch, bounded as in
+    :func:`worst_case_sharpness`). The draws depend on ``generator`` (on the model's device) and
+    on ``chunk_size``. Cost: ``n_samples + 1`` forward passes of every batch.
     """
     _check_common(rho, norm, chunk_size)
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -520,7 +564,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
     selected = select_parameters(model, include, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
-    chunk = chunk_size or n_batches
+    chunk = chunk_size or _default_chunk(n_batches, selected)
     settings = dict(kind="average", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
                     n_perturbed=sum(p.numel() for p in selected.values()),
                     include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),

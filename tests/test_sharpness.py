@@ -413,6 +413,22 @@ def test_vectorized_worst_case_equals_a_plain_loop_over_batches_with_batchnorm(n
     assert (expected > 0).all()
 
 
+def test_default_chunks_bound_the_weights_in_flight_without_changing_the_result(monkeypatch):
+    import landscape.sharpness as sharpness
+
+    model, batches = tiny_cnn_and_batches(n_batches=3)
+    all_at_once = worst_case_sharpness(model, F.cross_entropy, batches, 0.3, n_iters=6)
+    n_weights = sum(p.numel() for p in model.parameters())
+    seen = []
+    original = sharpness._ascend
+    monkeypatch.setattr(sharpness, "_ascend", lambda loss, ball, inputs, *rest: seen.append(inputs.shape[0])
+                        or original(loss, ball, inputs, *rest))
+    monkeypatch.setattr(sharpness, "_WEIGHTS_IN_FLIGHT", 2 * n_weights + 1)
+    chunked = worst_case_sharpness(model, F.cross_entropy, batches, 0.3, n_iters=6)
+    assert seen == [2, 1]
+    torch.testing.assert_close(chunked.per_batch, all_at_once.per_batch, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_vectorized_average_case_equals_a_plain_loop_over_draws(norm):
     model, batches = tiny_cnn_and_batches(n_batches=3)
