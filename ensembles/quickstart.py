@@ -20,7 +20,8 @@ updates per epoch for about the same cost, which matters over 10 epochs of 1079 
 member-epoch costs about 1 s with SGD and 2 s with SAM; 5 ensembles x 3 members x 10 epochs is
 about 4-5 minutes of training, and the measurements are sized to stay within a minute or two.
 ``fast=True`` is the test suite's version: 2 radii, 2 members, 2 epochs with T_d = 1, 3 corruptions
-(severities 1, 3 and 5 evaluated), width 8, and small measurement budgets.
+(severities 1, 3 and 5 evaluated), width 8, the first 512 training images, and small measurement
+budgets.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class _Recipe:
     sharpness_iterations: int
     hessian_examples: int
     hessian_probes: int
+    train_samples: int | None = None
 
 
 #: The full recipe and the test suite's ``fast`` one.
@@ -64,7 +66,8 @@ RECIPES = {
                     sharpness_batches=20, sharpness_iterations=10, hessian_examples=256, hessian_probes=10),
     "fast": _Recipe(rhos=(0.05, 0.1), seeds=(13, 17), epochs=2, td=1, width=8, batch_size=128, lr=0.05,
                     corruptions=("gaussian_noise", "contrast", "pixelate"), severities=(1, 3, 5),
-                    sharpness_batches=4, sharpness_iterations=3, hessian_examples=64, hessian_probes=2),
+                    sharpness_batches=4, sharpness_iterations=3, hessian_examples=64, hessian_probes=2,
+                    train_samples=512),
 }
 
 
@@ -73,6 +76,7 @@ def _recipe_text(recipe: _Recipe, name: str) -> str:
     def listed(values):
         return "[" + ", ".join(repr(v) for v in values) + "]"
 
+    subset = "" if recipe.train_samples is None else f"train_samples = {recipe.train_samples}\n"
     return f"""
 name = "quickstart-{name}"
 
@@ -87,7 +91,7 @@ k = 0.4
 batch_size = {recipe.batch_size}
 lr = {recipe.lr}
 schedule = "cosine"
-
+{subset}
 [grid]
 method = ["sgd", "sam", "sharpbalance"]
 rho = {listed(recipe.rhos)}

@@ -114,14 +114,14 @@ _NOT_IDENTITY = ("data_path", "score_chunk_size")
 #: How each axis is spelled in a folder name (value appended; booleans by their words).
 _SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
           "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
-          "momentum": "mom"}
+          "momentum": "mom", "train_samples": "n"}
 _BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 
 
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta")
+        "keep", "eta", "train_samples")
 
 
 def applies(axis: str, method: str) -> bool:
