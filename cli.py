@@ -544,6 +544,143 @@ def quickstart_command(out, fast, device, threads):
     click.echo(f"report: {report.index}")
 
 
+@main.command("sharpness")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
+              help="Split the batches are drawn from (never augmented).")
+@click.option("--kind", type=click.Choice(["worst", "average"]), default="worst", show_default=True,
+              help="Worst case (APGD in weight space) or average over random perturbations.")
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@click.option("--adaptive/--standard", default=True, show_default=True,
+              help="Radius scaled by |weight| (adaptive) or the same for every weight (standard).")
+@click.option("--rho", "rhos", type=CommaList(float), default="0.5", show_default=True,
+              help="Radius, or a comma list of radii (0.25,0.5,1).")
+@click.option("--batch-size", "m", type=click.IntRange(min=1), default=5, show_default=True,
+              help="m of m-sharpness: samples per batch, each batch with its own perturbation.")
+@click.option("--n-batches", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=13, show_default=True,
+              help="Seeds the draw of the batches (the same for every member) and random perturbations.")
+@click.option("--n-iters", type=click.IntRange(min=1), default=20, show_default=True, help="Ascent steps (worst case).")
+@click.option("--n-restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ascent starts (worst case); after the first they are random.")
+@click.option("--n-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Random perturbations per batch (average case).")
+@click.option("--exclude", type=CommaList(str), default=None,
+              help="Parameter-name patterns to leave unperturbed, e.g. '*bn*,*.bias'.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Batches (average case: draws) evaluated at once; bounds memory (default all).")
+@device_options
+def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
+                      n_restarts, n_samples, exclude, chunk_size, device, threads):
+    """m-sharpness of every member of each RUN, and its mean over members.
+
+    Defaults are SharpBalance's: worst case, l2, adaptive, rho 0.5, 100 batches of 5 training
+    samples drawn with seed 13. Rows: sharpness/<kind>/<norm>/<adaptive|standard> and
+    sharpness-error/... per member and for the ensemble (aggregate=mean). Stored rows are reused.
+    """
+    from ensembles.measurements import measure_sharpness
+
+    chosen = resolve_device(device, threads)
+    measurements = measure_sharpness(runs, dataset=dataset, root=data_path, split=split, kind=kind, norm=norm,
+                                     adaptive=adaptive, rhos=rhos, m=m, n_batches=n_batches, seed=seed,
+                                     n_iters=n_iters, n_restarts=n_restarts, n_samples=n_samples, exclude=exclude,
+                                     chunk_size=chunk_size, device=chosen, progress=True)
+    for measurement in measurements:
+        click.echo("\n".join(measurement.summary()))
+
+
+@main.command("hessian")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("--n-examples", type=click.IntRange(min=1), default=None,
+              help="Samples of the split, drawn with --seed (default 1024, or all if fewer).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--trace", is_flag=True, help="Hessian trace (the default when nothing else is asked).")
+@click.option("--eigenvalues", type=click.IntRange(min=0), default=0, metavar="K",
+              help="The K largest eigenvalues (Lanczos).")
+@click.option("--density", is_flag=True, help="Eigenvalue density (stochastic Lanczos quadrature).")
+@click.option("--n-probes", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Hessian-vector products of the trace estimate.")
+@click.option("--method", type=click.Choice(["hutchinson", "hutch++"]), default="hutchinson", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples, probes and Lanczos starts.")
+@device_options
+def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, trace, eigenvalues, density, n_probes,
+                    method, seed, device, threads):
+    """Hessian trace, top eigenvalues and spectral density of every member of each RUN.
+
+    Rows: hessian/trace (per member and its mean over members), hessian/eigenvalue (column rank),
+    hessian/density (column eigenvalue, the grid point). Stored rows are reused.
+    """
+    from ensembles.measurements import measure_hessian
+
+    chosen = resolve_device(device, threads)
+    measurements = measure_hessian(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
+                                   batch_size=batch_size, trace=trace or None, eigenvalues=eigenvalues,
+                                   density=density, n_probes=n_probes, method=method, seed=seed, device=chosen,
+                                   progress=True)
+    for measurement in measurements:
+        click.echo("\n".join(measurement.summary()))
+
+
+@main.command("fisher")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@device_options
+def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, device, threads):
+    """Per-sample sharpness (trace of each sample's Fisher) of every member of each RUN.
+
+    Writes fisher/member-<i>-<split>.npy in the run folder (entry j = sample j of the split) and rows
+    fisher/mean, fisher/q50, q90, q99 and fisher/max. Stored results are reused.
+    """
+    from ensembles.measurements import measure_fisher
+
+    chosen = resolve_device(device, threads)
+    measurements = measure_fisher(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
+                                  batch_size=batch_size, chunk_size=batch_size, device=chosen, progress=True)
+    for measurement in measurements:
+        click.echo("\n".join(measurement.summary()))
+
+
+@main.command("connectivity")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_options()
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")
+@click.option("--alphas", type=click.IntRange(min=2), default=21, show_default=True,
+              help="Evenly spaced points on each linear path, ends included.")
+@click.option("--plane", is_flag=True, help="Also the loss plane through members 0, 1, 2.")
+@click.option("--grid", type=click.IntRange(min=2), default=21, show_default=True, help="Plane points per axis.")
+@click.option("--bn-reset/--no-bn-reset", default=True, show_default=True,
+              help="Recompute BatchNorm statistics at every point (from training data) or interpolate them.")
+@click.option("--bn-examples", type=click.IntRange(min=2), default=2048, show_default=True,
+              help="Training samples (no augmentation, drawn with --seed) for the BatchNorm statistics.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw of the BatchNorm samples.")
+@device_options
+def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
+                         batch_size, seed, device, threads):
+    """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
+
+    Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
+    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
+    Stored rows are reused.
+    """
+    from ensembles.measurements import measure_connectivity
+
+    chosen = resolve_device(device, threads)
+    measurements = measure_connectivity(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
+                                        alphas=alphas, plane=plane, grid=grid, bn_reset=bn_reset,
+                                        bn_examples=bn_examples, batch_size=batch_size, seed=seed, device=chosen,
+                                        progress=True)
+    for measurement in measurements:
+        click.echo("\n".join(measurement.summary()))
+
+
 # -- commands end --
 
 
