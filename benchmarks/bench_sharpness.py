@@ -15,6 +15,13 @@ each, interleaved (the machine is shared); ``OMP_WAIT_POLICY=PASSIVE`` unless se
 below). The MLP row shows the regime where per-call overhead, not arithmetic, dominates.
 
     /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
+
+Measured on the shared 2-core CPU (2 threads, ~9 other busy processes; CPU-time ratios loop/ours,
+2 iterations, medians of 3): m=5, B=100: small_cnn 1.14, resnet18(width=16) 1.69, mlp 0.72;
+m=128, B=8: small_cnn 0.44, resnet18(width=16) 0.51 — there ``chunk_size=1`` (no vmap) matches
+the loop (1.09, 0.89). A 5-image batch of 32×32 convolutions already keeps a CPU core busy, so
+vectorizing removes little overhead, while per-batch weights cost grouped convolutions, separate
+BatchNorm affine passes and B copies of the weights.
 """
 from __future__ import annotations
 
