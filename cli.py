@@ -20,7 +20,25 @@ from landscape.errors import InputError
 
 
 class _Group(click.Group):
-    """Turns InputError anywhere below into one line on stderr and exit status 2."""
+    """Turns InputError anywhere below, and click's own usage errors, into one line on stderr and
+    exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            click.echo(f"sharpdiv: error: {error.format_message()}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("sharpdiv: aborted", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx):
         try:

@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,7 +37,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path))
+        try:
+            return safetensors.torch.load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise InputError(f"cannot read {path} as a safetensors file ({error})") from None
+    if not _looks_like_torch_save(path):
+        raise InputError(f"{path} is not a checkpoint: expected a file written by torch.save "
+                         "(.pt, .pth, .pth.tar) or a .safetensors file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -45,8 +52,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"refused {path}: its pickle holds objects other than tensors and plain containers "
             f"({first_line}); sharpdiv never runs code from a checkpoint. If you trust the file, "
             "re-save just the weights: torch.save(model.state_dict(), 'weights.pt')") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise InputError(f"cannot read checkpoint {path}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any other failure means "not a checkpoint we can read"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot read {path} as a checkpoint ({reason}); expected a file written by "
+                         "torch.save (.pt, .pth, .pth.tar) or a .safetensors file") from None
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (current format) or a pickle (the legacy format, protocol 2+)."""
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
 def extract_state_dict(checkpoint, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -85,8 +101,9 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     All or nothing: the folder is assembled beside ``out`` and renamed into place only when every
     file has been read and fits the model, so a refused file leaves no partial output.
     """
-    from ensembles import models, runs
+    from ensembles import data, models, runs
 
+    data.normalization(dataset)  # an unknown dataset name is an error before anything is read
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} already exists and is not empty; choose a new folder for the run")

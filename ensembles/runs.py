@@ -205,8 +205,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
     members = []
     for index in indices:
         model = build_member_model(config)
+        state = load_member_state(path, index)
         try:
-            models.load_weights(model, load_member_state(path, index))
+            models.load_weights(model, state)
         except InputError as error:
             raise InputError(f"member {index} of {path}: {error}") from None
         model.to(device=device, dtype=dtype).eval()

@@ -71,3 +71,34 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says():
     for line in test_block.strip().splitlines():
         assert line.strip() in ci_lines, f"README line missing from .ci/run: {line}"
     assert any("sharpdiv quickstart" in block or "sharpdiv --help" in block for block in blocks)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["train", "--seeds", "a,b"], "'a' is not a valid int"),
+    (["evaluate"], "Missing argument"),
+    (["nosuchcommand"], "No such command"),
+])
+def test_usage_errors_are_one_line_with_exit_2(arguments, expected):
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sharpdiv: error:") and expected in lines[0]
+
+
+def test_help_and_version_still_exit_0():
+    assert CliRunner().invoke(cli.main, ["--version"]).exit_code == 0
+    assert CliRunner().invoke(cli.main, ["train", "--help"]).exit_code == 0
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("not a checkpoint")
+    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "digits",
+                                           str(tmp_path / "run"), str(tmp_path / "readme.txt")])
+    assert result.exit_code == 2 and "is not a checkpoint" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_refuses_an_unknown_dataset(tmp_path):
+    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "imagenet",
+                                           str(tmp_path / "run"), str(tmp_path / "x.pt")])
+    assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output

@@ -177,3 +177,11 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_a_missing_member_file_is_named_once(tmp_path):
+    make_run(tmp_path / "run")
+    (tmp_path / "run" / "member-1.safetensors").unlink()
+    with pytest.raises(InputError) as error:
+        runs.load_run(tmp_path / "run")
+    assert str(error.value).count("member 1 of") == 1 and "member-1.safetensors is missing" in str(error.value)
