@@ -622,10 +622,12 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
 @click.option("--n-probes", type=click.IntRange(min=1), default=100, show_default=True,
               help="Hessian-vector products of the trace estimate.")
 @click.option("--method", type=click.Choice(["hutchinson", "hutch++"]), default="hutchinson", show_default=True)
+@click.option("--lanczos-steps", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Lanczos iterations (Hessian-vector products) for --eigenvalues and --density.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples, probes and Lanczos starts.")
 @device_options
 def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, trace, eigenvalues, density, n_probes,
-                    method, seed, device, threads):
+                    lanczos_steps, method, seed, device, threads):
     """Hessian trace, top eigenvalues and spectral density of every member of each RUN.
 
     Rows: hessian/trace (per member and its mean over members), hessian/eigenvalue (column rank),
@@ -636,8 +638,8 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
     chosen = resolve_device(device, threads)
     measurements = measure_hessian(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
                                    batch_size=batch_size, trace=trace or None, eigenvalues=eigenvalues,
-                                   density=density, n_probes=n_probes, method=method, seed=seed, device=chosen,
-                                   progress=True)
+                                   density=density, n_probes=n_probes, method=method, seed=seed,
+                                   lanczos_steps=lanczos_steps, device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 

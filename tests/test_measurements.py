@@ -313,3 +313,11 @@ def test_connectivity_needs_two_members_and_writes_nothing(tmp_path):
     result = invoke("connectivity", two, "--plane", "--n-examples", 8)
     assert result.exit_code == 2 and "--plane needs three members" in result.output
     assert runs.read_results(two).empty  # the good run got no partial rows either
+
+
+def test_lanczos_steps_is_a_setting_of_the_eigenvalue_rows(tmp_path):
+    make_run(tmp_path / "run")
+    ok("hessian", str(tmp_path / "run"), "--eigenvalues", "1", "--lanczos-steps", "6", "--n-examples", "16", "--threads", "1")
+    table = runs.read_results(tmp_path / "run")
+    eigenvalues = table[table["metric"] == "hessian/eigenvalue"]
+    assert len(eigenvalues) == 2 and set(eigenvalues["n_iters"]) == {6}
