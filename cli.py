@@ -186,7 +186,9 @@ def theory_command(figure, out, quick, seed):
     paths = theory_figure(figure, out, quick=quick, seed=seed)
     for path in paths:
         click.echo(f"wrote {path}")
-    click.echo(diversity_at_matched_sharpness(paths[-1]).statement)
+    finding = diversity_at_matched_sharpness(paths[-1])
+    if finding.verdict != "not comparable":  # only figures with both methods answer the question
+        click.echo(finding.statement)
 
 
 @main.command("corrupt")
@@ -533,7 +535,7 @@ def _quickstart_summary(runs, sharpness: str = "sharpness/worst/l2/adaptive@0.5"
 @click.option("--out", default="sharpdiv-quickstart", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Folder for data/ (digits-C), runs/ and report/; re-running reuses what it holds.")
-@click.option("--fast", is_flag=True, help="The test suite's tiny version (2 radii, 2 members, 2 epochs; < 1 min).")
+@click.option("--fast", is_flag=True, help="A smoke test of the pipeline (2 radii, 2 members, 2 epochs; about a minute): numbers mean nothing.")
 @device_options
 def quickstart_command(out, fast, device, threads):
     """SGD, SAM and SharpBalance ensembles on digits, measured and reported, in minutes on a CPU.
@@ -560,6 +562,8 @@ def quickstart_command(out, fast, device, threads):
     for line in _quickstart_summary(list(result.runs)):
         click.echo(line)
     click.echo(f"report: {report.index}")
+    if fast:
+        click.echo("(--fast is a smoke test of the pipeline: its ensembles are barely trained, so these numbers say nothing)")
 
 
 @main.command("sharpness")
