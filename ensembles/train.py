@@ -19,9 +19,11 @@ inside a forked RNG (as the released code seeds each member), the data order fro
 ``torch.Generator`` and the augmentation draws from another (the global CPU RNG is swapped to the
 member's stream while it trains, because :mod:`ensembles.data` draws crops and flips from it).
 So with the same seeds and thread count both modes give identical weights, and so does a run
-killed at any moment and resumed.
+killed at any moment and resumed: run.json records the torch thread count and the device the run
+was trained with, and :func:`resume` trains with that thread count again unless told otherwise.
 
-The run folder (:mod:`ensembles.runs`): ``run.json`` holds every hyper-parameter flat;
+The run folder (:mod:`ensembles.runs`): ``run.json`` holds every hyper-parameter flat, and the
+torch thread count (``threads``) and device (``device``) of the training;
 ``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
@@ -39,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -69,6 +72,9 @@ __all__ = [
 ]
 
 METHODS = ("sgd", "sam", "asam", "sharpbalance")
+#: The SAM radius and SharpBalance's set fraction when not given (REFERENCE.md §4).
+DEFAULT_RHO = 0.2
+DEFAULT_K = 0.4
 SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
@@ -79,8 +85,12 @@ DECAY = 0.1
 class TrainingSettings:
     """Everything that defines a trained ensemble; stored flat in run.json.
 
-    ``k``, ``td`` and ``reselect_every`` concern SharpBalance only, ``rho`` every SAM method and
-    ``eta`` ASAM (its ``T = |θ| + η``); ``prune_epoch`` is the dense warm-up before pruning to
+    ``k``, ``td``, ``reselect_every`` and ``reference_compatible`` concern SharpBalance only,
+    ``rho`` every SAM method and ``eta`` ASAM (its ``T = |θ| + η``). Left at None, ``rho`` is 0.2
+    for the SAM methods and 0 for SGD, ``k`` 0.4 and ``td`` half the epochs for SharpBalance (None
+    for the other methods); giving one to a method that does not use it is an InputError, never
+    silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
+    ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
     per-sample gradients exist at once while scoring.
@@ -90,9 +100,9 @@ class TrainingSettings:
     model: str
     method: str = "sgd"
     seeds: tuple[int, ...] = (13, 17, 27)
-    rho: float = 0.2
-    k: float = 0.4
-    td: int = 100
+    rho: float | None = None
+    k: float | None = None
+    td: int | None = None
     epochs: int = 200
     lr: float = 0.1
     schedule: str = "multistep"
@@ -114,6 +124,14 @@ class TrainingSettings:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
+        _refuse_settings_the_method_ignores(self)
+        if self.rho is None:
+            object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
+        if self.method == "sharpbalance":
+            if self.k is None:
+                object.__setattr__(self, "k", DEFAULT_K)
+            if self.td is None and isinstance(self.epochs, (int, np.integer)):
+                object.__setattr__(self, "td", max(int(self.epochs) // 2, 1))
         _validate(self)
 
     @property
@@ -132,6 +150,23 @@ class TrainingSettings:
         if self.method != "sharpbalance":
             values.update(k=None, td=None, reselect_every=None, reference_compatible=False)
         return values
+
+
+def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
+    """An InputError for a SharpBalance or SAM setting given to a method that would ignore it."""
+    method = settings.method
+    if method == "sgd" and settings.rho not in (None, 0):
+        raise InputError(f"--rho {settings.rho} has no effect with --method sgd; drop it or use --method sam")
+    if method in ("sgd", "sam", "asam"):
+        given = [(flag, value) for flag, value in (("--k", settings.k), ("--td", settings.td),
+                                                    ("--reselect-every", settings.reselect_every))
+                 if value is not None]
+        if settings.reference_compatible:
+            given.append(("--reference-compatible", None))
+        if given:
+            shown = " ".join(flag if value is None else f"{flag} {value}" for flag, value in given)
+            raise InputError(f"{shown} {'has' if len(given) == 1 else 'have'} no effect with --method {method} "
+                             "(SharpBalance only); drop it or use --method sharpbalance")
 
 
 def _validate(settings: TrainingSettings) -> None:
@@ -602,9 +637,10 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
         model_zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+    # The thread count changes how CPU kernels split their sums, so resuming bit for bit needs it again.
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
                model_args=_model_args(settings), method=settings.method, seeds=settings.seeds, keep=settings.keep,
-               **settings.run_fields())
+               **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
 
 
@@ -619,9 +655,49 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
     return TrainingSettings(**values)
 
 
-def resume(run_path: str | os.PathLike, *, members_parallel: int | None = None,
+def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_parallel: int | None = None,
            device: str | torch.device | None = None, progress: bool = False,
-           callback: Callable[[dict], None] | None = None) -> list[MemberSummary]:
-    """Continue a run folder's training from its last checkpoints (a finished run is left as it is)."""
+           callback: Callable[[dict], None] | None = None,
+           note: Callable[[str], None] | None = None) -> list[MemberSummary]:
+    """Continue a run folder's training from its last checkpoints (a finished run is left as it is).
+
+    The weights equal an uninterrupted run's only with the thread count and device it was trained
+    with (run.json). ``threads=None`` trains with the stored thread count; another ``threads`` or
+    device is allowed but noted as not bit-identical. The caller's thread count is restored on
+    return. ``note(sentence)`` receives these remarks (default: :func:`warnings.warn` for the ones
+    that put bit-identical weights at risk, silence for the thread count restored as stored).
+    """
     run_path = Path(run_path)
-    return _run(run_path, settings_of_run(run_path), members_parallel, device, progress, callback)
+    settings = settings_of_run(run_path)
+
+    def tell(sentence: str, at_risk: bool = True) -> None:
+        if note is not None:
+            note(sentence)
+        elif at_risk:
+            warnings.warn(sentence, stacklevel=3)
+
+    config = read_config(run_path)
+    stored_threads, stored_device = config.get("threads"), config.get("device")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    if threads is None and stored_threads is not None:
+        threads = int(stored_threads)
+        tell(f"resuming with {threads} torch thread{'s' if threads != 1 else ''}, as {run_path} was trained "
+             "(run.json), so the weights match an uninterrupted run", at_risk=False)
+    elif threads is None:
+        tell(f"{run_path}/run.json does not record the thread count it was trained with (an older run); "
+             "the weights match an uninterrupted run only with the same --threads")
+    elif stored_threads is not None and threads != int(stored_threads):
+        tell(f"resuming with {threads} torch threads but {run_path} was trained with {stored_threads}: the "
+             "weights will not be bit-identical to an uninterrupted run (drop --threads to use the run's own)")
+    chosen = torch.device(device or "cpu")
+    if stored_device is not None and torch.device(stored_device).type != chosen.type:
+        tell(f"resuming on {chosen} but {run_path} was trained on {stored_device}: the weights will not be "
+             "bit-identical to an uninterrupted run")
+    outside = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(run_path, settings, members_parallel, device, progress, callback)
+    finally:
+        torch.set_num_threads(outside)

@@ -1,5 +1,7 @@
 """The trainer on scikit-learn's digits: lockstep phases, kill -9 and resume bit for bit, one
 process vs two, better than chance, pruning, errors, and `sharpdiv train` end to end."""
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from ensembles import pruning
+from ensembles import train as trainer
 from ensembles.data import batches, load_dataset
 from ensembles.runs import load_run, read_config
 from ensembles.train import (TrainingSettings, learning_rate, read_training_log, resume, selection_epochs,
@@ -64,6 +67,7 @@ def test_run_folder_holds_settings_logs_sets_and_best_weights(tiny_run):
                             reference_compatible=False, seeds=[3, 5]).items():
         assert config[name] == value, name
     assert settings_of_run(run) == TINY
+    assert config["threads"] == 1 and config["device"] == "cpu"  # tests/conftest.py pins one thread
     log = read_training_log(run)
     assert list(log[["member", "epoch"]].itertuples(index=False, name=None)) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
     assert {"train_loss", "train_accuracy", "val_accuracy", "seconds"} <= set(log.columns)
@@ -144,6 +148,9 @@ def test_digits_training_beats_chance(tmp_path):
     with torch.no_grad():
         correct = sum(int((member(x).argmax(1) == y).sum()) for x, y in batches(test, 512))
     assert correct / len(test) > 0.6  # chance is 0.1
+    config = read_config(tmp_path / "run")
+    assert config["rho"] == 0.0 and config["k"] is None and config["td"] is None
+    assert settings_of_run(tmp_path / "run") == settings
 
 
 def test_td_not_before_the_last_epoch_is_an_error():
@@ -199,3 +206,100 @@ def test_sharpdiv_train_end_to_end(tmp_path):
     assert again.exit_code == 0, again.output
     bad = CliRunner().invoke(main, arguments[:-4] + ["--td", "2", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "td" in bad.output
+
+
+# -- settings a method would ignore are refused, not dropped
+
+
+def test_defaults_follow_the_method():
+    assert TrainingSettings(dataset="digits", model="mlp").rho == 0.0
+    assert TrainingSettings(dataset="digits", model="mlp", method="sam").rho == 0.2
+    sharpbalance = TrainingSettings(dataset="digits", model="mlp", method="sharpbalance", epochs=30)
+    assert (sharpbalance.rho, sharpbalance.k, sharpbalance.td) == (0.2, 0.4, 15)
+    # rho = 0 is allowed by design: SAM with a zero radius is exactly SGD
+    assert TrainingSettings(dataset="digits", model="mlp", method="sgd", rho=0.0).rho == 0.0
+    assert TrainingSettings(dataset="digits", model="mlp", method="sam", rho=0.0).rho == 0.0
+
+
+@pytest.mark.parametrize("method, given, named", [
+    ("sgd", dict(rho=0.3), "--rho 0.3 has no effect with --method sgd; drop it or use --method sam"),
+    ("sgd", dict(k=0.4), "--k 0.4 has no effect with --method sgd"),
+    ("sam", dict(td=5), "--td 5 has no effect with --method sam"),
+    ("asam", dict(k=0.3, td=2), "--k 0.3 --td 2 have no effect with --method asam"),
+    ("sam", dict(reselect_every=2), "--reselect-every 2 has no effect"),
+    ("sgd", dict(reference_compatible=True), "--reference-compatible has no effect"),
+])
+def test_a_setting_the_method_ignores_is_an_error(method, given, named):
+    with pytest.raises(InputError) as error:
+        TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10, **given)
+    assert named in str(error.value)
+
+
+def test_sharpdiv_train_refuses_rho_with_sgd(tmp_path):
+    from cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sgd", "--rho", "0.3",
+                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--rho 0.3 has no effect with --method sgd; drop it or use --method sam" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- resuming with the thread count the run was trained with
+
+
+@pytest.fixture
+def threads_seen(monkeypatch):
+    """Replace the training loop by a probe of the thread count it would run with."""
+    seen = []
+    monkeypatch.setattr(trainer, "_train_members", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    return seen
+
+
+def copy_with(run: Path, destination: Path, **changes) -> Path:
+    shutil.copytree(run, destination)
+    config = json.loads((destination / "run.json").read_text())
+    config.update(changes)
+    for name in [name for name, value in changes.items() if value is None]:
+        config.pop(name)
+    (destination / "run.json").write_text(json.dumps(config))
+    return destination
+
+
+def test_resume_trains_with_the_stored_thread_count(tiny_run, tmp_path, threads_seen):
+    run = copy_with(tiny_run[0], tmp_path / "run", threads=2)  # as if trained with --threads 2
+    notes = []
+    assert torch.get_num_threads() == 1
+    resume(run, note=notes.append)
+    assert threads_seen == [2]
+    assert torch.get_num_threads() == 1  # the caller's count is restored
+    assert len(notes) == 1 and "2 torch threads" in notes[0]
+    notes.clear()
+    resume(run, threads=3, note=notes.append)  # explicitly different: allowed, but not bit-identical
+    assert threads_seen == [2, 3]
+    assert len(notes) == 1 and "not be bit-identical" in notes[0] and "trained with 2" in notes[0]
+    with pytest.warns(UserWarning, match="not be bit-identical"):  # without note=: a warning
+        resume(run, threads=1)
+
+
+def test_resume_notes_an_unrecorded_thread_count_and_another_device(tiny_run, tmp_path, threads_seen):
+    old = copy_with(tiny_run[0], tmp_path / "old", threads=None, device=None)  # a run.json from before
+    notes = []
+    resume(old, note=notes.append)
+    assert threads_seen == [1] and len(notes) == 1 and "does not record the thread count" in notes[0]
+    on_gpu = copy_with(tiny_run[0], tmp_path / "gpu", device="cuda:0")
+    notes.clear()
+    resume(on_gpu, note=notes.append)
+    assert any("trained on cuda:0" in note and "not be bit-identical" in note for note in notes)
+
+
+def test_sharpdiv_train_resume_says_which_thread_count_it_uses(tiny_run, tmp_path, threads_seen):
+    from cli import main
+
+    run = copy_with(tiny_run[0], tmp_path / "run", threads=2)
+    restored = CliRunner().invoke(main, ["train", "--resume", str(run), "--device", "cpu"])
+    assert restored.exit_code == 0, restored.output
+    assert "resuming with 2 torch threads" in restored.stderr and threads_seen == [2]
+    other = CliRunner().invoke(main, ["train", "--resume", str(run), "--device", "cpu", "--threads", "1"])
+    assert other.exit_code == 0, other.output
+    assert "not be bit-identical" in other.stderr and threads_seen == [2, 1]
