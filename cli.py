@@ -263,6 +263,9 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
     chosen = resolve_device(device, threads)
     evaluations = evaluate_runs(runs, dataset=dataset, root=data_path, corruptions=corruptions, severities=severities,
                                 combine=combine, n_bins=n_bins, batch_size=batch_size, device=chosen, progress=True)
+    # Notes (e.g. no -C folder for --corruptions all) also go to stderr, once each, so a script sees them.
+    for note in dict.fromkeys(note for evaluation in evaluations for note in evaluation.notes):
+        click.echo(f"sharpdiv: note: {note}", err=True)
     for evaluation in evaluations:
         click.echo("\n".join(evaluation.summary()))
 
@@ -272,10 +275,11 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 @data_options()
 @click.option("--norm", required=True, type=click.Choice(["linf", "l2"]), help="Threat model.")
 @click.option("--eps", required=True, type=click.FloatRange(min=0, min_open=True),
-              help="Radius in input space [0, 1], e.g. 0.0314 (8/255) for linf.")
+              help="Radius in input space [0, 1]: at most 1 for linf (e.g. 0.0314 = 8/255), at most "
+                   "sqrt(C*H*W) for l2 (e.g. 0.5).")
 @click.option("--n-examples", required=True, type=click.IntRange(min=1), help="The first N images of the split.")
 @click.option("--attacks", type=CommaList(str), default="apgd-ce,apgd-t", show_default=True,
-              help="AutoAttack attacks: apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.")
+              help="AutoAttack attacks: apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -300,10 +304,9 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--model", "model_name", default=None, help="Architecture: resnet18, resnet18_tin, wrn40_2, small_cnn, mlp.")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
 @click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
-@click.option("--rho", type=click.FloatRange(min=0), default=None,
-              help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
-@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
+@click.option("--rho", type=click.FloatRange(min=0), default=0.2, show_default=True, help="SAM radius (sam, asam, sharpbalance).")
+@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=0.4, show_default=True,
+              help="SharpBalance: fraction of the training set each member contributes to the others' sets.")
 @click.option("--td", type=click.IntRange(min=1), default=None,
               help="SharpBalance: epoch of the (first) selection [default: half the epochs].")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
@@ -341,18 +344,17 @@ def train_command(dataset, data_path, model_name, width, method, rho, k, td, epo
     """
     from ensembles.train import TrainingSettings, resume, train
 
-    chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
+    chosen = resolve_device(device, threads)
     if resume_run is not None:
-        summaries = resume(resume_run, threads=threads, members_parallel=members_parallel, device=chosen,
-                           progress=True, note=lambda sentence: click.echo(f"sharpdiv: note: {sentence}", err=True))
+        summaries = resume(resume_run, members_parallel=members_parallel, device=chosen, progress=True)
         out = resume_run
     else:
         missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k, td=td,
-            epochs=epochs, lr=lr, schedule=schedule,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k,
+            td=td if td is not None else max(epochs // 2, 1), epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
             keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)

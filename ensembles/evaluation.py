@@ -23,6 +23,7 @@ partial rows (the logit cache keeps what was computed, so a re-run resumes).
 """
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
@@ -48,6 +49,7 @@ __all__ = [
     "evaluate_robustness",
     "evaluate_runs",
     "evaluation_slices",
+    "missing_corruptions_note",
     "planned_measurements",
     "slice_rows",
 ]
@@ -71,8 +73,11 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
                       severities: Iterable[int] = datasets.SEVERITIES) -> list[DataSlice]:
     """``val``, ``test``, then each corruption at each severity.
 
-    ``corruptions`` is ``"all"`` (the 15 standard corruptions present on disk), ``"none"``, or a list
-    (or comma text) of names, which may include the four extra ones.
+    ``corruptions`` is ``"all"`` (the 15 standard corruptions present on disk; none when the ``-C``
+    folder is missing, which :func:`missing_corruptions_note` explains), ``"none"``, or a list (or
+    comma text) of names, which may include the four extra ones. Named corruptions are checked
+    against the disk here, before any forward pass: an unknown name, a missing ``-C`` folder or a
+    corruption absent from it is an :class:`InputError` saying how to get the data.
     """
     label = dataset_label(dataset)
     severities = sorted(set(severities))
@@ -87,9 +92,59 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
         chosen = list(dict.fromkeys(name.strip() for name in names if name.strip()))
         if not chosen:
             raise InputError("no corruptions named; pass all, none or a comma list such as fog,contrast")
+        _check_named_corruptions(label, root, chosen)
     slices = [DataSlice(label, "val"), DataSlice(label, "test")]
     slices += [DataSlice(label, "test", corruption, int(severity)) for corruption in chosen for severity in severities]
     return slices
+
+
+def _how_to_get_corruptions(label: str, root, folder: Path) -> str:
+    """How to put a ``-C`` dataset at ``folder``: download the published one (CIFAR, TinyImageNet)
+    or write it with ``sharpdiv corrupt`` (every dataset; the only way for digits and folders)."""
+    kind, _, _ = datasets._parse_name(label)
+    clean = "" if root is None else f" --data-path {root}"   # where `corrupt` reads the clean test split
+    write = f"`sharpdiv corrupt --data {label}{clean} --out {folder.parent}`"
+    if kind in ("digits", "folder"):
+        return f"write it with {write}"
+    return f"{datasets._WHERE_TO_GET[f'{kind}-c']} and extract it into {folder.parent} (or write one with {write})"
+
+
+def _check_named_corruptions(label: str, root, chosen: Sequence[str]) -> None:
+    known = datasets.STANDARD_CORRUPTIONS + datasets.EXTRA_CORRUPTIONS
+    folder = datasets.corrupted_folder(label, root)
+    present = datasets.available_corruptions(label, root)
+    for name in chosen:
+        if name not in known and name not in present:
+            close = difflib.get_close_matches(name, known + tuple(present), n=1)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            raise InputError(f"unknown corruption {name!r}{guess}; choose from {', '.join(known)}")
+    if not folder.is_dir():
+        raise InputError(f"--corruptions {','.join(chosen)} needs the corrupted data, but {folder} does not exist; "
+                         f"{_how_to_get_corruptions(label, root, folder)}, pass --data-path to the folder holding it, "
+                         "or use --corruptions none")
+    absent = [name for name in chosen if name not in present]
+    if absent:
+        raise InputError(f"corruption{'s' * (len(absent) > 1)} {', '.join(absent)} not found in {folder} "
+                         f"(present: {', '.join(present) or 'none'}); leave it out or add it: "
+                         f"{_how_to_get_corruptions(label, root, folder)}")
+
+
+def missing_corruptions_note(dataset: str, root=None) -> str | None:
+    """Why ``corruptions="all"`` finds no corrupted slice of ``dataset`` (no ``-C`` folder, or none of
+    the 15 standard corruptions in it) and how to get them; None when it finds some."""
+    label = dataset_label(dataset)
+    folder = datasets.corrupted_folder(label, root)
+    present = datasets.available_corruptions(label, root)
+    if any(name in datasets.STANDARD_CORRUPTIONS for name in present):
+        return None
+    if not folder.is_dir():
+        found = f"no corrupted data: {folder} does not exist"
+    else:
+        found = (f"{folder} holds none of the 15 standard corruptions (present: {', '.join(present) or 'none'}; "
+                 "name them with --corruptions)")
+    return (f"{found}, so only val and test were evaluated. For the corrupted slices "
+            f"{_how_to_get_corruptions(label, root, folder)}, then evaluate again "
+            "(--corruptions none skips them quietly)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +303,8 @@ class Evaluation:
     """What :func:`evaluate_runs` did for one run: the slices, which needed forward passes
     (``computed``), which were measured from cached logits (``from_cache``), which had all rows
     stored already (``stored``); the new ``rows``; and ``values[slice name][metric]`` for the summary
-    (ensemble rows; ``member_accuracy`` is the mean member accuracy)."""
+    (ensemble rows; ``member_accuracy`` is the mean member accuracy); ``notes`` say what was left
+    out and why (no corrupted data on disk)."""
 
     path: Path
     dataset: str
@@ -261,6 +317,7 @@ class Evaluation:
     stored: tuple[str, ...]
     rows: list[dict] = field(repr=False)
     values: dict[str, dict[str, float]] = field(repr=False)
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> list[str]:
         """A compact text summary: ensemble and mean member accuracy, EIR, DER and ECE on the
@@ -290,6 +347,7 @@ class Evaluation:
         if self.combine == "vote":
             lines.append("  combine=vote gives classes, not probabilities: NLL, ECE and Brier are not defined for "
                          "the ensemble and no such rows were written")
+        lines += [f"  note: {note}" for note in self.notes]
         return lines
 
 
@@ -329,14 +387,30 @@ def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _evaluate_run(path: Path, *, dataset, root, corruptions, severities, combine, n_bins, batch_size, device,
-                  progress) -> Evaluation:
+@dataclass(frozen=True)
+class _Plan:
+    """One run's members, classes, slices and notes, settled before any forward pass."""
+
+    path: Path
+    members: list[int]
+    n_classes: int
+    slices: list[DataSlice]
+    notes: tuple[str, ...]
+
+
+def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
     config = run_folders.read_config(path)
     members = run_folders.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
-    n_classes = int(config["num_classes"])
-    slices = evaluation_slices(dataset or config["dataset"], root, corruptions, severities)
+    label = dataset or config["dataset"]
+    slices = evaluation_slices(label, root, corruptions, severities)
+    note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
+    return _Plan(path, members, int(config["num_classes"]), slices, (note,) if note else ())
+
+
+def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, progress) -> Evaluation:
+    path, members, n_classes, slices = plan.path, plan.members, plan.n_classes, plan.slices
     measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
     load_members = _MemberLoader(path, device)
     computed, from_cache, stored, rows, values = [], [], [], [], {}
@@ -358,7 +432,7 @@ def _evaluate_run(path: Path, *, dataset, root, corruptions, severities, combine
                                                   members, combine, n_bins)
     return Evaluation(path=path, dataset=slices[0].dataset, combine=combine, n_bins=n_bins, n_members=len(members),
                       slices=tuple(slices), computed=tuple(computed), from_cache=tuple(from_cache),
-                      stored=tuple(stored), rows=rows, values=values)
+                      stored=tuple(stored), rows=rows, values=values, notes=plan.notes)
 
 
 def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
@@ -368,16 +442,18 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
     """Evaluate each run on every slice and append the new rows to its results table.
 
     ``dataset`` defaults to each run's own. Member logits come from the cache (computed once, see
-    :mod:`ensembles.logits`); slices whose rows are all stored are skipped. Rows are written only
-    after every run succeeded.
+    :mod:`ensembles.logits`); slices whose rows are all stored are skipped. Every run's slices are
+    checked (severities, corruption names, the ``-C`` folder) before the first forward pass, and rows
+    are written only after every run succeeded.
     """
     _check_options(combine, n_bins, batch_size)
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no run folders given; pass at least one RUN folder")
-    evaluations = [_evaluate_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities,
-                                 combine=combine, n_bins=n_bins, batch_size=batch_size, device=device,
-                                 progress=progress) for path in paths]
+    plans = [_plan_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities)
+             for path in paths]
+    evaluations = [_evaluate_run(plan, root=root, combine=combine, n_bins=n_bins, batch_size=batch_size,
+                                 device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:
         if evaluation.rows:
             run_folders.append_results(evaluation.path, evaluation.rows)
@@ -417,7 +493,7 @@ def _robustness_settings(norm: str, eps: float, attacks: Sequence[str], n_exampl
 
 def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_size, seed, combine, dataset,
                     root, device, progress) -> RobustnessEvaluation:
-    from landscape.robustness import EnsembleClassifier, Normalized, robust_accuracy
+    from landscape.robustness import EnsembleClassifier, Normalized, check_radius, robust_accuracy
 
     config = run_folders.read_config(path)
     members = run_folders.finished_members(config)
@@ -447,6 +523,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
         # The first n examples of the split, as AutoAttack's own evaluations take them.
         inputs = images.batch(np.arange(n_examples), device=device)
         labels = images.targets[:n_examples].to(device)
+        check_radius(NORMS[norm], eps, inputs[0].numel())  # the l2 bound needs the image size
         run = run_folders.load_run(path, device)
         for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
             if scope == "ensemble":
@@ -472,17 +549,22 @@ def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: f
     member and of the ensemble as one model (its combined log-probabilities), on the first
     ``n_examples`` images of ``split`` in ``[0, 1]``, the normalization inside the attacked model.
 
-    ``norm`` is ``"linf"`` or ``"l2"``. Scopes whose rows are stored are not attacked again; rows are
-    written after every run succeeded.
+    ``norm`` is ``"linf"`` or ``"l2"``; ``eps`` at most 1 for linf and ``√(C·H·W)`` for l2 (the
+    input box's diameter, :func:`landscape.robustness.check_radius`). Scopes whose rows are stored are
+    not attacked again; rows are written after every run succeeded.
     """
+    from landscape.robustness import check_attacks, check_radius
+
     if norm not in NORMS:
         raise InputError(f"norm must be linf or l2, got {norm!r}")
+    check_radius(NORMS[norm], eps)
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise InputError(f"n_examples must be a positive integer, got {n_examples!r}")
     if combine not in ("probs", "logits"):
         raise InputError(f"combine must be probs or logits for an attacked ensemble, got {combine!r} "
                          "(a majority vote has no gradient to attack)")
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    check_attacks(attacks)
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no run folders given; pass at least one RUN folder")

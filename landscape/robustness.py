@@ -35,10 +35,10 @@ from torch import nn
 from landscape.ensemble import _combine_log_probabilities
 from landscape.errors import InputError
 
-__all__ = ["EnsembleClassifier", "Normalized", "RobustnessResult", "robust_accuracy"]
+__all__ = ["EnsembleClassifier", "Normalized", "RobustnessResult", "check_attacks", "check_radius", "robust_accuracy"]
 
 Norm = Literal["Linf", "L2"]
-ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-t")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 # Fewest classes each attack's loss can be computed for (DLR needs the 3rd, targeted DLR the 4th
@@ -202,12 +202,46 @@ def _validate_labels(labels: torch.Tensor, n_classes: int) -> None:
                          f"min {int(labels.min())} and max {int(labels.max())}; check the label mapping.")
 
 
-def _validate_settings(norm: str, eps: float, batch_size: int, version: str, attacks, iterations, restarts,
-                       target_classes, seed) -> None:
+def check_radius(norm: str, eps: float, input_size: int | None = None) -> None:
+    """Reject a radius that is not a threat model in input space ``[0, 1]^d``.
+
+    The input box has l∞ diameter 1 and l2 diameter ``√d``: an l∞ ball with ``ε ≥ 1`` (or an l2
+    ball with ``ε ≥ √d``) around any input covers the whole box, so every input may become every
+    other and robust accuracy measures nothing. ``ε`` equal to the diameter is still accepted; above
+    it is a unit mistake (pixels in 0..255, not in [0, 1]). ``input_size`` is ``d = C·H·W``, when known.
+    """
     if norm not in ("Linf", "L2"):
         raise InputError(f"norm must be 'Linf' or 'L2', got {norm!r}.")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise InputError(f"eps must be a positive finite number, got {eps!r}.")
+    hint = f"; did you mean {eps:g}/255 = {eps / 255:.4g}?" if eps <= 255 else ""
+    if norm == "Linf" and eps > 1:
+        raise InputError(f"eps {eps:g} is larger than 1, the whole [0, 1] range of an input: an l∞ ball that big "
+                         f"lets the attack set every pixel to any value. eps is in [0, 1] input units, e.g. "
+                         f"8/255 = 0.0314{hint}")
+    if norm == "L2" and input_size is not None and eps > math.sqrt(input_size):
+        raise InputError(f"eps {eps:g} is larger than {math.sqrt(input_size):.4g} = √{input_size}, the l2 diameter "
+                         f"of the input box [0, 1]^{input_size}: the ball covers every input. l2 radii are in [0, 1] "
+                         f"input units, typically 0.5 for CIFAR-10{hint}")
+
+
+def check_attacks(attacks: Sequence[str]) -> None:
+    """Reject attack names AutoAttack does not know (``ATTACKS``), an empty choice, or a bare string."""
+    choices = ", ".join(ATTACKS)
+    if isinstance(attacks, str):
+        raise InputError(f"attacks must be a sequence of names such as ({attacks!r},), not the string {attacks!r}.")
+    if not attacks:
+        raise InputError(f"no attacks named; choose from {choices} (the default attacks are "
+                         f"{','.join(DEFAULT_ATTACKS)}).")
+    for attack in attacks:
+        if attack not in ATTACKS:
+            raise InputError(f"unknown attack {attack!r}; choose from {choices} (the default attacks are "
+                             f"{','.join(DEFAULT_ATTACKS)}).")
+
+
+def _validate_settings(norm: str, eps: float, batch_size: int, version: str, attacks, iterations, restarts,
+                       target_classes, seed) -> None:
+    check_radius(norm, eps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if version not in ("custom", "standard"):
@@ -216,8 +250,7 @@ def _validate_settings(norm: str, eps: float, batch_size: int, version: str, att
         raise InputError("version='standard' fixes the attacks and their settings; leave attacks, iterations, "
                          "restarts and target_classes unset, or use version='custom'.")
     if attacks is not None:
-        if isinstance(attacks, str) or not attacks or any(attack not in ATTACKS for attack in attacks):
-            raise InputError(f"attacks must be a non-empty tuple drawn from {ATTACKS}, got {attacks!r}.")
+        check_attacks(attacks)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}.")
     for name, value in (("iterations", iterations), ("restarts", restarts), ("target_classes", target_classes)):
@@ -303,11 +336,13 @@ def robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     APGD steps (default 100), ``restarts`` random starts (default 1) and ``target_classes`` targets
     for the targeted attacks (default 9, capped at ``C − 1``); FAB and Square keep AutoAttack's
     settings. ``version="standard"`` is AutoAttack's standard evaluation (APGD-CE, APGD-T, FAB-T,
-    Square; 100 iterations, 9 targets capped at ``C − 1``). The model runs in eval mode on its own
+    Square; 100 iterations, 9 targets capped at ``C − 1``). ``eps`` must lie within the diameter of the
+    input box (:func:`check_radius`: 1 for l∞, ``√d`` for l2). The model runs in eval mode on its own
     device and dtype; torch's global random state is left as it was.
     """
     _validate_inputs(inputs, labels)
     _validate_settings(norm, eps, batch_size, version, attacks, iterations, restarts, target_classes, seed)
+    check_radius(norm, eps, inputs[0].numel())  # the l2 bound needs d = C·H·W
     chosen = STANDARD_ATTACKS if version == "standard" else tuple(attacks or DEFAULT_ATTACKS)
     if "square" in chosen and inputs.dim() != 4:
         raise InputError(f"the Square attack needs image inputs (N, channels, height, width), got shape "

@@ -390,3 +390,70 @@ def test_bad_options_are_clear_errors(setting):
     result = evaluate(run, root, "--severities", "0-2")
     assert result.exit_code == 2 and "severity" in result.output
     assert parts(run) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# what --corruptions finds on disk, checked before any forward pass
+
+
+def test_all_without_a_corrupted_folder_says_so_and_how_to_get_it(tmp_path, forward_calls):
+    root = tmp_path / "data"
+    write_cifar10(root, n_train=N_TRAIN, n_test=N_TEST)   # no CIFAR-10-C next to it
+    run = make_run(tmp_path / "run")
+    result = evaluate(run, root)
+    assert result.exit_code == 0, result.output
+    looked_in = str(root / "CIFAR-10-C")
+    # On stderr as a note, and in the summary on stdout.
+    note_lines = [line for line in result.stderr.splitlines() if line.startswith("sharpdiv: note:")]
+    assert len(note_lines) == 1
+    assert looked_in in note_lines[0] and "does not exist" in note_lines[0]
+    assert "zenodo.org/record/2535967" in note_lines[0]                  # where CIFAR-10-C is published
+    assert f"sharpdiv corrupt --data cifar10 --data-path {root} --out {root}" in note_lines[0]
+    assert "only val and test" in note_lines[0]
+    assert any(line.strip().startswith("note:") and looked_in in line for line in result.stdout.splitlines())
+    assert len(forward_calls) == 3 * 2                                   # val and test, one batch per member
+    # "none" asks for no corrupted data: no note.
+    quiet = evaluate(run, root, "--corruptions", "none")
+    assert quiet.exit_code == 0 and "note" not in quiet.output
+
+
+def test_the_note_names_the_digits_command_and_a_folder_without_standard_corruptions(tmp_path):
+    note = evaluation.missing_corruptions_note("digits", tmp_path)
+    assert str(tmp_path / "digits-C") in note
+    assert f"sharpdiv corrupt --data digits --data-path {tmp_path} --out {tmp_path}`" in note
+    # A -C folder holding only an extra corruption: "all" (the 15 standard ones) still finds none.
+    write_cifar_c(tmp_path, corruptions=("saturate",), n_per_severity=1)
+    note = evaluation.missing_corruptions_note("cifar10", tmp_path)
+    assert "none of the 15 standard corruptions" in note and "saturate" in note
+    assert [s.name for s in evaluation.evaluation_slices("cifar10", tmp_path, "all")] == ["val", "test"]
+    write_cifar_c(tmp_path, corruptions=("fog",), n_per_severity=1)
+    assert evaluation.missing_corruptions_note("cifar10", tmp_path) is None
+
+
+def test_named_corruptions_are_checked_before_any_forward_pass(setting, forward_calls, tmp_path):
+    run, root, _, _ = setting
+    result = evaluate(run, root, "--corruptions", "fog,frost_bite")
+    assert result.exit_code == 2
+    assert "unknown corruption 'frost_bite'" in result.output and "did you mean frost?" in result.output
+    # frost is a known corruption, just not in this CIFAR-10-C folder.
+    result = evaluate(run, root, "--corruptions", "frost")
+    assert result.exit_code == 2 and "frost not found in" in result.output and "gaussian_noise, fog" in result.output
+    # Named corruptions without a -C folder: an error that says where it looked (not a silent skip).
+    bare = tmp_path / "bare"
+    write_cifar10(bare, n_train=N_TRAIN, n_test=N_TEST)
+    result = evaluate(run, bare, "--corruptions", "fog")
+    assert result.exit_code == 2 and f"{bare / 'CIFAR-10-C'} does not exist" in result.output
+    assert forward_calls == [] and not (run / "logits").exists() and parts(run) == []
+
+
+def test_every_run_is_checked_before_the_first_forward_pass(setting, forward_calls, tmp_path):
+    run, root, _, _ = setting
+    # A second run on CIFAR-100, whose -C folder is not under root: nothing may be computed for the first.
+    other = tmp_path / "other"
+    runs.create_run(other, dataset="cifar100", num_classes=100, model="mlp",
+                    model_args={"input_size": 3 * PIXELS, "hidden": []}, seeds=[0])
+    runs.save_member(other, 0, build("mlp", 100, input_size=3 * PIXELS, hidden=[]))
+    result = CliRunner().invoke(cli.main, ["evaluate", str(run), str(other), "--data-path", str(root),
+                                           "--corruptions", "fog", "--device", "cpu"])
+    assert result.exit_code == 2 and str(root / "CIFAR-100-C") in result.output
+    assert forward_calls == [] and not (run / "logits").exists()

@@ -22,6 +22,7 @@ from ensembles import data, runs
 from ensembles.models import build
 from landscape import robustness
 from landscape.ensemble import combine as combine_members
+from landscape.errors import InputError
 
 N_CLASSES = 4   # few classes: the targeted attack tries C − 1 targets
 SIDE = 8
@@ -151,3 +152,68 @@ def test_bad_requests_fail_without_rows(setting):
                                            "--eps", "0.01", "--n-examples", "99", "--attacks", "apgd-ce"])
     assert result.exit_code == 2 and "at most 12" in result.output
     assert not (run / "results").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# radius and attack names: checked against the input box before any data or model is loaded
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Records every dataset the robustness command loads."""
+    loaded = []
+    original = data.load_dataset
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: loaded.append(a) or original(*a, **k))
+    return loaded
+
+
+def fake_attack(calls):
+    """Stands in for AutoAttack where only the accepted radius matters."""
+    def attacked(model, inputs, labels, *, eps, **options):
+        calls.append(eps)
+        return robustness.RobustnessResult(1.0, 0.5, None, None, options["norm"], eps, (), "custom", 0, 1, 1, 1)
+    return attacked
+
+
+def test_an_linf_radius_above_one_is_refused_with_the_reason(setting, loads):
+    run, _ = setting
+    result = attack(run, "--eps", "3")   # the last --eps wins: 3, as if pixels ran 0..255
+    assert result.exit_code == 2
+    assert "larger than 1" in result.output and "3/255 = 0.01176" in result.output
+    assert loads == [] and not (run / "results").exists()
+
+
+def test_an_l2_radius_is_bounded_by_the_diameter_of_the_input_box(setting, loads, monkeypatch):
+    run, _ = setting
+    diameter = float(np.sqrt(INPUTS))    # ‖1 − 0‖₂ over the 3·8·8 pixels of the box [0, 1]^d
+    calls = []
+    monkeypatch.setattr(robustness, "robust_accuracy", fake_attack(calls))
+    above = CliRunner().invoke(cli.main, ["robustness", str(run), "--norm", "l2", "--eps", str(diameter * 1.001),
+                                          "--n-examples", "2", "--device", "cpu"])
+    assert above.exit_code == 2 and f"√{INPUTS}" in above.output and f"{diameter:.4g}" in above.output
+    assert calls == [] and not (run / "results").exists()
+    # l2 radii above 1 are common (0.5 to 2 on CIFAR-10) and legitimate, up to the diameter itself.
+    for eps in (2.0, diameter):
+        result = CliRunner().invoke(cli.main, ["robustness", str(run), "--norm", "l2", "--eps", repr(eps),
+                                               "--n-examples", "2", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    assert calls == [2.0] * 3 + [diameter] * 3    # two members and the ensemble, each time
+    assert loads != []                            # (so the fixture does see the loads the refusals avoid)
+
+
+def test_check_radius_bounds():
+    robustness.check_radius("Linf", 1.0)
+    robustness.check_radius("L2", 50.0)              # the size of the inputs is not known: no bound
+    robustness.check_radius("L2", 2.0, input_size=4)  # √4 = 2: the diameter itself is allowed
+    for norm, eps, size in (("Linf", 1.0001, None), ("Linf", 8.0, 3072), ("L2", 2.0001, 4)):
+        with pytest.raises(InputError, match="larger than"):
+            robustness.check_radius(norm, eps, size)
+
+
+def test_an_unknown_attack_is_named_with_the_choices(setting, loads):
+    run, _ = setting
+    result = attack(run, "--attacks", "apgd-ce,pgd")
+    assert result.exit_code == 2
+    assert "unknown attack 'pgd'; choose from apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square" in result.output
+    assert "('apgd-ce'" not in result.output    # no Python tuple
+    assert loads == [] and not (run / "results").exists()
