@@ -304,9 +304,10 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--model", "model_name", default=None, help="Architecture: resnet18, resnet18_tin, wrn40_2, small_cnn, mlp.")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
 @click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
-@click.option("--rho", type=click.FloatRange(min=0), default=0.2, show_default=True, help="SAM radius (sam, asam, sharpbalance).")
-@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=0.4, show_default=True,
-              help="SharpBalance: fraction of the training set each member contributes to the others' sets.")
+@click.option("--rho", type=click.FloatRange(min=0), default=None,
+              help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
+@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
 @click.option("--td", type=click.IntRange(min=1), default=None,
               help="SharpBalance: epoch of the (first) selection [default: half the epochs].")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
@@ -344,17 +345,18 @@ def train_command(dataset, data_path, model_name, width, method, rho, k, td, epo
     """
     from ensembles.train import TrainingSettings, resume, train
 
-    chosen = resolve_device(device, threads)
+    chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
     if resume_run is not None:
-        summaries = resume(resume_run, members_parallel=members_parallel, device=chosen, progress=True)
+        summaries = resume(resume_run, threads=threads, members_parallel=members_parallel, device=chosen,
+                           progress=True, note=lambda sentence: click.echo(f"sharpdiv: note: {sentence}", err=True))
         out = resume_run
     else:
         missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k,
-            td=td if td is not None else max(epochs // 2, 1), epochs=epochs, lr=lr, schedule=schedule,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k, td=td,
+            epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
             keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)
