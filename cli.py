@@ -211,13 +211,15 @@ def corrupt_command(dataset, data_path, out, corruptions, seed):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the tables, figures, index.html and README.md.")
 @click.option("--sharpness", default="sharpness/worst/l2/adaptive@0.5", show_default=True, metavar="METRIC@RHO",
-              help="Members' mean sharpness to plot against diversity.")
+              help="Members' mean sharpness to plot against diversity: sharpness/<worst|average>/<l2|linf>/"
+                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO), or hessian/trace, fisher/mean ...")
 @click.option("--diversity", type=click.Choice(["der", "variance", "kl"]), default="der", show_default=True)
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
               help="run.json field that groups runs (method, rho, width, sparsity ...).")
-@click.option("--baseline", default=None, help="Group the severity tables compare with (default: the first).")
+@click.option("--baseline", default=None,
+              help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
               help="Which stored ensemble rows to read.")
 def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine):

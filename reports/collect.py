@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ensembles import runs as run_folders
+from ensembles.measurements import FISHER_QUANTILES
 from landscape.errors import InputError
 
 __all__ = [
@@ -178,6 +179,14 @@ def group_order(labels: Iterable[str]) -> list[str]:
 # one number per run
 
 
+#: The sharpness metrics ``sharpdiv sharpness`` stores (they need a radius), and their form in messages.
+SHARPNESS_PATTERN = r"sharpness(-error)?/(worst|average)/(l2|linf)/(adaptive|standard)"
+SHARPNESS_FORM = "sharpness/<worst|average>/<l2|linf>/<adaptive|standard>"
+#: Curvature metrics with one value per member (``sharpdiv hessian --trace``, ``sharpdiv fisher``);
+#: eigenvalue and density rows are spectra, not one number, so they cannot stand in for sharpness.
+CURVATURE_METRICS = ("hessian/trace", "fisher/mean", *(f"fisher/q{q}" for q in FISHER_QUANTILES), "fisher/max")
+
+
 @dataclass(frozen=True)
 class SharpnessSpec:
     """Which sharpness the reports read: ``METRIC@RHO``, e.g. ``sharpness/worst/l2/adaptive@0.5``.
@@ -190,25 +199,30 @@ class SharpnessSpec:
 
     @classmethod
     def parse(cls, text: str) -> "SharpnessSpec":
-        metric, _, radius = str(text).partition("@")
-        metric = metric.strip()
-        if not metric:
-            raise InputError(f"--sharpness {text!r}: expected METRIC@RHO, e.g. sharpness/worst/l2/adaptive@0.5")
-        if metric.startswith("sharpness") and not re.fullmatch(
-                r"sharpness(-error)?/(worst|average)/(l2|linf)/(adaptive|standard)", metric):
-            raise InputError(f"--sharpness {text!r}: the metric is sharpness/<worst|average>/<l2|linf>/"
-                             "<adaptive|standard> (or sharpness-error/...)")
-        if not radius:
-            if metric.startswith("sharpness"):
+        """``METRIC@RHO`` for a sharpness metric, plain ``METRIC`` for a curvature one; anything
+        else is refused here, before a report is written around a metric no command stores."""
+        metric, at, radius = str(text).partition("@")
+        metric, radius = metric.strip(), radius.strip()
+        if re.fullmatch(r"sharpness(-error)?/.*", metric):
+            if not re.fullmatch(SHARPNESS_PATTERN, metric):
+                raise InputError(f"--sharpness {text!r}: the metric is {SHARPNESS_FORM} "
+                                 "(or sharpness-error/...), e.g. sharpness/worst/l2/adaptive@0.5")
+            if not radius:
                 raise InputError(f"--sharpness {text!r} names no radius; add it, e.g. {metric}@0.5")
+            try:
+                rho = float(radius)
+            except ValueError:
+                raise InputError(f"--sharpness {text!r}: {radius!r} is not a number; e.g. {metric}@0.5") from None
+            if not (rho > 0 and math.isfinite(rho)):
+                raise InputError(f"--sharpness {text!r}: the radius must be a positive number")
+            return cls(metric, rho)
+        if metric in CURVATURE_METRICS:
+            if at:
+                raise InputError(f"--sharpness {text!r}: {metric} takes no radius; use --sharpness {metric}")
             return cls(metric, None)
-        try:
-            rho = float(radius)
-        except ValueError:
-            raise InputError(f"--sharpness {text!r}: {radius!r} is not a number; e.g. {metric}@0.5") from None
-        if not rho > 0:
-            raise InputError(f"--sharpness {text!r}: the radius must be positive")
-        return cls(metric, rho)
+        raise InputError(f"--sharpness {text!r}: expected {SHARPNESS_FORM}@RHO (e.g. "
+                         f"sharpness/worst/l2/adaptive@0.5), sharpness-error/...@RHO, or one of "
+                         f"{', '.join(CURVATURE_METRICS)}")
 
     def __str__(self) -> str:
         return self.metric if self.rho is None else f"{self.metric}@{self.rho:g}"
@@ -241,7 +255,7 @@ class SharpnessSpec:
             return f"sharpdiv hessian {shlex.quote(path)} --trace"
         if parts[0] == "fisher":
             return f"sharpdiv fisher {shlex.quote(path)}"
-        return f"sharpdiv --help  # no command known to store {self.metric}"
+        raise InputError(f"no command stores {self.metric}; build the spec with SharpnessSpec.parse")
 
 
 def diversity_metric(name: str) -> str:

@@ -10,8 +10,8 @@ Figures (SharpBalance, NeurIPS 2024):
 - :func:`plot_tradeoff` — sharpness vs diversity on log–log axes, one marker per ensemble, colour =
   EIR or accuracy, marker shape = group, with each group's fitted power law and β with its
   bootstrap interval (Figs. 1c, 3–5, 12);
-- :func:`plot_method_comparison` — bars of mean member accuracy topped by the ensemble's improvement
-  (Fig. 7);
+- :func:`plot_method_comparison` — bars of mean member accuracy with the ensemble's improvement on
+  top, or its shortfall marked in red (Fig. 7);
 - :func:`plot_severity` — accuracy and EIR against corruption severity (Tables 2–4 as curves);
 - :func:`plot_ensemble_size` — accuracy and EIR against the number of members (Fig. 8);
 - :func:`plot_reliability` — reliability diagrams from the stored bins, pooled over runs;
@@ -33,7 +33,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ensembles.files import atomic_path
 from reports.collect import (SharpnessSpec, diversity_description, diversity_metric, group_labels,
@@ -119,6 +119,21 @@ def _has(results: pd.DataFrame, metric_pattern: str) -> bool:
 # the trade-off
 
 
+def _label_log_axis(axis, limits) -> None:
+    """Major ticks a reader can read off a log axis whose view spans ``limits``: 1, 2, 5 per decade
+    when that gives at least three ticks, else (a range narrower than about a factor of five, where
+    a log axis is nearly linear) evenly spaced round numbers; labels in plain ``%g`` notation."""
+    low, high = sorted(limits)
+    per_decade = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    ticks = per_decade.tick_values(low, high)
+    if np.count_nonzero((ticks >= low) & (ticks <= high)) >= 3:
+        axis.set_major_locator(per_decade)
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
                   sharpness: SharpnessSpec | str = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
                   on: str = "ood", colour: str = "eir", combine: str | None = "probs", n_bootstrap: int = 2000,
@@ -176,15 +191,15 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
                                   markersize=8, label=text))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.set_minor_formatter(NullFormatter())
+        _label_log_axis(ax.xaxis, ax.get_xlim())
+        _label_log_axis(ax.yaxis, ax.get_ylim())
         ax.set_xlabel(f"Sharpness, members' mean (log scale)\n{spec.description}")
         ax.set_ylabel(f"Diversity (log scale)\n{diversity_description(metric, on)}")
         ax.set_title("Sharpness–diversity trade-off")
-        ax.legend(handles=handles, title=f"{group_by}: slope β [95% bootstrap interval]", loc="best",
-                  fontsize="small", title_fontsize="small")
+        # Below the axes, outside the data: the long β labels must never hide a marker, and beside
+        # the colour bar they would squeeze the axes.
+        figure.legend(handles=handles, title=f"{group_by}: slope β [95% bootstrap interval]",
+                      loc="outside lower center", fontsize="small", title_fontsize="small")
         if norm is not None:
             figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=colour_map), ax=ax, label=colour_label)
     stem = name or f"tradeoff-{colour.replace('_', '-')}"
@@ -198,9 +213,14 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
 def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
                            combine: str | None = "probs", name: str = "methods",
                            formats: Sequence[str] = FORMATS) -> Figures:
-    """Bars per group: the mean member accuracy (hatched) topped by the ensemble's improvement over
-    it, on clean (ID) and corrupted (OOD) data; group means over runs, error bars one std of the
-    ensemble accuracy (SharpBalance Fig. 7)."""
+    """Bars per group: the mean member accuracy (hatched) and the ensemble's change from it, on clean
+    (ID) and corrupted (OOD) data; group means over runs, error bars one std of the ensemble
+    accuracy at the ensemble's accuracy (SharpBalance Fig. 7).
+
+    An improvement is a solid block from the members' mean up to the ensemble's accuracy. An
+    ensemble below its members is a red cross-hatched block from the ensemble's accuracy up to the
+    members' mean, over the member bar: the bar still ends at the members' mean, and the red part is
+    what the ensemble lost, so no bar ever reaches a height no measurement has."""
     panels = []
     for on in ("test", "ood"):
         members = 100 * per_run(results, "accuracy", scope="members", on=on, combine=combine)
@@ -221,13 +241,20 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
             positions = np.arange(len(order))
             colours = [palette[g] for g in order]
             improvement = mean["ensemble"] - mean["members"]
+            gain, loss = (improvement > 0).to_numpy(), (improvement < 0).to_numpy()
             ax.bar(positions, mean["members"], color=colours, alpha=0.55, hatch="//", edgecolor="black",
                    label="mean member")
-            ax.bar(positions, improvement, bottom=mean["members"], color=colours, edgecolor="black",
-                   yerr=std["ensemble"].fillna(0), capsize=4, label="ensemble improvement")
+            ax.bar(positions[gain], improvement[gain], bottom=mean["members"][gain],
+                   color=[palette[g] for g in improvement.index[gain]], edgecolor="black",
+                   label="ensemble improvement")
+            if loss.any():
+                ax.bar(positions[loss], -improvement[loss], bottom=mean["ensemble"][loss], color="mistyrose",
+                       hatch="xx", edgecolor="crimson", label="ensemble below members")
             spread = std["ensemble"].fillna(0)
-            for x, top, low, gain, error in zip(positions, mean["ensemble"], mean["members"], improvement, spread):
-                ax.annotate(f"{top:.2f}\n({'+' if gain >= 0 else '−'}{abs(gain):.2f})", (x, max(top, low) + error),
+            ax.errorbar(positions, mean["ensemble"], yerr=spread, fmt="none", ecolor="black", capsize=4)
+            for x, top, low, change, error in zip(positions, mean["ensemble"], mean["members"], improvement, spread):
+                ax.annotate(f"{top:.2f}\n({'+' if change >= 0 else '−'}{abs(change):.2f})",
+                            (x, max(top, low) + error),
                             textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize="small")
             low = float(mean[["members", "ensemble"]].min().min())
             high = float(mean[["members", "ensemble"]].max().max())
@@ -236,7 +263,7 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
             ax.set_xticks(positions, order)
             ax.set_xlabel(group_by)
             ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
-            ax.set_title(f"{'ID' if on == 'test' else 'OOD'}: members and ensemble improvement")
+            ax.set_title(f"{'ID' if on == 'test' else 'OOD'}: members and ensemble change")
             ax.legend(loc="lower right", fontsize="small")
     return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
 
@@ -291,7 +318,11 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
 
 def _sizes(results: pd.DataFrame, metric: str, on: str, combine: str | None) -> pd.DataFrame:
     """Per run, ``metric`` of the sub-ensemble of the first k members (columns k); the full
-    ensemble counts as k = run.n_members where no ``ensemble@<M>`` row exists."""
+    ensemble counts as k = run.n_members where no ``ensemble@<M>`` row exists.
+
+    k = 1 is the mean member where the run has member accuracy rows: its accuracy is the members'
+    mean accuracy (the expected accuracy of one member), and its EIR is 0 by definition, since a
+    single model's error is its members' mean error."""
     scopes = results.loc[results["scope"].str.fullmatch(r"ensemble@\d+"), "scope"].unique()
     columns = {int(scope.split("@")[1]): per_run(results, metric, scope=scope, on=on, combine=combine)
                for scope in scopes}
@@ -303,6 +334,10 @@ def _sizes(results: pd.DataFrame, metric: str, on: str, combine: str | None) -> 
             k = int(sizes.get(path, 0))
             if k >= 2 and (k not in table.columns or path not in table.index or pd.isna(table.loc[path, k])):
                 table.loc[path, k] = value
+    if metric in ("accuracy", "eir") and 1 not in table.columns and not table.dropna(how="all").empty:
+        mean_member = per_run(results, "accuracy", scope="members", on=on, combine=combine)
+        single = mean_member if metric == "accuracy" else 0.0 * mean_member
+        table = table.join(single.rename(1), how="left")
     return table.reindex(sorted(table.columns), axis=1)
 
 
@@ -310,7 +345,8 @@ def plot_ensemble_size(results: pd.DataFrame, directory: str | os.PathLike, *, g
                        combine: str | None = "probs", name: str = "ensemble-size",
                        formats: Sequence[str] = FORMATS) -> Figures:
     """Ensemble accuracy and EIR against the number of members k, from the ``ensemble@<k>`` rows
-    (SharpBalance Fig. 8); columns ID and OOD, group means over runs with one-std bars."""
+    (SharpBalance Fig. 8), starting at k = 1, the mean member; columns ID and OOD, group means over
+    runs with one-std bars."""
     if results.empty or not results["scope"].str.fullmatch(r"ensemble@\d+").any():
         return _skip("no run has sub-ensemble (ensemble@<k>) rows: run `sharpdiv evaluate RUN`")
     panels = [(on, metric, _sizes(results, metric, on, combine)) for on in ("test", "ood")
@@ -334,7 +370,7 @@ def plot_ensemble_size(results: pd.DataFrame, directory: str | os.PathLike, *, g
                                     yerr=std.loc[group].reindex(line.index).fillna(0).values,
                                     color=palette[group], marker="o", capsize=3, label=group)
                     ax.legend(title=group_by, fontsize="small")
-                ax.set_xlabel("Number of members k")
+                ax.set_xlabel("Number of members k (k = 1: mean member)")
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_ylabel("Ensemble accuracy (%)" if metric == "accuracy" else "Ensemble improvement rate (EIR)")
                 ax.set_title(f"{'Accuracy' if metric == 'accuracy' else 'EIR'} against ensemble size, {_WHERE[on]}")

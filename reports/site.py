@@ -36,9 +36,11 @@ _CAPTIONS = {
     "tradeoff-eir": "Sharpness against diversity, one marker per ensemble, colour = EIR; dashed lines are "
                     "each group's fitted power law with its slope β (SharpBalance Figs. 1c, 3–5, 12).",
     "tradeoff-member-accuracy": "The same trade-off coloured by the members' mean accuracy (Fig. 4, second row).",
-    "methods": "Mean member accuracy (hatched) and the ensemble's improvement over it, per group (Fig. 7).",
+    "methods": "Mean member accuracy (hatched) and the ensemble's improvement over it, per group; an ensemble "
+               "below its members shows the shortfall as a red cross-hatched top (Fig. 7).",
     "severity": "Accuracy and EIR against corruption severity (Tables 2–4 as curves).",
-    "ensemble-size": "Accuracy and EIR of the sub-ensembles of the first k members (Fig. 8).",
+    "ensemble-size": "Accuracy and EIR of the sub-ensembles of the first k members; k = 1 is the mean member "
+                     "(Fig. 8).",
     "reliability": "Reliability diagrams of the ensembles, bins pooled over each group's runs.",
     "barriers": "Loss barriers between members.",
     "interpolation": "Loss and accuracy along the linear paths between members.",
@@ -78,7 +80,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
     corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
     runs are grouped by the run.json field ``group_by``; the severity tables show differences to
-    the group ``baseline`` (default: the first group).
+    the group ``baseline`` (default: sgd when it has data, else the first group that has data).
     """
     spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
     metric = diversity_metric(diversity)
@@ -89,6 +91,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--out {out} is a file; give a folder for the report")
     runs = run_table(paths)
     groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
+    if baseline is not None and baseline not in set(groups):
+        raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
+                         f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
     notes = [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                               on=diversity_on, combine=combine)]

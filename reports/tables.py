@@ -31,8 +31,8 @@ from landscape.errors import InputError
 from reports.collect import (SharpnessSpec, group_labels, group_order, per_run, sharpness_per_run)
 from reports.tradeoff import BetaFit
 
-__all__ = ["GroupTable", "beta_table", "latex", "markdown", "severity_table", "summary_table", "write_group_table",
-           "write_table"]
+__all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "severity_table", "summary_table",
+           "write_group_table", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,8 @@ def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, g
 
     Columns: ``ID`` (clean test data), ``1``..``5`` (mean over the corruptions at that severity) and
     ``OOD`` (mean over every corrupted slice). ``of`` is ``ensemble`` or ``members`` (the mean over
-    members). With a ``baseline`` group, cells carry the difference of group means to it; the
-    default baseline is the first group in reading order.
+    members). Cells carry the difference of group means to the ``baseline`` group; by default
+    that is :func:`default_baseline`.
     """
     if of not in ("ensemble", "members"):
         raise InputError(f"severity table of {of!r}: use ensemble or members")
@@ -175,14 +175,26 @@ def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, g
         values[str(severity)] = by_severity[severity]
     values["OOD"] = per_run(results, "accuracy", scope=of, on="ood", combine=combine)
     values = 100 * values
-    order = group_order(groups)
-    if baseline is None and order:
-        baseline = order[0]
+    if baseline is None:
+        baseline = default_baseline(values, groups)
     who = "ensemble" if of == "ensemble" else "mean member"
-    title = (f"{who.capitalize()} accuracy (%) by corruption severity, by {group_by}: mean ± std over runs; "
-             f"in brackets the difference to {group_by} = {baseline}")
+    title = f"{who.capitalize()} accuracy (%) by corruption severity, by {group_by}: mean ± std over runs"
+    if baseline is not None:
+        title += f"; in brackets the difference to {group_by} = {baseline}"
     return _group_statistics(name or f"severity-{of}", title, group_by, values, groups,
                              percent=list(values.columns), baseline=baseline)
+
+
+def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
+    """The group the others are compared with when none is named: ``sgd`` (the plain ensemble the
+    paper compares against) when it has a value, else the first group in reading order that has
+    one; a group without any value (runs not evaluated yet) would make every difference blank.
+    ``None`` when no group has data."""
+    measured = values.reindex(groups.index).notna().any(axis=1)
+    with_data = [group for group in group_order(groups) if measured[groups == group].any()]
+    if "sgd" in with_data:
+        return "sgd"
+    return with_data[0] if with_data else None
 
 
 def beta_table(fits: dict[str, BetaFit | str], group_by: str, *, sharpness: str, diversity: str,

@@ -7,6 +7,7 @@ import statistics
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,7 +220,7 @@ def test_severity_table_layout_and_differences_by_hand(small_study):
     assert text.loc["sam", "ID"] == "93.00 (+8.00)"
     assert text.loc["sgd", "1"] == f"{sgd_1:.2f} ± {statistics.stdev([65.0, 55.0]):.2f}"
     members = severity_table(results, table, group_by="method", of="members")
-    assert members.baseline == "sam"  # the first group by default
+    assert members.baseline == "sgd"  # sgd by default, though "sam" comes first
     assert members.mean.loc["sgd", "2"] == pytest.approx(((60 + 40) / 2 + (50 + 30) / 2) / 2)
 
 
@@ -232,6 +233,47 @@ def test_grouping_by_a_field_some_runs_lack(small_study):
         summary_table(results, table, group_by="depth")
     with pytest.raises(InputError, match="--baseline 'adam'.*sam, sgd"):
         severity_table(results, table, baseline="adam")
+
+
+def severity_study(root, methods):
+    """One run per method; methods named in ``evaluated`` get clean and corrupted accuracy rows,
+    the others (an imported ensemble) none."""
+    paths = []
+    for method, evaluated in methods:
+        path = fixtures.make_run(root / method, method=method)
+        if evaluated:
+            clean_and_corrupted(path, members=[0.7, 0.7, 0.7], ensemble=0.75, eir=0.1, der=0.2,
+                                corrupted={("fog", 1): ([0.6] * 3, 0.65)})
+        paths.append(path)
+    return run_table(paths), collect(paths)
+
+
+def test_default_baseline_is_sgd_else_the_first_group_with_data(tmp_path):
+    table, results = severity_study(tmp_path / "with-sgd", [("imported", False), ("sam", True), ("sgd", True)])
+    severity = severity_table(results, table)
+    assert severity.baseline == "sgd"
+    assert severity.difference.loc["sam", "ID"] == pytest.approx(0.0)
+    # "imported" comes first but has no rows, so it cannot be the baseline
+    table, results = severity_study(tmp_path / "without-sgd", [("imported", False), ("sam", True),
+                                                               ("sharpbalance", True)])
+    severity = severity_table(results, table)
+    assert severity.baseline == "sam" and "method = sam" in severity.title
+    assert np.isfinite(severity.difference.loc["sharpbalance", "1"])
+    # sgd without data is passed over as well
+    table, results = severity_study(tmp_path / "sgd-unevaluated", [("sam", True), ("sgd", False)])
+    assert severity_table(results, table).baseline == "sam"
+    # an explicit baseline still wins
+    assert severity_table(results, table, baseline="sgd").baseline == "sgd"
+
+
+def test_curvature_metrics_parse_without_a_radius():
+    assert SharpnessSpec.parse("hessian/trace") == SharpnessSpec("hessian/trace", None)
+    assert SharpnessSpec.parse("fisher/q90") == SharpnessSpec("fisher/q90", None)
+    assert SharpnessSpec.parse(" sharpness-error/average/linf/standard @ 0.1") == \
+        SharpnessSpec("sharpness-error/average/linf/standard", 0.1)
+    for text in ("bogus", "", "@0.5", "hessian/density", "fisher"):
+        with pytest.raises(InputError, match="expected sharpness/<worst|average>"):
+            SharpnessSpec.parse(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +309,8 @@ def test_tradeoff_figure_shows_each_groups_power_law(study_report):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert "Sharpness" in ax.get_xlabel() and "ρ = 0.5" in ax.get_xlabel()
     assert "DER" in ax.get_ylabel() and "corrupted" in ax.get_ylabel()
-    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert ax.get_legend() is None  # the legend sits outside the axes, on the figure
+    labels = [text.get_text() for text in figures.figures[0].legends[0].get_texts()]
     for method, (_, beta) in fixtures.STUDY_LAWS.items():
         assert any(label.startswith(f"{method}: β = {beta:.2f} [{beta:.2f}, {beta:.2f}]") for label in labels), labels
     # one marker per measured run at (members' mean sharpness, DER) as the fixture defines them
@@ -305,9 +348,17 @@ def test_method_severity_size_and_reliability_figures(study_report):
     size = report.rendered["ensemble-size"]
     assert_pngs(size)
     axes = only_axes(size)
-    assert all(ax.get_xlabel() == "Number of members k" for ax in axes)
+    assert all(ax.get_xlabel().startswith("Number of members k") for ax in axes)
     line = next(curve for curve in axes[0].containers if curve.get_label() == "sam").lines[0]
-    assert list(line.get_xdata()) == [2, 3]
+    assert list(line.get_xdata()) == [1, 2, 3]
+    # k = 1 is the mean member: sam members 0.91, 0.90, 0.89 on clean data in every run
+    assert line.get_ydata()[0] == pytest.approx(90.0)
+    assert len(axes) == 4 and "EIR" in axes[2].get_ylabel()  # rows accuracy, EIR; columns ID, OOD
+    eir_line = next(curve for curve in axes[2].containers if curve.get_label() == "sam").lines[0]
+    assert list(eir_line.get_xdata()) == [1, 2, 3] and eir_line.get_ydata()[0] == 0.0
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
     reliability = report.rendered["reliability"]
     assert_pngs(reliability)
@@ -315,6 +366,84 @@ def test_method_severity_size_and_reliability_figures(study_report):
     assert len(axes) == 6  # 3 groups x (clean, corrupted)
     assert all(ax.get_xlabel().startswith("Confidence") and ax.get_ylabel() == "Accuracy" for ax in axes)
     assert axes[0].get_title().startswith("sam (ID), ECE = 0.020")
+
+
+def bar_geometry(container):
+    """(x centre, bottom, top) of every bar of a bar container."""
+    return [(bar.get_x() + bar.get_width() / 2, bar.get_y(), bar.get_y() + bar.get_height()) for bar in container]
+
+
+def test_methods_figure_draws_a_negative_improvement_below_the_member_bar(tmp_path):
+    from reports import plots
+
+    # sgd: ensemble 36.49 below its members' mean 36.77; sam: ensemble 85 above its members' 80
+    worse = fixtures.make_run(tmp_path / "worse", method="sgd")
+    runs.append_results(worse, fixtures.evaluation_rows([0.3577, 0.3677, 0.3777], {"accuracy": 0.3649}))
+    better = fixtures.make_run(tmp_path / "better", method="sam")
+    runs.append_results(better, fixtures.evaluation_rows([0.80, 0.80, 0.80], {"accuracy": 0.85}))
+    figures = plots.plot_method_comparison(collect([worse, better]), tmp_path / "figures", formats=("png",))
+    ax = only_axes(figures)[0]
+    bars = {container.get_label(): bar_geometry(container) for container in ax.containers
+            if isinstance(container, matplotlib.container.BarContainer)}
+    sam, sgd = 0, 1  # reading order
+    members = bars["mean member"]
+    assert members[sam] == pytest.approx((sam, 0.0, 80.0)) and members[sgd] == pytest.approx((sgd, 0.0, 36.77))
+    # the improvement is a block from the members' mean up to the ensemble, for sam only
+    assert bars["ensemble improvement"] == [pytest.approx((sam, 80.0, 85.0))]
+    # the shortfall spans ensemble to members' mean, inside the member bar, in a distinct colour
+    assert bars["ensemble below members"] == [pytest.approx((sgd, 36.49, 36.77))]
+    shortfall = next(c for c in ax.containers if c.get_label() == "ensemble below members")[0]
+    assert shortfall.get_hatch() and shortfall.get_facecolor() != ax.containers[0][sgd].get_facecolor()
+    # nothing drawn at sgd reaches above its members' mean
+    tops = [top for geometry in bars.values() for x, _, top in geometry if x == pytest.approx(sgd)]
+    assert max(tops) == pytest.approx(36.77)
+    # the error bar is centred on the ensemble's accuracy
+    errorbar = next(c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer))
+    segments = errorbar.lines[2][0].get_segments()
+    assert [np.mean(segment[:, 1]) for segment in segments] == pytest.approx([85.0, 36.49])
+
+
+def in_view(ticks, limits):
+    return [t for t in ticks if min(limits) * (1 - 1e-9) <= t <= max(limits) * (1 + 1e-9)]
+
+
+def test_tradeoff_log_axes_are_readable_on_a_narrow_range_and_the_legend_is_outside(tmp_path):
+    from reports import plots
+
+    paths = []
+    for r, sharpness in enumerate((0.87, 1.0, 1.2)):
+        path = fixtures.make_run(tmp_path / f"sam-{r}", method="sam")
+        rows = fixtures.evaluation_rows([0.8] * 3, {"accuracy": 0.85, "der": 0.3 * sharpness ** 0.5, "eir": 0.2})
+        runs.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
+        paths.append(path)
+    figures = plots.plot_tradeoff(collect(paths), tmp_path / "figures", on="test", n_bootstrap=50,
+                                  formats=("png",))
+    figure = figures.figures[0]
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "log"
+    for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        ticks = in_view(axis.get_major_locator()(), limits)
+        labels = axis.get_major_formatter().format_ticks(ticks)
+        # at least three distinct labels, each the number at its tick
+        assert len(set(labels)) >= 3, labels
+        assert [float(label) for label in labels] == pytest.approx(ticks, rel=1e-9)
+    x_ticks = in_view(ax.xaxis.get_major_locator()(), ax.get_xlim())
+    assert min(x_ticks) <= 0.95 and max(x_ticks) >= 1.1  # the data's range 0.87-1.2 can be read off
+    # the legend is outside the axes: its box does not overlap the plotting area
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    area = ax.get_window_extent()
+    assert legend.x0 >= area.x1 or legend.y1 <= area.y0 or legend.x1 <= area.x0 or legend.y0 >= area.y1
+
+
+def test_tradeoff_log_axes_keep_decade_ticks_on_a_wide_range(study_report):
+    _, _, report = study_report
+    ax = report.rendered["tradeoff-eir"].figures[0].axes[0]
+    ticks = in_view(ax.xaxis.get_major_locator()(), ax.get_xlim())
+    # sharpness 0.225 to 4.4: ticks at 1, 2, 5 times powers of ten
+    assert {0.5, 1.0, 2.0} <= {round(t, 12) for t in ticks}
+    mantissas = {round(t / 10 ** np.floor(np.log10(t)), 9) for t in ticks}
+    assert mantissas <= {1.0, 2.0, 5.0}
 
 
 def test_connectivity_figures_come_from_the_pair_rows(study_report):
@@ -432,9 +561,15 @@ def test_report_command_end_to_end_names_missing_measurements(tmp_path):
     (["--baseline", "adam"], "--baseline 'adam' is not a method"),
     (["--sharpness", "sharpness/worst/l2/adaptive"], "names no radius"),
     (["--sharpness", "sharpness/worst/l3/adaptive@0.5"], "the metric is sharpness/"),
+    (["--sharpness", "bogus"], "expected sharpness/<worst|average>/<l2|linf>/<adaptive|standard>@RHO"),
+    (["--sharpness", "bogus@0.5"], "expected sharpness/<worst|average>/<l2|linf>/<adaptive|standard>@RHO"),
+    (["--sharpness", "hessian/eigenvalue"], "expected sharpness/<worst|average>/<l2|linf>/<adaptive|standard>@RHO"),
+    (["--sharpness", "hessian/trace@0.5"], "hessian/trace takes no radius"),
+    (["--sharpness", "sharpness/worst/l2/adaptive@-1"], "the radius must be a positive number"),
 ])
 def test_report_command_bad_input_exits_2_with_one_line(tmp_path, options, message):
     path = fixtures.make_run(tmp_path / "run")
     runs.append_results(path, fixtures.evaluation_rows([0.5, 0.6, 0.7], {"accuracy": 0.7}))
     result = CliRunner().invoke(cli.main, ["report", str(path), "--out", str(tmp_path / "out"), *options])
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything is written
