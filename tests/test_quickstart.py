@@ -42,8 +42,8 @@ def test_quickstart_writes_the_report(finished):
                  "tables/tradeoff-beta.csv", "tables/severity-ensemble.csv"):
         assert (report / name).is_file(), name
     lines = result.stdout.strip().splitlines()
-    assert lines[-1] == f"report: {report / 'index.html'}"
-    summary = lines[-6:-1]  # the five-line summary
+    assert lines[-2] == f"report: {report / 'index.html'}" and "smoke test" in lines[-1]
+    summary = lines[-7:-2]  # the five-line summary
     assert summary[0].startswith("quickstart --fast: 4 ensembles")
     assert [line.split(":")[0].strip() for line in summary[1:4]] == ["sam", "sgd", "sharpbalance"]
     assert summary[4].startswith("β")
