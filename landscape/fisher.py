@@ -13,8 +13,17 @@ augmentation, with ``loss_fn`` applied to a one-sample batch.
 All per-sample gradients of a chunk are computed at once with ``torch.func``: ``vmap`` over samples
 of ``grad`` of a ``functional_call``, each gradient reduced to its squared norm inside the vmapped
 function. Memory is one chunk of per-sample gradients (``chunk_size × D`` numbers); the result is in
-the model's dtype and on its device. ``benchmarks/bench_fisher.py`` compares it with a loop over
-samples.
+the model's dtype and on its device.
+
+Speed (``benchmarks/bench_fisher.py``, 256 samples of 32×32×3, float32, shared 2-core CPU), against
+a loop of ``autograd.grad`` over single samples: ``small_cnn`` 1.6× faster on one thread (chunk 64;
+the loop is within 2.3× of a single full-batch forward and backward pass, so no per-sample method
+can be 10× faster there), 5–7× on two threads, where the loop's many tiny operations pay for thread
+synchronisation; a 3072-256-10 MLP 1.2× on one thread and up to 6× on two. On a CPU chunks of
+16–64 beat 256 (per-sample gradients that fit in cache); on a GPU larger chunks pay. Norm tricks
+that skip per-sample gradients (Goodfellow's ``‖a‖²‖δ‖²`` for dense layers) would help MLPs most and
+conv nets little (a conv's per-sample weight gradients cost as much as its batch gradient); they
+are not implemented.
 """
 from __future__ import annotations
 

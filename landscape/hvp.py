@@ -18,21 +18,30 @@ is what PyHessian's dataloader mode pays). Blocks of more than one probe are pus
 graph together with ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over the second
 backward pass) in chunks of ``probe_chunk_size``.
 
-Measured with ``benchmarks/bench_hessian.py`` (small CNN, 57k parameters, batch 128 of 32×32×3,
-float32, 2 threads, median of interleaved repeats on a shared 2-core CPU), time per Hessian-vector
-product, one batch:
+Measured with ``benchmarks/bench_hessian.py`` (``small_cnn``, 95k parameters, batch 128 of
+32×32×3, float32, on this project's shared 2-core CPU). CPU seconds per product, single thread, 8
+probes per graph (minimum of 5 interleaved runs; the cleanest measure of work on a loaded machine):
 
-    reverse over reverse, graph retained, one probe at a time      1.00
-    reverse over reverse, graph retained, 8 probes vmapped          see the benchmark table
-    torch.func jvp(grad) (forward over reverse), per probe          ~2.4× slower
-    torch.func vmap over probes of jvp(grad)                        ~1.3× slower
+    reverse over reverse, retained graph, one probe at a time        0.42
+    torch.func vmap over 8 probes of jvp(grad) (forward over reverse) 0.69
+    the same with batch norm rewritten as below                      0.61
 
-(the full table, with the numbers of the last run, is printed by the benchmark). Forward over
-reverse has to redo the forward and first backward pass for every probe, and ``torch.func`` cannot
-keep a graph across calls, which is why it loses on the CPU; the default ``probe_chunk_size`` is
-the fastest retained-graph variant in that table. curvlinops' ``HessianLinearOperator`` was judged
-as well (see the benchmark): it loops over batches per matrix-vector product, like PyHessian, and
-it is not a dependency.
+and the benchmark's table at two threads under heavy load (median wall time, relative to the first
+row): retained graph 1.00; 4 or 8 probes vmapped through it (``probe_chunk_size``) 1.13; plain
+batch norm 1.34; a fresh graph per probe (PyHessian's dataloader mode) 1.64; ``jvp(grad)`` per
+probe 1.64; ``vmap`` of ``jvp(grad)`` 0.83; curvlinops' ``HessianLinearOperator`` (vmapped
+``jvp∘jacrev``) 0.98. The vmapped forward-over-reverse rows do more work (single-thread numbers
+above) but fewer, larger operations, which suffer less when two threads fight eight other
+processes for two cores. We keep reverse over reverse, one probe at a time, as the default: least
+work, and the only path that can keep a graph between Lanczos steps. On a GPU, where launches
+dominate, try ``probe_chunk_size`` of 8 or more. A product costs about 2.2 gradients (Pearlmutter's
+bound is about 2), so reusing the graph saves at most the forward and first backward pass: over
+4 batches × 20 probes ours took 124 s against PyHessian's 233 s (1.9× wall, 1.5× CPU).
+curvlinops-for-pytorch agrees with us to 5e-7 and is within 10% of our speed, so it is not worth
+its five extra dependencies (backpack, einconv, einops, linear_operator, unfoldNd).
+
+Batch norm in eval mode is differentiated as the affine map it is (:class:`BatchNormAsAffine`):
+PyTorch's batch-norm double backward follows the training-mode formula and was a fifth of a product.
 
 Memory. A pass keeps one batch's graph alive at a time. Lanczos needs one pass per product; with
 ``keep_graphs=True`` every batch's graph is kept between passes (memory: all batches' activations
@@ -48,14 +57,17 @@ moved to the model's device and dtype, other tensors to its device.
 from __future__ import annotations
 
 import contextlib
-import math
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from landscape.errors import InputError
 
 __all__ = [
+    "BatchNormAsAffine",
     "LossHessian",
     "as_batches",
     "evaluation_mode",
@@ -162,6 +174,35 @@ def rademacher_rows(seed: int, start: int, stop: int, dim: int, dtype: torch.dty
     return rows
 
 
+class BatchNormAsAffine(TorchFunctionMode):
+    """Within this mode, eval-mode batch norm ``y = (x − μ)/√(σ² + ε) · γ + β`` is computed as the
+    per-channel affine map ``y = x·s + t`` with ``s = γ/√(σ² + ε)``, ``t = β − μ·s``: the same
+    function of ``x``, ``γ`` and ``β``, so the same derivatives, but PyTorch's batch-norm double
+    backward follows the training-mode formula and was ~20% of a Hessian-vector product of the small
+    CNN (``benchmarks/bench_hessian.py``). Training-mode batch norm is left alone."""
+
+    _signature = inspect.signature(F.batch_norm)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            call = self._signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            arguments = call.arguments
+            if not arguments["training"] and arguments["running_mean"] is not None \
+                    and arguments["running_var"] is not None:
+                inputs = arguments["input"]
+                scale = torch.rsqrt(arguments["running_var"] + arguments["eps"])
+                if arguments["weight"] is not None:
+                    scale = scale * arguments["weight"]
+                shift = -arguments["running_mean"] * scale
+                if arguments["bias"] is not None:
+                    shift = shift + arguments["bias"]
+                channels = (1, -1) + (1,) * (inputs.dim() - 2)  # channel dimension 1
+                return inputs * scale.reshape(channels) + shift.reshape(channels)
+        return func(*args, **kwargs)
+
+
 class LossHessian:
     """The Hessian ``H = Σ_b (n_b/N) ∇²_θ L_b(θ)`` of a model's full-data loss as a linear operator
     on flat parameter vectors (see the module docstring for the conventions and the engine).
@@ -196,7 +237,8 @@ class LossHessian:
 
     def _gradient_with_graph(self, batch) -> tuple[tuple[torch.Tensor | None, ...], int]:
         inputs, targets = move_batch(batch, self.device, self.dtype)
-        loss = self.loss_fn(self.model(inputs), targets)
+        with BatchNormAsAffine():
+            loss = self.loss_fn(self.model(inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise InputError("loss_fn(outputs, targets) must return the mean loss as a scalar tensor "
                              "(reduction='mean'), got "

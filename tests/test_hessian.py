@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from landscape.errors import InputError
 from landscape.hessian import hessian_eigenvalues, hessian_spectral_density, hessian_trace
+from landscape.hvp import BatchNormAsAffine
 
 DTYPE = torch.float64
 
@@ -298,6 +299,33 @@ def test_measured_in_eval_mode_and_the_mode_is_restored():
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+@pytest.mark.parametrize("layer, shape", [(nn.BatchNorm1d(3), (5, 3)), (nn.BatchNorm2d(3), (5, 3, 4, 4)),
+                                          (nn.BatchNorm2d(3, affine=False), (5, 3, 2, 2))])
+def test_eval_batch_norm_as_an_affine_map_is_the_same_function_with_the_same_gradients(layer, shape):
+    torch.manual_seed(22)
+    layer = layer.to(DTYPE)
+    layer.running_mean.copy_(torch.randn(3))
+    layer.running_var.copy_(torch.rand(3) + 0.2)
+    if layer.affine:
+        layer.weight.data.copy_(torch.randn(3))
+        layer.bias.data.copy_(torch.randn(3))
+    inputs = torch.randn(*shape, dtype=DTYPE, requires_grad=True)
+    direction = torch.randn(*shape, dtype=DTYPE)
+    layer.eval()
+    reference = layer(inputs)
+    with BatchNormAsAffine():
+        rewritten = layer(inputs)
+    assert torch.allclose(rewritten, reference, rtol=1e-12, atol=1e-12)
+    wrt = [inputs, *layer.parameters()]
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(
+        torch.autograd.grad((reference * direction).sum(), wrt), torch.autograd.grad((rewritten * direction).sum(), wrt)))
+    layer.train()  # training-mode batch norm normalizes by the batch: left to PyTorch
+    with BatchNormAsAffine():
+        trained = layer(inputs)
+    assert torch.allclose(trained.mean(dim=[0] + list(range(2, len(shape)))), layer.bias if layer.affine
+                          else torch.zeros(3, dtype=DTYPE), atol=1e-10)
+
+
 def test_bad_input_raises_input_error(problem):
     model, inputs, targets, _ = problem
     batch = [(inputs, targets)]
@@ -334,6 +362,7 @@ def pyhessian_trace(model, inputs, targets, probes, dataloader=None):
     return samples
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")  # PyHessian's own call
 def test_trace_agrees_with_pyhessian_within_the_combined_statistical_error(problem):
     model, inputs, targets, hessian = problem
     theirs = pyhessian_trace(model, inputs, targets, probes=200)
