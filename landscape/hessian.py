@@ -173,13 +173,13 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, n_probes: 
         raise InputError(f"method must be one of {TRACE_METHODS}, got {method!r}.")
     seed = seed_from(generator)
     with evaluation_mode(model):
-        hessian = LossHessian(model, loss_fn, batches, params, keep_graphs=False,
+        hessian = LossHessian(model, loss_fn, batches, params, keep_graphs=None,
                               probe_chunk_size=probe_chunk_size, progress=progress)
         rows = lambda start, stop: rademacher_rows(seed, start, stop, hessian.dim, hessian.dtype, hessian.device)
         chunk = hessian.probe_chunk_size
         if method == "hutchinson":
-            forms = hessian.quadratic_forms(lambda: (rows(start, stop) for start, stop in default_chunks(n_probes, chunk)))
-            samples = forms  # (n_probes, n_tensors)
+            samples = hessian.quadratic_forms(  # (n_probes, n_tensors)
+                lambda: (rows(start, stop) for start, stop in default_chunks(n_probes, chunk)))
         else:
             sketch_size = n_probes // 3
             sketch = hessian.matmat(rows(0, sketch_size))  # H S, rows are vectors
@@ -188,7 +188,7 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, n_probes: 
             residual = residual - (residual @ basis.T) @ basis
             forms = hessian.quadratic_forms(lambda: [basis, residual])
             samples = forms[:basis.shape[0]].sum(dim=0) + forms[basis.shape[0]:]
-    settings = dict(method=method, n_probes=n_probes, n_samples=hessian.n_samples, dimension=hessian.dim)
+    settings = dict(method=method, n_probes=hessian.n_products, n_samples=hessian.n_samples, dimension=hessian.dim)
     layers = None
     if per_layer:
         layers = {name: _estimate(samples[:, index].contiguous(), **settings)
