@@ -64,7 +64,6 @@ import math
 import os
 import re
 import socket
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field, replace

@@ -34,7 +34,6 @@ val_accuracy, lr, seconds).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -42,9 +41,9 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -174,7 +174,7 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         for index, group in enumerate(groups):
             chosen = points["group"] == group
             marker = _MARKERS[index % len(_MARKERS)]
-            collection = ax.scatter(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"],
+            ax.scatter(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"],
                                     c=colour_values[chosen] if norm is not None else [palette[group]],
                                     cmap=colour_map if norm is not None else None, norm=norm, marker=marker,
                                     s=60, edgecolors=[palette[group]], linewidths=1.5, zorder=3,

@@ -1,7 +1,6 @@
 """Calibration metrics against a hand-worked example, numpy/sklearn formulas and torchmetrics' ECE."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

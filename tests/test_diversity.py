@@ -18,35 +18,7 @@ from landscape.diversity import (
 )
 from landscape.ensemble import UndefinedMetricWarning
 from landscape.errors import InputError
-
-# Member predictions [0, 1, 2, 0], [0, 2, 2, 1], [1, 1, 0, 2]; labels [0, 1, 2, 2];
-# member errors 1/4, 2/4, 2/4, so the mean member error is 5/12.
-HAND_LOGITS = [
-    [[5, 0, 0], [0, 5, 0], [0, 0, 5], [5, 0, 0]],
-    [[5, 0, 0], [0, 0, 5], [0, 0, 5], [0, 3, 0]],
-    [[0, 5, 0], [0, 5, 0], [5, 0, 0], [0, 0, 4]],
-]
-HAND_LABELS = [0, 1, 2, 2]
-
-
-def hand_example(dtype=torch.float64):
-    return torch.tensor(HAND_LOGITS, dtype=dtype), torch.tensor(HAND_LABELS)
-
-
-def random_member_logits(seed, n_members, n_samples, n_classes, discrete=False, dtype=torch.float64):
-    generator = torch.Generator().manual_seed(seed)
-    if discrete:
-        member_logits = torch.randint(-2, 3, (n_members, n_samples, n_classes), generator=generator).to(dtype)
-    else:
-        member_logits = 3 * torch.randn(n_members, n_samples, n_classes, generator=generator, dtype=dtype)
-    labels = torch.randint(0, n_classes, (n_samples,), generator=generator)
-    return member_logits, labels
-
-
-def numpy_softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
+from member_logits_examples import hand_example, numpy_softmax, random_member_logits
 
 def test_hand_worked_disagreement_and_der():
     member_logits, labels = hand_example()

@@ -1,5 +1,4 @@
 """`sharpdiv quickstart --fast` end to end: digits-C, the sweep, the report, and reuse on a re-run."""
-import json
 
 import numpy as np
 import pytest
