@@ -19,7 +19,9 @@ below). The MLP row shows the regime where per-call overhead, not arithmetic, do
 Measured on the shared 2-core CPU (2 threads, ~9 other busy processes; CPU-time ratios loop/ours,
 2 iterations, medians of 3): m=5, B=100: small_cnn 1.14, resnet18(width=16) 1.69, mlp 0.72;
 m=128, B=8: small_cnn 0.44, resnet18(width=16) 0.51 — there ``chunk_size=1`` (no vmap) matches
-the loop (1.09, 0.89). A 5-image batch of 32×32 convolutions already keeps a CPU core busy, so
+the loop (1.09, 0.89), and it is now the default for m >= 32. On a lightly loaded machine (one
+other process), one repeat: m=5, B=100: small_cnn(width=16, the ~24k-parameter CNN) 1.64,
+resnet18(width=16) 1.47-1.74 — still short of the 2x goal. A 5-image batch of 32×32 convolutions already keeps a CPU core busy, so
 vectorizing removes little overhead, while per-batch weights cost grouped convolutions, separate
 BatchNorm affine passes and B copies of the weights.
 """
@@ -139,17 +141,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--iters", type=int, default=2, help="ascent iterations per measurement (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
+    parser.add_argument("--only", default=None, help="run only cases whose model, options and m contain this text")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     n_iters = arguments.iters
     repeats = arguments.repeats or (1 if arguments.quick else 3)
 
-    cases = [("small_cnn", {}, 5, 100), ("small_cnn", {}, 128, 8),
+    cases = [("small_cnn", {}, 5, 100), ("small_cnn", {"width": 16}, 5, 100), ("small_cnn", {}, 128, 8),
              ("resnet18", {"width": 16}, 5, 100), ("resnet18", {"width": 16}, 128, 8),
              ("mlp", {}, 5, 100)]
     if arguments.quick:
         cases = [("small_cnn", {}, 5, 10), ("resnet18", {"width": 16}, 5, 4), ("mlp", {}, 5, 20)]
 
+    if arguments.only:
+        cases = [case for case in cases if arguments.only in f"{case[0]} {case[1]} m={case[2]}"]
     print(f"worst-case adaptive l2 sharpness, rho={RHO}, {n_iters} ascent iterations per measurement, "
           f"medians of {repeats} interleaved runs, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
