@@ -19,26 +19,28 @@ graph together with ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap 
 backward pass) in chunks of ``probe_chunk_size``.
 
 Measured with ``benchmarks/bench_hessian.py`` (``small_cnn``, 95k parameters, batch 128 of
-32×32×3, float32, on this project's shared 2-core CPU). CPU seconds per product, single thread, 8
-probes per graph (minimum of 5 interleaved runs; the cleanest measure of work on a loaded machine):
+32×32×3, float32, two threads, 8 probes per graph, on the shared 2-core CPU when it was quiet),
+wall time per product relative to our default:
 
-    reverse over reverse, retained graph, one probe at a time        0.42
-    torch.func vmap over 8 probes of jvp(grad) (forward over reverse) 0.69
-    the same with batch norm rewritten as below                      0.61
+    reverse over reverse, retained graph, one probe at a time       1.00  (0.24 s)
+    the same, 4 or 8 probes vmapped through it (probe_chunk_size)   1.7
+    the same without the batch-norm rewrite below                   1.2
+    a fresh graph per probe (PyHessian's dataloader mode)           1.55
+    torch.func jvp(grad) (forward over reverse), per probe          1.6
+    torch.func vmap over probes of jvp(grad)                        1.9
+    curvlinops HessianLinearOperator (vmapped jvp∘jacrev)           2.6
 
-and the benchmark's table at two threads under heavy load (median wall time, relative to the first
-row): retained graph 1.00; 4 or 8 probes vmapped through it (``probe_chunk_size``) 1.13; plain
-batch norm 1.34; a fresh graph per probe (PyHessian's dataloader mode) 1.64; ``jvp(grad)`` per
-probe 1.64; ``vmap`` of ``jvp(grad)`` 0.83; curvlinops' ``HessianLinearOperator`` (vmapped
-``jvp∘jacrev``) 0.98. The vmapped forward-over-reverse rows do more work (single-thread numbers
-above) but fewer, larger operations, which suffer less when two threads fight eight other
-processes for two cores. We keep reverse over reverse, one probe at a time, as the default: least
-work, and the only path that can keep a graph between Lanczos steps. On a GPU, where launches
-dominate, try ``probe_chunk_size`` of 8 or more. A product costs about 2.2 gradients (Pearlmutter's
-bound is about 2), so reusing the graph saves at most the forward and first backward pass: over
-4 batches × 20 probes ours took 124 s against PyHessian's 233 s (1.9× wall, 1.5× CPU).
-curvlinops-for-pytorch agrees with us to 5e-7 and is within 10% of our speed, so it is not worth
-its five extra dependencies (backpack, einconv, einops, linear_operator, unfoldNd).
+So the default is reverse over reverse, one probe at a time: least work, and the only path that can
+keep a graph between Lanczos steps. (On this machine under heavy load, with eight other processes
+on two cores, the vmapped forward-over-reverse rows had the lower wall time: fewer, larger
+operations wait less for thread synchronisation; on a GPU try ``probe_chunk_size`` of 8 or more.)
+A product costs about 2.2 gradients (Pearlmutter's bound is about 2), so keeping the graph saves
+the forward and first backward pass per probe and batch, and no more: the Hutchinson trace with 10
+probes over 4 batches took 8.5 s against PyHessian's 14–16 s (1.7–1.9×; the limit as the probes
+grow is (gradient + plain product) / our product ≈ 2×); on one batch, where PyHessian keeps its
+graph too, 2.4 s against 3.0 s (the batch-norm rewrite). curvlinops-for-pytorch agrees with us to
+5e-7 and is no faster (1.0× CPU over 4 batches), so it is not worth its five extra dependencies
+(backpack-for-pytorch, einconv, einops, linear_operator, unfoldNd).
 
 Batch norm in eval mode is differentiated as the affine map it is (:class:`BatchNormAsAffine`):
 PyTorch's batch-norm double backward follows the training-mode formula and was a fifth of a product.
