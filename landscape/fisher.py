@@ -15,15 +15,16 @@ of ``grad`` of a ``functional_call``, each gradient reduced to its squared norm 
 function. Memory is one chunk of per-sample gradients (``chunk_size × D`` numbers); the result is in
 the model's dtype and on its device.
 
-Speed (``benchmarks/bench_fisher.py``, 256 samples of 32×32×3, float32, shared 2-core CPU), against
-a loop of ``autograd.grad`` over single samples: ``small_cnn`` 1.6× faster on one thread (chunk 64;
-the loop is within 2.3× of a single full-batch forward and backward pass, so no per-sample method
-can be 10× faster there), 5–7× on two threads, where the loop's many tiny operations pay for thread
-synchronisation; a 3072-256-10 MLP 1.2× on one thread and up to 6× on two. On a CPU chunks of
-16–64 beat 256 (per-sample gradients that fit in cache); on a GPU larger chunks pay. Norm tricks
-that skip per-sample gradients (Goodfellow's ``‖a‖²‖δ‖²`` for dense layers) would help MLPs most and
-conv nets little (a conv's per-sample weight gradients cost as much as its batch gradient); they
-are not implemented.
+Speed (``benchmarks/bench_fisher.py``, 256 samples of 32×32×3, float32, two threads, the shared
+2-core CPU when quiet), against a loop of ``autograd.grad`` over single samples: ``small_cnn`` 2.3×
+faster with chunks of 64 (1.7× with 256); one full-batch forward and backward pass is only 3.4×
+faster than the loop, so no per-sample method can reach 10× on this conv net on a CPU. A
+3072-256-10 MLP (789k parameters): 1.4× with chunks of 16, slower than the loop with 64 or more
+(each sample's 3 MB gradient no longer stays in cache). Hence the default ``chunk_size=64``. Under
+heavy load the loop's many tiny operations wait on thread synchronisation and the ratios grow to
+5–7×. Norm tricks that skip per-sample gradients (Goodfellow's ``‖a‖²‖δ‖²`` for dense layers)
+would help MLPs most and conv nets little (a conv's per-sample weight gradients cost as much as
+its batch gradient); they are not implemented.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ __all__ = ["per_sample_fisher_trace"]
 
 
 def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or_batches,
-                            chunk_size: int | None = 256, params: Sequence[str] | None = None) -> torch.Tensor:
+                            chunk_size: int | None = 64, params: Sequence[str] | None = None) -> torch.Tensor:
     """``‖∇_θ ℓ(f_θ(x_j), y_j)‖²`` for every sample, shape ``(N,)``, in the order of the data.
 
     ``inputs_or_batches`` is one ``(inputs, targets)`` pair or an iterable of them (their results are
