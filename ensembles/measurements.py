@@ -184,6 +184,26 @@ def _run_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class _RunInput:
+    """What every measurement needs of one run before it measures: its finished members and data."""
+
+    path: Path
+    config: Mapping
+    members: list[int]
+    label: str
+    images: datasets.ImageDataset
+
+
+def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> Iterator[_RunInput]:
+    """Each run's config, finished members and split, checked before any measurement starts."""
+    for path in _run_paths(paths):
+        config = run_folders.read_config(path)
+        members = _members_of(path, config)
+        label = dataset_label(dataset or config["dataset"])
+        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
+
+
 def _members_of(path: Path, config: Mapping) -> list[int]:
     members = run_folders.finished_members(config)
     if not members:
@@ -292,11 +312,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     splits = _Splits(root)
 
     plans = []
-    for path in _run_paths(paths):
-        config = run_folders.read_config(path)
-        members = _members_of(path, config)
-        label = dataset_label(dataset or config["dataset"])
-        images = splits.get(label, split, int(config["num_classes"]))
+    for run in _run_inputs(paths, dataset, split, splits):
+        path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
         _check_sample_budget(images, m, n_batches)
         if exclude:  # a pattern that matches nothing is a typo: say so before any work
             sharpness.select_parameters(run_folders.build_member_model(config), exclude=exclude)
@@ -415,13 +432,9 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
     splits = _Splits(root)
 
     plans = []
-    for path in _run_paths(paths):
-        config = run_folders.read_config(path)
-        members = _members_of(path, config)
-        label = dataset_label(dataset or config["dataset"])
-        images = splits.get(label, split, int(config["num_classes"]))
-        count = _example_count("--n-examples", n_examples, images, HESSIAN_EXAMPLES)
-        plans.append((path, members, label, images, count))
+    for run in _run_inputs(paths, dataset, split, splits):
+        count = _example_count("--n-examples", n_examples, run.images, HESSIAN_EXAMPLES)
+        plans.append((run.path, run.members, run.label, run.images, count))
 
     measurements = []
     for path, members, label, images, count in plans:
@@ -559,12 +572,9 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
     metrics = ("fisher/mean", *(f"fisher/q{q}" for q in FISHER_QUANTILES), "fisher/max")
 
     plans = []
-    for path in _run_paths(paths):
-        config = run_folders.read_config(path)
-        members = _members_of(path, config)
-        label = dataset_label(dataset or config["dataset"])
-        images = splits.get(label, split, int(config["num_classes"]))
-        plans.append((path, members, label, images, _example_count("--n-examples", n_examples, images)))
+    for run in _run_inputs(paths, dataset, split, splits):
+        plans.append((run.path, run.members, run.label, run.images,
+                      _example_count("--n-examples", n_examples, run.images)))
 
     measurements = []
     for path, members, label, images, count in plans:
@@ -648,17 +658,14 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     splits = _Splits(root)
 
     plans = []
-    for path in _run_paths(paths):
-        config = run_folders.read_config(path)
-        members = _members_of(path, config)
+    for run in _run_inputs(paths, dataset, split, splits):
+        path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
         if len(members) < 2:
             raise InputError(f"{path} has {len(members)} finished member; connectivity needs at least two "
                              "(finish training the others or pass another run)")
         if plane and len(members) < 3:
             raise InputError(f"--plane needs three members but {path} has {len(members)}; drop --plane for this run")
-        label = dataset_label(dataset or config["dataset"])
         n_classes = int(config["num_classes"])
-        images = splits.get(label, split, n_classes)
         count = _example_count("--n-examples", n_examples, images)
         has_batchnorm = _has_batchnorm(run_folders.build_member_model(config))
         reset = bn_reset and has_batchnorm
