@@ -36,6 +36,7 @@ __all__ = [
     "FIGURES",
     "MatchedSharpnessFinding",
     "diversity_at_matched_sharpness",
+    "draw_theory_figure",
     "quick_setting",
     "theory_figure",
     "theory_table",
@@ -163,17 +164,23 @@ def _wide(table: pd.DataFrame, source: str) -> pd.DataFrame:
     return values.join(errors).reset_index()
 
 
-def _draw(table: pd.DataFrame, title: str, png: Path, svg: Path, lower_bounds: bool = True) -> None:
-    import matplotlib
+def draw_theory_figure(table: pd.DataFrame, *, lower_bounds: bool = True, title: str | None = None):
+    """The figure of a :func:`theory_table`, unsaved: per panel and method, the diversity against
+    the sharpness bounds of Theorem 1 or 2 (lines: solid the sharpness upper bound, dashed the
+    sharpness lower bound, drawn when ``lower_bounds``) and against the simulated sharpness
+    (points with standard errors). ``title`` defaults to the table's own. Returns a
+    :class:`matplotlib.figure.Figure`; one legend below the panels names every line once.
+    """
     import seaborn as sns
     from matplotlib.figure import Figure
 
+    if title is None:
+        title = table.attrs.get("title", "")
     panels = list(dict.fromkeys(table["panel"]))
     theory, simulation = _wide(table, "theory"), _wide(table, "simulation")
     columns = min(3, math.ceil(math.sqrt(len(panels))))
     rows = math.ceil(len(panels) / columns)
-    with matplotlib.rc_context({"svg.hashsalt": "sharpdiv-theory"}), sns.axes_style("whitegrid"), \
-            sns.plotting_context("notebook", font_scale=0.9):
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         figure = Figure(figsize=(max(4.8 * columns, 8.0), 3.8 * rows + 1.2), layout="constrained")
         axes = figure.subplots(rows, columns, squeeze=False).ravel()
         for axis in axes[len(panels):]:
@@ -196,10 +203,10 @@ def _draw(table: pd.DataFrame, title: str, png: Path, svg: Path, lower_bounds: b
                 for line_values, line in predicted.groupby(line_keys):
                     line = line.sort_values(order)
                     axis.plot(line["sharpness_upper"], line["diversity"], "-", color=color, linewidth=1.6,
-                              label=label(f"{name}: {theorem}, upper bound"))
+                              label=label(f"{name}: {theorem}, sharpness upper bound"))
                     if lower_bounds and "sharpness_lower" in line and line["sharpness_lower"].notna().any():
                         axis.plot(line["sharpness_lower"], line["diversity"], "--", color=color, linewidth=1.2,
-                                  label=label(f"{name}: {theorem}, lower bound"))
+                                  label=label(f"{name}: {theorem}, sharpness lower bound"))
                     if len(predicted.groupby(line_keys)) > 1:
                         first = line.iloc[0]
                         axis.annotate(f"k={int(first['iterations'])}", (first["sharpness_upper"], first["diversity"]),
@@ -218,8 +225,7 @@ def _draw(table: pd.DataFrame, title: str, png: Path, svg: Path, lower_bounds: b
                         f"ρ0 = {setting['sharpness_radius']}; η, ρ in the paper's units", fontsize=10)
         figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
                       ncol=min(3, len(labelled)), fontsize=8, frameon=False)
-        figure.savefig(png, dpi=150)
-        figure.savefig(svg, metadata={"Date": None})
+    return figure
 
 
 def theory_figure(figure: Literal["1b", "2", "9", "10", "11"], out_dir, quick: bool = False,
@@ -238,7 +244,12 @@ def theory_figure(figure: Literal["1b", "2", "9", "10", "11"], out_dir, quick: b
     stem = out_dir / f"theory-figure-{figure}"
     png, svg, csv = stem.with_suffix(".png"), stem.with_suffix(".svg"), stem.with_suffix(".csv")
     table.to_csv(csv, index=False)
-    _draw(table, table.attrs["title"], png, svg, lower_bounds=figure != "1b")
+    drawn = draw_theory_figure(table, lower_bounds=figure != "1b")
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "sharpdiv-theory"}):  # the same SVG bytes on every run
+        drawn.savefig(png, dpi=150)
+        drawn.savefig(svg, metadata={"Date": None})
     return [png, svg, csv]
 
 

@@ -293,3 +293,27 @@ def test_theory_table_for_theorem_1_panels_is_long_and_complete():
     points = table.groupby(["panel", "iterations", "eta_paper", "rho_paper"]).size()
     assert (points == 6).all() and len(points) == 4 * 3  # 2 k × 2 η panels, 3 radii, 4 + 2 quantities
     assert table["value"].notna().all()
+
+
+def _line(figure, label):
+    """The one line of ``figure`` with this legend label."""
+    lines = [line for axis in figure.axes for line in axis.get_lines() if line.get_label() == label]
+    assert len(lines) == 1, label
+    return lines[0]
+
+
+def test_figure_2_legend_names_the_bounds_as_bounds_on_the_sharpness():
+    from reports.theory import draw_theory_figure
+
+    table = theory_table("2", quick=True)
+    figure = draw_theory_figure(table)
+    upper, lower = "SAM: Theorem 1, sharpness upper bound", "SAM: Theorem 1, sharpness lower bound"
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [upper, lower, "SAM: simulation"]
+    # each label sits on the line it names: x is that bound of Theorem 1, y the predicted diversity
+    theory = table[table["source"] == "theory"].pivot_table(index="rho_paper", columns="quantity", values="value")
+    for label, quantity in ((upper, "sharpness_upper"), (lower, "sharpness_lower")):
+        line = _line(figure, label)
+        assert list(line.get_xdata()) == pytest.approx(list(theory[quantity]))
+        assert list(line.get_ydata()) == pytest.approx(list(theory["diversity"]))
+    assert (_line(figure, lower).get_xdata() <= _line(figure, upper).get_xdata()).all()
