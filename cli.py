@@ -308,6 +308,8 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
 @click.option("--rho", type=click.FloatRange(min=0), default=None,
               help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
+@click.option("--eta", type=click.FloatRange(min=0), default=None,
+              help="ASAM only: η in its scale T = |θ| + η [default: 0.01].")
 @click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
 @click.option("--td", type=click.IntRange(min=1), default=None,
@@ -337,7 +339,7 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
               help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the perturbed pass).")
 @click.option("--train-samples", type=click.IntRange(min=1), default=None, help="Train on the first N training samples only (smoke tests).")
 @device_options
-def train_command(dataset, data_path, model_name, width, method, rho, k, td, epochs, lr, schedule, batch_size,
+def train_command(dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
                   weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
@@ -357,7 +359,7 @@ def train_command(dataset, data_path, model_name, width, method, rho, k, td, epo
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, k=k, td=td,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, k=k, td=td,
             epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,

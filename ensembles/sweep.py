@@ -393,8 +393,8 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
     for values in itertools.product(*(grid[axis] for axis in axes)):
         point = dict(zip(axes, values))
         merged = {**base, **point}
-        # A setting the job's method does not use (rho for sgd, k and td outside sharpbalance) is
-        # dropped here: the trainer refuses it, rightly, when a user passes it by hand.
+        # A setting the job's method does not use (rho for sgd, eta outside asam, k and td outside
+        # sharpbalance) is dropped here: the trainer refuses it, rightly, when a user passes it by hand.
         method = merged.get("method", "sgd")
         merged = {name: value for name, value in merged.items() if applies(name, method)}
         try:

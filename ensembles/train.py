@@ -74,6 +74,8 @@ METHODS = ("sgd", "sam", "asam", "sharpbalance")
 #: The SAM radius and SharpBalance's set fraction when not given (REFERENCE.md §4).
 DEFAULT_RHO = 0.2
 DEFAULT_K = 0.4
+#: ASAM's η in ``T = |θ| + η`` when not given (Kwon et al. 2021).
+DEFAULT_ETA = 0.01
 SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
@@ -86,9 +88,9 @@ class TrainingSettings:
 
     ``k``, ``td``, ``reselect_every`` and ``reference_compatible`` concern SharpBalance only,
     ``rho`` every SAM method and ``eta`` ASAM (its ``T = |θ| + η``). Left at None, ``rho`` is 0.2
-    for the SAM methods and 0 for SGD, ``k`` 0.4 and ``td`` half the epochs for SharpBalance (None
-    for the other methods); giving one to a method that does not use it is an InputError, never
-    silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
+    for the SAM methods and 0 for SGD, ``eta`` 0.01 for ASAM, ``k`` 0.4 and ``td`` half the epochs
+    for SharpBalance (None for the other methods); giving one to a method that does not use it is
+    an InputError, never silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
     ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
@@ -114,7 +116,7 @@ class TrainingSettings:
     reselect_every: int | None = None
     reference_compatible: bool = False
     keep: str = "best"
-    eta: float = 0.01
+    eta: float | None = None
     data_path: str | None = None
     train_samples: int | None = None
     score_chunk_size: int = 128
@@ -126,6 +128,8 @@ class TrainingSettings:
         _refuse_settings_the_method_ignores(self)
         if self.rho is None:
             object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
+        if self.method == "asam" and self.eta is None:
+            object.__setattr__(self, "eta", DEFAULT_ETA)
         if self.method == "sharpbalance":
             if self.k is None:
                 object.__setattr__(self, "k", DEFAULT_K)
@@ -144,8 +148,6 @@ class TrainingSettings:
             values.pop(name)
         if self.method == "sgd":
             values["rho"] = 0.0
-        if self.method != "asam":
-            values["eta"] = None
         if self.method != "sharpbalance":
             values.update(k=None, td=None, reselect_every=None, reference_compatible=False)
         return values
@@ -156,6 +158,9 @@ def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
     method = settings.method
     if method == "sgd" and settings.rho not in (None, 0):
         raise InputError(f"--rho {settings.rho} has no effect with --method sgd; drop it or use --method sam")
+    if method in METHODS and method != "asam" and settings.eta is not None:
+        raise InputError(f"--eta {settings.eta} has no effect with --method {method} (ASAM only, its T = |θ| + η); "
+                         "drop it or use --method asam")
     if method in ("sgd", "sam", "asam"):
         given = [(flag, value) for flag, value in (("--k", settings.k), ("--td", settings.td),
                                                     ("--reselect-every", settings.reselect_every))
@@ -190,6 +195,8 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"seeds repeat ({settings.seeds}); identical seeds give identical members")
     if not settings.rho >= 0:
         raise InputError(f"rho must be >= 0, got {settings.rho!r}")
+    if settings.method == "asam" and not settings.eta >= 0:
+        raise InputError(f"eta must be >= 0, got {settings.eta!r}")
     if not settings.lr > 0 or not settings.momentum >= 0 or not settings.weight_decay >= 0:
         raise InputError("lr must be > 0, momentum and weight decay >= 0")
     if not 0 <= settings.sparsity < 1:
@@ -264,7 +271,10 @@ class _Member:
         base = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
         rho = settings.rho if settings.sharpness_aware else 0.0
-        self.optimizer = SAM(base, rho=rho, adaptive=settings.method == "asam", eta=settings.eta)
+        if settings.method == "asam":
+            self.optimizer = SAM(base, rho=rho, adaptive=True, eta=settings.eta)
+        else:
+            self.optimizer = SAM(base, rho=rho)
         order_seed, augmentation_seed = _stream_seeds(seed)
         self.order = torch.Generator().manual_seed(order_seed)
         self.augmentation = torch.Generator().manual_seed(augmentation_seed)

@@ -59,6 +59,43 @@ def test_plan_expands_the_grid_to_exactly_the_expected_jobs():
     assert plan.group_by == ("method",)
 
 
+ETA_GRID = """
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 4
+seeds = [13, 17]
+epochs = 1
+batch_size = 32
+train_samples = 64
+[grid]
+method = ["sgd", "sam", "asam"]
+rho = [0.1]
+eta = [0.01, 0.1]
+"""
+
+
+def test_a_grid_setting_eta_drops_it_outside_asam_and_the_jobs_train(tmp_path):
+    plan = sweep.parse_sweep(ETA_GRID)
+    # By hand: sgd ignores rho and eta, sam ignores eta, asam uses both: 1 + 1 + 2 jobs.
+    assert [job.name for job in plan.jobs] == ["sgd-s13.17", "sam-rho0.1-s13.17", "asam-rho0.1-eta0.01-s13.17",
+                                               "asam-rho0.1-eta0.1-s13.17"]
+    assert [(job.settings.rho, job.settings.eta) for job in plan.jobs] == [(0.0, None), (0.1, None), (0.1, 0.01),
+                                                                          (0.1, 0.1)]
+    assert list(sweep.plan_table(plan)["eta"]) == ["-", "-", "0.01", "0.1"]
+    # eta in [base] is dropped the same way
+    based = sweep.parse_sweep(ETA_GRID.replace("eta = [0.01, 0.1]", "").replace("[grid]", "eta = 0.05\n[grid]"))
+    assert [(job.name, job.settings.eta) for job in based.jobs] == [
+        ("sgd-s13.17", None), ("sam-rho0.1-s13.17", None), ("asam-rho0.1-s13.17", 0.05)]
+    # the SGD and SAM jobs train, and their run.json holds no eta
+    for job in plan.jobs[:2]:
+        outcome = sweep.run_job(job, tmp_path, device="cpu")
+        assert [(step.name, step.action) for step in outcome.steps] == [("train", "trained")]
+        config = runs.read_config(tmp_path / job.name)
+        assert config["eta"] is None and config["method"] == job.settings.method
+        assert runs.finished_members(config) == [0, 1]
+
+
 def test_plan_command_prints_every_job():
     result = CliRunner().invoke(cli.main, ["sweep", "plan", str(ROOT / "examples" / "digits-grid.toml")])
     assert result.exit_code == 0, result.output

@@ -219,6 +219,12 @@ def test_defaults_follow_the_method():
     # rho = 0 is allowed by design: SAM with a zero radius is exactly SGD
     assert TrainingSettings(dataset="digits", model="mlp", method="sgd", rho=0.0).rho == 0.0
     assert TrainingSettings(dataset="digits", model="mlp", method="sam", rho=0.0).rho == 0.0
+    # eta is ASAM's alone: 0.01 (Kwon et al.) unless given, and absent (None in run.json) elsewhere
+    assert TrainingSettings(dataset="digits", model="mlp", method="asam").eta == 0.01
+    assert TrainingSettings(dataset="digits", model="mlp", method="asam", eta=0.0).eta == 0.0
+    for method in ("sgd", "sam", "sharpbalance"):
+        settings = TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10)
+        assert settings.eta is None and settings.run_fields()["eta"] is None
 
 
 @pytest.mark.parametrize("method, given, named", [
@@ -228,6 +234,10 @@ def test_defaults_follow_the_method():
     ("asam", dict(k=0.3, td=2), "--k 0.3 --td 2 have no effect with --method asam"),
     ("sam", dict(reselect_every=2), "--reselect-every 2 has no effect"),
     ("sgd", dict(reference_compatible=True), "--reference-compatible has no effect"),
+    ("sam", dict(eta=0.05), "--eta 0.05 has no effect with --method sam (ASAM only, its T = |θ| + η); drop it or "
+                            "use --method asam"),
+    ("sgd", dict(eta=0.01), "--eta 0.01 has no effect with --method sgd (ASAM only"),
+    ("sharpbalance", dict(eta=0.2), "--eta 0.2 has no effect with --method sharpbalance (ASAM only"),
 ])
 def test_a_setting_the_method_ignores_is_an_error(method, given, named):
     with pytest.raises(InputError) as error:
@@ -243,6 +253,26 @@ def test_sharpdiv_train_refuses_rho_with_sgd(tmp_path):
     assert result.exit_code == 2
     assert "--rho 0.3 has no effect with --method sgd; drop it or use --method sam" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sharpdiv_train_refuses_eta_outside_asam(tmp_path):
+    from cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sam", "--eta", "0.05",
+                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "sharpdiv: error: --eta 0.05 has no effect with --method sam (ASAM only, its T = |θ| + η); drop it or use "
+        "--method asam"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_asam_members_step_with_the_given_eta_and_the_others_without_one():
+    asam = TrainingSettings(dataset="digits", model="mlp", method="asam", eta=0.05, seeds=(3,))
+    optimizer = trainer._Member(0, 3, asam, 10, torch.device("cpu")).optimizer
+    assert (optimizer.adaptive, optimizer.eta, optimizer.rho) == (True, 0.05, 0.2)
+    sam = TrainingSettings(dataset="digits", model="mlp", method="sam", seeds=(3,))
+    assert trainer._Member(0, 3, sam, 10, torch.device("cpu")).optimizer.adaptive is False
 
 
 # -- resuming with the thread count the run was trained with
