@@ -9,7 +9,9 @@ the forward passes are done once and stored::
 
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
 records in its metadata the digest of the member's weights file (:func:`ensembles.files.file_digest`),
-so new weights make the cached logits stale and they are computed again; a file that is unreadable,
+so new weights make the cached logits stale and they are computed again (silently: that is the
+cache working); a file without that digest (written by another tool or an early version) cannot be
+matched to any weights, so it is computed again with a warning naming it. A file that is unreadable,
 has the wrong shape or holds NaN or Inf is an :class:`InputError` naming the file (delete it and
 re-run). Files are written whole (temporary file + rename), so an interrupted evaluation leaves
 complete slices behind and resumes from them, and two processes writing the same file leave one
@@ -26,6 +28,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -157,11 +160,17 @@ def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice) -> to
 def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, member: int, n_samples: int,
                        n_classes: int) -> torch.Tensor | None:
     """Member ``member``'s cached logits ``(n_samples, n_classes)``, or None when they are missing or
-    stale (written for other weights). A damaged file is an :class:`InputError` naming it."""
+    stale (written for other weights, or of unknown weights: a warning then says so). A damaged file
+    is an :class:`InputError` naming it."""
     file = member_logits_path(run_path, data_slice, member)
     if not file.is_file():
         return None
     logits, metadata = _read(file, "logits")
+    if "weights" not in metadata:
+        warnings.warn(f"cache file {file} does not record which weights it was computed from (no 'weights' "
+                      f"digest in its metadata); recomputing member {member}'s logits on {data_slice.dataset} "
+                      f"{data_slice.name}", stacklevel=2)
+        return None
     weights = run_folders.member_path(run_path, member)
     current = file_digest(weights) if weights.is_file() else None
     if metadata.get("weights") != current:

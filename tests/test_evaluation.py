@@ -9,6 +9,7 @@ recomputed here from the cache files, read with safetensors directly, by the lan
 """
 import shutil
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -267,6 +268,38 @@ def test_new_weights_recompute_only_that_member(setting, forward_calls):
                           atol=1e-5)
     after = select(results(run), "member-1", "accuracy")["value"]
     assert len(after) == 1 and after.iloc[0] == pytest.approx(float(calibration.accuracy(logits, labels)))
+
+
+def test_a_cache_file_without_a_weights_digest_is_recomputed_with_a_warning(setting, forward_calls):
+    run, root, _, _ = setting
+    test_slice = logit_cache.DataSlice("cifar10", "test")
+    file = run / "logits" / "cifar10" / "test" / "member-1.safetensors"
+    members = {"members": [0, 1, 2], "n_classes": N_CLASSES, "root": root,
+               "load_members": lambda indices: [pixel_reader(seed=index) for index in indices]}
+    logit_cache.slice_logits(run, test_slice, **members)
+    with safetensors.safe_open(str(file), framework="pt") as stored:
+        metadata = stored.metadata()
+    # An older or foreign file: plausible logits, but no record of the weights they came from.
+    del metadata["weights"]
+    safetensors.torch.save_file({"logits": torch.zeros(N_TEST, N_CLASSES)}, str(file), metadata=metadata)
+    forward_calls.clear()
+    with pytest.warns(UserWarning) as caught:
+        again = logit_cache.slice_logits(run, test_slice, **members)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(file) in message and "no 'weights' digest" in message and "recomputing" in message
+    assert again.computed == (1,) and len(forward_calls) == 1
+    images = data.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))
+    assert torch.allclose(again.member_logits[1], pixel_reader(seed=1)(images), atol=1e-5)
+    # rewritten with its digest: read back silently, no forward pass
+    forward_calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert logit_cache.slice_logits(run, test_slice, **members).computed == ()
+        # new weights make a file stale: recomputed too, but that is the cache working, not worth a warning
+        runs.save_member(run, 1, pixel_reader(seed=11))
+        assert logit_cache.slice_logits(run, test_slice, **members).computed == (1,)
+    assert len(forward_calls) == 1
 
 
 def test_vote_writes_no_probability_metrics_and_says_so(setting):
