@@ -460,7 +460,7 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
                        data_path=str(data_path) if data_path else None, device=device, wait=wait, progress=True,
                        echo=lambda message: click.echo(message, err=True))
     if not result.waited:
-        click.echo(f"submitted {len(result.job_ids)} jobs; follow them with: sharpdiv sweep status {file} --out {out}")
+        click.echo(f"submitted {len(result.job_ids)} jobs; follow them with: sharpdiv sweep status {file} --root {out}")
         return
     for outcome in result.outcomes:
         click.echo(outcome.line())
@@ -480,12 +480,14 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
 
 @sweep_group.command("status")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The sweep's root folder.")
-def sweep_status_command(file, out):
+# --root as in `sweep report`; --out, its first name here, still works
+@click.option("--root", "--out", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The sweep's root folder (its --out when it ran).")
+def sweep_status_command(file, root):
     """Per grid point: training state and the last action of each measurement (from the sweep log)."""
     from ensembles.sweep import read_sweep, sweep_status
 
-    click.echo(sweep_status(read_sweep(file), out).to_string(index=False))
+    click.echo(sweep_status(read_sweep(file), root).to_string(index=False))
 
 
 @sweep_group.command("report")

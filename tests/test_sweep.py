@@ -325,6 +325,41 @@ def test_local_processes_run_the_jobs_through_submitit(tiny_root):
     assert os.getpid() not in pids and len(pids) == 2  # each job in its own process
 
 
+def test_sweep_status_takes_the_root_as_report_does_and_still_accepts_out(tiny_root, tmp_path):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY)
+    shown = {}
+    for spelling in ("--root", "--out"):
+        result = CliRunner().invoke(cli.main, ["sweep", "status", str(file), spelling, str(tiny_root)])
+        assert result.exit_code == 0, result.output
+        shown[spelling] = result.output
+    assert shown["--root"] == shown["--out"]
+    rows = [line.split() for line in shown["--root"].splitlines()]
+    assert rows[0] == ["run", "training", "sharpness", "evaluate", "connectivity"]
+    assert [row[:2] for row in rows[1:]] == [["sgd-s13.17", "done"], ["sam-rho0.05-s13.17", "done"]]
+    missing = CliRunner().invoke(cli.main, ["sweep", "status", str(file)])
+    assert missing.exit_code == 2 and "--root" in missing.output
+
+
+def test_sweep_run_without_waiting_prints_a_status_command_that_works(tiny_root, tmp_path, monkeypatch):
+    import shlex
+
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY)
+    submitted = sweep.SweepResult(outcomes=(), failures={}, job_ids={"sgd-s13.17": "7_0", "sam-rho0.05-s13.17": "7_1"},
+                                  waited=False)
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: submitted)  # no cluster here
+    result = CliRunner().invoke(cli.main, ["sweep", "run", str(file), "--out", str(tiny_root), "--executor", "slurm",
+                                           "--no-wait"])
+    assert result.exit_code == 0, result.output
+    hint = result.stdout.strip().splitlines()[-1]
+    assert hint == f"submitted 2 jobs; follow them with: sharpdiv sweep status {file} --root {tiny_root}"
+    command = shlex.split(hint.split("follow them with: ")[1])
+    assert command[0] == "sharpdiv"
+    status = CliRunner().invoke(cli.main, command[1:])
+    assert status.exit_code == 0 and "sam-rho0.05-s13.17" in status.output, status.output
+
+
 def test_sweep_report_groups_by_the_swept_axes(tiny_root, tmp_path):
     file = tmp_path / "tiny.toml"
     file.write_text(TINY)
