@@ -63,6 +63,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from landscape.errors import InputError
+from landscape.hvp import BatchNormAsAffine
 from landscape.perturbation import NORMS, Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
 
 __all__ = [
@@ -252,8 +253,10 @@ class _PerturbedLoss:
     ``θ`` are the selected parameters (the others and all buffers are the model's own, shared by
     every batch). vmap runs ``functional_call`` once over the stacked batches; a chunk of one
     batch skips vmap and runs the model's own kernels (per-batch weights turn convolutions into
-    grouped ones and BatchNorm's affine step into separate passes, which only pays off when a
-    batch is small).
+    grouped ones, which only pays off when a batch is small). Under vmap, eval-mode batch norm is
+    computed as the affine map it is (:class:`landscape.hvp.BatchNormAsAffine`): vmap's batch-norm
+    kernels with per-batch γ, β cost 8-17% of the whole ascent step
+    (``benchmarks/bench_sharpness.py``).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, center: dict[str, torch.Tensor], logit_normalization: bool):
@@ -285,13 +288,15 @@ class _PerturbedLoss:
 
     def _call(self, kind: str, perturbation: Perturbation, inputs, targets):
         if inputs.shape[0] > 1:
-            return self._all[kind](perturbation, inputs, targets)
+            with BatchNormAsAffine():
+                return self._all[kind](perturbation, inputs, targets)
         result = self._one[kind]({name: value[0] for name, value in perturbation.items()}, inputs[0], targets[0])
         return _with_batch_axis(result)
 
     def clean(self, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and error at ``θ`` for every batch (the unperturbed weights need no per-batch copy)."""
-        return self._clean(inputs, targets)
+        with BatchNormAsAffine():
+            return self._clean(inputs, targets)
 
     def value(self, perturbation, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
         return self._call("value", perturbation, inputs, targets)
