@@ -71,6 +71,7 @@ from landscape.errors import InputError
 __all__ = [
     "BatchNormAsAffine",
     "LossHessian",
+    "PiecewiseLinearAsMasked",
     "as_batches",
     "evaluation_mode",
     "rademacher_rows",
@@ -205,6 +206,39 @@ class BatchNormAsAffine(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class PiecewiseLinearAsMasked(TorchFunctionMode):
+    """Within this mode, ReLU and 2-d max pooling of inputs that require grad are computed from their
+    activation pattern, held constant: ``relu(x) = x ⊙ [x > 0]`` and ``max_pool(x) = x[argmax]``
+    with the mask and the argmax indices computed without grad.
+
+    Both functions are linear on each piece, so their second derivative is zero wherever it exists
+    and the Hessian is unchanged (bit for bit: the same products are formed). What changes is the
+    graph of the first backward pass: PyTorch's formulas for ``threshold_backward`` and
+    ``max_pool2d_with_indices_backward`` differentiate in their input too, so every second backward
+    pass built and added activation-sized zero tensors (6% of a product of ``small_cnn``).
+    """
+
+    _relus = (F.relu, torch.relu, torch.Tensor.relu)
+    _max_pool_signature = inspect.signature(F.max_pool2d_with_indices)  # F.max_pool2d hides its own
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._relus:
+            inputs = args[0] if args else kwargs["input"]
+            if inputs.requires_grad:
+                return inputs * (inputs.detach() > 0).to(inputs.dtype)
+        elif func is F.max_pool2d:
+            call = self._max_pool_signature.bind(*args, **kwargs)
+            inputs = call.arguments["input"]
+            if inputs.requires_grad and inputs.dim() in (3, 4):
+                options = dict(call.arguments, input=inputs.detach(), return_indices=True)
+                with torch.no_grad():
+                    pooled, indices = func(**options)
+                output = inputs.flatten(-2).gather(-1, indices.flatten(-2)).view_as(pooled)
+                return (output, indices) if call.arguments.get("return_indices") else output
+        return func(*args, **kwargs)
+
+
 class LossHessian:
     """The Hessian ``H = Σ_b (n_b/N) ∇²_θ L_b(θ)`` of a model's full-data loss as a linear operator
     on flat parameter vectors (see the module docstring for the conventions and the engine).
@@ -239,7 +273,7 @@ class LossHessian:
 
     def _gradient_with_graph(self, batch) -> tuple[tuple[torch.Tensor | None, ...], int]:
         inputs, targets = move_batch(batch, self.device, self.dtype)
-        with BatchNormAsAffine():
+        with BatchNormAsAffine(), PiecewiseLinearAsMasked():
             loss = self.loss_fn(self.model(inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise InputError("loss_fn(outputs, targets) must return the mean loss as a scalar tensor "

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from landscape.errors import InputError
 from landscape.hessian import hessian_eigenvalues, hessian_spectral_density, hessian_trace
-from landscape.hvp import BatchNormAsAffine
+from landscape.hvp import BatchNormAsAffine, LossHessian, PiecewiseLinearAsMasked
 
 DTYPE = torch.float64
 
@@ -324,6 +324,47 @@ def test_eval_batch_norm_as_an_affine_map_is_the_same_function_with_the_same_gra
         trained = layer(inputs)
     assert torch.allclose(trained.mean(dim=[0] + list(range(2, len(shape)))), layer.bias if layer.affine
                           else torch.zeros(3, dtype=DTYPE), atol=1e-10)
+
+
+class PoolingNet(nn.Module):
+    """ReLU (module, in-place module, function, method) and max pooling with stride, padding,
+    dilation, ceil_mode and returned indices: every call the mask rewrite intercepts."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True, return_indices=True)
+        self.conv2 = nn.Conv2d(3, 4, 2)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        out, _ = self.pool(self.relu(self.conv(x)))
+        out = F.max_pool2d(torch.relu(self.conv2(out)), 2, stride=1, dilation=1)
+        return self.head(F.relu(out).relu().flatten(1))
+
+
+def test_relu_and_max_pool_with_constant_masks_keep_values_gradients_and_the_exact_hessian():
+    torch.manual_seed(23)
+    model = PoolingNet().to(DTYPE).eval()
+    generator = torch.Generator().manual_seed(24)
+    inputs = torch.randn(6, 2, 6, 6, dtype=DTYPE, generator=generator)
+    targets = torch.randint(0, 3, (6,), generator=generator)
+    parameters = list(model.parameters())
+    reference = F.cross_entropy(model(inputs), targets)
+    with PiecewiseLinearAsMasked():
+        rewritten = F.cross_entropy(model(inputs), targets)
+        pooled, indices = F.max_pool2d(inputs.requires_grad_(), 3, 2, 1, return_indices=True)
+    assert torch.equal(pooled, F.max_pool2d(inputs, 3, 2, 1)) and indices.dtype == torch.int64
+    assert rewritten.item() == reference.item()
+    for a, b in zip(torch.autograd.grad(reference, parameters), torch.autograd.grad(rewritten, parameters)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # LossHessian builds its graph with the rewrite; the dense Hessian (torch.func) without it
+    dense = exact_hessian(model, F.cross_entropy, inputs.detach(), targets)
+    operator = LossHessian(model, F.cross_entropy, [(inputs.detach(), targets)])
+    identity = torch.eye(operator.dim, dtype=DTYPE)
+    torch.testing.assert_close(operator.matmat(identity), dense, rtol=1e-9, atol=1e-11)
+    assert dense.abs().max() > 1e-3  # the check is not vacuous
 
 
 def test_bad_input_raises_input_error(problem):
