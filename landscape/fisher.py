@@ -10,54 +10,102 @@ Curtis & Nocedal 2018) uses to rank training samples by how sharp the loss is ar
 It is measured in eval mode (BatchNorm on its running statistics, dropout off), without
 augmentation, with ``loss_fn`` applied to a one-sample batch.
 
-All per-sample gradients of a chunk are computed at once with ``torch.func``: ``vmap`` over samples
-of ``grad`` of a ``functional_call``, each gradient reduced to its squared norm inside the vmapped
-function. Memory is one chunk of per-sample gradients (``chunk_size × D`` numbers); the result is in
-the model's dtype and on its device.
+Two ways to compute it, both exact:
 
-Speed (``benchmarks/bench_fisher.py``, 256 samples of 32×32×3, float32, two threads, the shared
-2-core CPU when quiet), against a loop of ``autograd.grad`` over single samples: ``small_cnn`` 2.3×
-faster with chunks of 64 (1.7× with 256); one full-batch forward and backward pass is only 3.4×
-faster than the loop, so no per-sample method can reach 10× on this conv net on a CPU. A
-3072-256-10 MLP (789k parameters): 1.4× with chunks of 16, slower than the loop with 64 or more
-(each sample's 3 MB gradient no longer stays in cache). Hence the default ``chunk_size=64``. Under
-heavy load the loop's many tiny operations wait on thread synchronisation and the ratios grow to
-5–7×. Norm tricks that skip per-sample gradients (Goodfellow's ``‖a‖²‖δ‖²`` for dense layers)
-would help MLPs most and conv nets little (a conv's per-sample weight gradients cost as much as
-its batch gradient); they are not implemented.
+- ``"layerwise"`` (the default wherever it applies): one forward and one backward pass of a whole
+  chunk, with the summed per-sample losses differentiated only with respect to each layer's
+  *output*. A layer ``y = W a (+ b)`` gets sample ``j``'s weight gradient from its input ``a_j`` and
+  output gradient ``δ_j`` alone, so the squared norm follows without a per-sample gradient of the
+  whole model ever existing (Goodfellow 2015, "Efficient per-example gradient computations"):
+
+      dense layer, one position:    ‖∇_W ℓ_j‖² = ‖a_j‖² ‖δ_j‖²,   ‖∇_b ℓ_j‖² = ‖δ_j‖²
+      T positions (conv, sequence): ‖∇_W ℓ_j‖² = ‖Σ_t δ_jt u_jtᵀ‖² = Σ_{s,t} (δ_js·δ_jt)(u_js·u_jt)
+
+  where ``u_jt`` is the input patch at position ``t`` (``F.unfold``). Per layer the cheaper side is
+  taken: the ``(C_out × K)`` per-sample weight gradient (``T·K·C_out`` multiply-adds) or the two
+  ``T × T`` Gram matrices (``T²·(K + C_out)``, "ghost norms", Li et al. 2022) — the latter wins
+  for deep layers with few positions. Eval-mode batch norm ``y = γ x̂ + β`` gives
+  ``∇_γ ℓ_j = Σ_t δ_jt x̂_jt`` and ``∇_β ℓ_j = Σ_t δ_jt`` per channel. It applies when every
+  measured parameter is the weight or bias of an ``nn.Linear``, ``nn.Conv2d`` (zero padding) or an
+  eval-mode batch norm with running statistics, each called once per forward pass. Layers without
+  parameters must treat samples independently, as every standard layer in eval mode does.
+- ``"vmap"`` (the fallback for anything else): ``vmap`` over samples of ``grad`` of a
+  ``functional_call``, each gradient reduced to its squared norm inside the vmapped function;
+  memory is one chunk of per-sample gradients (``chunk_size × D`` numbers).
+
+Speed (``benchmarks/bench_fisher.py``, 256 samples, float32, two threads, the 2-core CPU when
+quiet), against a loop of ``autograd.grad`` over single samples: see that script's docstring and
+the README. The layerwise method costs about one forward and backward pass of the chunk, so its
+ceiling is the speed of plain batched training.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from landscape.errors import InputError
 from landscape.hvp import as_batches, evaluation_mode, move_batch, selected_parameters
 
-__all__ = ["per_sample_fisher_trace"]
+__all__ = ["per_sample_fisher_trace", "METHODS"]
+
+METHODS = ("auto", "layerwise", "vmap")
 
 
 def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or_batches,
-                            chunk_size: int | None = 64, params: Sequence[str] | None = None) -> torch.Tensor:
+                            chunk_size: int | None = 64, params: Sequence[str] | None = None,
+                            method: str = "auto") -> torch.Tensor:
     """``‖∇_θ ℓ(f_θ(x_j), y_j)‖²`` for every sample, shape ``(N,)``, in the order of the data.
 
     ``inputs_or_batches`` is one ``(inputs, targets)`` pair or an iterable of them (their results are
     concatenated in order). ``loss_fn(outputs, targets)`` is called on a one-sample batch
     (``outputs`` of shape ``(1, ...)``), so any mean-reduced loss gives the per-sample loss. ``θ`` is
     every parameter requiring grad, or the parameters named in ``params``. ``chunk_size`` bounds how
-    many per-sample gradients exist at once (``None``: a whole batch). The model's own mode is
-    restored afterwards.
+    many samples are processed at once (``None``: a whole batch). ``method`` is ``"layerwise"``,
+    ``"vmap"`` or ``"auto"`` (layerwise where it applies, see the module docstring). The model's
+    own mode is restored afterwards.
     """
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
         raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
     names, tensors = selected_parameters(model, params)
     dtype, device = tensors[0].dtype, tensors[0].device
     parameters = {name: tensor.detach() for name, tensor in zip(names, tensors)}
 
+    with evaluation_mode(model):
+        layers = _layers_of(model, names) if method != "vmap" else None
+        if method == "layerwise" and layers is None:
+            raise InputError(f"method='layerwise' needs every measured parameter to be the weight or bias of an "
+                             f"nn.Linear, nn.Conv2d (zero padding) or eval-mode batch norm; {_unsupported(model, names)} "
+                             "is not. Use method='vmap' or 'auto'.")
+        if layers is not None:
+            chunk_traces = _LayerwiseTraces(model, loss_fn, parameters, layers, may_fall_back=method == "auto")
+        else:
+            chunk_traces = _vmap_traces(model, loss_fn, parameters)
+        traces = []
+        for batch in as_batches(inputs_or_batches):
+            inputs, targets = move_batch(batch, device, dtype)
+            if len(inputs) != len(targets):
+                raise InputError(f"a batch has {len(inputs)} inputs but {len(targets)} targets; pair each input with its target.")
+            step = chunk_size or max(len(inputs), 1)
+            for start in range(0, len(inputs), step):
+                traces.append(chunk_traces(inputs[start:start + step], targets[start:start + step]))
+    if not traces:
+        raise InputError("no samples: pass (inputs, targets) or a non-empty iterable of such pairs.")
+    return torch.cat(traces)
+
+
+# ------------------------------------------------------------------------------------------------
+# vmap over samples
+# ------------------------------------------------------------------------------------------------
+
+def _vmap_traces(model, loss_fn, parameters) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def sample_loss(parameters, inputs, target):
         outputs = functional_call(model, parameters, (inputs.unsqueeze(0),))
         return loss_fn(outputs, target.unsqueeze(0)).reshape(())
@@ -66,15 +114,155 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or
         gradient = grad(sample_loss)(parameters, inputs, target)
         return sum(part.pow(2).sum() for part in gradient.values())
 
-    per_sample = vmap(squared_gradient_norm, in_dims=(None, 0, 0), chunk_size=chunk_size)
-    traces = []
-    with evaluation_mode(model):
-        for batch in as_batches(inputs_or_batches):
-            inputs, targets = move_batch(batch, device, dtype)
-            if len(inputs) != len(targets):
-                raise InputError(f"a batch has {len(inputs)} inputs but {len(targets)} targets; pair each input with its target.")
-            if len(inputs):
-                traces.append(per_sample(parameters, inputs, targets))
-    if not traces:
-        raise InputError("no samples: pass (inputs, targets) or a non-empty iterable of such pairs.")
-    return torch.cat(traces)
+    per_sample = vmap(squared_gradient_norm, in_dims=(None, 0, 0))
+    return lambda inputs, targets: per_sample(parameters, inputs, targets)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layerwise: per-sample norms from each layer's input and output gradient
+# ------------------------------------------------------------------------------------------------
+
+def _is_eval_batch_norm(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
+            and module.running_mean is not None and module.running_var is not None)
+
+
+def _is_supported(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear) or _is_eval_batch_norm(module):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def _owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[nn.Module, str]]:
+    """For every parameter name, the module that holds it and the attribute it is under."""
+    modules = dict(model.named_modules())
+    owners = {}
+    for name in names:
+        path, _, attribute = name.rpartition(".")
+        owners[name] = (modules[path], attribute)
+    return owners
+
+
+def _unsupported(model: nn.Module, names: Sequence[str]) -> str:
+    for name, (module, attribute) in _owners(model, names).items():
+        if not (_is_supported(module) and attribute in ("weight", "bias")):
+            return f"{name!r} ({type(module).__name__})"
+    return "some parameter"
+
+
+def _layers_of(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
+    """``{module path: measured attributes}`` when the layerwise method applies, else None."""
+    layers: dict[str, list[str]] = {}
+    for name, (module, attribute) in _owners(model, names).items():
+        if not (_is_supported(module) and attribute in ("weight", "bias")):
+            return None
+        layers.setdefault(name.rpartition(".")[0], []).append(attribute)
+    return {path: tuple(attributes) for path, attributes in layers.items()}
+
+
+class _Reused(Exception):
+    """A measured layer ran twice in one forward pass (shared weights): the layerwise formulas,
+    which see one input and one output per layer, do not apply."""
+
+
+class _LayerwiseTraces:
+    """``(inputs, targets) ↦ ‖∇_θ ℓ_j‖²`` for a chunk, from one forward and one backward pass."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, parameters: dict[str, torch.Tensor],
+                 layers: dict[str, tuple[str, ...]], may_fall_back: bool):
+        self.model, self.loss_fn, self.parameters, self.layers = model, loss_fn, parameters, layers
+        self.may_fall_back = may_fall_back
+        self.modules = dict(model.named_modules())
+        self.fallback = None
+        self.per_sample_loss = vmap(lambda outputs, target: loss_fn(outputs.unsqueeze(0), target.unsqueeze(0)).reshape(()))
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.fallback is None:
+            try:
+                return self._layerwise(inputs, targets)
+            except _Reused as reused:
+                if not self.may_fall_back:
+                    raise InputError(f"method='layerwise' needs each measured layer to run once per forward pass, but "
+                                     f"{reused.args[0]!r} ran twice (shared weights); use method='vmap' or 'auto'.") from None
+                self.fallback = _vmap_traces(self.model, self.loss_fn, self.parameters)
+        return self.fallback(inputs, targets)
+
+    def _layerwise(self, inputs, targets) -> torch.Tensor:
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(path):
+            def hook(module, arguments, output):
+                if path in seen:
+                    raise _Reused(path)
+                seen[path] = (arguments[0].detach(), output)
+            return hook
+
+        # Differentiable copies of the measured weights: the user's requires_grad flags don't matter.
+        weights = {name: tensor.requires_grad_(True) for name, tensor in
+                   ((name, value.clone()) for name, value in self.parameters.items())}
+        handles = [self.modules[path].register_forward_hook(record(path)) for path in self.layers]
+        try:
+            with torch.enable_grad():
+                outputs = functional_call(self.model, weights, (inputs,))
+                losses = self.per_sample_loss(outputs, targets)
+                paths = [path for path in self.layers if path in seen and seen[path][1].requires_grad]
+                output_gradients = torch.autograd.grad(losses.sum(), [seen[path][1] for path in paths],
+                                                       allow_unused=True) if paths else ()
+        finally:
+            for handle in handles:
+                handle.remove()
+        total = torch.zeros(len(inputs), dtype=losses.dtype, device=losses.device)
+        for path, gradient in zip(paths, output_gradients):
+            if gradient is not None:
+                total = total + _squared_norms(self.modules[path], self.layers[path], seen[path][0], gradient)
+        return total.detach()
+
+
+def _squared_norms(module: nn.Module, attributes: tuple[str, ...], inputs: torch.Tensor,
+                   output_gradient: torch.Tensor) -> torch.Tensor:
+    """``Σ_attributes ‖∇_attribute ℓ_j‖²`` of one layer for every sample ``j``."""
+    n = inputs.shape[0]
+    if isinstance(module, nn.Linear):
+        patches = inputs.reshape(n, -1, inputs.shape[-1])  # (n, T, K): T positions of a sequence
+        deltas = output_gradient.reshape(n, -1, output_gradient.shape[-1])  # (n, T, C_out)
+        return _dense_norms(patches, deltas, attributes, groups=1)
+    if isinstance(module, nn.Conv2d):
+        # (Per-sample gradients as the weight gradient of one convolution grouped by sample would
+        # skip the unfold, but oneDNN compiled a new kernel of up to a second for each chunk shape.)
+        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride) \
+            if "weight" in attributes else inputs.new_zeros(n, 0, output_gradient[0, 0].numel())
+        deltas = output_gradient.flatten(2)  # (n, C_out, T)
+        return _dense_norms(patches.transpose(1, 2), deltas.transpose(1, 2), attributes, groups=module.groups)
+    # eval-mode batch norm: y = γ x̂ + β per channel (dimension 1)
+    shape = (1, -1) + (1,) * (inputs.dim() - 2)
+    total = inputs.new_zeros(n)
+    per_channel = output_gradient.reshape(n, output_gradient.shape[1], -1)
+    if "weight" in attributes:
+        normalized = (inputs - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+        total = total + (per_channel * normalized.reshape(per_channel.shape)).sum(2).pow(2).sum(1)
+    if "bias" in attributes:
+        total = total + per_channel.sum(2).pow(2).sum(1)
+    return total
+
+
+def _dense_norms(patches: torch.Tensor, deltas: torch.Tensor, attributes: tuple[str, ...], groups: int) -> torch.Tensor:
+    """Squared norms of ``∇_W ℓ_j = Σ_t δ_jt u_jtᵀ`` (and ``∇_b ℓ_j = Σ_t δ_jt``) for ``patches``
+    ``u`` of shape ``(n, T, K)`` and output gradients ``δ`` of shape ``(n, T, C_out)``; a grouped
+    layer's channels split into ``groups`` independent blocks."""
+    n, positions = patches.shape[0], patches.shape[1]
+    total = patches.new_zeros(n)
+    if "weight" in attributes:
+        u = patches.reshape(n, positions, groups, -1).transpose(1, 2).reshape(n * groups, positions, -1)
+        d = deltas.reshape(n, positions, groups, -1).transpose(1, 2).reshape(n * groups, positions, -1)
+        k, c = u.shape[2], d.shape[2]
+        if positions == 1:
+            squared = u.pow(2).sum((1, 2)) * d.pow(2).sum((1, 2))
+        elif positions * (k + c) < k * c:  # ghost norms: two T×T Gram matrices
+            squared = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(u, u.transpose(1, 2))).sum((1, 2))
+        else:  # the per-sample (C_out × K) gradient of this layer alone
+            squared = torch.bmm(d.transpose(1, 2), u).pow(2).sum((1, 2))
+        total = total + squared.reshape(n, groups).sum(1)
+    if "bias" in attributes:
+        total = total + deltas.sum(1).pow(2).sum(1)
+    return total
