@@ -202,7 +202,7 @@ class BatchNormAsAffine(TorchFunctionMode):
                 if arguments["bias"] is not None:
                     shift = shift + arguments["bias"]
                 channels = (1, -1) + (1,) * (inputs.dim() - 2)  # channel dimension 1
-                return inputs * scale.reshape(channels) + shift.reshape(channels)
+                return torch.addcmul(shift.reshape(channels), inputs, scale.reshape(channels))  # one pass, not two
         return func(*args, **kwargs)
 
 
