@@ -426,7 +426,8 @@ def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start
 # ------------------------------------------------------------------------------------------------
 
 def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1) -> int:
-    """All batches at once, unless their perturbed weights would exceed ``_WEIGHTS_IN_FLIGHT``.
+    """All batches at once, unless their perturbed weights would exceed ``_WEIGHTS_IN_FLIGHT``
+    (then the fewest equal chunks that fit).
 
     Batches of ``_LARGE_BATCH`` samples or more go one at a time: such a batch already keeps the
     device busy, and per-batch weights then only cost (benchmarks/bench_sharpness.py: at m = 128
@@ -435,7 +436,9 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
     if m >= _LARGE_BATCH:
         return 1
     n_perturbed = sum(parameter.numel() for parameter in selected.values())
-    return max(1, min(n_batches, _WEIGHTS_IN_FLIGHT // max(n_perturbed, 1)))
+    largest = max(1, min(n_batches, _WEIGHTS_IN_FLIGHT // max(n_perturbed, 1)))
+    # equal chunks: 100 batches that fit 95 at a time run as 50 + 50, not as 95 + a slow 5
+    return math.ceil(n_batches / math.ceil(n_batches / largest))
 
 
 def _check_common(rho, norm, chunk_size):
@@ -483,8 +486,8 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     progress bar.
 
     ``chunk_size`` batches are searched at once in one vmapped computation; ``None`` means all of
-    them unless ``B × (number of perturbed weights)`` exceeds 2^26 (then the largest chunk below
-    that). A chunk of 1 runs without vmap. On a CPU, vectorizing pays for small batches (m = 5)
+    them unless ``B × (number of perturbed weights)`` exceeds 2^26 (then the fewest equal chunks
+    below that). A chunk of 1 runs without vmap. On a CPU, vectorizing pays for small batches (m = 5)
     and costs for large ones (m ≥ 32: use ``chunk_size=1``); see ``benchmarks/bench_sharpness.py``.
 
     ``reference_ascent=True`` reproduces the ascent of Andriushchenko et al.'s code: step

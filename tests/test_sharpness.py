@@ -427,6 +427,12 @@ def test_default_chunks_bound_the_weights_in_flight_without_changing_the_result(
     chunked = worst_case_sharpness(model, F.cross_entropy, batches, 0.3, n_iters=6)
     assert seen == [2, 1]
     torch.testing.assert_close(chunked.per_batch, all_at_once.per_batch, rtol=1e-9, atol=1e-12)
+    # four batches of which three would fit: two equal chunks, not 3 + 1
+    model, batches = tiny_cnn_and_batches(n_batches=4)
+    seen.clear()
+    monkeypatch.setattr(sharpness, "_WEIGHTS_IN_FLIGHT", 3 * n_weights + 1)
+    worst_case_sharpness(model, F.cross_entropy, batches, 0.3, n_iters=2)
+    assert seen == [2, 2]
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
