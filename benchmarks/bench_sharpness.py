@@ -16,14 +16,15 @@ below). The MLP row shows the regime where per-call overhead, not arithmetic, do
 
     /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
 
-Measured on the shared 2-core CPU (2 threads, ~9 other busy processes; CPU-time ratios loop/ours,
-2 iterations, medians of 3): m=5, B=100: small_cnn 1.14, resnet18(width=16) 1.69, mlp 0.72;
-m=128, B=8: small_cnn 0.44, resnet18(width=16) 0.51 — there ``chunk_size=1`` (no vmap) matches
-the loop (1.09, 0.89), and it is now the default for m >= 32. On a lightly loaded machine (one
-other process), one repeat: m=5, B=100: small_cnn(width=16, the ~24k-parameter CNN) 1.64,
-resnet18(width=16) 1.47-1.74 — still short of the 2x goal. A 5-image batch of 32×32 convolutions already keeps a CPU core busy, so
-vectorizing removes little overhead, while per-batch weights cost grouped convolutions, separate
-BatchNorm affine passes and B copies of the weights.
+Measured on the 2-core CPU with no other agent's jobs (2 threads, wall-clock ratios loop/ours,
+2 iterations, medians of 3; three runs), after eval batch norm became an affine map under vmap:
+m=5, B=100: small_cnn(width=16, the ~24k-parameter CNN) 2.22-2.73, resnet18(width=16) 1.91-2.20,
+small_cnn(width=32) 1.25-1.79, mlp 0.68-0.79; m=128, B=8: small_cnn 0.49, resnet18(width=16) 0.60,
+where ``chunk_size=1`` (no vmap, the default for m >= 32) matches the loop (0.90, 0.96). CPU-time
+ratios are lower (1.3-1.7 at m=5): the loop leaves the second core idle. The 'bound' column (one
+shared-weight pass over all 500 images, no per-batch weights) was 2.7 for small_cnn(width=32),
+6.0 for width 16 and 4.8 for resnet18(width=16): per-batch weights cost grouped convolutions and
+B copies of every weight, and small_cnn(width=32)'s 32×32×32 activations already fill the cache.
 """
 from __future__ import annotations
 
@@ -127,6 +128,17 @@ def loop_worst_case(model, batches, n_iters, counter: Counter, momentum=0.75):
     return sum(increases) / len(increases)
 
 
+def shared_weight_passes(model, batches, n_iters):
+    """The bound on any vectorization: per ascent step one forward and backward pass of the
+    unperturbed model (shared weights, no per-batch copies) over all images at once."""
+    model.eval()
+    inputs = torch.cat([x for x, _ in batches])
+    targets = torch.cat([y for _, y in batches])
+    parameters = list(model.parameters())
+    for _ in range(n_iters):
+        torch.autograd.grad(F.cross_entropy(model(inputs), targets), parameters)
+
+
 def timed(function):
     """Wall-clock and process CPU seconds of one call (CPU time is robust to other agents' load
     at one thread; at two it also counts the second thread)."""
@@ -159,9 +171,10 @@ def main():
           f"medians of {repeats} interleaved runs, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print("seconds per ascent step (all batches), wall clock [CPU]; ratio = loop / ours; "
-          "'all' = one vmapped computation (chunk_size=B), 'one' = chunk_size=1 (no vmap)")
+          "'all' = one vmapped computation (chunk_size=B), 'one' = chunk_size=1 (no vmap); "
+          "'bound' = loop / one shared-weight pass over all images")
     header = (f"{'model':<19}{'m':>4}{'B':>5} | {'loop':>14} | {'all':>14}{'ratio':>12} | {'one':>14}{'ratio':>12} | "
-              f"{'evals fwd+bwd/fwd':>18}{'reference code':>15} | {'|diff|':>7}")
+              f"{'bound':>12} | {'evals fwd+bwd/fwd':>18}{'reference code':>15} | {'|diff|':>7}")
     print(header)
     print("-" * len(header))
     for name, options, m, n_batches in cases:
@@ -173,13 +186,14 @@ def main():
         sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
 
         loop_counter, vector_counter = Counter(), Counter()
-        runs = {"loop": [], "all": [], "one": []}
+        runs = {"loop": [], "all": [], "one": [], "bound": []}
         variants = {
             "loop": lambda: loop_worst_case(model, batches, n_iters, loop_counter),
             "all": lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, RHO, n_iters=n_iters,
                                                           chunk_size=n_batches),
             "one": lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, RHO, n_iters=n_iters,
                                                           chunk_size=1),
+            "bound": lambda: shared_weight_passes(model, batches, n_iters),
         }
         restore = count_vectorized_evaluations(vector_counter)
         try:
@@ -204,7 +218,8 @@ def main():
         evaluations = f"{counts[0][0]} / {counts[0][1]}"
         reference = f"{n_batches * n_iters} / {n_batches * (n_iters + 1)}"
         print(f"{label:<19}{m:>4}{n_batches:>5} | {cell('loop'):>14} | {cell('all'):>14}{ratio('all'):>12} | "
-              f"{cell('one'):>14}{ratio('one'):>12} | {evaluations:>18}{reference:>15} | {difference:>7.1e}",
+              f"{cell('one'):>14}{ratio('one'):>12} | {ratio('bound'):>12} | {evaluations:>18}{reference:>15} | "
+              f"{difference:>7.1e}",
               flush=True)
 
 

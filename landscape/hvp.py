@@ -19,31 +19,45 @@ graph together with ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap 
 backward pass) in chunks of ``probe_chunk_size``.
 
 Measured with ``benchmarks/bench_hessian.py`` (``small_cnn``, 95k parameters, batch 128 of
-32×32×3, float32, two threads, 8 probes per graph, on the shared 2-core CPU when it was quiet),
-wall time per product relative to our default:
+32×32×3, float32, two threads, 8 probes per graph, on the shared 2-core CPU), wall time per product
+relative to our default:
 
-    reverse over reverse, retained graph, one probe at a time       1.00  (0.24 s)
-    the same, 4 or 8 probes vmapped through it (probe_chunk_size)   1.7
-    the same without the batch-norm rewrite below                   1.2
-    a fresh graph per probe (PyHessian's dataloader mode)           1.55
-    torch.func jvp(grad) (forward over reverse), per probe          1.6
-    torch.func vmap over probes of jvp(grad)                        1.9
-    curvlinops HessianLinearOperator (vmapped jvp∘jacrev)           2.6
+    reverse over reverse, retained graph, one probe at a time       1.00  (0.20-0.24 s)
+    the same, 4 or 8 probes vmapped through it (probe_chunk_size)   1.5
+    the same without the batch-norm and mask rewrites below         1.06-1.2
+    a fresh graph per probe (PyHessian's dataloader mode)           1.54
+    torch.func jvp(grad) (forward over reverse), per probe          1.5
+    torch.func vmap over probes of jvp(grad)                        1.5
+    curvlinops HessianLinearOperator (vmapped jvp∘jacrev)           1.9-2.6
 
 So the default is reverse over reverse, one probe at a time: least work, and the only path that can
-keep a graph between Lanczos steps. (On this machine under heavy load, with eight other processes
-on two cores, the vmapped forward-over-reverse rows had the lower wall time: fewer, larger
-operations wait less for thread synchronisation; on a GPU try ``probe_chunk_size`` of 8 or more.)
-A product costs about 2.2 gradients (Pearlmutter's bound is about 2), so keeping the graph saves
-the forward and first backward pass per probe and batch, and no more: the Hutchinson trace with 10
-probes over 4 batches took 8.5 s against PyHessian's 14–16 s (1.7–1.9×; the limit as the probes
-grow is (gradient + plain product) / our product ≈ 2×); on one batch, where PyHessian keeps its
-graph too, 2.4 s against 3.0 s (the batch-norm rewrite). curvlinops-for-pytorch agrees with us to
-5e-7 and is no faster (1.0× CPU over 4 batches), so it is not worth its five extra dependencies
-(backpack-for-pytorch, einconv, einops, linear_operator, unfoldNd).
+keep a graph between Lanczos steps. (On this machine under heavy load the vmapped
+forward-over-reverse rows had the lower wall time: fewer, larger operations wait less for thread
+synchronisation; on a GPU try ``probe_chunk_size`` of 8 or more.) Hutchinson's trace with 20
+probes over 4 batches took 14.1 s against PyHessian's 26.4 s (1.87×); on one batch, where PyHessian
+keeps its graph too, 1.24× (the rewrites). For resnet18 (width 16, ``--model resnet18-w16``) the
+ratio is lower, 1.36× over 4 batches with 10 probes and 0.91-1.03× on one batch (within this
+machine's noise), because its products cost more relative to its gradient and its batch norms'
+double backward was already cheap.
 
-Batch norm in eval mode is differentiated as the affine map it is (:class:`BatchNormAsAffine`):
-PyTorch's batch-norm double backward follows the training-mode formula and was a fifth of a product.
+Why not 2× against PyHessian: keeping the graph saves, per probe and batch, one forward and one
+first backward pass (a gradient, ``G``) and nothing else. An exact product costs about two
+gradients (Pearlmutter's R-operator: a tangent forward and a tangent backward pass, each about
+twice its plain counterpart), so against a fresh graph per probe the ratio is at most
+``(G + 2G) / 2G = 1.5`` with equally efficient products; the rest comes from the rewrites, which
+PyHessian lacks. A different route to ``vᵀHv`` alone, second-order forward (Taylor) mode on a batch
+stacked with its tangents (``benchmarks/bench_taylor.py``), was exact (4e-7) but 1.3-1.7× slower
+per probe than our product on ``small_cnn`` and no faster on resnet18, so it was not adopted. curvlinops-for-pytorch agrees with
+us to 5e-7 and is slower, so it is not worth its five extra dependencies (backpack-for-pytorch,
+einconv, einops, linear_operator, unfoldNd).
+
+Rewrites while the graph is built (the same function, so the same Hessian; tests compare with
+torch.func's dense Hessian):
+
+- batch norm in eval mode is differentiated as the affine map it is (:class:`BatchNormAsAffine`):
+  PyTorch's batch-norm double backward follows the training-mode formula;
+- ReLU and max pooling use their activation pattern as a constant (:class:`PiecewiseLinearAsMasked`):
+  PyTorch's double backward otherwise builds activation-sized zeros for their second derivative.
 
 Memory. A pass keeps one batch's graph alive at a time. Lanczos needs one pass per product; with
 ``keep_graphs=True`` every batch's graph is kept between passes (memory: all batches' activations
