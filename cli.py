@@ -48,6 +48,16 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+class RunFolder(click.ParamType):
+    """A run folder (holding run.json), checked before any command imports torch (~5 s)."""
+
+    name = "run"
+
+    def convert(self, value, param, ctx):
+        from ensembles.files import require_run_folder
+        return require_run_folder(value)
+
+
 class CommaList(click.ParamType):
     """``13,17,27`` -> [13, 17, 27]; ranges ``1-5`` are allowed for integers (``1-3,5``)."""
 
@@ -241,7 +251,7 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
 
 
 @main.command("evaluate")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--corruptions", default="all", show_default=True,
               help="all (the 15 standard corruptions present on disk), none, or a comma list (fog,contrast).")
@@ -273,7 +283,7 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 
 
 @main.command("robustness")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--norm", required=True, type=click.Choice(["linf", "l2"]), help="Threat model.")
 @click.option("--eps", required=True, type=click.FloatRange(min=0, min_open=True),
@@ -579,7 +589,7 @@ def quickstart_command(out, fast, device, threads):
 
 
 @main.command("sharpness")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
               help="Split the batches are drawn from (never augmented).")
@@ -625,7 +635,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
 
 
 @main.command("hessian")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=1), default=None,
@@ -661,7 +671,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
 
 
 @main.command("fisher")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")
@@ -683,7 +693,7 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
 
 
 @main.command("connectivity")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=RunFolder())
 @data_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")

@@ -1,5 +1,6 @@
 """Writing files so that nothing is lost: every write goes to a temporary file in the same folder
-and is renamed over the target, so a reader sees the old file or the new one, never half of one."""
+and is renamed over the target, so a reader sees the old file or the new one, never half of one.
+Also what makes a folder a run folder (its ``run.json``), checkable without importing torch."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from landscape.errors import InputError
+
+RUN_FILE = "run.json"  # what makes a folder a run folder
 
 
 @contextlib.contextmanager
@@ -52,3 +57,15 @@ def file_digest(path: str | os.PathLike) -> str:
                 digest.update(block)
         _digest_cache[key] = digest.hexdigest()[:16]
     return _digest_cache[key]
+
+
+def require_run_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a run folder (holds ``run.json``), else one clear InputError.
+    Needs no torch, so the command line checks its arguments before the slow import."""
+    path = Path(path)
+    if not (path / RUN_FILE).is_file():
+        if not path.exists():
+            raise InputError(f"run folder {path} does not exist")
+        raise InputError(f"{path} is not a run folder (no {RUN_FILE}); make one with "
+                         "`sharpdiv train` or `sharpdiv import`")
+    return path

@@ -37,9 +37,8 @@ import torch
 from filelock import FileLock
 
 from landscape.errors import InputError
-from ensembles.files import atomic_path, file_digest, write_json
+from ensembles.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
 
-RUN_FILE = "run.json"
 RESULTS_DIR = "results"
 TRAIN_DIR = "train"
 FORMAT_VERSION = 1
@@ -110,13 +109,7 @@ def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model
 
 def read_config(path: str | os.PathLike) -> dict:
     """run.json of a run folder, with a clear error when the folder is not a run."""
-    path = Path(path)
-    file = path / RUN_FILE
-    if not file.is_file():
-        if not path.exists():
-            raise InputError(f"run folder {path} does not exist")
-        raise InputError(f"{path} is not a run folder (no {RUN_FILE}); make one with "
-                         "`sharpdiv train` or `sharpdiv import`")
+    file = require_run_folder(path) / RUN_FILE
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as error:

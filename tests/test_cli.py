@@ -102,3 +102,23 @@ def test_import_refuses_an_unknown_dataset(tmp_path):
     result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "imagenet",
                                            str(tmp_path / "run"), str(tmp_path / "x.pt")])
     assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output
+
+
+def test_a_missing_or_foreign_run_folder_is_refused_before_torch_is_imported(tmp_path):
+    # the check runs when click parses the arguments: no command waits seconds for torch to say so
+    (tmp_path / "not-a-run").mkdir()
+    program = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "import cli\n"
+        "for command in ('evaluate', 'robustness', 'sharpness', 'hessian', 'fisher', 'connectivity'):\n"
+        f"    for folder, expected in (({str(tmp_path / 'missing')!r}, 'does not exist'),\n"
+        f"                             ({str(tmp_path / 'not-a-run')!r}, 'is not a run folder (no run.json)')):\n"
+        "        result = CliRunner().invoke(cli.main, [command, folder])\n"
+        "        assert result.exit_code == 2, (command, result.output)\n"
+        "        lines = result.output.strip().splitlines()\n"
+        "        assert len(lines) == 1 and lines[0].startswith('sharpdiv: error:') and expected in lines[0], lines\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n")
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and completed.stdout.strip() == "ok", completed.stderr
