@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -47,6 +45,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from interleaved import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 from landscape.fisher import per_sample_fisher_trace  # noqa: E402
 
@@ -60,21 +60,6 @@ def cases() -> list[tuple[str, nn.Module, int]]:
             ('small_cnn width 32, 32×32', build("small_cnn", 10), 32),
             ('resnet18 width 16, 32×32', build("resnet18", 10, width=16), 32),
             ('mlp 3072-256-10, 32×32', build("mlp", 10, hidden=(256,)), 32)]
-
-
-def timed(cases: dict, rounds: int) -> dict:
-    """Median wall and CPU seconds of every case, measured in interleaved rounds (after one warm-up)."""
-    for function in cases.values():
-        function()
-    wall = {name: [] for name in cases}
-    cpu = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, function in cases.items():
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            function()
-            wall[name].append(time.perf_counter() - start_wall)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in cases}
 
 
 def main() -> None:

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +33,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from interleaved import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 from landscape.hessian import hessian_trace  # noqa: E402
 from landscape.hvp import LossHessian, rademacher_rows  # noqa: E402
@@ -52,21 +52,6 @@ def small_cnn() -> tuple[nn.Module, str]:
                               nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
         return model, "stand-in small CNN"
-
-
-def timed(cases: dict, rounds: int, warm_up: bool = True) -> dict:
-    """Median wall and CPU seconds of every case, measured in interleaved rounds (after one warm-up)."""
-    for function in cases.values() if warm_up else ():
-        function()
-    wall = {name: [] for name in cases}
-    cpu = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, function in cases.items():
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            function()
-            wall[name].append(time.perf_counter() - start_wall)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in cases}
 
 
 def table(title: str, results: dict, per: int, reference: str) -> None:

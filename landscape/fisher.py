@@ -80,10 +80,10 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or
     parameters = {name: tensor.detach() for name, tensor in zip(names, tensors)}
 
     with evaluation_mode(model):
-        layers = _layers_of(model, names) if method != "vmap" else None
+        layers, unsupported = _layers_of(model, names) if method != "vmap" else (None, None)
         if method == "layerwise" and layers is None:
             raise InputError(f"method='layerwise' needs every measured parameter to be the weight or bias of an "
-                             f"nn.Linear, nn.Conv2d (zero padding) or eval-mode batch norm; {_unsupported(model, names)} "
+                             f"nn.Linear, nn.Conv2d (zero padding) or eval-mode batch norm; {unsupported} "
                              "is not. Use method='vmap' or 'auto'.")
         if layers is not None:
             chunk_traces = _LayerwiseTraces(model, loss_fn, parameters, layers, may_fall_back=method == "auto")
@@ -145,21 +145,15 @@ def _owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[nn.Module
     return owners
 
 
-def _unsupported(model: nn.Module, names: Sequence[str]) -> str:
-    for name, (module, attribute) in _owners(model, names).items():
-        if not (_is_supported(module) and attribute in ("weight", "bias")):
-            return f"{name!r} ({type(module).__name__})"
-    return "some parameter"
-
-
-def _layers_of(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
-    """``{module path: measured attributes}`` when the layerwise method applies, else None."""
+def _layers_of(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, tuple[str, ...]] | None, str | None]:
+    """``({module path: measured attributes}, None)`` when the layerwise method applies, else
+    ``(None, the first parameter it does not apply to)``."""
     layers: dict[str, list[str]] = {}
     for name, (module, attribute) in _owners(model, names).items():
         if not (_is_supported(module) and attribute in ("weight", "bias")):
-            return None
+            return None, f"{name!r} ({type(module).__name__})"
         layers.setdefault(name.rpartition(".")[0], []).append(attribute)
-    return {path: tuple(attributes) for path, attributes in layers.items()}
+    return {path: tuple(attributes) for path, attributes in layers.items()}, None
 
 
 class _Reused(Exception):
@@ -199,9 +193,8 @@ class _LayerwiseTraces:
                 seen[path] = (arguments[0].detach(), output)
             return hook
 
-        # Differentiable copies of the measured weights: the user's requires_grad flags don't matter.
-        weights = {name: tensor.requires_grad_(True) for name, tensor in
-                   ((name, value.clone()) for name, value in self.parameters.items())}
+        # Differentiable views of the measured weights (no copy): the user's requires_grad flags don't matter.
+        weights = {name: value.detach().requires_grad_(True) for name, value in self.parameters.items()}
         handles = [self.modules[path].register_forward_hook(record(path)) for path in self.layers]
         try:
             with torch.enable_grad():

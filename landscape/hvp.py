@@ -47,9 +47,9 @@ twice its plain counterpart), so against a fresh graph per probe the ratio is at
 ``(G + 2G) / 2G = 1.5`` with equally efficient products; the rest comes from the rewrites, which
 PyHessian lacks. A different route to ``vᵀHv`` alone, second-order forward (Taylor) mode on a batch
 stacked with its tangents (``benchmarks/bench_taylor.py``), was exact (4e-7) but 1.3-1.7× slower
-per probe than our product on ``small_cnn`` and no faster on resnet18, so it was not adopted. curvlinops-for-pytorch agrees with
-us to 5e-7 and is slower, so it is not worth its five extra dependencies (backpack-for-pytorch,
-einconv, einops, linear_operator, unfoldNd).
+per probe than our product on ``small_cnn`` and no faster on resnet18, so it was not adopted.
+curvlinops-for-pytorch agrees with us to 5e-7 and is slower, so it is not worth its five extra
+dependencies (backpack-for-pytorch, einconv, einops, linear_operator, unfoldNd).
 
 Rewrites while the graph is built (the same function, so the same Hessian; tests compare with
 torch.func's dense Hessian):

@@ -247,7 +247,7 @@ def test_batch_norm_without_running_statistics_is_not_treated_as_per_sample(monk
 
     torch.manual_seed(16)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 3)).to(DTYPE)
-    assert fisher._layers_of(model.eval(), [name for name, _ in model.named_parameters()]) is None
+    assert fisher._layers_of(model.eval(), [name for name, _ in model.named_parameters()])[0] is None
     with pytest.raises(InputError, match="unknown method|must be one of"):
         per_sample_fisher_trace(model, F.cross_entropy, (torch.zeros(2, 4, dtype=DTYPE), torch.zeros(2, dtype=torch.long)),
                                 method="ghost")
