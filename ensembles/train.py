@@ -29,7 +29,12 @@ torch thread count (``threads``) and device (``device``) of the training;
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
 accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
 logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
-val_accuracy, lr, seconds).
+val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
+of other settings is refused, never continued). :func:`train` writes only into a new, empty or
+sharpdiv-made folder (:func:`ensembles.files.require_writable_folder`) and checks every input
+before its first write. A member whose loss or weights go non-finite stops training, gets no
+weights file and is marked ``failed`` in run.json with its ``diverged_epoch``; the training then
+ends with an InputError naming it.
 """
 from __future__ import annotations
 
