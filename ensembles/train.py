@@ -749,9 +749,9 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     out = Path(out)
     # Everything is checked before the first write, so a refused command leaves nothing behind.
     _processes(settings, members_parallel, callback)
-    require_writable_folder(out, force)
     if (out / RUN_FILE).exists():
         raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
+    require_writable_folder(out, force)
     _require_own_training_state(out, settings, recorded=True)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
