@@ -68,7 +68,7 @@ from landscape.perturbation import NORMS, Perturbation, PerturbationBall, batche
 
 __all__ = [
     "SharpnessResult", "worst_case_sharpness", "average_case_sharpness", "apgd_checkpoints",
-    "select_parameters", "normalize_logits",
+    "select_parameters", "normalize_logits", "check_radius",
 ]
 
 Patterns = str | Sequence[str] | None
@@ -460,6 +460,14 @@ def _model_dtype_device(model: nn.Module):
     if parameter is None:
         raise InputError("the model has no parameters to perturb")
     return parameter.dtype, parameter.device
+
+
+def check_radius(rho: float, norm: str, kind: str, dtype: torch.dtype) -> None:
+    """Refuse a radius a sharpness of this ``kind`` (worst, average) and ``norm`` cannot be computed
+    at in ``dtype`` (an :class:`InputError`); callers check before any work."""
+    _check_in_range("rho", rho, dtype, squared=kind == "worst" and norm == "l2")
+    if kind == "worst":
+        _check_in_range("step_size", 2 * rho, dtype, squared=norm == "l2")  # the default step
 
 
 def _check_in_range(name: str, value: float, dtype: torch.dtype, squared: bool = False) -> None:
