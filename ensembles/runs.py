@@ -340,7 +340,9 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
                    created=created, sharpdiv_version=versions["sharpdiv"], torch_version=versions["torch"])
         prepared.append(row)
     frame = _uniform_columns(pd.DataFrame(prepared))
-    _check_unchanged(path, read)  # last, just before the write: weights replaced meanwhile store nothing
+    # Last, just before the write: rows of weights replaced since they were read store nothing.
+    used = {index for scope in digests for index in scope_members(scope, config)}
+    _check_unchanged(path, {index: digest for index, digest in read.items() if index in used})
     results = path / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
     part = results / f"part-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
