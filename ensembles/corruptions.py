@@ -777,7 +777,8 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
             np.save(stream, np.tile(labels, len(SEVERITIES)).astype(np.int64))
     kept = [] if force else [c for c in names if _has_array(folder / f"{c}.npy", expected)]
     todo = [c for c in names if c not in kept]
-    for corruption, corrupted, _ in tqdm(make_corrupted_split(images, labels, todo, seed=seed, chunk_size=_CHUNK_SIZE), total=len(todo),
+    generated = make_corrupted_split(images, labels, todo, seed=seed, chunk_size=_CHUNK_SIZE)
+    for corruption, corrupted, _ in tqdm(generated, total=len(todo),
                                          desc=f"corrupting {name}", unit="corruption", disable=not progress):
         with atomic_path(folder / f"{corruption}.npy") as temporary:
             with open(temporary, "wb") as stream:

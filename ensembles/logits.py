@@ -14,8 +14,9 @@ records in its metadata the digest of the member's weights file as it was read
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
 fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
-were written, are read again from the data (with a warning for the edited ones). A file without that digest (written by another tool or an early version) cannot be
-matched to any weights, so it is computed again with a warning naming it. A file that is unreadable,
+were written, are read again from the data (with a warning for the edited ones). A member file
+without a weights digest (written by another tool or an early version) cannot be matched to any
+weights, so it is computed again with a warning naming it. A file that is unreadable,
 has the wrong shape or holds NaN or Inf is an :class:`InputError` naming the file (delete it and
 re-run). Files are written whole (temporary file + rename), so an interrupted evaluation leaves
 complete slices behind and resumes from them, and two processes writing the same file leave one

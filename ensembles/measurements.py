@@ -28,7 +28,8 @@ Reuse. A measurement whose rows are all stored for the current weights and the s
 computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice,
 settings and data fingerprint, :func:`ensembles.data.data_digest` of the split read, in the row's
 ``data`` column). Rows carry the digests of the member files taken when the members were loaded; a
-file replaced before its rows are written stores nothing (an :class:`InputError`). Input is checked for every run before anything is measured, so bad input leaves no rows;
+file replaced before its rows are written stores nothing (an :class:`InputError`). Input is
+checked for every run before anything is measured, so bad input leaves no rows;
 each member's rows are written as soon as the member is done, so an interrupted call resumes.
 
 Ensemble rows (``scope="ensemble"``, ``aggregate="mean"``) of member-level measurements (sharpness,

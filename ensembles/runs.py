@@ -16,8 +16,8 @@ reads (taken when the weights were read, and checked again when the row is writt
 make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
 (:func:`ensembles.data.data_digest`), so other data never passes for the same; and ``key``, which
 identifies the measurement (scope, metric, slice, settings, weights, data): writing the same key
-again replaces the row. Every append writes its own parquet part (temporary file + rename), so two processes that
-append at once both keep their rows; reading merges the parts.
+again replaces the row. Every append writes its own parquet part (temporary file + rename), so two
+processes that append at once both keep their rows; reading merges the parts.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ def test_results_append_read_and_find_by_settings(tmp_path):
     found = runs.find_results(tmp_path / "run", settings, TRAIN_DATA, scope="member-1")
     assert found["value"].tolist() == [2.0]
     # Same settings spelled with a float and in another order still match.
-    assert len(runs.find_results(tmp_path / "run", {"seed": 13.0, "n_batches": 100, "m": 5, "rho": 0.5}, TRAIN_DATA)) == 2
+    spelled = {"seed": 13.0, "n_batches": 100, "m": 5, "rho": 0.5}
+    assert len(runs.find_results(tmp_path / "run", spelled, TRAIN_DATA)) == 2
     assert runs.find_results(tmp_path / "run", {**settings, "rho": 0.25}, TRAIN_DATA).empty
     fog = runs.find_results(tmp_path / "run", {"combine": "probs"}, "fog", corruption="fog", severity=3)
     assert fog["value"].tolist() == [0.9]
