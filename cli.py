@@ -208,11 +208,14 @@ def theory_command(figure, out, quick, seed):
 @click.option("--corruptions", type=CommaList(str), default=None,
               help="Comma list of corruptions (default: every one that needs no image assets).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def corrupt_command(dataset, data_path, out, corruptions, seed):
+@click.option("--force", is_flag=True, help="Regenerate a -C folder written with other settings (another --seed "
+                                            "or other clean data) instead of refusing it.")
+def corrupt_command(dataset, data_path, out, corruptions, seed, force):
     """Write the CIFAR-10-C-style corrupted test split of a data set (5 severities each)."""
     from ensembles.corruptions import write_corrupted_dataset
 
-    folder, written, kept = write_corrupted_dataset(dataset, data_path, out, corruptions, seed=seed, progress=True)
+    folder, written, kept = write_corrupted_dataset(dataset, data_path, out, corruptions, seed=seed, progress=True,
+                                                    force=force)
     click.echo(f"{folder}: wrote {len(written)} corruptions" + (f", kept {len(kept)} already there" if kept else ""))
 
 

@@ -699,8 +699,35 @@ def _corrupted_splits(images: np.ndarray, labels: np.ndarray, corruptions: list[
         yield name, corrupted, np.tile(labels, len(SEVERITIES))
 
 
+#: What a generated -C folder was made from (seed, source data); a folder is written by one setting only.
+GENERATION_FILE = "sharpdiv-corrupt.json"
+_CHUNK_SIZE = 2000
+
+
+def _check_generation(folder, settings: dict, force: bool) -> None:
+    """Refuse to add files made with other settings (another seed, other clean data) to a -C folder:
+    its corruptions would silently mix two generations. An empty folder, or ``force``, is fine."""
+    import json
+
+    record = folder / GENERATION_FILE
+    arrays = [entry.name for entry in folder.iterdir() if entry.suffix == ".npy"] if folder.is_dir() else []
+    if not arrays or force:
+        return
+    try:
+        recorded = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != settings:
+        what = ("no record of how its files were made" if recorded is None else
+                f"files made with seed {recorded.get('seed')} from data {recorded.get('source')}"
+                if isinstance(recorded, dict) else "an unreadable record of how its files were made")
+        raise InputError(f"{folder} holds {what}, not seed {settings['seed']} from data {settings['source']}: "
+                         "writing into it would mix corruptions of two generations; choose another --out, "
+                         "empty the folder, or pass --force to regenerate it")
+
+
 def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterable[str] | None = None,
-                            seed: int = 0, progress: bool = False) -> tuple:
+                            seed: int = 0, progress: bool = False, force: bool = False) -> tuple:
     """Write the ``-C`` version of a data set's test split in CIFAR-10-C's layout.
 
     ``<out>/<Folder>-C/<corruption>.npy`` (uint8 ``(5N, H, W, 3)``, severity s in the s-th fifth of
@@ -708,12 +735,16 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
     :func:`ensembles.data.corrupted_folder` names (``digits-C``, ``CIFAR-10-C``, ``<basename>-C``),
     so :func:`ensembles.data.load_corrupted` reads it back with ``root=out``. Every file is written
     atomically; corruptions already on disk with the right shape are kept, so an interrupted call
-    resumes. Returns ``(folder, written names, kept names)``.
+    resumes. The settings (seed, fingerprint of the clean test split) are recorded in
+    ``sharpdiv-corrupt.json``; a folder with files made otherwise (or of unknown origin) is refused
+    unless ``force``, which regenerates every named corruption and removes the folder's other
+    corruption arrays, so one folder never mixes two generations. Returns ``(folder, written names,
+    kept names)``.
     """
     from tqdm import tqdm
 
     from ensembles import data
-    from ensembles.files import atomic_path
+    from ensembles.files import atomic_path, write_json
 
     kind = name.split(":", 1)[0] if name.startswith("folder:") else name
     if kind.lower().replace("-", "").replace("_", "") in {"tinyimagenet", "tinyimgnet"}:
@@ -722,6 +753,7 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
     names = corruption_names() if corruptions is None else list(corruptions)
     for corruption in names:
         _check_corruption(corruption)
+    _generator(seed, "", 1)  # checks the seed before anything is written
     clean = data.load_dataset(name, root, split="test", normalize=False)
     # Back to the stored uint8 pixels: the loader scaled them by 1/255 and nothing else.
     images = np.empty((len(clean), *clean.image_size, 3), dtype=np.uint8)
@@ -730,14 +762,23 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
         images[start:start + len(chunk)] = (chunk * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = clean.targets.numpy()
     folder = data.corrupted_folder(name, out if out is not None else root)
+    settings = {"format": 1, "seed": int(seed), "chunk_size": _CHUNK_SIZE,
+                "source": data.data_digest(name, root, "test")}
+    _check_generation(folder, settings, force)
     folder.mkdir(parents=True, exist_ok=True)
+    if force:  # nothing of an earlier generation may stay beside the new files
+        for entry in folder.iterdir():
+            if entry.suffix == ".npy" and entry.name != "labels.npy" and entry.stem not in names:
+                entry.unlink()
+    write_json(folder / GENERATION_FILE, settings)  # before the arrays: an interrupted call resumes with it
     expected = (len(SEVERITIES) * len(images), *images.shape[1:])
     with atomic_path(folder / "labels.npy") as temporary:
         with open(temporary, "wb") as stream:
             np.save(stream, np.tile(labels, len(SEVERITIES)).astype(np.int64))
-    kept = [c for c in names if _has_array(folder / f"{c}.npy", expected)]
+    kept = [] if force else [c for c in names if _has_array(folder / f"{c}.npy", expected)]
     todo = [c for c in names if c not in kept]
-    for corruption, corrupted, _ in tqdm(make_corrupted_split(images, labels, todo, seed=seed), total=len(todo),
+    generated = make_corrupted_split(images, labels, todo, seed=seed, chunk_size=_CHUNK_SIZE)
+    for corruption, corrupted, _ in tqdm(generated, total=len(todo),
                                          desc=f"corrupting {name}", unit="corruption", disable=not progress):
         with atomic_path(folder / f"{corruption}.npy") as temporary:
             with open(temporary, "wb") as stream:

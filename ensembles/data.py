@@ -31,6 +31,7 @@ keeps DataLoader compatibility and gives the same tensors.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from functools import lru_cache
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ensembles.files import file_digest
 from landscape.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -814,3 +816,62 @@ def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption:
     return ImageDataset(images, labels, name=f"{clean_name}-c", split="test", num_classes=len(classes),
                         mean=mean, std=std, classes=classes, normalize=normalize, image_size=image_size,
                         corruption=corruption, severity=severity)
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints: which data produced a number
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256("|".join(str(part) for part in parts).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def _digits_digest() -> str:
+    images, labels = _digits_images()
+    return _fingerprint(hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest())
+
+
+def _files_digest(paths: Sequence[str], labels: torch.Tensor) -> str:
+    """Content digests of image files in order, with their labels (not their paths: a moved copy
+    of the same data keeps its fingerprint). Each file is hashed once per process."""
+    return _fingerprint(*(file_digest(path) for path in paths),
+                        hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest())
+
+
+def data_digest(name: str, root: str | os.PathLike | None = None, split: str = "test",
+                corruption: str | None = None, severity: int | None = None) -> str:
+    """A stable fingerprint (16 hex characters) of the images and labels one slice reads: the clean
+    ``split`` of ``name``, or ``corruption`` at ``severity`` of its ``-C`` version.
+
+    Built from the bytes of the files the slice comes from (``<corruption>.npy`` and ``labels.npy``;
+    the CIFAR batches; the image files with their labels; scikit-learn's digits arrays), each file
+    hashed once per process (:func:`ensembles.files.file_digest` caches by path, size and mtime),
+    so it is cheap to ask for again. Stored rows and cached logits carry it: data regenerated with
+    another seed, or other files under another ``--data-path``, give another fingerprint.
+    """
+    kind, _, _ = _parse_name(name)
+    if corruption is not None:
+        severity = _check_severity(severity)
+        folder = corrupted_folder(name, root)
+        if kind == "tinyimagenet":
+            images = load_corrupted(name, root, corruption, severity, normalize=False)
+            return _fingerprint(kind, "c", corruption, severity, _files_digest(images.paths, images.targets))
+        files = [folder / f"{corruption}.npy", folder / "labels.npy"]
+        missing = [str(file) for file in files if not file.is_file()]
+        if missing:
+            raise InputError(f"{', '.join(missing)} not found; write the corrupted data with `sharpdiv corrupt` "
+                             "or pass --data-path to the folder holding it")
+        return _fingerprint(kind, "c", corruption, severity, *(file_digest(file) for file in files))
+    _check_split(split)
+    if kind in ("cifar10", "cifar100"):
+        folder = _locate(root, _CLEAN_FOLDERS[kind])
+        names = ({"cifar10": ["test_batch"], "cifar100": ["test"]} if split == "test" else
+                 {"cifar10": [f"data_batch_{k}" for k in range(1, 6)], "cifar100": ["train"]})[kind]
+        if not all((folder / file).is_file() for file in names):
+            load_dataset(name, root, split)  # raises the loader's own message for what is missing
+        return _fingerprint(kind, split, SPLIT_SEED, *(file_digest(folder / file) for file in names))
+    if kind == "digits":
+        return _fingerprint(kind, split, SPLIT_SEED, _digits_digest())
+    images = load_dataset(name, root, split, normalize=False)
+    return _fingerprint(kind, split, SPLIT_SEED, _files_digest(images.paths, images.targets))

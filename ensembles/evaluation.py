@@ -273,8 +273,10 @@ def _slice_value(value):
 
 
 def _measurement(scope: str, metric: str, where: Mapping, settings_text: str) -> tuple:
+    """One measurement's identity: scope, metric, slice, settings and the data's fingerprint
+    (``where["data"]``; rows without one match nothing measured now)."""
     return (scope, metric, *(_slice_value(where.get(c)) for c in ("dataset", "split", "corruption", "severity")),
-            settings_text)
+            settings_text, _slice_value(where.get("data")))
 
 
 def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
@@ -282,10 +284,11 @@ def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
     done once per run instead of once per row)."""
     if table.empty:
         return {}
-    columns = ["scope", "metric", "dataset", "split", "corruption", "severity", "settings", "value"]
+    columns = ["scope", "metric", "dataset", "split", "corruption", "severity", "settings", "data", "value"]
     table = table.reindex(columns=columns)
-    return {_measurement(scope, metric, {"dataset": d, "split": s, "corruption": c, "severity": v}, settings): value
-            for scope, metric, d, s, c, v, settings, value in table.itertuples(index=False)}
+    return {_measurement(scope, metric, {"dataset": d, "split": s, "corruption": c, "severity": v, "data": data},
+                         settings): value
+            for scope, metric, d, s, c, v, settings, data, value in table.itertuples(index=False)}
 
 
 def _row_measurement(row: Mapping) -> tuple:
@@ -318,6 +321,8 @@ class Evaluation:
     rows: list[dict] = field(repr=False)
     values: dict[str, dict[str, float]] = field(repr=False)
     notes: tuple[str, ...] = ()
+    #: member index -> digest of the weights file the new rows' logits came from
+    weights: dict[int, str] = field(default_factory=dict, repr=False)
 
     def summary(self) -> list[str]:
         """A compact text summary: ensemble and mean member accuracy, EIR, DER and ECE on the
@@ -351,9 +356,8 @@ class Evaluation:
         return lines
 
 
-def _summary_values(measurements: Mapping[tuple, float], data_slice: DataSlice, member_indices: Sequence[int],
+def _summary_values(measurements: Mapping[tuple, float], where: Mapping, member_indices: Sequence[int],
                     combine: str, n_bins: int) -> dict[str, float]:
-    where = data_slice.columns()
     values = {}
     for metric in ("accuracy", "eir", "der", "ece"):
         key = _measurement("ensemble", metric, where,
@@ -377,6 +381,18 @@ class _MemberLoader:
         if self.run is None:
             self.run = run_folders.load_run(self.path, self.device)
         return [self.run.members[self.run.member_indices.index(i)] for i in indices]
+
+    def digest(self, index: int) -> str:
+        """The digest of member ``index``'s weights file as it was loaded."""
+        return self.run.weights[index]
+
+
+def _same_weights(path: Path, seen: dict[int, str], new: Mapping[int, str]) -> None:
+    """Rows of one call must all come from the same weights of each member."""
+    for index, digest in new.items():
+        if seen.setdefault(index, digest) != digest:
+            raise InputError(f"{run_folders.member_path(path, index)} changed during the evaluation (its cached logits "
+                             "come from other weights than those just read); no rows were stored: run it again")
 
 
 def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
@@ -413,26 +429,29 @@ def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, pro
     path, members, n_classes, slices = plan.path, plan.members, plan.n_classes, plan.slices
     measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
     load_members = _MemberLoader(path, device)
-    computed, from_cache, stored, rows, values = [], [], [], [], {}
+    computed, from_cache, stored, rows, values, weights = [], [], [], [], {}, {}
     for data_slice in tqdm(slices, desc=path.name, unit="slice", file=sys.stderr, disable=not progress, leave=False):
-        where = data_slice.columns()
+        where = {**data_slice.columns(), "data": data_slice.digest(root)}
         planned = [_measurement(scope, metric, where, run_folders.canonical_settings(settings))
                    for scope, metric, settings in planned_measurements(members, combine, n_bins)]
         if all(key in measurements for key in planned):
             stored.append(data_slice.name)
-            values[data_slice.name] = _summary_values(measurements, data_slice, members, combine, n_bins)
+            values[data_slice.name] = _summary_values(measurements, where, members, combine, n_bins)
             continue
         logits = slice_logits(path, data_slice, members=members, n_classes=n_classes, load_members=load_members,
-                              root=root, batch_size=batch_size, device=device)
+                              root=root, batch_size=batch_size, device=device, member_weights=load_members.digest)
+        _same_weights(path, weights, logits.weights)
         (computed if logits.computed else from_cache).append(data_slice.name)
-        new = slice_rows(logits.member_logits, logits.labels, data_slice, member_indices=members,
-                         combine=combine, n_bins=n_bins)
+        where["data"] = logits.data
+        new = [{**row, "data": logits.data}
+               for row in slice_rows(logits.member_logits, logits.labels, data_slice, member_indices=members,
+                                     combine=combine, n_bins=n_bins)]
         rows += new
-        values[data_slice.name] = _summary_values({_row_measurement(r): r["value"] for r in new}, data_slice,
+        values[data_slice.name] = _summary_values({_row_measurement(r): r["value"] for r in new}, where,
                                                   members, combine, n_bins)
     return Evaluation(path=path, dataset=slices[0].dataset, combine=combine, n_bins=n_bins, n_members=len(members),
                       slices=tuple(slices), computed=tuple(computed), from_cache=tuple(from_cache),
-                      stored=tuple(stored), rows=rows, values=values, notes=plan.notes)
+                      stored=tuple(stored), rows=rows, values=values, notes=plan.notes, weights=weights)
 
 
 def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
@@ -456,7 +475,7 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
                                  device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:
         if evaluation.rows:
-            run_folders.append_results(evaluation.path, evaluation.rows)
+            run_folders.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
     return evaluations
 
 
@@ -476,6 +495,8 @@ class RobustnessEvaluation:
     values: dict[str, tuple[float, float]]
     attacked: tuple[str, ...]
     rows: list[dict] = field(repr=False)
+    #: member index -> digest of the weights file as it was read for the attacks
+    weights: dict[int, str] = field(default_factory=dict, repr=False)
 
     def summary(self) -> list[str]:
         settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
@@ -500,7 +521,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset_label(dataset or config["dataset"])
-    where = DataSlice(label, split).columns()
+    where = {**DataSlice(label, split).columns(), "data": DataSlice(label, split).digest(root)}
     base = _robustness_settings(norm, eps, attacks, n_examples, seed)
     scopes = {f"member-{i}": base for i in members}
     scopes["ensemble"] = {**base, "combine": combine}
@@ -511,7 +532,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
 
     values = {scope: (stored(scope, "clean_accuracy"), stored(scope, "robust_accuracy")) for scope in scopes}
     missing = [scope for scope, pair in values.items() if None in pair]
-    rows = []
+    rows, weights = [], {}
     if missing:
         images = DataSlice(label, split).load(root, normalize=False)  # attacks work in [0, 1]
         if images.num_classes != int(config["num_classes"]):
@@ -525,6 +546,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
         labels = images.targets[:n_examples].to(device)
         check_radius(NORMS[norm], eps, inputs[0].numel())  # the l2 bound needs the image size
         run = run_folders.load_run(path, device)
+        weights = run.weights
         for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
             if scope == "ensemble":
                 model = EnsembleClassifier(run.members, combine=combine, mean=images.mean, std=images.std)
@@ -538,7 +560,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
                      for metric, value in zip(ROBUSTNESS_METRICS, (result.robust_accuracy, result.clean_accuracy))]
     return RobustnessEvaluation(path=path, dataset=label, split=split, settings={**base, "combine": combine},
                                 values={s: (float(c), float(r)) for s, (c, r) in values.items()},
-                                attacked=tuple(missing), rows=rows)
+                                attacked=tuple(missing), rows=rows, weights=weights)
 
 
 def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: float, n_examples: int,
@@ -573,5 +595,5 @@ def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: f
                                    device=device, progress=progress) for path in paths]
     for evaluation in evaluations:
         if evaluation.rows:
-            run_folders.append_results(evaluation.path, evaluation.rows)
+            run_folders.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
     return evaluations

@@ -8,10 +8,15 @@ the forward passes are done once and stored::
     <run>/logits/<dataset>/<slice>/labels.safetensors       tensor "labels" (N,), int64
 
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
-records in its metadata the digest of the member's weights file (:func:`ensembles.files.file_digest`),
-so new weights make the cached logits stale and they are computed again (silently: that is the
-cache working); a file without that digest (written by another tool or an early version) cannot be
-matched to any weights, so it is computed again with a warning naming it. A file that is unreadable,
+records in its metadata the digest of the member's weights file as it was read
+(:func:`ensembles.files.file_digest`) and the fingerprint of the slice's data
+(:func:`ensembles.data.data_digest`, images and labels), so new weights or other data (another
+``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
+they are computed again (silently: that is the cache working). The labels file records the data's
+fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
+were written, are read again from the data (with a warning for the edited ones). A member file
+without a weights digest (written by another tool or an early version) cannot be matched to any
+weights, so it is computed again with a warning naming it. A file that is unreadable,
 has the wrong shape or holds NaN or Inf is an :class:`InputError` naming the file (delete it and
 re-run). Files are written whole (temporary file + rename), so an interrupted evaluation leaves
 complete slices behind and resumes from them, and two processes writing the same file leave one
@@ -29,7 +34,7 @@ import functools
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -90,6 +95,10 @@ class DataSlice:
         return {"dataset": self.dataset, "split": self.split, "corruption": self.corruption,
                 "severity": self.severity}
 
+    def digest(self, root=None) -> str:
+        """The fingerprint of the slice's images and labels (:func:`ensembles.data.data_digest`)."""
+        return datasets.data_digest(self.dataset, root, self.split, self.corruption, self.severity)
+
     def load(self, root=None, normalize: bool = True) -> datasets.ImageDataset:
         """The slice's images (normalized with the dataset's statistics unless ``normalize=False``)."""
         if self.corrupted:
@@ -145,23 +154,41 @@ def _write(file: Path, tensor_name: str, tensor: torch.Tensor, metadata: dict[st
                                     str(temporary), metadata={"format": CACHE_FORMAT, **metadata})
 
 
-def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice) -> torch.Tensor | None:
-    """The slice's cached labels ``(N,)`` (int64), or None when they are not cached yet."""
+def _labels_digest(labels: torch.Tensor, data: str) -> str:
+    """Digest of the labels tensor bound to the data's fingerprint: an edited labels file no longer matches."""
+    return hashlib.sha256(data.encode() + labels.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice,
+                       data: str | None = None) -> torch.Tensor | None:
+    """The slice's cached labels ``(N,)`` (int64), or None when they are not cached yet, or (when
+    ``data``, the slice's current fingerprint, is given) were cached from other data or were edited
+    since (a warning then names the file)."""
     file = labels_path(run_path, data_slice)
     if not file.is_file():
         return None
-    labels, _ = _read(file, "labels")
+    labels, metadata = _read(file, "labels")
     if labels.dim() != 1 or labels.numel() == 0 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise InputError(f"cache file {file} must hold integer labels of shape (N,), got {labels.dtype} "
                          f"{tuple(labels.shape)}; {_fix(file)}")
-    return labels.long()
+    labels = labels.long()
+    if data is None:
+        return labels
+    if metadata.get("data") != data:
+        return None  # cached from other data (or before fingerprints): read them again
+    if metadata.get("labels") != _labels_digest(labels, data):
+        warnings.warn(f"cache file {file} holds labels that differ from those it recorded for "
+                      f"{data_slice.dataset} {data_slice.name} (edited after it was written); reading them "
+                      "again from the data", stacklevel=2)
+        return None
+    return labels
 
 
 def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, member: int, n_samples: int,
-                       n_classes: int) -> torch.Tensor | None:
+                       n_classes: int, data: str | None = None) -> torch.Tensor | None:
     """Member ``member``'s cached logits ``(n_samples, n_classes)``, or None when they are missing or
-    stale (written for other weights, or of unknown weights: a warning then says so). A damaged file
-    is an :class:`InputError` naming it."""
+    stale (written for other weights or, when ``data`` is given, for data of another fingerprint;
+    or of unknown weights: a warning then says so). A damaged file is an :class:`InputError` naming it."""
     file = member_logits_path(run_path, data_slice, member)
     if not file.is_file():
         return None
@@ -175,6 +202,8 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
     current = file_digest(weights) if weights.is_file() else None
     if metadata.get("weights") != current:
         return None  # new weights: recompute, never an error
+    if data is not None and metadata.get("data") != data:
+        return None  # other data (or written before data fingerprints): recompute
     if logits.shape != (n_samples, n_classes):
         raise InputError(f"cache file {file} holds logits of shape {tuple(logits.shape)} but slice "
                          f"{data_slice.name} has {n_samples} samples and the run {n_classes} classes; {_fix(file)}")
@@ -232,6 +261,10 @@ class SliceLogits:
     labels: torch.Tensor
     members: tuple[int, ...]
     computed: tuple[int, ...]
+    #: the fingerprint of the slice's data (:meth:`DataSlice.digest`)
+    data: str | None = None
+    #: member index -> digest of the weights file its logits came from
+    weights: dict = field(default_factory=dict)
 
 
 def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.ImageDataset:
@@ -244,30 +277,37 @@ def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.Image
 
 def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members: Sequence[int], n_classes: int,
                  load_members: Callable[[Sequence[int]], Sequence[torch.nn.Module]], root=None,
-                 batch_size: int = 512, device: torch.device | str = "cpu") -> SliceLogits:
+                 batch_size: int = 512, device: torch.device | str = "cpu",
+                 member_weights: Callable[[int], str] | None = None) -> SliceLogits:
     """The slice's member logits from the cache, computing (and caching) only what is missing.
 
     ``members`` are the run's member indices; ``load_members(indices)`` returns those members as
-    modules on ``device`` (called only when some logits must be computed). The data is loaded only
-    when labels or logits are missing; then its labels must equal the cached ones.
+    modules on ``device`` (called only when some logits must be computed), and
+    ``member_weights(index)`` the digest of the member's weights file as ``load_members`` read it
+    (default: the file's digest now). Cached logits count only for the current weights and the
+    data's current fingerprint (:meth:`DataSlice.digest`). The data is loaded only when labels or
+    logits are missing; then its labels must equal the cached ones.
     """
     run_path = Path(run_path)
-    labels = read_cached_labels(run_path, data_slice)
+    data = data_slice.digest(root)
+    labels = read_cached_labels(run_path, data_slice, data)
     dataset = None
     if labels is None:
         dataset = _load_checked(data_slice, root, n_classes)
         labels = dataset.targets.clone()
         _write(labels_path(run_path, data_slice), "labels", labels,
-               {"dataset": data_slice.dataset, "slice": data_slice.name})
+               {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
+                "labels": _labels_digest(labels, data)})
     elif int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         file = labels_path(run_path, data_slice)
         raise InputError(f"cache file {file} holds labels {int(labels.min())}..{int(labels.max())} but the run "
                          f"has {n_classes} classes; {_fix(file)}")
-    cached = {}
+    cached, weights = {}, {}
     for member in members:
-        logits = read_cached_logits(run_path, data_slice, member, len(labels), n_classes)
+        logits = read_cached_logits(run_path, data_slice, member, len(labels), n_classes, data)
         if logits is not None:
             cached[member] = logits
+            weights[member] = file_digest(run_folders.member_path(run_path, member))
     missing = [member for member in members if member not in cached]
     if missing:
         if dataset is None:
@@ -285,9 +325,11 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
                 raise InputError(f"member {member} of {run_path} gives NaN or Inf logits on {data_slice.dataset} "
                                  f"{data_slice.name}; its weights are broken: retrain or re-import it")
             cached[member] = logits
+            weights[member] = (member_weights(member) if member_weights is not None
+                               else file_digest(run_folders.member_path(run_path, member)))
             _write(member_logits_path(run_path, data_slice, member), "logits", logits,
-                   {"weights": file_digest(run_folders.member_path(run_path, member)), "member": str(member),
+                   {"weights": weights[member], "member": str(member), "data": data,
                     "dataset": data_slice.dataset, "slice": data_slice.name})
     dtype = functools.reduce(torch.promote_types, (cached[member].dtype for member in members))
     member_logits = torch.stack([cached[member].to(dtype) for member in members])
-    return SliceLogits(data_slice, member_logits, labels, tuple(members), tuple(missing))
+    return SliceLogits(data_slice, member_logits, labels, tuple(members), tuple(missing), data, weights)

@@ -25,8 +25,11 @@ agree. (The draws of average-case sharpness also depend on ``chunk_size``, a mem
 not a setting: rows measured with another chunk size are reused as equivalent.)
 
 Reuse. A measurement whose rows are all stored for the current weights and the same settings is not
-computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice and
-settings). Input is checked for every run before anything is measured, so bad input leaves no rows;
+computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice,
+settings and data fingerprint, :func:`ensembles.data.data_digest` of the split read, in the row's
+``data`` column). Rows carry the digests of the member files taken when the members were loaded; a
+file replaced before its rows are written stores nothing (an :class:`InputError`). Input is
+checked for every run before anything is measured, so bad input leaves no rows;
 each member's rows are written as soon as the member is done, so an interrupted call resumes.
 
 Ensemble rows (``scope="ensemble"``, ``aggregate="mean"``) of member-level measurements (sharpness,
@@ -38,6 +41,7 @@ errors are not independent.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -106,11 +110,11 @@ class _StoredRows:
 
     def __init__(self, path: Path):
         table = run_folders.read_results(path, current_only=True)
-        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "value", "stderr"]
+        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr"]
         self._rows: dict[tuple, list[tuple[dict, float, float]]] = defaultdict(list)
         if table.empty:
             return
-        for scope, metric, dataset, split, corruption, text, value, stderr in \
+        for scope, metric, dataset, split, corruption, text, data, value, stderr in \
                 table.reindex(columns=columns).itertuples(index=False):
             if isinstance(corruption, str):
                 continue  # these measurements are on clean splits only
@@ -118,12 +122,15 @@ class _StoredRows:
                 continue  # a NaN row (stored before NaNs were refused) is no result: measure again
             settings = json.loads(text)
             axes = {name: settings.pop(name) for name in AXIS_COLUMNS if name in settings}
-            key = (scope, metric, dataset, split, run_folders.canonical_settings(settings))
+            key = (scope, metric, dataset, split, run_folders.canonical_settings(settings),
+                   data if isinstance(data, str) else None)
             self._rows[key].append((axes, float(value), float(stderr)))
 
     def get(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> list[tuple[dict, float, float]]:
         """``[(axes, value, stderr), ...]`` of the stored rows of one measurement."""
-        key = (scope, metric, where["dataset"], where["split"], run_folders.canonical_settings(settings))
+        if where.get("data") is None:
+            return []  # rows of unknown data are never reused
+        key = (scope, metric, where["dataset"], where["split"], run_folders.canonical_settings(settings), where["data"])
         return self._rows.get(key, [])
 
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
@@ -142,12 +149,24 @@ class _Members:
             self.run = run_folders.load_run(self.path, self.device, self.dtype)
         return self.run.members[self.run.member_indices.index(index)]
 
+    @property
+    def weights(self) -> dict[int, str] | None:
+        """Digests of the member files taken when they were loaded (None before any is loaded):
+        rows pass them to :func:`ensembles.runs.append_results`, which refuses files changed since."""
+        return None if self.run is None else self.run.weights
+
 
 class _Splits:
     """Clean splits loaded once per call (several runs usually share one dataset)."""
 
     def __init__(self, root):
-        self.root, self._loaded = root, {}
+        self.root, self._loaded, self._digests = root, {}, {}
+
+    def digest(self, label: str, split: str) -> str:
+        """The fingerprint of the split's images and labels (:func:`ensembles.data.data_digest`)."""
+        if (label, split) not in self._digests:
+            self._digests[label, split] = datasets.data_digest(label, self.root, split)
+        return self._digests[label, split]
 
     def get(self, label: str, split: str, n_classes: int) -> datasets.ImageDataset:
         if (label, split) not in self._loaded:
@@ -249,7 +268,7 @@ def _not_finite(path: Path, row: Mapping, reason: str, written: Sequence[Mapping
                           f"not stored ({kept})")
 
 
-def _append_finite(path: Path, new_rows: Sequence[Mapping], written: list) -> None:
+def _append_finite(path: Path, new_rows: Sequence[Mapping], written: list, weights: Mapping) -> None:
     """Store rows only if every value is finite (a stderr may be NaN, undefined for one batch or one
     member, but never infinite); then add them to ``written``, the rows this call has stored."""
     for row in new_rows:
@@ -257,7 +276,7 @@ def _append_finite(path: Path, new_rows: Sequence[Mapping], written: list) -> No
         if not math.isfinite(value) or (stderr is not None and math.isinf(stderr)):
             raise _not_finite(path, row, f"value {value}" + (f", stderr {stderr}" if stderr is not None else ""),
                               written)
-    run_folders.append_results(path, new_rows)
+    run_folders.append_results(path, new_rows, weights=weights)
     written += new_rows
 
 
@@ -350,7 +369,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
 
     measurements = []
     for path, members, label, images in plans:
-        where = {"dataset": label, "split": split}
+        where = {"dataset": label, "split": split, "data": splits.digest(label, split)}
         stored = _StoredRows(path)
         settings = {rho: _sharpness_settings(kind, rho, m, n_batches, seed, n_iters, n_restarts, n_samples, exclude)
                     for rho in rhos}
@@ -393,7 +412,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                          **where, **settings[rho]}]
                     bar.update()
                 if member_rows:
-                    _append_finite(path, member_rows, rows)
+                    _append_finite(path, member_rows, rows, models.weights)
         finally:
             bar.close()
         ensemble_rows = []
@@ -406,7 +425,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                     ensemble_rows.append({"scope": "ensemble", "metric": name, "value": mean, "stderr": stderr,
                                           **where, **mean_settings})
         if ensemble_rows:
-            _append_finite(path, ensemble_rows, rows)
+            _append_finite(path, ensemble_rows, rows, models.weights)
 
         lines = [f"{path.name}: {metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
                  f"{len(missing)} measured now, {len(members) * len(rhos) - len(missing)} stored",
@@ -469,7 +488,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
 
     measurements = []
     for path, members, label, images, count in plans:
-        where = {"dataset": label, "split": split}
+        where = {"dataset": label, "split": split, "data": splits.digest(label, split)}
         data = {"n_examples": count, "batch_size": batch_size, "seed": seed}
         wanted = {}
         if trace:
@@ -524,7 +543,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                                         for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())]
                     bar.update()
                 if member_rows:
-                    _append_finite(path, member_rows, rows)
+                    _append_finite(path, member_rows, rows, models.weights)
         finally:
             bar.close()
         if trace:
@@ -534,7 +553,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                     not stored.get("ensemble", "hessian/trace", where, mean_settings):
                 ensemble_row = {"scope": "ensemble", "metric": "hessian/trace", "value": mean, "stderr": stderr,
                                 **where, **mean_settings}
-                _append_finite(path, [ensemble_row], rows)
+                _append_finite(path, [ensemble_row], rows, models.weights)
         if eigenvalues:
             for index in members:
                 if index not in tops:
@@ -607,7 +626,7 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
 
     measurements = []
     for path, members, label, images, count in plans:
-        where, settings = {"dataset": label, "split": split}, {"n_examples": count}
+        where, settings = {"dataset": label, "split": split, "data": splits.digest(label, split)}, {"n_examples": count}
         stored = _StoredRows(path)
         summaries: dict[int, dict[str, float]] = {}
         missing = []
@@ -640,7 +659,7 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
             member_rows = [{"scope": f"member-{index}", "metric": metric, "value": float(values[metric]),
                             "stderr": stderr if metric == "fisher/mean" else math.nan, **where, **settings}
                            for metric in metrics]
-            _append_finite(path, member_rows, rows)
+            _append_finite(path, member_rows, rows, models.weights)
             summaries[index] = {metric: float(values[metric]) for metric in metrics}
 
         lines = [f"{path.name}: per-sample Fisher trace on {label} {split}, {count} samples: "
@@ -708,7 +727,10 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
 
     measurements = []
     for path, members, label, images, count, bn_mode, training, bn_count in plans:
-        where = {"dataset": label, "split": split}
+        data = splits.digest(label, split)
+        if training is not None:  # BatchNorm statistics come from training samples: their data counts too
+            data = hashlib.sha256(f"{data}|{splits.digest(label, 'train')}".encode()).hexdigest()[:16]
+        where = {"dataset": label, "split": split, "data": data}
         models = _Members(path, device, dtype)
         reset = bn_mode == "reset"
         common = {"bn_mode": bn_mode, "n_examples": count}
@@ -757,7 +779,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                **where, **barrier_settings},
                               {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
                                **where, **barrier_settings}]
-                _append_finite(path, path_rows, rows)
+                _append_finite(path, path_rows, rows, models.weights)
                 barriers[i, j] = (barrier.value, barrier.alpha)
                 bar.update()
             if plane_missing:
@@ -771,7 +793,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                        {"scope": "ensemble", "metric": "plane/accuracy",
                                         "value": float(surface.accuracy[a, b]), "u": u, "v": v, **where,
                                         **plane_settings}]
-                _append_finite(path, plane_rows, rows)
+                _append_finite(path, plane_rows, rows, models.weights)
                 bar.update()
         finally:
             bar.close()

@@ -12,10 +12,12 @@ The results table is the one store every measurement writes to. A row is one num
 ``scope`` (``member-<i>``, ``ensemble``, ``ensemble@<k>``, ``pair-<i>-<j>``), ``metric``, ``value``,
 ``stderr``, ``dataset``, ``split``, ``corruption``, ``severity``, and the settings that produced it
 as further columns. Each row also carries ``weights``, a digest of the member files its scope
-reads, so new weights make old rows stale instead of wrong, and ``key``, which identifies the
-measurement (scope, metric, slice, settings, weights): writing the same key again replaces the
-row. Every append writes its own parquet part (temporary file + rename), so two processes that
-append at once both keep their rows; reading merges the parts.
+reads (taken when the weights were read, and checked again when the row is written), so new weights
+make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
+(:func:`ensembles.data.data_digest`), so other data never passes for the same; and ``key``, which
+identifies the measurement (scope, metric, slice, settings, weights, data): writing the same key
+again replaces the row. Every append writes its own parquet part (temporary file + rename), so two
+processes that append at once both keep their rows; reading merges the parts.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ FORMAT_VERSION = 1
 #: Columns every results row has, in this order; settings columns follow.
 RESULT_COLUMNS = ("run", "scope", "metric", "value", "stderr", "dataset", "split", "corruption", "severity")
 #: Columns the table adds itself; they are never settings.
-BOOKKEEPING_COLUMNS = ("weights", "settings", "key", "created", "sharpdiv_version", "torch_version")
+BOOKKEEPING_COLUMNS = ("weights", "data", "settings", "key", "created", "sharpdiv_version", "torch_version")
 _SLICE_COLUMNS = ("dataset", "split", "corruption", "severity")
 _COMPACT_AFTER_PARTS = 64
 
@@ -165,6 +167,8 @@ class Run:
     config: dict
     members: list[torch.nn.Module] = field(repr=False)
     member_indices: list[int]
+    #: member index -> digest of its weights file as it was read (what rows of these members carry)
+    weights: dict[int, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -196,10 +200,13 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
     indices = finished_members(config)
     if not indices:
         raise InputError(f"{path} has no finished members yet; train or import them first")
-    members = []
+    members, digests = [], {}
     for index in indices:
         model = build_member_model(config)
+        digests[index] = _member_digest(path, index)
         state = load_member_state(path, index)
+        if _member_digest(path, index) != digests[index]:
+            raise InputError(f"{member_path(path, index)} changed while it was being read; run the command again")
         require_finite_weights(state, str(member_path(path, index)))
         try:
             models.load_weights(model, state)
@@ -207,7 +214,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
             raise InputError(f"member {index} of {path}: {error}") from None
         model.to(device=device, dtype=dtype).eval()
         members.append(model)
-    return Run(path=path, config=config, members=members, member_indices=indices)
+    return Run(path=path, config=config, members=members, member_indices=indices, weights=digests)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,15 +233,32 @@ def scope_members(scope: str, config: Mapping) -> list[int]:
     return done
 
 
-def weights_digest(path: str | os.PathLike, scope: str, config: Mapping | None = None) -> str:
-    """Digest of the member files a scope reads: the part of a row's key that new weights change."""
+def _member_digest(path: Path, index: int) -> str:
+    file = member_path(path, index)
+    return file_digest(file) if file.is_file() else "missing"
+
+
+def weights_digest(path: str | os.PathLike, scope: str, config: Mapping | None = None,
+                   read: Mapping[int, str] | None = None) -> str:
+    """Digest of the member files a scope reads: the part of a row's key that new weights change.
+
+    ``read`` gives member digests taken when the weights were read (:attr:`Run.weights`); members
+    not in it are digested as their files are now.
+    """
     path = Path(path)
     config = read_config(path) if config is None else config
-    parts = []
-    for index in scope_members(scope, config):
-        file = member_path(path, index)
-        parts.append(f"{index}:{file_digest(file) if file.is_file() else 'missing'}")
+    read = read or {}
+    parts = [f"{index}:{read[index] if index in read else _member_digest(path, index)}"
+             for index in scope_members(scope, config)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _check_unchanged(path: Path, read: Mapping[int, str]) -> None:
+    """Refuse to store rows of weights that were replaced after they were read."""
+    for index, digest in sorted(read.items()):
+        if _member_digest(path, index) != digest:
+            raise InputError(f"{member_path(path, index)} changed during the measurement (its weights are not "
+                             "the ones measured); no rows were stored: run the command again")
 
 
 def canonical_settings(settings: Mapping) -> str:
@@ -258,9 +282,11 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _row_key(scope, metric, slice_values, settings_text, weights) -> str:
-    text = json.dumps([scope, metric, [None if _missing(v) else _plain(v) for v in slice_values],
-                       settings_text, weights], default=str)
+def _row_key(scope, metric, slice_values, settings_text, weights, data=None) -> str:
+    identity = [scope, metric, [None if _missing(v) else _plain(v) for v in slice_values], settings_text, weights]
+    if data is not None:  # rows written before the data column keep their keys
+        identity.append(data)
+    text = json.dumps(identity, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -268,15 +294,24 @@ def _path_of(run) -> Path:
     return run.path if isinstance(run, Run) else Path(run)
 
 
-def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.DataFrame) -> pd.DataFrame:
+def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.DataFrame, *,
+                   weights: Mapping[int, str] | None = None) -> pd.DataFrame:
     """Add measurement rows to a run's results table and return them as written.
 
-    Each row needs ``scope``, ``metric`` and ``value``; ``stderr`` and the slice columns
-    (``dataset``, ``split``, ``corruption``, ``severity``) are optional; every other field is a
+    Each row needs ``scope``, ``metric`` and ``value``; ``stderr``, the slice columns (``dataset``,
+    ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.data_digest`
+    of the data measured; rows without it are never reused) are optional; every other field is a
     setting and becomes a column. NaN values are allowed (an undefined metric is a result).
+
+    ``weights`` maps member indices to the digests of their files taken when they were read (a
+    :class:`Run` brings its own); the rows carry those, and if a file differs now nothing is
+    stored (:class:`InputError`: the file changed during the measurement).
     """
     path = _path_of(run)
     config = run.config if isinstance(run, Run) else read_config(path)
+    if weights is None and isinstance(run, Run):
+        weights = run.weights
+    read = dict(weights or {})
     records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
     if not records:
         return pd.DataFrame(columns=list(RESULT_COLUMNS))
@@ -292,7 +327,7 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
                     if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS}
         scope = str(record["scope"])
         if scope not in digests:
-            digests[scope] = weights_digest(path, scope, config)
+            digests[scope] = weights_digest(path, scope, config, read)
         settings_text = canonical_settings(settings)
         row = {"run": path.name, "scope": scope, "metric": str(record["metric"]),
                "value": float(record["value"]),
@@ -300,12 +335,16 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
         for column in _SLICE_COLUMNS:
             row[column] = None if _missing(record.get(column)) else _plain(record.get(column))
         row.update({k: _column_value(v) for k, v in settings.items()})
-        row.update(weights=digests[scope], settings=settings_text,
+        data = None if _missing(record.get("data")) else str(record["data"])
+        row.update(weights=digests[scope], data=data, settings=settings_text,
                    key=_row_key(scope, row["metric"], [row[c] for c in _SLICE_COLUMNS], settings_text,
-                                digests[scope]),
+                                digests[scope], data),
                    created=created, sharpdiv_version=versions["sharpdiv"], torch_version=versions["torch"])
         prepared.append(row)
     frame = _uniform_columns(pd.DataFrame(prepared))
+    # Last, just before the write: rows of weights replaced since they were read store nothing.
+    used = {index for scope in digests for index in scope_members(scope, config)}
+    _check_unchanged(path, {index: digest for index, digest in read.items() if index in used})
     results = path / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
     part = results / f"part-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -347,8 +386,11 @@ def _read_parts(results: Path) -> list[pd.DataFrame]:
 def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd.DataFrame:
     """The run's results table: one row per measurement (the newest write of each key).
 
-    A ``stale`` column is True where the member files have changed since the row was written;
-    ``current_only=True`` drops those rows.
+    A ``stale`` column is True where the member files have changed since the row was written, or
+    where a newer row measured the same thing (scope, metric, slice, settings, weights) on other data
+    (``data`` differs); ``current_only=True`` drops those rows. Rows of tables written before the
+    ``data`` column have it empty: they stay readable (and current for reports), but
+    :func:`find_results` never reuses them.
     """
     path = _path_of(run)
     config = run.config if isinstance(run, Run) else read_config(path)
@@ -359,7 +401,11 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     table = pd.concat(frames, ignore_index=True, sort=False)
     table = table.sort_values("created", kind="stable").drop_duplicates("key", keep="last")
     digests = {scope: weights_digest(path, scope, config) for scope in table["scope"].unique()}
+    if "data" not in table.columns:
+        table["data"] = None
     table["stale"] = table["weights"] != table["scope"].map(digests)
+    # The same measurement on other data: only the newest data's rows are current.
+    table["stale"] |= table.duplicated(["scope", "metric", *_SLICE_COLUMNS, "settings", "weights"], keep="last")
     if current_only:
         table = table[~table["stale"]]
     leading = [c for c in RESULT_COLUMNS if c in table.columns]
@@ -367,16 +413,19 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     return table[leading + others].reset_index(drop=True)
 
 
-def find_results(run: Run | str | os.PathLike, settings: Mapping, **where) -> pd.DataFrame:
-    """Stored, current rows produced with exactly ``settings``, filtered by column values.
+def find_results(run: Run | str | os.PathLike, settings: Mapping, data: str | None = None,
+                 **where) -> pd.DataFrame:
+    """Stored, current rows produced with exactly ``settings`` on the data whose fingerprint is
+    ``data`` (:func:`ensembles.data.data_digest`), filtered by column values.
 
     ``where`` filters on any column (``scope="member-0"``, ``metric=...``, ``split="train"``).
-    A command that finds its rows here can skip the work.
+    A command that finds its rows here can skip the work. ``data=None`` asks for rows of unknown
+    data, of which there are none: rows without a fingerprint are never reused.
     """
     table = read_results(run, current_only=True)
     if table.empty:
         return table
-    mask = table["settings"] == canonical_settings(settings)
+    mask = (table["settings"] == canonical_settings(settings)) & (table["data"] == data)
     for column, wanted in where.items():
         if column not in table.columns:
             return table.iloc[0:0]

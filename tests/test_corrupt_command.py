@@ -18,7 +18,8 @@ def test_digits_c_round_trips_through_load_corrupted(tmp_path):
     result = CliRunner().invoke(cli.main, ["corrupt", "--data", "digits", "--out", str(tmp_path),
                                            "--corruptions", "gaussian_noise,pixelate", "--seed", "5"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "digits-C").iterdir()) == ["gaussian_noise.npy", "labels.npy", "pixelate.npy"]
+    assert sorted(p.name for p in (tmp_path / "digits-C").iterdir()) == [
+        "gaussian_noise.npy", "labels.npy", "pixelate.npy", "sharpdiv-corrupt.json"]
     clean = data.load_dataset("digits", split="test", normalize=False)
     clean_pixels = stored_pixels(clean)
     assert data.available_corruptions("digits", tmp_path) == ["gaussian_noise", "pixelate"]

@@ -75,9 +75,12 @@ def test_mismatched_member_names_the_member(tmp_path):
         runs.load_run(tmp_path / "run")
 
 
+TRAIN_DATA = "0123456789abcdef"  # a data fingerprint, as ensembles.data.data_digest gives
+
+
 def sharpness_rows(value=1.0):
     return [{"scope": f"member-{i}", "metric": "sharpness/worst/l2/adaptive", "value": value + i,
-             "stderr": 0.1, "dataset": "digits", "split": "train", "rho": 0.5, "m": 5,
+             "stderr": 0.1, "dataset": "digits", "split": "train", "data": TRAIN_DATA, "rho": 0.5, "m": 5,
              "n_batches": 100, "seed": 13} for i in range(2)]
 
 
@@ -86,18 +89,20 @@ def test_results_append_read_and_find_by_settings(tmp_path):
     runs.append_results(tmp_path / "run", sharpness_rows())
     runs.append_results(tmp_path / "run", [{"scope": "ensemble", "metric": "accuracy", "value": 0.9,
                                             "dataset": "digits", "split": "test",
-                                            "corruption": "fog", "severity": 3, "combine": "probs"}])
+                                            "corruption": "fog", "severity": 3, "combine": "probs",
+                                            "data": "fog"}])
     table = runs.read_results(tmp_path / "run")
     assert len(table) == 3
     assert list(table.columns[:9]) == list(runs.RESULT_COLUMNS)
     assert set(table["run"]) == {"run"}
     settings = {"rho": 0.5, "m": 5, "n_batches": 100, "seed": 13}
-    found = runs.find_results(tmp_path / "run", settings, scope="member-1")
+    found = runs.find_results(tmp_path / "run", settings, TRAIN_DATA, scope="member-1")
     assert found["value"].tolist() == [2.0]
     # Same settings spelled with a float and in another order still match.
-    assert len(runs.find_results(tmp_path / "run", {"seed": 13.0, "n_batches": 100, "m": 5, "rho": 0.5})) == 2
-    assert runs.find_results(tmp_path / "run", {**settings, "rho": 0.25}).empty
-    fog = runs.find_results(tmp_path / "run", {"combine": "probs"}, corruption="fog", severity=3)
+    spelled = {"seed": 13.0, "n_batches": 100, "m": 5, "rho": 0.5}
+    assert len(runs.find_results(tmp_path / "run", spelled, TRAIN_DATA)) == 2
+    assert runs.find_results(tmp_path / "run", {**settings, "rho": 0.25}, TRAIN_DATA).empty
+    fog = runs.find_results(tmp_path / "run", {"combine": "probs"}, "fog", corruption="fog", severity=3)
     assert fog["value"].tolist() == [0.9]
 
 
@@ -117,7 +122,7 @@ def test_new_weights_make_old_rows_stale(tmp_path):
     runs.save_member(tmp_path / "run", 0, build("mlp", 3, **MLP_ARGS))
     table = runs.read_results(tmp_path / "run")
     assert table.set_index("scope")["stale"].to_dict() == {"member-0": True, "member-1": False}
-    assert runs.find_results(tmp_path / "run", settings)["scope"].tolist() == ["member-1"]
+    assert runs.find_results(tmp_path / "run", settings, TRAIN_DATA)["scope"].tolist() == ["member-1"]
 
 
 def _append_many(path, writer, count):
@@ -159,13 +164,13 @@ def test_compaction_keeps_the_newest_row_per_key(tmp_path):
 def test_settings_of_mixed_types_and_lists_are_stored(tmp_path):
     make_run(tmp_path / "run")
     runs.append_results(tmp_path / "run", [
-        {"scope": "ensemble", "metric": "a", "value": 1, "members": [0, 1], "note": "x"},
+        {"scope": "ensemble", "metric": "a", "value": 1, "members": [0, 1], "note": "x", "data": TRAIN_DATA},
         {"scope": "ensemble", "metric": "b", "value": 2, "note": 3},
     ])
     table = runs.read_results(tmp_path / "run").set_index("metric")
     assert table.loc["a", "members"] == "[0, 1]"
     assert table.loc["b", "note"] == "3"
-    assert len(runs.find_results(tmp_path / "run", {"members": [0, 1], "note": "x"})) == 1
+    assert len(runs.find_results(tmp_path / "run", {"members": [0, 1], "note": "x"}, TRAIN_DATA)) == 1
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
