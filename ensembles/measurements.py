@@ -255,7 +255,7 @@ def _mean_over_members(values: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
-_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", *AXIS_COLUMNS}
+_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", "data", *AXIS_COLUMNS}  # data: a fingerprint, noise in a message
 
 
 def _not_finite(path: Path, row: Mapping, reason: str, written: Sequence[Mapping]) -> NonFiniteError:
