@@ -238,7 +238,7 @@ def test_staging_folders_of_imports_that_may_still_run_are_kept(tmp_path, checkp
 
 def test_a_refused_import_leaves_no_staging_folder(tmp_path, checkpoints):
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"\x80\x04garbage")
+    bad.write_bytes(b"\x80\x02garbage")
     one_error_line(invoke(*import_args(tmp_path / "out", *checkpoints, bad)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "m0.pt", "m1.pt"]
 
