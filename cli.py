@@ -11,6 +11,8 @@ Conventions shared by every command:
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +48,38 @@ class _Group(click.Group):
         except InputError as error:
             click.echo(f"sharpdiv: error: {error}", err=True)
             ctx.exit(2)
+        except Exception as error:  # noqa: BLE001 - only what the file system refused is turned into one line
+            line = file_system_error(error)
+            if line is None:
+                raise
+            click.echo(f"sharpdiv: error: {line}", err=True)
+            ctx.exit(2)
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def file_system_error(error: BaseException) -> str | None:
+    """One line for a write the file system refused (a read-only folder, a full disk), None for any
+    other error. Libraries that wrap the OS error (torch, safetensors, pyarrow) keep its text, so a
+    full disk is also recognised by its message."""
+    code = getattr(error, "errno", None)
+    name = getattr(error, "filename", None) if isinstance(error, OSError) else None
+    if code in _NO_SPACE or os.strerror(errno.ENOSPC) in str(error):
+        where = f" while writing {name}" if name else ""
+        return (f"no space left on the device{where}; free some space and run again. Nothing was lost: "
+                "files are written whole or not at all, and the unfinished ones were removed")
+    if isinstance(error, PermissionError) or code == errno.EROFS:
+        why = "a read-only file system" if code == errno.EROFS else "permission denied"
+        if not name:
+            return f"{why} ({error}); make the folder writable or choose another one"
+        path = Path(name)
+        if path.exists():
+            return f"{path}: {why}; make it readable and writable for you, or choose another folder"
+        # A file that could not be created: the folder it belongs in is read-only.
+        return (f"{path.parent} is read-only ({why}): nothing can be written in it; make it writable "
+                "(chmod u+w) or choose another folder")
+    return None
 
 
 class RunFolder(click.ParamType):
@@ -143,10 +177,21 @@ def parse_assignments(pairs) -> dict:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        if key == "seeds" and isinstance(value, str):
-            value = [int(s) for s in value.split(",") if s]
+        if key.strip() == "seeds":
+            value = _seed_list(text, value)
         settings[key.strip()] = value
     return settings
+
+
+def _seed_list(text: str, value) -> list:
+    """``seeds=13,17,27`` (or ``[13, 17, 27]``, or one seed) as a list; the import checks the values."""
+    if isinstance(value, str):
+        try:
+            return [int(s) for s in value.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--set seeds={text}: expected whole numbers separated by commas, "
+                             "e.g. --set seeds=13,17,27") from None
+    return value if isinstance(value, list) else [value]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,7 +220,10 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
 
     settings = parse_assignments(assignments)
     model_args = {"width": width} if width is not None else {}
-    if "width" in settings and width is None:
+    if "width" in settings:
+        if width is not None:
+            raise InputError(f"the width is given twice (--width {width} and --set width={settings['width']}); "
+                             "give it once, with --width")
         model_args["width"] = settings.pop("width")
     import_checkpoints(out, files, model=model_name, num_classes=num_classes, dataset=dataset,
                        model_args=model_args, settings=settings)

@@ -135,6 +135,20 @@ def _fix(file: Path) -> str:
     return f"delete {file} and run `sharpdiv evaluate` again to recompute it"
 
 
+def _cached(file: Path) -> bool:
+    """Whether the cache file is there; anything else in its place (a folder where the file belongs,
+    a file where a cache folder belongs) is an InputError naming it, before any work is done."""
+    if file.is_file():
+        return True
+    if file.exists():
+        kind = "a folder" if file.is_dir() else "not a regular file"
+        raise InputError(f"{file} is {kind} where the logit cache keeps a file; move or delete it and run again")
+    for folder in file.parents:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder} is a file where the logit cache keeps a folder; move or delete it and run again")
+    return False
+
+
 def _read(file: Path, tensor_name: str) -> tuple[torch.Tensor, dict]:
     try:
         with safetensors.safe_open(str(file), framework="pt") as stored:
@@ -165,7 +179,7 @@ def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice,
     ``data``, the slice's current fingerprint, is given) were cached from other data or were edited
     since (a warning then names the file)."""
     file = labels_path(run_path, data_slice)
-    if not file.is_file():
+    if not _cached(file):
         return None
     labels, metadata = _read(file, "labels")
     if labels.dim() != 1 or labels.numel() == 0 or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -190,7 +204,7 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
     stale (written for other weights or, when ``data`` is given, for data of another fingerprint;
     or of unknown weights: a warning then says so). A damaged file is an :class:`InputError` naming it."""
     file = member_logits_path(run_path, data_slice, member)
-    if not file.is_file():
+    if not _cached(file):
         return None
     logits, metadata = _read(file, "logits")
     if "weights" not in metadata:

@@ -113,9 +113,43 @@ def read_config(path: str | os.PathLike) -> dict:
     """run.json of a run folder, with a clear error when the folder is not a run."""
     file = require_run_folder(path) / RUN_FILE
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as error:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{file} is not valid JSON ({error}); restore it or recreate the run") from None
+    check_config(config, file)
+    return config
+
+
+# The fields every reader of run.json relies on, and the type each must have.
+_REQUIRED_FIELDS = (("dataset", str, "a dataset name"), ("num_classes", int, "an integer of at least 2"),
+                    ("model", str, "a model name"), ("model_args", dict, "an object of model options"),
+                    ("members", list, "a list of members"))
+
+
+def check_config(config, file: str | os.PathLike = RUN_FILE) -> None:
+    """One clear InputError naming ``file`` and the field when run.json is not a run's config
+    (a list, a field missing or of the wrong type); a few type checks, so reading stays fast."""
+    fix = "restore it from a backup or recreate the run (`sharpdiv train` or `sharpdiv import`)"
+    if not isinstance(config, dict):
+        raise InputError(f"{file} holds a JSON {type(config).__name__}, not a run's settings object; {fix}")
+    for name, kind, meaning in _REQUIRED_FIELDS:
+        if name not in config:
+            raise InputError(f"{file} lacks the field {name!r} ({meaning}); {fix}")
+        value = config[name]
+        wrong = (not isinstance(value, kind) or isinstance(value, bool)
+                 or (kind is str and not value.strip()) or (name == "num_classes" and value < 2))
+        if wrong:
+            raise InputError(f"{file}: field {name!r} must be {meaning}, got {_short(value)}; {fix}")
+    for position, member in enumerate(config["members"]):
+        if not isinstance(member, dict) or member.get("index") != position or isinstance(member.get("index"), bool) \
+                or not isinstance(member.get("status", ""), str):
+            raise InputError(f"{file}: members[{position}] must be an object with \"index\": {position} and a "
+                             f"\"status\", got {_short(member)}; {fix}")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def update_config(path: str | os.PathLike, **changes) -> dict:
@@ -156,7 +190,12 @@ def load_member_state(path: str | os.PathLike, index: int) -> dict[str, torch.Te
     if not file.is_file():
         raise InputError(f"member {index} of {path} has no weights ({file.name} is missing); "
                          "finish its training or re-import it")
-    return safetensors.torch.load_file(str(file))
+    try:
+        return safetensors.torch.load_file(str(file))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own types for truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot read {file}, member {index}'s weights ({reason}); the file is damaged: "
+                         "re-import the member (`sharpdiv import`) or retrain it") from None
 
 
 @dataclass
@@ -186,7 +225,13 @@ def finished_members(config: Mapping) -> list[int]:
 def build_member_model(config: Mapping) -> torch.nn.Module:
     from ensembles import models
 
-    return models.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+    try:
+        return models.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+    except InputError as error:
+        raise InputError(f"run.json: {error}; fix model/model_args in run.json or recreate the run") from None
+    except (TypeError, ValueError) as error:  # an option of the right name but a wrong value
+        raise InputError(f"run.json: model {config['model']!r} cannot be built with model_args "
+                         f"{config.get('model_args')} ({error}); fix model_args in run.json or recreate the run") from None
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
