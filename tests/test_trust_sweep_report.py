@@ -16,7 +16,9 @@ from ensembles import runs, sweep
 from ensembles.folders import MARKER, mark_own_folder, require_own_folder
 from ensembles.train import TrainingSettings
 from landscape.errors import InputError
+from reports.collect import collect, comparable_grouping, run_table
 from reports.site import write_report
+from reports.tables import severity_table
 
 # A sweep small enough to train in a second, should anything reach training.
 TINY_BASE = """
@@ -192,6 +194,20 @@ def test_report_splits_groups_that_mix_datasets(tmp_path):
     member = summary[summary["quantity"] == "member accuracy ID (%)"].set_index(column)["mean"]
     # By hand: cifar10 runs 90 % and 80 % -> 85 %; cifar100 alone 40 %; never (90 + 80 + 40) / 3.
     assert member.to_dict() == pytest.approx({"sam (cifar10)": 85.0, "sam (cifar100)": 40.0})
+
+
+def test_severity_differences_compare_only_groups_on_the_baselines_data(tmp_path):
+    paths = [_measured_run(tmp_path / "sgd", method="sgd", accuracy=0.8), _measured_run(tmp_path / "sam", accuracy=0.9),
+             _measured_run(tmp_path / "c100", dataset="cifar100", num_classes=100, accuracy=0.4)]
+    table, group_by, _ = comparable_grouping(run_table(paths), "method")
+    severity = severity_table(collect(paths, table), table, group_by=group_by)
+    assert severity.baseline == "sgd (cifar10)"  # sgd is still the default baseline
+    assert severity.title.endswith("(for groups on the same data only)")
+    difference = severity.difference["ID"]
+    # By hand: ensemble accuracy is member accuracy + 5 points: sam 95 − sgd 85 = +10 on cifar10;
+    # cifar100's 45 % is not compared with cifar10's 85 %.
+    assert difference["sam (cifar10)"] == pytest.approx(10.0)
+    assert pd.isna(difference["sam (cifar100)"])
 
 
 def test_one_dataset_keeps_plain_groups_and_class_counts_split_a_dataset(tmp_path):
