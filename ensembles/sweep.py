@@ -36,7 +36,11 @@ jobs that then train the same ensemble are one job: crossing ``method = ["sgd", 
 radii gives three jobs, not four.
 
 **Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and its swept values
-(``sam-rho0.2-w16-s13.17.27``): readable, and unique within the sweep (checked).
+(``sam-rho0.2-w16-s13.17.27``): readable, and unique within the sweep (checked). Every value of
+``[base]`` and ``[grid]`` is checked for its type and range when the file is read (``width`` a
+positive integer, ``rho`` a finite number >= 0, ``method`` a known one ...), so ``sweep plan``
+refuses what ``sweep run`` would; names are built from checked values only, and every run folder
+must resolve inside ROOT.
 
 **Jobs.** :func:`run_job` trains (:func:`ensembles.train.train`; an interrupted run is continued
 with :func:`ensembles.train.resume`, a finished one is kept) and then runs every measurement
