@@ -3,7 +3,6 @@ user's files (8), never pool runs on different data (10), and one bad results pa
 run nor goes unnamed (11)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +34,8 @@ train_samples = 64
 
 def _one_line_error(result):
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     return lines[0]
