@@ -283,7 +283,9 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
               help="Which stored ensemble rows to read.")
-def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine):
+@click.option("--force", is_flag=True,
+              help="Write into --out even if it holds files sharpdiv did not write (same-named ones are replaced).")
+def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine, force):
     """Tables, trade-off figures with β and an index.html from the stored results of RUNS.
 
     Reads only what other commands stored; names each missing measurement with the command that
@@ -292,7 +294,7 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
     from reports.site import write_report
 
     report = write_report(runs, out, sharpness=sharpness, diversity=diversity, diversity_on=diversity_on,
-                          group_by=group_by, baseline=baseline, combine=combine)
+                          group_by=group_by, baseline=baseline, combine=combine, force=force)
     for note in report.notes:
         click.echo(f"sharpdiv: note: {note}", err=True)
     tables = len({path.stem.removesuffix("-runs") for path in report.tables})
@@ -474,7 +476,7 @@ def sweep_plan_command(file):
     click.echo(f"report grouped by {', '.join(sweep.group_by)}")
 
 
-def _sweep_report(sweep, paths, out):
+def _sweep_report(sweep, paths, out, force=False):
     """The report over a sweep's runs, grouped by its [report] axes (reports.site.write_report)."""
     from ensembles.sweep import group_runs
     from reports.site import write_report
@@ -484,7 +486,7 @@ def _sweep_report(sweep, paths, out):
                          "(sharpdiv sweep run FILE --out ROOT)")
     options = {key: sweep.report[key] for key in ("sharpness", "diversity", "diversity_on", "baseline", "combine")
                if key in sweep.report}
-    report = write_report(paths, out, group_by=group_runs(sweep, paths), **options)
+    report = write_report(paths, out, group_by=group_runs(sweep, paths), force=force, **options)
     for note in report.notes:
         click.echo(f"sharpdiv: note: {note}", err=True)
     return report
@@ -515,12 +517,14 @@ def _sweep_report(sweep, paths, out):
               help="Wait for SLURM jobs and report (or submit and return; then use sweep status/report).")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True,
               help="Write the report into ROOT/report at the end.")
+@click.option("--force", is_flag=True,
+              help="Write the report into ROOT/report even if it holds files sharpdiv did not write.")
 @click.option("--data-path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the datasets (default: the file's data_path, then $SHARPDIV_DATA).")
 @device_options
 def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_per_job, cpus_per_job, mem_gb,
-                      time_limit, slurm_account, slurm_qos, slurm_constraint, setup, wait, make_report, data_path,
-                      device, threads):
+                      time_limit, slurm_account, slurm_qos, slurm_constraint, setup, wait, make_report, force,
+                      data_path, device, threads):
     """Train and measure every grid point of FILE into --out; stored work is skipped.
 
     Each job trains its run folder (or resumes it, or keeps it when finished) and runs the sweep's
@@ -531,6 +535,10 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
 
     sweep = read_sweep(file)
     timeout_minutes(time_limit)  # checked before anything is submitted
+    if make_report:  # refused now, not after hours of training
+        from reports.site import check_report_folder
+
+        check_report_folder(Path(out) / "report", force, "the sweep's report folder")
     if executor != "slurm" or device != "auto":
         resolve_device(device, threads)
     cluster = ClusterRequest(partition=slurm_partition, gpus_per_job=gpus_per_job, time=time_limit,
@@ -553,7 +561,7 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     if make_report:
         paths = sweep_runs(sweep, out)
         if paths:
-            report = _sweep_report(sweep, paths, Path(out) / "report")
+            report = _sweep_report(sweep, paths, Path(out) / "report", force=force)
             click.echo(f"report: {report.index}")
     if result.failures:
         raise SystemExit(1)
@@ -577,7 +585,9 @@ def sweep_status_command(file, root):
               help="The sweep's root folder (its --out when it ran).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the report.")
 @click.option("--group-by", default=None, help="Comma list of axes to group by (default: the file's [report]).")
-def sweep_report_command(file, root, out, group_by):
+@click.option("--force", is_flag=True,
+              help="Write into --out even if it holds files sharpdiv did not write (same-named ones are replaced).")
+def sweep_report_command(file, root, out, group_by, force):
     """The report over every finished run of the sweep, grouped by its swept axes, with β per group."""
     from dataclasses import replace
 
@@ -587,7 +597,7 @@ def sweep_report_command(file, root, out, group_by):
     if group_by:
         sweep = replace(sweep, report={**sweep.report, "group_by": [a.strip() for a in group_by.split(",") if a.strip()]})
     paths = sweep_runs(sweep, root)
-    report = _sweep_report(sweep, paths, out)
+    report = _sweep_report(sweep, paths, out, force=force)
     click.echo(f"{len(paths)} of {len(sweep.jobs)} runs reported; open {report.index}")
 
 

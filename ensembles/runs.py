@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,13 +419,56 @@ def _uniform_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+#: Columns a results part must hold to be read (older parts may lack the optional ones).
+_PART_COLUMNS = ("scope", "metric", "value", "weights", "settings", "key", "created")
+_warned_parts: set[tuple[str, int, int]] = set()
+
+
+def _foreign_part(part: Path, frame: pd.DataFrame) -> str | None:
+    """Why ``frame`` is not a results part sharpdiv wrote, or None."""
+    missing = [column for column in _PART_COLUMNS if column not in frame.columns]
+    if missing:
+        return f"it lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    if not frame.empty and not pd.api.types.is_numeric_dtype(frame["value"]):
+        return "its value column is not numeric"
+    return None
+
+
+def _skip_part(part: Path, reason: str) -> None:
+    """One line on stderr (once per file version) naming the part that is left out, and the fix."""
+    try:
+        stat = part.stat()
+        version = (str(part), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = (str(part), -1, -1)
+    if version not in _warned_parts:
+        _warned_parts.add(version)
+        print(f"sharpdiv: warning: skipping results part {part}: {reason}; its rows are left out — move it out of "
+              f"{part.parent} (or delete it) to silence this", file=sys.stderr)
+
+
 def _read_parts(results: Path) -> list[pd.DataFrame]:
+    """Every readable results part; an unreadable or foreign one is named on stderr and skipped,
+    so one bad file never makes the run's other rows unreadable."""
     frames = []
     for part in sorted(results.glob("part-*.parquet")):
+        if not part.is_file():
+            if not os.path.lexists(part):  # compacted away by another process between listing and reading
+                return _read_parts(results)
+            _skip_part(part, "it is not a file")
+            continue
         try:
-            frames.append(pd.read_parquet(part))
+            frame = pd.read_parquet(part)
         except FileNotFoundError:  # compacted away by another process between listing and reading
             return _read_parts(results)
+        except Exception as error:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+            _skip_part(part, f"not a readable parquet file ({type(error).__name__})")
+            continue
+        reason = _foreign_part(part, frame)
+        if reason:
+            _skip_part(part, reason)
+            continue
+        frames.append(frame)
     return frames
 
 

@@ -36,7 +36,11 @@ jobs that then train the same ensemble are one job: crossing ``method = ["sgd", 
 radii gives three jobs, not four.
 
 **Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and its swept values
-(``sam-rho0.2-w16-s13.17.27``): readable, and unique within the sweep (checked).
+(``sam-rho0.2-w16-s13.17.27``): readable, and unique within the sweep (checked). Every value of
+``[base]`` and ``[grid]`` is checked for its type and range when the file is read (``width`` a
+positive integer, ``rho`` a finite number >= 0, ``method`` a known one ...), so ``sweep plan``
+refuses what ``sweep run`` would; names are built from checked values only, and every run folder
+must resolve inside ROOT.
 
 **Jobs.** :func:`run_job` trains (:func:`ensembles.train.train`; an interrupted run is continued
 with :func:`ensembles.train.resume`, a finished one is kept) and then runs every measurement
@@ -90,6 +94,7 @@ __all__ = [
     "read_log",
     "read_sweep",
     "run_job",
+    "run_folder",
     "run_name",
     "run_sweep",
     "slurm_parameters",
@@ -121,6 +126,84 @@ _BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
         "keep", "eta", "train_samples")
+
+
+#: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
+_SEED_LIMIT = 2 ** 63
+
+
+def _whole(low: int):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _real(low: float, *, above: bool = False, high: float | None = None, high_open: bool = True):
+    def check(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if value < low or (above and value == low):
+            return False
+        return high is None or value < high or (not high_open and value == high)
+    return check
+
+
+def _dataset_name(value) -> bool:
+    from ensembles.data import _parse_name
+
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        _parse_name(value)
+    except InputError:
+        return False
+    return True
+
+
+def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
+    """Per setting: the check every value must pass at parse time, and what it must be (for the
+    message). Values reach folder names, so only these types are ever let through."""
+    from ensembles.models import MODEL_NAMES
+    from ensembles.train import METHODS, SCHEDULES
+
+    def one_of(choices):
+        return (lambda value: isinstance(value, str) and value in choices), f"one of {', '.join(choices)}"
+
+    positive = (_whole(1), "a positive integer")
+    return {
+        "method": one_of(METHODS), "model": one_of(MODEL_NAMES), "schedule": one_of(SCHEDULES),
+        "keep": one_of(("best", "last")),
+        "dataset": (_dataset_name, "a dataset name (cifar10, cifar100, tinyimagenet, digits or folder:<path>)"),
+        "rho": (_real(0), "a finite number >= 0"), "eta": (_real(0), "a finite number >= 0"),
+        "k": (_real(0, above=True, high=1, high_open=False), "a fraction in (0, 1]"),
+        "sparsity": (_real(0, high=1), "a fraction in [0, 1)"),
+        "lr": (_real(0, above=True), "a finite number > 0"),
+        "weight_decay": (_real(0), "a finite number >= 0"), "momentum": (_real(0), "a finite number >= 0"),
+        "td": positive, "width": positive, "epochs": positive, "batch_size": positive,
+        "reselect_every": positive, "train_samples": positive,
+        "prune_epoch": (_whole(0), "an integer >= 0"),
+        "reference_compatible": (lambda value: isinstance(value, bool), "true or false"),
+        "seeds": (lambda value: isinstance(value, (list, tuple)) and bool(value)
+                  and all(_whole(0)(seed) and seed < _SEED_LIMIT for seed in value),
+                  f"a list of integer seeds in 0..{_SEED_LIMIT - 1}, one per member"),
+    }
+
+
+def _check_values(section: str, setting: str, values: Sequence, source: str, text: str) -> None:
+    """One InputError naming the setting and the first value of the wrong type or range."""
+    check, wanted = _axis_rules()[setting]
+    for value in values:
+        if not check(value):
+            shown = _shown(value)
+            raise InputError(f"{_where(source, text, section, setting)}: {shown} is not a valid {setting}; "
+                             f"it must be {wanted}")
+
+
+def _shown(value) -> str:
+    """A value as the sweep file spells it, strings quoted (so "2" and 2 read differently)."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return _text(value)
 
 
 def applies(axis: str, method: str) -> bool:
@@ -265,6 +348,7 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
         if axis == "seeds" and not all(isinstance(v, tuple) for v in values):
             raise InputError(f"{where}: seeds is a list of seed lists, one per ensemble, e.g. "
                              "seeds = [[13, 17, 27], [113, 117, 127]]")
+        _check_values("grid", axis, values, source, text)
         repeated = [v for i, v in enumerate(values) if v in values[:i]]
         if repeated:
             raise InputError(f"{where} lists {_text(repeated[0])} twice; each value once")
@@ -274,6 +358,8 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
             raise InputError(f"{_where(source, text, 'base', 'seeds')}: seeds is one list of integers, "
                              "one per member, e.g. seeds = [13, 17, 27]")
         base = {**base, "seeds": tuple(base["seeds"])}
+    for setting, value in base.items():
+        _check_values("base", setting, [value], source, text)
     for required in ("dataset", "model"):
         if required not in base and required not in axes:
             raise InputError(f"{source}: no {required!r}; set it in [base] (or sweep it in [grid])")
@@ -364,11 +450,25 @@ def run_name(settings, axes: Sequence[str]) -> str:
         if axis in _BOOLEAN_WORDS:
             parts.append(_BOOLEAN_WORDS[axis][0 if value else 1])
         elif axis in ("dataset", "model", "schedule", "keep"):
-            parts.append(re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_"))
+            # A name ("folder:../data") keeps letters, digits and single dots only: never a path.
+            parts.append(re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+|\.{2,}", "_", str(value))).strip("_."))
         else:
             parts.append(f"{_SHORT.get(axis, axis)}{'none' if value is None else _text(value)}")
     parts.append("s" + ".".join(str(seed) for seed in settings.seeds))
-    return "-".join(parts)
+    # Values are validated at parse time; this keeps any name one plain path component regardless.
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).lstrip(".") or "run"
+
+
+def run_folder(root: str | os.PathLike, name: str) -> Path:
+    """``root/name``, the run folder of a job, after checking it lies inside ``root``: a job name
+    is one path component (no ``/``, ``..``), and the folder resolves (symlinks too) under the root."""
+    root = Path(root)
+    path = root / name
+    inside = path.resolve().is_relative_to(root.resolve()) and path.resolve() != root.resolve()
+    if not name or Path(name).name != name or name in (".", "..") or not inside:
+        raise InputError(f"the run folder {name!r} would lie outside the sweep root {root}; a run folder "
+                         "name is one plain folder name (letters, digits, '.', '_', '+', '-')")
+    return path
 
 
 def _identity(settings) -> tuple:
@@ -525,7 +625,7 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
     from ensembles import train as trainer
 
     root = Path(root)
-    path = root / job.name
+    path = run_folder(root, job.name)
     settings = job.settings if data_path is None else replace(job.settings, data_path=str(data_path))
     chosen = _device(device)
     say = echo or (lambda message: None)
@@ -717,11 +817,11 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     if not sweep.jobs:
         raise InputError(f"{sweep.source}: the grid has no jobs")
     root = Path(root)
+    for job in sweep.jobs:  # a folder outside the root or holding another ensemble fails now
+        _training_state(run_folder(root, job.name), job.settings)
     root.mkdir(parents=True, exist_ok=True)
     data_path = data_path if data_path is not None else sweep.data_path
     say = echo or (lambda message: None)
-    for job in sweep.jobs:  # a folder holding another ensemble fails now, before anything runs
-        _training_state(root / job.name, job.settings)
 
     outcomes: dict[str, JobOutcome] = {}
     failures: dict[str, str] = {}
@@ -856,7 +956,7 @@ def sweep_runs(sweep: Sweep, root: str | os.PathLike) -> list[Path]:
 
     paths = []
     for job in sweep.jobs:
-        path = Path(root) / job.name
+        path = run_folder(root, job.name)
         if (path / runs.RUN_FILE).is_file() and runs.finished_members(runs.read_config(path)):
             paths.append(path)
     return paths
@@ -871,7 +971,7 @@ def sweep_status(sweep: Sweep, root: str | os.PathLike):
         last[record["job"], record["step"]] = record["action"]
     rows = []
     for job in sweep.jobs:
-        path = Path(root) / job.name
+        path = run_folder(root, job.name)
         try:
             state = _training_state(path, job.settings)
         except InputError:

@@ -50,6 +50,7 @@ __all__ = [
     "Missing",
     "SharpnessSpec",
     "collect",
+    "comparable_grouping",
     "diversity_metric",
     "group_labels",
     "group_order",
@@ -168,14 +169,56 @@ def group_labels(frame: pd.DataFrame, group_by: str) -> pd.Series:
 
 
 def group_order(labels: Iterable[str]) -> list[str]:
-    """Groups in reading order: numerically when every label is a number, else alphabetically;
-    "(unset)" last."""
+    """Groups in reading order: numerically when every label is a number, else alphabetically with
+    the numbers inside labels compared as numbers ("0.2 (cifar10)" before "10 (cifar10)"); "(unset)" last."""
     unique = [label for label in dict.fromkeys(labels) if label != UNSET]
     try:
         ordered = sorted(unique, key=float)
     except ValueError:
-        ordered = sorted(unique)
+        ordered = sorted(unique, key=_natural_key)
     return ordered + ([UNSET] if UNSET in set(labels) else [])
+
+
+def _natural_key(label: str) -> list:
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", label)
+    return [(0, float(part), "") if index % 2 else (1, 0.0, part) for index, part in enumerate(parts)]
+
+
+#: run.json fields that make numbers incomparable: runs that differ in them are never pooled.
+COMPARABILITY_FIELDS = ("dataset", "num_classes")
+
+
+def comparable_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame, str, str | None]:
+    """Groups that never pool runs on different data: ``(runs, group_by, note)``.
+
+    When the runs span more than one dataset (or number of classes), each ``group_by`` group is
+    split by it: ``runs`` gains the field ``"<group_by>, dataset"`` with labels such as
+    ``sam (cifar10)``, that name is returned as the new ``group_by``, and ``note`` says so. Otherwise
+    ``runs`` and ``group_by`` are returned unchanged with no note. ``runs`` is :func:`run_table`'s.
+    """
+    base = group_labels(runs, group_by)
+    name = group_by.removeprefix(RUN_PREFIX)
+    labels = {field: runs[RUN_PREFIX + field].map(_plain_label) for field in COMPARABILITY_FIELDS
+              if field != name and RUN_PREFIX + field in runs.columns}
+    spanned = [field for field, values in labels.items() if values.nunique() > 1]
+    if "dataset" in labels and "num_classes" in spanned:
+        # The class count adds nothing where each dataset has one: it only shows when it splits a dataset.
+        per_dataset = pd.DataFrame(labels).groupby("dataset")["num_classes"].nunique()
+        if (per_dataset <= 1).all() and "dataset" in spanned:
+            spanned.remove("num_classes")
+    if not spanned:
+        return runs, group_by, None
+    words = {"dataset": lambda value: value, "num_classes": lambda value: f"{value} classes"}
+    extra = pd.concat([labels[field].map(words[field]) for field in spanned], axis=1)
+    composite = base + " (" + extra.agg(", ".join, axis=1) + ")"
+    split_name = ", ".join([name, *spanned])
+    kinds = {"dataset": "datasets", "num_classes": "class counts"}
+    spans = " and ".join(f"{labels[field].nunique()} {kinds[field]} ({', '.join(sorted(set(labels[field])))})"
+                         for field in spanned)
+    note = (f"the runs span {spans}: each {name} group is split by {' and '.join(spanned)} (grouped by "
+            f"{split_name}), so numbers from different data are never averaged together; to report one "
+            "dataset, pass only its runs")
+    return runs.assign(**{RUN_PREFIX + split_name: composite.values}), split_name, note
 
 
 # ----------------------------------------------------------------------------------------------

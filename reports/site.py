@@ -20,14 +20,15 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ensembles.files import atomic_path
+from ensembles.folders import mark_own_folder, require_own_folder
 from landscape.errors import InputError
 from reports import plots
-from reports.collect import (SharpnessSpec, collect, diversity_description, diversity_metric, group_labels,
-                             group_order, missing_measurements, run_table, tradeoff_points)
+from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
+                             group_labels, group_order, missing_measurements, run_table, tradeoff_points)
 from reports.tables import beta_table, severity_table, summary_table, write_group_table, write_table
 from reports.tradeoff import fits_by_group
 
-__all__ = ["Report", "write_report"]
+__all__ = ["Report", "check_report_folder", "write_report"]
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -74,13 +75,15 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                  sharpness: str | SharpnessSpec = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
                  diversity_on: str = "ood", group_by: str = "method", baseline: str | None = None,
                  combine: str | None = "probs", n_bootstrap: int = 2000, seed: int = 0,
-                 formats: Sequence[str] = plots.FORMATS) -> Report:
+                 formats: Sequence[str] = plots.FORMATS, force: bool = False) -> Report:
     """Write the report of the run folders ``paths`` into ``out`` and return what was written.
 
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
     corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
     runs are grouped by the run.json field ``group_by``; the severity tables show differences to
     the group ``baseline`` (default: sgd when it has data, else the first group that has data).
+    ``out`` must be new, empty or a folder sharpdiv wrote (its ``.sharpdiv`` marker); ``force=True``
+    writes into any folder, replacing same-named files.
     """
     spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
     metric = diversity_metric(diversity)
@@ -89,16 +92,21 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the report")
+    check_report_folder(out, force)
     runs = run_table(paths)
+    # Runs on different data are never pooled: the groups are split by dataset when they span several.
+    runs, group_by, split_note = comparable_grouping(runs, group_by)
     groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
     if baseline is not None and baseline not in set(groups):
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
-    notes = [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
-                                                              on=diversity_on, combine=combine)]
+    notes = [split_note] if split_note else []
+    notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
+                                                               on=diversity_on, combine=combine)]
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
+    mark_own_folder(out)  # everything is checked: the first write
 
     runs_text = runs.set_index("run_label").map(_setting_text)
     sections.append(_Section("Runs and their run.json settings",
@@ -163,6 +171,23 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                   tables=tuple(path for section in sections for path in section.files),
                   figures=tuple(path for section in figure_sections for path in section.files),
                   notes=tuple(notes), rendered=rendered)
+
+
+def check_report_folder(out: str | os.PathLike, force: bool = False, what: str = "report --out") -> Path:
+    """``out`` if a report may be written there: new, empty, marked as sharpdiv's, or holding a
+    report sharpdiv wrote before it marked its folders; else an InputError (``force`` overrides).
+    So a user's README.md or index.html is never replaced."""
+    out = Path(out)
+    return require_own_folder(out, force or _earlier_report(out), what)
+
+
+def _earlier_report(out: Path) -> bool:
+    """Whether ``out`` holds a report sharpdiv wrote before it marked its folders."""
+    readme = out / "README.md"
+    try:
+        return (out / "index.html").is_file() and readme.read_text(encoding="utf-8").startswith("# sharpdiv report\n")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _setting_text(value) -> str:

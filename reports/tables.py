@@ -28,7 +28,8 @@ import pandas as pd
 
 from ensembles.files import atomic_path
 from landscape.errors import InputError
-from reports.collect import (SharpnessSpec, group_labels, group_order, per_run, sharpness_per_run)
+from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, group_labels, group_order, per_run,
+                             sharpness_per_run)
 from reports.tradeoff import BetaFit
 
 __all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "severity_table", "summary_table",
@@ -98,8 +99,10 @@ class GroupTable:
 
 
 def _group_statistics(name: str, title: str, group_by: str, values: pd.DataFrame, groups: pd.Series,
-                      percent=(), baseline: str | None = None) -> GroupTable:
-    """Mean, sample std and count over the runs of each group; drop quantities no run has."""
+                      percent=(), baseline: str | None = None, data: pd.Series | None = None) -> GroupTable:
+    """Mean, sample std and count over the runs of each group; drop quantities no run has.
+    ``data`` (per run, like ``groups``) says which data a run is on: a group on other data than the
+    baseline gets no difference, since accuracies on different data do not compare."""
     values = values.reindex(groups.index).dropna(axis=1, how="all")
     order = group_order(groups)
     grouped = values.groupby(groups)
@@ -113,6 +116,10 @@ def _group_statistics(name: str, title: str, group_by: str, values: pd.DataFrame
             raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                              f"choose one of: {', '.join(order)}")
         difference = mean - mean.loc[baseline]
+        if data is not None:
+            data_of_group = data.reindex(groups.index).groupby(groups).agg(lambda keys: frozenset(keys))
+            other = [group for group in order if data_of_group.get(group) != data_of_group.get(baseline)]
+            difference.loc[other] = np.nan
     per_run_table = pd.concat([groups.rename("group"), values], axis=1)
     per_run_table.index.name = "path"
     return GroupTable(name=name, title=title, group_by=group_by, per_run=per_run_table, mean=mean, std=std,
@@ -121,8 +128,20 @@ def _group_statistics(name: str, title: str, group_by: str, values: pd.DataFrame
 
 
 def _groups(results: pd.DataFrame, runs: pd.DataFrame | None, group_by: str) -> pd.Series:
-    frame = runs.set_index("path") if runs is not None else results.drop_duplicates("path").set_index("path")
-    return group_labels(frame, group_by)
+    return group_labels(_run_frame(results, runs), group_by)
+
+
+def _run_frame(results: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    return runs.set_index("path") if runs is not None else results.drop_duplicates("path").set_index("path")
+
+
+def _data_of_runs(results: pd.DataFrame, runs: pd.DataFrame | None) -> pd.Series:
+    """Per run, the run.json fields that make numbers comparable (dataset, number of classes) as one key."""
+    frame = _run_frame(results, runs)
+    columns = [RUN_PREFIX + field for field in COMPARABILITY_FIELDS if RUN_PREFIX + field in frame.columns]
+    if not columns:
+        return pd.Series("", index=frame.index)
+    return frame[columns].astype(str).agg("|".join, axis=1)
 
 
 def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
@@ -179,10 +198,13 @@ def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, g
         baseline = default_baseline(values, groups)
     who = "ensemble" if of == "ensemble" else "mean member"
     title = f"{who.capitalize()} accuracy (%) by corruption severity, by {group_by}: mean ± std over runs"
+    data = _data_of_runs(results, runs)
     if baseline is not None:
         title += f"; in brackets the difference to {group_by} = {baseline}"
+        if data.nunique() > 1:
+            title += " (for groups on the same data only)"
     return _group_statistics(name or f"severity-{of}", title, group_by, values, groups,
-                             percent=list(values.columns), baseline=baseline)
+                             percent=list(values.columns), baseline=baseline, data=data)
 
 
 def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
@@ -192,8 +214,9 @@ def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
     ``None`` when no group has data."""
     measured = values.reindex(groups.index).notna().any(axis=1)
     with_data = [group for group in group_order(groups) if measured[groups == group].any()]
-    if "sgd" in with_data:
-        return "sgd"
+    plain = [group for group in with_data if group == "sgd" or group.startswith("sgd (")]  # "sgd (cifar10)"
+    if plain:
+        return plain[0]
     return with_data[0] if with_data else None
 
 

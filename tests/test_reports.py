@@ -501,7 +501,9 @@ def test_index_links_every_written_file_and_nothing_else(study_report):
     parser.feed(report.index.read_text(encoding="utf-8"))
     linked = {(report.directory / target).resolve() for target in parser.targets}
     assert all(path.is_file() for path in linked), sorted(p for p in linked if not p.is_file())
-    written = {path.resolve() for path in report.directory.rglob("*") if path.is_file()} - {report.index.resolve()}
+    # The folder's .sharpdiv marker (ensembles.folders) is bookkeeping, not part of the report.
+    written = {path.resolve() for path in report.directory.rglob("*") if path.is_file()} - {
+        report.index.resolve(), (report.directory / ".sharpdiv").resolve()}
     assert written == linked
     names = {path.name for path in written}
     assert {"summary.csv", "summary.md", "summary.tex", "severity-ensemble.tex", "tradeoff-beta.csv",
