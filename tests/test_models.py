@@ -1,5 +1,7 @@
 """Tests for ensembles.models: architectures against hand-derived names and parameter counts,
 forward semantics against functional re-derivations, and strict weight loading."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,11 +38,44 @@ def test_forward_shape_and_backward(name, num_classes):
         assert torch.isfinite(parameter.grad).all(), key
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "mlp", "wrn40_2"])
+# The whole zoo at small sizes (wrn40_2 has no width option; it runs at 16×16 instead).
+TINY_ZOO = {"resnet18": ({"width": 4}, 32), "resnet18_tin": ({"width": 4}, 16), "wrn40_2": ({}, 16),
+            "small_cnn": ({"width": 4}, 32), "mlp": ({"input_size": 3 * 8 * 8, "hidden": (16, 16)}, 8)}
+
+
+def test_the_float64_zoo_covers_every_model():
+    assert set(TINY_ZOO) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_works_in_float64(name):
+    """float64 end to end: output and gradients in float64, and the same function as in float32."""
+    options, side = TINY_ZOO[name]
     torch.manual_seed(0)
-    model = build(name, 10).double().eval()
-    assert model(input_for(name, dtype=torch.float64)).dtype == torch.float64
+    single = build(name, 10, **options).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the normalization is exercised
+        for module in single.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.5, 0.5)
+    double = copy.deepcopy(single).double()
+    x = torch.randn(3, 3, side, side, dtype=torch.float64)
+
+    logits = double(x)
+    assert logits.dtype == torch.float64
+    with torch.no_grad():
+        reference = single(x.float())
+    assert reference.dtype == torch.float32
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(logits.detach(), reference.double(), rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+
+    F.cross_entropy(logits, torch.tensor([1, 4, 7])).backward()
+    for key, parameter in double.named_parameters():
+        assert parameter.dtype == torch.float64, key
+        assert parameter.grad is not None and parameter.grad.dtype == torch.float64, key
+        assert torch.isfinite(parameter.grad).all(), key
 
 
 def test_per_sample_gradients_with_torch_func_match_a_loop():
