@@ -58,7 +58,8 @@ def test_fast_quickstart_runs_what_the_readme_promises(finished):
     for config in configs:
         assert (config["dataset"], config["model"]) == ("digits", "small_cnn")
         assert len(config["seeds"]) == len(config["members"]) == promise["members"]
-        assert config["epochs"] == promise["epochs"] and config["train_samples"] == promise["train_samples"]
+        assert config["epochs"] == promise["epochs"]
+        assert config["train_samples"] == promise["train_samples"]
     assert [config["td"] for config in configs if config["method"] == "sharpbalance"] == [promise["td"]]
     written = sorted(path.stem for path in (out / "data" / "digits-C").glob("*.npy") if path.stem != "labels")
     assert len(written) == promise["corruptions"]

@@ -186,7 +186,7 @@ seeds = [13, 17]
 epochs = 2
 batch_size = 64
 train_samples = 192
-keep = "last"
+keep = "last"  # the weights of the last epoch: this is about the requeue, not about choosing the best
 [grid]
 method = ["sgd"]
 """
@@ -226,14 +226,14 @@ def test_preempted_job_killed_for_real_is_requeued_and_resumes_to_the_same_weigh
     pickled.write_bytes(pickle.dumps(job))
     run = tmp_path / "killed" / spec.name
     checkpoint = run / "train" / "member-0.pt"
-    process = subprocess.Popen([sys.executable, "-c", PREEMPTED_SCRIPT, str(pickled)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as stream:  # a file, not a pipe: a full pipe would stall the job
+        process = subprocess.Popen([sys.executable, "-c", PREEMPTED_SCRIPT, str(pickled)], cwd=ROOT, stderr=stream)
     while not checkpoint.is_file():
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert process.poll() is None, errors.read_text()[-2000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    process.stderr.close()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     assert not list(run.glob("member-*.safetensors")) and runs.finished_members(runs.read_config(run)) == []
 
