@@ -14,10 +14,36 @@ from landscape.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_help_lists_commands():
-    result = CliRunner().invoke(cli.main, ["--help"])
-    assert result.exit_code == 0
-    assert "import" in result.output
+def _listed_commands(arguments) -> set[str]:
+    """The command names click's help for ``arguments`` lists under "Commands:"."""
+    result = CliRunner().invoke(cli.main, [*arguments, "--help"])
+    assert result.exit_code == 0, result.output
+    listing = result.output.split("\nCommands:\n", 1)[1]
+    return {line.split()[0] for line in listing.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+
+
+def _readme_command_table() -> dict[str, set[str]]:
+    """README's "## Commands" table as {command: its subcommands}, e.g. sweep: {plan, run, status, report}."""
+    section = (ROOT / "README.md").read_text().split("\n## Commands\n", 1)[1]
+    rows = re.findall(r"^\| `sharpdiv ([^`]*)` \|", section.split("\n## ", 1)[0], flags=re.M)
+    assert rows, "README.md has no command table under ## Commands"
+    table = {}
+    for row in rows:
+        name, _, rest = row.partition(" ")
+        words = rest.split()
+        # "sweep plan\|run\|status\|report FILE": an escaped-bar list of subcommands
+        table[name] = set(words[0].replace("\\|", "|").split("|")) if words and "\\|" in words[0] else set()
+    return table
+
+
+def test_help_lists_the_commands_of_the_readme_table():
+    table = _readme_command_table()
+    listed = _listed_commands([])
+    assert listed - set(table) == set(), "commands missing from README's table"
+    assert set(table) - listed == set(), "README's table names commands sharpdiv --help does not list"
+    for name, subcommands in table.items():
+        if subcommands or isinstance(cli.main.commands[name], click.Group):
+            assert _listed_commands([name]) == subcommands, name
 
 
 def test_python_dash_m_cli_works():
@@ -49,11 +75,34 @@ def test_set_assignments_parse_json_values():
         cli.parse_assignments(["rho"])
 
 
-def test_device_resolution():
-    assert cli.resolve_device("cpu").type == "cpu"
-    assert cli.resolve_device("auto").type in {"cpu", "cuda"}
+def test_device_resolution_without_cuda(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.resolve_device("auto") == torch.device("cpu")
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    for asked in ("cuda", "cuda:1"):
+        with pytest.raises(InputError, match="no CUDA device is available here; use --device cpu"):
+            cli.resolve_device(asked)
     with pytest.raises(InputError, match="unknown device"):
         cli.resolve_device("tpu:7")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, ["train", "--data", "digits", "--model", "small_cnn", "--epochs", "1",
+                                           "--out", str(out), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "sharpdiv: error: --device cuda: no CUDA device is available here; use --device cpu"]
+    assert not out.exists()
+
+
+def test_device_resolution_with_cuda(monkeypatch):
+    """Only the returned device is checked: no GPU is touched."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.resolve_device("auto") == torch.device("cuda")
+    assert cli.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert cli.resolve_device("cpu") == torch.device("cpu")
 
 
 def test_input_errors_exit_2_without_traceback(tmp_path):

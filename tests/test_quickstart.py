@@ -1,13 +1,19 @@
 """`sharpdiv quickstart --fast` end to end: digits-C, the sweep, the report, and reuse on a re-run."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import cli
 from ensembles import quickstart, runs, sweep
+from ensembles import train as trainer
 from ensembles.corruptions import make_corrupted_split
 from ensembles.data import load_dataset, load_corrupted
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +23,115 @@ def finished(tmp_path_factory):
     return out, result
 
 
-def test_fast_recipe_is_the_promised_one():
-    recipe = quickstart.RECIPES["fast"]
-    plan = quickstart.quickstart_sweep(fast=True)
-    methods = sorted(job.settings.method for job in plan.jobs)
-    assert methods == ["sam", "sam", "sgd", "sharpbalance"]
-    assert sorted(job.settings.rho for job in plan.jobs if job.settings.method == "sam") == list(recipe.rhos)
-    assert len(recipe.rhos) == 2 and len(recipe.corruptions) == 3
-    for job in plan.jobs:
-        assert len(job.settings.seeds) == 2 and job.settings.epochs == 2
-        assert job.settings.dataset == "digits" and job.settings.model == "small_cnn"
-    assert next(job for job in plan.jobs if job.settings.method == "sharpbalance").settings.td == 1
-    full = quickstart.quickstart_sweep(fast=False)
-    assert sorted(job.settings.method for job in full.jobs).count("sam") == 3  # a fitted β needs 3
-    assert all(len(job.settings.seeds) == 3 for job in full.jobs)
+def _readme_quickstart() -> str:
+    """README's quickstart section, with its line breaks folded into spaces."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## The quickstart\n", 1)[1].split("\n## ", 1)[0]
+    return " ".join(section.split())
+
+
+def _readme_fast_promise() -> dict:
+    """The parenthesis after "`--fast` is the test suite's miniature", item by item."""
+    found = re.search(r"`--fast` is the test suite's miniature \(([^)]*)\)", _readme_quickstart())
+    assert found, "README.md no longer says what --fast runs"
+    patterns = {"radii": r"(\d+) radii", "members": r"(\d+) members", "epochs": r"(\d+) epochs",
+                "td": r"T_d = (\d+)", "train_samples": r"the first (\d+) training images",
+                "corruptions": r"(\d+) corruptions", "budgets": r"small measurement budgets"}
+    promise = {}
+    for item in found.group(1).split(", "):
+        matches = [(key, re.fullmatch(pattern, item)) for key, pattern in patterns.items()]
+        key, match = next(((k, m) for k, m in matches if m), (None, None))
+        assert match, f"README's --fast promises {item!r}, which this test does not check yet"
+        promise[key] = int(match.group(1)) if match.groups() else True
+    return promise
+
+
+def test_fast_quickstart_runs_what_the_readme_promises(finished):
+    """The README's --fast recipe against the run folders and digits-C that `quickstart --fast` wrote."""
+    out, result = finished
+    assert result.exit_code == 0, result.output + str(result.exception)
+    promise = _readme_fast_promise()
+    configs = [runs.read_config(path) for path in sorted((out / "runs").iterdir()) if (path / "run.json").is_file()]
+    methods = sorted(config["method"] for config in configs)
+    assert methods == ["sam"] * promise["radii"] + ["sgd", "sharpbalance"]
+    assert len({config["rho"] for config in configs if config["method"] == "sam"}) == promise["radii"]
+    for config in configs:
+        assert (config["dataset"], config["model"]) == ("digits", "small_cnn")
+        assert len(config["seeds"]) == len(config["members"]) == promise["members"]
+        assert config["epochs"] == promise["epochs"]
+        assert config["train_samples"] == promise["train_samples"]
+    assert [config["td"] for config in configs if config["method"] == "sharpbalance"] == [promise["td"]]
+    written = sorted(path.stem for path in (out / "data" / "digits-C").glob("*.npy") if path.stem != "labels")
+    assert len(written) == promise["corruptions"]
+    for path in sorted((out / "runs").iterdir()):
+        if (path / "run.json").is_file():
+            assert trainer.read_training_log(path)["epoch"].max() == promise["epochs"]
+            table = runs.read_results(path, current_only=True)
+            assert sorted(table["corruption"].dropna().unique()) == written
+
+
+NUMBER_WORDS = {"three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
+
+
+def _readme_full_recipe() -> dict:
+    """What the README's numbered list says the full quickstart does."""
+    text = _readme_quickstart()
+    found = {key: re.search(pattern, text) for key, pattern in {
+        "data": r"On scikit-learn's bundled (\w+)",
+        "corrupt": r"\*\*digits-C\*\*, .*?\((\d+) corruptions × (\d+) severities\)",
+        "train": r"trains (\w+) (\d+)-member ensembles of a small CNN \(`(\w+)`, width (\d+), (\d+) epochs, "
+                 r"batches of (\d+)\)",
+        "methods": r"SGD \(a deep ensemble\), SAM at ρ = ([\d., and]+?), and SharpBalance "
+                   r"\(ρ = ([\d.]+), k = ([\d.]+), T_d = (\d+)\)",
+        "measure": r"measures each member's adaptive worst-case ℓ2 sharpness \(ρ = ([\d.]+)\) and Hessian trace",
+    }.items()}
+    missing = [key for key, match in found.items() if match is None]
+    assert not missing, f"README's quickstart list no longer reads as this test expects: {missing}"
+    ensembles, members, model, width, epochs, batch = found["train"].groups()
+    sam_rhos, balance_rho, k, td = found["methods"].groups()
+    return dict(dataset=found["data"].group(1), corruptions=int(found["corrupt"].group(1)),
+                severities=int(found["corrupt"].group(2)), ensembles=NUMBER_WORDS[ensembles],
+                members=int(members), model=model, width=int(width), epochs=int(epochs), batch_size=int(batch),
+                sam_rhos=sorted(float(r) for r in re.split(r",\s*|\s+and\s+", sam_rhos)),
+                sharpbalance=(float(balance_rho), float(k), int(td)), sharpness_rho=float(found["measure"].group(1)))
+
+
+def test_full_quickstart_runs_what_the_readme_describes(tmp_path, monkeypatch):
+    """The README's full recipe against what run_quickstart hands to digits-C and to the sweep."""
+    import ensembles.corruptions
+
+    seen = {}
+
+    def write_corrupted_dataset(name, root, out, corruptions, **options):
+        seen["data"], seen["corruptions"] = name, tuple(corruptions)
+        return out, list(corruptions), []
+
+    def run_sweep(plan, root, **options):
+        seen["sweep"] = plan
+        return sweep.SweepResult(outcomes=(), failures={}, job_ids={}, waited=True)
+
+    monkeypatch.setattr(ensembles.corruptions, "write_corrupted_dataset", write_corrupted_dataset)
+    monkeypatch.setattr(quickstart, "run_sweep", run_sweep)
+    quickstart.run_quickstart(tmp_path, fast=False, device="cpu")
+    readme = _readme_full_recipe()
+
+    assert seen["data"] == readme["dataset"] and len(seen["corruptions"]) == readme["corruptions"]
+    jobs = [job.settings for job in seen["sweep"].jobs]
+    assert len(jobs) == readme["ensembles"]
+    for settings in jobs:
+        assert settings.dataset == readme["dataset"] and settings.model == readme["model"]
+        assert (len(settings.seeds), settings.width, settings.epochs, settings.batch_size) == (
+            readme["members"], readme["width"], readme["epochs"], readme["batch_size"])
+    assert sorted(s.method for s in jobs) == ["sam"] * len(readme["sam_rhos"]) + ["sgd", "sharpbalance"]
+    assert sorted(s.rho for s in jobs if s.method == "sam") == readme["sam_rhos"]
+    assert [(s.rho, s.k, s.td) for s in jobs if s.method == "sharpbalance"] == [readme["sharpbalance"]]
+    measures = {measure.command: dict(measure.options) for measure in seen["sweep"].measurements}
+    sharpness = measures["sharpness"]
+    assert (sharpness["kind"], sharpness["norm"], sharpness["adaptive"], tuple(sharpness["rhos"])) == (
+        "worst", "l2", True, (readme["sharpness_rho"],))
+    assert measures["hessian"]["trace"] is True
+    assert tuple(measures["evaluate"]["corruptions"]) == seen["corruptions"]
+    assert tuple(measures["evaluate"]["severities"]) == tuple(range(1, readme["severities"] + 1))
 
 
 def test_quickstart_writes_the_report(finished):

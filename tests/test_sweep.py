@@ -1,9 +1,17 @@
 """Sweeps: planning, bad files, skip-if-stored jobs, interruption and resumption, submitit executors."""
 import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import submitit
+import torch
 from click.testing import CliRunner
 
 import cli
@@ -168,12 +176,84 @@ def test_time_limits_and_slurm_script(tmp_path, monkeypatch):
         assert line in script
 
 
-def test_preempted_job_is_requeued_unchanged():
-    plan = sweep.parse_sweep(PLAN)
-    job = sweep.SweepJob(plan.jobs[0], "/tmp/root", plan.measurements)
-    delayed = job.checkpoint()
-    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
-    assert delayed.function is job and delayed.args == () and delayed.kwargs == {}
+PREEMPTED = """
+name = "preempted"
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 4
+seeds = [13, 17]
+epochs = 2
+batch_size = 64
+train_samples = 192
+keep = "last"  # the weights of the last epoch: this is about the requeue, not about choosing the best
+[grid]
+method = ["sgd"]
+"""
+
+# The job as submitit runs it: unpickled in its own process. It pauses after member 0's first
+# epoch checkpoint so the test can kill it at a known point; the pause is its only difference.
+PREEMPTED_SCRIPT = textwrap.dedent("""
+    import pickle, signal, sys
+    from ensembles import train as trainer
+
+    def pause_after_the_first_epoch(event):
+        if event["event"] == "epoch":
+            signal.pause()
+
+    real = trainer.train
+    trainer.train = lambda *args, **kwargs: real(*args, **kwargs, callback=pause_after_the_first_epoch)
+    with open(sys.argv[1], "rb") as stream:
+        job = pickle.load(stream)
+    job()
+""")
+
+
+def _weights(path: Path) -> dict:
+    states = {f"train/{f.name}": torch.load(f, weights_only=True)["model"] for f in sorted((path / "train").glob("*.pt"))}
+    members = {f.name: safetensors.torch.load_file(str(f)) for f in sorted(path.glob("member-*.safetensors"))}
+    return {**states, **members}
+
+
+def test_preempted_job_killed_for_real_is_requeued_and_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a sweep job in its own process after its first epoch checkpoint; the requeued job
+    (submitit's checkpoint(): the same job again) resumes from the run folder and ends bit for bit
+    where an uninterrupted job ends."""
+    plan = sweep.parse_sweep(PREEMPTED)
+    (spec,) = plan.jobs
+    job = sweep.SweepJob(spec, tmp_path / "killed", plan.measurements, device="cpu", threads=1)
+    pickled = tmp_path / "job.pkl"
+    pickled.write_bytes(pickle.dumps(job))
+    run = tmp_path / "killed" / spec.name
+    checkpoint = run / "train" / "member-0.pt"
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as stream:  # a file, not a pipe: a full pipe would stall the job
+        process = subprocess.Popen([sys.executable, "-c", PREEMPTED_SCRIPT, str(pickled)], cwd=ROOT, stderr=stream)
+    while not checkpoint.is_file():
+        assert process.poll() is None, errors.read_text()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    assert not list(run.glob("member-*.safetensors")) and runs.finished_members(runs.read_config(run)) == []
+
+    requeued = job.checkpoint()
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission)
+    outcome = requeued.function(*requeued.args, **requeued.kwargs)
+    assert [(step.name, step.action) for step in outcome.steps] == [("train", "resumed")]
+    assert runs.finished_members(runs.read_config(run)) == [0, 1]
+
+    uninterrupted = sweep.SweepJob(spec, tmp_path / "whole", plan.measurements, device="cpu", threads=1)()
+    assert [(step.name, step.action) for step in uninterrupted.steps] == [("train", "trained")]
+    resumed, reference = _weights(run), _weights(tmp_path / "whole" / spec.name)
+    assert sorted(resumed) == sorted(reference) == [
+        "member-0.safetensors", "member-1.safetensors", "train/member-0.pt", "train/member-1.pt"]
+    for name in reference:
+        assert resumed[name].keys() == reference[name].keys(), name
+        for key in reference[name]:
+            assert torch.equal(resumed[name][key], reference[name][key]), (name, key)
+    log, whole_log = trainer.read_training_log(run), trainer.read_training_log(tmp_path / "whole" / spec.name)
+    assert log.drop(columns="seconds").equals(whole_log.drop(columns="seconds"))
 
 
 TINY = """
