@@ -74,25 +74,34 @@ def require_run_folder(path: str | os.PathLike) -> Path:
 MARKER_FILE = ".sharpdiv"  # what says a folder's files were written by sharpdiv
 
 
-def require_writable_folder(path: str | os.PathLike, force: bool = False) -> Path:
-    """``path`` as a Path if sharpdiv may write into it: missing, empty, or made by sharpdiv (holds
-    :data:`MARKER_FILE`); else one clear InputError, so a user's own files are never overwritten.
-    ``force`` allows any folder. Call :func:`mark_folder` before the first write."""
+def is_own_folder(path: str | os.PathLike) -> bool:
+    """Whether sharpdiv may write into ``path``: missing, an empty folder, or holding :data:`MARKER_FILE`."""
     path = Path(path)
+    if not path.exists():
+        return True
+    return path.is_dir() and ((path / MARKER_FILE).is_file() or not any(path.iterdir()))
+
+
+def require_writable_folder(path: str | os.PathLike, force: bool = False, what: str = "") -> Path:
+    """``path`` as a Path if sharpdiv may write into it (:func:`is_own_folder`); else one clear
+    InputError, so a user's own files are never overwritten. ``force`` allows any folder, but never
+    a file. ``what`` names the folder in the message (``"report --out"``). Call :func:`mark_folder`
+    before the first write."""
+    path = Path(path)
+    named = f"{what} {path}" if what else str(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is a file, not a folder; choose a folder path")
-    if force or not path.exists() or (path / MARKER_FILE).is_file():
+        raise InputError(f"{named} is a file, not a folder; choose a folder path")
+    if force or is_own_folder(path):
         return path
     found = sorted(entry.name for entry in path.iterdir())
-    if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise InputError(f"{path} already holds files not made by sharpdiv ({shown}); choose an empty or new "
-                         "folder, or pass --force to write into it anyway")
-    return path
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise InputError(f"{named} already holds files not made by sharpdiv ({shown}); choose an empty or new "
+                     "folder, or pass --force to write into it anyway (same-named files are replaced)")
 
 
 def mark_folder(path: str | os.PathLike, kind: str) -> None:
     """Create ``path`` if needed and mark it as made by sharpdiv (``kind``: run, report ...)."""
     path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     if not (path / MARKER_FILE).is_file():
         write_json(path / MARKER_FILE, {"made_by": "sharpdiv", "kind": kind})

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ensembles.files import atomic_path
-from ensembles.folders import mark_own_folder, require_own_folder
+from ensembles.files import mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
@@ -106,7 +106,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                                                                on=diversity_on, combine=combine)]
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
-    mark_own_folder(out)  # everything is checked: the first write
+    mark_folder(out, "report")  # everything is checked: the first write
 
     runs_text = runs.set_index("run_label").map(_setting_text)
     sections.append(_Section("Runs and their run.json settings",
@@ -178,7 +178,7 @@ def check_report_folder(out: str | os.PathLike, force: bool = False, what: str =
     report sharpdiv wrote before it marked its folders; else an InputError (``force`` overrides).
     So a user's README.md or index.html is never replaced."""
     out = Path(out)
-    return require_own_folder(out, force or _earlier_report(out), what)
+    return require_writable_folder(out, force or _earlier_report(out), what)
 
 
 def _earlier_report(out: Path) -> bool:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import cli
 import results_fixtures as fixtures
 from ensembles import runs, sweep
-from ensembles.folders import MARKER, mark_own_folder, require_own_folder
+from ensembles.files import MARKER_FILE as MARKER, mark_folder, require_writable_folder
 from ensembles.train import TrainingSettings
 from landscape.errors import InputError
 from reports.collect import collect, comparable_grouping, run_table
@@ -167,14 +167,14 @@ def test_require_own_folder_and_its_marker(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     (user / "notes.txt").write_text("x")
-    with pytest.raises(InputError, match=r"train --out .*user already holds files sharpdiv did not write \(notes\.txt\)"):
-        require_own_folder(user, False, "train --out")
-    assert require_own_folder(user, True, "train --out") == user
-    mark_own_folder(user)
-    assert require_own_folder(user, False, "train --out") == user
+    with pytest.raises(InputError, match=r"train --out .*user already holds files not made by sharpdiv \(notes\.txt\)"):
+        require_writable_folder(user, False, "train --out")
+    assert require_writable_folder(user, True, "train --out") == user
+    mark_folder(user, "test")
+    assert require_writable_folder(user, False, "train --out") == user
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        require_own_folder(tmp_path / "file", True, "report --out")
+        require_writable_folder(tmp_path / "file", True, "report --out")
 
 
 # ----------------------------------------------------------------------------------------------
