@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from ensembles.files import atomic_path
+from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, diversity_description, diversity_metric, group_labels,

@@ -5,9 +5,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from ensembles import quickstart, runs, sweep
-from ensembles.corruptions import make_corrupted_split
-from ensembles.data import load_dataset, load_corrupted
+from ensembles.runs import run_folder
+from ensembles.studies import quickstart, sweep
+from ensembles.data.corruptions import make_corrupted_split
+from ensembles.data.datasets import load_dataset, load_corrupted
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +73,9 @@ def test_every_run_was_trained_measured_and_rerunning_reuses_everything(finished
     assert sorted(trained) == sorted(job.name for job in plan.jobs)
     assert all(r["action"] == "trained" for r in first if r["step"] == "train")
     for job in plan.jobs:
-        config = runs.read_config(out / "runs" / job.name)
-        assert runs.finished_members(config) == [0, 1]
-        table = runs.read_results(out / "runs" / job.name, current_only=True)
+        config = run_folder.read_config(out / "runs" / job.name)
+        assert run_folder.finished_members(config) == [0, 1]
+        table = run_folder.read_results(out / "runs" / job.name, current_only=True)
         assert {"sharpness/worst/l2/adaptive", "hessian/trace", "der", "accuracy"} <= set(table["metric"])
         corrupted = table[(table["metric"] == "accuracy") & (table["scope"] == "ensemble")]
         assert set(corrupted["corruption"].dropna()) == set(quickstart.RECIPES["fast"].corruptions)

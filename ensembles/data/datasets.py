@@ -88,8 +88,8 @@ _WHERE_TO_GET = {
     "cifar10-c": "download CIFAR-10-C.tar from https://zenodo.org/record/2535967",
     "cifar100-c": "download CIFAR-100-C.tar from https://zenodo.org/record/3555552",
     "tinyimagenet-c": "download Tiny-ImageNet-C.tar from https://zenodo.org/record/2536630",
-    "digits-c": "write it with ensembles.corruptions",
-    "folder-c": "write it with ensembles.corruptions",
+    "digits-c": "write it with ensembles.data.corruptions",
+    "folder-c": "write it with ensembles.data.corruptions",
 }
 _PASS_ROOT = "and pass --data-path (or set SHARPDIV_DATA)"
 

@@ -101,9 +101,11 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     All or nothing: the folder is assembled beside ``out`` and renamed into place only when every
     file has been read and fits the model, so a refused file leaves no partial output.
     """
-    from ensembles import data, models, runs
+    from ensembles.data import datasets
+    from ensembles.models import zoo
+    from ensembles.runs import run_folder
 
-    data.normalization(dataset)  # an unknown dataset name is an error before anything is read
+    datasets.normalization(dataset)  # an unknown dataset name is an error before anything is read
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} already exists and is not empty; choose a new folder for the run")
@@ -120,17 +122,17 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        runs.create_run(staging, dataset=dataset, num_classes=num_classes, model=model,
+        run_folder.create_run(staging, dataset=dataset, num_classes=num_classes, model=model,
                         model_args=model_args, method=method, seeds=recorded_seeds, keep=keep,
                         n_members=len(files), exist_ok=True, **settings)
         for index, file in enumerate(files):
             state = extract_state_dict(read_checkpoint(file), source=str(file))
-            network = models.build(model, num_classes, **model_args)
+            network = zoo.build(model, num_classes, **model_args)
             try:
-                models.load_weights(network, state)
+                zoo.load_weights(network, state)
             except InputError as error:
                 raise InputError(f"{file} does not fit --model {model}: {error}") from None
-            runs.save_member(staging, index, network, source=str(Path(file).resolve()),
+            run_folder.save_member(staging, index, network, source=str(Path(file).resolve()),
                              seed=seeds[index] if seeds[index] is not None else
                              (recorded_seeds[index] if index < len(recorded_seeds) else None))
         if out.exists():

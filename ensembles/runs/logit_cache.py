@@ -8,7 +8,7 @@ the forward passes are done once and stored::
     <run>/logits/<dataset>/<slice>/labels.safetensors       tensor "labels" (N,), int64
 
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
-records in its metadata the digest of the member's weights file (:func:`ensembles.files.file_digest`),
+records in its metadata the digest of the member's weights file (:func:`ensembles.runs.files.file_digest`),
 so new weights make the cached logits stale and they are computed again (silently: that is the
 cache working); a file without that digest (written by another tool or an early version) cannot be
 matched to any weights, so it is computed again with a warning naming it. A file that is unreadable,
@@ -37,9 +37,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ensembles import data as datasets
-from ensembles import runs as run_folders
-from ensembles.files import atomic_path, file_digest
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.runs.files import atomic_path, file_digest
 from landscape.errors import InputError
 
 __all__ = [
@@ -171,7 +171,7 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
                       f"digest in its metadata); recomputing member {member}'s logits on {data_slice.dataset} "
                       f"{data_slice.name}", stacklevel=2)
         return None
-    weights = run_folders.member_path(run_path, member)
+    weights = run_folder.member_path(run_path, member)
     current = file_digest(weights) if weights.is_file() else None
     if metadata.get("weights") != current:
         return None  # new weights: recompute, never an error
@@ -286,7 +286,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
                                  f"{data_slice.name}; its weights are broken: retrain or re-import it")
             cached[member] = logits
             _write(member_logits_path(run_path, data_slice, member), "logits", logits,
-                   {"weights": file_digest(run_folders.member_path(run_path, member)), "member": str(member),
+                   {"weights": file_digest(run_folder.member_path(run_path, member)), "member": str(member),
                     "dataset": data_slice.dataset, "slice": data_slice.name})
     dtype = functools.reduce(torch.promote_types, (cached[member].dtype for member in members))
     member_logits = torch.stack([cached[member].to(dtype) for member in members])

@@ -37,7 +37,7 @@ import torch
 from filelock import FileLock
 
 from landscape.errors import InputError
-from ensembles.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
+from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
 
 RESULTS_DIR = "results"
 TRAIN_DIR = "train"
@@ -180,15 +180,15 @@ def finished_members(config: Mapping) -> list[int]:
 
 
 def build_member_model(config: Mapping) -> torch.nn.Module:
-    from ensembles import models
+    from ensembles.models import zoo
 
-    return models.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+    return zoo.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> Run:
     """Load a run folder's finished members as modules in eval mode on ``device``."""
-    from ensembles import models
+    from ensembles.models import zoo
 
     path = Path(path)
     config = read_config(path)
@@ -200,7 +200,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
         model = build_member_model(config)
         state = load_member_state(path, index)
         try:
-            models.load_weights(model, state)
+            zoo.load_weights(model, state)
         except InputError as error:
             raise InputError(f"member {index} of {path}: {error}") from None
         model.to(device=device, dtype=dtype).eval()

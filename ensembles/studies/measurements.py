@@ -25,7 +25,7 @@ agree. (The draws of average-case sharpness also depend on ``chunk_size``, a mem
 not a setting: rows measured with another chunk size are reused as equivalent.)
 
 Reuse. A measurement whose rows are all stored for the current weights and the same settings is not
-computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice and
+computed again (:func:`ensembles.runs.run_folder.find_results` semantics: same scope, metric, slice and
 settings). Input is checked for every run before anything is measured, so bad input leaves no rows;
 each member's rows are written as soon as the member is done, so an interrupted call resumes.
 
@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ensembles import data as datasets
-from ensembles import runs as run_folders
-from ensembles.files import atomic_path
-from ensembles.logits import dataset_label
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.runs.files import atomic_path
+from ensembles.runs.logit_cache import dataset_label
 from landscape import connectivity, fisher, hessian, sharpness
 from landscape.errors import InputError
 
@@ -105,7 +105,7 @@ class _StoredRows:
     """
 
     def __init__(self, path: Path):
-        table = run_folders.read_results(path, current_only=True)
+        table = run_folder.read_results(path, current_only=True)
         columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "value", "stderr"]
         self._rows: dict[tuple, list[tuple[dict, float, float]]] = defaultdict(list)
         if table.empty:
@@ -116,12 +116,12 @@ class _StoredRows:
                 continue  # these measurements are on clean splits only
             settings = json.loads(text)
             axes = {name: settings.pop(name) for name in AXIS_COLUMNS if name in settings}
-            key = (scope, metric, dataset, split, run_folders.canonical_settings(settings))
+            key = (scope, metric, dataset, split, run_folder.canonical_settings(settings))
             self._rows[key].append((axes, float(value), float(stderr)))
 
     def get(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> list[tuple[dict, float, float]]:
         """``[(axes, value, stderr), ...]`` of the stored rows of one measurement."""
-        key = (scope, metric, where["dataset"], where["split"], run_folders.canonical_settings(settings))
+        key = (scope, metric, where["dataset"], where["split"], run_folder.canonical_settings(settings))
         return self._rows.get(key, [])
 
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
@@ -137,7 +137,7 @@ class _Members:
 
     def __getitem__(self, index: int) -> torch.nn.Module:
         if self.run is None:
-            self.run = run_folders.load_run(self.path, self.device, self.dtype)
+            self.run = run_folder.load_run(self.path, self.device, self.dtype)
         return self.run.members[self.run.member_indices.index(index)]
 
 
@@ -198,14 +198,14 @@ class _RunInput:
 def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> Iterator[_RunInput]:
     """Each run's config, finished members and split, checked before any measurement starts."""
     for path in _run_paths(paths):
-        config = run_folders.read_config(path)
+        config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
         yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
-    members = run_folders.finished_members(config)
+    members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     return members
@@ -316,7 +316,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
         path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
         _check_sample_budget(images, m, n_batches)
         if exclude:  # a pattern that matches nothing is a typo: say so before any work
-            sharpness.select_parameters(run_folders.build_member_model(config), exclude=exclude)
+            sharpness.select_parameters(run_folder.build_member_model(config), exclude=exclude)
         plans.append((path, members, label, images))
 
     measurements = []
@@ -360,7 +360,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                          **where, **settings[rho]}]
                     bar.update()
                 if member_rows:
-                    run_folders.append_results(path, member_rows)
+                    run_folder.append_results(path, member_rows)
                     rows += member_rows
         finally:
             bar.close()
@@ -374,7 +374,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                     ensemble_rows.append({"scope": "ensemble", "metric": name, "value": mean, "stderr": stderr,
                                           **where, **mean_settings})
         if ensemble_rows:
-            run_folders.append_results(path, ensemble_rows)
+            run_folder.append_results(path, ensemble_rows)
             rows += ensemble_rows
 
         lines = [f"{path.name}: {metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
@@ -493,7 +493,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                                         for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())]
                     bar.update()
                 if member_rows:
-                    run_folders.append_results(path, member_rows)
+                    run_folder.append_results(path, member_rows)
                     rows += member_rows
         finally:
             bar.close()
@@ -504,7 +504,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                     not stored.get("ensemble", "hessian/trace", where, mean_settings):
                 ensemble_row = {"scope": "ensemble", "metric": "hessian/trace", "value": mean, "stderr": stderr,
                                 **where, **mean_settings}
-                run_folders.append_results(path, [ensemble_row])
+                run_folder.append_results(path, [ensemble_row])
                 rows.append(ensemble_row)
         if eigenvalues:
             for index in members:
@@ -607,7 +607,7 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
             member_rows = [{"scope": f"member-{index}", "metric": metric, "value": float(values[metric]),
                             "stderr": stderr if metric == "fisher/mean" else math.nan, **where, **settings}
                            for metric in metrics]
-            run_folders.append_results(path, member_rows)
+            run_folder.append_results(path, member_rows)
             rows += member_rows
             summaries[index] = {metric: float(values[metric]) for metric in metrics}
 
@@ -667,7 +667,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             raise InputError(f"--plane needs three members but {path} has {len(members)}; drop --plane for this run")
         n_classes = int(config["num_classes"])
         count = _example_count("--n-examples", n_examples, images)
-        has_batchnorm = _has_batchnorm(run_folders.build_member_model(config))
+        has_batchnorm = _has_batchnorm(run_folder.build_member_model(config))
         reset = bn_reset and has_batchnorm
         training = splits.get(label, "train", n_classes) if reset else None
         bn_count = min(bn_examples, len(training)) if reset else None
@@ -725,7 +725,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                **where, **barrier_settings},
                               {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
                                **where, **barrier_settings}]
-                run_folders.append_results(path, path_rows)
+                run_folder.append_results(path, path_rows)
                 rows += path_rows
                 barriers[i, j] = (barrier.value, barrier.alpha)
                 bar.update()
@@ -740,7 +740,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                        {"scope": "ensemble", "metric": "plane/accuracy",
                                         "value": float(surface.accuracy[a, b]), "u": u, "v": v, **where,
                                         **plane_settings}]
-                run_folders.append_results(path, plane_rows)
+                run_folder.append_results(path, plane_rows)
                 rows += plane_rows
                 bar.update()
         finally:
