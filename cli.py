@@ -88,7 +88,7 @@ class RunFolder(click.ParamType):
     name = "run"
 
     def convert(self, value, param, ctx):
-        from ensembles.files import require_run_folder
+        from ensembles.runs.files import require_run_folder
         return require_run_folder(value)
 
 
@@ -216,7 +216,7 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
     'module.' prefixes and SharpBalance's seed_<s>/model_best.pth.tar, always with
     weights_only=True: a file whose pickle carries code is refused and nothing is written.
     """
-    from ensembles.checkpoints import import_checkpoints
+    from ensembles.models.checkpoints import import_checkpoints
 
     settings = parse_assignments(assignments)
     model_args = {"width": width} if width is not None else {}
@@ -260,7 +260,7 @@ def theory_command(figure, out, quick, seed):
                                             "or other clean data) instead of refusing it.")
 def corrupt_command(dataset, data_path, out, corruptions, seed, force):
     """Write the CIFAR-10-C-style corrupted test split of a data set (5 severities each)."""
-    from ensembles.corruptions import write_corrupted_dataset
+    from ensembles.data.corruptions import write_corrupted_dataset
 
     folder, written, kept = write_corrupted_dataset(dataset, data_path, out, corruptions, seed=seed, progress=True,
                                                     force=force)
@@ -323,7 +323,7 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
     table: per member, for the ensemble and for the first k members (ensemble@k). Repeating the
     command reuses the cache and the stored rows.
     """
-    from ensembles.evaluation import evaluate_runs
+    from ensembles.studies.evaluation import evaluate_runs
 
     chosen = resolve_device(device, threads)
     evaluations = evaluate_runs(runs, dataset=dataset, root=data_path, corruptions=corruptions, severities=severities,
@@ -354,7 +354,7 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks, split, batch_size, seed, combine,
                        device, threads):
     """AutoAttack robust accuracy of each member of each RUN and of the ensemble as one model."""
-    from ensembles.evaluation import evaluate_robustness
+    from ensembles.studies.evaluation import evaluate_robustness
 
     chosen = resolve_device(device, threads)
     evaluations = evaluate_robustness(runs, norm=norm, eps=eps, n_examples=n_examples, attacks=attacks, split=split,
@@ -414,7 +414,7 @@ def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, 
     """
     if resume_run is not None:
         _refuse_flags_resume_ignores(ctx)
-    from ensembles.train import TrainingSettings, resume, train
+    from ensembles.training.trainer import TrainingSettings, resume, train
 
     chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
     if resume_run is not None:
@@ -459,7 +459,7 @@ def _refuse_flags_resume_ignores(ctx: click.Context) -> None:
 def sweep_group():
     """Grids of ensembles from a sweep file (TOML): plan, run (here or on SLURM), status, report.
 
-    See examples/ for sweep files and ensembles/sweep.py for the format.
+    See examples/ for sweep files and ensembles/studies/sweep.py for the format.
     """
 
 
@@ -467,7 +467,7 @@ def sweep_group():
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def sweep_plan_command(file):
     """Print the jobs FILE expands to: one run folder per grid point, and what follows training."""
-    from ensembles.sweep import plan_table, read_sweep
+    from ensembles.studies.sweep import plan_table, read_sweep
 
     sweep = read_sweep(file)
     click.echo(plan_table(sweep).to_string(index=False))
@@ -478,7 +478,7 @@ def sweep_plan_command(file):
 
 def _sweep_report(sweep, paths, out, force=False):
     """The report over a sweep's runs, grouped by its [report] axes (reports.site.write_report)."""
-    from ensembles.sweep import group_runs
+    from ensembles.studies.sweep import group_runs
     from reports.site import write_report
 
     if not paths:
@@ -531,7 +531,7 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     measurements, which reuse stored rows: stop it any time and run it again. The dataset is a
     setting of the file; --data-path overrides the file's data_path.
     """
-    from ensembles.sweep import ClusterRequest, read_sweep, run_sweep, sweep_runs, timeout_minutes
+    from ensembles.studies.sweep import ClusterRequest, read_sweep, run_sweep, sweep_runs, timeout_minutes
 
     sweep = read_sweep(file)
     timeout_minutes(time_limit)  # checked before anything is submitted
@@ -574,7 +574,7 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
               help="The sweep's root folder (its --out when it ran).")
 def sweep_status_command(file, root):
     """Per grid point: training state and the last action of each measurement (from the sweep log)."""
-    from ensembles.sweep import read_sweep, sweep_status
+    from ensembles.studies.sweep import read_sweep, sweep_status
 
     click.echo(sweep_status(read_sweep(file), root).to_string(index=False))
 
@@ -591,7 +591,7 @@ def sweep_report_command(file, root, out, group_by, force):
     """The report over every finished run of the sweep, grouped by its swept axes, with β per group."""
     from dataclasses import replace
 
-    from ensembles.sweep import read_sweep, sweep_runs
+    from ensembles.studies.sweep import read_sweep, sweep_runs
 
     sweep = read_sweep(file)
     if group_by:
@@ -650,7 +650,7 @@ def quickstart_command(out, fast, device, threads):
     """
     import time
 
-    from ensembles.quickstart import quickstart_sweep, run_quickstart
+    from ensembles.studies.quickstart import quickstart_sweep, run_quickstart
 
     started = time.perf_counter()
     chosen = resolve_device(device, threads)
@@ -704,7 +704,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
     samples drawn with seed 13. Rows: sharpness/<kind>/<norm>/<adaptive|standard> and
     sharpness-error/... per member and for the ensemble (aggregate=mean). Stored rows are reused.
     """
-    from ensembles.measurements import measure_sharpness
+    from ensembles.studies.measurements import measure_sharpness
 
     chosen = resolve_device(device, threads)
     measurements = measure_sharpness(runs, dataset=dataset, root=data_path, split=split, kind=kind, norm=norm,
@@ -740,7 +740,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
     Rows: hessian/trace (per member and its mean over members), hessian/eigenvalue (column rank),
     hessian/density (column eigenvalue, the grid point). Stored rows are reused.
     """
-    from ensembles.measurements import measure_hessian
+    from ensembles.studies.measurements import measure_hessian
 
     chosen = resolve_device(device, threads)
     measurements = measure_hessian(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
@@ -764,7 +764,7 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
     Writes fisher/member-<i>-<split>.npy in the run folder (entry j = sample j of the split) and rows
     fisher/mean, fisher/q50, q90, q99 and fisher/max. Stored results are reused.
     """
-    from ensembles.measurements import measure_fisher
+    from ensembles.studies.measurements import measure_fisher
 
     chosen = resolve_device(device, threads)
     measurements = measure_fisher(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
@@ -797,7 +797,7 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
     and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
     Stored rows are reused.
     """
-    from ensembles.measurements import measure_connectivity
+    from ensembles.studies.measurements import measure_connectivity
 
     chosen = resolve_device(device, threads)
     measurements = measure_connectivity(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,

@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore")
 
 def cases() -> list[tuple[str, nn.Module, int]]:
     """(label, model, image side) of every benchmarked setting."""
-    from ensembles.models import build
+    from ensembles.models.zoo import build
     return [('small_cnn width 16, 32×32', build("small_cnn", 10, width=16), 32),
             ('small_cnn width 32, 32×32', build("small_cnn", 10), 32),
             ('resnet18 width 16, 32×32', build("resnet18", 10, width=16), 32),

@@ -3,7 +3,7 @@
     /work/venv/bin/python benchmarks/bench_hessian.py [--quick]
     /work/venv/bin/python benchmarks/bench_hessian.py --model resnet18-w16 --trace-only --probes 10 --rounds 2
 
-Model ``ensembles.models.build("small_cnn", 10)`` (a stand-in CNN of the same shape if that module
+Model ``ensembles.models.zoo.build("small_cnn", 10)`` (a stand-in CNN of the same shape if that module
 is missing) in eval mode, float32, random 32×32×3 batches of 128, two threads. The machine is
 shared, so every case is timed in interleaved rounds and the median wall-clock and CPU (process)
 times are reported; compare the ratios, not the seconds.
@@ -44,9 +44,9 @@ warnings.filterwarnings("ignore")
 
 def small_cnn() -> tuple[nn.Module, str]:
     try:
-        from ensembles.models import build
-        return build("small_cnn", 10), 'ensembles.models.build("small_cnn", 10)'
-    except ImportError:  # stand-in of the same shape while ensembles/models.py is missing
+        from ensembles.models.zoo import build
+        return build("small_cnn", 10), 'ensembles.models.zoo.build("small_cnn", 10)'
+    except ImportError:  # stand-in of the same shape while ensembles/models/zoo.py is missing
         model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
@@ -84,8 +84,8 @@ def main() -> None:
     if arguments.model == "small_cnn":
         model, model_name = small_cnn()
     else:
-        from ensembles.models import build
-        model, model_name = build("resnet18", 10, width=16), 'ensembles.models.build("resnet18", 10, width=16)'
+        from ensembles.models.zoo import build
+        model, model_name = build("resnet18", 10, width=16), 'ensembles.models.zoo.build("resnet18", 10, width=16)'
     model.eval()
     batches = [(torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))) for _ in range(4)]
     inputs, targets = batches[0]

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import landscape.sharpness as sharpness  # noqa: E402
-from ensembles.models import build  # noqa: E402
+from ensembles.models.zoo import build  # noqa: E402
 from landscape.perturbation import PerturbationBall  # noqa: E402
 
 RHO = 0.5

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ensembles.models import build  # noqa: E402
+from ensembles.models.zoo import build  # noqa: E402
 from landscape.hvp import LossHessian, rademacher_rows  # noqa: E402
 
 

@@ -1,10 +1,10 @@
 """Training cost: a SAM step against an SGD step, and SharpBalance against SAM end to end.
 
-1. ``step``: one :func:`ensembles.sharpbalance.training_step` with ρ = 0 (exactly SGD: one
+1. ``step``: one :func:`ensembles.methods.sharpbalance.training_step` with ρ = 0 (exactly SGD: one
    forward-backward pass) and with ρ = 0.05 (SAM: two passes), on random 32×32×3 batches of 128,
    for small_cnn and a width-16 CIFAR ResNet-18. Two passes make 2.0 the floor of the ratio; what
    is above it is SAM's own work (the norm, the copy of θ, the climb and the return).
-2. ``run``: total wall time of :func:`ensembles.train.train` for SAM and for SharpBalance (T_d at
+2. ``run``: total wall time of :func:`ensembles.training.trainer.train` for SAM and for SharpBalance (T_d at
    half the epochs, scoring every training sample by per-sample Fisher trace included) on digits
    with small_cnn, and the relative overhead (the paper reports +1% for ResNet-18 on CIFAR-10).
 
@@ -24,10 +24,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP waits dis
 
 import torch  # noqa: E402
 
-from ensembles.models import build  # noqa: E402
-from ensembles.sam import SAM  # noqa: E402
-from ensembles.sharpbalance import training_step  # noqa: E402
-from ensembles.train import TrainingSettings, train  # noqa: E402
+from ensembles.models.zoo import build  # noqa: E402
+from ensembles.methods.sam import SAM  # noqa: E402
+from ensembles.methods.sharpbalance import training_step  # noqa: E402
+from ensembles.training.trainer import TrainingSettings, train  # noqa: E402
 
 
 def step_times(model_name: str, width: int, repeats: int, batch_size: int = 128) -> tuple[float, float]:

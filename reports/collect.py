@@ -41,8 +41,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ensembles import runs as run_folders
-from ensembles.measurements import FISHER_QUANTILES
+from ensembles.runs import run_folder
+from ensembles.studies.measurements import FISHER_QUANTILES
 from landscape.errors import InputError
 
 __all__ = [
@@ -119,7 +119,7 @@ def _labels(paths: Sequence[Path]) -> list[str]:
 def run_table(paths: Iterable) -> pd.DataFrame:
     """One row per run folder: ``path``, ``run_label`` and the flattened run.json (``run.<field>``)."""
     paths = _unique_paths(paths)
-    rows = [{"path": str(path), **_settings(run_folders.read_config(path))} for path in paths]
+    rows = [{"path": str(path), **_settings(run_folder.read_config(path))} for path in paths]
     table = pd.DataFrame(rows)
     table.insert(1, "run_label", _labels(paths))
     return table
@@ -134,11 +134,11 @@ def collect(paths: Iterable, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     runs = run_table(paths) if runs is None else runs
     frames = []
     for path in runs["path"]:
-        table = run_folders.read_results(path, current_only=True)
+        table = run_folder.read_results(path, current_only=True)
         if not table.empty:
             frames.append(table.drop(columns=["stale"]).assign(path=path))
     if not frames:
-        return pd.DataFrame(columns=[*run_folders.RESULT_COLUMNS, *runs.columns])
+        return pd.DataFrame(columns=[*run_folder.RESULT_COLUMNS, *runs.columns])
     results = pd.concat(frames, ignore_index=True, sort=False)
     return results.merge(runs, on="path", how="left", validate="many_to_one")
 

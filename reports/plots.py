@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ensembles.files import atomic_path
+from ensembles.runs.files import atomic_path
 from reports.collect import (SharpnessSpec, diversity_description, diversity_metric, group_labels,
                              group_order, per_run, tradeoff_points)
 from reports.tradeoff import BetaFit, fits_by_group

@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from ensembles.files import atomic_path
-from ensembles.files import mark_folder, require_writable_folder
+from ensembles.runs.files import atomic_path
+from ensembles.runs.files import mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,

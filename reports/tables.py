@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensembles.files import atomic_path
+from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
 from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, group_labels, group_order, per_run,
                              sharpness_per_run)

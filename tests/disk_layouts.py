@@ -3,7 +3,7 @@
 Each writer builds a miniature copy of a real dataset's folder, with seeded content, and returns
 what it wrote, so a test can compare what a loader reads against what is on disk. Images are
 returned as uint8 ``(N, H, W, 3)`` (HWC, like the ``-C`` arrays) in the order the loaders of
-``ensembles.data`` promise: classes in sorted order, then files sorted by name; labels as int64.
+``ensembles.data.datasets`` promise: classes in sorted order, then files sorted by name; labels as int64.
 
 Other test files import these: ``from disk_layouts import write_cifar10, ...``.
 

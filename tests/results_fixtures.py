@@ -1,14 +1,14 @@
 """Run folders whose results tables hold made-up but documented numbers, for testing reports.
 
 Rows follow docs/results-table.md. The members are never trained: run folders are created with
-``runs.create_run`` and their members stay 'pending', which ``runs.append_results`` accepts (the
+``run_folder.create_run`` and their members stay 'pending', which ``run_folder.append_results`` accepts (the
 weights digest of a missing member file is stable, so the rows are current).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ensembles import runs
+from ensembles.runs import run_folder
 
 CORRUPTIONS = ("fog", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -18,7 +18,7 @@ SHARPNESS_METRIC = "sharpness/worst/l2/adaptive"
 def make_run(path, *, method="sam", rho=None, model_args=None, seeds=(13, 17, 27), **settings) -> Path:
     """An empty run folder (run.json only) of a 3-member mlp ensemble on cifar10."""
     extra = {} if rho is None else {"rho": rho}
-    runs.create_run(path, dataset="cifar10", num_classes=10, model="mlp",
+    run_folder.create_run(path, dataset="cifar10", num_classes=10, model="mlp",
                     model_args=model_args or {"input_size": 4, "hidden": [2]},
                     method=method, seeds=list(seeds), **extra, **settings)
     return Path(path)
@@ -137,6 +137,6 @@ def write_study(root) -> list[Path]:
                                      corruption="fog", severity=3)
             if method == "sam" and r == 0:
                 rows += connectivity_rows() + plane_rows()
-            runs.append_results(path, rows)
+            run_folder.append_results(path, rows)
             paths.append(path)
     return paths

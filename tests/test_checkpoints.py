@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from ensembles import runs
-from ensembles.checkpoints import import_checkpoints
-from ensembles.models import build
+from ensembles.runs import run_folder
+from ensembles.models.checkpoints import import_checkpoints
+from ensembles.models.zoo import build
 from landscape.errors import InputError
 
 
@@ -47,7 +47,7 @@ def test_each_layout_imports_to_identical_weights(tmp_path, layout):
     torch.save(layouts(network)[layout], tmp_path / layout)
     import_checkpoints(tmp_path / "run", [tmp_path / layout], model="small_cnn", num_classes=10,
                        dataset="cifar10")
-    assert_same_weights(network.state_dict(), runs.load_run(tmp_path / "run").members[0].state_dict())
+    assert_same_weights(network.state_dict(), run_folder.load_run(tmp_path / "run").members[0].state_dict())
 
 
 def test_sharpbalance_release_layout_records_seeds(tmp_path):
@@ -64,7 +64,7 @@ def test_sharpbalance_release_layout_records_seeds(tmp_path):
                                            "--set", "rho=0.2", "--set", "k=0.4",
                                            str(tmp_path / "run"), *map(str, files)])
     assert result.exit_code == 0, result.output
-    run = runs.load_run(tmp_path / "run")
+    run = run_folder.load_run(tmp_path / "run")
     assert run.config["seeds"] == [13, 17, 27]
     assert run.config["method"] == "sharpbalance" and run.config["rho"] == 0.2 and run.config["k"] == 0.4
     assert [m["seed"] for m in run.config["members"]] == [13, 17, 27]
@@ -77,7 +77,7 @@ def test_safetensors_files_import(tmp_path):
     safetensors.torch.save_file(network.state_dict(), str(tmp_path / "w.safetensors"))
     import_checkpoints(tmp_path / "run", [tmp_path / "w.safetensors"], model="small_cnn",
                        num_classes=10, dataset="cifar10")
-    assert_same_weights(network.state_dict(), runs.load_run(tmp_path / "run").members[0].state_dict())
+    assert_same_weights(network.state_dict(), run_folder.load_run(tmp_path / "run").members[0].state_dict())
 
 
 class _Payload:

@@ -6,8 +6,8 @@ from click.testing import CliRunner
 
 import cli
 from disk_layouts import write_image_folder
-from ensembles import data
-from ensembles.corruptions import corrupt
+from ensembles.data import datasets
+from ensembles.data.corruptions import corrupt
 
 
 def stored_pixels(dataset):
@@ -20,16 +20,16 @@ def test_digits_c_round_trips_through_load_corrupted(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "digits-C").iterdir()) == [
         "gaussian_noise.npy", "labels.npy", "pixelate.npy", "sharpdiv-corrupt.json"]
-    clean = data.load_dataset("digits", split="test", normalize=False)
+    clean = datasets.load_dataset("digits", split="test", normalize=False)
     clean_pixels = stored_pixels(clean)
-    assert data.available_corruptions("digits", tmp_path) == ["gaussian_noise", "pixelate"]
+    assert datasets.available_corruptions("digits", tmp_path) == ["gaussian_noise", "pixelate"]
     for severity in (1, 3, 5):
         for name in ("gaussian_noise", "pixelate"):
-            loaded = data.load_corrupted("digits", tmp_path, name, severity, normalize=False)
+            loaded = datasets.load_corrupted("digits", tmp_path, name, severity, normalize=False)
             assert torch.equal(loaded.targets, clean.targets)
             np.testing.assert_array_equal(stored_pixels(loaded), corrupt(clean_pixels, name, severity, seed=5))
     # Normalized loading uses the clean data set's normalization.
-    normalized = data.load_corrupted("digits", tmp_path, "pixelate", 2)
+    normalized = datasets.load_corrupted("digits", tmp_path, "pixelate", 2)
     assert normalized.mean == clean.mean and normalized.std == clean.std
 
 
@@ -42,7 +42,7 @@ def test_rerun_keeps_what_is_written_and_adds_the_rest(tmp_path):
                                       "--corruptions", "contrast,brightness"])
     assert result.exit_code == 0 and "kept 1" in result.output
     assert (tmp_path / "digits-C" / "contrast.npy").stat().st_mtime_ns == first
-    assert data.available_corruptions("digits", tmp_path) == ["brightness", "contrast"]
+    assert datasets.available_corruptions("digits", tmp_path) == ["brightness", "contrast"]
 
 
 def test_a_users_folder_gets_its_own_c_folder(tmp_path):
@@ -50,8 +50,8 @@ def test_a_users_folder_gets_its_own_c_folder(tmp_path):
     result = CliRunner().invoke(cli.main, ["corrupt", "--data", f"folder:{tmp_path / 'pets'}",
                                            "--out", str(tmp_path / "root"), "--corruptions", "brightness"])
     assert result.exit_code == 0, result.output
-    loaded = data.load_corrupted(f"folder:{tmp_path / 'pets'}", tmp_path / "root", "brightness", 4, normalize=False)
-    clean = data.load_dataset(f"folder:{tmp_path / 'pets'}", split="test", normalize=False)
+    loaded = datasets.load_corrupted(f"folder:{tmp_path / 'pets'}", tmp_path / "root", "brightness", 4, normalize=False)
+    clean = datasets.load_dataset(f"folder:{tmp_path / 'pets'}", split="test", normalize=False)
     np.testing.assert_array_equal(stored_pixels(loaded), corrupt(stored_pixels(clean), "brightness", 4))
     assert written.folder.name == "pets" and (tmp_path / "root" / "pets-C" / "labels.npy").is_file()
 

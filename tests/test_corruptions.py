@@ -16,8 +16,8 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_sample_images
 
-from ensembles import corruptions
-from ensembles.corruptions import CORRUPTIONS, corrupt, corruption_names, make_corrupted_split
+from ensembles.data import corruptions
+from ensembles.data.corruptions import CORRUPTIONS, corrupt, corruption_names, make_corrupted_split
 from landscape.errors import InputError
 
 NAMES = corruption_names()

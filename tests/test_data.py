@@ -1,4 +1,4 @@
-"""Tests for ensembles/data.py against what the fixtures wrote, torchvision's own readers
+"""Tests for ensembles/data/datasets.py against what the fixtures wrote, torchvision's own readers
 (CIFAR pickles, ImageFolder class numbering), PIL's bilinear resize and scikit-learn's digits."""
 import pickle
 
@@ -11,8 +11,8 @@ from PIL import Image
 
 from disk_layouts import (write_cifar10, write_cifar100, write_cifar_c, write_image_folder, write_tinyimagenet,
                           write_tinyimagenet_c)
-from ensembles import data
-from ensembles.data import (EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS, ImageDataset, Indexed, available_corruptions,
+from ensembles.data import datasets
+from ensembles.data.datasets import (EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS, ImageDataset, Indexed, available_corruptions,
                             batches, corrupted_folder, fixed_split, load_corrupted, load_dataset, normalization)
 from landscape.errors import InputError
 
@@ -259,9 +259,9 @@ def test_digits_match_an_independent_bilinear_upscaling(tmp_path, monkeypatch):
     expected = np.stack([np.asarray(Image.fromarray(image.astype(np.float32)).resize((32, 32), Image.BILINEAR))
                          for image in digits.images])
     expected = np.clip(np.round(expected * 255 / 16), 0, 255)
-    splits = {split: load_dataset("digits", split=split, normalize=False) for split in data.SPLITS}
+    splits = {split: load_dataset("digits", split=split, normalize=False) for split in datasets.SPLITS}
     rows = dict(zip(("train", "val", "test"), fixed_split(1797, (0.2, 0.2))))
-    assert [len(splits[s]) for s in data.SPLITS] == [1079, 359, 359]
+    assert [len(splits[s]) for s in datasets.SPLITS] == [1079, 359, 359]
     np.testing.assert_array_equal(np.sort(np.concatenate(list(rows.values()))), np.arange(1797))
     np.testing.assert_array_equal(seeded_val_rows(1797, 0.2), rows["val"])
     for split, dataset in splits.items():
@@ -287,7 +287,7 @@ def test_digits_normalization_constants_match_the_train_split():
 def test_single_folder_tree_is_cut_80_10_10(root):
     root, written = root
     truth = written["tree"]
-    parts = {split: load_dataset(f"folder:{truth.folder}", split=split, normalize=False) for split in data.SPLITS}
+    parts = {split: load_dataset(f"folder:{truth.folder}", split=split, normalize=False) for split in datasets.SPLITS}
     files = [str(path) for path in truth.files["all"]]
     train, val, test = fixed_split(len(files), (0.1, 0.1))
     for split, rows in zip(("train", "val", "test"), (train, val, test)):
@@ -297,13 +297,13 @@ def test_single_folder_tree_is_cut_80_10_10(root):
         np.testing.assert_array_equal(dataset.targets.numpy(), truth.labels["all"][rows])
         assert dataset.classes == ("cat", "dog") and dataset.image_size == (12, 10)
         assert (dataset.mean, dataset.std) == normalization(f"folder:{truth.folder}")
-    assert sorted(sum((parts[s].paths for s in data.SPLITS), [])) == sorted(files)
+    assert sorted(sum((parts[s].paths for s in datasets.SPLITS), [])) == sorted(files)
 
 
 def test_split_folder_layout(root, tmp_path):
     root, written = root
     truth = written["split"]
-    for split in data.SPLITS:
+    for split in datasets.SPLITS:
         dataset = load_dataset(f"folder:{truth.folder}", split=split, normalize=False)
         reference = torchvision.datasets.ImageFolder(truth.folder / split)
         assert dataset.classes == tuple(reference.classes) == ("a", "b", "c")
@@ -376,9 +376,9 @@ def test_augmentation_pads_with_zeros_before_normalizing(root):
 
 def test_batches_equal_stacking_getitem(root):
     root, _ = root
-    datasets = [load_dataset("cifar10", root, "train"), load_dataset("tinyimagenet", root, "train"),
+    sets = [load_dataset("cifar10", root, "train"), load_dataset("tinyimagenet", root, "train"),
                 load_corrupted("cifar10", root, "fog", 3), load_dataset("digits", split="val")]
-    for dataset in datasets:
+    for dataset in sets:
         generator = torch.Generator().manual_seed(7)
         seen = []
         loader = batches(dataset, 5, shuffle=True, generator=generator, with_index=True)
@@ -431,7 +431,7 @@ def test_root_defaults_and_a_root_that_is_the_dataset_folder(root, monkeypatch, 
     assert len(load_dataset("cifar10", written["cifar10"].folder, "test")) == 10
     monkeypatch.delenv("SHARPDIV_DATA")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.data_root() == tmp_path / ".cache" / "sharpdiv" / "data"
+    assert datasets.data_root() == tmp_path / ".cache" / "sharpdiv" / "data"
     with pytest.raises(InputError, match=str(tmp_path / ".cache" / "sharpdiv" / "data" / "cifar-10-batches-py")):
         load_dataset("cifar10")
 

@@ -20,8 +20,10 @@ from click.testing import CliRunner
 
 import cli
 from disk_layouts import write_cifar10, write_cifar_c
-from ensembles import data, evaluation, logits as logit_cache, runs
-from ensembles.models import MLP, build
+from ensembles.data import datasets
+from ensembles.runs import logit_cache, run_folder
+from ensembles.studies import evaluation
+from ensembles.models.zoo import MLP, build
 from landscape import calibration, diversity, ensemble
 
 N_CLASSES = 10
@@ -30,7 +32,7 @@ PIXELS = SIDE * SIDE
 CORRUPTIONS = ("gaussian_noise", "fog")   # positions 0 and 1 in the fixture's pixel code
 N_PER_SEVERITY = 4
 N_TEST, N_TRAIN = 10, 40
-MEAN, STD = data.normalization("cifar10")
+MEAN, STD = datasets.normalization("cifar10")
 # Metric names of docs/results-table.md, written out here rather than taken from the module.
 MEMBER = {"accuracy", "nll", "ece", "brier", "reliability/confidence", "reliability/accuracy", "reliability/count"}
 ENSEMBLE_AT_K = {"accuracy", "nll", "ece", "brier", "der", "disagreement", "variance/logits", "variance/probs", "kl",
@@ -53,10 +55,10 @@ def pixel_reader(seed: int) -> MLP:
 
 
 def make_run(path, n_members=3):
-    runs.create_run(path, dataset="cifar10", num_classes=N_CLASSES, model="mlp",
+    run_folder.create_run(path, dataset="cifar10", num_classes=N_CLASSES, model="mlp",
                     model_args={"input_size": 3 * PIXELS, "hidden": []}, seeds=list(range(n_members)))
     for index in range(n_members):
-        runs.save_member(path, index, pixel_reader(seed=index))
+        run_folder.save_member(path, index, pixel_reader(seed=index))
     return path
 
 
@@ -103,7 +105,7 @@ def decoded_pixels(logits):
 
 
 def results(run):
-    table = runs.read_results(run, current_only=True)
+    table = run_folder.read_results(run, current_only=True)
     return table
 
 
@@ -139,7 +141,7 @@ def test_every_slice_holds_its_own_images(setting):
                 assert (pixels[:, 2] == 255 - severity).all(), name
     assert torch.equal(decoded_pixels(cached(run, "test", 0)), torch.from_numpy(clean.test_images[:, 0, 0]).long())
     assert torch.equal(cached(run, "test"), torch.from_numpy(clean.test_labels))
-    _, val_rows = data.fixed_split(N_TRAIN, (data.VALIDATION_FRACTION,))
+    _, val_rows = datasets.fixed_split(N_TRAIN, (datasets.VALIDATION_FRACTION,))
     assert torch.equal(decoded_pixels(cached(run, "val", 2)), torch.from_numpy(clean.train_images[val_rows, 0, 0]).long())
     # The summary names the clean splits and every severity.
     assert "test (ID)" in result.output and all(f"OOD severity {s}" in result.output for s in range(1, 6))
@@ -148,7 +150,7 @@ def test_every_slice_holds_its_own_images(setting):
 def test_cached_logits_are_the_members_outputs(setting):
     run, root, _, corrupted = setting
     assert evaluate(run, root, "--corruptions", "fog", "--severities", "4").exit_code == 0
-    images = data.load_corrupted("cifar10", root, "fog", 4)
+    images = datasets.load_corrupted("cifar10", root, "fog", 4)
     inputs = images.batch(np.arange(len(images)))
     for member in range(3):
         assert torch.allclose(cached(run, "fog-4", member), pixel_reader(member)(inputs), atol=1e-5)
@@ -259,12 +261,12 @@ def test_an_interrupted_evaluation_resumes_from_the_cache(setting, forward_calls
 def test_new_weights_recompute_only_that_member(setting, forward_calls):
     run, root, _, _ = setting
     assert evaluate(run, root, "--corruptions", "none").exit_code == 0
-    runs.save_member(run, 1, pixel_reader(seed=11))
+    run_folder.save_member(run, 1, pixel_reader(seed=11))
     forward_calls.clear()
     assert evaluate(run, root, "--corruptions", "none").exit_code == 0
     assert len(forward_calls) == 2   # member 1 on val and on test
     logits, labels = cached(run, "test", 1), cached(run, "test")
-    assert torch.allclose(logits, pixel_reader(11)(data.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))),
+    assert torch.allclose(logits, pixel_reader(11)(datasets.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))),
                           atol=1e-5)
     after = select(results(run), "member-1", "accuracy")["value"]
     assert len(after) == 1 and after.iloc[0] == pytest.approx(float(calibration.accuracy(logits, labels)))
@@ -289,7 +291,7 @@ def test_a_cache_file_without_a_weights_digest_is_recomputed_with_a_warning(sett
     message = str(caught[0].message)
     assert str(file) in message and "no 'weights' digest" in message and "recomputing" in message
     assert again.computed == (1,) and len(forward_calls) == 1
-    images = data.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))
+    images = datasets.load_dataset("cifar10", root, "test").batch(np.arange(N_TEST))
     assert torch.allclose(again.member_logits[1], pixel_reader(seed=1)(images), atol=1e-5)
     # rewritten with its digest: read back silently, no forward pass
     forward_calls.clear()
@@ -297,7 +299,7 @@ def test_a_cache_file_without_a_weights_digest_is_recomputed_with_a_warning(sett
         warnings.simplefilter("error")
         assert logit_cache.slice_logits(run, test_slice, **members).computed == ()
         # new weights make a file stale: recomputed too, but that is the cache working, not worth a warning
-        runs.save_member(run, 1, pixel_reader(seed=11))
+        run_folder.save_member(run, 1, pixel_reader(seed=11))
         assert logit_cache.slice_logits(run, test_slice, **members).computed == (1,)
     assert len(forward_calls) == 1
 
@@ -354,11 +356,11 @@ def test_foreign_labels_are_read_again_and_a_dataset_with_other_classes_is_an_er
     result = evaluate(run, root, "--corruptions", "none")
     assert result.exit_code == 0, result.output
     assert torch.equal(safetensors.torch.load_file(str(file))["labels"],
-                       data.load_dataset("cifar10", root, "val").targets)
+                       datasets.load_dataset("cifar10", root, "val").targets)
     # A 3-class run evaluated on 10-class CIFAR-10.
     other = tmp_path / "three"
-    runs.create_run(other, dataset="cifar10", num_classes=3, model="mlp", model_args={"input_size": 3 * PIXELS, "hidden": []})
-    runs.save_member(other, 0, build("mlp", 3, input_size=3 * PIXELS, hidden=[]))
+    run_folder.create_run(other, dataset="cifar10", num_classes=3, model="mlp", model_args={"input_size": 3 * PIXELS, "hidden": []})
+    run_folder.save_member(other, 0, build("mlp", 3, input_size=3 * PIXELS, hidden=[]))
     result = evaluate(other, root, "--corruptions", "none")
     assert result.exit_code == 2 and "10 classes" in result.output and "3" in result.output
     assert parts(other) == []
@@ -366,7 +368,7 @@ def test_foreign_labels_are_read_again_and_a_dataset_with_other_classes_is_an_er
 
 def test_members_with_different_numbers_of_classes_are_an_error(setting):
     run, root, _, _ = setting
-    runs.save_member(run, 1, build("mlp", 5, input_size=3 * PIXELS, hidden=[]))
+    run_folder.save_member(run, 1, build("mlp", 5, input_size=3 * PIXELS, hidden=[]))
     result = evaluate(run, root, "--corruptions", "none")
     assert result.exit_code == 2 and "member 1" in result.output
     assert parts(run) == []
@@ -410,9 +412,9 @@ def test_planned_measurements_are_exactly_the_rows_written():
             labels = torch.randint(0, 4, (20,), generator=generator)
             rows = evaluation.slice_rows(member_logits, labels, where, member_indices=[0, 2, 5][:n_members],
                                          combine=combine, n_bins=4)
-            written = sorted((r["scope"], r["metric"], runs.canonical_settings(
-                {k: v for k, v in r.items() if k not in runs.RESULT_COLUMNS})) for r in rows)
-            planned = sorted((scope, metric, runs.canonical_settings(settings)) for scope, metric, settings
+            written = sorted((r["scope"], r["metric"], run_folder.canonical_settings(
+                {k: v for k, v in r.items() if k not in run_folder.RESULT_COLUMNS})) for r in rows)
+            planned = sorted((scope, metric, run_folder.canonical_settings(settings)) for scope, metric, settings
                              in evaluation.planned_measurements([0, 2, 5][:n_members], combine, 4))
             assert written == planned
             assert len(set(written)) == len(written)
@@ -485,9 +487,9 @@ def test_every_run_is_checked_before_the_first_forward_pass(setting, forward_cal
     run, root, _, _ = setting
     # A second run on CIFAR-100, whose -C folder is not under root: nothing may be computed for the first.
     other = tmp_path / "other"
-    runs.create_run(other, dataset="cifar100", num_classes=100, model="mlp",
+    run_folder.create_run(other, dataset="cifar100", num_classes=100, model="mlp",
                     model_args={"input_size": 3 * PIXELS, "hidden": []}, seeds=[0])
-    runs.save_member(other, 0, build("mlp", 100, input_size=3 * PIXELS, hidden=[]))
+    run_folder.save_member(other, 0, build("mlp", 100, input_size=3 * PIXELS, hidden=[]))
     result = CliRunner().invoke(cli.main, ["evaluate", str(run), str(other), "--data-path", str(root),
                                            "--corruptions", "fog", "--device", "cpu"])
     assert result.exit_code == 2 and str(root / "CIFAR-100-C") in result.output

@@ -190,7 +190,7 @@ def test_layerwise_equals_the_loop_for_dense_layers_on_sequences_and_batch_norm_
 @pytest.mark.parametrize("name,options", [("small_cnn", {"width": 4}), ("resnet18", {"width": 2}),
                                           ("mlp", {"input_size": 48, "hidden": (16, 8)})])
 def test_layerwise_equals_the_loop_on_the_bundled_architectures(monkeypatch, name, options):
-    from ensembles.models import build
+    from ensembles.models.zoo import build
 
     torch.manual_seed(11)
     model = _randomize_batch_norms(build(name, 5, **options).to(DTYPE), seed=12)

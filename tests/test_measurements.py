@@ -21,15 +21,16 @@ import landscape.connectivity
 import landscape.fisher
 import landscape.hessian
 import landscape.sharpness
-from ensembles import data, runs
-from ensembles.measurements import fisher_path
-from ensembles.models import build
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.studies.measurements import fisher_path
+from ensembles.models.zoo import build
 
 SMALL_CNN = {"width": 4}
 
 
 def make_run(path, n_members=2, model="small_cnn", model_args=SMALL_CNN, seed=0):
-    runs.create_run(path, dataset="digits", num_classes=10, model=model, model_args=model_args,
+    run_folder.create_run(path, dataset="digits", num_classes=10, model=model, model_args=model_args,
                     seeds=list(range(n_members)))
     torch.manual_seed(seed)
     for index in range(n_members):
@@ -39,7 +40,7 @@ def make_run(path, n_members=2, model="small_cnn", model_args=SMALL_CNN, seed=0)
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
                 module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-        runs.save_member(path, index, network)
+        run_folder.save_member(path, index, network)
     return path
 
 
@@ -73,7 +74,7 @@ def counting(monkeypatch, module, name):
 
 
 def rows_of(path, metric, **where):
-    table = runs.read_results(path, current_only=True)
+    table = run_folder.read_results(path, current_only=True)
     table = table[table["metric"] == metric]
     for column, value in where.items():
         table = table[table[column] == value]
@@ -85,12 +86,12 @@ def settings_of(row):
 
 
 def first_member(path, index=0):
-    run = runs.load_run(path)
+    run = run_folder.load_run(path)
     return run.members[run.member_indices.index(index)]
 
 
 def split(name):
-    return data.load_dataset("digits", split=name)
+    return datasets.load_dataset("digits", split=name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def test_sharpness_bad_input_exits_2_without_rows(tmp_path, arguments, message):
     result = invoke("sharpness", good, *arguments, "--n-iters", 1)
     assert result.exit_code == 2
     assert message.format(train=len(split("train"))) in result.output
-    assert runs.read_results(good).empty
+    assert run_folder.read_results(good).empty
 
 
 def test_unknown_kind_or_norm_is_a_usage_error(run_path):
@@ -273,7 +274,7 @@ def test_connectivity_rows_equal_landscape(tmp_path, monkeypatch):
     loader = [(test.batch(np.arange(start, start + 20)), test.targets[start:start + 20]) for start in (0, 20)]
     chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:48]
     bn_loader = [(train.batch(rows.numpy()), train.targets[rows]) for rows in chosen.split(20)]
-    run = runs.load_run(path)
+    run = run_folder.load_run(path)
     barrier = landscape.connectivity.loss_barrier(run.members[0], run.members[2], loader, F.cross_entropy,
                                                   alphas=3, bn_loader=bn_loader)
     curve = rows_of(path, "connectivity/loss", scope="pair-0-2").sort_values("alpha")
@@ -312,12 +313,12 @@ def test_connectivity_needs_two_members_and_writes_nothing(tmp_path):
     assert result.exit_code == 2 and "at least two" in result.output
     result = invoke("connectivity", two, "--plane", "--n-examples", 8)
     assert result.exit_code == 2 and "--plane needs three members" in result.output
-    assert runs.read_results(two).empty  # the good run got no partial rows either
+    assert run_folder.read_results(two).empty  # the good run got no partial rows either
 
 
 def test_lanczos_steps_is_a_setting_of_the_eigenvalue_rows(tmp_path):
     make_run(tmp_path / "run")
     ok("hessian", str(tmp_path / "run"), "--eigenvalues", "1", "--lanczos-steps", "6", "--n-examples", "16", "--threads", "1")
-    table = runs.read_results(tmp_path / "run")
+    table = run_folder.read_results(tmp_path / "run")
     eigenvalues = table[table["metric"] == "hessian/eigenvalue"]
     assert len(eigenvalues) == 2 and set(eigenvalues["n_iters"]) == {6}

@@ -1,4 +1,4 @@
-"""Tests for ensembles.models: architectures against hand-derived names and parameter counts,
+"""Tests for ensembles.models.zoo: architectures against hand-derived names and parameter counts,
 forward semantics against functional re-derivations, and strict weight loading."""
 import copy
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from ensembles.models import MODEL_NAMES, build, load_weights, parameter_count
+from ensembles.models.zoo import MODEL_NAMES, build, load_weights, parameter_count
 from landscape.errors import InputError
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -8,10 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from ensembles import quickstart, runs, sweep
-from ensembles import train as trainer
-from ensembles.corruptions import make_corrupted_split
-from ensembles.data import load_dataset, load_corrupted
+from ensembles.runs import run_folder
+from ensembles.studies import quickstart, sweep
+from ensembles.training import trainer
+from ensembles.data.corruptions import make_corrupted_split
+from ensembles.data.datasets import load_dataset, load_corrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_fast_quickstart_runs_what_the_readme_promises(finished):
     out, result = finished
     assert result.exit_code == 0, result.output + str(result.exception)
     promise = _readme_fast_promise()
-    configs = [runs.read_config(path) for path in sorted((out / "runs").iterdir()) if (path / "run.json").is_file()]
+    configs = [run_folder.read_config(path) for path in sorted((out / "runs").iterdir()) if (path / "run.json").is_file()]
     methods = sorted(config["method"] for config in configs)
     assert methods == ["sam"] * promise["radii"] + ["sgd", "sharpbalance"]
     assert len({config["rho"] for config in configs if config["method"] == "sam"}) == promise["radii"]
@@ -66,7 +67,7 @@ def test_fast_quickstart_runs_what_the_readme_promises(finished):
     for path in sorted((out / "runs").iterdir()):
         if (path / "run.json").is_file():
             assert trainer.read_training_log(path)["epoch"].max() == promise["epochs"]
-            table = runs.read_results(path, current_only=True)
+            table = run_folder.read_results(path, current_only=True)
             assert sorted(table["corruption"].dropna().unique()) == written
 
 
@@ -98,7 +99,7 @@ def _readme_full_recipe() -> dict:
 
 def test_full_quickstart_runs_what_the_readme_describes(tmp_path, monkeypatch):
     """The README's full recipe against what run_quickstart hands to digits-C and to the sweep."""
-    import ensembles.corruptions
+    import ensembles.data.corruptions
 
     seen = {}
 
@@ -110,7 +111,7 @@ def test_full_quickstart_runs_what_the_readme_describes(tmp_path, monkeypatch):
         seen["sweep"] = plan
         return sweep.SweepResult(outcomes=(), failures={}, job_ids={}, waited=True)
 
-    monkeypatch.setattr(ensembles.corruptions, "write_corrupted_dataset", write_corrupted_dataset)
+    monkeypatch.setattr(ensembles.data.corruptions, "write_corrupted_dataset", write_corrupted_dataset)
     monkeypatch.setattr(quickstart, "run_sweep", run_sweep)
     quickstart.run_quickstart(tmp_path, fast=False, device="cpu")
     readme = _readme_full_recipe()
@@ -173,9 +174,9 @@ def test_every_run_was_trained_measured_and_rerunning_reuses_everything(finished
     assert sorted(trained) == sorted(job.name for job in plan.jobs)
     assert all(r["action"] == "trained" for r in first if r["step"] == "train")
     for job in plan.jobs:
-        config = runs.read_config(out / "runs" / job.name)
-        assert runs.finished_members(config) == [0, 1]
-        table = runs.read_results(out / "runs" / job.name, current_only=True)
+        config = run_folder.read_config(out / "runs" / job.name)
+        assert run_folder.finished_members(config) == [0, 1]
+        table = run_folder.read_results(out / "runs" / job.name, current_only=True)
         assert {"sharpness/worst/l2/adaptive", "hessian/trace", "der", "accuracy"} <= set(table["metric"])
         corrupted = table[(table["metric"] == "accuracy") & (table["scope"] == "ensemble")]
         assert set(corrupted["corruption"].dropna()) == set(quickstart.RECIPES["fast"].corruptions)

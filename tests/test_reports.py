@@ -17,8 +17,8 @@ from scipy import stats
 
 import cli
 import results_fixtures as fixtures
-from ensembles import runs
-from ensembles.models import build
+from ensembles.runs import run_folder
+from ensembles.models.zoo import build
 from landscape.errors import InputError
 from reports.collect import SharpnessSpec, collect, run_table, sharpness_per_run
 from reports.site import write_report
@@ -101,7 +101,7 @@ def clean_and_corrupted(path, *, members, ensemble, eir, der, corrupted, combine
     for (corruption, severity), (member_values, ensemble_value) in corrupted.items():
         rows += fixtures.evaluation_rows(member_values, {"accuracy": ensemble_value, "der": der},
                                          corruption=corruption, severity=severity, combine=combine)
-    runs.append_results(path, rows)
+    run_folder.append_results(path, rows)
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +123,15 @@ def small_study(tmp_path_factory):
     clean_and_corrupted(c, members=[0.90, 0.90, 0.90], ensemble=0.10, eir=0.90, der=0.90, corrupted={},
                         combine="logits")
     # a: members' rows only; c: a mean row that differs from its members' mean, so the rule shows.
-    runs.append_results(a, fixtures.sharpness_rows([1.0, 2.0, 3.0], with_mean_row=False))
-    runs.append_results(c, fixtures.sharpness_rows([1.0, 2.0, 3.0], with_mean_row=False)
+    run_folder.append_results(a, fixtures.sharpness_rows([1.0, 2.0, 3.0], with_mean_row=False))
+    run_folder.append_results(c, fixtures.sharpness_rows([1.0, 2.0, 3.0], with_mean_row=False)
                         + [{"scope": "ensemble", "metric": fixtures.SHARPNESS_METRIC, "aggregate": "mean",
                             "value": 2.5, "rho": 0.5, "m": 5}]
                         + fixtures.sharpness_rows([9.0, 9.0, 9.0], rho=0.25))
     # ECE of a measured twice with different settings: the newer measurement is the one reported.
-    runs.append_results(a, [{"scope": "ensemble", "metric": "ece", "value": 0.10, "n_bins": 15, "combine": "probs",
+    run_folder.append_results(a, [{"scope": "ensemble", "metric": "ece", "value": 0.10, "n_bins": 15, "combine": "probs",
                              **fixtures.slice_columns()}])
-    runs.append_results(a, [{"scope": "ensemble", "metric": "ece", "value": 0.04, "n_bins": 10, "combine": "probs",
+    run_folder.append_results(a, [{"scope": "ensemble", "metric": "ece", "value": 0.04, "n_bins": 10, "combine": "probs",
                              **fixtures.slice_columns()}])
     paths = [a, b, c]
     table = run_table(paths)
@@ -153,9 +153,9 @@ def test_collect_joins_run_settings_with_a_prefix(small_study):
 
 def test_collect_leaves_out_stale_rows(tmp_path):
     path = fixtures.make_run(tmp_path / "run")
-    runs.append_results(path, [{"scope": f"member-{i}", "metric": "accuracy", "value": 0.5 + i / 10,
+    run_folder.append_results(path, [{"scope": f"member-{i}", "metric": "accuracy", "value": 0.5 + i / 10,
                                 **fixtures.slice_columns()} for i in range(2)])
-    runs.save_member(path, 0, build("mlp", 3, input_size=4, hidden=[2]))  # new weights for member 0
+    run_folder.save_member(path, 0, build("mlp", 3, input_size=4, hidden=[2]))  # new weights for member 0
     results = collect([path])
     assert list(results["scope"]) == ["member-1"] and list(results["value"]) == [0.6]
 
@@ -378,9 +378,9 @@ def test_methods_figure_draws_a_negative_improvement_below_the_member_bar(tmp_pa
 
     # sgd: ensemble 36.49 below its members' mean 36.77; sam: ensemble 85 above its members' 80
     worse = fixtures.make_run(tmp_path / "worse", method="sgd")
-    runs.append_results(worse, fixtures.evaluation_rows([0.3577, 0.3677, 0.3777], {"accuracy": 0.3649}))
+    run_folder.append_results(worse, fixtures.evaluation_rows([0.3577, 0.3677, 0.3777], {"accuracy": 0.3649}))
     better = fixtures.make_run(tmp_path / "better", method="sam")
-    runs.append_results(better, fixtures.evaluation_rows([0.80, 0.80, 0.80], {"accuracy": 0.85}))
+    run_folder.append_results(better, fixtures.evaluation_rows([0.80, 0.80, 0.80], {"accuracy": 0.85}))
     figures = plots.plot_method_comparison(collect([worse, better]), tmp_path / "figures", formats=("png",))
     ax = only_axes(figures)[0]
     bars = {container.get_label(): bar_geometry(container) for container in ax.containers
@@ -414,7 +414,7 @@ def test_tradeoff_log_axes_are_readable_on_a_narrow_range_and_the_legend_is_outs
     for r, sharpness in enumerate((0.87, 1.0, 1.2)):
         path = fixtures.make_run(tmp_path / f"sam-{r}", method="sam")
         rows = fixtures.evaluation_rows([0.8] * 3, {"accuracy": 0.85, "der": 0.3 * sharpness ** 0.5, "eir": 0.2})
-        runs.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
+        run_folder.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
         paths.append(path)
     figures = plots.plot_tradeoff(collect(paths), tmp_path / "figures", on="test", n_bootstrap=50,
                                   formats=("png",))
@@ -474,7 +474,7 @@ def test_plots_skip_with_a_reason_when_rows_are_absent(tmp_path):
     from reports import plots
 
     path = fixtures.make_run(tmp_path / "bare")
-    runs.append_results(path, fixtures.evaluation_rows([0.5, 0.6, 0.7], {"accuracy": 0.7}))
+    run_folder.append_results(path, fixtures.evaluation_rows([0.5, 0.6, 0.7], {"accuracy": 0.7}))
     results = collect([path])
     for function, command in [(plots.plot_tradeoff, "sharpdiv"), (plots.plot_severity, "--corruptions all"),
                               (plots.plot_ensemble_size, "sharpdiv evaluate"), (plots.plot_reliability, "sharpdiv evaluate"),
@@ -536,10 +536,10 @@ def test_report_command_end_to_end_names_missing_measurements(tmp_path):
     for r, sharpness in enumerate((0.2, 0.4, 0.8)):
         path = fixtures.make_run(tmp_path / f"sam-{r}", method="sam", rho=0.05 * (r + 1))
         rows = fixtures.evaluation_rows([0.8, 0.8, 0.8], {"accuracy": 0.85, "der": 0.3 * sharpness ** 0.5, "eir": 0.2})
-        runs.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
+        run_folder.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
         measured.append(path)
     unsharp = fixtures.make_run(tmp_path / "no-sharpness", method="sgd")
-    runs.append_results(unsharp, fixtures.evaluation_rows([0.7, 0.7, 0.7], {"accuracy": 0.75, "der": 0.5}))
+    run_folder.append_results(unsharp, fixtures.evaluation_rows([0.7, 0.7, 0.7], {"accuracy": 0.75, "der": 0.5}))
     out = tmp_path / "report"
     result = CliRunner().invoke(cli.main, ["report", *map(str, measured), str(unsharp), "--out", str(out),
                                            "--diversity-on", "test", "--sharpness", "sharpness/worst/l2/adaptive@0.5"])
@@ -571,7 +571,7 @@ def test_report_command_end_to_end_names_missing_measurements(tmp_path):
 ])
 def test_report_command_bad_input_exits_2_with_one_line(tmp_path, options, message):
     path = fixtures.make_run(tmp_path / "run")
-    runs.append_results(path, fixtures.evaluation_rows([0.5, 0.6, 0.7], {"accuracy": 0.7}))
+    run_folder.append_results(path, fixtures.evaluation_rows([0.5, 0.6, 0.7], {"accuracy": 0.7}))
     result = CliRunner().invoke(cli.main, ["report", str(path), "--out", str(tmp_path / "out"), *options])
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 import cli
 from disk_layouts import write_image_folder
-from ensembles import data, runs
-from ensembles.models import build
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.models.zoo import build
 from landscape import robustness
 from landscape.ensemble import combine as combine_members
 from landscape.errors import InputError
@@ -46,11 +47,11 @@ def matched_filter(images, labels, seed):
 
 
 def make_run(path, dataset, n_members=2):
-    runs.create_run(path, dataset=dataset, num_classes=N_CLASSES, model="mlp",
+    run_folder.create_run(path, dataset=dataset, num_classes=N_CLASSES, model="mlp",
                     model_args={"input_size": INPUTS, "hidden": []}, seeds=list(range(n_members)))
-    images = data.load_dataset(dataset, None, "test")
+    images = datasets.load_dataset(dataset, None, "test")
     for index in range(n_members):
-        runs.save_member(path, index, matched_filter(images, images.targets, seed=index))
+        run_folder.save_member(path, index, matched_filter(images, images.targets, seed=index))
     return path
 
 
@@ -93,7 +94,7 @@ def test_rows_for_members_and_the_ensemble(setting, monkeypatch):
     run, dataset = setting
     result = attack(run)
     assert result.exit_code == 0, result.output
-    table = runs.read_results(run, current_only=True)
+    table = run_folder.read_results(run, current_only=True)
     assert set(table["scope"]) == {"member-0", "member-1", "ensemble"}
     assert set(table["metric"]) == {"robust_accuracy", "clean_accuracy"}
     assert len(table) == 6
@@ -108,9 +109,9 @@ def test_rows_for_members_and_the_ensemble(setting, monkeypatch):
         return table.loc[(table["scope"] == scope) & (table["metric"] == metric), "value"].item()
 
     # Clean accuracy by hand: the first N normalized test images through the members.
-    normalized = data.load_dataset(dataset, None, "test")
+    normalized = datasets.load_dataset(dataset, None, "test")
     inputs, labels = normalized.batch(np.arange(N_EXAMPLES)), normalized.targets[:N_EXAMPLES]
-    run_members = runs.load_run(run).members
+    run_members = run_folder.load_run(run).members
     with torch.no_grad():
         member_logits = torch.stack([member(inputs) for member in run_members])
     for index in range(2):
@@ -119,7 +120,7 @@ def test_rows_for_members_and_the_ensemble(setting, monkeypatch):
     ensemble_correct = (combine_members(member_logits, "probs").argmax(-1) == labels).double().mean().item()
     assert value("ensemble", "clean_accuracy") == pytest.approx(ensemble_correct)
     # Members' robust accuracy: the closed form on the [0, 1] images.
-    raw = data.load_dataset(dataset, None, "test", normalize=False)
+    raw = datasets.load_dataset(dataset, None, "test", normalize=False)
     unit_inputs = raw.batch(np.arange(N_EXAMPLES)).double().flatten(1).numpy()
     mean, std = np.repeat(raw.mean, SIDE * SIDE), np.repeat(raw.std, SIDE * SIDE)
     for index in range(2):
@@ -162,8 +163,8 @@ def test_bad_requests_fail_without_rows(setting):
 def loads(monkeypatch):
     """Records every dataset the robustness command loads."""
     loaded = []
-    original = data.load_dataset
-    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: loaded.append(a) or original(*a, **k))
+    original = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loaded.append(a) or original(*a, **k))
     return loaded
 
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensembles.models import build
-from ensembles.sam import SAM, frozen_batch_norm_statistics
-from ensembles.sharpbalance import training_step
+from ensembles.models.zoo import build
+from ensembles.methods.sam import SAM, frozen_batch_norm_statistics
+from ensembles.methods.sharpbalance import training_step
 from landscape.errors import InputError
 
 

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call, grad
 
-from ensembles.models import MLP
-from ensembles.sam import SAM
-from ensembles.sharpbalance import (leftover_rule, reference_sharpness_aware_sets, select_sets,
+from ensembles.models.zoo import MLP
+from ensembles.methods.sam import SAM
+from ensembles.methods.sharpbalance import (leftover_rule, reference_sharpness_aware_sets, select_sets,
                                     sharpness_aware_sets, top_fraction, training_step)
 from landscape.errors import InputError
 

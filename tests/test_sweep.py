@@ -15,8 +15,9 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from ensembles import evaluation, measurements, runs, sweep
-from ensembles import train as trainer
+from ensembles.runs import run_folder
+from ensembles.studies import evaluation, measurements, sweep
+from ensembles.training import trainer
 from landscape.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,9 +100,9 @@ def test_a_grid_setting_eta_drops_it_outside_asam_and_the_jobs_train(tmp_path):
     for job in plan.jobs[:2]:
         outcome = sweep.run_job(job, tmp_path, device="cpu")
         assert [(step.name, step.action) for step in outcome.steps] == [("train", "trained")]
-        config = runs.read_config(tmp_path / job.name)
+        config = run_folder.read_config(tmp_path / job.name)
         assert config["eta"] is None and config["method"] == job.settings.method
-        assert runs.finished_members(config) == [0, 1]
+        assert run_folder.finished_members(config) == [0, 1]
 
 
 def test_plan_command_prints_every_job():
@@ -195,7 +196,7 @@ method = ["sgd"]
 # epoch checkpoint so the test can kill it at a known point; the pause is its only difference.
 PREEMPTED_SCRIPT = textwrap.dedent("""
     import pickle, signal, sys
-    from ensembles import train as trainer
+    from ensembles.training import trainer
 
     def pause_after_the_first_epoch(event):
         if event["event"] == "epoch":
@@ -235,13 +236,13 @@ def test_preempted_job_killed_for_real_is_requeued_and_resumes_to_the_same_weigh
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    assert not list(run.glob("member-*.safetensors")) and runs.finished_members(runs.read_config(run)) == []
+    assert not list(run.glob("member-*.safetensors")) and run_folder.finished_members(run_folder.read_config(run)) == []
 
     requeued = job.checkpoint()
     assert isinstance(requeued, submitit.helpers.DelayedSubmission)
     outcome = requeued.function(*requeued.args, **requeued.kwargs)
     assert [(step.name, step.action) for step in outcome.steps] == [("train", "resumed")]
-    assert runs.finished_members(runs.read_config(run)) == [0, 1]
+    assert run_folder.finished_members(run_folder.read_config(run)) == [0, 1]
 
     uninterrupted = sweep.SweepJob(spec, tmp_path / "whole", plan.measurements, device="cpu", threads=1)()
     assert [(step.name, step.action) for step in uninterrupted.steps] == [("train", "trained")]
@@ -325,7 +326,7 @@ def test_sweep_runs_is_killed_and_rerun_doing_only_the_missing_work(tiny_root, m
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(plan, tiny_root, executor="local", jobs=1, device="cpu")
     assert [Path(args[0]).name for args in first.calls] == ["sgd-s13.17", "sam-rho0.05-s13.17"]
-    assert runs.finished_members(runs.read_config(tiny_root / "sam-rho0.05-s13.17")) == []
+    assert run_folder.finished_members(run_folder.read_config(tiny_root / "sam-rho0.05-s13.17")) == []
     assert (tiny_root / "sam-rho0.05-s13.17" / "train" / "member-0.pt").is_file()
     monkeypatch.undo()
 
@@ -340,8 +341,8 @@ def test_sweep_runs_is_killed_and_rerun_doing_only_the_missing_work(tiny_root, m
         ("train", "kept", 0), ("sharpness", "reused", 0), ("evaluate", "reused", 0), ("connectivity", "reused", 0)]
     assert [(s.name, s.action) for s in sam.steps] == [
         ("train", "resumed"), ("sharpness", "measured"), ("evaluate", "measured"), ("connectivity", "measured")]
-    config = runs.read_config(tiny_root / "sam-rho0.05-s13.17")
-    assert runs.finished_members(config) == [0, 1] and config["rho"] == 0.05
+    config = run_folder.read_config(tiny_root / "sam-rho0.05-s13.17")
+    assert run_folder.finished_members(config) == [0, 1] and config["rho"] == 0.05
     assert trainer.read_training_log(tiny_root / "sam-rho0.05-s13.17")["epoch"].max() == 2
 
     # Third run: everything is stored.
@@ -447,7 +448,7 @@ def test_sweep_report_groups_by_the_swept_axes(tiny_root, tmp_path):
                                            "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "2 of 2 runs reported" in result.output
-    assert runs.read_config(tiny_root / "sam-rho0.05-s13.17")["sweep_group"] == "method=sam width=4"
+    assert run_folder.read_config(tiny_root / "sam-rho0.05-s13.17")["sweep_group"] == "method=sam width=4"
     summary = (tmp_path / "report" / "tables" / "summary.csv").read_text()
     assert "method=sam width=4" in summary and "method=sgd width=4" in summary
     assert (tmp_path / "report" / "index.html").is_file()

@@ -13,11 +13,11 @@ import safetensors.torch
 import torch
 from click.testing import CliRunner
 
-from ensembles import pruning
-from ensembles import train as trainer
-from ensembles.data import batches, load_dataset
-from ensembles.runs import load_run, read_config
-from ensembles.train import (TrainingSettings, learning_rate, read_training_log, resume, selection_epochs,
+from ensembles.models import pruning
+from ensembles.training import trainer
+from ensembles.data.datasets import batches, load_dataset
+from ensembles.runs.run_folder import load_run, read_config
+from ensembles.training.trainer import (TrainingSettings, learning_rate, read_training_log, resume, selection_epochs,
                              settings_of_run, train)
 from landscape.errors import InputError
 
@@ -98,7 +98,7 @@ def test_multistep_schedule_and_selection_epochs():
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
-    from ensembles.train import train
+    from ensembles.training.trainer import train
     from tests.test_train import TINY
 
     def die_after_first_epoch(event):

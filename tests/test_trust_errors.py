@@ -14,11 +14,10 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from ensembles import files as file_writes
-from ensembles import runs
-from ensembles.checkpoints import import_checkpoints
-from ensembles.logits import DataSlice, cache_folder
-from ensembles.models import build
+from ensembles.runs import run_folder
+from ensembles.models.checkpoints import import_checkpoints
+from ensembles.runs.logit_cache import DataSlice, cache_folder
+from ensembles.models.zoo import build
 
 
 def checkpoint(path: Path, seed: int) -> Path:
@@ -84,7 +83,7 @@ def test_damaged_run_json_is_one_line_naming_file_and_field(run, damage, field):
 
 
 def test_a_valid_run_json_still_reads(run):
-    assert runs.read_config(run)["num_classes"] == 10
+    assert run_folder.read_config(run)["num_classes"] == 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ def test_a_valid_run_json_still_reads(run):
 @pytest.mark.parametrize("damage", [lambda data: data[:len(data) // 2], lambda data: b"\x07garbage" * 64],
                          ids=["truncated", "garbage"])
 def test_damaged_member_weights_name_the_file_and_the_fix(run, damage):
-    member = runs.member_path(run, 1)
+    member = run_folder.member_path(run, 1)
     member.write_bytes(damage(member.read_bytes()))
     line = one_error_line(evaluate(run))
     assert str(member) in line and "re-import" in line and "retrain" in line
@@ -160,7 +159,7 @@ def test_import_seeds_must_agree_with_the_paths(tmp_path):
     assert "seed 18" in line and "seed 17" in line
     result = invoke(*import_args(tmp_path / "out", *files, sets=["seeds=13,17", "keep=best"]))
     assert result.exit_code == 0, result.output
-    config = runs.read_config(tmp_path / "out")
+    config = run_folder.read_config(tmp_path / "out")
     assert config["seeds"] == [13, 17] and config["keep"] == "best"
 
 
@@ -187,7 +186,7 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, checkpoints, second):
 
 KILLED_IMPORT = """
 import sys, time
-from ensembles import checkpoints
+from ensembles.models import checkpoints
 
 def stall(path):  # the import has made its staging folder: say so, then wait to be killed
     print("staged", flush=True)
@@ -217,7 +216,7 @@ def test_the_next_import_removes_the_staging_folder_of_a_killed_one(tmp_path, ch
 
 def test_staging_folders_of_imports_that_may_still_run_are_kept(tmp_path, checkpoints):
     """Removed only when surely over: on this machine with its process gone, or idle for a day."""
-    from ensembles.checkpoints import _host
+    from ensembles.models.checkpoints import _host
 
     parent = tmp_path / "runs"
     parent.mkdir()

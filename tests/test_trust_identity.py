@@ -21,9 +21,10 @@ from click.testing import CliRunner
 
 import cli
 from disk_layouts import write_cifar10
-from ensembles import data, logits as logit_cache, runs
-from ensembles.corruptions import corrupt
-from ensembles.models import build
+from ensembles.data import datasets
+from ensembles.runs import logit_cache, run_folder
+from ensembles.data.corruptions import corrupt
+from ensembles.models.zoo import build
 from landscape import calibration, sharpness
 
 PIXELS = 3 * 32 * 32
@@ -31,11 +32,11 @@ PIXELS = 3 * 32 * 32
 
 def make_run(path, dataset, n_members=2):
     """Linear members with random weights (different per member), so every image changes the logits."""
-    runs.create_run(path, dataset=dataset, num_classes=10, model="mlp", model_args={"input_size": PIXELS, "hidden": []},
+    run_folder.create_run(path, dataset=dataset, num_classes=10, model="mlp", model_args={"input_size": PIXELS, "hidden": []},
                     seeds=list(range(n_members)))
     for index in range(n_members):
         torch.manual_seed(index)
-        runs.save_member(path, index, build("mlp", 10, input_size=PIXELS, hidden=[]))
+        run_folder.save_member(path, index, build("mlp", 10, input_size=PIXELS, hidden=[]))
     return path
 
 
@@ -45,14 +46,14 @@ def invoke(*arguments):
 
 def member_accuracy(run, index, dataset):
     """Member ``index``'s accuracy on ``dataset``, computed here from its weights."""
-    model = runs.load_run(run).members[runs.load_run(run).member_indices.index(index)]
+    model = run_folder.load_run(run).members[run_folder.load_run(run).member_indices.index(index)]
     with torch.no_grad():
         predictions = model(dataset.batch(np.arange(len(dataset))))
     return float(calibration.accuracy(predictions, dataset.targets))
 
 
 def stored(run, **where):
-    table = runs.read_results(run, current_only=True)
+    table = run_folder.read_results(run, current_only=True)
     for column, value in where.items():
         table = table[table[column] == value]
     return table
@@ -76,16 +77,16 @@ def test_digits_c_regenerated_with_another_seed_is_evaluated_again(tmp_path):
     # val and test are the same digits: stored; the regenerated corruption is not.
     assert "1 needed forward passes, 0 came from cached logits, 2 were already stored" in second.output
 
-    images = data.load_corrupted("digits", new, "gaussian_noise", 5)
-    digest = data.data_digest("digits", new, corruption="gaussian_noise", severity=5)
-    assert digest != data.data_digest("digits", old, corruption="gaussian_noise", severity=5)
+    images = datasets.load_corrupted("digits", new, "gaussian_noise", 5)
+    digest = datasets.data_digest("digits", new, corruption="gaussian_noise", severity=5)
+    assert digest != datasets.data_digest("digits", old, corruption="gaussian_noise", severity=5)
     rows = stored(run, scope="member-1", metric="accuracy", corruption="gaussian_noise")
     assert rows["data"].tolist() == [digest]  # the old data's row is superseded, hence stale
     assert rows["value"].tolist() == [member_accuracy(run, 1, images)]
     slice_ = logit_cache.DataSlice("digits", "test", "gaussian_noise", 5)
     with safetensors.safe_open(str(logit_cache.member_logits_path(run, slice_, 1)), framework="pt") as cached:
         assert cached.metadata()["data"] == digest
-        model = runs.load_run(run).members[1]
+        model = run_folder.load_run(run).members[1]
         with torch.no_grad():
             torch.testing.assert_close(cached.get_tensor("logits"), model(images.batch(np.arange(len(images)))))
 
@@ -100,7 +101,7 @@ def test_cached_logits_of_other_data_are_computed_again(tmp_path):
     result = invoke("evaluate", run, "--data-path", tmp_path / "b", "--corruptions", "none")
     assert result.exit_code == 0, result.output
     assert "2 needed forward passes, 0 came from cached logits" in result.output
-    test = data.load_dataset("cifar10", tmp_path / "b", "test")
+    test = datasets.load_dataset("cifar10", tmp_path / "b", "test")
     assert stored(run, scope="member-0", metric="accuracy", split="test")["value"].tolist() == \
         [member_accuracy(run, 0, test)]
 
@@ -119,7 +120,7 @@ def test_an_edited_cached_labels_file_is_not_trusted(tmp_path):
     with pytest.warns(UserWarning, match="edited after it was written"):
         result = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
     assert result.exit_code == 0, result.output
-    test = data.load_dataset("cifar10", tmp_path / "data", "test")
+    test = datasets.load_dataset("cifar10", tmp_path / "data", "test")
     assert torch.equal(safetensors.torch.load_file(str(file))["labels"], test.targets)
     assert stored(run, scope="member-0", metric="accuracy", split="test")["value"].tolist() == \
         [member_accuracy(run, 0, test)]
@@ -137,36 +138,36 @@ def test_measurements_store_and_check_the_data_they_used(tmp_path):
     other = invoke("sharpness", run, "--data-path", tmp_path / "b", *options)
     assert other.exit_code == 0 and "2 measured now" in other.output, other.output
     rows = stored(run, metric="sharpness/worst/l2/adaptive")
-    assert set(rows["data"]) == {data.data_digest("cifar10", tmp_path / "b", "train")}
+    assert set(rows["data"]) == {datasets.data_digest("cifar10", tmp_path / "b", "train")}
     assert len(rows) == 3  # member-0, member-1, ensemble mean: the rows of data a are stale
 
 
 def test_rows_of_a_table_without_the_data_column_are_readable_but_never_reused(tmp_path):
     run = make_run(tmp_path / "run", "digits")
     row = {"scope": "member-0", "metric": "accuracy", "value": 0.5, "dataset": "digits", "split": "test"}
-    runs.append_results(run, [row])
-    part = next((run / runs.RESULTS_DIR).glob("part-*.parquet"))
+    run_folder.append_results(run, [row])
+    part = next((run / run_folder.RESULTS_DIR).glob("part-*.parquet"))
     old = pd.read_parquet(part).drop(columns=["data"])  # as written before the column existed
     old.to_parquet(part, index=False)
-    table = runs.read_results(run, current_only=True)
+    table = run_folder.read_results(run, current_only=True)
     assert table["value"].tolist() == [0.5] and table["data"].isna().all()  # reports still see it
-    digest = data.data_digest("digits", split="test")
-    assert runs.find_results(run, {}, digest, scope="member-0").empty
-    assert runs.find_results(run, {}, scope="member-0").empty
-    runs.append_results(run, [{**row, "value": 0.75, "data": digest}])
-    assert runs.find_results(run, {}, digest, scope="member-0")["value"].tolist() == [0.75]
-    assert runs.read_results(run, current_only=True)["value"].tolist() == [0.75]  # the unknown-data row is stale
+    digest = datasets.data_digest("digits", split="test")
+    assert run_folder.find_results(run, {}, digest, scope="member-0").empty
+    assert run_folder.find_results(run, {}, scope="member-0").empty
+    run_folder.append_results(run, [{**row, "value": 0.75, "data": digest}])
+    assert run_folder.find_results(run, {}, digest, scope="member-0")["value"].tolist() == [0.75]
+    assert run_folder.read_results(run, current_only=True)["value"].tolist() == [0.75]  # the unknown-data row is stale
 
 
 def test_data_digests_tell_apart_what_differs_and_only_that(tmp_path):
     write_cifar10(tmp_path / "a", n_train=20, n_test=10, seed=0)
     write_cifar10(tmp_path / "copy", n_train=20, n_test=10, seed=0)
     write_cifar10(tmp_path / "b", n_train=20, n_test=10, seed=1)
-    digest = data.data_digest("cifar10", tmp_path / "a", "test")
-    assert data.data_digest("cifar10", tmp_path / "copy", "test") == digest  # same bytes elsewhere
-    assert data.data_digest("cifar10", tmp_path / "b", "test") != digest
-    assert len({data.data_digest("cifar10", tmp_path / "a", split) for split in ("train", "val", "test")}) == 3
-    assert data.data_digest("digits", split="val") != data.data_digest("digits", split="test")
+    digest = datasets.data_digest("cifar10", tmp_path / "a", "test")
+    assert datasets.data_digest("cifar10", tmp_path / "copy", "test") == digest  # same bytes elsewhere
+    assert datasets.data_digest("cifar10", tmp_path / "b", "test") != digest
+    assert len({datasets.data_digest("cifar10", tmp_path / "a", split) for split in ("train", "val", "test")}) == 3
+    assert datasets.data_digest("digits", split="val") != datasets.data_digest("digits", split="test")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def test_a_member_replaced_during_a_measurement_stores_no_rows(tmp_path, monkeyp
 
     def replacing(*arguments, **options):  # someone writes new weights while member 0 is measured
         torch.manual_seed(99)
-        runs.save_member(run, 0, build("mlp", 10, input_size=PIXELS, hidden=[]))
+        run_folder.save_member(run, 0, build("mlp", 10, input_size=PIXELS, hidden=[]))
         monkeypatch.setattr(sharpness, "worst_case_sharpness", original)
         return original(*arguments, **options)
 
@@ -191,7 +192,7 @@ def test_a_member_replaced_during_a_measurement_stores_no_rows(tmp_path, monkeyp
     assert "changed during the measurement" in result.output and "member-0.safetensors" in result.output
     assert sum("changed during the measurement" in line for line in result.output.splitlines()) == 1
     assert "Traceback" not in result.output
-    assert runs.read_results(run).empty
+    assert run_folder.read_results(run).empty
 
 
 def test_a_member_replaced_during_an_evaluation_stores_no_rows(tmp_path, monkeypatch):
@@ -201,7 +202,7 @@ def test_a_member_replaced_during_an_evaluation_stores_no_rows(tmp_path, monkeyp
 
     def replacing(*arguments, **options):
         torch.manual_seed(99)
-        runs.save_member(run, 1, build("mlp", 10, input_size=PIXELS, hidden=[]))
+        run_folder.save_member(run, 1, build("mlp", 10, input_size=PIXELS, hidden=[]))
         monkeypatch.setattr(logit_cache, "compute_member_logits", original)
         return original(*arguments, **options)
 
@@ -209,29 +210,29 @@ def test_a_member_replaced_during_an_evaluation_stores_no_rows(tmp_path, monkeyp
     result = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
     assert result.exit_code == 2, result.output
     assert "changed during the" in result.output and "member-1.safetensors" in result.output
-    assert runs.read_results(run).empty
+    assert run_folder.read_results(run).empty
     # The run is fine afterwards: the new weights are evaluated, the logits of the old ones are not reused.
     again = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
     assert again.exit_code == 0, again.output
-    test = data.load_dataset("cifar10", tmp_path / "data", "test")
+    test = datasets.load_dataset("cifar10", tmp_path / "data", "test")
     assert stored(run, scope="member-1", metric="accuracy", split="test")["value"].tolist() == \
         [member_accuracy(run, 1, test)]
 
 
 def test_rows_carry_the_digest_taken_when_the_weights_were_read(tmp_path):
     run = make_run(tmp_path / "run", "digits")
-    loaded = runs.load_run(run)
+    loaded = run_folder.load_run(run)
     torch.manual_seed(5)
-    runs.save_member(run, 0, build("mlp", 10, input_size=PIXELS, hidden=[]))
+    run_folder.save_member(run, 0, build("mlp", 10, input_size=PIXELS, hidden=[]))
     row = {"scope": "member-1", "metric": "accuracy", "value": 0.5, "data": "d"}
-    runs.append_results(loaded, [row])  # member 1 did not change: stored
+    run_folder.append_results(loaded, [row])  # member 1 did not change: stored
     try:
-        runs.append_results(loaded, [{**row, "scope": "member-0"}])
+        run_folder.append_results(loaded, [{**row, "scope": "member-0"}])
     except Exception as error:  # noqa: BLE001 - the type is checked below
         assert type(error).__name__ == "InputError" and "changed during the measurement" in str(error)
     else:
         raise AssertionError("rows of replaced weights were stored")
-    assert runs.read_results(run)["scope"].tolist() == ["member-1"]
+    assert run_folder.read_results(run)["scope"].tolist() == ["member-1"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,10 +258,10 @@ def test_corrupt_refuses_to_mix_seeds_in_one_folder(tmp_path):
     forced = invoke("corrupt", "--data", "digits", "--out", tmp_path, "--corruptions", "gaussian_noise",
                     "--seed", 1, "--force")
     assert forced.exit_code == 0, forced.output
-    assert data.available_corruptions("digits", tmp_path) == ["gaussian_noise"]  # no shot_noise of seed 0 left
-    clean = data.load_dataset("digits", split="test", normalize=False)
+    assert datasets.available_corruptions("digits", tmp_path) == ["gaussian_noise"]  # no shot_noise of seed 0 left
+    clean = datasets.load_dataset("digits", split="test", normalize=False)
     pixels = (clean.batch(np.arange(len(clean))) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    loaded = data.load_corrupted("digits", tmp_path, "gaussian_noise", 2, normalize=False)
+    loaded = datasets.load_corrupted("digits", tmp_path, "gaussian_noise", 2, normalize=False)
     stored_pixels = (loaded.batch(np.arange(len(loaded))) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(stored_pixels, corrupt(pixels, "gaussian_noise", 2, seed=1))
 

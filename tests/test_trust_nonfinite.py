@@ -28,9 +28,9 @@ import landscape.fisher
 import landscape.hessian
 import landscape.sharpness
 import results_fixtures as fixtures
-from ensembles import runs
-from ensembles.measurements import fisher_path
-from ensembles.models import build
+from ensembles.runs import run_folder
+from ensembles.studies.measurements import fisher_path
+from ensembles.models.zoo import build
 from landscape.errors import InputError, NonFiniteError
 from reports.collect import SharpnessSpec, collect, missing_measurements, per_run, run_table, sharpness_per_run
 from test_measurements import SHARPNESS, make_run
@@ -53,7 +53,7 @@ def refused(result, *fragments):
 
 
 def scopes_of(path, metric_prefix=""):
-    table = runs.read_results(path, current_only=True)
+    table = run_folder.read_results(path, current_only=True)
     if table.empty:
         return set()
     return set(table[table["metric"].str.startswith(metric_prefix)]["scope"])
@@ -85,16 +85,16 @@ def test_import_refuses_nan_and_inf_weights_naming_file_and_tensor(tmp_path):
 
 def test_a_member_file_holding_nan_is_refused_when_loaded(tmp_path):
     path = make_run(tmp_path / "run", model="mlp", model_args=MLP)
-    state = runs.load_member_state(path, 1)
+    state = run_folder.load_member_state(path, 1)
     name = next(n for n, t in state.items() if t.is_floating_point())
     state[name].view(-1)[0] = math.nan
-    runs.save_member(path, 1, state)
+    run_folder.save_member(path, 1, state)
     with pytest.raises(InputError, match=rf"member-1\.safetensors: tensor '{re.escape(name)}' holds NaN"):
-        runs.load_run(path)
+        run_folder.load_run(path)
     line = refused(invoke("sharpness", path, "--rho", "0.5", *SHARPNESS, "--device", "cpu"),
                    "member-1.safetensors", name, "NaN")
     assert "member-0" not in line
-    assert runs.read_results(path).empty  # the members are loaded together, before any row
+    assert run_folder.read_results(path).empty  # the members are loaded together, before any row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_sharpness_command_at_extreme_rho_exits_2_without_rows(tmp_path, rho, ki
     path = make_run(tmp_path / "run")  # the small CNN of the repro (0 ± 0 at 1e9)
     result = invoke("sharpness", path, "--rho", rho, "--kind", kind, "--n-samples", 2, *SHARPNESS, "--device", "cpu")
     refused(result, expected, f"rho={float(rho):g}")
-    assert runs.read_results(path).empty
+    assert run_folder.read_results(path).empty
 
 
 def test_sharpness_command_names_the_member_and_keeps_earlier_members_rows(digits_run, monkeypatch):
@@ -183,12 +183,12 @@ def test_sharpness_command_names_the_member_and_keeps_earlier_members_rows(digit
 def test_a_stored_nan_row_is_measured_again_not_reused(digits_run):
     settings = {"dataset": "digits", "split": "train", "rho": 0.5, "m": 4, "n_batches": 3, "seed": 5,
                 "logit_normalization": False, "n_iters": 2, "n_restarts": 1}
-    runs.append_results(digits_run, [{"scope": f"member-{i}", "metric": m, "value": math.nan, **settings}
+    run_folder.append_results(digits_run, [{"scope": f"member-{i}", "metric": m, "value": math.nan, **settings}
                                      for i in (0, 1) for m in ("sharpness/worst/l2/adaptive",
                                                                "sharpness-error/worst/l2/adaptive")])
     result = invoke("sharpness", digits_run, "--rho", "0.5", *SHARPNESS, "--device", "cpu")
     assert result.exit_code == 0 and "2 measured now" in result.output, result.output
-    rows = runs.read_results(digits_run, current_only=True)
+    rows = run_folder.read_results(digits_run, current_only=True)
     newest = rows[rows["metric"] == "sharpness/worst/l2/adaptive"].sort_values("created").groupby("scope").last()
     assert np.isfinite(newest["value"]).all()
 
@@ -249,7 +249,7 @@ def report_inputs(tmp_path, member_values, with_mean_row):
     path = fixtures.make_run(tmp_path / "run")
     rows = fixtures.sharpness_rows(member_values, with_mean_row=with_mean_row)
     rows += fixtures.evaluation_rows([0.8, math.nan, 0.6], {"accuracy": 0.85, "der": 0.3})
-    runs.append_results(path, rows)
+    run_folder.append_results(path, rows)
     table = run_table([path])
     return str(path), table, collect([path], table)
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 import cli
 import results_fixtures as fixtures
-from ensembles import runs, sweep
-from ensembles.files import MARKER_FILE as MARKER, mark_folder, require_writable_folder
-from ensembles.train import TrainingSettings
+from ensembles.runs import run_folder
+from ensembles.studies import sweep
+from ensembles.runs.files import MARKER_FILE as MARKER, mark_folder, require_writable_folder
+from ensembles.training.trainer import TrainingSettings
 from landscape.errors import InputError
 from reports.collect import collect, comparable_grouping, run_table
 from reports.site import write_report
@@ -116,9 +117,9 @@ def test_folder_names_are_built_from_validated_values_only():
 
 
 def _measured_run(path, *, dataset="cifar10", num_classes=10, method="sam", accuracy=0.8):
-    runs.create_run(path, dataset=dataset, num_classes=num_classes, model="mlp",
+    run_folder.create_run(path, dataset=dataset, num_classes=num_classes, model="mlp",
                     model_args={"input_size": 4, "hidden": [2]}, method=method, seeds=[13, 17, 27])
-    runs.append_results(path, fixtures.evaluation_rows([accuracy] * 3, {"accuracy": accuracy + 0.05}))
+    run_folder.append_results(path, fixtures.evaluation_rows([accuracy] * 3, {"accuracy": accuracy + 0.05}))
     return Path(path)
 
 
@@ -227,7 +228,7 @@ def test_one_dataset_keeps_plain_groups_and_class_counts_split_a_dataset(tmp_pat
 
 
 def _bad_parts(run):
-    results = run / runs.RESULTS_DIR
+    results = run / run_folder.RESULTS_DIR
     corrupt = results / "part-00000000T000000000000-corrupt.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
     foreign = results / "part-00000000T000000000001-foreign.parquet"
@@ -237,15 +238,15 @@ def _bad_parts(run):
 
 def test_a_corrupt_or_foreign_results_part_is_named_once_and_the_others_read(tmp_path, capsys):
     run = _measured_run(tmp_path / "run")
-    good = runs.read_results(run)
+    good = run_folder.read_results(run)
     corrupt, foreign = _bad_parts(run)
-    table = runs.read_results(run)
+    table = run_folder.read_results(run)
     pd.testing.assert_frame_equal(table, good)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
     assert str(corrupt) in lines[0] and "not a readable parquet file" in lines[0] and "delete it" in lines[0]
     assert str(foreign) in lines[1] and "lacks the columns scope, metric, value" in lines[1]
-    runs.read_results(run)
+    run_folder.read_results(run)
     assert capsys.readouterr().err == ""  # named once per file, not at every read
 
 

@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from ensembles.data import load_dataset
-from ensembles.files import MARKER_FILE, require_writable_folder
-from ensembles.runs import load_run, read_config
-from ensembles.train import TrainingSettings, accuracy, read_training_log, resume, train
+from ensembles.data.datasets import load_dataset
+from ensembles.runs.files import MARKER_FILE, require_writable_folder
+from ensembles.runs.run_folder import load_run, read_config
+from ensembles.training.trainer import TrainingSettings, accuracy, read_training_log, resume, train
 from landscape.errors import InputError
 from tests.test_train import assert_identical, member_weights, training_states
 
@@ -64,7 +64,7 @@ def test_kept_member_is_the_best_epoch_not_the_last(best_run):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
-    from ensembles.train import train
+    from ensembles.training.trainer import train
     from tests.test_trust_train import KEEP_BEST
 
     def die_after_second_epoch(event):

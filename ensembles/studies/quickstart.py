@@ -1,9 +1,9 @@
 """The quickstart: a small, complete SharpBalance study on scikit-learn's digits, on a CPU.
 
-``sharpdiv quickstart`` runs this recipe as a sweep (:mod:`ensembles.sweep`), so a second run on the
+``sharpdiv quickstart`` runs this recipe as a sweep (:mod:`ensembles.studies.sweep`), so a second run on the
 same folder reuses everything, and an interrupted one continues where it stopped:
 
-1. write digits-C, the corrupted test split (:func:`ensembles.corruptions.write_corrupted_dataset`),
+1. write digits-C, the corrupted test split (:func:`ensembles.data.corruptions.write_corrupted_dataset`),
    into ``DIR/data``;
 2. train 3-member ensembles of ``small_cnn`` (width 8, 8 epochs) with SGD, with SAM at each radius
    of a small ρ sweep (three radii, so the SAM group has enough ensembles for a fitted β), and with
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ensembles.sweep import Sweep, SweepResult, parse_sweep, run_sweep, sweep_runs
+from ensembles.studies.sweep import Sweep, SweepResult, parse_sweep, run_sweep, sweep_runs
 
 __all__ = ["QuickstartResult", "RECIPES", "quickstart_sweep", "run_quickstart"]
 
@@ -165,7 +165,7 @@ def run_quickstart(out: str | os.PathLike, *, fast: bool = False, device: str = 
     Everything already in ``out`` is reused. The report is the CLI's to write
     (``ensembles`` does not depend on ``reports``): over ``result.runs``, grouped by method.
     """
-    from ensembles.corruptions import write_corrupted_dataset
+    from ensembles.data.corruptions import write_corrupted_dataset
 
     out = Path(out)
     say = echo or (lambda message: None)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ensembles.files import file_digest
+from ensembles.runs.files import file_digest
 from landscape.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -90,8 +90,8 @@ _WHERE_TO_GET = {
     "cifar10-c": "download CIFAR-10-C.tar from https://zenodo.org/record/2535967",
     "cifar100-c": "download CIFAR-100-C.tar from https://zenodo.org/record/3555552",
     "tinyimagenet-c": "download Tiny-ImageNet-C.tar from https://zenodo.org/record/2536630",
-    "digits-c": "write it with ensembles.corruptions",
-    "folder-c": "write it with ensembles.corruptions",
+    "digits-c": "write it with ensembles.data.corruptions",
+    "folder-c": "write it with ensembles.data.corruptions",
 }
 _PASS_ROOT = "and pass --data-path (or set SHARPDIV_DATA)"
 
@@ -846,7 +846,7 @@ def data_digest(name: str, root: str | os.PathLike | None = None, split: str = "
 
     Built from the bytes of the files the slice comes from (``<corruption>.npy`` and ``labels.npy``;
     the CIFAR batches; the image files with their labels; scikit-learn's digits arrays), each file
-    hashed once per process (:func:`ensembles.files.file_digest` caches by path, size and mtime),
+    hashed once per process (:func:`ensembles.runs.files.file_digest` caches by path, size and mtime),
     so it is cheap to ask for again. Stored rows and cached logits carry it: data regenerated with
     another seed, or other files under another ``--data-path``, give another fingerprint.
     """

@@ -9,7 +9,7 @@ the forward passes are done once and stored::
 
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
 records in its metadata the digest of the member's weights file as it was read
-(:func:`ensembles.files.file_digest`) and the fingerprint of the slice's data
+(:func:`ensembles.runs.files.file_digest`) and the fingerprint of the slice's data
 (:func:`ensembles.data.data_digest`, images and labels), so new weights or other data (another
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
@@ -42,9 +42,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ensembles import data as datasets
-from ensembles import runs as run_folders
-from ensembles.files import atomic_path, file_digest
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.runs.files import atomic_path, file_digest
 from landscape.errors import InputError
 
 __all__ = [
@@ -212,7 +212,7 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
                       f"digest in its metadata); recomputing member {member}'s logits on {data_slice.dataset} "
                       f"{data_slice.name}", stacklevel=2)
         return None
-    weights = run_folders.member_path(run_path, member)
+    weights = run_folder.member_path(run_path, member)
     current = file_digest(weights) if weights.is_file() else None
     if metadata.get("weights") != current:
         return None  # new weights: recompute, never an error
@@ -321,7 +321,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
         logits = read_cached_logits(run_path, data_slice, member, len(labels), n_classes, data)
         if logits is not None:
             cached[member] = logits
-            weights[member] = file_digest(run_folders.member_path(run_path, member))
+            weights[member] = file_digest(run_folder.member_path(run_path, member))
     missing = [member for member in members if member not in cached]
     if missing:
         if dataset is None:
@@ -340,7 +340,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
                                  f"{data_slice.name}; its weights are broken: retrain or re-import it")
             cached[member] = logits
             weights[member] = (member_weights(member) if member_weights is not None
-                               else file_digest(run_folders.member_path(run_path, member)))
+                               else file_digest(run_folder.member_path(run_path, member)))
             _write(member_logits_path(run_path, data_slice, member), "logits", logits,
                    {"weights": weights[member], "member": str(member), "data": data,
                     "dataset": data_slice.dataset, "slice": data_slice.name})

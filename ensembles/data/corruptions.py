@@ -732,8 +732,8 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
 
     ``<out>/<Folder>-C/<corruption>.npy`` (uint8 ``(5N, H, W, 3)``, severity s in the s-th fifth of
     the rows) and ``labels.npy`` (``(5N,)``), where ``<Folder>-C`` is what
-    :func:`ensembles.data.corrupted_folder` names (``digits-C``, ``CIFAR-10-C``, ``<basename>-C``),
-    so :func:`ensembles.data.load_corrupted` reads it back with ``root=out``. Every file is written
+    :func:`ensembles.data.datasets.corrupted_folder` names (``digits-C``, ``CIFAR-10-C``, ``<basename>-C``),
+    so :func:`ensembles.data.datasets.load_corrupted` reads it back with ``root=out``. Every file is written
     atomically; corruptions already on disk with the right shape are kept, so an interrupted call
     resumes. The settings (seed, fingerprint of the clean test split) are recorded in
     ``sharpdiv-corrupt.json``; a folder with files made otherwise (or of unknown origin) is refused
@@ -743,8 +743,8 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
     """
     from tqdm import tqdm
 
-    from ensembles import data
-    from ensembles.files import atomic_path, write_json
+    from ensembles.data import datasets
+    from ensembles.runs.files import atomic_path, write_json
 
     kind = name.split(":", 1)[0] if name.startswith("folder:") else name
     if kind.lower().replace("-", "").replace("_", "") in {"tinyimagenet", "tinyimgnet"}:
@@ -754,16 +754,16 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
     for corruption in names:
         _check_corruption(corruption)
     _generator(seed, "", 1)  # checks the seed before anything is written
-    clean = data.load_dataset(name, root, split="test", normalize=False)
+    clean = datasets.load_dataset(name, root, split="test", normalize=False)
     # Back to the stored uint8 pixels: the loader scaled them by 1/255 and nothing else.
     images = np.empty((len(clean), *clean.image_size, 3), dtype=np.uint8)
     for start in range(0, len(clean), 1024):
         chunk = clean.batch(np.arange(start, min(start + 1024, len(clean))))
         images[start:start + len(chunk)] = (chunk * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = clean.targets.numpy()
-    folder = data.corrupted_folder(name, out if out is not None else root)
+    folder = datasets.corrupted_folder(name, out if out is not None else root)
     settings = {"format": 1, "seed": int(seed), "chunk_size": _CHUNK_SIZE,
-                "source": data.data_digest(name, root, "test")}
+                "source": datasets.data_digest(name, root, "test")}
     _check_generation(folder, settings, force)
     folder.mkdir(parents=True, exist_ok=True)
     if force:  # nothing of an earlier generation may stay beside the new files

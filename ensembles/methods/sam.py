@@ -12,7 +12,7 @@ ASAM (Kwon et al., ICML 2021) measures the neighbourhood in the weights' own sca
 
 The norm is global, over every parameter that has a gradient. ``ρ = 0`` is exactly the base
 optimizer: :attr:`SAM.perturbs` is False and the caller skips the ascent and its second
-forward-backward pass (:func:`ensembles.sharpbalance.training_step` does), so the trajectory is
+forward-backward pass (:func:`ensembles.methods.sharpbalance.training_step` does), so the trajectory is
 the base optimizer's bit for bit.
 
 The base point θ is kept as a copy and restored by assignment, not by subtracting ε̂, so

@@ -40,7 +40,7 @@ import torch
 from filelock import FileLock
 
 from landscape.errors import InputError
-from ensembles.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
+from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
 
 RESULTS_DIR = "results"
 TRAIN_DIR = "train"
@@ -224,10 +224,10 @@ def finished_members(config: Mapping) -> list[int]:
 
 
 def build_member_model(config: Mapping) -> torch.nn.Module:
-    from ensembles import models
+    from ensembles.models import zoo
 
     try:
-        return models.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+        return zoo.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
     except InputError as error:
         raise InputError(f"run.json: {error}; fix model/model_args in run.json or recreate the run") from None
     except (TypeError, ValueError) as error:  # an option of the right name but a wrong value
@@ -238,8 +238,8 @@ def build_member_model(config: Mapping) -> torch.nn.Module:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> Run:
     """Load a run folder's finished members as modules in eval mode on ``device``."""
-    from ensembles import models
-    from ensembles.checkpoints import require_finite_weights
+    from ensembles.models import zoo
+    from ensembles.models.checkpoints import require_finite_weights
 
     path = Path(path)
     config = read_config(path)
@@ -255,7 +255,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
             raise InputError(f"{member_path(path, index)} changed while it was being read; run the command again")
         require_finite_weights(state, str(member_path(path, index)))
         try:
-            models.load_weights(model, state)
+            zoo.load_weights(model, state)
         except InputError as error:
             raise InputError(f"member {index} of {path}: {error}") from None
         model.to(device=device, dtype=dtype).eval()

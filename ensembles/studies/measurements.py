@@ -56,10 +56,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ensembles import data as datasets
-from ensembles import runs as run_folders
-from ensembles.files import atomic_path
-from ensembles.logits import dataset_label
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.runs.files import atomic_path
+from ensembles.runs.logit_cache import dataset_label
 from landscape import connectivity, fisher, hessian, sharpness
 from landscape.errors import InputError, NonFiniteError
 
@@ -109,7 +109,7 @@ class _StoredRows:
     """
 
     def __init__(self, path: Path):
-        table = run_folders.read_results(path, current_only=True)
+        table = run_folder.read_results(path, current_only=True)
         columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr"]
         self._rows: dict[tuple, list[tuple[dict, float, float]]] = defaultdict(list)
         if table.empty:
@@ -122,7 +122,7 @@ class _StoredRows:
                 continue  # a NaN row (stored before NaNs were refused) is no result: measure again
             settings = json.loads(text)
             axes = {name: settings.pop(name) for name in AXIS_COLUMNS if name in settings}
-            key = (scope, metric, dataset, split, run_folders.canonical_settings(settings),
+            key = (scope, metric, dataset, split, run_folder.canonical_settings(settings),
                    data if isinstance(data, str) else None)
             self._rows[key].append((axes, float(value), float(stderr)))
 
@@ -130,7 +130,7 @@ class _StoredRows:
         """``[(axes, value, stderr), ...]`` of the stored rows of one measurement."""
         if where.get("data") is None:
             return []  # rows of unknown data are never reused
-        key = (scope, metric, where["dataset"], where["split"], run_folders.canonical_settings(settings), where["data"])
+        key = (scope, metric, where["dataset"], where["split"], run_folder.canonical_settings(settings), where["data"])
         return self._rows.get(key, [])
 
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
@@ -146,7 +146,7 @@ class _Members:
 
     def __getitem__(self, index: int) -> torch.nn.Module:
         if self.run is None:
-            self.run = run_folders.load_run(self.path, self.device, self.dtype)
+            self.run = run_folder.load_run(self.path, self.device, self.dtype)
         return self.run.members[self.run.member_indices.index(index)]
 
     @property
@@ -219,14 +219,14 @@ class _RunInput:
 def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> Iterator[_RunInput]:
     """Each run's config, finished members and split, checked before any measurement starts."""
     for path in _run_paths(paths):
-        config = run_folders.read_config(path)
+        config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
         yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
-    members = run_folders.finished_members(config)
+    members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     return members
@@ -276,7 +276,7 @@ def _append_finite(path: Path, new_rows: Sequence[Mapping], written: list, weigh
         if not math.isfinite(value) or (stderr is not None and math.isinf(stderr)):
             raise _not_finite(path, row, f"value {value}" + (f", stderr {stderr}" if stderr is not None else ""),
                               written)
-    run_folders.append_results(path, new_rows, weights=weights)
+    run_folder.append_results(path, new_rows, weights=weights)
     written += new_rows
 
 
@@ -364,7 +364,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
         path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
         _check_sample_budget(images, m, n_batches)
         if exclude:  # a pattern that matches nothing is a typo: say so before any work
-            sharpness.select_parameters(run_folders.build_member_model(config), exclude=exclude)
+            sharpness.select_parameters(run_folder.build_member_model(config), exclude=exclude)
         plans.append((path, members, label, images))
 
     measurements = []
@@ -718,7 +718,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             raise InputError(f"--plane needs three members but {path} has {len(members)}; drop --plane for this run")
         n_classes = int(config["num_classes"])
         count = _example_count("--n-examples", n_examples, images)
-        has_batchnorm = _has_batchnorm(run_folders.build_member_model(config))
+        has_batchnorm = _has_batchnorm(run_folder.build_member_model(config))
         reset = bn_reset and has_batchnorm
         training = splits.get(label, "train", n_classes) if reset else None
         bn_count = min(bn_examples, len(training)) if reset else None

@@ -2,8 +2,8 @@
 
 Every member is trained from its own seed with SGD (lr 0.1, momentum 0.9, weight decay 5e-4,
 batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; REFERENCE.md §4), wrapped in
-:class:`ensembles.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
-SharpBalance (:mod:`ensembles.sharpbalance`) all members train with SAM until epoch T_d, then
+:class:`ensembles.methods.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
+SharpBalance (:mod:`ensembles.methods.sharpbalance`) all members train with SAM until epoch T_d, then
 each scores every training sample by per-sample Fisher trace, the sets are selected from all
 members' scores, and every member continues on its mixed objective (new sets every
 ``reselect_every`` epochs when asked).
@@ -17,12 +17,12 @@ and exchange their scores with ``all_gather``.
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
 ``torch.Generator`` and the augmentation draws from another (the global CPU RNG is swapped to the
-member's stream while it trains, because :mod:`ensembles.data` draws crops and flips from it).
+member's stream while it trains, because :mod:`ensembles.data.datasets` draws crops and flips from it).
 So with the same seeds and thread count both modes give identical weights, and so does a run
 killed at any moment and resumed: run.json records the torch thread count and the device the run
 was trained with, and :func:`resume` trains with that thread count again unless told otherwise.
 
-The run folder (:mod:`ensembles.runs`): ``run.json`` holds every hyper-parameter flat, and the
+The run folder (:mod:`ensembles.runs.run_folder`): ``run.json`` holds every hyper-parameter flat, and the
 torch thread count (``threads``) and device (``device``) of the training;
 ``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
@@ -31,7 +31,7 @@ accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and
 logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
 val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
 of other settings is refused, never continued). :func:`train` writes only into a new, empty or
-sharpdiv-made folder (:func:`ensembles.files.require_writable_folder`) and checks every input
+sharpdiv-made folder (:func:`ensembles.runs.files.require_writable_folder`) and checks every input
 before its first write. A member whose loss or weights go non-finite stops training, gets no
 weights file and is marked ``failed`` in run.json with its ``diverged_epoch``; the training then
 ends with an InputError naming it.
@@ -54,13 +54,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ensembles import models as model_zoo
-from ensembles import pruning
-from ensembles.data import ImageDataset, batches, load_dataset
-from ensembles.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs import TRAIN_DIR, create_run, member_path, read_config, save_member
-from ensembles.sam import SAM
-from ensembles.sharpbalance import select_sets, training_step
+from ensembles.models import pruning, zoo
+from ensembles.data.datasets import ImageDataset, batches, load_dataset
+from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
+from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
+from ensembles.methods.sam import SAM
+from ensembles.methods.sharpbalance import select_sets, training_step
 from landscape.errors import InputError
 
 __all__ = [
@@ -282,7 +281,7 @@ class _Member:
         self.index, self.seed, self.settings, self.device = index, seed, settings, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = model_zoo.build(settings.model, num_classes, **_model_args(settings))
+            self.model = zoo.build(settings.model, num_classes, **_model_args(settings))
         self.model.to(device)
         base = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
@@ -755,7 +754,7 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     _require_own_training_state(out, settings, recorded=True)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
-        model_zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+        zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
     # The thread count changes how CPU kernels split their sums, so resuming bit for bit needs it again.

@@ -132,9 +132,11 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     given twice) is checked before anything is written. Hidden folders left by an import that was
     killed are removed (see :func:`remove_stale_staging`).
     """
-    from ensembles import data, models, runs
+    from ensembles.data import datasets
+    from ensembles.models import zoo
+    from ensembles.runs import run_folder
 
-    data.normalization(dataset)  # an unknown dataset name is an error before anything is read
+    datasets.normalization(dataset)  # an unknown dataset name is an error before anything is read
     out = Path(out)
     _check_out(out)
     if not files:
@@ -142,7 +144,7 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     _check_distinct(files)
     settings = dict(settings or {})
     model_args = dict(model_args or {})
-    _check_model(models, model, num_classes, model_args)
+    _check_model(zoo, model, num_classes, model_args)
     seeds = [seed_from_path(f) for f in files]
     recorded_seeds = _check_settings(settings, files, seeds)
     method = settings.pop("method", "imported")
@@ -152,18 +154,18 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING}{_host()}-{os.getpid()}-",
                                     dir=out.parent))
     try:
-        runs.create_run(staging, dataset=dataset, num_classes=num_classes, model=model,
+        run_folder.create_run(staging, dataset=dataset, num_classes=num_classes, model=model,
                         model_args=model_args, method=method, seeds=recorded_seeds, keep=keep,
                         n_members=len(files), exist_ok=True, **settings)
         for index, file in enumerate(files):
             state = extract_state_dict(read_checkpoint(file), source=str(file))
             require_finite_weights(state, str(file))
-            network = models.build(model, num_classes, **model_args)
+            network = zoo.build(model, num_classes, **model_args)
             try:
-                models.load_weights(network, state)
+                zoo.load_weights(network, state)
             except InputError as error:
                 raise InputError(f"{file} does not fit --model {model}: {error}") from None
-            runs.save_member(staging, index, network, source=str(Path(file).resolve()),
+            run_folder.save_member(staging, index, network, source=str(Path(file).resolve()),
                              seed=seeds[index] if seeds[index] is not None else
                              (recorded_seeds[index] if index < len(recorded_seeds) else None))
         if out.exists():

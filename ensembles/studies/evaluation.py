@@ -3,7 +3,7 @@
 ``sharpdiv evaluate`` and ``sharpdiv robustness`` are thin layers over :func:`evaluate_runs` and
 :func:`evaluate_robustness`. Every number comes from a function of :mod:`landscape` applied to the
 member logits ``L`` ``(M, N, C)`` and labels ``y`` of one data slice (REFERENCE.md §1), which
-:mod:`ensembles.logits` computes once per slice and member and keeps in the run folder.
+:mod:`ensembles.runs.logit_cache` computes once per slice and member and keeps in the run folder.
 
 Rows follow ``docs/results-table.md``. For each slice (``val``, clean ``test``, and each corruption
 at each severity of the ``-C`` data, split ``test``):
@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ensembles import data as datasets
-from ensembles import runs as run_folders
-from ensembles.logits import DataSlice, dataset_label, slice_logits
+from ensembles.data import datasets
+from ensembles.runs import run_folder
+from ensembles.runs.logit_cache import DataSlice, dataset_label, slice_logits
 from landscape import calibration, diversity, ensemble
 from landscape.errors import InputError
 
@@ -293,8 +293,8 @@ def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
 
 def _row_measurement(row: Mapping) -> tuple:
     settings = {k: v for k, v in row.items()
-                if k not in run_folders.RESULT_COLUMNS and k not in run_folders.BOOKKEEPING_COLUMNS}
-    return _measurement(row["scope"], row["metric"], row, run_folders.canonical_settings(settings))
+                if k not in run_folder.RESULT_COLUMNS and k not in run_folder.BOOKKEEPING_COLUMNS}
+    return _measurement(row["scope"], row["metric"], row, run_folder.canonical_settings(settings))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,10 +361,10 @@ def _summary_values(measurements: Mapping[tuple, float], where: Mapping, member_
     values = {}
     for metric in ("accuracy", "eir", "der", "ece"):
         key = _measurement("ensemble", metric, where,
-                           run_folders.canonical_settings(_settings("ensemble", metric, combine, n_bins)))
+                           run_folder.canonical_settings(_settings("ensemble", metric, combine, n_bins)))
         if key in measurements:
             values[metric] = float(measurements[key])
-    member = [measurements.get(_measurement(f"member-{i}", "accuracy", where, run_folders.canonical_settings({})))
+    member = [measurements.get(_measurement(f"member-{i}", "accuracy", where, run_folder.canonical_settings({})))
               for i in member_indices]
     if member and all(value is not None for value in member):
         values["member_accuracy"] = float(np.mean(member))
@@ -379,7 +379,7 @@ class _MemberLoader:
 
     def __call__(self, indices: Sequence[int]) -> list[torch.nn.Module]:
         if self.run is None:
-            self.run = run_folders.load_run(self.path, self.device)
+            self.run = run_folder.load_run(self.path, self.device)
         return [self.run.members[self.run.member_indices.index(i)] for i in indices]
 
     def digest(self, index: int) -> str:
@@ -391,7 +391,7 @@ def _same_weights(path: Path, seen: dict[int, str], new: Mapping[int, str]) -> N
     """Rows of one call must all come from the same weights of each member."""
     for index, digest in new.items():
         if seen.setdefault(index, digest) != digest:
-            raise InputError(f"{run_folders.member_path(path, index)} changed during the evaluation (its cached logits "
+            raise InputError(f"{run_folder.member_path(path, index)} changed during the evaluation (its cached logits "
                              "come from other weights than those just read); no rows were stored: run it again")
 
 
@@ -415,8 +415,8 @@ class _Plan:
 
 
 def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
-    config = run_folders.read_config(path)
-    members = run_folders.finished_members(config)
+    config = run_folder.read_config(path)
+    members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset or config["dataset"]
@@ -427,12 +427,12 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
 
 def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, progress) -> Evaluation:
     path, members, n_classes, slices = plan.path, plan.members, plan.n_classes, plan.slices
-    measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
+    measurements = _stored_measurements(run_folder.read_results(path, current_only=True))
     load_members = _MemberLoader(path, device)
     computed, from_cache, stored, rows, values, weights = [], [], [], [], {}, {}
     for data_slice in tqdm(slices, desc=path.name, unit="slice", file=sys.stderr, disable=not progress, leave=False):
         where = {**data_slice.columns(), "data": data_slice.digest(root)}
-        planned = [_measurement(scope, metric, where, run_folders.canonical_settings(settings))
+        planned = [_measurement(scope, metric, where, run_folder.canonical_settings(settings))
                    for scope, metric, settings in planned_measurements(members, combine, n_bins)]
         if all(key in measurements for key in planned):
             stored.append(data_slice.name)
@@ -461,7 +461,7 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
     """Evaluate each run on every slice and append the new rows to its results table.
 
     ``dataset`` defaults to each run's own. Member logits come from the cache (computed once, see
-    :mod:`ensembles.logits`); slices whose rows are all stored are skipped. Every run's slices are
+    :mod:`ensembles.runs.logit_cache`); slices whose rows are all stored are skipped. Every run's slices are
     checked (severities, corruption names, the ``-C`` folder) before the first forward pass, and rows
     are written only after every run succeeded.
     """
@@ -475,7 +475,7 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
                                  device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:
         if evaluation.rows:
-            run_folders.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
+            run_folder.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
     return evaluations
 
 
@@ -516,8 +516,8 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
                     root, device, progress) -> RobustnessEvaluation:
     from landscape.robustness import EnsembleClassifier, Normalized, check_radius, robust_accuracy
 
-    config = run_folders.read_config(path)
-    members = run_folders.finished_members(config)
+    config = run_folder.read_config(path)
+    members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset_label(dataset or config["dataset"])
@@ -525,10 +525,10 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
     base = _robustness_settings(norm, eps, attacks, n_examples, seed)
     scopes = {f"member-{i}": base for i in members}
     scopes["ensemble"] = {**base, "combine": combine}
-    measurements = _stored_measurements(run_folders.read_results(path, current_only=True))
+    measurements = _stored_measurements(run_folder.read_results(path, current_only=True))
 
     def stored(scope: str, metric: str):
-        return measurements.get(_measurement(scope, metric, where, run_folders.canonical_settings(scopes[scope])))
+        return measurements.get(_measurement(scope, metric, where, run_folder.canonical_settings(scopes[scope])))
 
     values = {scope: (stored(scope, "clean_accuracy"), stored(scope, "robust_accuracy")) for scope in scopes}
     missing = [scope for scope, pair in values.items() if None in pair]
@@ -545,7 +545,7 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
         inputs = images.batch(np.arange(n_examples), device=device)
         labels = images.targets[:n_examples].to(device)
         check_radius(NORMS[norm], eps, inputs[0].numel())  # the l2 bound needs the image size
-        run = run_folders.load_run(path, device)
+        run = run_folder.load_run(path, device)
         weights = run.weights
         for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
             if scope == "ensemble":
@@ -595,5 +595,5 @@ def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: f
                                    device=device, progress=progress) for path in paths]
     for evaluation in evaluations:
         if evaluation.rows:
-            run_folders.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
+            run_folder.append_results(evaluation.path, evaluation.rows, weights=evaluation.weights)
     return evaluations

@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ensembles.sam import SAM, frozen_batch_norm_statistics
+from ensembles.methods.sam import SAM, frozen_batch_norm_statistics
 from landscape.errors import InputError
 
 __all__ = [

@@ -17,11 +17,11 @@ that follow training and how the closing report groups the runs::
     width = [16, 32, 64]
     seeds = [[13, 17, 27], [113, 117, 127]]
 
-    [[measure.sharpness]]            # one table per kind; options of ensembles.measurements
+    [[measure.sharpness]]            # one table per kind; options of ensembles.studies.measurements
     kind = "worst"                   # measure_sharpness (``rho`` is a list of radii)
     rho = [0.5]
     [measure.hessian]                # options of measure_hessian
-    [measure.evaluate]               # options of ensembles.evaluation.evaluate_runs
+    [measure.evaluate]               # options of ensembles.studies.evaluation.evaluate_runs
     corruptions = "all"
     [measure.connectivity]           # options of measure_connectivity
     [measure.fisher]                 # options of measure_fisher
@@ -42,8 +42,8 @@ positive integer, ``rho`` a finite number >= 0, ``method`` a known one ...), so 
 refuses what ``sweep run`` would; names are built from checked values only, and every run folder
 must resolve inside ROOT.
 
-**Jobs.** :func:`run_job` trains (:func:`ensembles.train.train`; an interrupted run is continued
-with :func:`ensembles.train.resume`, a finished one is kept) and then runs every measurement
+**Jobs.** :func:`run_job` trains (:func:`ensembles.training.trainer.train`; an interrupted run is continued
+with :func:`ensembles.training.trainer.resume`, a finished one is kept) and then runs every measurement
 through its own ``ensembles`` function, which reuses the rows the run's results table already
 holds. So a sweep can be stopped at any moment and run again: only the missing work happens. A run
 folder that holds a different ensemble than the job describes (say ``epochs`` changed in the file)
@@ -94,7 +94,7 @@ __all__ = [
     "read_log",
     "read_sweep",
     "run_job",
-    "run_folder",
+    "job_folder",
     "run_name",
     "run_sweep",
     "slurm_parameters",
@@ -147,7 +147,7 @@ def _real(low: float, *, above: bool = False, high: float | None = None, high_op
 
 
 def _dataset_name(value) -> bool:
-    from ensembles.data import _parse_name
+    from ensembles.data.datasets import _parse_name
 
     if not isinstance(value, str) or not value.strip():
         return False
@@ -161,8 +161,8 @@ def _dataset_name(value) -> bool:
 def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
     """Per setting: the check every value must pass at parse time, and what it must be (for the
     message). Values reach folder names, so only these types are ever let through."""
-    from ensembles.models import MODEL_NAMES
-    from ensembles.train import METHODS, SCHEDULES
+    from ensembles.models.zoo import MODEL_NAMES
+    from ensembles.training.trainer import METHODS, SCHEDULES
 
     def one_of(choices):
         return (lambda value: isinstance(value, str) and value in choices), f"one of {', '.join(choices)}"
@@ -239,7 +239,7 @@ class Job:
     """One grid point: its run folder name, the ensemble it trains, and its swept values."""
 
     name: str
-    settings: object  # ensembles.train.TrainingSettings
+    settings: object  # ensembles.training.trainer.TrainingSettings
     point: Mapping = field(default_factory=dict)
 
 
@@ -389,10 +389,10 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
 
 def _measurement_function(command: str) -> Callable:
     if command == "evaluate":
-        from ensembles.evaluation import evaluate_runs
+        from ensembles.studies.evaluation import evaluate_runs
 
         return evaluate_runs
-    from ensembles import measurements
+    from ensembles.studies import measurements
 
     return getattr(measurements, f"measure_{command}")
 
@@ -459,7 +459,7 @@ def run_name(settings, axes: Sequence[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).lstrip(".") or "run"
 
 
-def run_folder(root: str | os.PathLike, name: str) -> Path:
+def job_folder(root: str | os.PathLike, name: str) -> Path:
     """``root/name``, the run folder of a job, after checking it lies inside ``root``: a job name
     is one path component (no ``/``, ``..``), and the folder resolves (symlinks too) under the root."""
     root = Path(root)
@@ -484,7 +484,7 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
     """The jobs of the cross product of ``grid`` over ``base``: axes that do not apply to a job's
     method are dropped from it, jobs that train the same ensemble are merged, names are checked
     unique. Settings a job cannot have (``td >= epochs`` ...) are an InputError naming the job."""
-    from ensembles.train import TrainingSettings
+    from ensembles.training.trainer import TrainingSettings
 
     axes = list(grid)
     jobs: list[Job] = []
@@ -577,10 +577,10 @@ def _device(device) -> str:
 def _training_state(path: Path, settings) -> str:
     """``new`` (no run folder), ``partial`` (members unfinished) or ``done``; a folder holding another
     ensemble than ``settings`` is an InputError."""
-    from ensembles import runs
-    from ensembles.train import settings_of_run
+    from ensembles.runs import run_folder
+    from ensembles.training.trainer import settings_of_run
 
-    if not (path / runs.RUN_FILE).is_file():
+    if not (path / run_folder.RUN_FILE).is_file():
         return "new"
     stored = settings_of_run(path)
     if _identity(stored) != _identity(settings):
@@ -592,7 +592,7 @@ def _training_state(path: Path, settings) -> str:
                           for name in differences)
         raise InputError(f"{path} holds another ensemble than the sweep asks for ({shown}); give the sweep "
                          "another --out or remove that folder")
-    config = runs.read_config(path)
+    config = run_folder.read_config(path)
     members = config.get("members", [])
     done = len(members) == len(settings.seeds) and all(m.get("status") == "done" for m in members)
     return "done" if done else "partial"
@@ -622,10 +622,10 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
     measurement in ``measurements`` is run through its ``ensembles`` function, which computes only
     the rows the results table lacks. Each step is appended to ``root/sweep-log.jsonl``.
     """
-    from ensembles import train as trainer
+    from ensembles.training import trainer
 
     root = Path(root)
-    path = run_folder(root, job.name)
+    path = job_folder(root, job.name)
     settings = job.settings if data_path is None else replace(job.settings, data_path=str(data_path))
     chosen = _device(device)
     say = echo or (lambda message: None)
@@ -666,7 +666,7 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
 
 try:  # submitit's Checkpointable: on preemption or timeout the same job is queued again
     from submitit.helpers import Checkpointable as _Checkpointable
-except ImportError:  # pragma: no cover - submitit is a dependency; keep `import ensembles.sweep` working
+except ImportError:  # pragma: no cover - submitit is a dependency; keep `import ensembles.studies.sweep` working
     _Checkpointable = object
 
 
@@ -818,7 +818,7 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
         raise InputError(f"{sweep.source}: the grid has no jobs")
     root = Path(root)
     for job in sweep.jobs:  # a folder outside the root or holding another ensemble fails now
-        _training_state(run_folder(root, job.name), job.settings)
+        _training_state(job_folder(root, job.name), job.settings)
     root.mkdir(parents=True, exist_ok=True)
     data_path = data_path if data_path is not None else sweep.data_path
     say = echo or (lambda message: None)
@@ -952,12 +952,12 @@ def read_log(root: str | os.PathLike) -> list[dict]:
 
 def sweep_runs(sweep: Sweep, root: str | os.PathLike) -> list[Path]:
     """The run folders of the sweep that exist under ``root`` (with finished members), in job order."""
-    from ensembles import runs
+    from ensembles.runs import run_folder
 
     paths = []
     for job in sweep.jobs:
-        path = run_folder(root, job.name)
-        if (path / runs.RUN_FILE).is_file() and runs.finished_members(runs.read_config(path)):
+        path = job_folder(root, job.name)
+        if (path / run_folder.RUN_FILE).is_file() and run_folder.finished_members(run_folder.read_config(path)):
             paths.append(path)
     return paths
 
@@ -971,7 +971,7 @@ def sweep_status(sweep: Sweep, root: str | os.PathLike):
         last[record["job"], record["step"]] = record["action"]
     rows = []
     for job in sweep.jobs:
-        path = run_folder(root, job.name)
+        path = job_folder(root, job.name)
         try:
             state = _training_state(path, job.settings)
         except InputError:
@@ -988,9 +988,9 @@ def group_runs(sweep: Sweep, paths: Iterable[str | os.PathLike], group_by: Seque
 
     One axis is a field of every run already. Several (``["width", "method"]``) are joined into one
     label, ``width=16 method=sam``, stored as ``sweep_group`` in each run.json (via
-    :func:`ensembles.runs.update_config`), and ``"sweep_group"`` is returned.
+    :func:`ensembles.runs.run_folder.update_config`), and ``"sweep_group"`` is returned.
     """
-    from ensembles import runs
+    from ensembles.runs import run_folder
 
     axes = tuple(group_by or sweep.group_by)
     unknown = [axis for axis in axes if axis not in AXES]
@@ -999,8 +999,8 @@ def group_runs(sweep: Sweep, paths: Iterable[str | os.PathLike], group_by: Seque
     if len(axes) == 1:
         return axes[0]
     for path in paths:
-        config = runs.read_config(path)
+        config = run_folder.read_config(path)
         label = " ".join(f"{axis}={_text(config.get(axis))}" for axis in axes)
         if config.get("sweep_group") != label:
-            runs.update_config(path, sweep_group=label)
+            run_folder.update_config(path, sweep_group=label)
     return "sweep_group"

@@ -1,0 +1,9 @@
+"""Studies: orchestration that measures, evaluates and sweeps run folders.
+
+- :mod:`ensembles.studies.measurements`: sharpness, Hessian, Fisher and connectivity per member, as rows.
+- :mod:`ensembles.studies.evaluation`: cached logits -> accuracy, calibration, diversity rows.
+- :mod:`ensembles.studies.sweep`: grids of ensembles, trained then measured, here or on SLURM.
+- :mod:`ensembles.studies.quickstart`: a small complete SharpBalance study on digits, on a CPU.
+
+Imports nothing on its own (some CLI paths must not import torch).
+"""
