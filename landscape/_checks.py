@@ -248,3 +248,7 @@ def check_loss_and_batches_order(function: str, loss_fn, batches):
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
     return loss_fn, batches
+
+
+# ``include`` was sharpness's name for ``params``
+select_parameters = _deprecated_alias(include="params")(select_parameters)
