@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -94,8 +95,7 @@ def _validate_single_model(logits: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def _check_bin_count(n_bins: int) -> None:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise InputError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    positive_int("n_bins", n_bins)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -33,11 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.errors import InputError
+from landscape._checks import NORMS, finite_float, norm_name
 
 Perturbation = dict[str, torch.Tensor]
-
-NORMS = ("l2", "linf")
 
 
 def per_batch(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -80,10 +78,8 @@ class PerturbationBall:
     scale: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise InputError(f"unknown norm {self.norm!r}; choose 'l2' or 'linf'")
-        if not (math.isfinite(self.rho) and self.rho >= 0):
-            raise InputError(f"rho must be a finite number >= 0, got {self.rho!r}")
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        object.__setattr__(self, "rho", finite_float("rho", self.rho, minimum=0))
         if self.scale is None:
             return
         movable = {name: t > 0 for name, t in self.scale.items()}
