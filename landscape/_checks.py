@@ -20,7 +20,9 @@ import fnmatch
 import functools
 import inspect
 import math
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -192,6 +194,18 @@ def norm_name(norm: str) -> str:
 
 # -- deprecations ----------------------------------------------------------------------------------
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _warn_deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` attributed to the first caller outside ``landscape/`` (so Python's
+    default filters show it where the old spelling is written, whatever the depth of wrappers)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
 def _deprecated_alias(**renamed: str) -> Callable:
     """Decorator: the old keyword ``old=...`` still works for one release, as ``new``, with a
     ``DeprecationWarning`` (``@_deprecated_alias(loader="batches")``). Both at once is an error."""
@@ -203,8 +217,7 @@ def _deprecated_alias(**renamed: str) -> Callable:
                     if new in kwargs:
                         raise TypeError(f"{function.__name__}() got both {old!r} (deprecated) and {new!r}; "
                                         f"pass {new!r} only.")
-                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=... instead.",
-                                  DeprecationWarning, stacklevel=2)
+                    _warn_deprecated(f"{function.__name__}({old}=...) is deprecated; use {new}=... instead.")
                     kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
         return wrapper
@@ -226,8 +239,8 @@ def legacy_positionals(*names: str) -> Callable:
                     raise TypeError(f"{function.__name__}() takes at most {positional + len(names)} positional "
                                     f"arguments but {len(args)} were given.")
                 moved = names[:len(extra)]
-                warnings.warn(f"passing {', '.join(moved)} to {function.__name__}() by position is deprecated; "
-                              "pass them by keyword.", DeprecationWarning, stacklevel=2)
+                _warn_deprecated(f"passing {', '.join(moved)} to {function.__name__}() by position is deprecated; "
+                                 "pass them by keyword.")
                 for name, value in zip(moved, extra):
                     if name in kwargs:
                         raise TypeError(f"{function.__name__}() got multiple values for argument {name!r}.")
@@ -242,8 +255,7 @@ def check_loss_and_batches_order(function: str, loss_fn, batches):
     """``(loss_fn, batches)``, accepting the old order ``(loader, loss_fn)`` for one release with a
     ``DeprecationWarning``: a callable where the data belongs, and data where the loss belongs."""
     if not callable(loss_fn) and callable(batches):
-        warnings.warn(f"{function}(..., loader, loss_fn) is deprecated; pass (..., loss_fn, batches).",
-                      DeprecationWarning, stacklevel=3)
+        _warn_deprecated(f"{function}(..., loader, loss_fn) is deprecated; pass (..., loss_fn, batches).")
         loss_fn, batches = batches, loss_fn
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")

@@ -311,7 +311,7 @@ def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, *, p
     if not bool((residuals <= tol * values.abs().max()).all()) and basis.shape[1] < hessian.dim:
         warnings.warn(f"Lanczos did not reach tol={tol} within n_iters={n_iters} "
                       f"(largest relative residual {(residuals / values.abs().max()).max().item():.2e}); "
-                      "raise n_iters.", RuntimeWarning, stacklevel=2)
+                      "raise n_iters.", RuntimeWarning, stacklevel=3)  # past legacy_positionals
     return Eigenpairs(eigenvalues=eigenvalues, eigenvectors=ritz, residual_norms=residuals,
                       parameter_names=hessian.names, n_products=hessian.n_products)
 

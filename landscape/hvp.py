@@ -135,8 +135,8 @@ class BatchNormAsAffine(TorchFunctionMode):
     """Within this mode, eval-mode batch norm ``y = (x − μ)/√(σ² + ε) · γ + β`` is computed as the
     per-channel affine map ``y = x·s + t`` with ``s = γ/√(σ² + ε)``, ``t = β − μ·s``: the same
     function of ``x``, ``γ`` and ``β``, so the same derivatives, but PyTorch's batch-norm double
-    backward follows the training-mode formula and was ~20% of a Hessian-vector product of the small
-    CNN (``benchmarks/bench_hessian.py``). Training-mode batch norm is left alone."""
+    backward follows the training-mode formula (its measured cost: ``benchmarks/README.md``).
+    Training-mode batch norm is left alone."""
 
     _signature = inspect.signature(F.batch_norm)
 
@@ -169,7 +169,7 @@ class PiecewiseLinearAsMasked(TorchFunctionMode):
     and the Hessian is unchanged (bit for bit: the same products are formed). What changes is the
     graph of the first backward pass: PyTorch's formulas for ``threshold_backward`` and
     ``max_pool2d_with_indices_backward`` differentiate in their input too, so every second backward
-    pass built and added activation-sized zero tensors (6% of a product of ``small_cnn``).
+    pass built and added activation-sized zero tensors (measured in ``benchmarks/README.md``).
     """
 
     _relus = (F.relu, torch.relu, torch.Tensor.relu)
