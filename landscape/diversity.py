@@ -18,6 +18,16 @@ Member logits ``L`` have shape ``(M, N, C)``, labels ``y`` shape ``(N,)``; ``ŷ_
 
 All metrics need at least two members. Results are tensors in the dtype and on the device of the
 member logits.
+
+Example (two members, each wrong on one of four samples, ``Ē = 1/4``, and disagreeing on two of
+them, ``Dis = 1/2``, so ``DER = 2``)::
+
+    >>> import torch
+    >>> labels = torch.tensor([0, 1, 0, 1])
+    >>> predictions = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 1]])
+    >>> members = torch.nn.functional.one_hot(predictions, 2).double()    # logits (M, N, C)
+    >>> disagreement_matrix(members)[0, 1].item(), disagreement_error_ratio(members, labels).item()
+    (0.5, 2.0)
 """
 from __future__ import annotations
 
