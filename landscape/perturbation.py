@@ -25,6 +25,16 @@ Two projections are offered, because two geometries are in use:
   ``argmin_{d in ball} ‖d − x‖₂``, what the reference code approximates for the adaptive ℓ2
   ellipsoid by an uncapped bisection. Here it is solved exactly (see
   :func:`project_onto_ellipsoid`). It equals :meth:`project` except for the adaptive ℓ2 ball.
+
+Example (one perturbation of norm 5 projected onto the unit balls; the ℓ2 projection rescales it,
+the ℓ∞ one clamps it)::
+
+    >>> import torch
+    >>> point = {"w": torch.tensor([[3.0, 4.0]], dtype=torch.float64)}   # a batch of one
+    >>> torch.allclose(PerturbationBall(rho=1.0, norm="l2").project(point)["w"], point["w"] / 5)
+    True
+    >>> PerturbationBall(rho=1.0, norm="linf").project(point)["w"].tolist()
+    [[1.0, 1.0]]
 """
 from __future__ import annotations
 
