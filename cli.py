@@ -348,15 +348,19 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--reference-compatible", is_flag=True,
               help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the perturbed pass).")
 @click.option("--train-samples", type=click.IntRange(min=1), default=None, help="Train on the first N training samples only (smoke tests).")
+@click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
 @device_options
-def train_command(dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
+@click.pass_context
+def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
                   weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
-                  reselect_every, reference_compatible, train_samples, device, threads):
+                  reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
 
     Checkpoints every epoch into OUT/train; `sharpdiv train --resume OUT` continues after an
     interruption and ends with the same weights. Progress bars on stderr, a summary on stdout.
     """
+    if resume_run is not None:
+        _refuse_flags_resume_ignores(ctx)
     from ensembles.train import TrainingSettings, resume, train
 
     chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
@@ -374,12 +378,28 @@ def train_command(dataset, data_path, model_name, width, method, rho, eta, k, td
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
             keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)
-        summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True)
+        summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True, force=force)
     for row in summaries:
         click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
                    f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
                    f"{row.seconds:.0f} s")
     click.echo(f"run folder: {out}")
+
+
+#: What `train --resume` takes from the command line; every other setting comes from run.json.
+_RESUME_OPTIONS = ("resume_run", "members_parallel", "device", "threads")
+
+
+def _refuse_flags_resume_ignores(ctx: click.Context) -> None:
+    """An InputError naming the options given with --resume that it would ignore."""
+    from click.core import ParameterSource
+
+    given = [param.opts[0] for param in ctx.command.params
+             if param.name not in _RESUME_OPTIONS
+             and ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    if given:
+        raise InputError(f"--resume continues with the run's own settings (run.json); {', '.join(given)} "
+                         f"would be ignored: drop {'it' if len(given) == 1 else 'them'}")
 
 
 @main.group("sweep", cls=_Group)

@@ -85,6 +85,20 @@ def extract_state_dict(checkpoint, source: str = "checkpoint") -> dict[str, torc
     return state
 
 
+def require_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or ±inf: every number measured from them would be meaningless."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = tensor[~finite]
+                kinds = " and ".join(kind for kind, present in (("NaN", bad.isnan().any()), ("inf", bad.isinf().any()))
+                                     if bool(present))
+                raise InputError(f"{source}: tensor {name!r} holds {kinds} ({bad.numel()} of {tensor.numel()} "
+                                 "entries); refusing non-finite weights (the training diverged or the file is "
+                                 "damaged): use a checkpoint from before the divergence")
+
+
 def seed_from_path(path: str | os.PathLike) -> int | None:
     """SharpBalance stores member s as ``seed_<s>/model_best.pth.tar``: recover s."""
     for part in reversed(Path(path).parts[:-1]):
@@ -125,6 +139,7 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
                         n_members=len(files), exist_ok=True, **settings)
         for index, file in enumerate(files):
             state = extract_state_dict(read_checkpoint(file), source=str(file))
+            require_finite_weights(state, str(file))
             network = models.build(model, num_classes, **model_args)
             try:
                 models.load_weights(network, state)

@@ -69,3 +69,30 @@ def require_run_folder(path: str | os.PathLike) -> Path:
         raise InputError(f"{path} is not a run folder (no {RUN_FILE}); make one with "
                          "`sharpdiv train` or `sharpdiv import`")
     return path
+
+
+MARKER_FILE = ".sharpdiv"  # what says a folder's files were written by sharpdiv
+
+
+def require_writable_folder(path: str | os.PathLike, force: bool = False) -> Path:
+    """``path`` as a Path if sharpdiv may write into it: missing, empty, or made by sharpdiv (holds
+    :data:`MARKER_FILE`); else one clear InputError, so a user's own files are never overwritten.
+    ``force`` allows any folder. Call :func:`mark_folder` before the first write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a folder; choose a folder path")
+    if force or not path.exists() or (path / MARKER_FILE).is_file():
+        return path
+    found = sorted(entry.name for entry in path.iterdir())
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise InputError(f"{path} already holds files not made by sharpdiv ({shown}); choose an empty or new "
+                         "folder, or pass --force to write into it anyway")
+    return path
+
+
+def mark_folder(path: str | os.PathLike, kind: str) -> None:
+    """Create ``path`` if needed and mark it as made by sharpdiv (``kind``: run, report ...)."""
+    path = Path(path)
+    if not (path / MARKER_FILE).is_file():
+        write_json(path / MARKER_FILE, {"made_by": "sharpdiv", "kind": kind})

@@ -57,7 +57,7 @@ from ensembles import runs as run_folders
 from ensembles.files import atomic_path
 from ensembles.logits import dataset_label
 from landscape import connectivity, fisher, hessian, sharpness
-from landscape.errors import InputError
+from landscape.errors import InputError, NonFiniteError
 
 __all__ = [
     "Measurement",
@@ -114,6 +114,8 @@ class _StoredRows:
                 table.reindex(columns=columns).itertuples(index=False):
             if isinstance(corruption, str):
                 continue  # these measurements are on clean splits only
+            if not math.isfinite(float(value)):
+                continue  # a NaN row (stored before NaNs were refused) is no result: measure again
             settings = json.loads(text)
             axes = {name: settings.pop(name) for name in AXIS_COLUMNS if name in settings}
             key = (scope, metric, dataset, split, run_folders.canonical_settings(settings))
@@ -234,6 +236,31 @@ def _mean_over_members(values: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
+_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", *AXIS_COLUMNS}
+
+
+def _not_finite(path: Path, row: Mapping, reason: str, written: Sequence[Mapping]) -> NonFiniteError:
+    """The one-line refusal of a non-finite measurement: run, scope, metric, settings, and what was stored."""
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in row.items() if k not in _NOT_SETTINGS)
+    kept = sorted({r["scope"] for r in written}, key=lambda scope: (len(scope), scope))
+    kept = f"the rows of {', '.join(kept)} measured before it are" if kept else "nothing of this run was"
+    return NonFiniteError(f"{path.name}: {row['scope']} {row['metric']} ({settings}) is not finite ({reason}); "
+                          f"not stored ({kept})")
+
+
+def _append_finite(path: Path, new_rows: Sequence[Mapping], written: list) -> None:
+    """Store rows only if every value is finite (a stderr may be NaN, undefined for one batch or one
+    member, but never infinite); then add them to ``written``, the rows this call has stored."""
+    for row in new_rows:
+        value, stderr = float(row["value"]), row.get("stderr")
+        if not math.isfinite(value) or (stderr is not None and math.isinf(stderr)):
+            raise _not_finite(path, row, f"value {value}" + (f", stderr {stderr}" if stderr is not None else ""),
+                              written)
+    run_folders.append_results(path, new_rows)
+    written += new_rows
+
+
 def _progress(total: int, label: str, unit: str, enabled: bool):
     return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, disable=not enabled or total == 0, leave=False)
 
@@ -312,6 +339,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     splits = _Splits(root)
 
     plans = []
+    for rho in rhos:  # a radius the models' dtype cannot hold is refused before any work
+        sharpness.check_radius(rho, norm, kind, dtype or torch.get_default_dtype())
     for run in _run_inputs(paths, dataset, split, splits):
         path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
         _check_sample_budget(images, m, n_batches)
@@ -344,14 +373,18 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                 for rho in [rho for i, rho in missing if i == index]:
                     model = models[index]
                     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-                    if kind == "worst":
-                        result = sharpness.worst_case_sharpness(
-                            model, LOSS, batches, rho, norm, adaptive, n_iters=n_iters, n_restarts=n_restarts,
-                            exclude=exclude or None, chunk_size=chunk_size, generator=generator)
-                    else:
-                        result = sharpness.average_case_sharpness(
-                            model, LOSS, batches, rho, norm, adaptive, n_samples=n_samples, exclude=exclude or None,
-                            chunk_size=chunk_size, generator=generator)
+                    try:
+                        if kind == "worst":
+                            result = sharpness.worst_case_sharpness(
+                                model, LOSS, batches, rho, norm, adaptive, n_iters=n_iters, n_restarts=n_restarts,
+                                exclude=exclude or None, chunk_size=chunk_size, generator=generator)
+                        else:
+                            result = sharpness.average_case_sharpness(
+                                model, LOSS, batches, rho, norm, adaptive, n_samples=n_samples,
+                                exclude=exclude or None, chunk_size=chunk_size, generator=generator)
+                    except NonFiniteError as error:
+                        raise _not_finite(path, {"scope": f"member-{index}", "metric": metric, **settings[rho]},
+                                          str(error), rows) from None
                     values[index, rho] = (result.value, result.stderr, result.error_increase)
                     member_rows += [
                         {"scope": f"member-{index}", "metric": metric, "value": result.value,
@@ -360,8 +393,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                          **where, **settings[rho]}]
                     bar.update()
                 if member_rows:
-                    run_folders.append_results(path, member_rows)
-                    rows += member_rows
+                    _append_finite(path, member_rows, rows)
         finally:
             bar.close()
         ensemble_rows = []
@@ -374,8 +406,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                     ensemble_rows.append({"scope": "ensemble", "metric": name, "value": mean, "stderr": stderr,
                                           **where, **mean_settings})
         if ensemble_rows:
-            run_folders.append_results(path, ensemble_rows)
-            rows += ensemble_rows
+            _append_finite(path, ensemble_rows, rows)
 
         lines = [f"{path.name}: {metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
                  f"{len(missing)} measured now, {len(members) * len(rhos) - len(missing)} stored",
@@ -493,8 +524,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                                         for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())]
                     bar.update()
                 if member_rows:
-                    run_folders.append_results(path, member_rows)
-                    rows += member_rows
+                    _append_finite(path, member_rows, rows)
         finally:
             bar.close()
         if trace:
@@ -504,8 +534,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
                     not stored.get("ensemble", "hessian/trace", where, mean_settings):
                 ensemble_row = {"scope": "ensemble", "metric": "hessian/trace", "value": mean, "stderr": stderr,
                                 **where, **mean_settings}
-                run_folders.append_results(path, [ensemble_row])
-                rows.append(ensemble_row)
+                _append_finite(path, [ensemble_row], rows)
         if eigenvalues:
             for index in members:
                 if index not in tops:
@@ -597,18 +626,21 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
         for index in tqdm(missing, desc=path.name, unit="member", file=sys.stderr, disable=not progress, leave=False):
             scores = fisher.per_sample_fisher_trace(models[index], LOSS, samples, chunk_size=chunk_size)
             scores = scores.detach().cpu().numpy()
+            exact = scores.astype(np.float64)
+            if not np.isfinite(exact).all():
+                raise _not_finite(path, {"scope": f"member-{index}", "metric": "fisher/mean", **settings},
+                                  f"{int((~np.isfinite(exact)).sum())} of {count} per-sample traces are NaN or inf",
+                                  rows)
             with atomic_path(fisher_path(path, index, split)) as temporary:
                 with open(temporary, "wb") as stream:  # a file object: np.save would add ".npy" to a name
                     np.save(stream, scores, allow_pickle=False)
-            exact = scores.astype(np.float64)
             values = {"fisher/mean": exact.mean(), "fisher/max": exact.max(),
                       **{f"fisher/q{q}": np.quantile(exact, q / 100) for q in FISHER_QUANTILES}}
             stderr = exact.std(ddof=1) / math.sqrt(count) if count > 1 else math.nan
             member_rows = [{"scope": f"member-{index}", "metric": metric, "value": float(values[metric]),
                             "stderr": stderr if metric == "fisher/mean" else math.nan, **where, **settings}
                            for metric in metrics]
-            run_folders.append_results(path, member_rows)
-            rows += member_rows
+            _append_finite(path, member_rows, rows)
             summaries[index] = {metric: float(values[metric]) for metric in metrics}
 
         lines = [f"{path.name}: per-sample Fisher trace on {label} {split}, {count} samples: "
@@ -725,8 +757,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                **where, **barrier_settings},
                               {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
                                **where, **barrier_settings}]
-                run_folders.append_results(path, path_rows)
-                rows += path_rows
+                _append_finite(path, path_rows, rows)
                 barriers[i, j] = (barrier.value, barrier.alpha)
                 bar.update()
             if plane_missing:
@@ -740,8 +771,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
                                        {"scope": "ensemble", "metric": "plane/accuracy",
                                         "value": float(surface.accuracy[a, b]), "u": u, "v": v, **where,
                                         **plane_settings}]
-                run_folders.append_results(path, plane_rows)
-                rows += plane_rows
+                _append_finite(path, plane_rows, rows)
                 bar.update()
         finally:
             bar.close()

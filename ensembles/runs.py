@@ -189,6 +189,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> Run:
     """Load a run folder's finished members as modules in eval mode on ``device``."""
     from ensembles import models
+    from ensembles.checkpoints import require_finite_weights
 
     path = Path(path)
     config = read_config(path)
@@ -199,6 +200,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
     for index in indices:
         model = build_member_model(config)
         state = load_member_state(path, index)
+        require_finite_weights(state, str(member_path(path, index)))
         try:
             models.load_weights(model, state)
         except InputError as error:
@@ -245,8 +247,8 @@ def _plain(value):
         value = value.item() if value.numel() == 1 else value.tolist()
     if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
         value = value.item()  # numpy scalars
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)  # (not beyond: 1e30 as an int overflows the table's int64 columns)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

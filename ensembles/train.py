@@ -29,7 +29,12 @@ torch thread count (``threads``) and device (``device``) of the training;
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
 accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
 logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
-val_accuracy, lr, seconds).
+val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
+of other settings is refused, never continued). :func:`train` writes only into a new, empty or
+sharpdiv-made folder (:func:`ensembles.files.require_writable_folder`) and checks every input
+before its first write. A member whose loss or weights go non-finite stops training, gets no
+weights file and is marked ``failed`` in run.json with its ``diverged_epoch``; the training then
+ends with an InputError naming it.
 """
 from __future__ import annotations
 
@@ -52,8 +57,8 @@ import torch.nn.functional as F
 from ensembles import models as model_zoo
 from ensembles import pruning
 from ensembles.data import ImageDataset, batches, load_dataset
-from ensembles.files import atomic_path
-from ensembles.runs import TRAIN_DIR, create_run, read_config, save_member
+from ensembles.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
+from ensembles.runs import TRAIN_DIR, create_run, member_path, read_config, save_member
 from ensembles.sam import SAM
 from ensembles.sharpbalance import select_sets, training_step
 from landscape.errors import InputError
@@ -80,6 +85,10 @@ SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
 DECAY = 0.1
+#: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
+MAX_SEED = 2**63 - 1
+#: train/settings.json: the settings the training state in train/ belongs to.
+SETTINGS_FILE = "settings.json"
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,13 @@ def _validate(settings: TrainingSettings) -> None:
         positive_int("train_samples")
     if not settings.seeds:
         raise InputError("no seeds: give one seed per member, e.g. --seeds 13,17,27")
+    outside = [seed for seed in settings.seeds if not 0 <= seed <= MAX_SEED]
+    if outside:
+        raise InputError(f"seed {outside[0]} is outside 0..{MAX_SEED} (2^63 - 1); give seeds in that range")
+    infinite = [name for name in ("rho", "eta", "k", "lr", "momentum", "weight_decay", "sparsity")
+                if isinstance(getattr(settings, name), float) and not math.isfinite(getattr(settings, name))]
+    if infinite:
+        raise InputError(f"{infinite[0]} must be a finite number, got {getattr(settings, infinite[0])!r}")
     if len(set(settings.seeds)) != len(settings.seeds):
         raise InputError(f"seeds repeat ({settings.seeds}); identical seeds give identical members")
     if not settings.rho >= 0:
@@ -282,6 +298,7 @@ class _Member:
         self.best_state = None
         self.best_accuracy = -1.0
         self.best_epoch = -1
+        self.diverged_epoch = None  # the first epoch that ended with a non-finite loss or weights
         self.log: list[dict] = []
         self.masks = None
         self._hooks = []
@@ -298,6 +315,7 @@ class _Member:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "order": self.order.get_state(), "augmentation": self.augmentation.get_state(),
             "best": self.best_state, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+            "diverged_epoch": self.diverged_epoch,
             "masks": None if self.masks is None else _to_cpu(self.masks),
             "log": self.log,
         }
@@ -328,6 +346,7 @@ class _Member:
         self.augmentation.set_state(state["augmentation"])
         self.epoch = int(state["epoch"])
         self.best_state, self.best_accuracy, self.best_epoch = state["best"], state["best_accuracy"], state["best_epoch"]
+        self.diverged_epoch = state.get("diverged_epoch")  # absent in older checkpoints
         self.log = list(state["log"])
         if state["masks"] is not None:
             self._set_masks({name: mask.to(self.device) for name, mask in state["masks"].items()})
@@ -379,6 +398,8 @@ class _Member:
                 seen += len(targets)
         val_accuracy = accuracy(self.model, data.val, self.device)
         self.epoch += 1
+        if self.diverged_epoch is None and not (math.isfinite(float(loss_sum)) and _finite_weights(self.model)):
+            self.diverged_epoch = self.epoch
         if val_accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = val_accuracy, self.epoch
             self.best_state = _to_cpu(self.model.state_dict(), clone=True)
@@ -403,6 +424,11 @@ class _Member:
         return _to_cpu(self.model.state_dict())
 
 
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
+               if tensor.is_floating_point())
+
+
 def _model_args(settings: TrainingSettings) -> dict:
     return {} if settings.width is None else {"width": settings.width}
 
@@ -410,7 +436,8 @@ def _model_args(settings: TrainingSettings) -> dict:
 def _to_cpu(value, clone: bool = False):
     if isinstance(value, torch.Tensor):
         moved = value.detach().to("cpu")
-        return moved.clone() if clone and moved is value else moved
+        # .to("cpu") returns the same storage on the CPU: a kept state must not follow the live weights
+        return moved.clone() if clone and moved.data_ptr() == value.data_ptr() else moved
     if isinstance(value, dict):
         return {key: _to_cpu(item, clone) for key, item in value.items()}
     if isinstance(value, list):
@@ -498,12 +525,15 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
     path = _sets_path(run_path, epoch)
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)["sets"]
-    behind = [m.index for m in members if m.epoch != epoch]
+    behind = [m.index for m in members if m.epoch != epoch and m.diverged_epoch is None]
     if behind:
         raise InputError(f"{run_path}: members {behind} are not at epoch {epoch} but its SharpBalance sets "
                          f"({path.name}) are missing; the training state is inconsistent — start the run again")
-    local = {m.index: m.scores(data) for m in members}
+    local = {m.index: m.scores(data) if m.diverged_epoch is None
+             else torch.full((len(data.scoring),), math.nan, device=m.device) for m in members}
     scores = gang.gather_scores(local, len(settings.seeds)).to("cpu")
+    if not bool(torch.isfinite(scores).all()):
+        return None  # sets from non-finite scores would be meaningless: every process stops here
     sets = select_sets(scores, settings.k, settings.reference_compatible, settings.dataset)
     if gang.rank == 0:
         with atomic_path(path) as temporary:
@@ -526,8 +556,10 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
     for end in [*boundaries, settings.epochs]:
         if start in boundaries:
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
+            if sets is None:
+                break
         for member, bar in zip(members, bars):
-            while member.epoch < end:
+            while member.epoch < end and member.diverged_epoch is None:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
                 bar.update(1)
@@ -537,9 +569,40 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
         start = end
     for member, bar in zip(members, bars):
         bar.close()
-        save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
-                    kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
-                    val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+        if member.diverged_epoch is not None:
+            _mark_failed(run_path, member)
+        elif member.epoch >= settings.epochs:
+            save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
+                        kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
+                        val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+
+
+def _mark_failed(run_path: Path, member: _Member) -> None:
+    """Record in run.json that ``member`` diverged; it gets no weights file, so nothing measures it."""
+    from filelock import FileLock
+
+    with FileLock(str(run_path / ".run.lock")):
+        config = read_config(run_path)
+        entry = config["members"][member.index]
+        entry.update(status="failed", seed=member.seed, diverged_epoch=member.diverged_epoch)
+        entry.pop("file", None)
+        write_json(run_path / RUN_FILE, config)
+    member_path(run_path, member.index).unlink(missing_ok=True)
+
+
+def _refuse_diverged(run_path: Path, settings: TrainingSettings) -> None:
+    """One InputError naming every member that diverged, after the others were saved."""
+    members = read_config(run_path).get("members", [])
+    failed = [m for m in members if m.get("status") == "failed" and m.get("diverged_epoch") is not None]
+    unfinished = [m["index"] for m in members if m.get("status") not in ("done", "failed")]
+    if not failed and not unfinished:
+        return
+    rest = f"; members {unfinished} stopped unfinished (SharpBalance's sets need every member)" if unfinished else ""
+    if not failed:
+        raise InputError(f"training of {run_path} stopped: the SharpBalance scores are not finite{rest}")
+    named = "; ".join(f"member {m['index']} (seed {m['seed']}) diverged at epoch {m['diverged_epoch']}" for m in failed)
+    raise InputError(f"{named}: non-finite loss or weights, marked failed in {run_path}/run.json{rest}; "
+                     "lower --lr or --weight-decay and train again")
 
 
 def _progress_bar(member: _Member, settings: TrainingSettings, enabled: bool):
@@ -570,17 +633,10 @@ def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettin
 def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | None, device, progress: bool,
          callback) -> list["MemberSummary"]:
     device = torch.device(device or "cpu")
-    world = 1 if not members_parallel else int(members_parallel)
-    if world < 1:
-        raise InputError(f"members_parallel must be a positive integer, got {members_parallel!r}")
-    if world > len(settings.seeds):
-        raise InputError(f"members_parallel = {world} but the ensemble has {len(settings.seeds)} members; "
-                         "use at most one process per member")
+    world = _processes(settings, members_parallel, callback)
     if world == 1:
         _train_members(run_path, settings, device, _Gang(), progress, callback)
     else:
-        if callback is not None:
-            raise InputError("a callback runs in one process only; drop members_parallel to use it")
         import torch.multiprocessing as multiprocessing
 
         with tempfile.TemporaryDirectory(prefix="sharpdiv-rendezvous-") as folder:
@@ -588,7 +644,52 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
             multiprocessing.spawn(_process_main, nprocs=world, join=True,
                                   args=(world, str(run_path), settings, str(device), torch.get_num_threads(),
                                         progress, rendezvous))
+    _refuse_diverged(run_path, settings)
     return summarize(run_path)
+
+
+def _processes(settings: TrainingSettings, members_parallel: int | None, callback) -> int:
+    """How many processes train, checked before anything is written."""
+    world = 1 if not members_parallel else members_parallel
+    if isinstance(world, bool) or not isinstance(world, (int, np.integer)) or world < 1:
+        raise InputError(f"members_parallel must be a positive integer, got {members_parallel!r}")
+    if world > len(settings.seeds):
+        raise InputError(f"members_parallel = {world} but the ensemble has {len(settings.seeds)} members; "
+                         "use at most one process per member")
+    if world > 1 and callback is not None:
+        raise InputError("a callback runs in one process only; drop members_parallel to use it")
+    return int(world)
+
+
+def _settings_record(settings: TrainingSettings) -> dict:
+    """The settings as train/settings.json stores them (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def _require_own_training_state(run_path: Path, settings: TrainingSettings, recorded: bool) -> None:
+    """An InputError when ``run_path/train`` holds training state of other settings than ``settings``
+    (``recorded``: a state whose settings are not recorded is refused too — without a run.json
+    nothing says where it came from)."""
+    folder = run_path / TRAIN_DIR
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    file = folder / SETTINGS_FILE
+    try:
+        stored = json.loads(file.read_text())
+    except FileNotFoundError:
+        if recorded:
+            raise InputError(f"{folder} holds training state of unknown settings (no {SETTINGS_FILE}); it may "
+                             "belong to another run: remove it or choose another --out") from None
+        return  # an older run: its run.json is the record
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
+    ours = _settings_record(settings)
+    differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
+    if differing:
+        shown = ", ".join(f"{name} {ours[name]!r} here, {stored.get(name)!r} there" if isinstance(stored, dict)
+                          else name for name in differing[:3])
+        raise InputError(f"{folder} holds the training state of other settings ({shown}); remove it or "
+                         "choose another --out")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,8 +735,11 @@ def read_training_log(run_path: str | os.PathLike):
 
 def train(out: str | os.PathLike, settings: TrainingSettings, *, members_parallel: int | None = None,
           device: str | torch.device | None = None, progress: bool = False,
-          callback: Callable[[dict], None] | None = None) -> list[MemberSummary]:
+          callback: Callable[[dict], None] | None = None, force: bool = False) -> list[MemberSummary]:
     """Train the ensemble ``settings`` describes into the new run folder ``out``.
+
+    ``out`` must be missing, empty or made by sharpdiv (``force``: any folder); a ``train/`` state
+    already there is continued only if it was trained with the same settings.
 
     ``members_parallel=N`` trains in N processes (members r, r+N, ... in process r); otherwise
     all members take turns in this one. ``callback(event)`` (one process only) is called after
@@ -643,9 +747,17 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     selection (``{"event": "select", "epoch"}``). Returns one summary per member.
     """
     out = Path(out)
+    # Everything is checked before the first write, so a refused command leaves nothing behind.
+    _processes(settings, members_parallel, callback)
+    if (out / RUN_FILE).exists():
+        raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
+    require_writable_folder(out, force)
+    _require_own_training_state(out, settings, recorded=True)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
         model_zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+    mark_folder(out, "run")
+    write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
     # The thread count changes how CPU kernels split their sums, so resuming bit for bit needs it again.
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
                model_args=_model_args(settings), method=settings.method, seeds=settings.seeds, keep=settings.keep,
@@ -678,6 +790,7 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
     """
     run_path = Path(run_path)
     settings = settings_of_run(run_path)
+    _require_own_training_state(run_path, settings, recorded=False)
 
     def tell(sentence: str, at_risk: bool = True) -> None:
         if note is not None:

@@ -64,13 +64,13 @@ from torch.func import functional_call, grad, vmap
 
 from landscape._checks import (Patterns, _deprecated_alias, evaluation_mode, finite_float, legacy_positionals,
                                model_dtype_device, norm_name, patterns, positive_int, select_parameters)
-from landscape.errors import InputError
+from landscape.errors import InputError, NonFiniteError
 from landscape.hvp import BatchNormAsAffine
 from landscape.perturbation import Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
 
 __all__ = [
     "SharpnessResult", "worst_case_sharpness", "average_case_sharpness", "apgd_checkpoints",
-    "select_parameters", "normalize_logits",
+    "select_parameters", "normalize_logits", "check_radius",
 ]
 
 # APGD's constants (Croce & Hein 2020, §3.2), also those of the reference code
@@ -314,14 +314,18 @@ def _plus(step: Perturbation, perturbation: Perturbation) -> Perturbation:
 
 
 def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start: Perturbation,
-            n_iters: int, step_size: float, momentum: float, reference: bool, tick: Callable[[], None]):
+            n_iters: int, step_size: float, momentum: float, reference: bool, tick: Callable[[], None],
+            check: Callable[..., None] = lambda values, at_start=False: None):
     """One APGD run from ``start`` for each batch of the chunk: the best loss, its error, and the
-    loss and error at ``start`` (returned so that a zero start gives the clean loss for free)."""
+    loss and error at ``start`` (returned so that a zero start gives the clean loss for free).
+    ``check(loss, at_start)`` sees every evaluated loss (it refuses non-finite ones, which ``>`` would skip)."""
     batch = inputs.shape[0]
     if n_iters == 0:
         start_loss, start_error = loss.value(start, inputs, targets)
+        check(start_loss, True)
         return start_loss, start_error, start_loss, start_error
     (current_loss, current_error), gradient = loss.value_and_gradient(start, inputs, targets)
+    check(current_loss, True)
     start_loss, start_error = current_loss, current_error
     perturbation, previous = start, start
     best_loss, best_error = current_loss, current_error
@@ -355,6 +359,7 @@ def _ascend(loss: _PerturbedLoss, ball: PerturbationBall, inputs, targets, start
             current_loss, current_error = loss.value(perturbation, inputs, targets)
         else:
             (current_loss, current_error), gradient = loss.value_and_gradient(perturbation, inputs, targets)
+        check(current_loss)
         tick()
 
         improved = current_loss > best_loss
@@ -406,6 +411,47 @@ def _check_common(rho, norm, chunk_size):
     """The checked ``(rho, norm, chunk_size)``; the norm in its one spelling."""
     return (finite_float("rho", rho, minimum=0), norm_name(norm),
             positive_int("chunk_size", chunk_size, optional=True))
+
+
+def check_radius(rho: float, norm: str, kind: str, dtype: torch.dtype) -> None:
+    """Refuse a radius a sharpness of this ``kind`` (worst, average) and ``norm`` cannot be computed
+    at in ``dtype`` (an :class:`InputError`); callers check before any work."""
+    norm = norm_name(norm)
+    _check_in_range("rho", rho, dtype, squared=kind == "worst" and norm == "l2")
+    if kind == "worst":
+        _check_in_range("step_size", 2 * rho, dtype, squared=norm == "l2")  # the default step
+
+
+def _check_in_range(name: str, value: float, dtype: torch.dtype, squared: bool = False) -> None:
+    """Refuse a radius or step the model's dtype cannot hold. ``squared``: the ℓ2 ascent squares
+    ``‖T⁻¹(ε + step)‖ ≤ ρ + η``; if that overflows, the projection scales by ρ/inf = 0 and the search
+    silently stays at ε = 0 (sharpness 0), so both must stay below √max / 4."""
+    largest = torch.finfo(dtype).max
+    limit = math.sqrt(largest) / 4 if squared else largest
+    if value > limit:
+        what = f"the l2 ascent squares it, which overflows {dtype} above {limit:.3g}" if squared \
+            else f"the largest {dtype} number is {largest:.3g}"
+        raise InputError(f"{name}={value:g} is too large ({what}); "
+                         "use a radius a perturbed loss can be computed at (sharpness radii are below 10 or so)")
+
+
+def _require_finite(loss: torch.Tensor, where: str, batch: int | torch.Tensor, settings: dict) -> None:
+    """Refuse a NaN or infinite loss: a comparison would discard it (NaN > x is false) and report 0,
+    an average would carry it into the result. ``batch``: the number of the first batch of a chunk,
+    or the batch of every entry (the draws of the average case)."""
+    bad = ~torch.isfinite(loss)
+    if not bad.any():
+        return
+    batches = sorted(set((batch[bad] if isinstance(batch, torch.Tensor) else bad.nonzero().flatten() + batch).tolist()))
+    shown = ("batch " if len(batches) == 1 else "batches ") + ", ".join(map(str, batches[:5])) \
+        + (", ..." if len(batches) > 5 else "")
+    what = f"{settings['kind']}-case sharpness at rho={settings['rho']:g} ({settings['norm']}, " \
+           f"{'adaptive' if settings['adaptive'] else 'standard'})"
+    if where == "clean":
+        fix = "the loss at the model's own weights is not finite; check the weights and the data for NaN/inf"
+    else:
+        fix = f"the perturbation overflows {str(loss.dtype).replace('torch.', '')}; use a smaller rho"
+    raise NonFiniteError(f"{what}: the {where} loss is {loss[bad][0].item()} on {shown}; {fix}")
 
 
 def _summarize(per_batch_perturbed, per_batch_clean, per_batch_error_increase, **settings) -> SharpnessResult:
@@ -466,6 +512,8 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     step_size = finite_float("step_size", 2 * rho if step_size is None else step_size, minimum=0)
 
     dtype, device = model_dtype_device(model, purpose="to perturb")
+    _check_in_range("rho", rho, dtype, squared=norm == "l2")
+    _check_in_range("step_size", step_size, dtype, squared=norm == "l2")
     selected = select_parameters(model, params, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
@@ -488,6 +536,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
         if init == "random" or not selected:
             for part in chunks:
                 clean_loss[part], clean_error[part] = loss.clean(inputs[part], targets[part])
+                _require_finite(clean_loss[part], "clean", part.start, settings)
         if not selected:  # nothing to perturb: the ball is {0}
             return _summarize(clean_loss, clean_loss, torch.zeros_like(clean_error), **settings)
 
@@ -505,9 +554,12 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
                                  for name, value in center.items()}
                     else:
                         start = ball.random_point(size, center, generator)
+                    def check(values, at_start=False, first=part.start, zero=restart == 0 and init == "zero"):
+                        _require_finite(values, "clean" if at_start and zero else "perturbed", first, settings)
+
                     best_loss, best_error, start_loss, start_error = _ascend(
                         loss, ball, inputs[part], targets[part], start, n_iters, step_size, momentum,
-                        reference_ascent, bar.update if bar else lambda: None)
+                        reference_ascent, bar.update if bar else lambda: None, check)
                     if restart == 0 and init == "zero":
                         clean_loss[part], clean_error[part] = start_loss, start_error
                     better = best_loss > worst_loss[part]
@@ -542,6 +594,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
     rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
     n_draws = positive_int("n_draws", n_draws)
     dtype, device = model_dtype_device(model, purpose="to perturb")
+    _check_in_range("rho", rho, dtype)
     selected = select_parameters(model, params, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
@@ -560,6 +613,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
         for start in range(0, n_batches, chunk):
             part = slice(start, start + chunk)
             clean_loss[part], clean_error[part] = loss.clean(inputs[part], targets[part])
+            _require_finite(clean_loss[part], "clean", start, settings)
         if not selected:
             return _summarize(clean_loss, clean_loss, torch.zeros_like(clean_error), **settings)
 
@@ -578,6 +632,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
                          for name, value in center.items()}
             noise = ball.stretch({name: rho * value for name, value in draws.items()})
             perturbed_loss, perturbed_error = loss.value(noise, inputs[which], targets[which])
+            _require_finite(perturbed_loss, "perturbed", which, settings)
             loss_sum.index_add_(0, which, perturbed_loss)
             error_sum.index_add_(0, which, perturbed_error)
         mean_loss, mean_error = loss_sum / n_draws, error_sum / n_draws

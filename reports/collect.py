@@ -19,7 +19,10 @@ The readers below turn that table into one number per run. Their conventions:
 
 - clean test data (``on="test"``) is ``split == "test"`` with no corruption; corrupted data
   (``on="ood"``) is every row with a corruption, averaged over the corruption × severity slices;
-- ``scope="members"`` averages ``member-<i>`` rows over members within each slice first;
+- ``scope="members"`` averages ``member-<i>`` rows over members within each slice first; the
+  mean is NaN (and :func:`missing_measurements` names the run) unless every member the run lists
+  (``run.n_members``) has a finite value there: a mean over some members is not the run's value;
+- a NaN anywhere in what is averaged makes the average NaN (never a mean over the rest);
 - ensemble rows are those of the chosen ``combine`` mode (rows without a ``combine`` column count
   for every mode);
 - when one quantity was stored under several settings (two bin counts, two batch sizes), the
@@ -322,7 +325,26 @@ def _slice_values(results: pd.DataFrame, metric: str, scope: str, on: str, combi
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     slices = rows[_SLICE].astype(object)
     rows = rows.assign(**{c: slices[c].where(slices[c].notna(), "") for c in _SLICE})
-    return rows.groupby(["path", *_SLICE], as_index=False)["value"].mean()
+    if scope == "members":
+        return _member_means(rows)
+    return rows.groupby(["path", *_SLICE], as_index=False)["value"].mean(skipna=False)
+
+
+def _member_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean over members per (run, slice), NaN unless every member has a finite value there. The
+    members expected are ``run.n_members`` (from run.json), else every member with a row of the run."""
+    member = rows["scope"].str.slice(len("member-")).astype(int)
+    seen = member.groupby(rows["path"]).agg(lambda indices: set(indices))
+    listed = rows.groupby("path")["run.n_members"].first() if "run.n_members" in rows else pd.Series(dtype=float)
+    expected = {path: set(range(int(listed[path]))) if path in listed and pd.notna(listed[path]) else indices
+                for path, indices in seen.items()}
+    finite = rows.assign(_member=member)[np.isfinite(rows["value"].astype(float))]
+    values = []
+    for key, group in rows.groupby(["path", *_SLICE], sort=True):
+        present = set(finite.loc[finite.index.intersection(group.index), "_member"])
+        complete = present >= expected[key[0]]
+        values.append((*key, group["value"].mean() if complete else math.nan))
+    return pd.DataFrame(values, columns=["path", *_SLICE, "value"])
 
 
 def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: str = "test",
@@ -339,8 +361,9 @@ def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: 
         if values.empty:
             return pd.DataFrame(index=pd.Index([], name="path"))
         values = values.assign(severity=values["severity"].astype(float).astype(int))
-        return values.pivot_table(index="path", columns="severity", values="value", aggfunc="mean")
-    return values.groupby("path")["value"].mean()
+        return values.pivot_table(index="path", columns="severity", values="value", dropna=False,
+                                  aggfunc=lambda v: v.mean(skipna=False))
+    return values.groupby("path")["value"].mean(skipna=False)
 
 
 def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
@@ -353,7 +376,9 @@ def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
     mean_rows = per_run(rows, spec.metric, scope="ensemble", on="any", combine=None)
     member_rows = per_run(rows, spec.metric, scope="members", on="any", combine=None)
-    return mean_rows.combine_first(member_rows).rename(str(spec))
+    # a NaN mean row stays NaN: filling it from the member rows would be a mean over the finite ones
+    member_rows = member_rows[~member_rows.index.isin(mean_rows.index)]
+    return pd.concat([mean_rows, member_rows]).rename(str(spec))
 
 
 def tradeoff_points(results: pd.DataFrame, *, sharpness: SharpnessSpec, diversity: str = "der",
@@ -402,11 +427,13 @@ def missing_measurements(results: pd.DataFrame, runs: pd.DataFrame, *, sharpness
                          diversity: str = "der", on: str = "ood", combine: str | None = "probs") -> list[Missing]:
     """For every run, the measurements this report reads that its results table does not hold."""
     metric = diversity_metric(diversity)
-    clean = set(per_run(results, "accuracy", scope="members", on="test", combine=None).index)
-    corrupted = set(per_run(results, "accuracy", scope="members", on="ood", combine=None).index)
-    combined = set(per_run(results, "accuracy", on="any", combine=combine).index)
-    diverse = set(per_run(results, metric, on=on, combine=combine).index)
-    sharp = set(sharpness_per_run(results, sharpness).index)
+    # a NaN value (some member lacks the number, or it is NaN) counts as missing
+    clean = set(per_run(results, "accuracy", scope="members", on="test", combine=None).dropna().index)
+    corrupted = set(per_run(results, "accuracy", scope="members", on="ood", combine=None).dropna().index)
+    combined = set(per_run(results, "accuracy", on="any", combine=combine).dropna().index)
+    diverse = set(per_run(results, metric, on=on, combine=combine).dropna().index)
+    sharpness_values = sharpness_per_run(results, sharpness)
+    sharp = set(sharpness_values.dropna().index)
     found = []
     for path in runs["path"]:
         quoted = shlex.quote(path)
@@ -421,6 +448,9 @@ def missing_measurements(results: pd.DataFrame, runs: pd.DataFrame, *, sharpness
         elif evaluated and not (on == "ood" and path not in corrupted) and path not in diverse:
             found.append(Missing(path, f"{metric} on {'corrupted' if on == 'ood' else 'clean test'} data",
                                  f"sharpdiv evaluate {quoted}" + (" --corruptions all" if on == "ood" else "")))
-        if path not in sharp:
+        if path in sharpness_values.index and path not in sharp:
+            found.append(Missing(path, f"finite {sharpness} for every member (one lacks it or holds NaN)",
+                                 sharpness.command(path)))
+        elif path not in sharp:
             found.append(Missing(path, str(sharpness), sharpness.command(path)))
     return found
