@@ -272,3 +272,20 @@ def test_deprecated_alias_decorator():
     with pytest.warns(DeprecationWarning, match=r"function\(old=...\) is deprecated; use new=..."):
         assert function(old=4) == 4
     assert no_warning(lambda: function(new=5)) == 5
+
+
+# -- the docstring examples run in CI (pytest collects tests/ only) -------------------------------------
+
+EXAMPLED_MODULES = ["_checks", "calibration", "connectivity", "diversity", "ensemble", "fisher", "hessian", "hvp",
+                    "perturbation", "robustness", "sharpness"]
+
+
+@pytest.mark.parametrize("name", EXAMPLED_MODULES)
+def test_docstring_examples_run_and_pass(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"landscape.{name}")
+    outcome = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert outcome.attempted > 0, f"landscape/{name}.py lost its runnable example"
+    assert outcome.failed == 0
