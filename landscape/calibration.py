@@ -17,6 +17,17 @@ With confidence ``ĉ_n = max_c p_nc`` and prediction ``ŷ_n = argmax_c p_nc``:
 
 Ties in ``argmax`` go to the lowest class index (``torch.argmax`` returns the first maximum).
 Results are 0-d tensors in the dtype and on the device of ``logits``.
+
+Example (two samples predicted with confidence 0.8, one of them right: accuracy 1/2, and
+``ECE = |(1 − 0.8) + (0 − 0.8)| / 2 = 0.3`` with both in one bin)::
+
+    >>> import math, torch
+    >>> logits = torch.tensor([[math.log(4.0), 0.0], [math.log(4.0), 0.0]], dtype=torch.float64)
+    >>> labels = torch.tensor([0, 1])
+    >>> accuracy(logits, labels).item(), round(expected_calibration_error(logits, labels).item(), 12)
+    (0.5, 0.3)
+    >>> round(brier_score(logits, labels).item(), 12)    # ((0.2² + 0.2²) + (0.8² + 0.8²)) / 2
+    0.68
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -94,8 +106,7 @@ def _validate_single_model(logits: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def _check_bin_count(n_bins: int) -> None:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise InputError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    positive_int("n_bins", n_bins)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

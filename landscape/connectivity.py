@@ -2,7 +2,7 @@
 
 All measurements evaluate one network architecture at points ``θ`` of its weight space that are
 affine combinations of a few *anchor* weight vectors. With ``L(θ)`` the sample-weighted mean loss
-over every batch of ``loader`` (``loss_fn(outputs, targets)`` returns the batch mean, so batch
+over every batch of ``batches`` (``loss_fn(outputs, targets)`` returns the batch mean, so batch
 ``b`` of ``n_b`` samples counts ``n_b`` times) and ``acc(θ)`` the fraction of samples whose
 ``argmax`` output equals the integer target:
 
@@ -29,15 +29,15 @@ over every batch of ``loader`` (``loss_fn(outputs, targets)`` returns the batch 
 parameters). BatchNorm running statistics are buffers, not weights, and are handled in one of
 four ways, recorded as ``bn_mode`` on every result:
 
-- ``"reset"`` — a ``bn_loader`` was given: every evaluated network gets running statistics
+- ``"reset"`` — a ``bn_batches`` was given: every evaluated network gets running statistics
   recomputed from that data (:func:`recompute_batchnorm_statistics`), the practice of Frankle et
   al. 2020 and Garipov et al. 2018 and the remedy for the "variance collapse" of interpolated
-  networks (Jordan et al. 2023, "REPAIR"). One pass over ``bn_loader`` per point: the slow mode.
-- ``"interpolated"`` — no ``bn_loader``: the running statistics are combined with the same
+  networks (Jordan et al. 2023, "REPAIR"). One pass over ``bn_batches`` per point: the slow mode.
+- ``"interpolated"`` — no ``bn_batches``: the running statistics are combined with the same
   coefficients as the weights (integer buffers such as ``num_batches_tracked`` are taken from the
   first member). Cheap, but the interpolated statistics are not the statistics of the
   interpolated network, which typically inflates barriers (Jordan et al. 2023).
-- ``"fixed"`` — random slices without ``bn_loader``: the member's own statistics at every point, as
+- ``"fixed"`` — random slices without ``bn_batches``: the member's own statistics at every point, as
   Li et al. 2018 do.
 - ``"none"`` — the network has no BatchNorm layer with running statistics.
 
@@ -47,14 +47,33 @@ one batched forward, ``torch.func.vmap`` over ``torch.func.functional_call`` on 
 of the chunk: memory grows as ``chunk_size`` copies of the weights plus ``chunk_size`` times the
 activations of one batch. Batching pays where per-call overhead dominates (fully connected nets,
 small models on a GPU); on a CPU, vmap turns convolutions into grouped convolutions that run about
-half as fast, so keep ``chunk_size=1`` for CNNs there. The loader is read once per chunk, so
-``loader`` (and ``bn_loader``) must be re-iterable (a ``DataLoader`` or a list of batches, not a
+half as fast, so keep ``chunk_size=1`` for CNNs there. The data is read once per chunk, so
+``batches`` (and ``bn_batches``) must be re-iterable (a ``DataLoader`` or a list of batches, not a
 generator). With ``chunk_size > 1``, ``loss_fn`` is called under ``vmap`` and must therefore be
 built from torch operations (``F.cross_entropy`` is). Everything runs in eval mode, in the dtype
 and on the device of the first model, without gradients; floating inputs are cast to the model's
 dtype. The given models are never modified: evaluation works on a copy.
 Results are small tensors on the CPU: coordinates in float64, losses and accuracies in the model's
 dtype. Accuracy is NaN when the outputs are not ``(N, C)`` class scores for integer targets.
+
+Calling convention: ``f(model_a, model_b, loss_fn, batches, *, ...)`` (members first, then the loss,
+then the data); the older order ``(model_a, model_b, loader, loss_fn)`` and the keywords ``loader``
+and ``bn_loader`` still work for one release, with a ``DeprecationWarning``.
+
+Example (least squares, whose loss at a point of the path is known exactly, and convex in the
+weights, so the barrier is 0)::
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> X = torch.randn(20, 3, dtype=torch.float64); y = torch.randn(20, dtype=torch.float64)
+    >>> a, b = torch.nn.Linear(3, 1).double(), torch.nn.Linear(3, 1).double()
+    >>> mse = lambda out, target: ((out.squeeze(1) - target) ** 2).mean()
+    >>> path = interpolate(a, b, mse, [(X, y)], alphas=3)
+    >>> w, c = (a.weight + b.weight) / 2, (a.bias + b.bias) / 2
+    >>> bool(torch.isclose(path.loss[1], ((X @ w.T + c).squeeze(1) - y).pow(2).mean()))
+    True
+    >>> abs(loss_barrier(a, b, mse, [(X, y)]).value) < 1e-12
+    True
 """
 from __future__ import annotations
 
@@ -68,6 +87,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from landscape._checks import (_deprecated_alias, check_loss_and_batches_order, finite_float, legacy_positionals,
+                               model_dtype_device, positive_int)
 from landscape.errors import InputError
 
 __all__ = [
@@ -177,28 +198,33 @@ class Plane:
 # -------------------------------------------------------------------------------------- public API
 
 
-def interpolate(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_fn: LossFunction,
-                alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
+@_deprecated_alias(loader="batches", bn_loader="bn_batches")
+@legacy_positionals("alphas", "bn_batches", "chunk_size")
+def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, batches: Batches, *,
+                alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                 chunk_size: int = 1) -> Interpolation:
     """Loss and accuracy of ``θ(α) = (1 − α) θ_a + α θ_b`` for each ``α`` (Frankle et al. 2020).
 
     ``alphas``: a count of evenly spaced values on ``[0, 1]`` (both ends included) or the values
-    themselves (values outside ``[0, 1]`` extrapolate the line). With BatchNorm and a ``bn_loader``
+    themselves (values outside ``[0, 1]`` extrapolate the line). With BatchNorm and a ``bn_batches``
     every point gets recomputed running statistics (``bn_mode="reset"``), otherwise the buffers are
     interpolated like the weights (``"interpolated"``). ``chunk_size`` points share one batched
     forward pass (see the module docstring for when that pays; ignored in ``"reset"`` mode, where
     each point needs its own statistics pass).
     """
+    loss_fn, batches = check_loss_and_batches_order("interpolate", loss_fn, batches)
     coefficients = _alpha_grid(alphas)
     anchors = _anchors([model_a, model_b])
     weights = torch.stack([1.0 - coefficients, coefficients], dim=1)
     loss, accuracy, bn_mode = _evaluate_combinations(
-        model_a, anchors, weights, loader, loss_fn, bn_loader, chunk_size, buffers="combined")
+        model_a, anchors, weights, batches, loss_fn, bn_batches, chunk_size, buffers="combined")
     return Interpolation(alphas=coefficients, loss=loss, accuracy=accuracy, bn_mode=bn_mode)
 
 
-def loss_barrier(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_fn: LossFunction,
-                 alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
+@_deprecated_alias(loader="batches", bn_loader="bn_batches")
+@legacy_positionals("alphas", "bn_batches", "chunk_size")
+def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, batches: Batches, *,
+                 alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                  chunk_size: int = 1) -> Barrier:
     """Loss barrier ``max_α L(θ(α)) − [(1 − α) L(θ_a) + α L(θ_b)]`` (Entezari et al. 2022).
 
@@ -206,24 +232,29 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loader: Batches, loss_f
     chord needs the endpoint losses. In ``"reset"`` mode the endpoints get recomputed statistics
     too, so the chord and the path are measured alike. See :func:`interpolate` for the arguments.
     """
+    loss_fn, batches = check_loss_and_batches_order("loss_barrier", loss_fn, batches)
     coefficients = _alpha_grid(alphas)
     if (coefficients < 0).any() or (coefficients > 1).any():
         raise InputError(f"alphas for a loss barrier must lie in [0, 1], got values from "
                          f"{float(coefficients.min())} to {float(coefficients.max())}; "
                          "use interpolate() to look beyond the endpoints.")
     coefficients = torch.unique(torch.cat([coefficients, coefficients.new_tensor([0.0, 1.0])]))
-    path = interpolate(model_a, model_b, loader, loss_fn, coefficients, bn_loader, chunk_size)
+    path = interpolate(model_a, model_b, loss_fn, batches, alphas=coefficients, bn_batches=bn_batches,
+                       chunk_size=chunk_size)
     return _barrier_along(path)
 
 
-def barrier_matrix(members: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
-                   alphas: int | Sequence[float] | Tensor = 21, bn_loader: Batches | None = None,
+@_deprecated_alias(loader="batches", bn_loader="bn_batches")
+@legacy_positionals("alphas", "bn_batches", "chunk_size")
+def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, *,
+                   alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                    chunk_size: int = 1) -> BarrierMatrix:
     """Loss barrier between every pair of members (one path per unordered pair).
 
     ``value[i, j] = value[j, i]`` is the barrier of the path between members ``i`` and ``j``,
     measured once from ``i`` to ``j`` (``i < j``); see :func:`loss_barrier`.
     """
+    loss_fn, batches = check_loss_and_batches_order("barrier_matrix", loss_fn, batches)
     members = list(members)
     if len(members) < 2:
         raise InputError(f"barrier_matrix needs at least two members, got {len(members)}; "
@@ -235,16 +266,18 @@ def barrier_matrix(members: Sequence[nn.Module], loader: Batches, loss_fn: LossF
     interpolations = {}
     for i in range(count):
         for j in range(i + 1, count):
-            barrier = loss_barrier(members[i], members[j], loader, loss_fn, alphas, bn_loader,
-                                   chunk_size)
+            barrier = loss_barrier(members[i], members[j], loss_fn, batches, alphas=alphas,
+                                   bn_batches=bn_batches, chunk_size=chunk_size)
             value[i, j] = value[j, i] = barrier.value
             alpha[i, j], alpha[j, i] = barrier.alpha, 1.0 - barrier.alpha
             interpolations[(i, j)] = barrier.interpolation
     return BarrierMatrix(value=value, alpha=alpha, interpolations=interpolations)
 
 
-def plane(models: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
-          grid: int | tuple[int, int] = 21, margin: float = 0.2, bn_loader: Batches | None = None,
+@_deprecated_alias(loader="batches", bn_loader="bn_batches")
+@legacy_positionals("grid", "margin", "bn_batches", "chunk_size")
+def plane(models: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, *,
+          grid: int | tuple[int, int] = 21, margin: float = 0.2, bn_batches: Batches | None = None,
           chunk_size: int = 1) -> Plane:
     """Loss and accuracy on the plane through three members (Garipov et al. 2018).
 
@@ -253,15 +286,14 @@ def plane(models: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
     The grid (``grid`` points per axis, or ``(points along u, points along v)``) spans the members'
     coordinates plus ``margin`` times their extent on every side. Buffers follow the weights: a
     point ``w₁ + a(w₂ − w₁) + b(w₃ − w₁)`` gets the same affine combination of the members'
-    buffers (``"interpolated"``), or recomputed statistics with a ``bn_loader`` (``"reset"``).
+    buffers (``"interpolated"``), or recomputed statistics with a ``bn_batches`` (``"reset"``).
     """
+    loss_fn, batches = check_loss_and_batches_order("plane", loss_fn, batches)
     models = list(models)
     if len(models) != 3:
         raise InputError(f"a plane is spanned by exactly three members, got {len(models)}; "
                          "pass three models (e.g. members[:3]).")
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        raise InputError(f"margin must be a finite number >= 0 (a fraction of the members' extent), "
-                         f"got {margin!r}.")
+    margin = finite_float("margin (a fraction of the members' extent)", margin, minimum=0)
     columns, rows = _grid_shape(grid)
     anchors = _anchors(models)
     names = [name for name, _ in models[0].named_parameters()]
@@ -299,7 +331,7 @@ def plane(models: Sequence[nn.Module], loader: Batches, loss_fn: LossFunction,
     weights = torch.stack([1.0 - along_second - along_third, along_second, along_third], dim=1)
 
     loss, accuracy, bn_mode = _evaluate_combinations(
-        models[0], anchors, weights, loader, loss_fn, bn_loader, chunk_size, buffers="combined")
+        models[0], anchors, weights, batches, loss_fn, bn_batches, chunk_size, buffers="combined")
     grid_points = columns * rows
     basis = PlaneBasis(method="garipov2018", u_norm=1.0, v_norm=1.0, cosine=cosine,
                        parameter_count=sum(tensor.numel() for tensor in first.values()))
@@ -324,9 +356,8 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
     Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in the model's dtype, so the
     directions do not depend on the device.
     """
-    if not isinstance(count, int) or count < 1:
-        raise InputError(f"count must be a positive integer, got {count!r}.")
-    _model_dtype_and_device(model)
+    count = positive_int("count", count)
+    model_dtype_device(model, purpose="to move along")
     generator = torch.Generator().manual_seed(seed)
     directions = []
     for _ in range(count):
@@ -347,19 +378,21 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
     return directions
 
 
-def random_directions_slice(model: nn.Module, loader: Batches, loss_fn: LossFunction,
+@_deprecated_alias(loader="batches", bn_loader="bn_batches")
+@legacy_positionals("grid", "span", "seed", "filter_normalized", "bn_batches", "chunk_size")
+def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Batches, *,
                             grid: int | tuple[int, int] = 21, span: float = 1.0, seed: int = 0,
-                            filter_normalized: bool = True, bn_loader: Batches | None = None,
+                            filter_normalized: bool = True, bn_batches: Batches | None = None,
                             chunk_size: int = 1) -> Plane:
     """Loss and accuracy on ``θ + x d₁ + y d₂`` for ``x, y ∈ [−span, span]`` (Li et al. 2018).
 
     ``d₁, d₂ = random_directions(model, 2, seed, filter_normalized)``: filter-normalized Gaussian
     directions, zero on biases and BatchNorm parameters. The member sits at ``(0, 0)`` (on the grid
     when the number of points is odd; always measured as ``member_loss``). BatchNorm statistics stay
-    the member's own (``"fixed"``) unless a ``bn_loader`` is given (``"reset"``).
+    the member's own (``"fixed"``) unless a ``bn_batches`` is given (``"reset"``).
     """
-    if not (isinstance(span, (int, float)) and math.isfinite(span) and span > 0):
-        raise InputError(f"span must be a positive finite number, got {span!r}.")
+    loss_fn, batches = check_loss_and_batches_order("random_directions_slice", loss_fn, batches)
+    span = finite_float("span", span, minimum=0, exclusive=True)
     columns, rows = _grid_shape(grid)
     (member,) = _anchors([model])
     first, second = random_directions(model, 2, seed, filter_normalized)
@@ -373,7 +406,7 @@ def random_directions_slice(model: nn.Module, loader: Batches, loss_fn: LossFunc
     weights = torch.cat([torch.ones(len(coordinates), 1, dtype=torch.float64), coordinates], dim=1)
 
     loss, accuracy, bn_mode = _evaluate_combinations(
-        model, anchors, weights, loader, loss_fn, bn_loader, chunk_size, buffers="fixed")
+        model, anchors, weights, batches, loss_fn, bn_batches, chunk_size, buffers="fixed")
     grid_points = columns * rows
     u_norm, v_norm = math.sqrt(_inner(first, first)), math.sqrt(_inner(second, second))
     basis = PlaneBasis(method="li2018", u_norm=u_norm, v_norm=v_norm,
@@ -387,28 +420,29 @@ def random_directions_slice(model: nn.Module, loader: Batches, loss_fn: LossFunc
                  bn_mode=bn_mode)
 
 
+@_deprecated_alias(bn_loader="bn_batches")
 def interpolated_model(model_a: nn.Module, model_b: nn.Module, alpha: float,
-                       bn_loader: Batches | None = None) -> nn.Module:
+                       bn_batches: Batches | None = None) -> nn.Module:
     """A new network (eval mode) with weights ``(1 − α) θ_a + α θ_b``, for measurements beyond loss.
 
-    Buffers are interpolated too (integer ones copied from ``model_a``); with a ``bn_loader`` the
+    Buffers are interpolated too (integer ones copied from ``model_a``); with a ``bn_batches`` the
     BatchNorm statistics are then recomputed (:func:`recompute_batchnorm_statistics`). This is the
     network :func:`interpolate` measures at ``alpha``.
     """
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise InputError(f"alpha must be a finite number, got {alpha!r}.")
+    alpha = finite_float("alpha", alpha)
     anchors = _anchors([model_a, model_b])
     point = _combine(anchors, torch.tensor([[1.0 - alpha, alpha]], dtype=torch.float64))
     network = copy.deepcopy(model_a).eval()
     _load(network, {name: tensor[0] for name, tensor in point.items()})
-    if bn_loader is not None and _batchnorm_layers(network):
-        _require_reiterable(bn_loader, "bn_loader")
-        _recompute_batchnorm_statistics_(network, bn_loader)
+    if bn_batches is not None and _batchnorm_layers(network):
+        _require_reiterable(bn_batches, "bn_batches")
+        _recompute_batchnorm_statistics_(network, bn_batches)
     return network
 
 
-def recompute_batchnorm_statistics(model: nn.Module, bn_loader: Batches) -> nn.Module:
-    """A copy of ``model`` (eval mode) whose BatchNorm running statistics are those of ``bn_loader``.
+@_deprecated_alias(bn_loader="bn_batches")
+def recompute_batchnorm_statistics(model: nn.Module, bn_batches: Batches) -> nn.Module:
+    """A copy of ``model`` (eval mode) whose BatchNorm running statistics are those of ``bn_batches``.
 
     One pass without gradients with every BatchNorm layer in train mode (other layers, e.g.
     dropout, stay in eval mode), so each layer normalizes with batch statistics as in training and
@@ -418,12 +452,12 @@ def recompute_batchnorm_statistics(model: nn.Module, bn_loader: Batches) -> nn.M
     with Chan et al.'s pairwise update, in float64). This is exact where ``momentum=None`` (the
     cumulative average of ``torch.optim.swa_utils.update_bn``) is not: that averages per-batch
     variances and so drops the spread between batch means, and it weighs batches equally whatever
-    their size. ``bn_loader`` yields ``(inputs, targets)`` pairs or bare inputs.
+    their size. ``bn_batches`` yields ``(inputs, targets)`` pairs or bare inputs.
     """
-    _require_reiterable(bn_loader, "bn_loader")
-    _model_dtype_and_device(model)
+    _require_reiterable(bn_batches, "bn_batches")
+    model_dtype_device(model, purpose="to measure")
     network = copy.deepcopy(model)
-    _recompute_batchnorm_statistics_(network, bn_loader)
+    _recompute_batchnorm_statistics_(network, bn_batches)
     return network
 
 
@@ -431,7 +465,7 @@ def recompute_batchnorm_statistics(model: nn.Module, bn_loader: Batches) -> nn.M
 
 
 def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], weights: Tensor,
-                           loader: Batches, loss_fn: LossFunction, bn_loader: Batches | None,
+                           batches: Batches, loss_fn: LossFunction, bn_batches: Batches | None,
                            chunk_size: int, buffers: str) -> tuple[Tensor, Tensor, str]:
     """Mean loss and accuracy at the points ``Σ_j weights[k, j] · anchors[j]``, ``k < K``.
 
@@ -441,26 +475,24 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
     """
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {loss_fn!r}.")
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer (points per batched forward pass), "
-                         f"got {chunk_size!r}.")
-    _require_reiterable(loader, "loader")
-    dtype, device = _model_dtype_and_device(model)
+    positive_int("chunk_size (points per batched forward pass)", chunk_size)
+    _require_reiterable(batches, "batches")
+    dtype, device = model_dtype_device(model, purpose="to measure")
     network = copy.deepcopy(model).eval()
     batchnorm_layers = _batchnorm_layers(network)
     has_batchnorm = bool(batchnorm_layers)
     weights = weights.to(device=device, dtype=dtype)
     parameter_names = [name for name, _ in network.named_parameters()]
 
-    if has_batchnorm and bn_loader is not None:
-        _require_reiterable(bn_loader, "bn_loader")
+    if has_batchnorm and bn_batches is not None:
+        _require_reiterable(bn_batches, "bn_batches")
         losses, accuracies = [], []
         for point in weights:
             state = _combine([{name: anchor[name] for name in parameter_names} for anchor in anchors],
                              point[None])
             _load(network, {name: tensor[0] for name, tensor in state.items()})
-            _recompute_batchnorm_statistics_(network, bn_loader)
-            loss, accuracy = _mean_loss_and_accuracy(lambda inputs: network(inputs)[None], loader,
+            _recompute_batchnorm_statistics_(network, bn_batches)
+            loss, accuracy = _mean_loss_and_accuracy(lambda inputs: network(inputs)[None], batches,
                                                      loss_fn, dtype, device)
             losses.append(loss)
             accuracies.append(accuracy)
@@ -491,7 +523,7 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
             forward = lambda inputs: network(inputs)[None]  # noqa: E731
         else:
             forward = lambda inputs: vmap(evaluate_point, in_dims=(0, None))(stacked, inputs)  # noqa: E731
-        loss, accuracy = _mean_loss_and_accuracy(forward, loader, loss_fn, dtype, device)
+        loss, accuracy = _mean_loss_and_accuracy(forward, batches, loss_fn, dtype, device)
         losses.append(loss)
         accuracies.append(accuracy)
         del stacked
@@ -499,7 +531,7 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
     return torch.cat(losses), torch.cat(accuracies), mode
 
 
-def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], loader: Batches,
+def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], batches: Batches,
                             loss_fn: LossFunction, dtype: torch.dtype,
                             device: torch.device) -> tuple[Tensor, Tensor]:
     """Sample-weighted mean of ``loss_fn`` and fraction of correct ``argmax`` over all batches,
@@ -508,8 +540,8 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], loader: Batches
     samples = 0
     classifies = True
     with torch.no_grad():
-        for batch in loader:
-            inputs, targets = _inputs_and_targets(batch, "loader")
+        for batch in batches:
+            inputs, targets = _inputs_and_targets(batch, "batches")
             inputs, targets = _to_model(inputs, dtype, device), targets.to(device)
             outputs = forward(inputs)
             if outputs.shape[0] == 1:  # vmap would route loss_fn through slow decompositions
@@ -529,20 +561,20 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], loader: Batches
             total_correct = correct if total_correct is None else total_correct + correct
             samples += count
     if samples == 0:
-        raise InputError("loader yielded no samples; pass a loader with at least one "
+        raise InputError("batches yielded no samples; pass a batches with at least one "
                          "(inputs, targets) batch.")
     loss = (total_loss / samples).to(dtype).cpu()
     accuracy = (total_correct.cpu().to(torch.float64) / samples).to(dtype)
     return loss, accuracy if classifies else torch.full_like(accuracy, math.nan)
 
 
-def _recompute_batchnorm_statistics_(network: nn.Module, bn_loader: Batches) -> None:
+def _recompute_batchnorm_statistics_(network: nn.Module, bn_batches: Batches) -> None:
     """Set every BatchNorm layer's running statistics of ``network`` (in place) to the exact mean
-    and unbiased variance of its inputs over one train-mode pass over ``bn_loader``."""
+    and unbiased variance of its inputs over one train-mode pass over ``bn_batches``."""
     layers = _batchnorm_layers(network)
     if not layers:
         return
-    dtype, device = _model_dtype_and_device(network)
+    dtype, device = model_dtype_device(network, purpose="to measure")
     accumulator = _accumulator_dtype(device)
     moments = {}
 
@@ -572,7 +604,7 @@ def _recompute_batchnorm_statistics_(network: nn.Module, bn_loader: Batches) -> 
     batches = 0
     try:
         with torch.no_grad():
-            for batch in bn_loader:
+            for batch in bn_batches:
                 inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
                 network(_to_model(inputs, dtype, device))
                 batches += 1
@@ -581,13 +613,13 @@ def _recompute_batchnorm_statistics_(network: nn.Module, bn_loader: Batches) -> 
             hook.remove()
         network.eval()
     if batches == 0:
-        raise InputError("bn_loader yielded no batches; pass data to recompute the BatchNorm "
-                         "statistics from, or bn_loader=None to interpolate them.")
+        raise InputError("bn_batches yielded no batches; pass data to recompute the BatchNorm "
+                         "statistics from, or bn_batches=None to interpolate them.")
     with torch.no_grad():
         for layer in layers:
             count, mean, squares = moments[layer]
             if count < 2:
-                raise InputError("bn_loader gave BatchNorm a single value per channel; the variance "
+                raise InputError("bn_batches gave BatchNorm a single value per channel; the variance "
                                  "needs at least two samples.")
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(squares / (count - 1))
@@ -601,7 +633,7 @@ def _anchors(models: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
         if not isinstance(model, nn.Module):
             raise InputError(f"member {index} is a {type(model).__name__}, not a torch.nn.Module; "
                              "pass the networks themselves (load checkpoints into models first).")
-    _, device = _model_dtype_and_device(models[0])
+    _, device = model_dtype_device(models[0], purpose="to measure")
 
     def tensors(model: nn.Module) -> dict[str, Tensor]:
         return {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -676,14 +708,6 @@ def _grid_shape(grid: int | tuple[int, int]) -> tuple[int, int]:
     return counts
 
 
-def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    for parameter in model.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype, parameter.device
-    raise InputError(f"{type(model).__name__} has no floating-point parameters, so it has no weight "
-                     "space to measure; pass a trainable network.")
-
-
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 for sums over many batches, except on Apple's MPS, which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
@@ -709,13 +733,13 @@ def _inner(first: dict[str, Tensor], second: dict[str, Tensor]) -> float:
     return float(sum((first[name].double() * second[name].double()).sum() for name in first))
 
 
-def _require_reiterable(loader: Batches, name: str) -> None:
+def _require_reiterable(batches: Batches, name: str) -> None:
     try:
-        iterator = iter(loader)
+        iterator = iter(batches)
     except TypeError:
         raise InputError(f"{name} must be an iterable of (inputs, targets) batches, got "
-                         f"{type(loader).__name__}.") from None
-    if iterator is loader:
+                         f"{type(batches).__name__}.") from None
+    if iterator is batches:
         raise InputError(f"{name} is a one-shot iterator, but it is read once per group of points; "
                          "pass a DataLoader or a list of batches instead.")
 

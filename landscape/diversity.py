@@ -18,6 +18,16 @@ Member logits ``L`` have shape ``(M, N, C)``, labels ``y`` shape ``(N,)``; ``ŷ_
 
 All metrics need at least two members. Results are tensors in the dtype and on the device of the
 member logits.
+
+Example (two members, each wrong on one of four samples, ``Ē = 1/4``, and disagreeing on two of
+them, ``Dis = 1/2``, so ``DER = 2``)::
+
+    >>> import torch
+    >>> labels = torch.tensor([0, 1, 0, 1])
+    >>> predictions = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 1]])
+    >>> members = torch.nn.functional.one_hot(predictions, 2).double()    # logits (M, N, C)
+    >>> disagreement_matrix(members)[0, 1].item(), disagreement_error_ratio(members, labels).item()
+    (0.5, 2.0)
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from landscape._checks import positive_int
 from landscape.ensemble import _mean_member_error, divide_by_mean_member_error, validate_member_logits
 from landscape.errors import InputError
 
@@ -91,8 +102,7 @@ def pairwise_kl_matrix(member_logits: torch.Tensor, chunk_size: int | None = Non
     n_members, n_samples, n_classes = member_logits.shape
     if chunk_size is None:
         chunk_size = max(1, 2**16 // (n_members * n_classes))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk_size = positive_int("chunk_size", chunk_size)
     total = member_logits.new_zeros(n_members, n_members)
     for chunk in member_logits.split(chunk_size, dim=1):
         log_probabilities = F.log_softmax(chunk, dim=-1)

@@ -18,6 +18,18 @@ Member logits ``L`` have shape ``(M, N, C)`` (members × samples × classes), la
   :class:`UndefinedMetricWarning`.
 
 Results are tensors in the dtype and on the device of the member logits.
+
+Example (three members, each wrong on a different one of three samples; the vote is always right,
+so ``Ē = 1/3``, ``E_ens = 0`` and ``EIR = 1``)::
+
+    >>> import torch
+    >>> labels = torch.tensor([0, 0, 0])
+    >>> wrong = torch.eye(3, dtype=torch.long)          # member i predicts class 1 on sample i
+    >>> members = torch.nn.functional.one_hot(wrong, 2).double()
+    >>> mean_member_error(members, labels).item(), ensemble_error(members, labels, "vote").item()
+    (0.3333333333333333, 0.0)
+    >>> ensemble_improvement_rate(members, labels, "vote").item()
+    1.0
 """
 from __future__ import annotations
 

@@ -34,10 +34,20 @@ Two ways to compute it, both exact:
   ``functional_call``, each gradient reduced to its squared norm inside the vmapped function;
   memory is one chunk of per-sample gradients (``chunk_size × D`` numbers).
 
-Speed (``benchmarks/bench_fisher.py``, 256 samples, float32, two threads, the 2-core CPU when
-quiet), against a loop of ``autograd.grad`` over single samples: see that script's docstring and
-the README. The layerwise method costs about one forward and backward pass of the chunk, so its
-ceiling is the speed of plain batched training.
+The layerwise method costs about one forward and backward pass of the chunk, so its ceiling is the
+speed of plain batched training; measured speeds against a loop of ``autograd.grad`` over single
+samples are in ``benchmarks/README.md`` (``bench_fisher.py``).
+
+Example (least squares, where ``∇_w (wᵀx − y)² = 2(wᵀx − y) x`` is known exactly)::
+
+    >>> import torch
+    >>> X = torch.randn(6, 3, dtype=torch.float64); y = torch.randn(6, dtype=torch.float64)
+    >>> model = torch.nn.Linear(3, 1, bias=False).double()
+    >>> mse = lambda out, target: ((out.squeeze(1) - target) ** 2).mean()
+    >>> residual = (X @ model.weight.detach()[0] - y)
+    >>> exact = (2 * residual) ** 2 * (X ** 2).sum(1)
+    >>> torch.allclose(per_sample_fisher_trace(model, mse, (X, y)), exact)
+    True
 """
 from __future__ import annotations
 
@@ -49,33 +59,37 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from landscape.errors import InputError
-from landscape.hvp import as_batches, evaluation_mode, move_batch, selected_parameters
+from landscape._checks import (Patterns, _deprecated_alias, differentiable_parameters, evaluation_mode,
+                               legacy_positionals, positive_int)
+from landscape.hvp import as_batches, move_batch
 
 __all__ = ["per_sample_fisher_trace", "METHODS"]
 
 METHODS = ("auto", "layerwise", "vmap")
 
 
-def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or_batches,
-                            chunk_size: int | None = 64, params: Sequence[str] | None = None,
+@_deprecated_alias(inputs_or_batches="batches")
+@legacy_positionals("chunk_size", "params", "method")
+def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
+                            exclude: Patterns = None, chunk_size: int | None = 64,
                             method: str = "auto") -> torch.Tensor:
     """``‖∇_θ ℓ(f_θ(x_j), y_j)‖²`` for every sample, shape ``(N,)``, in the order of the data.
 
-    ``inputs_or_batches`` is one ``(inputs, targets)`` pair or an iterable of them (their results are
+    ``batches`` is one ``(inputs, targets)`` pair or an iterable of them (their results are
     concatenated in order). ``loss_fn(outputs, targets)`` is called on a one-sample batch
     (``outputs`` of shape ``(1, ...)``), so any mean-reduced loss gives the per-sample loss. ``θ`` is
-    every parameter requiring grad, or the parameters named in ``params``. ``chunk_size`` bounds how
+    every parameter requiring grad, or those matching the ``params`` globs and no ``exclude`` glob
+    (:func:`landscape._checks.select_parameters`). ``chunk_size`` bounds how
     many samples are processed at once (``None``: a whole batch). ``method`` is ``"layerwise"``,
     ``"vmap"`` or ``"auto"`` (layerwise where it applies, see the module docstring). The model's
     own mode is restored afterwards.
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    chunk_size = positive_int("chunk_size", chunk_size, optional=True)
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
-    names, tensors = selected_parameters(model, params)
+    names, tensors = differentiable_parameters(model, params, exclude)
     dtype, device = tensors[0].dtype, tensors[0].device
     parameters = {name: tensor.detach() for name, tensor in zip(names, tensors)}
 
@@ -90,7 +104,7 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, inputs_or
         else:
             chunk_traces = _vmap_traces(model, loss_fn, parameters)
         traces = []
-        for batch in as_batches(inputs_or_batches):
+        for batch in as_batches(batches):
             inputs, targets = move_batch(batch, device, dtype)
             if len(inputs) != len(targets):
                 raise InputError(f"a batch has {len(inputs)} inputs but {len(targets)} targets; pair each input with its target.")
@@ -242,8 +256,8 @@ def _convolution_norms(module: nn.Conv2d, attributes: tuple[str, ...], inputs: t
     With many output positions the per-sample weight gradients themselves are cheapest: with every
     sample made a group of one grouped convolution, that convolution's weight gradient (one kernel
     call, about as fast as the layer's ordinary weight gradient) is the stack of per-sample
-    gradients. It beat unfold + batched matmul 1.1-11x on this CPU (resnet18's 16-channel 32×32
-    layers most) and needs no unfolded copy of the input. With few positions
+    gradients, faster than unfold + batched matmul (``benchmarks/README.md``, ``bench_fisher.py``)
+    and without an unfolded copy of the input. With few positions
     (``T (K + C_out) < K C_out`` per group) the Gram-matrix form of :func:`_dense_norms` is cheaper.
     """
     n, groups = inputs.shape[0], module.groups

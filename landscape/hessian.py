@@ -77,13 +77,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from landscape.errors import InputError
-from landscape.hvp import LossHessian, default_chunks, evaluation_mode, rademacher_rows, seed_from
+from landscape._checks import Patterns, evaluation_mode, finite_float, legacy_positionals, positive_int
+from landscape.hvp import LossHessian, default_chunks, rademacher_rows, seed_from
 
 __all__ = [
     "Eigenpairs",
@@ -102,7 +103,7 @@ TRACE_METHODS = ("hutchinson", "hutch++")
 class Estimate:
     """A Monte Carlo estimate: ``value`` = mean of the i.i.d. ``samples`` (float64, CPU), ``stderr`` =
     their standard deviation / √n (NaN for one sample), with the settings that produced it:
-    ``method``, ``n_probes`` (Hessian-vector products spent), ``n_samples`` (data points behind the
+    ``method``, ``n_probes`` (Hessian-vector products spent), ``n_examples`` (data points behind the
     Hessian), ``dimension`` (number of parameters). ``per_layer`` maps parameter names to their own
     estimates (only when asked for); those values sum to ``value``."""
     value: float
@@ -110,9 +111,15 @@ class Estimate:
     samples: torch.Tensor
     method: str
     n_probes: int
-    n_samples: int
+    n_examples: int
     dimension: int
     per_layer: Mapping[str, Estimate] | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """Deprecated name of :attr:`n_examples` (data points, not Monte Carlo draws)."""
+        warnings.warn("Estimate.n_samples is deprecated; use Estimate.n_examples.", DeprecationWarning, stacklevel=2)
+        return self.n_examples
 
 
 @dataclass(frozen=True)
@@ -142,12 +149,6 @@ class SpectralDensity:
 
 # -- trace ---------------------------------------------------------------------------------------
 
-def _check_count(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise InputError(f"{name} must be an integer of at least {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _estimate(samples: torch.Tensor, **settings) -> Estimate:
     count = samples.shape[0]
     value = samples.mean().item()
@@ -155,25 +156,26 @@ def _estimate(samples: torch.Tensor, **settings) -> Estimate:
     return Estimate(value=value, stderr=stderr, samples=samples, **settings)
 
 
-def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, n_probes: int = 100,
-                  method: str = "hutchinson", per_layer: bool = False,
-                  generator: torch.Generator | None = None, progress: bool = False,
-                  params: Sequence[str] | None = None, probe_chunk_size: int = 1) -> Estimate:
+@legacy_positionals("n_probes", "method", "per_layer", "generator", "progress", "params", "probe_chunk_size")
+def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
+                  exclude: Patterns = None, n_probes: int = 100, method: str = "hutchinson",
+                  per_layer: bool = False, generator: torch.Generator | None = None, progress: bool = False,
+                  probe_chunk_size: int = 1) -> Estimate:
     """Estimate ``tr H`` of the full-data loss with exactly ``n_probes`` Hessian-vector products.
 
     ``method="hutchinson"`` (Rademacher probes, one pass over the data with every probe going through
     each batch's graph) or ``"hutch++"`` (Meyer et al. 2021; two passes, ``n_probes ≥ 3``); see the
     module docstring for both and for the meaning of ``stderr``. ``per_layer=True`` adds
-    ``per_layer``: one estimate per parameter tensor, ``tr`` of its diagonal block. ``params`` restricts
-    θ to the named parameters; ``probe_chunk_size`` probes share one vmapped backward pass (memory
+    ``per_layer``: one estimate per parameter tensor, ``tr`` of its diagonal block. ``params`` and ``exclude``
+    (name globs, :func:`landscape._checks.select_parameters`) restrict θ; ``probe_chunk_size`` probes share one vmapped backward pass (memory
     grows with it); ``generator`` makes the probes reproducible.
     """
-    n_probes = _check_count("n_probes", n_probes, minimum=3 if method == "hutch++" else 1)
+    n_probes = positive_int("n_probes", n_probes, minimum=3 if method == "hutch++" else 1)
     if method not in TRACE_METHODS:
         raise InputError(f"method must be one of {TRACE_METHODS}, got {method!r}.")
     seed = seed_from(generator)
     with evaluation_mode(model):
-        hessian = LossHessian(model, loss_fn, batches, params, keep_graphs=None,
+        hessian = LossHessian(model, loss_fn, batches, params=params, exclude=exclude, keep_graphs=None,
                               probe_chunk_size=probe_chunk_size, progress=progress)
         rows = lambda start, stop: rademacher_rows(seed, start, stop, hessian.dim, hessian.dtype, hessian.device)
         chunk = hessian.probe_chunk_size
@@ -188,7 +190,7 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, n_probes: 
             residual = residual - (residual @ basis.T) @ basis
             forms = hessian.quadratic_forms(lambda: [basis, residual])
             samples = forms[:basis.shape[0]].sum(dim=0) + forms[basis.shape[0]:]
-    settings = dict(method=method, n_probes=hessian.n_products, n_samples=hessian.n_samples, dimension=hessian.dim)
+    settings = dict(method=method, n_probes=hessian.n_products, n_examples=hessian.n_examples, dimension=hessian.dim)
     layers = None
     if per_layer:
         layers = {name: _estimate(samples[:, index].contiguous(), **settings)
@@ -266,9 +268,10 @@ def tridiagonal(alphas: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     return torch.diag(alphas) + torch.diag(off, 1) + torch.diag(off, -1)
 
 
-def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, k: int = 1,
-                        n_iters: int = 100, tol: float = 1e-6, generator: torch.Generator | None = None,
-                        params: Sequence[str] | None = None, keep_graphs: bool | None = None) -> Eigenpairs:
+@legacy_positionals("k", "n_iters", "tol", "generator", "params", "keep_graphs")
+def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
+                        exclude: Patterns = None, k: int = 1, n_iters: int = 100, tol: float = 1e-6,
+                        generator: torch.Generator | None = None, keep_graphs: bool | None = None) -> Eigenpairs:
     """The ``k`` algebraically largest eigenvalues of ``H`` (largest first) and their eigenvectors, by
     Lanczos with full reorthogonalization (module docstring).
 
@@ -278,13 +281,12 @@ def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, k: i
     batch's graph between products (fast, memory for all batches at once); by default only a
     single batch's graph is kept.
     """
-    k = _check_count("k", k)
-    n_iters = _check_count("n_iters", n_iters)
-    if not tol > 0:
-        raise InputError(f"tol must be positive, got {tol!r}.")
+    k = positive_int("k", k)
+    n_iters = positive_int("n_iters", n_iters)
+    tol = finite_float("tol", tol, minimum=0, exclusive=True)
     seed = seed_from(generator)
     with evaluation_mode(model):
-        hessian = LossHessian(model, loss_fn, batches, params, keep_graphs=keep_graphs)
+        hessian = LossHessian(model, loss_fn, batches, params=params, exclude=exclude, keep_graphs=keep_graphs)
         if k > hessian.dim:
             raise InputError(f"k={k} eigenvalues asked of a {hessian.dim}-dimensional Hessian; ask for at most {hessian.dim}.")
         if n_iters < k:
@@ -309,7 +311,7 @@ def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, k: i
     if not bool((residuals <= tol * values.abs().max()).all()) and basis.shape[1] < hessian.dim:
         warnings.warn(f"Lanczos did not reach tol={tol} within n_iters={n_iters} "
                       f"(largest relative residual {(residuals / values.abs().max()).max().item():.2e}); "
-                      "raise n_iters.", RuntimeWarning, stacklevel=2)
+                      "raise n_iters.", RuntimeWarning, stacklevel=3)  # past legacy_positionals
     return Eigenpairs(eigenvalues=eigenvalues, eigenvectors=ritz, residual_norms=residuals,
                       parameter_names=hessian.names, n_products=hessian.n_products)
 
@@ -323,9 +325,11 @@ def gaussian_smoothing(grid: torch.Tensor, nodes: torch.Tensor, weights: torch.T
     return (kernel * weights[None]).sum(dim=2).mean(dim=1)
 
 
-def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches, n_iters: int = 100,
-                             n_runs: int = 1, grid: int | torch.Tensor = 1000, sigma: float | None = None,
-                             generator: torch.Generator | None = None, params: Sequence[str] | None = None,
+@legacy_positionals("n_iters", "n_runs", "grid", "sigma", "generator", "params", "keep_graphs")
+def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
+                             exclude: Patterns = None, n_iters: int = 100, n_runs: int = 1,
+                             grid: int | torch.Tensor = 1000, sigma: float | None = None,
+                             generator: torch.Generator | None = None,
                              keep_graphs: bool | None = None) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature, Gaussian-smoothed (module
     docstring): ``n_runs`` Rademacher starts, ``n_iters`` Lanczos steps each (capped at ``D``).
@@ -335,13 +339,13 @@ def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches,
     over ``[min node − 5σ, max node + 5σ]``, so that the density integrates to 1 over it.
     ``keep_graphs`` as in :func:`hessian_eigenvalues`.
     """
-    n_iters = _check_count("n_iters", n_iters)
-    n_runs = _check_count("n_runs", n_runs)
-    if sigma is not None and not sigma > 0:
-        raise InputError(f"sigma must be positive, got {sigma!r}.")
+    n_iters = positive_int("n_iters", n_iters)
+    n_runs = positive_int("n_runs", n_runs)
+    if sigma is not None:
+        sigma = finite_float("sigma", sigma, minimum=0, exclusive=True)
     seed = seed_from(generator)
     with evaluation_mode(model):
-        hessian = LossHessian(model, loss_fn, batches, params, keep_graphs=keep_graphs)
+        hessian = LossHessian(model, loss_fn, batches, params=params, exclude=exclude, keep_graphs=keep_graphs)
         start = rademacher_rows(seed, 0, n_runs, hessian.dim, hessian.dtype, hessian.device)
         alphas, betas, _ = lanczos(hessian.matmat, start, n_iters, seed=seed + n_runs)
     nodes, weights = [], []
@@ -354,7 +358,7 @@ def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches,
     if sigma is None:
         sigma = 0.01 * span if span > 0 else 0.01 * max(nodes.abs().max().item(), 1.0)
     if isinstance(grid, int) and not isinstance(grid, bool):
-        points = _check_count("grid", grid, minimum=2)
+        points = positive_int("grid", grid, minimum=2)
         grid = torch.linspace(nodes.min().item() - 5 * sigma, nodes.max().item() + 5 * sigma, points,
                               dtype=torch.float64)
     else:

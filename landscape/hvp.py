@@ -18,38 +18,13 @@ is what PyHessian's dataloader mode pays). Blocks of more than one probe are pus
 graph together with ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over the second
 backward pass) in chunks of ``probe_chunk_size``.
 
-Measured with ``benchmarks/bench_hessian.py`` (``small_cnn``, 95k parameters, batch 128 of
-32×32×3, float32, two threads, 8 probes per graph, on the shared 2-core CPU), wall time per product
-relative to our default:
-
-    reverse over reverse, retained graph, one probe at a time       1.00  (0.20-0.24 s)
-    the same, 4 or 8 probes vmapped through it (probe_chunk_size)   1.5
-    the same without the batch-norm and mask rewrites below         1.06-1.2
-    a fresh graph per probe (PyHessian's dataloader mode)           1.54
-    torch.func jvp(grad) (forward over reverse), per probe          1.5
-    torch.func vmap over probes of jvp(grad)                        1.5
-    curvlinops HessianLinearOperator (vmapped jvp∘jacrev)           1.9-2.6
-
-So the default is reverse over reverse, one probe at a time: least work, and the only path that can
-keep a graph between Lanczos steps. (On this machine under heavy load the vmapped
-forward-over-reverse rows had the lower wall time: fewer, larger operations wait less for thread
-synchronisation; on a GPU try ``probe_chunk_size`` of 8 or more.) Hutchinson's trace with 20
-probes over 4 batches took 14.1 s against PyHessian's 26.4 s (1.87×); on one batch, where PyHessian
-keeps its graph too, 1.24× (the rewrites). For resnet18 (width 16, ``--model resnet18-w16``) the
-ratio is lower, 1.36× over 4 batches with 10 probes and 0.91-1.03× on one batch (within this
-machine's noise), because its products cost more relative to its gradient and its batch norms'
-double backward was already cheap.
-
-Why not 2× against PyHessian: keeping the graph saves, per probe and batch, one forward and one
-first backward pass (a gradient, ``G``) and nothing else. An exact product costs about two
-gradients (Pearlmutter's R-operator: a tangent forward and a tangent backward pass, each about
-twice its plain counterpart), so against a fresh graph per probe the ratio is at most
-``(G + 2G) / 2G = 1.5`` with equally efficient products; the rest comes from the rewrites, which
-PyHessian lacks. A different route to ``vᵀHv`` alone, second-order forward (Taylor) mode on a batch
-stacked with its tangents (``benchmarks/bench_taylor.py``), was exact (4e-7) but 1.3-1.7× slower
-per probe than our product on ``small_cnn`` and no faster on resnet18, so it was not adopted.
-curvlinops-for-pytorch agrees with us to 5e-7 and is slower, so it is not worth its five extra
-dependencies (backpack-for-pytorch, einconv, einops, linear_operator, unfoldNd).
+The default is reverse over reverse, one probe at a time: the least work, and the only path that
+can keep a graph between Lanczos steps. Keeping the graph saves one forward and one first backward
+pass per probe and batch; an exact product costs about two gradients (Pearlmutter's R-operator),
+so against a fresh graph per probe the gain is at most ``(G + 2G) / 2G = 1.5`` with equally
+efficient products, and the rest comes from the rewrites below. The alternatives that were timed
+(vmapped probes, forward over reverse, Taylor mode, PyHessian, curvlinops) and the measured ratios
+are in ``benchmarks/README.md`` under ``bench_hessian.py`` and ``bench_taylor.py``.
 
 Rewrites while the graph is built (the same function, so the same Hessian; tests compare with
 torch.func's dense Hessian):
@@ -69,17 +44,27 @@ iterator (a generator) is read into a list, because Lanczos passes over the data
 re-iterable (a list, a ``DataLoader``) is iterated once per pass and must yield the same data
 each time (shuffling is harmless, random augmentation is not). Floating inputs and targets are
 moved to the model's device and dtype, other tensors to its device.
+
+Example (a quadratic loss, whose Hessian ``2XᵀX/n`` is known exactly)::
+
+    >>> import torch
+    >>> X = torch.randn(16, 3, dtype=torch.float64); y = torch.randn(16, dtype=torch.float64)
+    >>> model = torch.nn.Linear(3, 1, bias=False).double()
+    >>> mse = lambda out, target: ((out.squeeze(1) - target) ** 2).mean()
+    >>> H = LossHessian(model, mse, [(X[:8], y[:8]), (X[8:], y[8:])])
+    >>> torch.allclose(H.matmat(torch.eye(3, dtype=torch.float64)), 2 * X.T @ X / 16)
+    True
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from landscape._checks import Patterns, differentiable_parameters, positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -87,56 +72,11 @@ __all__ = [
     "LossHessian",
     "PiecewiseLinearAsMasked",
     "as_batches",
-    "evaluation_mode",
     "rademacher_rows",
     "seed_from",
-    "selected_parameters",
 ]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put every submodule in eval mode (BatchNorm uses its running statistics, dropout is off)
-    and restore each submodule's own ``training`` flag afterwards, even on error."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-def selected_parameters(model: torch.nn.Module, params: Sequence[str] | None = None
-                        ) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
-    """The names and tensors of the parameters to differentiate: ``params`` (names as in
-    ``model.named_parameters()``, in that order) or, by default, every parameter requiring grad."""
-    named = dict(model.named_parameters())
-    if params is None:
-        names = tuple(name for name, parameter in named.items() if parameter.requires_grad)
-        if not names:
-            raise InputError("the model has no parameter that requires grad; pass params=[names] or "
-                             "call requires_grad_(True) on the parameters to measure.")
-    else:
-        if isinstance(params, str):
-            params = [params]
-        names = tuple(params)
-        unknown = [name for name in names if name not in named]
-        if unknown:
-            raise InputError(f"unknown parameter name(s) {unknown}; choose from model.named_parameters(): "
-                             f"{list(named)}.")
-        if len(set(names)) != len(names):
-            raise InputError(f"params lists a name twice: {list(names)}; list each parameter once.")
-        if not names:
-            raise InputError("params is empty; pass at least one parameter name or None for all.")
-    tensors = tuple(named[name] for name in names)
-    dtypes = {tensor.dtype for tensor in tensors}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        raise InputError(f"the measured parameters must share one floating dtype, found {sorted(map(str, dtypes))}; "
-                         "convert the model with model.double() or model.float().")
-    return names, tensors
 
 
 def as_batches(batches) -> Iterable:
@@ -195,8 +135,8 @@ class BatchNormAsAffine(TorchFunctionMode):
     """Within this mode, eval-mode batch norm ``y = (x − μ)/√(σ² + ε) · γ + β`` is computed as the
     per-channel affine map ``y = x·s + t`` with ``s = γ/√(σ² + ε)``, ``t = β − μ·s``: the same
     function of ``x``, ``γ`` and ``β``, so the same derivatives, but PyTorch's batch-norm double
-    backward follows the training-mode formula and was ~20% of a Hessian-vector product of the small
-    CNN (``benchmarks/bench_hessian.py``). Training-mode batch norm is left alone."""
+    backward follows the training-mode formula (its measured cost: ``benchmarks/README.md``).
+    Training-mode batch norm is left alone."""
 
     _signature = inspect.signature(F.batch_norm)
 
@@ -229,7 +169,7 @@ class PiecewiseLinearAsMasked(TorchFunctionMode):
     and the Hessian is unchanged (bit for bit: the same products are formed). What changes is the
     graph of the first backward pass: PyTorch's formulas for ``threshold_backward`` and
     ``max_pool2d_with_indices_backward`` differentiate in their input too, so every second backward
-    pass built and added activation-sized zero tensors (6% of a product of ``small_cnn``).
+    pass built and added activation-sized zero tensors (measured in ``benchmarks/README.md``).
     """
 
     _relus = (F.relu, torch.relu, torch.Tensor.relu)
@@ -260,16 +200,15 @@ class LossHessian:
     The model is used as it is: callers put it in eval mode (:func:`evaluation_mode`) first.
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: LossFunction, batches,
-                 params: Sequence[str] | None = None, keep_graphs: bool | None = None,
-                 probe_chunk_size: int = 1, progress: bool = False):
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFunction, batches, *, params: Patterns = None,
+                 exclude: Patterns = None, keep_graphs: bool | None = None, probe_chunk_size: int = 1,
+                 progress: bool = False):
         if not callable(loss_fn):
             raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
-        if int(probe_chunk_size) < 1:
-            raise InputError(f"probe_chunk_size must be at least 1, got {probe_chunk_size}.")
+        probe_chunk_size = positive_int("probe_chunk_size", probe_chunk_size)
         self.model = model
         self.loss_fn = loss_fn
-        self.names, self.parameters = selected_parameters(model, params)
+        self.names, self.parameters = differentiable_parameters(model, params, exclude)
         self.shapes = tuple(parameter.shape for parameter in self.parameters)
         self.sizes = tuple(parameter.numel() for parameter in self.parameters)
         self.dim = sum(self.sizes)
@@ -279,7 +218,7 @@ class LossHessian:
         self.keep_graphs = keep_graphs
         self.probe_chunk_size = int(probe_chunk_size)
         self.progress = progress
-        self.n_samples: int | None = None  # known after the first pass
+        self.n_examples: int | None = None  # known after the first pass
         self.n_products = 0  # Hessian-vector products of the full-data operator so far
         self._kept: list[tuple[tuple[torch.Tensor | None, ...], int]] | None = None
 
@@ -353,7 +292,7 @@ class LossHessian:
         and yielding the same blocks, for every batch), ``Σ_b (n_b/N) reduce(V, H_b V)``.
         ``reduce`` must be linear in its second argument (so that summing over batches commutes)."""
         totals: list[torch.Tensor] | None = None
-        n_samples = n_products = 0
+        n_examples = n_products = 0
         for gradient, size in self._gradients():
             results = []
             n_products = 0
@@ -366,10 +305,10 @@ class LossHessian:
                 totals = results
             else:
                 totals = [total + result for total, result in zip(totals, results)]
-            n_samples += size
-        self.n_samples = n_samples
+            n_examples += size
+        self.n_examples = n_examples
         self.n_products += n_products
-        return [total / n_samples for total in totals]
+        return [total / n_examples for total in totals]
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``H V`` for ``V`` of shape ``(k, D)`` (rows are vectors), in one pass over the data."""

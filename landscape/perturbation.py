@@ -25,6 +25,16 @@ Two projections are offered, because two geometries are in use:
   ``argmin_{d in ball} ‖d − x‖₂``, what the reference code approximates for the adaptive ℓ2
   ellipsoid by an uncapped bisection. Here it is solved exactly (see
   :func:`project_onto_ellipsoid`). It equals :meth:`project` except for the adaptive ℓ2 ball.
+
+Example (one perturbation of norm 5 projected onto the unit balls; the ℓ2 projection rescales it,
+the ℓ∞ one clamps it)::
+
+    >>> import torch
+    >>> point = {"w": torch.tensor([[3.0, 4.0]], dtype=torch.float64)}   # a batch of one
+    >>> torch.allclose(PerturbationBall(rho=1.0, norm="l2").project(point)["w"], point["w"] / 5)
+    True
+    >>> PerturbationBall(rho=1.0, norm="linf").project(point)["w"].tolist()
+    [[1.0, 1.0]]
 """
 from __future__ import annotations
 
@@ -33,11 +43,9 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.errors import InputError
+from landscape._checks import NORMS, finite_float, norm_name
 
 Perturbation = dict[str, torch.Tensor]
-
-NORMS = ("l2", "linf")
 
 
 def per_batch(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -80,10 +88,8 @@ class PerturbationBall:
     scale: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise InputError(f"unknown norm {self.norm!r}; choose 'l2' or 'linf'")
-        if not (math.isfinite(self.rho) and self.rho >= 0):
-            raise InputError(f"rho must be a finite number >= 0, got {self.rho!r}")
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        object.__setattr__(self, "rho", finite_float("rho", self.rho, minimum=0))
         if self.scale is None:
             return
         movable = {name: t > 0 for name, t in self.scale.items()}

@@ -20,11 +20,26 @@ own dtype in between); it takes a 3-d batch for one unbatched image (so non-imag
 attacked flattened); APGD reseeds torch's global generator (so the caller's generator state is saved
 and restored); and targeted attacks index the ``n_target_classes + 1`` top classes, the targeted DLR
 loss the 4th largest (so targets are capped at ``C − 1`` and targeted DLR needs ``C ≥ 4`` classes).
+
+Norms are spelled ``"linf"`` and ``"l2"`` as everywhere in ``landscape/`` (AutoAttack's ``"Linf"``
+and ``"L2"`` are accepted, in any case); only the call into AutoAttack uses its own spelling.
+
+Example (a linear classifier whose class changes where ``x₀ = 0.5``, so a sample is robust at
+radius ``ε`` in l∞ exactly when ``|x₀ − 0.5| > ε``)::
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 2).double()
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])), model.bias.copy_(torch.tensor([-0.5, 0.5]))
+    >>> X = torch.tensor([[0.6, 0.5], [0.9, 0.5], [0.1, 0.5], [0.45, 0.5]], dtype=torch.float64)
+    >>> result = robust_accuracy(model, X, torch.tensor([0, 0, 1, 1]), eps=0.2, norm="linf",
+    ...                          attacks=("apgd-ce",), iterations=10)
+    >>> result.clean_accuracy, result.robust_accuracy, result.robust.tolist()
+    (1.0, 0.5, [False, True, True, False])
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -33,32 +48,20 @@ import torch
 from torch import nn
 
 from landscape.ensemble import _combine_log_probabilities
+from landscape._checks import evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name, positive_int
 from landscape.errors import InputError
 
 __all__ = ["EnsembleClassifier", "Normalized", "RobustnessResult", "check_attacks", "check_radius", "robust_accuracy"]
 
-Norm = Literal["Linf", "L2"]
+Norm = Literal["linf", "l2"]
+# AutoAttack's spelling of our norms
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}
 ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-t")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 # Fewest classes each attack's loss can be computed for (DLR needs the 3rd, targeted DLR the 4th
 # largest logit; targeted attacks need a class to target).
 MINIMUM_CLASSES = {"apgd-ce": 2, "apgd-dlr": 3, "apgd-t": 4, "fab": 2, "fab-t": 2, "square": 2}
-
-
-def _reference_tensor(model: nn.Module) -> torch.Tensor | None:
-    """The model's first parameter (or buffer): where its device and dtype are read from."""
-    return next(model.parameters(), next(model.buffers(), None))
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    reference = _reference_tensor(model)
-    return reference.dtype if reference is not None and reference.is_floating_point() else torch.get_default_dtype()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    reference = _reference_tensor(model)
-    return reference.device if reference is not None else torch.device("cpu")
 
 
 def _channel_statistic(values, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -77,7 +80,7 @@ def _normalization_buffers(module: nn.Module, model: nn.Module, mean, std) -> No
     if mean is None:
         module.mean = module.std = None
         return
-    dtype, device = _model_dtype(model), _model_device(model)
+    dtype, device = model_dtype_device(model)
     module.register_buffer("mean", _channel_statistic(mean, "mean", dtype, device))
     module.register_buffer("std", _channel_statistic(std, "std", dtype, device))
     if (module.std <= 0).any():
@@ -145,7 +148,7 @@ class _AttackView(nn.Module):
         super().__init__()
         self.model = model
         self.sample_shape = sample_shape
-        self.dtype = _model_dtype(model)
+        self.dtype, _ = model_dtype_device(model)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs.reshape(-1, *self.sample_shape).to(self.dtype)).float()
@@ -210,17 +213,15 @@ def check_radius(norm: str, eps: float, input_size: int | None = None) -> None:
     other and robust accuracy measures nothing. ``ε`` equal to the diameter is still accepted; above
     it is a unit mistake (pixels in 0..255, not in [0, 1]). ``input_size`` is ``d = C·H·W``, when known.
     """
-    if norm not in ("Linf", "L2"):
-        raise InputError(f"norm must be 'Linf' or 'L2', got {norm!r}.")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise InputError(f"eps must be a positive finite number, got {eps!r}.")
+    norm = norm_name(norm)
+    eps = finite_float("eps", eps, minimum=0, exclusive=True)
     hint = f"; did you mean {eps:g}/255 = {eps / 255:.4g}?" if eps <= 255 else ""
-    if norm == "Linf" and eps > 1:
+    if norm == "linf" and eps > 1:
         raise InputError(f"eps {eps:g} is larger than 1, the whole [0, 1] range of an input: an l∞ ball that big "
                          f"lets the attack set every pixel to any value. eps is in [0, 1] input units, e.g. "
                          f"8/255 = 0.0314{hint}")
-    if norm == "L2" and input_size is not None and eps > math.sqrt(input_size):
-        raise InputError(f"eps {eps:g} is larger than {math.sqrt(input_size):.4g} = √{input_size}, the l2 diameter "
+    if norm == "l2" and input_size is not None and eps > input_size ** 0.5:
+        raise InputError(f"eps {eps:g} is larger than {input_size ** 0.5:.4g} = √{input_size}, the l2 diameter "
                          f"of the input box [0, 1]^{input_size}: the ball covers every input. l2 radii are in [0, 1] "
                          f"input units, typically 0.5 for CIFAR-10{hint}")
 
@@ -242,8 +243,7 @@ def check_attacks(attacks: Sequence[str]) -> None:
 def _validate_settings(norm: str, eps: float, batch_size: int, version: str, attacks, iterations, restarts,
                        target_classes, seed) -> None:
     check_radius(norm, eps)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    positive_int("batch_size", batch_size)
     if version not in ("custom", "standard"):
         raise InputError(f"version must be 'custom' or 'standard', got {version!r}.")
     if version == "standard" and any(option is not None for option in (attacks, iterations, restarts, target_classes)):
@@ -254,25 +254,15 @@ def _validate_settings(norm: str, eps: float, batch_size: int, version: str, att
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}.")
     for name, value in (("iterations", iterations), ("restarts", restarts), ("target_classes", target_classes)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{name} must be a positive integer, got {value!r}.")
+        positive_int(name, value, optional=True)
 
 
 @contextlib.contextmanager
 def _prepared_for_attack(model: nn.Module):
     """Eval mode (batch norm on running statistics, no dropout) and no parameter gradients, both
     restored afterwards: the attack differentiates with respect to the inputs only."""
-    training = [module.training for module in model.modules()]
-    requires_grad = [parameter.requires_grad for parameter in model.parameters()]
-    model.eval()
-    model.requires_grad_(False)
-    try:
+    with evaluation_mode(model), frozen_parameters(model):
         yield
-    finally:
-        for module, was_training in zip(model.modules(), training):
-            module.training = was_training
-        for parameter, required in zip(model.parameters(), requires_grad):
-            parameter.requires_grad_(required)
 
 
 @torch.no_grad()
@@ -296,6 +286,7 @@ def _adversary(attacked: nn.Module, *, attacks: tuple[str, ...], version: str, n
     from pyautoattack import AutoAttack
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
+    norm = AUTOATTACK_NORMS[norm]
     adversary = AutoAttack(attacked, attacks=None if version == "standard" else list(attacks), device=device,
                            eps=eps, norm=norm, seed=seed, version=version)
     if version == "custom":
@@ -326,7 +317,7 @@ def _adversarial_predictions(adversary, images: torch.Tensor, labels: torch.Tens
 
 
 def robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float,
-                    norm: Norm = "Linf", attacks: Sequence[str] | None = None, batch_size: int = 250,
+                    norm: Norm = "linf", attacks: Sequence[str] | None = None, batch_size: int = 250,
                     seed: int = 0, version: Literal["custom", "standard"] = "custom",
                     iterations: int | None = None, restarts: int | None = None,
                     target_classes: int | None = None) -> RobustnessResult:
@@ -336,11 +327,13 @@ def robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     APGD steps (default 100), ``restarts`` random starts (default 1) and ``target_classes`` targets
     for the targeted attacks (default 9, capped at ``C − 1``); FAB and Square keep AutoAttack's
     settings. ``version="standard"`` is AutoAttack's standard evaluation (APGD-CE, APGD-T, FAB-T,
-    Square; 100 iterations, 9 targets capped at ``C − 1``). ``eps`` must lie within the diameter of the
+    Square; 100 iterations, 9 targets capped at ``C − 1``). ``norm`` is ``"linf"`` or ``"l2"`` (any
+    case; stored as spelled here). ``eps`` must lie within the diameter of the
     input box (:func:`check_radius`: 1 for l∞, ``√d`` for l2). The model runs in eval mode on its own
     device and dtype; torch's global random state is left as it was.
     """
     _validate_inputs(inputs, labels)
+    norm = norm_name(norm)
     _validate_settings(norm, eps, batch_size, version, attacks, iterations, restarts, target_classes, seed)
     check_radius(norm, eps, inputs[0].numel())  # the l2 bound needs d = C·H·W
     chosen = STANDARD_ATTACKS if version == "standard" else tuple(attacks or DEFAULT_ATTACKS)
@@ -348,7 +341,7 @@ def robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
         raise InputError(f"the Square attack needs image inputs (N, channels, height, width), got shape "
                          f"{tuple(inputs.shape)}; choose attacks without 'square' (version='custom').")
     labels = labels.to(inputs.device)
-    device = _model_device(model)
+    _, device = model_dtype_device(model)
     attacked = _AttackView(model, inputs.shape[1:])
     images = _as_images(inputs)
     with _prepared_for_attack(model):

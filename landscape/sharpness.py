@@ -12,7 +12,8 @@ with ``T = diag(|θ|)`` (adaptive) or ``T = I`` (standard), ``p ∈ {2, ∞}``. 
 batches of size ``m``; every batch gets its own perturbation and the result is the mean over
 batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
 running statistics, which are shared and never perturbed. All trainable parameters are perturbed
-unless ``include``/``exclude`` name patterns say otherwise.
+unless ``params``/``exclude`` name globs say otherwise (:func:`landscape._checks.select_parameters`,
+the rule of every module here).
 
 Worst case: the maximum is searched by APGD (Croce & Hein, ICML 2020) in weight space, as in the
 reference code of Andriushchenko et al.: step ``η`` starting at ``2ρ``, momentum ``α = 0.75``,
@@ -41,6 +42,7 @@ ascent); ``chunk_size`` bounds how many batches (or, for the average case, draws
 Example — least squares at an exact fit is a quadratic with Hessian ``H = 2XᵀX/m`` and zero
 gradient, so the worst case over the adaptive ℓ2 ball is ``ρ²/2 · λmax(THT)``::
 
+    >>> _ = torch.manual_seed(0)
     >>> X = torch.randn(32, 4, dtype=torch.float64); w = torch.randn(4, dtype=torch.float64)
     >>> model = nn.Linear(4, 1, bias=False).double(); model.weight.data = w[None].clone()
     >>> mse = lambda outputs, targets: (outputs.squeeze(-1) - targets).pow(2).mean()
@@ -51,27 +53,25 @@ gradient, so the worst case over the adaptive ℓ2 ball is ``ρ²/2 · λmax(THT
 """
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from landscape._checks import (Patterns, _deprecated_alias, evaluation_mode, finite_float, legacy_positionals,
+                               model_dtype_device, norm_name, patterns, positive_int, select_parameters)
 from landscape.errors import InputError, NonFiniteError
 from landscape.hvp import BatchNormAsAffine
-from landscape.perturbation import NORMS, Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
+from landscape.perturbation import Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
 
 __all__ = [
     "SharpnessResult", "worst_case_sharpness", "average_case_sharpness", "apgd_checkpoints",
     "select_parameters", "normalize_logits", "check_radius",
 ]
-
-Patterns = str | Sequence[str] | None
 
 # APGD's constants (Croce & Hein 2020, §3.2), also those of the reference code
 _SUCCESS_FRACTION = 0.75
@@ -111,7 +111,7 @@ class SharpnessResult:
     m: int
     n_batches: int
     n_perturbed: int  # number of scalar weights perturbed
-    include: tuple[str, ...] | None
+    params: tuple[str, ...] | None
     exclude: tuple[str, ...] | None
     logit_normalization: bool
     n_iters: int | None = None
@@ -120,7 +120,7 @@ class SharpnessResult:
     step_size: float | None = None
     momentum: float | None = None
     reference_ascent: bool | None = None
-    n_samples: int | None = None
+    n_draws: int | None = None
 
     _MEASURED = ("value", "per_batch", "stderr", "clean_loss", "perturbed_loss", "error_increase")
 
@@ -132,6 +132,18 @@ class SharpnessResult:
         return self.perturbed_loss
 
     @property
+    def include(self) -> tuple[str, ...] | None:
+        """Deprecated name of :attr:`params`."""
+        warnings.warn("SharpnessResult.include is deprecated; use .params.", DeprecationWarning, stacklevel=2)
+        return self.params
+
+    @property
+    def n_samples(self) -> int | None:
+        """Deprecated name of :attr:`n_draws` (Monte Carlo draws per batch)."""
+        warnings.warn("SharpnessResult.n_samples is deprecated; use .n_draws.", DeprecationWarning, stacklevel=2)
+        return self.n_draws
+
+    @property
     def metric(self) -> str:
         """The results-table name, e.g. ``sharpness/worst/l2/adaptive``."""
         return f"sharpness/{self.kind}/{self.norm}/{'adaptive' if self.adaptive else 'standard'}"
@@ -140,51 +152,12 @@ class SharpnessResult:
         """Every setting that produced the value (those that apply to this kind), for a results row."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in self._MEASURED and getattr(self, f.name) is not None
-                or f.name in ("include", "exclude")}
+                or f.name in ("params", "exclude")}
 
 
 # ------------------------------------------------------------------------------------------------
 # Inputs: parameters, batches, model mode
 # ------------------------------------------------------------------------------------------------
-
-def _as_patterns(patterns: Patterns, what: str) -> tuple[str, ...] | None:
-    if patterns is None:
-        return None
-    if isinstance(patterns, str):
-        return (patterns,)
-    patterns = tuple(patterns)
-    if not all(isinstance(pattern, str) for pattern in patterns):
-        raise InputError(f"{what} must be a parameter-name pattern or a list of them (strings), got {patterns!r}")
-    return patterns
-
-
-def _matches(name: str, pattern: str) -> bool:
-    """Shell-style (``*.bn*.weight``) or, if it is one, a regular expression matching the whole name."""
-    if fnmatch.fnmatchcase(name, pattern):
-        return True
-    try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
-
-
-def select_parameters(model: nn.Module, include: Patterns = None, exclude: Patterns = None) -> dict[str, torch.Tensor]:
-    """The trainable parameters to perturb, by name: those matching an ``include`` pattern (all if
-    ``None``) and no ``exclude`` pattern. A pattern matches a whole name as a shell glob
-    (``layer1.*``) or as a regular expression (``.*bn\\d\\.weight``). A pattern that matches no
-    trainable parameter is an :class:`InputError` (almost always a typo)."""
-    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
-    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-    for patterns, what in ((include, "include"), (exclude, "exclude")):
-        for pattern in patterns or ():
-            if not any(_matches(name, pattern) for name in trainable):
-                shown = ", ".join(list(trainable)[:8]) + (", ..." if len(trainable) > 8 else "")
-                raise InputError(f"{what} pattern {pattern!r} matches no trainable parameter; "
-                                 f"names look like: {shown}")
-    return {name: parameter for name, parameter in trainable.items()
-            if (include is None or any(_matches(name, p) for p in include))
-            and not any(_matches(name, p) for p in exclude or ())}
-
 
 def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``(inputs, targets)`` pairs of equal batch size ``m`` into ``(B, m, ...)`` tensors."""
@@ -206,18 +179,6 @@ def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype) 
     if stacked.is_floating_point():
         stacked = stacked.to(dtype)  # work in the model's own dtype
     return stacked, torch.stack(targets).to(device)
-
-
-@contextmanager
-def _evaluation_mode(model: nn.Module):
-    """Eval mode for the measurement; every module's own mode is restored afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def normalize_logits(outputs: torch.Tensor) -> torch.Tensor:
@@ -435,8 +396,8 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
     (then the fewest equal chunks that fit).
 
     Batches of ``_LARGE_BATCH`` samples or more go one at a time: such a batch already keeps the
-    device busy, and per-batch weights then only cost (benchmarks/bench_sharpness.py: at m = 128
-    all-at-once ran at 0.44-0.51x the speed of a plain loop, one at a time at 0.89-1.09x).
+    device busy, and per-batch weights then only cost (measured in ``benchmarks/README.md``,
+    ``bench_sharpness.py``).
     """
     if m >= _LARGE_BATCH:
         return 1
@@ -447,24 +408,15 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
 
 
 def _check_common(rho, norm, chunk_size):
-    if norm not in NORMS:
-        raise InputError(f"unknown norm {norm!r}; choose 'l2' or 'linf'")
-    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 0):
-        raise InputError(f"rho must be a finite number >= 0, got {rho!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-
-
-def _model_dtype_device(model: nn.Module):
-    parameter = next(model.parameters(), None)
-    if parameter is None:
-        raise InputError("the model has no parameters to perturb")
-    return parameter.dtype, parameter.device
+    """The checked ``(rho, norm, chunk_size)``; the norm in its one spelling."""
+    return (finite_float("rho", rho, minimum=0), norm_name(norm),
+            positive_int("chunk_size", chunk_size, optional=True))
 
 
 def check_radius(rho: float, norm: str, kind: str, dtype: torch.dtype) -> None:
     """Refuse a radius a sharpness of this ``kind`` (worst, average) and ``norm`` cannot be computed
     at in ``dtype`` (an :class:`InputError`); callers check before any work."""
+    norm = norm_name(norm)
     _check_in_range("rho", rho, dtype, squared=kind == "worst" and norm == "l2")
     if kind == "worst":
         _check_in_range("step_size", 2 * rho, dtype, squared=norm == "l2")  # the default step
@@ -512,16 +464,21 @@ def _summarize(per_batch_perturbed, per_batch_clean, per_batch_error_increase, *
         error_increase=per_batch_error_increase.mean().item(), n_batches=n_batches, **settings)
 
 
+@_deprecated_alias(include="params")
+@legacy_positionals("n_iters", "n_restarts", "init", "step_size", "momentum", "params", "exclude",
+                    "logit_normalization", "reference_ascent", "chunk_size", "generator", "progress")
 def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
-                         adaptive: bool = True, n_iters: int = 20, n_restarts: int = 1, init: str = "zero",
-                         step_size: float | None = None, momentum: float = 0.75, include: Patterns = None,
-                         exclude: Patterns = None, logit_normalization: bool = False, reference_ascent: bool = False,
+                         adaptive: bool = True, *, params: Patterns = None, exclude: Patterns = None,
+                         n_iters: int = 20, n_restarts: int = 1, init: str = "zero", step_size: float | None = None,
+                         momentum: float = 0.75, logit_normalization: bool = False, reference_ascent: bool = False,
                          chunk_size: int | None = None, generator: torch.Generator | None = None,
                          progress: bool = False) -> SharpnessResult:
     """Worst-case m-sharpness ``mean_b max_{‖T⁻¹ε_b‖_p ≤ ρ} L_b(θ + ε_b) − L_b(θ)``, by APGD in weights.
 
     ``batches``: an iterable of ``(inputs, targets)`` with one batch size ``m`` (one perturbation
-    per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``init="zero"`` starts at
+    per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
+    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights;
+    ``norm`` is ``"l2"`` or ``"linf"`` (any case). ``init="zero"`` starts at
     ``ε = 0`` (the reference's start; note that at an exact stationary point the gradient there
     is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the
     first always start at random, and the best over restarts counts (the clean loss counts as
@@ -545,34 +502,30 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     Cost per restart: ``n_iters`` forward+backward passes and one forward pass of every batch
     (plus one forward for the clean loss with random starts).
     """
-    _check_common(rho, norm, chunk_size)
-    if not isinstance(n_iters, int) or n_iters < 0:
-        raise InputError(f"n_iters must be an integer >= 0, got {n_iters!r}")
-    if not isinstance(n_restarts, int) or n_restarts < 1:
-        raise InputError(f"n_restarts must be an integer >= 1, got {n_restarts!r}")
+    rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
+    n_iters = positive_int("n_iters", n_iters, minimum=0)
+    n_restarts = positive_int("n_restarts", n_restarts)
     if init not in ("zero", "random"):
         raise InputError(f"unknown init {init!r}; choose 'zero' or 'random'")
     if not (0 < momentum <= 1):
         raise InputError(f"momentum (APGD's alpha, the weight of the new step) must be in (0, 1], got {momentum!r}")
-    step_size = 2 * rho if step_size is None else step_size
-    if not (math.isfinite(step_size) and step_size >= 0):
-        raise InputError(f"step_size must be a finite number >= 0, got {step_size!r}")
+    step_size = finite_float("step_size", 2 * rho if step_size is None else step_size, minimum=0)
 
-    dtype, device = _model_dtype_device(model)
+    dtype, device = model_dtype_device(model, purpose="to perturb")
     _check_in_range("rho", rho, dtype, squared=norm == "l2")
     _check_in_range("step_size", step_size, dtype, squared=norm == "l2")
-    selected = select_parameters(model, include, exclude)
+    selected = select_parameters(model, params, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
     chunk = chunk_size or _default_chunk(n_batches, selected, m=inputs.shape[1])
     settings = dict(kind="worst", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
                     n_perturbed=sum(p.numel() for p in selected.values()),
-                    include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),
+                    params=patterns(params, "params"), exclude=patterns(exclude, "exclude"),
                     logit_normalization=bool(logit_normalization), n_iters=n_iters, n_restarts=n_restarts,
                     init=init, step_size=float(step_size), momentum=float(momentum),
                     reference_ascent=bool(reference_ascent))
 
-    with _evaluation_mode(model), torch.no_grad():
+    with evaluation_mode(model), torch.no_grad():
         _check_model_output(model, loss_fn, inputs, targets, logit_normalization)
         center = {name: parameter.detach() for name, parameter in selected.items()}
         loss = _PerturbedLoss(model, loss_fn, center, logit_normalization)
@@ -623,33 +576,35 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     return result
 
 
+@_deprecated_alias(include="params", n_samples="n_draws")
+@legacy_positionals("n_draws", "params", "exclude", "logit_normalization", "chunk_size", "generator")
 def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
-                           adaptive: bool = True, n_samples: int = 100, include: Patterns = None,
-                           exclude: Patterns = None, logit_normalization: bool = False,
-                           chunk_size: int | None = None, generator: torch.Generator | None = None) -> SharpnessResult:
-    """Average-case m-sharpness ``mean_b E_ε L_b(θ + ε) − L_b(θ)``, estimated with ``n_samples`` draws per batch.
+                           adaptive: bool = True, *, params: Patterns = None, exclude: Patterns = None,
+                           n_draws: int = 100, logit_normalization: bool = False, chunk_size: int | None = None,
+                           generator: torch.Generator | None = None) -> SharpnessResult:
+    """Average-case m-sharpness ``mean_b E_ε L_b(θ + ε) − L_b(θ)``, estimated with ``n_draws`` draws per batch.
 
     ``ε = ρ T z`` with ``z ~ N(0, I)`` (ℓ2, so ``ε ~ N(0, ρ²T²)``) or ``z ~ U[−1, 1]`` (ℓ∞), drawn
-    independently for every batch and draw. All ``n_samples × B`` evaluations are vectorized;
+    independently for every batch and draw. All ``n_draws × B`` evaluations are vectorized;
     ``chunk_size`` of them run at once (default ``B``, one draw for every batch, bounded as in
     :func:`worst_case_sharpness`). The draws depend on ``generator`` (on the model's device) and
-    on ``chunk_size``. Cost: ``n_samples + 1`` forward passes of every batch.
+    on ``chunk_size``. Cost: ``n_draws + 1`` forward passes of every batch. ``params``, ``exclude``
+    and ``norm`` as in :func:`worst_case_sharpness`.
     """
-    _check_common(rho, norm, chunk_size)
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-    dtype, device = _model_dtype_device(model)
+    rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
+    n_draws = positive_int("n_draws", n_draws)
+    dtype, device = model_dtype_device(model, purpose="to perturb")
     _check_in_range("rho", rho, dtype)
-    selected = select_parameters(model, include, exclude)
+    selected = select_parameters(model, params, exclude)
     inputs, targets = _stack_batches(batches, device, dtype)
     n_batches = inputs.shape[0]
     chunk = chunk_size or _default_chunk(n_batches, selected)
     settings = dict(kind="average", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
                     n_perturbed=sum(p.numel() for p in selected.values()),
-                    include=_as_patterns(include, "include"), exclude=_as_patterns(exclude, "exclude"),
-                    logit_normalization=bool(logit_normalization), n_samples=n_samples)
+                    params=patterns(params, "params"), exclude=patterns(exclude, "exclude"),
+                    logit_normalization=bool(logit_normalization), n_draws=n_draws)
 
-    with _evaluation_mode(model), torch.no_grad():
+    with evaluation_mode(model), torch.no_grad():
         _check_model_output(model, loss_fn, inputs, targets, logit_normalization)
         center = {name: parameter.detach() for name, parameter in selected.items()}
         loss = _PerturbedLoss(model, loss_fn, center, logit_normalization)
@@ -665,7 +620,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
         ball = PerturbationBall.around(center, rho, norm, adaptive)
         loss_sum = torch.zeros(n_batches, dtype=dtype, device=device)
         error_sum = torch.zeros(n_batches, dtype=dtype, device=device)
-        total = n_samples * n_batches  # evaluation j is draw j // B of batch j % B
+        total = n_draws * n_batches  # evaluation j is draw j // B of batch j % B
         for start in range(0, total, chunk):
             which = torch.arange(start, min(start + chunk, total), device=device) % n_batches
             size = which.shape[0]
@@ -680,7 +635,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
             _require_finite(perturbed_loss, "perturbed", which, settings)
             loss_sum.index_add_(0, which, perturbed_loss)
             error_sum.index_add_(0, which, perturbed_error)
-        mean_loss, mean_error = loss_sum / n_samples, error_sum / n_samples
+        mean_loss, mean_error = loss_sum / n_draws, error_sum / n_draws
         result = _summarize(mean_loss, clean_loss, mean_error - clean_error, **settings)
     return result
 

@@ -93,7 +93,7 @@ def permuted_hidden_units(model, seed):
 def test_endpoints_reproduce_each_models_own_loss(chunk_size):
     data = batches(0, image=True)
     model_a, model_b = with_random_statistics(convnet(1), 2), with_random_statistics(convnet(3), 4)
-    path = interpolate(model_a, model_b, data, F.cross_entropy, alphas=5, chunk_size=chunk_size)
+    path = interpolate(model_a, model_b, F.cross_entropy, data, alphas=5, chunk_size=chunk_size)
     assert path.bn_mode == "interpolated"
     for index, model in ((0, model_a), (-1, model_b)):
         loss, accuracy = dense_loss_and_accuracy(model, data)
@@ -107,7 +107,7 @@ def test_interior_points_match_hand_built_networks_for_any_chunk_size(batchnorm)
     model_a = with_random_statistics(mlp(6, batchnorm=batchnorm), 7)
     model_b = with_random_statistics(mlp(8, batchnorm=batchnorm), 9)
     alphas = [0.0, 0.3, 0.5, 0.8, 1.0, 1.4]
-    paths = [interpolate(model_a, model_b, data, F.cross_entropy, alphas, chunk_size=size)
+    paths = [interpolate(model_a, model_b, F.cross_entropy, data, alphas=alphas, chunk_size=size)
              for size in (1, 4, 50)]
     assert paths[0].bn_mode == ("interpolated" if batchnorm else "none")
     for alpha_index, alpha in enumerate(alphas):
@@ -121,9 +121,9 @@ def test_models_are_left_untouched():
     data = batches(10)
     model_a, model_b = mlp(11, batchnorm=True).train(), mlp(12, batchnorm=True).train()
     before = [copy.deepcopy(m.state_dict()) for m in (model_a, model_b)]
-    interpolate(model_a, model_b, data, F.cross_entropy, 3, bn_loader=data)
-    plane([model_a, model_b, mlp(13, batchnorm=True)], data, F.cross_entropy, grid=2)
-    random_directions_slice(model_a, data, F.cross_entropy, grid=2, bn_loader=data)
+    interpolate(model_a, model_b, F.cross_entropy, data, alphas=3, bn_batches=data)
+    plane([model_a, model_b, mlp(13, batchnorm=True)], F.cross_entropy, data, grid=2)
+    random_directions_slice(model_a, F.cross_entropy, data, grid=2, bn_batches=data)
     for model, state in zip((model_a, model_b), before):
         assert model.training and all(m.training for m in model.modules())
         for name, value in model.state_dict().items():
@@ -138,7 +138,7 @@ def test_reset_statistics_are_the_interpolated_networks_batch_statistics():
     model_a = with_random_statistics(mlp(22, batchnorm=True), 23)
     model_b = with_random_statistics(mlp(24, batchnorm=True), 25)
     alpha = 0.4
-    network = interpolated_model(model_a, model_b, alpha, bn_loader=statistics_data)
+    network = interpolated_model(model_a, model_b, alpha, bn_batches=statistics_data)
 
     weight = (1 - alpha) * model_a[0].weight + alpha * model_b[0].weight
     bias = (1 - alpha) * model_a[0].bias + alpha * model_b[0].bias
@@ -148,7 +148,7 @@ def test_reset_statistics_are_the_interpolated_networks_batch_statistics():
     torch.testing.assert_close(network[1].running_var, batchnorm_inputs.var(0).detach(),
                                rtol=1e-12, atol=1e-12)
 
-    path = interpolate(model_a, model_b, data, F.cross_entropy, [alpha, 1.0], bn_loader=statistics_data)
+    path = interpolate(model_a, model_b, F.cross_entropy, data, alphas=[alpha, 1.0], bn_batches=statistics_data)
     assert path.bn_mode == "reset"
     loss, accuracy = dense_loss_and_accuracy(network, data)
     assert path.loss[0].item() == pytest.approx(loss, rel=1e-12)
@@ -177,11 +177,11 @@ def test_reset_statistics_of_a_convolution_pool_over_batch_and_space():
 def test_member_with_itself_has_zero_barrier():
     data = batches(40)
     for model in (mlp(41), with_random_statistics(mlp(42, batchnorm=True), 43)):
-        barrier = loss_barrier(model, copy.deepcopy(model), data, F.cross_entropy, alphas=11)
+        barrier = loss_barrier(model, copy.deepcopy(model), F.cross_entropy, data, alphas=11)
         assert abs(barrier.value) < 1e-13
     model32 = mlp(44).float()
     data32 = [(x.float(), y) for x, y in data]
-    assert abs(loss_barrier(model32, model32, data32, F.cross_entropy, alphas=11).value) < 1e-6
+    assert abs(loss_barrier(model32, model32, F.cross_entropy, data32, alphas=11).value) < 1e-6
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -193,7 +193,7 @@ def test_convex_loss_has_no_barrier(seed, scale):
     model_a, model_b = nn.Linear(4, 3).to(DTYPE), nn.Linear(4, 3).to(DTYPE)
     with torch.no_grad():
         model_b.weight.mul_(scale)
-    barrier = loss_barrier(model_a, model_b, data, F.cross_entropy, alphas=15)
+    barrier = loss_barrier(model_a, model_b, F.cross_entropy, data, alphas=15)
     assert barrier.value <= 1e-7
     assert barrier.value >= -1e-12  # the endpoints sit on the chord
 
@@ -204,7 +204,7 @@ def test_regression_loss_is_convex_and_has_no_accuracy():
              torch.randn(n, 2, generator=generator, dtype=DTYPE)) for n in (3, 8)]
     torch.manual_seed(51)
     model_a, model_b = nn.Linear(4, 2).to(DTYPE), nn.Linear(4, 2).to(DTYPE)
-    barrier = loss_barrier(model_a, model_b, data, F.mse_loss, alphas=9)
+    barrier = loss_barrier(model_a, model_b, F.mse_loss, data, alphas=9)
     assert barrier.value <= 1e-7
     assert torch.isnan(barrier.interpolation.accuracy).all()
     inputs, targets = torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])
@@ -221,7 +221,7 @@ def test_barrier_is_the_largest_excess_over_the_chord_of_hand_built_networks():
     losses = torch.tensor([dense_loss_and_accuracy(by_hand(model_a, model_b, a.item()), data)[0]
                            for a in alphas], dtype=DTYPE)
     excess = losses - ((1 - alphas) * losses[0] + alphas * losses[-1])
-    barrier = loss_barrier(model_a, model_b, data, F.cross_entropy, alphas=7)
+    barrier = loss_barrier(model_a, model_b, F.cross_entropy, data, alphas=7)
     assert excess.max().item() > 1e-3  # a real barrier, so the test can tell a wrong peak
     assert barrier.value == pytest.approx(excess.max().item(), rel=1e-10)
     assert barrier.alpha == pytest.approx(alphas[excess.argmax()].item())
@@ -230,7 +230,7 @@ def test_barrier_is_the_largest_excess_over_the_chord_of_hand_built_networks():
 def test_barrier_adds_missing_endpoints():
     data = batches(65)
     model_a, model_b = mlp(66), mlp(67)
-    barrier = loss_barrier(model_a, model_b, data, F.cross_entropy, alphas=[0.25, 0.5])
+    barrier = loss_barrier(model_a, model_b, F.cross_entropy, data, alphas=[0.25, 0.5])
     assert barrier.interpolation.alphas.tolist() == [0.0, 0.25, 0.5, 1.0]
     assert barrier.interpolation.loss[-1].item() == pytest.approx(dense_loss_and_accuracy(model_b, data)[0],
                                                                   rel=1e-12)
@@ -240,13 +240,13 @@ def test_barrier_matrix_is_symmetric_and_agrees_with_pairwise_barriers():
     data = batches(70)
     members = [mlp(71, hidden=8)]
     members += [permuted_hidden_units(members[0], 72), mlp(73, hidden=8)]
-    matrix = barrier_matrix(members, data, F.cross_entropy, alphas=5)
+    matrix = barrier_matrix(members, F.cross_entropy, data, alphas=5)
     assert torch.equal(matrix.value, matrix.value.T)
     assert torch.equal(matrix.value.diagonal(), torch.zeros(3, dtype=torch.float64))
     assert torch.isnan(matrix.alpha.diagonal()).all()
     for i in range(3):
         for j in range(i + 1, 3):
-            pair = loss_barrier(members[i], members[j], data, F.cross_entropy, alphas=5)
+            pair = loss_barrier(members[i], members[j], F.cross_entropy, data, alphas=5)
             assert matrix.value[i, j].item() == pytest.approx(pair.value, abs=1e-14)
             assert matrix.alpha[i, j].item() == pair.alpha
             assert matrix.alpha[j, i].item() == pytest.approx(1 - pair.alpha)
@@ -260,7 +260,7 @@ def test_barrier_matrix_is_symmetric_and_agrees_with_pairwise_barriers():
 def test_plane_uses_garipovs_orthonormal_basis():
     data = batches(80)
     members = [mlp(81), mlp(82), mlp(83)]
-    result = plane(members, data, F.cross_entropy, grid=(4, 3), margin=0.25)
+    result = plane(members, F.cross_entropy, data, grid=(4, 3), margin=0.25)
     assert result.bn_mode == "none" and result.loss.shape == (4, 3)
 
     w1, w2, w3 = (parameters_to_vector(m.parameters()).detach() for m in members)
@@ -288,7 +288,7 @@ def test_plane_uses_garipovs_orthonormal_basis():
 def test_plane_member_positions_reproduce_the_members_own_losses():
     data = batches(90, image=True)
     members = [with_random_statistics(convnet(seed), seed + 1) for seed in (91, 93, 95)]
-    result = plane(members, data, F.cross_entropy, grid=3, chunk_size=4)  # members share a chunk
+    result = plane(members, F.cross_entropy, data, grid=3, chunk_size=4)  # members share a chunk
     assert result.bn_mode == "interpolated"
     for member, loss, accuracy in zip(members, result.member_loss, result.member_accuracy):
         own_loss, own_accuracy = dense_loss_and_accuracy(member, data)
@@ -318,7 +318,7 @@ def test_filter_normalized_directions_have_the_weights_filter_norms():
 def test_random_slice_matches_hand_built_points():
     data = batches(110, image=True)
     model = with_random_statistics(convnet(111), 112)
-    result = random_directions_slice(model, data, F.cross_entropy, grid=3, span=0.5, seed=4, chunk_size=4)
+    result = random_directions_slice(model, F.cross_entropy, data, grid=3, span=0.5, seed=4, chunk_size=4)
     assert result.bn_mode == "fixed" and result.basis_info.method == "li2018"
     own_loss, own_accuracy = dense_loss_and_accuracy(model, data)
     assert result.loss[1, 1].item() == pytest.approx(own_loss, rel=1e-12)
@@ -342,19 +342,19 @@ def test_random_slice_matches_hand_built_points():
 def test_bad_input_is_named():
     data = batches(120)
     with pytest.raises(InputError, match="architecture"):
-        interpolate(mlp(121, hidden=6), mlp(122, hidden=5), data, F.cross_entropy)
+        interpolate(mlp(121, hidden=6), mlp(122, hidden=5), F.cross_entropy, data)
     with pytest.raises(InputError, match="architecture"):
-        barrier_matrix([mlp(121), mlp(122), mlp(123, batchnorm=True)], data, F.cross_entropy)
+        barrier_matrix([mlp(121), mlp(122), mlp(123, batchnorm=True)], F.cross_entropy, data)
     with pytest.raises(InputError, match="three"):
-        plane([mlp(121), mlp(122)], data, F.cross_entropy)
+        plane([mlp(121), mlp(122)], F.cross_entropy, data)
     with pytest.raises(InputError, match="one-shot"):
-        interpolate(mlp(121), mlp(122), iter(data), F.cross_entropy)
+        interpolate(mlp(121), mlp(122), F.cross_entropy, iter(data))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
-        loss_barrier(mlp(121), mlp(122), data, F.cross_entropy, alphas=[-0.5, 0.5])
+        loss_barrier(mlp(121), mlp(122), F.cross_entropy, data, alphas=[-0.5, 0.5])
     first, second = mlp(121), mlp(122)
     third = by_hand(first, second, 2.0)
     with pytest.raises(InputError, match="collinear"):
-        plane([first, second, third], data, F.cross_entropy)
+        plane([first, second, third], F.cross_entropy, data)
     with pytest.raises(InputError, match="scalar"):
-        interpolate(first, second, data, lambda outputs, targets: F.cross_entropy(outputs, targets,
-                                                                                  reduction="none"))
+        interpolate(first, second, lambda outputs, targets: F.cross_entropy(outputs, targets, reduction="none"),
+                    data)

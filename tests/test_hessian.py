@@ -77,7 +77,7 @@ def test_hutchinson_trace_is_within_four_standard_errors_of_the_exact_trace(prob
     estimate = hessian_trace(model, F.cross_entropy, [(inputs, targets)], n_probes=300,
                              generator=torch.Generator().manual_seed(0))
     assert estimate.n_probes == 300 and estimate.samples.shape == (300,)
-    assert estimate.n_samples == 40 and estimate.dimension == 67
+    assert estimate.n_examples == 40 and estimate.dimension == 67
     assert estimate.stderr > 0
     assert estimate.value == pytest.approx(estimate.samples.mean().item())
     assert abs(estimate.value - hessian.trace().item()) < 4 * estimate.stderr
@@ -138,7 +138,7 @@ def test_several_batches_give_the_hessian_of_the_full_data_loss(problem):
     # the sketch spans the whole space, so the estimate is exact: it checks the n_b/N weighting
     estimate = hessian_trace(model, F.cross_entropy, iter(batches), n_probes=3 * 67, method="hutch++",
                              generator=torch.Generator().manual_seed(4))
-    assert estimate.n_samples == 40
+    assert estimate.n_examples == 40
     assert estimate.value == pytest.approx(hessian.trace().item(), rel=1e-10)
 
 

@@ -178,9 +178,9 @@ def test_average_case_on_exactly_fitted_least_squares_matches_the_trace_formula(
         off_diagonal = (a ** 2).sum() - (a.diagonal() ** 2).sum()
         mean, variance = a.trace() / 3, (a.diagonal() ** 2).sum() * (1 / 5 - 1 / 9) + 2 * off_diagonal / 9
     result = average_case_sharpness(model, squared_error, batches, rho, norm=norm, adaptive=adaptive,
-                                    n_samples=n_samples, chunk_size=1000, generator=torch.Generator().manual_seed(0))
+                                    n_draws=n_samples, chunk_size=1000, generator=torch.Generator().manual_seed(0))
     assert abs(result.value - mean.item()) <= 4 * math.sqrt(variance.item() / n_samples)
-    assert result.n_samples == n_samples and result.kind == "average"
+    assert result.n_draws == n_samples and result.kind == "average"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_weights_equal_to_zero_cannot_move(norm, reference_ascent, init):
                                   n_restarts=2, reference_ascent=reference_ascent,
                                   generator=torch.Generator().manual_seed(0))
     assert result.value == 0.0 and torch.isfinite(result.per_batch).all()
-    average = average_case_sharpness(model, mean_output, batch, 0.5, norm=norm, n_samples=10,
+    average = average_case_sharpness(model, mean_output, batch, 0.5, norm=norm, n_draws=10,
                                      generator=torch.Generator().manual_seed(0))
     assert average.value == 0.0
 
@@ -439,7 +439,7 @@ def test_default_chunks_bound_the_weights_in_flight_without_changing_the_result(
 def test_vectorized_average_case_equals_a_plain_loop_over_draws(norm):
     model, batches = tiny_cnn_and_batches(n_batches=3)
     rho, n_samples = 0.4, 4
-    result = average_case_sharpness(model, F.cross_entropy, batches, rho, norm=norm, n_samples=n_samples,
+    result = average_case_sharpness(model, F.cross_entropy, batches, rho, norm=norm, n_draws=n_samples,
                                     generator=torch.Generator().manual_seed(7))
     # replay the documented draw order: chunk = B evaluations, evaluation j is draw j // B of batch j % B
     model.eval()
@@ -488,7 +488,7 @@ def test_include_perturbs_only_the_named_parameters():
     weight = torch.randn(4, generator=generator, dtype=DOUBLE)
     model = linear_model(weight, torch.tensor(2.0, dtype=DOUBLE))
     batch = [(inputs, torch.zeros(5, dtype=DOUBLE))]
-    result = worst_case_sharpness(model, mean_output, batch, 0.1, include="weight")
+    result = worst_case_sharpness(model, mean_output, batch, 0.1, params="weight")
     assert result.value == pytest.approx(0.1 * (inputs.mean(0) * weight.abs()).norm().item(), rel=1e-10)
     assert result.n_perturbed == 4
     only_bias = worst_case_sharpness(model, mean_output, batch, 0.1, exclude=r"w.*t")
@@ -497,11 +497,11 @@ def test_include_perturbs_only_the_named_parameters():
 
 def test_selection_by_glob_and_regex_and_typos():
     model, _ = tiny_cnn_and_batches()
-    assert list(select_parameters(model, include="*.weight")) == ["conv.weight", "bn.weight", "head.weight"]
-    assert list(select_parameters(model, include=r"(conv|head)\.bias")) == ["conv.bias", "head.bias"]
+    assert list(select_parameters(model, params="*.weight")) == ["conv.weight", "bn.weight", "head.weight"]
+    assert list(select_parameters(model, params=r"(conv|head)\.bias")) == ["conv.bias", "head.bias"]
     assert list(select_parameters(model, exclude=["bn.*", "head.*"])) == ["conv.weight", "conv.bias"]
     with pytest.raises(InputError, match="matches no trainable parameter"):
-        select_parameters(model, include="layer1.*")
+        select_parameters(model, params="layer1.*")
 
 
 def test_model_mode_parameters_and_buffers_are_left_as_they_were():
@@ -511,7 +511,7 @@ def test_model_mode_parameters_and_buffers_are_left_as_they_were():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     worst_case_sharpness(model, F.cross_entropy, batches, 0.5, n_iters=3, init="random",
                          generator=torch.Generator().manual_seed(0))
-    average_case_sharpness(model, F.cross_entropy, batches, 0.5, n_samples=2)
+    average_case_sharpness(model, F.cross_entropy, batches, 0.5, n_draws=2)
     assert model.training and model.conv.training and model.bn.training and not model.head.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
