@@ -2,7 +2,8 @@
 
 :func:`build` makes a network by name (:data:`MODEL_NAMES`); :func:`load_weights` loads a state
 dict into it, refusing anything that does not fit and saying which keys are wrong. Normalization
-of the inputs belongs to the data pipeline, never to a model.
+of the inputs belongs to the data pipeline for the zoo's models; a model that expects its own input
+size or normalization carries it inside itself (:mod:`ensembles.models.inputs`).
 
 Architectures, each with the parameter names of the public checkpoints it must load unchanged:
 
@@ -412,21 +413,60 @@ def _options(name: str) -> dict:
     return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
-def build(name: str, num_classes: int, **options) -> nn.Module:
-    """A freshly initialized model ``name`` (one of :data:`MODEL_NAMES`) with ``num_classes`` outputs.
+def build(name: str, num_classes: int, *, model_input: Mapping | None = None, **options) -> nn.Module:
+    """A freshly initialized model ``name`` with ``num_classes`` outputs; never downloads weights.
 
-    Options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn ``width=32``;
-    mlp ``input_size=3072, hidden=(256,)``. The model is float32 on the CPU; move it with ``.to``.
-    An unknown name or option raises :class:`InputError` listing what is allowed.
+    ``name`` is one of :data:`MODEL_NAMES`, or ``torchvision:<builder>`` (any
+    ``torchvision.models`` builder, built with ``weights=None``), ``timm:<name>`` (any
+    ``timm.create_model`` name, ``pretrained=False``; needs ``pip install 'sharpdiv[timm]'``) or
+    ``package.module:callable`` (a factory or class importable from the current folder or
+    ``PYTHONPATH``, called as ``callable(num_classes=num_classes, **options)``).
+
+    Zoo options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn
+    ``width=32``; mlp ``input_size=3072, hidden=(256,)``; the other routes take their builder's
+    keyword arguments. ``model_input`` (see :func:`resolve_input`) adds the model's own input
+    resizing and normalization (:func:`attach_input`). The model is float32 on the CPU; move it
+    with ``.to``. An unknown name or option raises :class:`InputError` saying what is allowed.
     """
+    if ":" in name:
+        model = _build_external(name, num_classes, options)
+    else:
+        model = _build_zoo(name, num_classes, options)
+    return attach_input(model, model_input) if model_input else model
+
+
+def _build_zoo(name: str, num_classes: int, options: dict) -> nn.Module:
     if name not in _ARCHITECTURES:
-        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
+                         "torchvision:<name>, timm:<name> or module.path:callable")
     allowed = _options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
         raise InputError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {listed}")
     return _ARCHITECTURES[name](num_classes, **options)
+
+
+def _build_external(name: str, num_classes: int, options: dict) -> nn.Module:
+    from ensembles.models import external
+
+    return external.build_external(name, num_classes, options)
+
+
+def resolve_input(name: str, model: nn.Module, size=None, mean=None, std=None) -> dict | None:
+    """The run.json ``model_input`` of model ``name`` (built as ``model``): explicit size, mean
+    and std, else what its library records (timm's data config), else None (zoo behaviour)."""
+    from ensembles.models import external, inputs
+
+    default = external.default_input(name, model) if ":" in name else None
+    return inputs.resolve_input(size, mean, std, default=default)
+
+
+def attach_input(model: nn.Module, model_input: Mapping) -> nn.Module:
+    """See :func:`ensembles.models.inputs.attach_input`."""
+    from ensembles.models import inputs
+
+    return inputs.attach_input(model, model_input)
 
 
 def parameter_count(model: nn.Module, *, trainable_only: bool = False) -> int:

@@ -168,10 +168,12 @@ class _Splits:
             self._digests[label, split] = datasets.data_digest(label, self.root, split)
         return self._digests[label, split]
 
-    def get(self, label: str, split: str, n_classes: int) -> datasets.ImageDataset:
-        if (label, split) not in self._loaded:
-            self._loaded[label, split] = datasets.load_dataset(label, self.root, split, augment=False)
-        images = self._loaded[label, split]
+    def get(self, label: str, split: str, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+        """``normalize=False``: ``[0, 1]`` images for members that normalise them themselves."""
+        if (label, split, normalize) not in self._loaded:
+            self._loaded[label, split, normalize] = datasets.load_dataset(label, self.root, split, augment=False,
+                                                                          normalize=normalize)
+        images = self._loaded[label, split, normalize]
         if images.num_classes != n_classes:
             raise InputError(f"{label} has {images.num_classes} classes but the run's members have {n_classes}; "
                              "measure on the dataset the run was trained for (--data)")
@@ -222,7 +224,8 @@ def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> It
         config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
-        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
+        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"]),
+                                                                    run_folder.data_normalized(config)))
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
@@ -720,7 +723,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
         count = _example_count("--n-examples", n_examples, images)
         has_batchnorm = _has_batchnorm(run_folder.build_member_model(config))
         reset = bn_reset and has_batchnorm
-        training = splits.get(label, "train", n_classes) if reset else None
+        training = splits.get(label, "train", n_classes, run_folder.data_normalized(config)) if reset else None
         bn_count = min(bn_examples, len(training)) if reset else None
         bn_mode = "reset" if reset else ("interpolated" if has_batchnorm else "none")
         plans.append((path, members, label, images, count, bn_mode, training, bn_count))
