@@ -397,13 +397,20 @@ _ARCHITECTURES = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
-# One key that only each architecture's checkpoints hold, to name the likely model in errors.
+# Keys that together only each architecture's checkpoints hold, to name the likely model in errors
+# (the zoo's, then the layouts of torchvision's and timm's own families; first match wins).
 _SIGNATURE_KEYS = {
-    "resnet18": "layer1.0.conv1.weight",
-    "resnet18_tin": "conv2_x.0.residual_function.0.weight",
-    "wrn40_2": "block1.layer.0.conv1.weight",
-    "small_cnn": "conv3.weight",
-    "mlp": "layers.0.weight",
+    "resnet18": ("layer1.0.conv1.weight", "linear.weight"),
+    "resnet18_tin": ("conv2_x.0.residual_function.0.weight",),
+    "wrn40_2": ("block1.layer.0.conv1.weight",),
+    "small_cnn": ("conv3.weight", "bn3.weight", "linear.weight"),
+    "mlp": ("layers.0.weight",),
+    "a torchvision or timm ResNet (torchvision:resnet18/50, timm:resnet18 ...)": ("layer1.0.conv1.weight", "fc.weight"),
+    "torchvision:vit_* (a torchvision ViT)": ("encoder.layers.encoder_layer_0.ln_1.weight",),
+    "timm:vit_* (a timm ViT)": ("blocks.0.attn.qkv.weight", "cls_token"),
+    "torchvision:convnext_* (a torchvision ConvNeXt)": ("features.1.0.block.0.weight",),
+    "timm:convnext_* (a timm ConvNeXt)": ("stages.0.blocks.0.conv_dw.weight",),
+    "torchvision:efficientnet_* or mobilenet_v2": ("features.0.0.weight", "classifier.1.weight"),
 }
 
 
@@ -494,11 +501,24 @@ def _fold_masks(state: dict, model_keys: set) -> dict:
     return state
 
 
+_RESNET_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
+                  ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101",
+                  ((3, 8, 36, 3), True): "resnet152"}
+
+
 def _likely_architecture(keys) -> str | None:
+    keys = set(keys)
     for name, signature in _SIGNATURE_KEYS.items():
-        if signature in keys:
-            return name
+        if keys.issuperset(signature):
+            return _resnet_depth(keys) or name if signature[-1] == "fc.weight" else name
     return None
+
+
+def _resnet_depth(keys: set) -> str | None:
+    """``torchvision:resnet50`` for the blocks per stage of a torchvision/timm ResNet's keys."""
+    blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}) for stage in range(1, 5))
+    name = _RESNET_DEPTHS.get((blocks, "layer1.0.conv3.weight" in keys))
+    return f"torchvision:{name} (or timm:{name})" if name else None
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -561,10 +581,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
             problems.append(f"{len(wrong_kind)} of another kind of dtype: " + ", ".join(
                 f"{k} {state[k].dtype} vs {expected[k].dtype}" for k in wrong_kind[:_SHOWN]))
         guess = _likely_architecture(state)
-        hint = f"; the weights look like model {guess!r}" if guess and guess != _likely_architecture(expected) else ""
+        hint = (f"; the weights look like {guess if ' ' in guess else 'model ' + repr(guess)}"
+                if guess and guess != _likely_architecture(expected) else "")
         raise InputError(
             f"weights do not fit {type(model).__name__}: " + "; ".join(problems)
-            + f"{hint}. Check --model, --width and --num-classes against the run that saved them"
+            + f"{hint}. Check --model, --model-arg, --width and --num-classes against the run that saved them"
         )
     model.load_state_dict(state, strict=True)
     return model
