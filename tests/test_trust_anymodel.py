@@ -267,3 +267,20 @@ def test_sweep_accepts_library_models_and_model_args(tmp_path):
     file.write_text('[base]\ndataset = "digits"\nmodel = "../evil:x"\n')
     with pytest.raises(InputError, match="not a valid model"):
         read_sweep(file)
+
+
+def test_robustness_feeds_pixels_to_a_model_that_normalises_itself(tmp_path):
+    """AutoAttack's ε is in [0, 1] pixel space: with the normalization inside the model, the
+    attacked model's clean accuracy is the member's own on raw pixels (not normalised twice)."""
+    run = tmp_path / "run"
+    ok("train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", "0.3,0.3,0.3",
+       "--std", "0.2,0.2,0.2", "--out", run, *TINY)
+    ok("robustness", run, "--norm", "linf", "--eps", 0.01, "--n-examples", 16, "--attacks", "apgd-ce",
+       "--device", "cpu")
+    images = datasets.load_dataset("digits", split="test", normalize=False)
+    member = run_folder.load_run(run).members[0]
+    with torch.no_grad():
+        expected = (member(images.batch(range(16))).argmax(1) == images.targets[:16]).float().mean().item()
+    rows = run_folder.read_results(run)
+    clean = rows[(rows["metric"] == "clean_accuracy") & (rows["scope"] == "member-0")]["value"].item()
+    assert clean == pytest.approx(expected)
