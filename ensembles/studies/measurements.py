@@ -38,6 +38,11 @@ error of that mean over members, ``std(values, ddof=1)/√M`` (NaN for one membe
 spread of the members, the quantity an ensemble-level comparison needs; the members' own
 (batch or probe) standard errors are not propagated, since all members share the batches and their
 errors are not independent.
+
+Shape. Each ``measure_*`` checks its input for every run and plans one ``_Study`` per run (its
+tasks, how a stored result is found, how one task is computed, its ensemble means and summary);
+``_measure_run`` is the one skeleton they share: reuse stored results → compute the missing tasks
+→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize.
 """
 from __future__ import annotations
 
