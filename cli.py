@@ -239,9 +239,11 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random data, teachers and initialisations.")
 def theory_command(figure, out, quick, seed):
     """Simulate Theorems 1 and 2 of SharpBalance and plot them against theory (paper §3, App. C)."""
-    from reports.theory import diversity_at_matched_sharpness, theory_figure
+    from ensembles.studies.theory import write_theory_table
+    from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    paths = theory_figure(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")
     finding = diversity_at_matched_sharpness(paths[-1])
