@@ -71,3 +71,38 @@ def test_the_study_refuses_a_file_as_output_folder(tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         write_theory_table("2", blocker, quick=True)
+
+
+# --- the quickstart summary is a report; cli.py only prints it ---------------------------------------
+
+def test_cli_fits_nothing():
+    source = (ROOT / "cli.py").read_text()
+    assert "fits_by_group" not in source and "fit_beta" not in source and "tradeoff_points" not in source
+
+
+def test_quickstart_summary_from_run_folders(tmp_path):
+    from results_fixtures import STUDY_LAWS, write_study
+
+    from reports.tables import quickstart_summary
+
+    lines = quickstart_summary(write_study(tmp_path))
+    # sam: members' mean sharpness 0.25·2^r over r = 0, 1, 2; DER = 0.5·s^0.6 on every corrupted slice
+    sam_sharpness = [0.25 * 2 ** r for r in range(3)]
+    sam_der = sum(0.5 * s ** 0.6 for s in sam_sharpness) / 3
+    assert lines[0] == (f"         sam: ensemble accuracy 94.5% clean, 82.0% corrupted; DER (corrupted) {sam_der:.3g}; "
+                        f"sharpness {sum(sam_sharpness) / 3:.3g} (3 ensembles)")
+    assert [line.split(":")[0].strip() for line in lines[:3]] == ["sam", "sgd", "sharpbalance"]
+    expected = "; ".join(f"{method} {beta:.2f} [{beta:.2f}, {beta:.2f}]"
+                         for method, (scale, beta) in STUDY_LAWS.items())
+    assert lines[3] == "β, slope of log DER on log sharpness: " + expected
+
+
+def test_quickstart_summary_says_when_beta_cannot_be_fitted(tmp_path):
+    from results_fixtures import write_study
+
+    from reports.tables import quickstart_summary
+
+    paths = [path for path in write_study(tmp_path) if path.name.endswith(("-0", "-1"))]  # 2 ensembles per method
+    lines = quickstart_summary(paths)
+    assert lines[-1] == "β, slope of log DER on log sharpness: not fitted (a group needs 3 ensembles)"
+    assert all("(2 ensembles)" in line for line in lines[:-1])
