@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 from landscape.errors import InputError
@@ -106,3 +107,89 @@ def test_quickstart_summary_says_when_beta_cannot_be_fitted(tmp_path):
     lines = quickstart_summary(paths)
     assert lines[-1] == "β, slope of log DER on log sharpness: not fitted (a group needs 3 ensembles)"
     assert all("(2 ensembles)" in line for line in lines[:-1])
+
+
+# --- the augmentation draws from the member's generator, never from torch's global RNG ---------------
+
+def test_crops_and_flips_come_from_the_generator_in_the_global_rngs_order():
+    from ensembles.data.datasets import random_crop_and_flip
+
+    images = (torch.arange(8 * 3 * 6 * 6) % 251).to(torch.uint8).reshape(8, 3, 6, 6)
+    generator = torch.Generator().manual_seed(11)
+    drawn = random_crop_and_flip(images, padding=2, generator=generator)
+    assert not torch.equal(drawn, random_crop_and_flip(images, padding=2, generator=torch.Generator().manual_seed(12)))
+    outside = torch.get_rng_state()
+    torch.manual_seed(11)  # the old path: the global RNG in the generator's state
+    assert torch.equal(drawn, random_crop_and_flip(images, padding=2))
+    assert torch.equal(generator.get_state(), torch.get_rng_state())  # the same draws, consumed alike
+    torch.set_rng_state(outside)
+
+
+def _weights(run):
+    import safetensors.torch
+
+    return [safetensors.torch.load_file(str(path)) for path in sorted(run.glob("member-*.safetensors"))]
+
+
+# Two members on 96 digits (augmented: random crops and flips), SAM so both steps see the batch twice.
+SMALL = dict(dataset="digits", model="small_cnn", width=4, method="sam", rho=0.1, seeds=(3, 5), epochs=2, lr=0.05,
+             batch_size=32, train_samples=96)
+
+
+def test_weights_are_bit_identical_to_the_global_rng_swap(tmp_path, monkeypatch):
+    from ensembles.data import datasets
+    from ensembles.training import trainer
+
+    settings = trainer.TrainingSettings(**SMALL)
+    assert datasets.load_dataset("digits", None, "train", augment=True).augment
+    trainer.train(tmp_path / "new", settings)
+
+    # The path before issue 16: crops drawn from the global RNG, swapped to the member's stream per epoch.
+    original_crop, original_epoch = datasets.random_crop_and_flip, trainer._Member.train_epoch
+
+    def crop_from_global(images, padding=datasets.CROP_PADDING, generator=None):
+        return original_crop(images, padding)
+
+    def epoch_with_swap(member, data, sets):
+        outside = torch.get_rng_state()
+        torch.set_rng_state(member.augmentation.get_state())
+        try:
+            return original_epoch(member, data, sets)
+        finally:
+            member.augmentation.set_state(torch.get_rng_state())
+            torch.set_rng_state(outside)
+
+    monkeypatch.setattr(datasets, "random_crop_and_flip", crop_from_global)
+    monkeypatch.setattr(trainer._Member, "train_epoch", epoch_with_swap)
+    trainer.train(tmp_path / "old", settings)
+    monkeypatch.undo()
+
+    new, old = _weights(tmp_path / "new"), _weights(tmp_path / "old")
+    assert len(new) == 2
+    for a, b in zip(new, old):
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    for a, b in zip(sorted((tmp_path / "new" / "train").glob("member-*.pt")),
+                    sorted((tmp_path / "old" / "train").glob("member-*.pt"))):  # the streams end alike
+        assert torch.equal(torch.load(a, weights_only=True)["augmentation"],
+                           torch.load(b, weights_only=True)["augmentation"])
+
+
+def test_training_neither_reads_nor_moves_the_global_rng(tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    settings = trainer.TrainingSettings(**{**SMALL, "epochs": 1})
+    original_epoch = trainer._Member.train_epoch
+    touched = []
+
+    def epoch_watched(member, data, sets):
+        with monkeypatch.context() as inside:
+            inside.setattr(torch, "set_rng_state", lambda state: touched.append("set"))
+            inside.setattr(torch, "get_rng_state", lambda: touched.append("get"))
+            before = torch.random.default_generator.get_state()
+            row = original_epoch(member, data, sets)
+            assert torch.equal(before, torch.random.default_generator.get_state()), "the epoch drew globally"
+        return row
+
+    monkeypatch.setattr(trainer._Member, "train_epoch", epoch_watched)
+    trainer.train(tmp_path / "run", settings)
+    assert touched == []
