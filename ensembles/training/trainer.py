@@ -17,7 +17,8 @@ and exchange their scores with ``all_gather``.
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
 ``torch.Generator`` and the augmentation's crops and flips from another, passed to
-:func:`ensembles.data.datasets.batches`; an epoch draws nothing from torch's global RNG (the models the trainer builds have no dropout).
+:func:`ensembles.data.datasets.batches`; an epoch draws nothing from torch's global RNG (the
+models the trainer builds have no dropout).
 So with the same seeds and thread count both modes give identical weights, and so does a run
 killed at any moment and resumed: run.json records the torch thread count and the device the run
 was trained with, and :func:`resume` trains with that thread count again unless told otherwise.
