@@ -147,7 +147,7 @@ def test_input_stage_matches_a_hand_normalised_forward():
     with torch.no_grad():
         torch.testing.assert_close(staged(pixels), plain(by_hand), atol=1e-6, rtol=1e-6)
     stage = ModelInput(size=[32, 32], mean=mean, std=std)
-    assert torch.equal(stage(pixels), (pixels - stage.mean) / stage.std)  # same size: no resizing
+    assert torch.equal(stage(pixels), (pixels - stage.mean.float()) / stage.std.float())  # same size: no resizing
 
 
 def test_a_run_that_normalises_inside_the_model_gets_pixels_once(tmp_path):
@@ -284,3 +284,23 @@ def test_robustness_feeds_pixels_to_a_model_that_normalises_itself(tmp_path):
     rows = run_folder.read_results(run)
     clean = rows[(rows["metric"] == "clean_accuracy") & (rows["scope"] == "member-0")]["value"].item()
     assert clean == pytest.approx(expected)
+
+
+def test_resume_rebuilds_the_same_library_model(tmp_path, monkeypatch):
+    """--resume reads model, model_args and model_input back from run.json and finds them equal
+    to the training state's own settings (no 'other settings' refusal)."""
+    (tmp_path / "nets2.py").write_text(
+        "from torch import nn\n"
+        "def make(num_classes, hidden=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    ok("train", "--data", "digits", "--model", "nets2:make", "--model-arg", "hidden=3", "--input-size", 16,
+       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", run, *TINY)
+    result = ok("train", "--resume", run, "--device", "cpu")
+    assert "member 0 (seed 1): 1 epochs" in result.output
+    from ensembles.training.trainer import settings_of_run
+
+    settings = settings_of_run(run)
+    assert settings.model_args == {"hidden": 3}
+    assert settings.model_input == {"size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}

@@ -8,10 +8,12 @@ None, "std": [...] | None}``; when it holds a mean, the data pipeline leaves its
 unnormalized (:func:`normalizes`), otherwise the data pipeline normalises with the dataset's
 statistics as for the zoo's models.
 
-The stage is a parameter-free child module run by a forward pre-hook, not an outer wrapper: the
-model keeps its own parameter names and state-dict keys, so checkpoints of the unwrapped model
-load unchanged, files saved from it load into the unwrapped model, and ``params``/``exclude``
-patterns name the library's own parameters. ``torch.func.functional_call`` runs the hook too.
+The stage runs as a forward pre-hook of the model, not as an outer wrapper: the model keeps its
+own parameter names and state-dict keys, so checkpoints of the unwrapped model load unchanged,
+files saved from it load into the unwrapped model, and ``params``/``exclude`` patterns name the
+library's own parameters. ``torch.func.functional_call`` runs the hook too. The stage is kept as
+a plain attribute, not a child module: an ``nn.Sequential`` runs every child in turn and would
+run it again on the outputs.
 """
 from __future__ import annotations
 
@@ -24,15 +26,15 @@ from torch import nn
 
 from landscape.errors import InputError
 
-STAGE = "sharpdiv_input"  # the child module's name
+STAGE = "sharpdiv_input"  # the attribute holding the stage
 
 
 class ModelInput(nn.Module):
     """``x ↦ (resize(x) − mean) / std`` for images ``(N, C, H, W)`` in ``[0, 1]``.
 
     ``size`` ``(H, W)`` resizes bilinearly only when the input has another size; ``mean``/``std``
-    (one value per channel) normalise when given. Mean and std are non-persistent buffers: they
-    follow ``.to()`` but are not part of the state dict (run.json records them).
+    (one value per channel) normalise when given, in the input's dtype and on its device. They
+    are not part of the state dict (run.json records them).
     """
 
     def __init__(self, size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
@@ -41,14 +43,14 @@ class ModelInput(nn.Module):
         self.size = None if size is None else tuple(int(v) for v in size)
         self.normalizes = mean is not None
         if self.normalizes:
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+            self.mean = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+            self.std = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.size is not None and inputs.dim() == 4 and tuple(inputs.shape[-2:]) != self.size:
             inputs = F.interpolate(inputs, size=self.size, mode="bilinear", align_corners=False)
         if self.normalizes:
-            inputs = (inputs - self.mean.to(inputs.dtype)) / self.std.to(inputs.dtype)
+            inputs = (inputs - self.mean.to(inputs)) / self.std.to(inputs)
         return inputs
 
     def extra_repr(self) -> str:
@@ -63,7 +65,8 @@ def attach_input(model: nn.Module, model_input: Mapping) -> nn.Module:
     """``model`` with the stage of ``model_input`` (a :func:`resolve_input` record) run before it."""
     if hasattr(model, STAGE):
         raise InputError(f"{type(model).__name__} already has an input stage")
-    model.add_module(STAGE, ModelInput(model_input.get("size"), model_input.get("mean"), model_input.get("std")))
+    stage = ModelInput(model_input.get("size"), model_input.get("mean"), model_input.get("std"))
+    model.__dict__[STAGE] = stage  # an attribute, not a child module (see the module's docstring)
     model.register_forward_pre_hook(_apply_stage)
     return model
 

@@ -137,6 +137,11 @@ class TrainingSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("model_args", "model_input"):  # {} and None say the same: keep one spelling for resume
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"{name} must be a dict or None, got {type(value).__name__}")
+            object.__setattr__(self, name, dict(value) if value else None)
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
         _refuse_settings_the_method_ignores(self)
