@@ -103,3 +103,13 @@ def test_no_copy_of_a_shared_check_remains_outside_landscape():
 _TINY = trainer.TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sharpbalance", seeds=(3, 5),
                                  rho=0.1, k=0.3, td=1, reselect_every=1, epochs=3, lr=0.05, batch_size=32,
                                  train_samples=96, score_chunk_size=32)
+
+
+def test_pytest_runs_the_docstring_examples_of_the_packages():
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    pytest_section = config["tool:pytest"]
+    assert "--doctest-modules" in pytest_section["addopts"].split()
+    assert {"tests", "landscape", "ensembles", "reports"} <= set(pytest_section["testpaths"].split())
+    assert "benchmarks" not in pytest_section["testpaths"]  # scripts that parse sys.argv when imported
