@@ -60,7 +60,7 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path
 from ensembles.runs.logit_cache import dataset_label
-from landscape import connectivity, fisher, hessian, sharpness
+from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -683,10 +683,47 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
                for module in model.modules())
 
 
+ALIGNMENTS = ("none", "weight", "activation")
+
+
+class _AlignedMembers:
+    """Members permuted to match member ``reference`` (:mod:`landscape.alignment`), each aligned
+    on first use; the reference itself is returned unchanged."""
+
+    def __init__(self, members: _Members, kind: str, reference: int, seed: int, loader):
+        self.members, self.kind, self.reference, self.seed, self.loader = members, kind, reference, seed, loader
+        self.aligned: dict[int, torch.nn.Module] = {}
+
+    def __getitem__(self, index: int) -> torch.nn.Module:
+        if index == self.reference:
+            return self.members[index]
+        if index not in self.aligned:
+            reference, member = self.members[self.reference], self.members[index]
+            self.aligned[index] = (alignment.weight_matching(reference, member, seed=self.seed)
+                                   if self.kind == "weight" else
+                                   alignment.activation_matching(reference, member, self.loader))
+        return self.aligned[index]
+
+    @property
+    def weights(self) -> dict[int, str] | None:
+        return self.members.weights
+
+
+def _alignments(align: str | Sequence[str]) -> list[str]:
+    kinds = [align] if isinstance(align, str) else list(align)
+    kinds = [part.strip() for kind in kinds for part in str(kind).split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in ALIGNMENTS]
+    if unknown or not kinds:
+        raise InputError(f"--align {','.join(unknown) or repr(align)}: use none, weight or activation "
+                         "(a comma list such as weight,none measures each)")
+    return list(dict.fromkeys(kinds))
+
+
 def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
                          split: str = "test", n_examples: int | None = None, alphas: int = 21, plane: bool = False,
                          grid: int = 21, bn_reset: bool = True, bn_examples: int = 2048, batch_size: int = 256,
-                         seed: int = 0, chunk_size: int = 8, device: torch.device | str = "cpu",
+                         seed: int = 0, chunk_size: int = 8, align: str | Sequence[str] = "none",
+                         device: torch.device | str = "cpu",
                          dtype: torch.dtype | None = None, progress: bool = False) -> list[Measurement]:
     """Linear paths and loss barriers between every pair of members, and optionally the loss plane
     through members 0, 1, 2 (:mod:`landscape.connectivity`), on the first ``n_examples`` samples of
@@ -700,7 +737,16 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     statistics recomputed from ``bn_examples`` training samples without augmentation (drawn with
     ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
+
+    Alignment (``align``: ``none``, ``weight``, ``activation`` or a list of them, each measured):
+    every member is permuted to match member 0 (:mod:`landscape.alignment`; Git Re-Basin weight
+    matching with ``seed``, or activation matching on the BatchNorm samples of the training split)
+    before paths, barriers and the plane are measured. Every row has the setting ``alignment``;
+    aligned rows also ``aligned_to`` (the reference member) and ``align_seed`` (and
+    ``align_examples`` for activation matching). A model whose permutation groups cannot be
+    derived is refused before anything is measured.
     """
+    alignments = _alignments(align)
     alphas, grid = _count("--alphas", alphas, 2), _count("--grid", grid, 2)
     batch_size, chunk_size = _count("--batch-size", batch_size), _count("--chunk-size", chunk_size)
     bn_examples = _count("--bn-examples", bn_examples, 2)
@@ -718,24 +764,31 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             raise InputError(f"--plane needs three members but {path} has {len(members)}; drop --plane for this run")
         n_classes = int(config["num_classes"])
         count = _example_count("--n-examples", n_examples, images)
-        has_batchnorm = _has_batchnorm(run_folder.build_member_model(config))
+        architecture = run_folder.build_member_model(config)
+        if alignments != ["none"]:
+            alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
+        has_batchnorm = _has_batchnorm(architecture)
         reset = bn_reset and has_batchnorm
-        training = splits.get(label, "train", n_classes) if reset else None
-        bn_count = min(bn_examples, len(training)) if reset else None
+        training = splits.get(label, "train", n_classes) if reset or "activation" in alignments else None
+        bn_count = min(bn_examples, len(training)) if training is not None else None
         bn_mode = "reset" if reset else ("interpolated" if has_batchnorm else "none")
-        plans.append((path, members, label, images, count, bn_mode, training, bn_count))
+        plans += [(path, members, label, images, count, bn_mode, training, bn_count, kind) for kind in alignments]
 
     measurements = []
-    for path, members, label, images, count, bn_mode, training, bn_count in plans:
+    for path, members, label, images, count, bn_mode, training, bn_count, kind in plans:
         data = splits.digest(label, split)
-        if training is not None:  # BatchNorm statistics come from training samples: their data counts too
+        if bn_mode == "reset" or kind == "activation":  # training samples were read: their data counts too
             data = hashlib.sha256(f"{data}|{splits.digest(label, 'train')}".encode()).hexdigest()[:16]
         where = {"dataset": label, "split": split, "data": data}
         models = _Members(path, device, dtype)
         reset = bn_mode == "reset"
-        common = {"bn_mode": bn_mode, "n_examples": count}
+        common = {"bn_mode": bn_mode, "n_examples": count, "alignment": kind}
         if reset:
             common.update(bn_examples=bn_count, batch_size=batch_size, seed=seed)
+        if kind != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
+            common.update(aligned_to=members[0], align_seed=seed)
+            if kind == "activation":
+                common.update(align_examples=bn_count)
         curve_settings, barrier_settings = common, {**common, "alphas": alphas}
         plane_settings = {**common, "grid": grid}
         grid_points = set(torch.linspace(0.0, 1.0, alphas, dtype=torch.float64).tolist())
@@ -755,6 +808,10 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
         loader = _Samples(images, torch.arange(count), batch_size, device)
         bn_loader = (_Samples(training, _permutation(len(training), seed)[:bn_count], batch_size, device)
                      if reset else None)
+        if kind != "none":
+            align_loader = (_Samples(training, _permutation(len(training), seed)[:bn_count], batch_size, device)
+                            if kind == "activation" else None)
+            models = _AlignedMembers(models, kind, members[0], seed, align_loader)
         barriers = {}
         for i, j in pairs:
             if (i, j) not in missing:
@@ -799,7 +856,9 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             bar.close()
 
         lines = [f"{path.name}: linear paths between members on {label} {split}, {count} samples, {alphas} alphas, "
-                 f"BatchNorm {bn_mode}: {len(missing)} pairs measured now, {len(pairs) - len(missing)} stored",
+                 f"BatchNorm {bn_mode}, alignment {kind}"
+                 + (f" (to member {members[0]})" if kind != "none" else "")
+                 + f": {len(missing)} pairs measured now, {len(pairs) - len(missing)} stored",
                  f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
         lines += [f"  {f'{i}-{j}':<12}{barriers[i, j][0]:>12.4g}{barriers[i, j][1]:>10.3g}" for i, j in pairs]
         if plane:
