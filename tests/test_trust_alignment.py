@@ -110,3 +110,43 @@ def test_a_bad_align_value_writes_nothing(tmp_path):
     result = invoke("connectivity", path, *OPTIONS, "--align", "none,permute")
     assert result.exit_code == 2 and "--align permute" in result.output
     assert run_folder.read_results(path).empty
+
+
+def test_report_shows_barriers_before_and_after_alignment_next_to_der_and_eir(tmp_path):
+    import results_fixtures as fixtures
+    from reports.site import write_report
+
+    paths = [make_run(tmp_path / f"run-{seed}", n_members=2, seed=10 * seed) for seed in (1, 2)]
+    eirs = {}
+    for seed, path in zip((1, 2), paths):
+        result = invoke("connectivity", path, *OPTIONS, "--align", "weight,none")
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        eirs[path.name] = 0.1 * seed
+        run_folder.append_results(path, fixtures.evaluation_rows(
+            [0.5, 0.6, 0.7], {"accuracy": 0.7, "der": 0.3 * seed, "eir": eirs[path.name]}))
+    result = invoke("report", *paths, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    table = (tmp_path / "report" / "tables" / "connectivity.csv")
+    numbers = __import__("pandas").read_csv(table).set_index("run")
+    for path in paths:
+        rows = barrier_rows(path)
+        for kind, column in (("none", "mean barrier, no alignment"), ("weight", "mean barrier, weight alignment")):
+            assert numbers.loc[path.name, column] == pytest.approx(rows[rows["alignment"] == kind]["value"].mean())
+        assert numbers.loc[path.name, "EIR ID"] == pytest.approx(eirs[path.name])
+        assert numbers.loc[path.name, "DER ID"] == pytest.approx(0.3 if path.name.endswith("1") else 0.6)
+    assert (tmp_path / "report" / "figures" / "barrier-eir.png").is_file()
+    assert "connectivity" in (tmp_path / "report" / "README.md").read_text()
+
+    report = write_report(paths, tmp_path / "again")
+    scatter = report.rendered["barrier-eir"].figures[0].axes[0]
+    points = {(round(float(x), 9), round(float(y), 9)) for collection in scatter.collections
+              for x, y in collection.get_offsets()}
+    expected = {(round(float(numbers.loc[p.name, c]), 9), round(eirs[p.name], 9)) for p in paths
+                for c in ("mean barrier, no alignment", "mean barrier, weight alignment")}
+    assert points == expected
+    heatmaps = [ax for ax in report.rendered["barriers"].figures[0].axes if ax.get_xlabel() == "Member"]
+    assert len(heatmaps) == 2 and "weight matching" in heatmaps[1].get_title()
+    loss_ax = report.rendered["interpolation"].figures[0].axes[0]
+    labels = {line.get_label() for line in loss_ax.get_lines()}
+    assert labels == {"members 0–1", "members 0–1, weight-aligned"}
