@@ -233,8 +233,8 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
 
 
 def _check_spec(model: nn.Module, spec: PermutationSpec) -> None:
-    """Every named tensor exists, every axis of a group has the group's size, and every tensor
-    of a module the spec touches is covered (so no per-unit tensor is left behind)."""
+    """Every named tensor exists, every axis of a group has the group's size, and every floating
+    tensor of the model but the head's is in some group (so no per-unit tensor is left behind)."""
     state = model.state_dict()
     for group, pairs in spec.axes.items():
         sizes = set()
@@ -256,10 +256,11 @@ def _check_spec(model: nn.Module, spec: PermutationSpec) -> None:
 
 
 def _is_boundary(key: str, model: nn.Module) -> bool:
-    """The head's bias (class outputs are never permuted) is the only tensor outside every group."""
-    last = {"MLP": f"layers.{len(getattr(model, 'layers', [])) - 1}.bias", "SmallCNN": "linear.bias",
-            "CifarResNet18": "linear.bias", "TinyImageNetResNet18": "fc.bias", "WideResNet": "fc.bias"}
-    return key == last.get(type(model).__name__)
+    """The head (class outputs are never permuted; a linear MLP has no hidden unit at all) is the
+    only module whose tensors may lie outside every group."""
+    head = {"MLP": f"layers.{len(getattr(model, 'layers', [])) - 1}", "SmallCNN": "linear",
+            "CifarResNet18": "linear", "TinyImageNetResNet18": "fc", "WideResNet": "fc"}[type(model).__name__]
+    return key in (f"{head}.weight", f"{head}.bias")
 
 
 # --------------------------------------------------------------------------- applying a permutation

@@ -187,3 +187,20 @@ def test_non_finite_weights_are_refused():
         broken.layers[0].weight[0, 0] = float("nan")
     with pytest.raises(InputError, match="non-finite"):
         weight_matching(model, broken)
+
+
+def test_a_network_without_hidden_units_is_its_own_alignment():
+    model = zoo.build("mlp", 3, input_size=4, hidden=())
+    other = zoo.build("mlp", 3, input_size=4, hidden=())
+    assert permutation_spec(model).sizes == {}
+    assert match_weights(model, other).converged
+    assert_same_weights(weight_matching(model, other), other, 0.0)
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    import landscape.alignment
+
+    outcome = doctest.testmod(landscape.alignment)
+    assert outcome.attempted > 0 and outcome.failed == 0
