@@ -768,7 +768,7 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
     and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
-    Every row has the setting alignment (aligned rows also aligned_to, the reference member 0).
+    Aligned rows have the settings alignment and aligned_to (the reference, member 0).
     Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_connectivity

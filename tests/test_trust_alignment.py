@@ -43,8 +43,9 @@ def invoke(*arguments):
 def barrier_rows(path):
     table = run_folder.read_results(path, current_only=True)
     table = table[table["metric"] == "connectivity/barrier"]
-    return table.assign(**{key: [json.loads(text).get(key) for text in table["settings"]]
-                           for key in ("alignment", "aligned_to", "align_seed", "align_examples")})
+    table = table.assign(**{key: [json.loads(text).get(key) for text in table["settings"]]
+                            for key in ("alignment", "aligned_to", "align_seed", "align_examples")})
+    return table.assign(alignment=table["alignment"].fillna("none"))  # unaligned rows carry no alignment
 
 
 def loaders(seed=2):
@@ -65,7 +66,8 @@ def test_connectivity_align_weight_and_none_stores_both_and_states_the_reference
     assert sorted(rows["alignment"]) == ["none"] * 3 + ["weight"] * 3
     aligned = rows[rows["alignment"] == "weight"]
     assert set(aligned["aligned_to"]) == {0} and set(aligned["align_seed"]) == {2}
-    assert rows[rows["alignment"] == "none"]["aligned_to"].isna().all()
+    unaligned_settings = [json.loads(text) for text in rows[rows["alignment"] == "none"]["settings"]]
+    assert not any({"alignment", "aligned_to", "align_seed"} & set(settings) for settings in unaligned_settings)
 
     loader, bn_loader = loaders()
     run = run_folder.load_run(path)
@@ -82,7 +84,7 @@ def test_connectivity_align_weight_and_none_stores_both_and_states_the_reference
     assert unaligned[unaligned["scope"] == "pair-1-2"]["value"].item() == pytest.approx(plain, abs=1e-6)
     planes = run_folder.read_results(path, current_only=True)
     planes = planes[planes["metric"] == "plane/loss"]
-    assert sorted(json.loads(t)["alignment"] for t in planes["settings"]) == ["none"] * 9 + ["weight"] * 9
+    assert sorted(json.loads(t).get("alignment", "none") for t in planes["settings"]) == ["none"] * 9 + ["weight"] * 9
 
     calls = []
     original = landscape.alignment.weight_matching
