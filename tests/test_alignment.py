@@ -196,11 +196,3 @@ def test_a_network_without_hidden_units_is_its_own_alignment():
     assert match_weights(model, other).converged
     assert_same_weights(weight_matching(model, other), other, 0.0)
 
-
-def test_the_docstring_example_runs():
-    import doctest
-
-    import landscape.alignment
-
-    outcome = doctest.testmod(landscape.alignment)
-    assert outcome.attempted > 0 and outcome.failed == 0
