@@ -47,6 +47,9 @@ _EXPORTS = {
     "interpolated_model": ("landscape.connectivity", None),
     "plane": ("landscape.connectivity", None),
     "recompute_batchnorm_statistics": ("landscape.connectivity", None),
+    # permutation alignment (before barriers: one basin or many)
+    "weight_matching": ("landscape.alignment", None),
+    "activation_matching": ("landscape.alignment", None),
     # robustness
     "robust_accuracy": ("landscape.robustness", None),
     # models

@@ -211,6 +211,16 @@ def test_sharpdiv_reexports_the_real_functions():
         assert name in sharpdiv.__all__ and callable(getattr(sharpdiv, name))
 
 
+def test_every_sharpdiv_name_is_the_object_of_the_module_that_defines_it():
+    import importlib
+
+    import sharpdiv
+
+    for name in sharpdiv.__all__:
+        module, attribute = sharpdiv._EXPORTS[name]
+        assert getattr(sharpdiv, name) is getattr(importlib.import_module(module), attribute or name), name
+
+
 def test_import_sharpdiv_does_not_import_torch_and_python_m_runs_the_cli():
     check = subprocess.run([sys.executable, "-c", "import sys, sharpdiv; print('torch' in sys.modules)"],
                            capture_output=True, text=True, check=True)
