@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
-from ensembles.data.datasets import ImageDataset, batches, load_dataset
+from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
 from ensembles.methods.sam import SAM
@@ -88,6 +88,8 @@ MILESTONE_FRACTIONS = (0.5, 0.75)
 DECAY = 0.1
 #: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
 MAX_SEED = 2**63 - 1
+#: The augmentation of every run made before it was a setting (run.json without ``augmentation``).
+LEGACY_AUGMENTATION = "crop-flip"
 #: train/settings.json: the settings the training state in train/ belongs to.
 SETTINGS_FILE = "settings.json"
 
@@ -118,6 +120,9 @@ class TrainingSettings:
     lr: float = 0.1
     schedule: str = "multistep"
     batch_size: int = 128
+    #: the training augmentation (datasets.AUGMENTATIONS); None: the dataset's default
+    #: (``none`` for digits, ``crop-flip`` for CIFAR, TinyImageNet and folders)
+    augmentation: str | None = None
     weight_decay: float = 5e-4
     momentum: float = 0.9
     width: int | None = None
@@ -145,6 +150,8 @@ class TrainingSettings:
             object.__setattr__(self, name, dict(value) if value else None)
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
+        if self.augmentation is None and isinstance(self.dataset, str):
+            object.__setattr__(self, "augmentation", default_augmentation(self.dataset))
         _refuse_settings_the_method_ignores(self)
         if self.rho is None:
             object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
@@ -198,6 +205,7 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check_augmentation(settings.augmentation)
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
@@ -467,16 +475,16 @@ def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
     images = dataset.array[:count] if dataset.array is not None else dataset.paths[:count]
     return ImageDataset(images, dataset.targets[:count], name=dataset.name, split=dataset.split,
                         num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, classes=dataset.classes,
-                        augment=dataset.augment, normalize=dataset.normalize, image_size=dataset.image_size)
+                        augment=dataset.augmentation, normalize=dataset.normalize, image_size=dataset.image_size)
 
 
 def _load_data(settings: TrainingSettings) -> _Data:
-    def split(name, augment=False):
+    def split(name, augment="none"):
         # [0, 1] pixels for a model that normalises its inputs itself: normalised exactly once
         return load_dataset(settings.dataset, settings.data_path, name, augment=augment,
                             normalize=not normalizes(settings.model_input))
 
-    train = first_samples(split("train", augment=True), settings.train_samples)
+    train = first_samples(split("train", augment=settings.augmentation), settings.train_samples)
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
@@ -679,6 +687,8 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
     ours = _settings_record(settings)
+    if isinstance(stored, dict):
+        stored.setdefault("augmentation", LEGACY_AUGMENTATION)
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
         shown = ", ".join(f"{name} {ours[name]!r} here, {stored.get(name)!r} there" if isinstance(stored, dict)
@@ -770,6 +780,7 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
         raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
+    values.setdefault("augmentation", LEGACY_AUGMENTATION)  # runs from before the setting: all crop-flip
     values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
     return TrainingSettings(**values)
 
