@@ -137,7 +137,12 @@ def test_digits_c_is_written_with_its_own_table_and_records_it(tmp_path):
     n = len(clean)
     np.testing.assert_array_equal(stored[:n], corruptions.corrupt(clean, "pixelate", 1, parameters="digits-c"))
     assert not np.array_equal(stored[:n], corruptions.corrupt(clean, "pixelate", 1))
-    assert json.loads((folder / corruptions.GENERATION_FILE).read_text())["parameters"] == "digits-c"
+    record = json.loads((folder / corruptions.GENERATION_FILE).read_text())
+    assert record["parameters"] == "digits-c" and len(record["table"]) == 16
+    # A folder written with another digits-C table is never kept as if it were this one.
+    (folder / corruptions.GENERATION_FILE).write_text(json.dumps({**record, "table": "0" * 16}))
+    with pytest.raises(InputError, match=r"digits-c parameters \(table 0000000000000000\)"):
+        corruptions.write_corrupted_dataset("digits", None, tmp_path, ["pixelate"])
     with pytest.raises(InputError, match="unknown corruption parameters 'mnist-c'"):
         corruptions.corrupt(clean[:2], "pixelate", 1, parameters="mnist-c")
 

@@ -79,7 +79,9 @@ factors, motion-blur taps, plasma-fractal octaves and, in ``glass_blur``, over p
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import zlib
 from contextlib import contextmanager
@@ -184,9 +186,10 @@ DIGITS_PARAMETERS: dict[str, tuple] = {
     # Radii in source pixels, not in upscaled ones: CIFAR's 0.3-1.5 pixel disks blur nothing of a glyph
     # drawn with 4-pixel strokes (reference accuracy 96.1% at every severity).
     "defocus_blur": ((1.2, 0.4), (1.6, 0.5), (2, 0.6), (4, 0.2), (6, 0.1)),
-    # Down to 9..4 pixels, below the source's 8 from severity 2: CIFAR's 30..20 pixels keep every source
-    # pixel, so the glyph came back unchanged.
-    "pixelate": (0.3, 0.25, 0.2, 0.17, 0.14),
+    # 16, 8, 6, 5 and 4 pixels: half a source pixel, the source's 8x8 grid, then below it. CIFAR's 30..20
+    # pixels keep every source pixel, so the glyph came back unchanged; sides that do not divide 32 (9, 7)
+    # alias against the 4-pixel source grid and broke the severity order of a CNN.
+    "pixelate": (0.5, 0.25, 0.1875, 0.15625, 0.125),
     # The affine jitter grows with the severity instead of shrinking (8% -> 3% of the side in CIFAR-10-C):
     # on a glyph the jitter dominates, so CIFAR's table made severity 1 the hardest.
     "elastic_transform": ((0, 0, 0.02), (0.05, 0.2, 0.03), (0.08, 0.06, 0.04), (0.1, 0.04, 0.05), (0.1, 0.03, 0.06)),
@@ -764,8 +767,6 @@ _CHUNK_SIZE = 2000
 def _check_generation(folder, settings: dict, force: bool) -> None:
     """Refuse to add files made with other settings (another seed, other clean data) to a -C folder:
     its corruptions would silently mix two generations. An empty folder, or ``force``, is fine."""
-    import json
-
     record = folder / GENERATION_FILE
     arrays = [entry.name for entry in folder.iterdir() if entry.suffix == ".npy"] if folder.is_dir() else []
     if not arrays or force:
@@ -776,7 +777,8 @@ def _check_generation(folder, settings: dict, force: bool) -> None:
         recorded = None
     if recorded != settings:
         def table(record):
-            return f" with the {record.get('parameters', 'size-chosen')} parameters"
+            digest = f" (table {record['table']})" if "table" in record else ""
+            return f" with the {record.get('parameters', 'size-chosen')} parameters{digest}"
 
         what = ("no record of how its files were made" if recorded is None else
                 f"files made with seed {recorded.get('seed')} from data {recorded.get('source')}{table(recorded)}"
@@ -827,7 +829,9 @@ def write_corrupted_dataset(name: str, root=None, out=None, corruptions: Iterabl
     settings = {"format": 1, "seed": int(seed), "chunk_size": _CHUNK_SIZE,
                 "source": datasets.data_digest(name, root, "test")}
     if parameters is not None:  # recorded only where it is not the default, so existing -C folders stay valid
-        settings["parameters"] = parameters
+        # with a digest of the table, so a folder written before a change of the table is never kept
+        table = json.dumps(PARAMETER_TABLES[parameters], sort_keys=True).encode()
+        settings.update(parameters=parameters, table=hashlib.sha256(table).hexdigest()[:16])
     _check_generation(folder, settings, force)
     folder.mkdir(parents=True, exist_ok=True)
     if force:  # nothing of an earlier generation may stay beside the new files
