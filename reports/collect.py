@@ -55,6 +55,7 @@ __all__ = [
     "group_labels",
     "group_order",
     "missing_measurements",
+    "per_corruption",
     "per_run",
     "run_table",
     "sharpness_per_run",
@@ -409,6 +410,18 @@ def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: 
         return values.pivot_table(index="path", columns="severity", values="value", dropna=False,
                                   aggfunc=lambda v: v.mean(skipna=False))
     return values.groupby("path")["value"].mean(skipna=False)
+
+
+def per_corruption(results: pd.DataFrame, metric: str, *, scope: str = "ensemble",
+                   combine: str | None = "probs") -> pd.DataFrame:
+    """One value of ``metric`` per run, corruption and severity (columns ``path``, ``corruption``,
+    ``severity`` as int, ``value``): the corrupted slices one by one, not averaged."""
+    values = _slice_values(results, metric, scope, "ood", combine)
+    values = values[(values["corruption"] != "") & (values["severity"] != "")]
+    if values.empty:
+        return pd.DataFrame(columns=["path", "corruption", "severity", "value"])
+    values = values.assign(severity=values["severity"].astype(float).astype(int))
+    return values[["path", "corruption", "severity", "value"]].reset_index(drop=True)
 
 
 #: Alignments of ``sharpdiv connectivity --align``, in the order reports show them (rows stored

@@ -25,7 +25,7 @@ from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
                              group_labels, group_order, missing_measurements, run_table, tradeoff_points)
-from reports.tables import (beta_table, connectivity_table, severity_table, summary_table, write_group_table,
+from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table, summary_table, write_group_table,
                             write_table)
 from reports.tradeoff import fits_by_group
 
@@ -41,6 +41,8 @@ _CAPTIONS = {
     "methods": "Mean member accuracy (hatched) and the ensemble's improvement over it, per group; an ensemble "
                "below its members shows the shortfall as a red cross-hatched top (Fig. 7).",
     "severity": "Accuracy and EIR against corruption severity (Tables 2–4 as curves).",
+    "corruptions": "Ensemble accuracy and DER against severity, one panel per corruption (dotted: chance); "
+                   "a corruption at chance at every severity, hidden in the OOD means, shows here.",
     "ensemble-size": "Accuracy and EIR of the sub-ensembles of the first k members; k = 1 is the mean member "
                      "(Fig. 8).",
     "reliability": "Reliability diagrams of the ensembles, bins pooled over each group's runs.",
@@ -77,7 +79,7 @@ class _Section:
 def write_report(paths: Iterable, out: str | os.PathLike, *,
                  sharpness: str | SharpnessSpec = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
                  diversity_on: str = "ood", group_by: str = "method", baseline: str | None = None,
-                 combine: str | None = "probs", n_bootstrap: int = 2000, seed: int = 0,
+                 combine: str | None = "probs",
                  formats: Sequence[str] = plots.FORMATS, force: bool = False) -> Report:
     """Write the report of the run folders ``paths`` into ``out`` and return what was written.
 
@@ -126,12 +128,16 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
             sections.append(_Section(table.title, write_group_table(tables_dir, table), table.text()))
         else:
             notes.append(f"severity table of the {of} skipped: no run has corrupted-data accuracy rows")
+    for metric_name, _, _ in CORRUPTION_QUANTITIES:
+        numbers, text, title = corruption_table(results, runs, group_by=group_by, metric=metric_name, combine=combine)
+        if not numbers.empty:
+            sections.append(_Section(title, write_table(tables_dir, f"corruptions-{metric_name}", numbers, text, title),
+                                     text))
     points = tradeoff_points(results, sharpness=spec, diversity=diversity, on=diversity_on, combine=combine,
                              group_by=group_by)
     points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
     if not points.empty:
-        fitted = fits_by_group(points["sharpness"], points["diversity"], points["group"],
-                               n_bootstrap=n_bootstrap, seed=seed)
+        fitted = fits_by_group(points["sharpness"], points["diversity"], points["group"])
         fits = {group: fitted.get(group, f"no run has both {spec} and {metric}") for group in group_order(groups)}
         numbers, text, title = beta_table(fits, group_by, sharpness=str(spec),
                                           diversity=diversity_description(metric, diversity_on))
@@ -145,12 +151,12 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     common = {"group_by": group_by, "combine": combine, "formats": formats}
     rendered = {
         "tradeoff-eir": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity, on=diversity_on,
-                                            colour="eir", n_bootstrap=n_bootstrap, seed=seed, **common),
+                                            colour="eir", **common),
         "tradeoff-member-accuracy": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity,
-                                                        on=diversity_on, colour="member_accuracy",
-                                                        n_bootstrap=n_bootstrap, seed=seed, **common),
+                                                        on=diversity_on, colour="member_accuracy", **common),
         "methods": plots.plot_method_comparison(results, figures_dir, **common),
         "severity": plots.plot_severity(results, figures_dir, **common),
+        "corruptions": plots.plot_corruptions(results, figures_dir, **common),
         "ensemble-size": plots.plot_ensemble_size(results, figures_dir, **common),
         "reliability": plots.plot_reliability(results, figures_dir, **common),
         "barriers": plots.plot_barriers(results, figures_dir, formats=formats),
