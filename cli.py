@@ -325,7 +325,8 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
-              help="run.json field that groups runs (method, rho, width, sparsity ...).")
+              help="run.json field that groups runs (method, rho, width, sparsity ...), or a comma list "
+                   "(method,rho) as in sweeps.")
 @click.option("--baseline", default=None,
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,

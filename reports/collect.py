@@ -50,6 +50,7 @@ __all__ = [
     "Missing",
     "SharpnessSpec",
     "collect",
+    "combined_grouping",
     "comparable_grouping",
     "diversity_metric",
     "group_labels",
@@ -169,6 +170,20 @@ def group_labels(frame: pd.DataFrame, group_by: str) -> pd.Series:
         raise InputError(f"no run has the field {group_by!r} in its run.json; group by one of: "
                          f"{', '.join(fields) or '(no fields)'}")
     return frame[column].map(_plain_label).rename(group_by)
+
+
+def combined_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame, str]:
+    """``runs`` grouped by a comma list of run.json fields (``"method,rho"``), as sweeps group: a
+    field ``run.method,rho`` holding labels such as ``method=sam rho=0.05`` is added (in memory; the
+    run folders are not touched) and its name returned. One field is returned unchanged."""
+    fields = [field.strip().removeprefix(RUN_PREFIX) for field in group_by.split(",") if field.strip()]
+    if not fields:
+        raise InputError(f"--group-by {group_by!r} names no field; e.g. --group-by method or method,rho")
+    if len(fields) == 1:
+        return runs, fields[0]
+    labels = [group_labels(runs, field).map(lambda value, field=field: f"{field}={value}") for field in fields]
+    name = ",".join(fields)
+    return runs.assign(**{RUN_PREFIX + name: pd.concat(labels, axis=1).agg(" ".join, axis=1).values}), name
 
 
 def group_order(labels: Iterable[str]) -> list[str]:

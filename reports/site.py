@@ -20,12 +20,14 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ensembles.runs.files import atomic_path
-from ensembles.runs.files import mark_folder, require_writable_folder
+from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
-from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
+from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
+                             diversity_metric,
                              group_labels, group_order, missing_measurements, run_table, tradeoff_points)
-from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table, summary_table, write_group_table,
+from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
+                            summary_table, write_group_table,
                             write_table)
 from reports.tradeoff import fits_by_group
 
@@ -85,7 +87,8 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
 
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
     corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
-    runs are grouped by the run.json field ``group_by``; the severity tables show differences to
+    runs are grouped by the run.json field ``group_by`` (or a comma list of fields, ``"method,rho"``);
+    the severity tables show differences to
     the group ``baseline`` (default: sgd when it has data, else the first group that has data).
     ``out`` must be new, empty or a folder sharpdiv wrote (its ``.sharpdiv`` marker); ``force=True``
     writes into any folder, replacing same-named files.
@@ -98,7 +101,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the report")
     check_report_folder(out, force)
+    paths, skipped = _run_folders(paths)
     runs = run_table(paths)
+    runs, group_by = combined_grouping(runs, group_by)
     # Runs on different data are never pooled: the groups are split by dataset when they span several.
     runs, group_by, split_note = comparable_grouping(runs, group_by)
     groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
@@ -106,7 +111,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
-    notes = [split_note] if split_note else []
+    notes = skipped + ([split_note] if split_note else [])
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
@@ -184,6 +189,20 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                   tables=tuple(path for section in sections for path in section.files),
                   figures=tuple(path for section in figure_sections for path in section.files),
                   notes=tuple(notes), rendered=rendered)
+
+
+def _run_folders(paths: Iterable) -> tuple[list[Path], list[str]]:
+    """The paths that are run folders (a folder with run.json), and a note for each other entry, so
+    ``sharpdiv report ROOT/runs/*`` passes over a ``sweep-log.jsonl`` beside the runs. None left
+    is an error; a folder whose run.json is broken is not skipped (its reader names the problem)."""
+    paths = [Path(path) for path in paths]
+    runs = [path for path in paths if (path / RUN_FILE).is_file()]
+    others = [path for path in paths if path not in runs]
+    if others and not runs:
+        shown = ", ".join(str(path) for path in others[:3]) + (" ..." if len(others) > 3 else "")
+        raise InputError(f"none of the {len(others)} paths given is a run folder (a folder with "
+                         f"{RUN_FILE}): {shown}; pass run folders")
+    return runs, [f"skipped {path}: not a run folder (no {RUN_FILE})" for path in others]
 
 
 def check_report_folder(out: str | os.PathLike, force: bool = False, what: str = "report --out") -> Path:
