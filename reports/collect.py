@@ -56,6 +56,7 @@ __all__ = [
     "group_labels",
     "group_order",
     "missing_measurements",
+    "mixed_settings",
     "per_corruption",
     "per_run",
     "run_table",
@@ -479,6 +480,38 @@ def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
     # a NaN mean row stays NaN: filling it from the member rows would be a mean over the finite ones
     member_rows = member_rows[~member_rows.index.isin(mean_rows.index)]
     return pd.concat([mean_rows, member_rows]).rename(str(spec))
+
+
+#: Settings that may differ between the runs of a group without changing what a number measures.
+_NOT_BUDGETS = {"seed"}
+
+
+def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec) -> list[str]:
+    """A note for each group whose runs measured ``spec`` (or the Hessian trace) with different
+    settings — budgets such as ``n_batches``, ``n_iters``, ``n_probes``, ``m`` — whose values the
+    group's means and β would otherwise mix silently. ``groups`` maps run path to group label."""
+    notes = []
+    for metric, rho in dict.fromkeys([(spec.metric, spec.rho), ("hessian/trace", None)]):
+        if results.empty or "metric" not in results:
+            break
+        rows = results[results["metric"] == metric]
+        if rho is not None and "rho" in rows:
+            rows = rows[np.isclose(rows["rho"].astype(float), rho, rtol=1e-9, atol=0)]
+        rows = _newest_settings(rows, ["path", "scope"])
+        if rows.empty:
+            continue
+        used = rows.groupby("path")["settings"].agg(lambda texts: sorted(set(texts)))
+        for group in group_order(groups.reindex(used.index).dropna()):
+            settings = [json.loads(text) for path in used.index if groups.get(path) == group for text in used[path]]
+            differing = sorted(key for key in set().union(*settings) - _NOT_BUDGETS
+                               if len({json.dumps(entry.get(key)) for entry in settings}) > 1)
+            if differing:
+                values = "; ".join(f"{key} " + " vs ".join(dict.fromkeys(str(entry.get(key)) for entry in settings))
+                                   for key in differing)
+                name = metric if rho is None else f"{metric}@{rho:g}"
+                notes.append(f"group {group}: its runs measured {name} with different settings ({values}); "
+                             "the group's mean and β mix them: measure every run with the same settings")
+    return notes
 
 
 def tradeoff_points(results: pd.DataFrame, *, sharpness: SharpnessSpec, diversity: str = "der",

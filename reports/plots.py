@@ -18,7 +18,9 @@ Figures (SharpBalance, NeurIPS 2024):
 - :func:`plot_reliability` — reliability diagrams from the stored bins, pooled over runs;
 - :func:`plot_barriers`, :func:`plot_interpolation`, :func:`plot_plane` — loss barriers between
   members, the interpolation curves and the loss plane through three members, per run; barriers
-  and curves without and with permutation alignment side by side when both are stored;
+  and curves without and with permutation alignment side by side when both are stored; the plane
+  marks the three members where their positions are stored;
+- :func:`plot_density` — the Hessian eigenvalue density of each member, per run;
 - :func:`plot_barrier_vs_eir` — mean pairwise barrier after alignment against EIR, one marker per
   run (Lion et al., "How good is a single basin?": does the gain come from several basins?).
 """
@@ -50,6 +52,7 @@ __all__ = [
     "plot_barrier_vs_eir",
     "plot_barriers",
     "plot_corruptions",
+    "plot_density",
     "plot_ensemble_size",
     "plot_interpolation",
     "plot_method_comparison",
@@ -165,6 +168,9 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
                     "ensemble_accuracy": "Ensemble accuracy (%)"}[colour] + f", {_WHERE[on]}"
     positive = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
     fits = fits_by_group(positive["sharpness"], positive["diversity"], positive["group"])
+    runs = results.drop_duplicates("path").set_index("path")
+    rhos = pd.to_numeric(runs["run.rho"], errors="coerce").reindex(points.index) if "run.rho" in runs else \
+        pd.Series(np.nan, index=points.index)
     groups = group_order(points["group"])
     palette = _palette(groups)
     colour_map = matplotlib.colormaps["coolwarm"].with_extremes(bad="lightgrey")
@@ -185,6 +191,10 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
                                     cmap=colour_map if norm is not None else None, norm=norm, marker=marker,
                                     s=60, edgecolors=[palette[group]], linewidths=1.5, zorder=3,
                                     plotnonfinite=True)
+            for x, y, rho in zip(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"], rhos[chosen]):
+                if np.isfinite(rho):  # the training radius of a SAM/SharpBalance ensemble names its point
+                    ax.annotate(f"ρ={rho:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small",
+                                color=palette[group])
             fit = fits.get(group, "no positive values")
             if isinstance(fit, BetaFit):
                 span = np.geomspace(points.loc[chosen, "sharpness"].min(), points.loc[chosen, "sharpness"].max(), 50)
@@ -264,10 +274,10 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
                 ax.annotate(f"{top:.2f}\n({'+' if change >= 0 else '−'}{abs(change):.2f})",
                             (x, max(top, low) + error),
                             textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize="small")
-            low = float(mean[["members", "ensemble"]].min().min())
-            high = float(mean[["members", "ensemble"]].max().max())
-            pad = max(high - low, 1.0)
-            ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+            # Bars start at 0: a bar's height is read as its value, and a cut axis would turn a
+            # point of accuracy into half the chart. The numbers above the bars give the differences.
+            high = float(mean[["members", "ensemble"]].max().max()) + float(spread.max())
+            ax.set_ylim(0.0, min(100.0, high + 12.0) if high < 100 else high + 2.0)
             ax.set_xticks(positions, order)
             ax.set_xlabel(group_by)
             ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
@@ -633,6 +643,8 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
         rows = with_alignment(rows)
         kind = _alignment_order(rows["alignment"])[0]  # the unaligned plane when it is stored
         rows = _latest_by(rows[rows["alignment"] == kind], ["scope"], "grid", ["u", "v"])
+        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (stored since issue 15)
+        rows = rows[rows["scope"] == "ensemble"]
         figure, axes = _figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
                                           (axes[0, 1], "plane/accuracy", "Accuracy (%)", "magma")):
@@ -645,6 +657,13 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
             filled = ax.contourf(grid.columns.astype(float), grid.index.astype(float), scale * grid.to_numpy(),
                                  levels=15, cmap=colours)
             figure.colorbar(filled, ax=ax, label=unit)
+            at = members[members["metric"] == metric].sort_values("scope")
+            if not at.empty:
+                ax.scatter(at["u"].astype(float), at["v"].astype(float), marker="*", s=140, color="white",
+                           edgecolors="black", zorder=3)
+                for _, member in at.iterrows():
+                    ax.annotate(member["scope"].replace("member-", "m"), (float(member["u"]), float(member["v"])),
+                                textcoords="offset points", xytext=(6, 6), fontsize="small", color="white")
             ax.set_xlabel("u (along member 1 − member 0)")
             ax.set_ylabel("v (orthogonal, towards member 2)")
             ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}"
@@ -654,6 +673,37 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
     return _per_run_figures(results, r"plane/(loss|accuracy)",
                             "no plane rows: run `sharpdiv connectivity RUN --plane`", draw, directory,
                             "plane", formats)
+
+
+def plot_density(results: pd.DataFrame, directory: str | os.PathLike, *,
+                 formats: Sequence[str] = FORMATS) -> Figures:
+    """Per run: the Hessian eigenvalue density of each member (stochastic Lanczos quadrature,
+    ``sharpdiv hessian --density``) on a symmetric-log density axis, with the top eigenvalues as
+    ticks when they are stored."""
+    def draw(rows: pd.DataFrame, label: str):
+        density = _latest_by(rows[rows["metric"] == "hessian/density"], ["scope"], "grid", ["eigenvalue"])
+        if density.empty:
+            return None
+        figure, axes = _figure(width=6.0, height=4.0)
+        ax = axes[0, 0]
+        palette = _palette(sorted(density["scope"].unique()))
+        for scope, curve in density.sort_values("eigenvalue").groupby("scope", sort=True):
+            ax.plot(curve["eigenvalue"].astype(float), curve["value"].astype(float), color=palette[scope], label=scope)
+        top = _latest_by(rows[rows["metric"] == "hessian/eigenvalue"], ["scope"], "n_iters", ["rank"])
+        for scope, values in top.groupby("scope"):
+            if scope in palette:
+                for value in values["value"].astype(float):
+                    ax.axvline(value, color=palette[scope], linestyle=":", linewidth=0.8)
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_xlabel("Hessian eigenvalue (dotted: the top eigenvalues, when stored)")
+        ax.set_ylabel("Density (symmetric log scale)")
+        ax.set_title(f"Hessian spectral density of the members, {label}")
+        ax.legend(fontsize="small")
+        return figure
+
+    return _per_run_figures(results, r"hessian/(density|eigenvalue)",
+                            "no density rows: run `sharpdiv hessian RUN --density`", draw, directory,
+                            "hessian-density", formats)
 
 
 def _alignment_order(kinds: pd.Series) -> list[str]:

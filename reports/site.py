@@ -25,7 +25,8 @@ from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
                              diversity_metric,
-                             group_labels, group_order, missing_measurements, run_table, tradeoff_points)
+                             group_labels, group_order, missing_measurements, mixed_settings, run_table,
+                             tradeoff_points)
 from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
                             summary_table, write_group_table,
                             write_table)
@@ -50,7 +51,8 @@ _CAPTIONS = {
     "reliability": "Reliability diagrams of the ensembles, bins pooled over each group's runs.",
     "barriers": "Loss barriers between members.",
     "interpolation": "Loss and accuracy along the linear paths between members.",
-    "plane": "Loss and accuracy on the plane through members 0, 1 and 2.",
+    "plane": "Loss and accuracy on the plane through members 0, 1 and 2 (stars: the members).",
+    "hessian-density": "Hessian eigenvalue density of each member (stochastic Lanczos quadrature).",
     "barrier-eir": "Mean loss barrier between members against EIR, one marker per run and alignment (members "
                    "permuted to match member 0); grey segments join a run's barriers before and after alignment.",
 }
@@ -114,6 +116,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     notes = skipped + ([split_note] if split_note else [])
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
+    notes += mixed_settings(results, groups, spec)
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
     mark_folder(out, "report")  # everything is checked: the first write
@@ -167,6 +170,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         "barriers": plots.plot_barriers(results, figures_dir, formats=formats),
         "interpolation": plots.plot_interpolation(results, figures_dir, formats=formats),
         "plane": plots.plot_plane(results, figures_dir, formats=formats),
+        "hessian-density": plots.plot_density(results, figures_dir, formats=formats),
         "barrier-eir": plots.plot_barrier_vs_eir(results, figures_dir, combine=combine, formats=formats),
     }
     figure_sections = []

@@ -7,7 +7,7 @@ single run) and the number of runs that have the quantity. Accuracies are shown 
 
 - :func:`summary_table` — ID and OOD accuracy of the members (mean over members) and of the
   ensemble, EIR, DER, prediction variance, KL, ECE and NLL of the ensemble on clean (ID) and
-  corrupted (OOD) data, and the members' mean sharpness;
+  corrupted (OOD) data, the members' mean sharpness and (when measured) mean Hessian trace;
 - :func:`severity_table` — the layout of SharpBalance (NeurIPS 2024) Tables 2–4: rows are groups,
   columns are ID and severities 1..5 (accuracy averaged over the corruptions at that severity) and
   OOD (all corrupted slices), with each group's difference to a baseline group in brackets;
@@ -171,6 +171,8 @@ def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, gr
         for on, where in (("test", "ID"), ("ood", "OOD")):
             columns[f"{label} {where}"] = per_run(results, metric, on=on, combine=combine)
     columns[f"sharpness {spec}"] = sharpness_per_run(results, spec)
+    if spec.metric != "hessian/trace":  # the curvature `sharpdiv hessian` measured, shown when stored
+        columns["Hessian trace"] = sharpness_per_run(results, SharpnessSpec("hessian/trace", None))
     values = pd.DataFrame(columns, index=groups.index)
     percent = [c for c in columns if c.endswith("(%)")]
     title = (f"Summary by {group_by}: mean ± std over runs (ensemble rows with combine={combine}; "

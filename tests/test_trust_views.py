@@ -97,3 +97,100 @@ def test_corruption_table_is_empty_without_corrupted_rows(tmp_path):
     runs = run_table([run])
     numbers, _, _ = corruption_table(collect([run], runs), runs)
     assert numbers.empty
+
+
+def _texts(figure):
+    return [text.get_text() for ax in figure.axes for text in ax.texts]
+
+
+def test_tradeoff_labels_each_sam_point_with_its_radius_and_bars_start_at_zero(study, tmp_path):
+    from reports import plots
+
+    _, _, _, results = study
+    figure = plots.plot_tradeoff(results, tmp_path, formats=("png",)).figures[0]
+    labels = _texts(figure)
+    # write_study: sam and sharpbalance runs r = 0, 1, 2 were trained at ρ = 0.05 (r + 1); sgd has no ρ
+    assert sorted(labels) == sorted([f"ρ={0.05 * (r + 1):g}" for r in range(3)] * 2)
+    legend = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert any("too few ensembles" in text for text in legend)  # 3 runs per method
+    bars = plots.plot_method_comparison(results, tmp_path, formats=("png",)).figures[0]
+    assert all(ax.get_ylim()[0] == 0 for ax in bars.axes if ax.patches)
+
+
+def test_summary_shows_the_hessian_trace_and_a_note_when_budgets_differ(tmp_path):
+    from reports.site import write_report
+    from reports.tables import summary_table
+
+    paths = []
+    for index, n_batches in enumerate((100, 100, 50)):
+        path = fixtures.make_run(tmp_path / f"sam-{index}", method="sam", rho=0.05)
+        rows = fixtures.evaluation_rows([0.8, 0.82, 0.81], {"accuracy": 0.85, "der": 0.3, "eir": 0.1})
+        rows += [{**row, "n_batches": n_batches} for row in fixtures.sharpness_rows([0.1, 0.2, 0.3])]
+        rows += [{"scope": f"member-{i}", "metric": "hessian/trace", "value": 10.0 * (index + 1), "stderr": 0.5,
+                  "dataset": "cifar10", "split": "train", "n_probes": 100, "method": "hutchinson", "seed": 0}
+                 for i in range(3)]
+        run_folder.append_results(path, rows)
+        paths.append(path)
+    runs = run_table(paths)
+    summary = summary_table(collect(paths, runs), runs)
+    assert summary.mean.loc["sam", "Hessian trace"] == pytest.approx(20.0)
+    report = write_report(paths, tmp_path / "report", formats=("png",), diversity_on="test")
+    mixed = [note for note in report.notes if "different settings" in note]
+    assert len(mixed) == 1 and "n_batches 100 vs 50" in mixed[0] and "sharpness/worst/l2/adaptive@0.5" in mixed[0]
+
+
+def test_density_figure_and_member_positions_on_the_plane(tmp_path):
+    from reports import plots
+
+    path = fixtures.make_run(tmp_path / "run", method="sgd")
+    where = {"dataset": "cifar10", "split": "train", "n_iters": 20, "n_runs": 1, "grid": 5}
+    rows = [{"scope": f"member-{i}", "metric": "hessian/density", "value": float(np.exp(-x * x)),
+             "eigenvalue": x, **where} for i in range(3) for x in np.linspace(-1, 3, 5)]
+    rows += fixtures.plane_rows()
+    rows += [{"scope": f"member-{i}", "metric": metric, "value": 0.5, "u": u, "v": v, "grid": 4,
+              "dataset": "cifar10", "split": "test"}
+             for i, (u, v) in enumerate([(0.0, 0.0), (1.0, 0.0), (0.4, 0.8)])
+             for metric in ("plane/loss", "plane/accuracy")]
+    run_folder.append_results(path, rows)
+    results = collect([path])
+    density = plots.plot_density(results, tmp_path, formats=("png",))
+    assert density.reason is None and len(density.figures[0].axes[0].lines) == 3
+    plane = plots.plot_plane(results, tmp_path, formats=("png",)).figures[0]
+    assert sorted(_texts(plane)) == sorted(["m0", "m1", "m2"] * 2)
+    assert plots.plot_density(collect([fixtures.make_run(tmp_path / "bare", method="sgd")]), tmp_path).reason
+
+
+def _write_two_methods(root):
+    paths = []
+    for method, rho in (("sgd", None), ("sam", 0.05), ("sam", 0.1)):
+        path = fixtures.make_run(root / f"{method}-{rho}", method=method, rho=rho)
+        run_folder.append_results(path, fixtures.evaluation_rows([0.8, 0.82, 0.81], {"accuracy": 0.85, "der": 0.3}))
+        paths.append(path)
+    return paths
+
+
+def test_report_groups_by_a_comma_list_of_fields(tmp_path):
+    paths = _write_two_methods(tmp_path / "runs")
+    result = CliRunner().invoke(cli.main, ["report", *map(str, paths), "--out", str(tmp_path / "out"),
+                                           "--group-by", "method,rho"])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "tables" / "summary.csv")
+    assert set(summary["method,rho"]) == {"method=sgd rho=(unset)", "method=sam rho=0.05", "method=sam rho=0.1"}
+    for path in paths:  # the report reads run folders; it never writes a group label into them
+        assert "sweep_group" not in run_folder.read_config(path)
+
+
+def test_report_of_a_glob_skips_entries_that_are_not_runs(tmp_path):
+    root = tmp_path / "runs"
+    paths = _write_two_methods(root)
+    (root / "sweep-log.jsonl").write_text("{}\n")
+    (root / "notes").mkdir()
+    entries = sorted(str(entry) for entry in root.iterdir())  # what the shell makes of runs/*
+    result = CliRunner().invoke(cli.main, ["report", *entries, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "sharpdiv: note: skipped" in result.stderr and "sweep-log.jsonl" in result.stderr
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "runs.csv")) == len(paths)
+    only_files = CliRunner().invoke(cli.main, ["report", str(root / "sweep-log.jsonl"), str(root / "notes"),
+                                               "--out", str(tmp_path / "none")])
+    assert only_files.exit_code == 2 and "none of the 2 paths" in only_files.stderr
+    assert "Traceback" not in only_files.output

@@ -860,9 +860,10 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
     and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
     ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (columns ``u``,
-    ``v``; scope ``ensemble``). BatchNorm statistics: with ``bn_reset`` every evaluated network gets
-    statistics recomputed from ``bn_examples`` training samples without augmentation (drawn with
-    ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
+    ``v``; scope ``ensemble``; scope ``member-<i>`` at each member's own position). BatchNorm
+    statistics: with ``bn_reset`` every evaluated network gets statistics recomputed from
+    ``bn_examples`` training samples without augmentation (drawn with ``seed``; ``bn_mode="reset"``),
+    otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
 
     Alignment (``align``: ``none``, ``weight``, ``activation`` or a list of them, each measured):
@@ -1009,6 +1010,12 @@ class _Connectivity(_Study):
                           "u": u, "v": v, **self.where, **self.plane_settings},
                          {"scope": "ensemble", "metric": "plane/accuracy", "value": float(surface.accuracy[a, b]),
                           "u": u, "v": v, **self.where, **self.plane_settings}]
+        # Where the members sit on the plane, so the figure can mark them (scope member-<i>).
+        for index, (u, v), loss, accuracy in zip(self.members[:3], surface.member_coordinates.tolist(),
+                                                 surface.member_loss.tolist(), surface.member_accuracy.tolist()):
+            rows += [{"scope": f"member-{index}", "metric": metric, "value": float(value), "u": u, "v": v,
+                      **self.where, **self.plane_settings}
+                     for metric, value in (("plane/loss", loss), ("plane/accuracy", accuracy))]
         return rows
 
     def summary(self, results: Mapping, missing: Sequence) -> list[str]:
