@@ -194,3 +194,33 @@ def test_report_of_a_glob_skips_entries_that_are_not_runs(tmp_path):
                                                "--out", str(tmp_path / "none")])
     assert only_files.exit_code == 2 and "none of the 2 paths" in only_files.stderr
     assert "Traceback" not in only_files.output
+
+
+# ----------------------------------------------------------------------------------------------
+# item 6: rough edges
+
+
+def test_evaluate_finds_the_data_the_run_was_trained_on(tmp_path, monkeypatch):
+    from disk_layouts import write_cifar10, write_cifar_c
+    from ensembles.models.zoo import build
+
+    root = tmp_path / "own-data"  # like a quickstart folder's data/, not the default root
+    write_cifar10(root, n_train=20, n_test=8)
+    write_cifar_c(root, corruptions=("fog",), n_per_severity=2)
+    monkeypatch.chdir(tmp_path)  # whatever the default root is, it holds no data here
+    monkeypatch.setenv("SHARPDIV_DATA", str(tmp_path / "empty"))
+    run = tmp_path / "run"
+    run_folder.create_run(run, dataset="cifar10", num_classes=10, model="mlp",
+                          model_args={"input_size": 3 * 32 * 32, "hidden": []}, seeds=[0, 1], data_path=str(root))
+    for index in range(2):
+        run_folder.save_member(run, index, build("mlp", 10, input_size=3 * 32 * 32, hidden=[]))
+    result = CliRunner().invoke(cli.main, ["evaluate", str(run), "--device", "cpu", "--severities", "1"])
+    assert result.exit_code == 0, result.output
+    rows = run_folder.read_results(run)
+    assert set(rows["corruption"].dropna()) == {"fog"}
+    # a recorded root that is gone falls back to the default, and says so
+    from ensembles.studies import evaluation
+
+    config = {"dataset": "cifar10", "data_path": str(tmp_path / "moved")}
+    assert evaluation._data_root(config, None, None)[0] is None and "is gone" in evaluation._data_root(config, None, None)[1]
+    assert evaluation._data_root(config, "/given", None) == ("/given", None)
