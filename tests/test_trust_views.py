@@ -224,3 +224,22 @@ def test_evaluate_finds_the_data_the_run_was_trained_on(tmp_path, monkeypatch):
     config = {"dataset": "cifar10", "data_path": str(tmp_path / "moved")}
     assert evaluation._data_root(config, None, None)[0] is None and "is gone" in evaluation._data_root(config, None, None)[1]
     assert evaluation._data_root(config, "/given", None) == ("/given", None)
+
+
+def test_a_members_progress_bar_appears_when_that_member_starts(tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    events = []
+    original = trainer._progress_bar
+
+    def recorded(member, settings, enabled):
+        events.append(("bar", member.index))
+        return original(member, settings, enabled)
+
+    monkeypatch.setattr(trainer, "_progress_bar", recorded)
+    settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(3, 5),
+                                        epochs=2, lr=0.05, batch_size=32, train_samples=64)
+    trainer.train(tmp_path / "run", settings, progress=False,
+                  callback=lambda event: events.append(("epoch", event["member"])) if event["event"] == "epoch" else None)
+    # member 1's bar (and its clock) starts after member 0 has trained, not before: its ETA is its own
+    assert events == [("bar", 0), ("epoch", 0), ("epoch", 0), ("bar", 1), ("epoch", 1), ("epoch", 1)]
