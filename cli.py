@@ -287,7 +287,7 @@ def theory_command(figure, out, quick, seed):
     from ensembles.studies.theory import write_theory_table
     from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed, progress=True)
     paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")

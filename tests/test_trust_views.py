@@ -243,3 +243,27 @@ def test_a_members_progress_bar_appears_when_that_member_starts(tmp_path, monkey
                   callback=lambda event: events.append(("epoch", event["member"])) if event["event"] == "epoch" else None)
     # member 1's bar (and its clock) starts after member 0 has trained, not before: its ETA is its own
     assert events == [("bar", 0), ("epoch", 0), ("epoch", 0), ("bar", 1), ("epoch", 1), ("epoch", 1)]
+
+
+def test_hessian_prints_every_eigenvalue_it_was_asked_for(tmp_path):
+    from ensembles.models.zoo import build
+
+    run = tmp_path / "run"
+    model_args = {"input_size": 3 * 32 * 32, "hidden": [4]}
+    run_folder.create_run(run, dataset="digits", num_classes=10, model="mlp", model_args=model_args, seeds=[0])
+    run_folder.save_member(run, 0, build("mlp", 10, **model_args))
+    arguments = ["hessian", str(run), "--eigenvalues", "3", "--lanczos-steps", "8", "--n-examples", "16",
+                 "--device", "cpu", "--threads", "1"]
+    for attempt in ("measured", "stored"):
+        result = CliRunner().invoke(cli.main, arguments)
+        assert result.exit_code == 0, result.output
+        line = next(line for line in result.stdout.splitlines() if "member-0" in line)
+        stored = run_folder.read_results(run)
+        values = stored[stored["metric"] == "hessian/eigenvalue"].sort_values("rank")["value"].tolist()
+        assert "3 largest eigenvalues " + ", ".join(f"{value:.4g}" for value in values) in line, (attempt, line)
+
+
+def test_theory_shows_progress(tmp_path):
+    result = CliRunner().invoke(cli.main, ["theory", "--figure", "1b", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "figure 1b" in result.stderr and "point" in result.stderr
