@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,7 +30,9 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
             click.echo(f"sharpdiv: error: {error.format_message()}{where}", err=True)
@@ -54,6 +57,16 @@ class _Group(click.Group):
                 raise
             click.echo(f"sharpdiv: error: {line}", err=True)
             ctx.exit(2)
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (Lanczos short of its tolerance, a cache file computed again) are remarks on
+    a result that was stored, not failures: one line marked as a note, without the file name and
+    source line that made them read like a traceback. Deprecations keep Python's form."""
+    if issubclass(category, DeprecationWarning):
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    click.echo(f"sharpdiv: note: {message}", err=True)
 
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -267,3 +267,18 @@ def test_theory_shows_progress(tmp_path):
     result = CliRunner().invoke(cli.main, ["theory", "--figure", "1b", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "figure 1b" in result.stderr and "point" in result.stderr
+
+
+def test_a_library_warning_reads_as_a_note_not_as_an_error(tmp_path):
+    from ensembles.models.zoo import build
+
+    run = tmp_path / "run"
+    model_args = {"input_size": 3 * 32 * 32, "hidden": [4]}
+    run_folder.create_run(run, dataset="digits", num_classes=10, model="mlp", model_args=model_args, seeds=[0])
+    run_folder.save_member(run, 0, build("mlp", 10, **model_args))
+    # 3 Lanczos steps cannot reach the tolerance: the eigenvalue is stored, with a remark
+    result = CliRunner().invoke(cli.main, ["hessian", str(run), "--eigenvalues", "1", "--lanczos-steps", "3",
+                                           "--n-examples", "8", "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "sharpdiv: note: Lanczos did not reach" in result.stderr
+    assert "RuntimeWarning" not in result.stderr and ".py:" not in result.stderr
