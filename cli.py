@@ -138,10 +138,48 @@ def data_options(required: bool = False):
     return decorate
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def configure_threads(threads: int | None = None) -> None:
+    """Set OpenMP's environment before torch is imported (it is read once, when torch loads).
+
+    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning, which otherwise makes
+    a 2-thread forward-backward pass 10-50x slower when another process shares the cores.
+    ``OMP_NUM_THREADS``: ``threads`` (``--threads``) when given, else one per usable CPU. Values the
+    user set in the environment are kept (``--threads`` still wins over OMP_NUM_THREADS). Once torch
+    is imported the environment no longer matters; :func:`resolve_device` sets torch's count then.
+    """
+    if "torch" in sys.modules:
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+
+
+def _threads_option(ctx, param, value):
+    configure_threads(value)  # parsing happens before any command body imports torch
+    return value
+
+
 def device_options(function):
     """``--device`` and ``--threads``."""
-    function = click.option("--threads", type=click.IntRange(min=1), default=None,
-                            help="CPU threads for torch (default: torch's choice).")(function)
+    function = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_threads_option,
+                            help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per usable CPU).")(function)
     function = click.option("--device", default="auto", show_default=True,
                             help="auto, cpu, cuda or cuda:<i>.")(function)
     return function
@@ -198,6 +236,8 @@ def _seed_list(text: str, value) -> list:
 @click.version_option(package_name="sharpdiv", message="sharpdiv %(version)s")
 def main():
     """sharpdiv: sharpness, diversity and their trade-off in deep ensembles."""
+    # Runs before any command's options are parsed and before any command imports torch.
+    configure_threads()
 
 
 @main.command("import")
@@ -373,6 +413,9 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
               help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
 @click.option("--eta", type=click.FloatRange(min=0), default=None,
               help="ASAM only: η in its scale T = |θ| + η [default: 0.01].")
+@click.option("--asam-scale", type=click.Choice(["weights", "all"]), default=None,
+              help="ASAM only: which parameters T scales; weights = official ASAM (names containing 'weight'; "
+                   "biases and batch-norm shifts unscaled), all = every parameter [default: weights].")
 @click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
 @click.option("--td", type=click.IntRange(min=1), default=None,
@@ -404,7 +447,7 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
 @device_options
 @click.pass_context
-def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
+def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, asam_scale, k, td, epochs, lr, schedule, batch_size,
                   weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
@@ -426,7 +469,7 @@ def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, 
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, k=k, td=td,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, asam_scale=asam_scale, k=k, td=td,
             epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,

@@ -13,7 +13,9 @@ batches of size ``m``; every batch gets its own perturbation and the result is t
 batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
 running statistics, which are shared and never perturbed. All trainable parameters are perturbed
 unless ``params``/``exclude`` name globs say otherwise (:func:`landscape._checks.select_parameters`,
-the rule of every module here).
+the rule of every module here). Adaptive ``T = |θ|`` scales every perturbed parameter, biases and
+BatchNorm affine included — the reference sharpness code's rule; official ASAM *training* scales
+only parameters named "weight" (:mod:`ensembles.methods.sam`), so the two differ on purpose.
 
 Worst case: the maximum is searched by APGD (Croce & Hein, ICML 2020) in weight space, as in the
 reference code of Andriushchenko et al.: step ``η`` starting at ``2ρ``, momentum ``α = 0.75``,
