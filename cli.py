@@ -313,7 +313,8 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Folder for the tables, figures, index.html and README.md.")
 @click.option("--sharpness", default="sharpness/worst/l2/adaptive@0.5", show_default=True, metavar="METRIC@RHO",
               help="Members' mean sharpness to plot against diversity: sharpness/<worst|average>/<l2|linf>/"
-                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO), or hessian/trace, fisher/mean ...")
+                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO; add :reference for rows measured "
+                   "with --ascent reference), or hessian/trace, fisher/mean ...")
 @click.option("--diversity", type=click.Choice(["der", "variance", "kl"]), default="der", show_default=True)
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
@@ -738,9 +739,12 @@ def quickstart_command(out, fast, device, threads):
               help="Parameter-name patterns to leave unperturbed, e.g. '*bn*,*.bias'.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Batches (average case: draws) evaluated at once; bounds memory (default all).")
+@click.option("--ascent", type=click.Choice(["apgd", "reference"]), default="apgd", show_default=True,
+              help="Worst case: sharpdiv's APGD in the ball's own metric, or the reference code's update "
+                   "(comparable with published values); stored as a setting, the two never mix.")
 @device_options
 def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
-                      n_restarts, n_samples, exclude, chunk_size, device, threads):
+                      n_restarts, n_samples, exclude, chunk_size, ascent, device, threads):
     """m-sharpness of every member of each RUN, and its mean over members.
 
     Defaults are SharpBalance's: worst case, l2, adaptive, rho 0.5, 100 batches of 5 training
@@ -753,7 +757,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
     measurements = measure_sharpness(runs, dataset=dataset, root=data_path, split=split, kind=kind, norm=norm,
                                      adaptive=adaptive, rhos=rhos, m=m, n_batches=n_batches, seed=seed,
                                      n_iters=n_iters, n_restarts=n_restarts, n_samples=n_samples, exclude=exclude,
-                                     chunk_size=chunk_size, device=chosen, progress=True)
+                                     chunk_size=chunk_size, ascent=ascent, device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 

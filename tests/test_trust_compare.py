@@ -13,13 +13,19 @@ import torch
 from click.testing import CliRunner
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+import landscape.sharpness
 from cli import main, usable_cpus
 from ensembles.methods.sam import SAM, asam_scaled_parameters
+from ensembles.runs import run_folder
 from ensembles.runs.run_folder import read_config
+from ensembles.studies.sweep import read_sweep
 from ensembles.training import trainer
 from ensembles.training.trainer import TrainingSettings, settings_of_run
 from landscape.calibration import expected_calibration_error, reliability_bins
 from landscape.errors import InputError
+from landscape.sharpness import worst_case_sharpness
+from reports.collect import SharpnessSpec, collect, sharpness_per_run
+from tests.test_measurements import documented_batches, first_member, make_run
 
 
 def _on_edge(logits, confidence):
@@ -200,3 +206,169 @@ def test_the_users_openmp_settings_are_kept(tmp_path):
 
 def test_usable_cpus_is_at_most_the_machine():
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+# -- item 1: the reference code's ascent, everywhere a sharpness is measured, never mixed with APGD's
+
+_CHECKPOINTS_20 = (5, 9, 12, 15, 16, 18, 19, 20)  # REFERENCE.md §2, for 20 iterations
+
+
+def _ellipsoid_projection(delta, t, rho):
+    """Euclidean projection onto {d: ‖d/t‖₂ ≤ ρ}: d = x t²/(t² + λ), λ ≥ 0 found by bisection."""
+    def scaled_norm2(lam):
+        return sum(((d * s / (s * s + lam)) ** 2).sum() for d, s in zip(delta, t)).item()
+    if scaled_norm2(0.0) <= rho ** 2:
+        return delta
+    low, high = 0.0, 1.0
+    while scaled_norm2(high) > rho ** 2:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if scaled_norm2(middle) > rho ** 2 else (low, middle)
+    return [d * s * s / (s * s + high) for d, s in zip(delta, t)]
+
+
+def _reference_worst_case(model, inputs, targets, rho, norm, adaptive, n_iters=20, alpha=0.75):
+    """The reference code's ascent for one batch, written from REFERENCE.md §2: start at 0, step 2ρ;
+    step η·T·g/‖g‖₂ (raw gradient norm) or η·T·sign(g); project (clamp, rescale, or the ellipsoid);
+    δ ← α z + (1 − α) δ_prev; at the checkpoints halve η when < 0.75 of the steps since the last one
+    improved, or when it was not halved last time and the best did not improve, and then take the
+    next gradient at the best point (δ itself stays). Returns best loss − clean loss."""
+    names = [name for name, _ in model.named_parameters()]
+    theta = [p.detach() for _, p in model.named_parameters()]
+    t = [p.abs() if adaptive else torch.ones_like(p) for p in theta]
+
+    def loss_and_gradient(delta):
+        leaves = [d.clone().requires_grad_() for d in delta]
+        outputs = torch.func.functional_call(model, {n: p + d for n, p, d in zip(names, theta, leaves)}, (inputs,))
+        loss = torch.nn.functional.cross_entropy(outputs, targets)
+        return loss.item(), torch.autograd.grad(loss, leaves)
+
+    def project(delta):
+        if norm == "linf":
+            return [d.clamp(-rho * s, rho * s) for d, s in zip(delta, t)]
+        if adaptive:
+            return _ellipsoid_projection(delta, t, rho)
+        length = math.sqrt(sum((d ** 2).sum().item() for d in delta))
+        return delta if length <= rho else [d * rho / length for d in delta]
+
+    delta = previous = [torch.zeros_like(p) for p in theta]
+    clean, gradient = loss_and_gradient(delta)
+    best, best_gradient, step = clean, gradient, 2 * rho
+    improvements, halved_last, best_at_checkpoint, last_checkpoint = 0, False, clean, 0
+    for k in range(n_iters):
+        if norm == "linf":
+            moved = [d + step * g.sign() * s for d, g, s in zip(delta, gradient, t)]
+        else:
+            length = math.sqrt(sum((g ** 2).sum().item() for g in gradient)) + 1e-12
+            moved = [d + step * s * g / length for d, g, s in zip(delta, gradient, t)]
+        z = project(moved)
+        previous, delta = delta, [alpha * zi + (1 - alpha) * p for zi, p in zip(z, previous)]
+        loss, gradient = loss_and_gradient(delta)
+        if loss > best:
+            best, best_gradient, improvements = loss, gradient, improvements + 1
+        if k in _CHECKPOINTS_20 and k < n_iters - 1:
+            halve = improvements < 0.75 * (k - last_checkpoint) or (not halved_last and best == best_at_checkpoint)
+            halved_last, best_at_checkpoint, last_checkpoint, improvements = halve, best, k, 0
+            if halve:
+                step, gradient = step / 2, best_gradient
+    return best - clean
+
+
+@pytest.mark.parametrize("norm, adaptive", [("l2", True), ("l2", False), ("linf", True)])
+def test_reference_ascent_equals_an_independent_reimplementation(norm, adaptive):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)).double()
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(5, 6, generator=generator, dtype=torch.float64),
+                torch.randint(0, 3, (5,), generator=generator)) for _ in range(4)]
+    rho = 0.5 if norm == "l2" else 0.05
+    ours = worst_case_sharpness(model, torch.nn.functional.cross_entropy, batches, rho, norm, adaptive,
+                                n_iters=20, reference_ascent=True)
+    theirs = [_reference_worst_case(model, x, y, rho, norm, adaptive) for x, y in batches]
+    assert ours.per_batch.tolist() == pytest.approx(theirs, abs=1e-4)
+    assert min(theirs) > 0
+    if norm == "l2" and adaptive:  # and the two ascents really differ here, so the test can tell them apart
+        apgd = worst_case_sharpness(model, torch.nn.functional.cross_entropy, batches, rho, norm, adaptive, n_iters=20)
+        assert (apgd.per_batch - torch.tensor(theirs, dtype=torch.float64)).abs().max() > 1e-4
+
+
+_TINY = ["--batch-size", "4", "--n-batches", "3", "--seed", "5", "--n-iters", "2", "--rho", "0.5", "--device", "cpu"]
+
+
+def test_ascent_flag_reaches_the_measurement_and_is_stored_apart(tmp_path, monkeypatch):
+    path = make_run(tmp_path / "run")
+    seen = []
+    original = landscape.sharpness.worst_case_sharpness
+
+    def spy(*arguments, **options):
+        seen.append(options.get("reference_ascent"))
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(landscape.sharpness, "worst_case_sharpness", spy)
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, "--ascent", "reference"])
+    assert result.exit_code == 0, result.output
+    assert seen == [True, True] and "reference code's ascent" in result.output
+    rows = run_folder.read_results(path, current_only=True)
+    member = rows[(rows["metric"] == "sharpness/worst/l2/adaptive") & (rows["scope"] == "member-0")]
+    assert json.loads(member["settings"].iloc[0])["ascent"] == "reference"
+    direct = original(first_member(path), torch.nn.functional.cross_entropy, documented_batches(4, 3, 5), 0.5,
+                      n_iters=2, reference_ascent=True)
+    assert member["value"].iloc[0] == pytest.approx(direct.value, rel=1e-6)
+
+    seen.clear()  # the default ascent is not answered by the reference rows: measured anew, stored without the setting
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY])
+    assert result.exit_code == 0, result.output
+    assert seen == [False, False]
+    rows = run_folder.read_results(path, current_only=True)
+    ours = rows[(rows["metric"] == "sharpness/worst/l2/adaptive") & (rows["scope"] == "ensemble")]
+    assert sorted(json.loads(text).get("ascent", "none") for text in ours["settings"]) == ["none", "reference"]
+
+    seen.clear()
+    again = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, "--ascent", "reference"])
+    assert again.exit_code == 0 and seen == [] and "0 measured now, 2 stored" in again.output
+
+    # reports read one ascent at a time
+    results = collect([path])
+    reference = sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5:reference"))
+    apgd = sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5"))
+    stored = {json.loads(text).get("ascent", "apgd"): value for text, value in zip(ours["settings"], ours["value"])}
+    assert reference.iloc[0] == pytest.approx(stored["reference"]) and apgd.iloc[0] == pytest.approx(stored["apgd"])
+    assert reference.iloc[0] != apgd.iloc[0]
+
+
+def test_rows_without_an_ascent_setting_read_as_apgd(tmp_path):
+    path = make_run(tmp_path / "old")
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY])  # rows exactly as before the setting
+    assert result.exit_code == 0, result.output
+    results = collect([path])
+    assert "ascent" not in results.columns
+    assert sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5")).notna().all()
+    assert sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5:reference")).empty
+    spec = SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5:reference")
+    assert str(spec).endswith(":reference") and "--ascent reference" in spec.command("runs/x")
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--kind", "average", "--ascent", "reference"], "worst case only"),
+])
+def test_reference_ascent_of_an_average_case_is_refused(tmp_path, arguments, words):
+    path = make_run(tmp_path / "run")
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, *arguments])
+    assert result.exit_code == 2 and words in result.stderr
+    assert run_folder.read_results(path).empty
+
+
+def test_spec_refuses_an_ascent_it_cannot_have():
+    for text in ("sharpness/average/l2/adaptive@0.5:reference", "sharpness/worst/l2/adaptive@0.5:fast",
+                 "hessian/trace:reference"):
+        with pytest.raises(InputError):
+            SharpnessSpec.parse(text)
+
+
+def test_sweep_files_accept_the_ascent(tmp_path):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('[base]\ndataset = "digits"\nmodel = "small_cnn"\n[grid]\nmethod = ["sgd"]\n'
+                          '[[measure.sharpness]]\nrho = [0.5]\nascent = "reference"\n')
+    sweep = read_sweep(sweep_file)
+    assert [dict(m.options) for m in sweep.measurements] == [{"rhos": (0.5,), "ascent": "reference"}]

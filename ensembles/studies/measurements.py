@@ -309,11 +309,20 @@ def _check_sample_budget(images: datasets.ImageDataset, m: int, n_batches: int) 
                          f"{images.split} has only {len(images)}; lower --n-batches or --batch-size")
 
 
+#: Worst-case ascents: sharpdiv's APGD in the ball's own metric, or the reference code's update.
+ASCENTS = ("apgd", "reference")
+
+
 def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int, n_iters: int, n_restarts: int,
-                        n_samples: int, exclude: tuple[str, ...]) -> dict:
-    """The settings columns of a sharpness row (docs/results-table.md): those that change the value."""
+                        n_samples: int, exclude: tuple[str, ...], ascent: str = "apgd") -> dict:
+    """The settings columns of a sharpness row (docs/results-table.md): those that change the value.
+
+    ``ascent`` is stored only when it is ``reference``: rows without it are APGD's (every row
+    written before the setting existed was), so their keys stay valid and the two never match."""
     settings = {"rho": float(rho), "m": m, "n_batches": n_batches, "seed": seed, "logit_normalization": False}
     settings.update({"n_iters": n_iters, "n_restarts": n_restarts} if kind == "worst" else {"n_samples": n_samples})
+    if ascent == "reference":
+        settings["ascent"] = "reference"
     if exclude:
         settings["exclude"] = ",".join(exclude)
     return settings
@@ -323,7 +332,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                       split: str = "train", kind: str = "worst", norm: str = "l2", adaptive: bool = True,
                       rhos: Sequence[float] = (0.5,), m: int = 5, n_batches: int = 100, seed: int = 13,
                       n_iters: int = 20, n_restarts: int = 1, n_samples: int = 100,
-                      exclude: Sequence[str] | None = None, chunk_size: int | None = None,
+                      exclude: Sequence[str] | None = None, chunk_size: int | None = None, ascent: str = "apgd",
                       device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                       progress: bool = False) -> list[Measurement]:
     """m-sharpness of every member of every run at every radius in ``rhos``, stored as rows.
@@ -335,11 +344,21 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     ``sharpness-error/...`` (the mean 0-1 error increase at the perturbed point; no stderr), plus
     the ensemble-mean rows of both. Defaults are SharpBalance's (worst, l2, adaptive, rho 0.5,
     m 5, 100 batches, seed 13, training split without augmentation).
+
+    ``ascent`` (worst case): ``"apgd"``, sharpdiv's ascent in the ball's own metric, or
+    ``"reference"``, the update of Andriushchenko et al.'s code (``reference_ascent=True``), which
+    every published sharpness value used; adaptive ℓ2 values differ between them (see
+    ``benchmarks/bench_ascent.py``), so reference rows carry the setting ``ascent=reference`` and
+    are never read as APGD's.
     """
     if kind not in ("worst", "average"):
         raise InputError(f"unknown --kind {kind!r}; choose worst or average")
     if norm not in ("l2", "linf"):
         raise InputError(f"unknown --norm {norm!r}; choose l2 or linf")
+    if ascent not in ASCENTS:
+        raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
+    if ascent == "reference" and kind != "worst":
+        raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
     rhos = [rhos] if isinstance(rhos, (int, float)) else list(rhos)
     if not rhos:
         raise InputError("no radius given; pass --rho R or a comma list R1,R2")
@@ -371,8 +390,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     for path, members, label, images in plans:
         where = {"dataset": label, "split": split, "data": splits.digest(label, split)}
         stored = _StoredRows(path)
-        settings = {rho: _sharpness_settings(kind, rho, m, n_batches, seed, n_iters, n_restarts, n_samples, exclude)
-                    for rho in rhos}
+        settings = {rho: _sharpness_settings(kind, rho, m, n_batches, seed, n_iters, n_restarts, n_samples, exclude,
+                                             ascent) for rho in rhos}
         values: dict[tuple[int, float], tuple[float, float, float]] = {}
         missing = []
         for index in members:
@@ -396,7 +415,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                         if kind == "worst":
                             result = sharpness.worst_case_sharpness(
                                 model, LOSS, batches, rho, norm, adaptive, n_iters=n_iters, n_restarts=n_restarts,
-                                exclude=exclude or None, chunk_size=chunk_size, generator=generator)
+                                exclude=exclude or None, chunk_size=chunk_size, generator=generator,
+                                reference_ascent=ascent == "reference")
                         else:
                             result = sharpness.average_case_sharpness(
                                 model, LOSS, batches, rho, norm, adaptive, n_samples=n_samples,
@@ -427,7 +447,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
         if ensemble_rows:
             _append_finite(path, ensemble_rows, rows, models.weights)
 
-        lines = [f"{path.name}: {metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
+        shown_metric = metric + (" (reference code's ascent)" if ascent == "reference" else "")
+        lines = [f"{path.name}: {shown_metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
                  f"{len(missing)} measured now, {len(members) * len(rhos) - len(missing)} stored",
                  "  " + f"{'rho':<8}" + "".join(f"{f'member-{i}':>22}" for i in members)
                  + f"{'mean over members':>24}{'error increase':>16}"]
