@@ -279,9 +279,11 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random data, teachers and initialisations.")
 def theory_command(figure, out, quick, seed):
     """Simulate Theorems 1 and 2 of SharpBalance and plot them against theory (paper §3, App. C)."""
-    from reports.theory import diversity_at_matched_sharpness, theory_figure
+    from ensembles.studies.theory import write_theory_table
+    from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    paths = theory_figure(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")
     finding = diversity_at_matched_sharpness(paths[-1])
@@ -645,39 +647,6 @@ def sweep_report_command(file, root, out, group_by, force):
     click.echo(f"{len(paths)} of {len(sweep.jobs)} runs reported; open {report.index}")
 
 
-def _quickstart_summary(runs, sharpness: str = "sharpness/worst/l2/adaptive@0.5") -> list[str]:
-    """Per method: ensemble accuracy ID/OOD, OOD DER, mean sharpness; then β per method."""
-    import math
-
-    from reports.collect import SharpnessSpec, collect, run_table, tradeoff_points
-    from reports.tables import summary_table
-    from reports.tradeoff import BetaFit, fits_by_group
-
-    spec = SharpnessSpec.parse(sharpness)
-    table = run_table(runs)
-    results = collect(table["path"], table)
-    summary = summary_table(results, table, group_by="method", sharpness=spec)
-
-    def number(group, column, digits="{:.3g}"):
-        value = summary.mean.loc[group].get(column, math.nan) if column in summary.mean.columns else math.nan
-        return "n/a" if value is None or not math.isfinite(value) else digits.format(value)
-
-    lines = []
-    for group in summary.mean.index:
-        lines.append(f"{group:>12}: ensemble accuracy {number(group, 'ensemble accuracy ID (%)', '{:.1f}')}% clean, "
-                     f"{number(group, 'ensemble accuracy OOD (%)', '{:.1f}')}% corrupted; DER (corrupted) "
-                     f"{number(group, 'DER OOD')}; sharpness {number(group, f'sharpness {spec}')} "
-                     f"({int(summary.runs.get(group, 0))} ensembles)")
-    points = tradeoff_points(results, sharpness=spec, on="ood", group_by="method")
-    points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
-    fits = fits_by_group(points["sharpness"], points["diversity"], points["group"]) if len(points) else {}
-    shown = [f"{group} {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" for group, fit in fits.items()
-             if isinstance(fit, BetaFit)]
-    lines.append("β, slope of log DER on log sharpness: " + ("; ".join(shown) if shown else
-                                                              "not fitted (a group needs 3 ensembles)"))
-    return lines
-
-
 @main.command("quickstart")
 @click.option("--out", default="sharpdiv-quickstart", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
@@ -695,6 +664,7 @@ def quickstart_command(out, fast, device, threads):
     import time
 
     from ensembles.studies.quickstart import quickstart_sweep, run_quickstart
+    from reports.tables import quickstart_summary
 
     started = time.perf_counter()
     chosen = resolve_device(device, threads)
@@ -706,7 +676,7 @@ def quickstart_command(out, fast, device, threads):
     trained = sum(outcome.trained for outcome in result.sweep.outcomes)
     click.echo(f"quickstart{' --fast' if fast else ''}: {len(result.runs)} ensembles on digits "
                f"({trained} trained now, {len(result.runs) - trained} reused) in {seconds:.0f} s")
-    for line in _quickstart_summary(list(result.runs)):
+    for line in quickstart_summary(list(result.runs)):
         click.echo(line)
     click.echo(f"report: {report.index}")
     if fast:

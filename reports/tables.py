@@ -11,7 +11,9 @@ single run) and the number of runs that have the quantity. Accuracies are shown 
 - :func:`severity_table` — the layout of SharpBalance (NeurIPS 2024) Tables 2–4: rows are groups,
   columns are ID and severities 1..5 (accuracy averaged over the corruptions at that severity) and
   OOD (all corrupted slices), with each group's difference to a baseline group in brackets;
-- :func:`beta_table` — the trade-off slope β per group (:mod:`reports.tradeoff`).
+- :func:`beta_table` — the trade-off slope β per group (:mod:`reports.tradeoff`);
+- :func:`quickstart_summary` — the few lines ``sharpdiv quickstart`` prints: per method the ensemble
+  accuracy, DER and sharpness, then β per method.
 
 :func:`write_table` writes any of them as CSV (the numbers, tidy: one row per group and quantity),
 Markdown and LaTeX (the formatted cells).
@@ -28,12 +30,12 @@ import pandas as pd
 
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
-from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, group_labels, group_order, per_run,
-                             sharpness_per_run)
-from reports.tradeoff import BetaFit
+from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, collect, group_labels, group_order,
+                             per_run, run_table, sharpness_per_run, tradeoff_points)
+from reports.tradeoff import BetaFit, fits_by_group
 
-__all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "severity_table", "summary_table",
-           "write_group_table", "write_table"]
+__all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "quickstart_summary", "severity_table",
+           "summary_table", "write_group_table", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,35 @@ def beta_table(fits: dict[str, BetaFit | str], group_by: str, *, sharpness: str,
 
 # ----------------------------------------------------------------------------------------------
 # writing
+
+
+def quickstart_summary(runs, sharpness: str = "sharpness/worst/l2/adaptive@0.5") -> list[str]:
+    """The summary lines of run folders grouped by method: per method the ensemble accuracy ID/OOD,
+    the OOD DER and the mean sharpness; then β per method (the slope of log DER on log sharpness,
+    fitted when a method has 3 ensembles with positive sharpness and diversity)."""
+    spec = SharpnessSpec.parse(sharpness)
+    table = run_table(runs)
+    results = collect(table["path"], table)
+    summary = summary_table(results, table, group_by="method", sharpness=spec)
+
+    def number(group, column, digits="{:.3g}"):
+        value = summary.mean.loc[group].get(column, math.nan) if column in summary.mean.columns else math.nan
+        return "n/a" if value is None or not math.isfinite(value) else digits.format(value)
+
+    lines = []
+    for group in summary.mean.index:
+        lines.append(f"{group:>12}: ensemble accuracy {number(group, 'ensemble accuracy ID (%)', '{:.1f}')}% clean, "
+                     f"{number(group, 'ensemble accuracy OOD (%)', '{:.1f}')}% corrupted; DER (corrupted) "
+                     f"{number(group, 'DER OOD')}; sharpness {number(group, f'sharpness {spec}')} "
+                     f"({int(summary.runs.get(group, 0))} ensembles)")
+    points = tradeoff_points(results, sharpness=spec, on="ood", group_by="method")
+    points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
+    fits = fits_by_group(points["sharpness"], points["diversity"], points["group"]) if len(points) else {}
+    shown = [f"{group} {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" for group, fit in fits.items()
+             if isinstance(fit, BetaFit)]
+    lines.append("β, slope of log DER on log sharpness: " + ("; ".join(shown) if shown else
+                                                              "not fitted (a group needs 3 ensembles)"))
+    return lines
 
 
 def markdown(text: pd.DataFrame, title: str = "") -> str:

@@ -23,7 +23,8 @@ from landscape.theory import (
     wishart_moment,
     worst_case_fluctuation,
 )
-from reports.theory import diversity_at_matched_sharpness, theory_figure, theory_table
+from ensembles.studies.theory import theory_table, write_theory_table
+from reports.theory import diversity_at_matched_sharpness
 
 DOUBLE = torch.float64
 
@@ -241,7 +242,7 @@ def test_bad_input_is_refused_with_the_fix():
                                                          initializations=4, partitions=2)),
                           iterations=1, eta=0.1, rho=0.1, method="adam")
     with pytest.raises(InputError, match="unknown figure"):
-        theory_figure("3", "unused")
+        write_theory_table("3", "unused")
 
 
 # --- reports and command ------------------------------------------------------------------------

@@ -255,19 +255,21 @@ def _image_size_of(path: str) -> tuple[int, int]:
 # Augmentation
 
 
-def random_crop_and_flip(images: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
+def random_crop_and_flip(images: torch.Tensor, padding: int = CROP_PADDING,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
     """The standard training augmentation for a batch ``(B, C, H, W)``, vectorized.
 
     Each image is zero-padded by ``padding`` on every side and cropped back to ``H x W`` at an
     offset drawn uniformly from ``{0, ..., 2 padding}^2``, then mirrored left-right with probability
-    1/2 (torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``). Both draws use
-    torch's global RNG on the CPU, so ``torch.manual_seed`` fixes them on any device. The flip
-    is folded into the column index, so the whole batch is one gather.
+    1/2 (torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``). Both draws are
+    made on the CPU from ``generator`` (a CPU ``torch.Generator``; torch's global RNG when None), the
+    offsets first, then the flips, so a seeded generator fixes them on any device. The flip is
+    folded into the column index, so the whole batch is one gather.
     """
     count, channels, height, width = images.shape
     device = images.device
-    offsets = torch.randint(0, 2 * padding + 1, (count, 2)).to(device)
-    flips = (torch.rand(count) < 0.5).to(device)
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator).to(device)
+    flips = (torch.rand(count, generator=generator) < 0.5).to(device)
     padded = F.pad(images, (padding, padding, padding, padding))
     rows = offsets[:, :1] + torch.arange(height, device=device)  # (B, H) rows of the padded image
     columns = offsets[:, 1:] + torch.arange(width, device=device)  # (B, W)
@@ -345,8 +347,10 @@ class ImageDataset(Dataset):
         return (f"ImageDataset({self.name}{where}, {self.split}, {len(self)} images "
                 f"{self.image_size[0]}x{self.image_size[1]}, {self.num_classes} classes)")
 
-    def batch(self, indices, device: torch.device | str | None = None) -> torch.Tensor:
-        """The float32 batch ``(B, 3, H, W)`` for ``indices``, augmented and normalized as set."""
+    def batch(self, indices, device: torch.device | str | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """The float32 batch ``(B, 3, H, W)`` for ``indices``, augmented and normalized as set; the
+        augmentation draws from ``generator`` (torch's global RNG when None)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} images")
@@ -354,7 +358,7 @@ class ImageDataset(Dataset):
         if device is not None:
             stored = stored.to(device)  # move uint8, a quarter of the float32 bytes
         if self.augment:
-            stored = random_crop_and_flip(stored)
+            stored = random_crop_and_flip(stored, generator=generator)
         batch = stored.to(torch.float32).div_(255)
         if self.normalize:
             mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)[:, None, None]
@@ -400,7 +404,7 @@ class Batches:
 
     def __init__(self, dataset: ImageDataset, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, with_index: bool = False, drop_last: bool = False,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, augmentation_generator: torch.Generator | None = None):
         if isinstance(dataset, Indexed):
             dataset = dataset.dataset
         if not isinstance(dataset, ImageDataset):
@@ -411,6 +415,7 @@ class Batches:
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.generator = shuffle, generator
         self.with_index, self.drop_last, self.device = with_index, drop_last, device
+        self.augmentation_generator = augmentation_generator
 
     def __len__(self) -> int:
         count = len(self.dataset)
@@ -421,7 +426,7 @@ class Batches:
         order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
-            x = self.dataset.batch(index.numpy(), device=self.device)
+            x = self.dataset.batch(index.numpy(), device=self.device, generator=self.augmentation_generator)
             y = self.dataset.targets[index]
             if self.device is not None:
                 y, index = y.to(self.device), index.to(self.device)
@@ -429,16 +434,19 @@ class Batches:
 
 
 def batches(dataset: ImageDataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-            with_index: bool = False, drop_last: bool = False, device: torch.device | str | None = None) -> Batches:
+            with_index: bool = False, drop_last: bool = False, device: torch.device | str | None = None,
+            augmentation_generator: torch.Generator | None = None) -> Batches:
     """Batches ``(x, y)`` (``(x, y, index)`` with ``with_index``) of ``batch_size`` samples.
 
     Each batch is gathered at once from the stored uint8 images (a slice or one fancy index of
     the array; one decode per file for JPEG trees), moved to ``device`` while still uint8,
     cropped and flipped as a batch when the dataset augments, then normalized. Without
     augmentation ``x`` equals ``torch.stack([dataset[i][0] for i in index])`` exactly.
-    ``shuffle`` orders samples by ``torch.randperm(N, generator=generator)``.
+    ``shuffle`` orders samples by ``torch.randperm(N, generator=generator)``; crops and flips are
+    drawn from ``augmentation_generator`` (a CPU generator; torch's global RNG when None), batch
+    after batch.
     """
-    return Batches(dataset, batch_size, shuffle, generator, with_index, drop_last, device)
+    return Batches(dataset, batch_size, shuffle, generator, with_index, drop_last, device, augmentation_generator)
 
 
 # --------------------------------------------------------------------------------------------

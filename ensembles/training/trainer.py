@@ -16,8 +16,9 @@ and exchange their scores with ``all_gather``.
 
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
-``torch.Generator`` and the augmentation draws from another (the global CPU RNG is swapped to the
-member's stream while it trains, because :mod:`ensembles.data.datasets` draws crops and flips from it).
+``torch.Generator`` and the augmentation's crops and flips from another, passed to
+:func:`ensembles.data.datasets.batches`; an epoch draws nothing from torch's global RNG (the
+models the trainer builds have no dropout).
 So with the same seeds and thread count both modes give identical weights, and so does a run
 killed at any moment and resumed: run.json records the torch thread count and the device the run
 was trained with, and :func:`resume` trains with that thread count again unless told otherwise.
@@ -38,7 +39,6 @@ ends with an InputError naming it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -275,18 +275,6 @@ def _stream_seeds(seed: int) -> tuple[int, int]:
     return int(order), int(augmentation)
 
 
-@contextlib.contextmanager
-def member_randomness(generator: torch.Generator) -> Iterator[None]:
-    """Make the global CPU RNG the member's stream inside the block (and advance ``generator``)."""
-    outside = torch.get_rng_state()
-    torch.set_rng_state(generator.get_state())
-    try:
-        yield
-    finally:
-        generator.set_state(torch.get_rng_state())
-        torch.set_rng_state(outside)
-
-
 class _Member:
     """A member in training: model, optimizer, its random streams, best weights and log."""
 
@@ -398,17 +386,17 @@ class _Member:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         membership = None if sets is None else sets[self.index].to(self.device)
-        with member_randomness(self.augmentation):
-            for inputs, targets, index in batches(data.train, settings.batch_size, shuffle=True, generator=self.order,
-                                                  with_index=True, device=self.device):
-                in_sam_set = None if membership is None else membership[index]
-                outcome = training_step(self.model, self.optimizer, inputs, targets, in_sam_set,
-                                        freeze_batch_norm=not settings.reference_compatible)
-                if self.masks is not None:
-                    pruning.apply_masks(self.model, self.masks)
-                loss_sum += outcome.loss * len(targets)
-                correct += outcome.correct
-                seen += len(targets)
+        for inputs, targets, index in batches(data.train, settings.batch_size, shuffle=True, generator=self.order,
+                                              with_index=True, device=self.device,
+                                              augmentation_generator=self.augmentation):
+            in_sam_set = None if membership is None else membership[index]
+            outcome = training_step(self.model, self.optimizer, inputs, targets, in_sam_set,
+                                    freeze_batch_norm=not settings.reference_compatible)
+            if self.masks is not None:
+                pruning.apply_masks(self.model, self.masks)
+            loss_sum += outcome.loss * len(targets)
+            correct += outcome.correct
+            seen += len(targets)
         val_accuracy = accuracy(self.model, data.val, self.device)
         self.epoch += 1
         if self.diverged_epoch is None and not (math.isfinite(float(loss_sum)) and _finite_weights(self.model)):
