@@ -399,7 +399,9 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
 
     Batches of ``_LARGE_BATCH`` samples or more go one at a time: such a batch already keeps the
     device busy, and per-batch weights then only cost (measured in ``benchmarks/README.md``,
-    ``bench_sharpness.py``).
+    ``bench_sharpness.py``). The rule depends on nothing but the sizes, so a measurement does not
+    change with the machine's load; it was checked at 1 and 2 threads on a quiet and on a busy
+    machine (load average 5-7 on 2 cores, ``OMP_WAIT_POLICY=PASSIVE``, which every command sets).
     """
     if m >= _LARGE_BATCH:
         return 1
