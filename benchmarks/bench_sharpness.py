@@ -15,16 +15,7 @@ each, interleaved (the machine is shared); ``OMP_WAIT_POLICY=PASSIVE`` unless se
 below). The MLP row shows the regime where per-call overhead, not arithmetic, dominates.
 
     /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
-
-Measured on the 2-core CPU with no other agent's jobs (2 threads, wall-clock ratios loop/ours,
-2 iterations, medians of 3; three runs), after eval batch norm became an affine map under vmap:
-m=5, B=100: small_cnn(width=16, the ~24k-parameter CNN) 2.22-2.73, resnet18(width=16) 1.91-2.20,
-small_cnn(width=32) 1.25-1.79, mlp 0.68-0.79; m=128, B=8: small_cnn 0.49, resnet18(width=16) 0.60,
-where ``chunk_size=1`` (no vmap, the default for m >= 32) matches the loop (0.90, 0.96). CPU-time
-ratios are lower (1.3-1.7 at m=5): the loop leaves the second core idle. The 'bound' column (one
-shared-weight pass over all 500 images, no per-batch weights) was 2.7 for small_cnn(width=32),
-6.0 for width 16 and 4.8 for resnet18(width=16): per-batch weights cost grouped convolutions and
-B copies of every weight, and small_cnn(width=32)'s 32×32×32 activations already fill the cache.
+Measured numbers, with the conditions they were taken under: ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
@@ -34,8 +25,8 @@ import statistics
 import time
 
 # On a shared, oversubscribed machine OpenMP threads that spin while waiting for each other make
-# every op ~30x slower with 2 threads (1.6 s instead of 0.05 s for a small-CNN step here); passive
-# waiting removes that artefact, which would otherwise flatter the vectorized side. Set before torch.
+# every op many times slower (benchmarks/README.md); passive waiting removes that artefact, which
+# would otherwise flatter the vectorized side. Set before torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402

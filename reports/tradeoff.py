@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = ["BetaFit", "fit_beta", "fits_by_group"]
@@ -86,8 +87,7 @@ def fit_beta(sharpness, diversity, n_bootstrap: int = 2000, seed: int = 0) -> Be
     if n < 3:
         raise InputError(f"β needs at least 3 ensembles in a group, got {n}; add runs to the group "
                          "(e.g. more SAM radii) or group by a coarser field")
-    if n_bootstrap < 1:
-        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    positive_int("n_bootstrap", n_bootstrap)
     beta = float(_slopes(x, y))
     if not np.isfinite(beta):
         raise InputError("every ensemble has the same sharpness, so the slope β is undefined; "

@@ -156,7 +156,7 @@ def test_average_case_rows_equal_landscape(tmp_path):
     row = rows_of(path, "sharpness/average/linf/standard", scope="member-1").iloc[0]
     assert settings_of(row)["n_samples"] == 3 and "n_iters" not in settings_of(row)
     direct = landscape.sharpness.average_case_sharpness(
-        first_member(path, 1), F.cross_entropy, documented_batches(4, 3, 5), 0.1, "linf", False, n_samples=3,
+        first_member(path, 1), F.cross_entropy, documented_batches(4, 3, 5), 0.1, "linf", False, n_draws=3,
         generator=torch.Generator().manual_seed(5))
     assert row["value"] == pytest.approx(direct.value, rel=1e-6)
 
@@ -275,8 +275,8 @@ def test_connectivity_rows_equal_landscape(tmp_path, monkeypatch):
     chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:48]
     bn_loader = [(train.batch(rows.numpy()), train.targets[rows]) for rows in chosen.split(20)]
     run = run_folder.load_run(path)
-    barrier = landscape.connectivity.loss_barrier(run.members[0], run.members[2], loader, F.cross_entropy,
-                                                  alphas=3, bn_loader=bn_loader)
+    barrier = landscape.connectivity.loss_barrier(run.members[0], run.members[2], F.cross_entropy, loader,
+                                                  alphas=3, bn_batches=bn_loader)
     curve = rows_of(path, "connectivity/loss", scope="pair-0-2").sort_values("alpha")
     assert curve["alpha"].tolist() == [0.0, 0.5, 1.0]
     assert set(curve["bn_mode"]) == {barrier.interpolation.bn_mode} == {"reset"}
@@ -289,7 +289,7 @@ def test_connectivity_rows_equal_landscape(tmp_path, monkeypatch):
     assert rows_of(path, "connectivity/barrier_alpha", scope="pair-0-2").iloc[0]["value"] == barrier.alpha
     assert set(rows_of(path, "connectivity/barrier")["scope"]) == {"pair-0-1", "pair-0-2", "pair-1-2"}
 
-    surface = landscape.connectivity.plane(run.members, loader, F.cross_entropy, grid=3, bn_loader=bn_loader)
+    surface = landscape.connectivity.plane(run.members, F.cross_entropy, loader, grid=3, bn_batches=bn_loader)
     plane = rows_of(path, "plane/loss", scope="ensemble")
     assert len(plane) == 9 and set(plane["grid"]) == {3}
     for a, u in enumerate(surface.u.tolist()):

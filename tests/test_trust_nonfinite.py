@@ -116,7 +116,7 @@ def test_sharpness_at_a_radius_that_overflows_raises_never_returns_0_or_nan(rho,
     model, batches = tiny_model_and_batches()
     measure = landscape.sharpness.worst_case_sharpness if kind == "worst" else \
         landscape.sharpness.average_case_sharpness
-    options = {"n_iters": 3} if kind == "worst" else {"n_samples": 2}
+    options = {"n_iters": 3} if kind == "worst" else {"n_draws": 2}
     with pytest.raises(InputError, match=re.escape(f"rho={rho:g}")) as error:
         measure(model, F.cross_entropy, batches, rho, norm, True, **options)
     assert "\n" not in str(error.value)

@@ -18,14 +18,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import safetensors.torch
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from landscape.errors import InputError
 
 _CONTAINER_KEYS = ("state_dict", "model", "last")
+_DATA_PARALLEL = "module."  # nn.DataParallel and DistributedDataParallel prefix every name with it
 
 
 def _is_state_dict(value) -> bool:
@@ -82,8 +84,21 @@ def extract_state_dict(checkpoint, source: str = "checkpoint") -> dict[str, torc
             found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
             raise InputError(f"{source}: no model weights found (looked for a state dict, or one under "
                              f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}; found {found})")
-    if all(name.startswith("module.") for name in state):
-        state = {name[len("module."):]: tensor for name, tensor in state.items()}
+    return without_data_parallel_prefix(state)
+
+
+def without_data_parallel_prefix(state: Mapping[str, torch.Tensor], model_keys: Iterable[str] = ()
+                                 ) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` that ``nn.DataParallel`` puts before every name: removed
+    only when every key has it and no key of the model (``model_keys``) does.
+
+    >>> sorted(without_data_parallel_prefix({"module.fc.weight": torch.ones(1), "module.fc.bias": torch.ones(1)}))
+    ['fc.bias', 'fc.weight']
+    """
+    state = dict(state)
+    if state and all(name.startswith(_DATA_PARALLEL) for name in state) \
+            and not any(name.startswith(_DATA_PARALLEL) for name in model_keys):
+        consume_prefix_in_state_dict_if_present(state, _DATA_PARALLEL)
     return state
 
 

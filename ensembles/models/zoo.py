@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensembles.models.checkpoints import without_data_parallel_prefix
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -46,12 +48,6 @@ __all__ = [
     "SmallCNN",
     "MLP",
 ]
-
-
-def _require_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def _global_average_pool(features: torch.Tensor) -> torch.Tensor:
@@ -110,8 +106,8 @@ class CifarResNet18(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 64):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        k = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        k = positive_int("width", width)
         self.conv1 = nn.Conv2d(3, k, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(k)
         self.layer1 = _cifar_stage(k, k, 1)
@@ -206,8 +202,8 @@ class TinyImageNetResNet18(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 64):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        k = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        k = positive_int("width", width)
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, k, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(k), nn.ReLU()
         )
@@ -291,8 +287,8 @@ class WideResNet(nn.Module):
 
     def __init__(self, num_classes: int, *, depth: int = 40, widen_factor: int = 2, dropout: float = 0.0):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        _require_positive_int(widen_factor, "widen_factor")
+        positive_int("num_classes", num_classes)
+        positive_int("widen_factor", widen_factor)
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise InputError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
         if not 0.0 <= float(dropout) < 1.0:
@@ -329,8 +325,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 32):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        w = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        w = positive_int("width", width)
         self.conv1 = nn.Conv2d(3, w, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
@@ -355,12 +351,12 @@ class MLP(nn.Module):
 
     def __init__(self, num_classes: int, *, input_size: int = 3 * 32 * 32, hidden: Sequence[int] = (256,)):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        _require_positive_int(input_size, "input_size")
+        positive_int("num_classes", num_classes)
+        positive_int("input_size", input_size)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise InputError(f"hidden must be a sequence of layer widths such as (256,) or (512, 256), got {hidden!r}")
         for size in hidden:
-            _require_positive_int(size, "every hidden width")
+            positive_int("every hidden width", size)
         self.input_size = input_size
         sizes = (input_size, *hidden, num_classes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -495,8 +491,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
         )
 
     expected = model.state_dict()
-    if state and not any(k.startswith("module.") for k in expected) and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = without_data_parallel_prefix(state, model_keys=expected)
     state = _fold_masks(state, set(expected))
 
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

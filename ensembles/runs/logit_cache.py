@@ -45,6 +45,7 @@ import torch
 from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
+from landscape._checks import model_dtype_device
 from landscape.errors import InputError
 
 __all__ = [
@@ -244,8 +245,8 @@ def compute_member_logits(members: Sequence[torch.nn.Module], dataset: datasets.
     """``L[i, n] = f_i(x_n)``, shape ``(M, N, C)``, on the CPU in the members' dtype (float32 under
     autocast): each batch is gathered once and passed once through every member, in eval mode under
     ``torch.inference_mode``."""
-    reference = next(members[0].parameters())
-    device = torch.device(device) if device is not None else reference.device
+    dtype, own_device = model_dtype_device(members[0])
+    device = torch.device(device) if device is not None else own_device
     outputs: list[list[torch.Tensor]] = [[] for _ in members]
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -255,7 +256,7 @@ def compute_member_logits(members: Sequence[torch.nn.Module], dataset: datasets.
         member.eval()
     with torch.inference_mode(), _autocast(device):
         for inputs, _ in datasets.batches(dataset, batch_size, device=device):
-            inputs = inputs.to(reference.dtype)
+            inputs = inputs.to(dtype)
             if on_gpu:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             for member, collected in zip(members, outputs):

@@ -41,6 +41,7 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.logit_cache import DataSlice, dataset_label, slice_logits
 from landscape import calibration, diversity, ensemble
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -82,8 +83,7 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
     label = dataset_label(dataset)
     severities = sorted(set(severities))
     for severity in severities:
-        if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in datasets.SEVERITIES:
-            raise InputError(f"severity must be an integer in 1..5, got {severity!r}; e.g. --severities 1-5")
+        datasets.check_severity(severity, example="--severities 1-5")
     if isinstance(corruptions, str) and corruptions in ("all", "none"):
         chosen = ([] if corruptions == "none" else
                   [c for c in datasets.available_corruptions(label, root) if c in datasets.STANDARD_CORRUPTIONS])
@@ -398,9 +398,8 @@ def _same_weights(path: Path, seen: dict[int, str], new: Mapping[int, str]) -> N
 def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
     if combine not in COMBINE_MODES:
         raise InputError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    for name, value in (("n_bins", n_bins), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    positive_int("n_bins", n_bins)
+    positive_int("batch_size", batch_size)
 
 
 @dataclass(frozen=True)
@@ -580,8 +579,7 @@ def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: f
     if norm not in NORMS:
         raise InputError(f"norm must be linf or l2, got {norm!r}")
     check_radius(NORMS[norm], eps)
-    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-        raise InputError(f"n_examples must be a positive integer, got {n_examples!r}")
+    positive_int("n_examples", n_examples)
     if combine not in ("probs", "logits"):
         raise InputError(f"combine must be probs or logits for an attacked ensemble, got {combine!r} "
                          "(a majority vote has no gradient to attack)")

@@ -38,18 +38,26 @@ error of that mean over members, ``std(values, ddof=1)/√M`` (NaN for one membe
 spread of the members, the quantity an ensemble-level comparison needs; the members' own
 (batch or probe) standard errors are not propagated, since all members share the batches and their
 errors are not independent.
+
+Shape. Each ``measure_*`` checks its input for every run and plans one ``_Study`` per run (its
+tasks, how a stored result is found, how one task is computed, its ensemble means and summary);
+``_measure_run`` is the one skeleton they share: reuse stored results → compute the missing tasks
+→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import math
+import operator
 import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +69,7 @@ from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path
 from ensembles.runs.logit_cache import dataset_label
 from landscape import connectivity, fisher, hessian, sharpness
+from landscape._checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -232,12 +241,6 @@ def _members_of(path: Path, config: Mapping) -> list[int]:
     return members
 
 
-def _count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
-
-
 def _example_count(option: str, wanted: int | None, images: datasets.ImageDataset, default: int | None = None) -> int:
     """``wanted`` samples of the split (``None``: ``default``, capped at the split, or all of it)."""
     if wanted is None:
@@ -289,6 +292,113 @@ def _format(value: float, stderr: float = math.nan) -> str:
     return text if math.isnan(stderr) else f"{text} ± {stderr:.2g}"
 
 
+def _where(splits: _Splits, run: _RunInput, split: str) -> dict:
+    """The columns that place a row on its data: dataset, split and the split's fingerprint."""
+    return {"dataset": run.label, "split": split, "data": splits.digest(run.label, split)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the skeleton every measurement shares
+
+
+class _Refused(Exception):
+    """A task's result is not finite; ``row`` names it (scope, metric, settings), ``reason`` says why."""
+
+    def __init__(self, row: Mapping, reason: str):
+        super().__init__(reason)
+        self.row, self.reason = row, reason
+
+
+@dataclass(frozen=True)
+class _Mean:
+    """One ensemble-mean row: ``metric`` with ``settings``, the mean over the members' ``tasks`` of
+    the value ``pick`` takes from each task's result."""
+
+    metric: str
+    settings: Mapping
+    tasks: Sequence
+    pick: Callable[[Any], float]
+
+
+@dataclass
+class _Study:
+    """What one measurement does to one run: the part that differs between measurements.
+
+    A run's work is a list of ``tasks`` (a member, a (member, radius), a pair ...), each with a
+    ``result`` (what the summary shows). :func:`_measure_run` does the rest, the same for every
+    measurement: reuse stored results, compute the missing ones, store their rows, add the means.
+    """
+
+    path: Path
+    members: list[int]
+    where: dict
+    unit: ClassVar[str] = "measurement"
+
+    def tasks(self) -> list:
+        raise NotImplementedError
+
+    def name(self, task) -> str:
+        """How :class:`Measurement` names the task in ``computed`` and ``reused``."""
+        raise NotImplementedError
+
+    def lookup(self, stored: _StoredRows, task):
+        """The task's stored result, or ``None``: measure it."""
+        raise NotImplementedError
+
+    def compute(self, models: _Members, task) -> tuple[list[dict], Any]:
+        """The task's rows and result; raises :class:`_Refused` for a non-finite one."""
+        raise NotImplementedError
+
+    def group(self, task):
+        """Tasks of one group are stored together, as soon as the group is done (default: each alone)."""
+        return task
+
+    def means(self) -> list[_Mean]:
+        return []
+
+    def summary(self, results: Mapping, missing: Sequence) -> list[str]:
+        raise NotImplementedError
+
+
+def _measure(studies: Sequence[_Study], device, dtype, progress: bool) -> list[Measurement]:
+    """Measure every (already checked) run in turn."""
+    return [_measure_run(study, _Members(study.path, device, dtype), progress) for study in studies]
+
+
+def _measure_run(study: _Study, models: _Members, progress: bool) -> Measurement:
+    """Reuse stored results → compute the missing tasks → store each group's rows (finite, with the
+    digests of the weights as read) → store the ensemble means → summarize."""
+    stored, tasks = _StoredRows(study.path), study.tasks()
+    results = {task: study.lookup(stored, task) for task in tasks}
+    missing = [task for task in tasks if results[task] is None]
+    written: list[dict] = []
+    with _progress(len(missing), study.path.name, study.unit, progress) as bar:
+        for _, group in itertools.groupby(missing, key=study.group):
+            rows = []
+            for task in group:
+                try:
+                    new_rows, results[task] = study.compute(models, task)
+                except _Refused as refused:
+                    raise _not_finite(study.path, refused.row, refused.reason, written) from None
+                rows += new_rows
+                bar.update()
+            _append_finite(study.path, rows, written, models.weights)
+    means = [_mean_row(study.where, mean, results) for mean in study.means()
+             if any(task in missing for task in mean.tasks)
+             or not stored.get("ensemble", mean.metric, study.where, {**mean.settings, "aggregate": "mean"})]
+    if means:
+        _append_finite(study.path, means, written, models.weights)
+    return Measurement(study.path, tuple(map(study.name, missing)),
+                       tuple(study.name(task) for task in tasks if task not in missing), written,
+                       tuple(study.summary(results, missing)))
+
+
+def _mean_row(where: Mapping, mean: _Mean, results: Mapping) -> dict:
+    value, stderr = _mean_over_members([mean.pick(results[task]) for task in mean.tasks])
+    return {"scope": "ensemble", "metric": mean.metric, "value": value, "stderr": stderr, **where,
+            **mean.settings, "aggregate": "mean"}
+
+
 # ----------------------------------------------------------------------------------------------
 # sharpness
 
@@ -314,18 +424,29 @@ ASCENTS = ("apgd", "reference")
 
 
 def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int, n_iters: int, n_restarts: int,
-                        n_samples: int, exclude: tuple[str, ...], ascent: str = "apgd") -> dict:
+                        n_draws: int, exclude: tuple[str, ...], ascent: str = "apgd") -> dict:
     """The settings columns of a sharpness row (docs/results-table.md): those that change the value.
-
-    ``ascent`` is stored only when it is ``reference``: rows without it are APGD's (every row
-    written before the setting existed was), so their keys stay valid and the two never match."""
+    The draws of average-case sharpness keep their first name, ``n_samples``, so stored tables still match.
+    ``ascent`` is stored only when it is ``reference``: rows without it are APGD's (every row written
+    before the setting existed was), so their keys stay valid and the two never match."""
     settings = {"rho": float(rho), "m": m, "n_batches": n_batches, "seed": seed, "logit_normalization": False}
-    settings.update({"n_iters": n_iters, "n_restarts": n_restarts} if kind == "worst" else {"n_samples": n_samples})
+    settings.update({"n_iters": n_iters, "n_restarts": n_restarts} if kind == "worst" else {"n_samples": n_draws})
     if ascent == "reference":
         settings["ascent"] = "reference"
     if exclude:
         settings["exclude"] = ",".join(exclude)
     return settings
+
+
+def _radii(rhos) -> list[float]:
+    """The distinct radii, in order, each finite and > 0."""
+    rhos = [rhos] if isinstance(rhos, (int, float)) else list(rhos)
+    if not rhos:
+        raise InputError("no radius given; pass --rho R or a comma list R1,R2")
+    for rho in rhos:
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
+            raise InputError(f"--rho must be finite and > 0, got {rho!r}; e.g. --rho 0.5 or --rho 0.25,0.5")
+    return list(dict.fromkeys(float(rho) for rho in rhos))
 
 
 def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
@@ -359,108 +480,110 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
         raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
     if ascent == "reference" and kind != "worst":
         raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
-    rhos = [rhos] if isinstance(rhos, (int, float)) else list(rhos)
-    if not rhos:
-        raise InputError("no radius given; pass --rho R or a comma list R1,R2")
-    for rho in rhos:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
-            raise InputError(f"--rho must be finite and > 0, got {rho!r}; e.g. --rho 0.5 or --rho 0.25,0.5")
-    rhos = list(dict.fromkeys(float(rho) for rho in rhos))
-    m, n_batches = _count("--batch-size", m), _count("--n-batches", n_batches)
-    n_iters, n_restarts, n_samples = _count("--n-iters", n_iters), _count("--n-restarts", n_restarts), \
-        _count("--n-samples", n_samples)
-    if chunk_size is not None:
-        chunk_size = _count("--chunk-size", chunk_size)
+    rhos = _radii(rhos)
+    m, n_batches = positive_int("--batch-size", m), positive_int("--n-batches", n_batches)
+    n_iters, n_restarts = positive_int("--n-iters", n_iters), positive_int("--n-restarts", n_restarts)
+    n_draws = positive_int("--n-samples", n_samples)
+    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
     exclude = tuple(exclude or ())
-    metric = f"sharpness/{kind}/{norm}/{'adaptive' if adaptive else 'standard'}"
-    error_metric = "sharpness-error/" + metric.split("/", 1)[1]
-    splits = _Splits(root)
-
-    plans = []
     for rho in rhos:  # a radius the models' dtype cannot hold is refused before any work
         sharpness.check_radius(rho, norm, kind, dtype or torch.get_default_dtype())
+    splits = _Splits(root)
+    runs = []
     for run in _run_inputs(paths, dataset, split, splits):
-        path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
-        _check_sample_budget(images, m, n_batches)
+        _check_sample_budget(run.images, m, n_batches)
         if exclude:  # a pattern that matches nothing is a typo: say so before any work
-            sharpness.select_parameters(run_folder.build_member_model(config), exclude=exclude)
-        plans.append((path, members, label, images))
+            select_parameters(run_folder.build_member_model(run.config), exclude=exclude)
+        runs.append(run)
+    return _measure([_Sharpness(run.path, run.members, _where(splits, run, split), run.images, kind, norm, adaptive,
+                                rhos, m, n_batches, seed, n_iters, n_restarts, n_draws, exclude, chunk_size, device,
+                                ascent)
+                     for run in runs], device, dtype, progress)
 
-    measurements = []
-    for path, members, label, images in plans:
-        where = {"dataset": label, "split": split, "data": splits.digest(label, split)}
-        stored = _StoredRows(path)
-        settings = {rho: _sharpness_settings(kind, rho, m, n_batches, seed, n_iters, n_restarts, n_samples, exclude,
-                                             ascent) for rho in rhos}
-        values: dict[tuple[int, float], tuple[float, float, float]] = {}
-        missing = []
-        for index in members:
-            for rho in rhos:
-                found = [stored.get(f"member-{index}", name, where, settings[rho]) for name in (metric, error_metric)]
-                if all(found):
-                    values[index, rho] = (found[0][-1][1], found[0][-1][2], found[1][-1][1])
-                else:
-                    missing.append((index, rho))
-        models = _Members(path, device, dtype)
-        batches = sharpness_batches(images, m, n_batches, seed, device) if missing else None
-        rows = []
-        bar = _progress(len(missing), path.name, "measurement", progress)
+
+@dataclass
+class _Sharpness(_Study):
+    """Tasks ``(member, rho)``; result ``(sharpness, its stderr, error increase)``."""
+
+    images: datasets.ImageDataset
+    kind: str
+    norm: str
+    adaptive: bool
+    rhos: list[float]
+    m: int
+    n_batches: int
+    seed: int
+    n_iters: int
+    n_restarts: int
+    n_draws: int
+    exclude: tuple[str, ...]
+    chunk_size: int | None
+    device: torch.device | str
+    ascent: str = "apgd"
+
+    def __post_init__(self):
+        self.metric = f"sharpness/{self.kind}/{self.norm}/{'adaptive' if self.adaptive else 'standard'}"
+        self.error_metric = "sharpness-error/" + self.metric.split("/", 1)[1]
+
+    @functools.cached_property
+    def batches(self) -> list:  # drawn only when something is measured
+        return sharpness_batches(self.images, self.m, self.n_batches, self.seed, self.device)
+
+    def settings(self, rho: float) -> dict:
+        return _sharpness_settings(self.kind, rho, self.m, self.n_batches, self.seed, self.n_iters, self.n_restarts,
+                                   self.n_draws, self.exclude, self.ascent)
+
+    def tasks(self) -> list:
+        return [(index, rho) for index in self.members for rho in self.rhos]
+
+    def name(self, task) -> str:
+        return f"member-{task[0]}@{task[1]:g}"
+
+    def group(self, task):
+        return task[0]  # a member's radii are stored together
+
+    def lookup(self, stored: _StoredRows, task):
+        scope, settings = f"member-{task[0]}", self.settings(task[1])
+        found = [stored.get(scope, metric, self.where, settings) for metric in (self.metric, self.error_metric)]
+        return (found[0][-1][1], found[0][-1][2], found[1][-1][1]) if all(found) else None
+
+    def compute(self, models: _Members, task):
+        (index, rho), scope = task, f"member-{task[0]}"
+        model, settings = models[index], self.settings(rho)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.seed)
+        if self.kind == "worst":
+            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
+                                                                "reference_ascent": self.ascent == "reference"}
+        else:
+            measure, options = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
         try:
-            for index in members:
-                member_rows = []
-                for rho in [rho for i, rho in missing if i == index]:
-                    model = models[index]
-                    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-                    try:
-                        if kind == "worst":
-                            result = sharpness.worst_case_sharpness(
-                                model, LOSS, batches, rho, norm, adaptive, n_iters=n_iters, n_restarts=n_restarts,
-                                exclude=exclude or None, chunk_size=chunk_size, generator=generator,
-                                reference_ascent=ascent == "reference")
-                        else:
-                            result = sharpness.average_case_sharpness(
-                                model, LOSS, batches, rho, norm, adaptive, n_samples=n_samples,
-                                exclude=exclude or None, chunk_size=chunk_size, generator=generator)
-                    except NonFiniteError as error:
-                        raise _not_finite(path, {"scope": f"member-{index}", "metric": metric, **settings[rho]},
-                                          str(error), rows) from None
-                    values[index, rho] = (result.value, result.stderr, result.error_increase)
-                    member_rows += [
-                        {"scope": f"member-{index}", "metric": metric, "value": result.value,
-                         "stderr": result.stderr, **where, **settings[rho]},
-                        {"scope": f"member-{index}", "metric": error_metric, "value": result.error_increase,
-                         **where, **settings[rho]}]
-                    bar.update()
-                if member_rows:
-                    _append_finite(path, member_rows, rows, models.weights)
-        finally:
-            bar.close()
-        ensemble_rows = []
-        for rho in rhos:
-            mean_settings = {**settings[rho], "aggregate": "mean"}
-            measured_now = any(r == rho for _, r in missing)
-            for name, position in ((metric, 0), (error_metric, 2)):
-                if measured_now or not stored.get("ensemble", name, where, mean_settings):
-                    mean, stderr = _mean_over_members([values[i, rho][position] for i in members])
-                    ensemble_rows.append({"scope": "ensemble", "metric": name, "value": mean, "stderr": stderr,
-                                          **where, **mean_settings})
-        if ensemble_rows:
-            _append_finite(path, ensemble_rows, rows, models.weights)
+            result = measure(model, LOSS, self.batches, rho, self.norm, self.adaptive, exclude=self.exclude or None,
+                             chunk_size=self.chunk_size, generator=generator, **options)
+        except NonFiniteError as error:
+            raise _Refused({"scope": scope, "metric": self.metric, **settings}, str(error)) from None
+        rows = [{"scope": scope, "metric": self.metric, "value": result.value, "stderr": result.stderr,
+                 **self.where, **settings},
+                {"scope": scope, "metric": self.error_metric, "value": result.error_increase, **self.where, **settings}]
+        return rows, (result.value, result.stderr, result.error_increase)
 
-        shown_metric = metric + (" (reference code's ascent)" if ascent == "reference" else "")
-        lines = [f"{path.name}: {shown_metric}, {label} {split}, m={m} x {n_batches} batches, seed {seed}: "
-                 f"{len(missing)} measured now, {len(members) * len(rhos) - len(missing)} stored",
-                 "  " + f"{'rho':<8}" + "".join(f"{f'member-{i}':>22}" for i in members)
+    def means(self) -> list[_Mean]:
+        return [_Mean(metric, self.settings(rho), [(index, rho) for index in self.members],
+                      operator.itemgetter(position))
+                for rho in self.rhos for metric, position in ((self.metric, 0), (self.error_metric, 2))]
+
+    def summary(self, results: Mapping, missing: Sequence) -> list[str]:
+        shown = self.metric + (" (reference code's ascent)" if self.ascent == "reference" else "")
+        lines = [f"{self.path.name}: {shown}, {self.where['dataset']} {self.where['split']}, "
+                 f"m={self.m} x {self.n_batches} batches, seed {self.seed}: "
+                 f"{len(missing)} measured now, {len(results) - len(missing)} stored",
+                 "  " + f"{'rho':<8}" + "".join(f"{f'member-{i}':>22}" for i in self.members)
                  + f"{'mean over members':>24}{'error increase':>16}"]
-        for rho in rhos:
-            mean, stderr = _mean_over_members([values[i, rho][0] for i in members])
-            error = float(np.mean([values[i, rho][2] for i in members]))
-            lines.append("  " + f"{rho:<8g}" + "".join(f"{_format(*values[i, rho][:2]):>22}" for i in members)
+        for rho in self.rhos:
+            mean, stderr = _mean_over_members([results[i, rho][0] for i in self.members])
+            error = float(np.mean([results[i, rho][2] for i in self.members]))
+            lines.append("  " + f"{rho:<8g}" + "".join(f"{_format(*results[i, rho][:2]):>22}" for i in self.members)
                          + f"{_format(mean, stderr):>24}{100 * error:>15.2f}%")
-        measurements.append(Measurement(path, tuple(f"member-{i}@{rho:g}" for i, rho in missing),
-                                        tuple(f"member-{i}@{rho:g}" for i in members for rho in rhos
-                                              if (i, rho) not in missing), rows, tuple(lines)))
-    return measurements
+        return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,114 +613,118 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
     """
     if method not in hessian.TRACE_METHODS:
         raise InputError(f"unknown --method {method!r}; choose {' or '.join(hessian.TRACE_METHODS)}")
-    eigenvalues = _count("--eigenvalues", eigenvalues, minimum=0)
+    eigenvalues = positive_int("--eigenvalues", eigenvalues, minimum=0)
     trace = (not eigenvalues and not density) if trace is None else bool(trace)
     if not (trace or eigenvalues or density):
         raise InputError("nothing to measure; pass --trace, --eigenvalues K and/or --density")
-    n_probes = _count("--n-probes", n_probes, minimum=3 if method == "hutch++" else 1)
-    batch_size = _count("--batch-size", batch_size)
-    lanczos_steps = _count("lanczos_steps", lanczos_steps, minimum=max(eigenvalues, 1))
-    density_runs, density_grid = _count("density_runs", density_runs), _count("density_grid", density_grid, 2)
-    if n_examples is not None:
-        n_examples = _count("--n-examples", n_examples)
+    n_probes = positive_int("--n-probes", n_probes, minimum=3 if method == "hutch++" else 1)
+    batch_size = positive_int("--batch-size", batch_size)
+    lanczos_steps = positive_int("lanczos_steps", lanczos_steps, minimum=max(eigenvalues, 1))
+    density_runs = positive_int("density_runs", density_runs)
+    density_grid = positive_int("density_grid", density_grid, minimum=2)
+    n_examples = positive_int("--n-examples", n_examples, optional=True)
     splits = _Splits(root)
+    runs = [(run, _example_count("--n-examples", n_examples, run.images, HESSIAN_EXAMPLES))
+            for run in _run_inputs(paths, dataset, split, splits)]
+    return _measure([_Hessian(run.path, run.members, _where(splits, run, split),
+                              _Samples(run.images, _permutation(len(run.images), seed)[:count], batch_size, device),
+                              count, batch_size, seed, trace, eigenvalues, density, n_probes, method, lanczos_steps,
+                              density_runs, density_grid) for run, count in runs], device, dtype, progress)
 
-    plans = []
-    for run in _run_inputs(paths, dataset, split, splits):
-        count = _example_count("--n-examples", n_examples, run.images, HESSIAN_EXAMPLES)
-        plans.append((run.path, run.members, run.label, run.images, count))
 
-    measurements = []
-    for path, members, label, images, count in plans:
-        where = {"dataset": label, "split": split, "data": splits.digest(label, split)}
-        data = {"n_examples": count, "batch_size": batch_size, "seed": seed}
-        wanted = {}
-        if trace:
-            wanted["hessian/trace"] = {"n_probes": n_probes, "method": method, **data}
-        if eigenvalues:
-            wanted["hessian/eigenvalue"] = {**data, "n_iters": lanczos_steps}
-        if density:
-            wanted["hessian/density"] = {**data, "n_iters": lanczos_steps, "n_runs": density_runs,
-                                         "grid": density_grid}
-        stored = _StoredRows(path)
+@dataclass
+class _Hessian(_Study):
+    """Tasks ``(member, metric)``; results: the trace ``(value, stderr)``, the largest eigenvalue,
+    ``True`` for a stored density."""
 
-        def is_stored(index: int, metric: str) -> bool:
-            rows = stored.get(f"member-{index}", metric, where, wanted[metric])
-            if metric == "hessian/eigenvalue":
-                return {int(axes["rank"]) for axes, _, _ in rows} >= set(range(1, eigenvalues + 1))
-            return len(rows) == (density_grid if metric == "hessian/density" else 1)
+    samples: _Samples
+    count: int
+    batch_size: int
+    seed: int
+    trace: bool
+    eigenvalues: int
+    density: bool
+    n_probes: int
+    method: str
+    lanczos_steps: int
+    density_runs: int
+    density_grid: int
 
-        missing = [(index, metric) for index in members for metric in wanted if not is_stored(index, metric)]
-        samples = _Samples(images, _permutation(len(images), seed)[:count], batch_size, device)
-        models = _Members(path, device, dtype)
-        traces = {}  # member -> (value, stderr)
-        if trace:
-            traces = {index: stored.get(f"member-{index}", "hessian/trace", where, wanted["hessian/trace"])[-1][1:]
-                      for index in members if (index, "hessian/trace") not in missing}
-        tops: dict[int, float] = {}
-        rows = []
-        bar = _progress(len(missing), path.name, "measurement", progress)
-        try:
-            for index in members:
-                member_rows, scope = [], f"member-{index}"
-                for metric in [metric for i, metric in missing if i == index]:
-                    generator = torch.Generator().manual_seed(seed)
-                    if metric == "hessian/trace":
-                        estimate = hessian.hessian_trace(models[index], LOSS, samples, n_probes=n_probes,
-                                                         method=method, generator=generator)
-                        traces[index] = (estimate.value, estimate.stderr)
-                        member_rows.append({"scope": scope, "metric": metric, "value": estimate.value,
-                                            "stderr": estimate.stderr, **where, **wanted[metric]})
-                    elif metric == "hessian/eigenvalue":
-                        pairs = hessian.hessian_eigenvalues(models[index], LOSS, samples, k=eigenvalues,
-                                                            n_iters=lanczos_steps, generator=generator)
-                        tops[index] = float(pairs.eigenvalues[0])
-                        member_rows += [{"scope": scope, "metric": metric, "value": float(value), "rank": rank,
-                                         **where, **wanted[metric]}
-                                        for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)]
-                    else:
-                        spectrum = hessian.hessian_spectral_density(
-                            models[index], LOSS, samples, n_iters=lanczos_steps, n_runs=density_runs,
-                            grid=density_grid, generator=generator)
-                        member_rows += [{"scope": scope, "metric": metric, "value": float(value),
-                                         "eigenvalue": float(point), **where, **wanted[metric]}
-                                        for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())]
-                    bar.update()
-                if member_rows:
-                    _append_finite(path, member_rows, rows, models.weights)
-        finally:
-            bar.close()
-        if trace:
-            mean_settings = {**wanted["hessian/trace"], "aggregate": "mean"}
-            mean, stderr = _mean_over_members([traces[i][0] for i in members])
-            if any(m == "hessian/trace" for _, m in missing) or \
-                    not stored.get("ensemble", "hessian/trace", where, mean_settings):
-                ensemble_row = {"scope": "ensemble", "metric": "hessian/trace", "value": mean, "stderr": stderr,
-                                **where, **mean_settings}
-                _append_finite(path, [ensemble_row], rows, models.weights)
-        if eigenvalues:
-            for index in members:
-                if index not in tops:
-                    found = stored.get(f"member-{index}", "hessian/eigenvalue", where, wanted["hessian/eigenvalue"])
-                    tops[index] = next(value for axes, value, _ in found if int(axes["rank"]) == 1)
+    def __post_init__(self):
+        data = {"n_examples": self.count, "batch_size": self.batch_size, "seed": self.seed}
+        self.wanted = {}  # metric -> settings of its rows
+        if self.trace:
+            self.wanted["hessian/trace"] = {"n_probes": self.n_probes, "method": self.method, **data}
+        if self.eigenvalues:
+            self.wanted["hessian/eigenvalue"] = {**data, "n_iters": self.lanczos_steps}
+        if self.density:
+            self.wanted["hessian/density"] = {**data, "n_iters": self.lanczos_steps, "n_runs": self.density_runs,
+                                              "grid": self.density_grid}
 
-        lines = [f"{path.name}: Hessian of the {label} {split} loss on {count} samples (seed {seed}): "
-                 f"{len(missing)} measured now, {len(members) * len(wanted) - len(missing)} stored"]
-        for index in members:
+    def tasks(self) -> list:
+        return [(index, metric) for index in self.members for metric in self.wanted]
+
+    def name(self, task) -> str:
+        return f"member-{task[0]}:{task[1]}"
+
+    def group(self, task):
+        return task[0]  # a member's metrics are stored together
+
+    def lookup(self, stored: _StoredRows, task):
+        index, metric = task
+        rows = stored.get(f"member-{index}", metric, self.where, self.wanted[metric])
+        if metric == "hessian/eigenvalue":
+            ranks = {int(axes["rank"]): value for axes, value, _ in reversed(rows)}  # the first rank-1 row
+            return ranks[1] if set(ranks) >= set(range(1, self.eigenvalues + 1)) else None
+        if metric == "hessian/trace":
+            return rows[-1][1:] if len(rows) == 1 else None
+        return True if len(rows) == self.density_grid else None
+
+    def compute(self, models: _Members, task):
+        index, metric = task
+        model = models[index]
+        generator = torch.Generator().manual_seed(self.seed)
+        row = {"scope": f"member-{index}", "metric": metric}
+        if metric == "hessian/trace":
+            estimate = hessian.hessian_trace(model, LOSS, self.samples, n_probes=self.n_probes, method=self.method,
+                                             generator=generator)
+            return [{**row, "value": estimate.value, "stderr": estimate.stderr, **self.where,
+                     **self.wanted[metric]}], (estimate.value, estimate.stderr)
+        if metric == "hessian/eigenvalue":
+            pairs = hessian.hessian_eigenvalues(model, LOSS, self.samples, k=self.eigenvalues,
+                                                n_iters=self.lanczos_steps, generator=generator)
+            return [{**row, "value": float(value), "rank": rank, **self.where, **self.wanted[metric]}
+                    for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)], float(pairs.eigenvalues[0])
+        spectrum = hessian.hessian_spectral_density(model, LOSS, self.samples, n_iters=self.lanczos_steps,
+                                                    n_runs=self.density_runs, grid=self.density_grid,
+                                                    generator=generator)
+        return [{**row, "value": float(value), "eigenvalue": float(point), **self.where, **self.wanted[metric]}
+                for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())], True
+
+    def means(self) -> list[_Mean]:
+        if not self.trace:
+            return []
+        return [_Mean("hessian/trace", self.wanted["hessian/trace"],
+                      [(index, "hessian/trace") for index in self.members], operator.itemgetter(0))]
+
+    def summary(self, results: Mapping, missing: Sequence) -> list[str]:
+        lines = [f"{self.path.name}: Hessian of the {self.where['dataset']} {self.where['split']} loss on "
+                 f"{self.count} samples (seed {self.seed}): "
+                 f"{len(missing)} measured now, {len(results) - len(missing)} stored"]
+        for index in self.members:
             parts = []
-            if trace:
-                parts.append(f"trace {_format(*traces[index])} ({method}, {n_probes} probes)")
-            if eigenvalues:
-                parts.append(f"largest eigenvalue {tops[index]:.4g}")
-            if density:
+            if self.trace:
+                parts.append(f"trace {_format(*results[index, 'hessian/trace'])} "
+                             f"({self.method}, {self.n_probes} probes)")
+            if self.eigenvalues:
+                parts.append(f"largest eigenvalue {results[index, 'hessian/eigenvalue']:.4g}")
+            if self.density:
                 parts.append("density stored")
             lines.append(f"  member-{index}: " + ", ".join(parts))
-        if trace:
-            lines.append(f"  mean trace over members: {_format(mean, stderr)}")
-        measurements.append(Measurement(path, tuple(f"member-{i}:{m}" for i, m in missing),
-                                        tuple(f"member-{i}:{m}" for i in members for m in wanted
-                                              if (i, m) not in missing), rows, tuple(lines)))
-    return measurements
+        if self.trace:
+            mean = _mean_over_members([results[index, "hessian/trace"][0] for index in self.members])
+            lines.append(f"  mean trace over members: {_format(*mean)}")
+        return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,6 +746,9 @@ def _read_fisher(file: Path, count: int) -> np.ndarray | None:
     return scores if scores.shape == (count,) else None
 
 
+FISHER_METRICS = ("fisher/mean", *(f"fisher/q{q}" for q in FISHER_QUANTILES), "fisher/max")
+
+
 def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
                    split: str = "train", n_examples: int | None = None, batch_size: int = 256,
                    chunk_size: int | None = 256, device: torch.device | str = "cpu",
@@ -632,67 +762,66 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
     default) and ``fisher/max``, setting ``n_examples``. A member is measured again when its rows
     or its array are missing, or when the array does not match the stored mean.
     """
-    batch_size = _count("--batch-size", batch_size)
-    if chunk_size is not None:
-        chunk_size = _count("--chunk-size", chunk_size)
-    if n_examples is not None:
-        n_examples = _count("--n-examples", n_examples)
+    batch_size = positive_int("--batch-size", batch_size)
+    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
+    n_examples = positive_int("--n-examples", n_examples, optional=True)
     splits = _Splits(root)
-    metrics = ("fisher/mean", *(f"fisher/q{q}" for q in FISHER_QUANTILES), "fisher/max")
+    runs = [(run, _example_count("--n-examples", n_examples, run.images))
+            for run in _run_inputs(paths, dataset, split, splits)]
+    return _measure([_Fisher(run.path, run.members, _where(splits, run, split),
+                             _Samples(run.images, torch.arange(count), batch_size, device), count, chunk_size)
+                     for run, count in runs], device, dtype, progress)
 
-    plans = []
-    for run in _run_inputs(paths, dataset, split, splits):
-        plans.append((run.path, run.members, run.label, run.images,
-                      _example_count("--n-examples", n_examples, run.images)))
 
-    measurements = []
-    for path, members, label, images, count in plans:
-        where, settings = {"dataset": label, "split": split, "data": splits.digest(label, split)}, {"n_examples": count}
-        stored = _StoredRows(path)
-        summaries: dict[int, dict[str, float]] = {}
-        missing = []
-        for index in members:
-            values = {metric: stored.value(f"member-{index}", metric, where, settings) for metric in metrics}
-            scores = _read_fisher(fisher_path(path, index, split), count)
-            consistent = scores is not None and values["fisher/mean"] is not None and math.isclose(
-                float(scores.astype(np.float64).mean()), values["fisher/mean"], rel_tol=1e-6, abs_tol=1e-12)
-            if consistent and None not in values.values():
-                summaries[index] = values
-            else:
-                missing.append(index)
-        samples = _Samples(images, torch.arange(count), batch_size, device)
-        models = _Members(path, device, dtype)
-        rows = []
-        for index in tqdm(missing, desc=path.name, unit="member", file=sys.stderr, disable=not progress, leave=False):
-            scores = fisher.per_sample_fisher_trace(models[index], LOSS, samples, chunk_size=chunk_size)
-            scores = scores.detach().cpu().numpy()
-            exact = scores.astype(np.float64)
-            if not np.isfinite(exact).all():
-                raise _not_finite(path, {"scope": f"member-{index}", "metric": "fisher/mean", **settings},
-                                  f"{int((~np.isfinite(exact)).sum())} of {count} per-sample traces are NaN or inf",
-                                  rows)
-            with atomic_path(fisher_path(path, index, split)) as temporary:
-                with open(temporary, "wb") as stream:  # a file object: np.save would add ".npy" to a name
-                    np.save(stream, scores, allow_pickle=False)
-            values = {"fisher/mean": exact.mean(), "fisher/max": exact.max(),
-                      **{f"fisher/q{q}": np.quantile(exact, q / 100) for q in FISHER_QUANTILES}}
-            stderr = exact.std(ddof=1) / math.sqrt(count) if count > 1 else math.nan
-            member_rows = [{"scope": f"member-{index}", "metric": metric, "value": float(values[metric]),
-                            "stderr": stderr if metric == "fisher/mean" else math.nan, **where, **settings}
-                           for metric in metrics]
-            _append_finite(path, member_rows, rows, models.weights)
-            summaries[index] = {metric: float(values[metric]) for metric in metrics}
+@dataclass
+class _Fisher(_Study):
+    """Tasks: the members; result: ``{metric: value}`` of the summary rows."""
 
-        lines = [f"{path.name}: per-sample Fisher trace on {label} {split}, {count} samples: "
-                 f"{len(missing)} members measured now, {len(members) - len(missing)} stored "
-                 f"(arrays in {path / FISHER_DIR})",
-                 "  " + f"{'member':<10}" + "".join(f"{metric.split('/')[1]:>12}" for metric in metrics)]
-        lines += ["  " + f"{index:<10}" + "".join(f"{summaries[index][metric]:>12.4g}" for metric in metrics)
-                  for index in members]
-        measurements.append(Measurement(path, tuple(f"member-{i}" for i in missing),
-                                        tuple(f"member-{i}" for i in members if i not in missing), rows,
-                                        tuple(lines)))
-    return measurements
+    samples: _Samples
+    count: int
+    chunk_size: int | None
+    unit: ClassVar[str] = "member"
+
+    def tasks(self) -> list:
+        return list(self.members)
+
+    def name(self, task) -> str:
+        return f"member-{task}"
+
+    def lookup(self, stored: _StoredRows, index: int):
+        settings = {"n_examples": self.count}
+        values = {metric: stored.value(f"member-{index}", metric, self.where, settings) for metric in FISHER_METRICS}
+        scores = _read_fisher(fisher_path(self.path, index, self.where["split"]), self.count)
+        consistent = scores is not None and values["fisher/mean"] is not None and math.isclose(
+            float(scores.astype(np.float64).mean()), values["fisher/mean"], rel_tol=1e-6, abs_tol=1e-12)
+        return values if consistent and None not in values.values() else None
+
+    def compute(self, models: _Members, index: int):
+        settings = {"n_examples": self.count}
+        scores = fisher.per_sample_fisher_trace(models[index], LOSS, self.samples, chunk_size=self.chunk_size)
+        scores = scores.detach().cpu().numpy()
+        exact = scores.astype(np.float64)
+        if not np.isfinite(exact).all():
+            raise _Refused({"scope": f"member-{index}", "metric": "fisher/mean", **settings},
+                           f"{int((~np.isfinite(exact)).sum())} of {self.count} per-sample traces are NaN or inf")
+        with atomic_path(fisher_path(self.path, index, self.where["split"])) as temporary:
+            with open(temporary, "wb") as stream:  # a file object: np.save would add ".npy" to a name
+                np.save(stream, scores, allow_pickle=False)
+        values = {"fisher/mean": exact.mean(), "fisher/max": exact.max(),
+                  **{f"fisher/q{q}": np.quantile(exact, q / 100) for q in FISHER_QUANTILES}}
+        stderr = exact.std(ddof=1) / math.sqrt(self.count) if self.count > 1 else math.nan
+        rows = [{"scope": f"member-{index}", "metric": metric, "value": float(values[metric]),
+                 "stderr": stderr if metric == "fisher/mean" else math.nan, **self.where, **settings}
+                for metric in FISHER_METRICS]
+        return rows, {metric: float(values[metric]) for metric in FISHER_METRICS}
+
+    def summary(self, results: Mapping, missing: Sequence) -> list[str]:
+        lines = [f"{self.path.name}: per-sample Fisher trace on {self.where['dataset']} {self.where['split']}, "
+                 f"{self.count} samples: {len(missing)} members measured now, "
+                 f"{len(self.members) - len(missing)} stored (arrays in {self.path / FISHER_DIR})",
+                 "  " + f"{'member':<10}" + "".join(f"{metric.split('/')[1]:>12}" for metric in FISHER_METRICS)]
+        return lines + ["  " + f"{index:<10}" + "".join(f"{results[index][metric]:>12.4g}"
+                                                         for metric in FISHER_METRICS) for index in self.members]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,112 +851,130 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
     """
-    alphas, grid = _count("--alphas", alphas, 2), _count("--grid", grid, 2)
-    batch_size, chunk_size = _count("--batch-size", batch_size), _count("--chunk-size", chunk_size)
-    bn_examples = _count("--bn-examples", bn_examples, 2)
-    if n_examples is not None:
-        n_examples = _count("--n-examples", n_examples)
+    alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
+    batch_size, chunk_size = positive_int("--batch-size", batch_size), positive_int("--chunk-size", chunk_size)
+    bn_examples = positive_int("--bn-examples", bn_examples, minimum=2)
+    n_examples = positive_int("--n-examples", n_examples, optional=True)
     splits = _Splits(root)
-
-    plans = []
+    studies = []
     for run in _run_inputs(paths, dataset, split, splits):
-        path, config, members, label, images = run.path, run.config, run.members, run.label, run.images
-        if len(members) < 2:
-            raise InputError(f"{path} has {len(members)} finished member; connectivity needs at least two "
-                             "(finish training the others or pass another run)")
-        if plane and len(members) < 3:
-            raise InputError(f"--plane needs three members but {path} has {len(members)}; drop --plane for this run")
-        n_classes = int(config["num_classes"])
-        count = _example_count("--n-examples", n_examples, images)
-        has_batchnorm = _has_batchnorm(run_folder.build_member_model(config))
-        reset = bn_reset and has_batchnorm
-        training = splits.get(label, "train", n_classes) if reset else None
-        bn_count = min(bn_examples, len(training)) if reset else None
-        bn_mode = "reset" if reset else ("interpolated" if has_batchnorm else "none")
-        plans.append((path, members, label, images, count, bn_mode, training, bn_count))
+        _check_member_count(run, plane)
+        count = _example_count("--n-examples", n_examples, run.images)
+        has_batchnorm = _has_batchnorm(run_folder.build_member_model(run.config))
+        training = splits.get(run.label, "train", int(run.config["num_classes"])) if bn_reset and has_batchnorm \
+            else None
+        bn_mode = "reset" if training is not None else ("interpolated" if has_batchnorm else "none")
+        studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, training),
+                                     run.images, count, alphas, plane, grid, bn_mode, training, bn_examples,
+                                     batch_size, seed, chunk_size, device))
+    return _measure(studies, device, dtype, progress)
 
-    measurements = []
-    for path, members, label, images, count, bn_mode, training, bn_count in plans:
-        data = splits.digest(label, split)
-        if training is not None:  # BatchNorm statistics come from training samples: their data counts too
-            data = hashlib.sha256(f"{data}|{splits.digest(label, 'train')}".encode()).hexdigest()[:16]
-        where = {"dataset": label, "split": split, "data": data}
-        models = _Members(path, device, dtype)
-        reset = bn_mode == "reset"
-        common = {"bn_mode": bn_mode, "n_examples": count}
-        if reset:
-            common.update(bn_examples=bn_count, batch_size=batch_size, seed=seed)
-        curve_settings, barrier_settings = common, {**common, "alphas": alphas}
-        plane_settings = {**common, "grid": grid}
-        grid_points = set(torch.linspace(0.0, 1.0, alphas, dtype=torch.float64).tolist())
-        stored = _StoredRows(path)
-        pairs = [(i, j) for position, i in enumerate(members) for j in members[position + 1:]]
 
-        def pair_stored(scope: str) -> bool:
-            ends = all(stored.get(scope, m, where, barrier_settings)
-                       for m in ("connectivity/barrier", "connectivity/barrier_alpha"))
-            curves = [{float(axes["alpha"]) for axes, _, _ in stored.get(scope, m, where, curve_settings)}
-                      for m in ("connectivity/loss", "connectivity/accuracy")]
-            return ends and all(curve >= grid_points for curve in curves)
+def _check_member_count(run: _RunInput, plane: bool) -> None:
+    if len(run.members) < 2:
+        raise InputError(f"{run.path} has {len(run.members)} finished member; connectivity needs at least two "
+                         "(finish training the others or pass another run)")
+    if plane and len(run.members) < 3:
+        raise InputError(f"--plane needs three members but {run.path} has {len(run.members)}; "
+                         "drop --plane for this run")
 
-        missing = [(i, j) for i, j in pairs if not pair_stored(f"pair-{i}-{j}")]
-        plane_missing = plane and not all(len(stored.get("ensemble", m, where, plane_settings)) == grid * grid
-                                          for m in ("plane/loss", "plane/accuracy"))
-        loader = _Samples(images, torch.arange(count), batch_size, device)
-        bn_loader = (_Samples(training, _permutation(len(training), seed)[:bn_count], batch_size, device)
-                     if reset else None)
-        barriers = {}
-        for i, j in pairs:
-            if (i, j) not in missing:
-                scope = f"pair-{i}-{j}"
-                barriers[i, j] = (stored.value(scope, "connectivity/barrier", where, barrier_settings),
-                                  stored.value(scope, "connectivity/barrier_alpha", where, barrier_settings))
+
+def _connectivity_where(splits: _Splits, run: _RunInput, split: str, training) -> dict:
+    where = _where(splits, run, split)
+    if training is not None:  # BatchNorm statistics come from training samples: their data counts too
+        where["data"] = hashlib.sha256(f"{where['data']}|{splits.digest(run.label, 'train')}".encode()).hexdigest()[:16]
+    return where
+
+
+@dataclass
+class _Connectivity(_Study):
+    """Tasks: the pairs ``(i, j)``, then ``"plane"``; results ``(barrier, its alpha)``, ``True``."""
+
+    images: datasets.ImageDataset
+    count: int
+    alphas: int
+    plane: bool
+    grid: int
+    bn_mode: str
+    training: datasets.ImageDataset | None
+    bn_examples: int
+    batch_size: int
+    seed: int
+    chunk_size: int
+    device: torch.device | str
+    unit: ClassVar[str] = "path"
+
+    def __post_init__(self):
+        self.curve_settings = {"bn_mode": self.bn_mode, "n_examples": self.count}
+        self.bn_batches = None
+        if self.training is not None:
+            bn_count = min(self.bn_examples, len(self.training))
+            self.curve_settings.update(bn_examples=bn_count, batch_size=self.batch_size, seed=self.seed)
+            self.bn_batches = _Samples(self.training, _permutation(len(self.training), self.seed)[:bn_count],
+                                       self.batch_size, self.device)
+        self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
+        self.plane_settings = {**self.curve_settings, "grid": self.grid}
+        self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
+
+    def tasks(self) -> list:
+        pairs = [(i, j) for position, i in enumerate(self.members) for j in self.members[position + 1:]]
+        return pairs + (["plane"] if self.plane else [])
+
+    def name(self, task) -> str:
+        return "plane" if task == "plane" else f"pair-{task[0]}-{task[1]}"
+
+    def lookup(self, stored: _StoredRows, task):
+        if task == "plane":
+            complete = all(len(stored.get("ensemble", metric, self.where, self.plane_settings)) == self.grid ** 2
+                           for metric in ("plane/loss", "plane/accuracy"))
+            return True if complete else None
+        scope = self.name(task)
+        ends = [stored.value(scope, metric, self.where, self.barrier_settings)
+                for metric in ("connectivity/barrier", "connectivity/barrier_alpha")]
+        grid_points = set(torch.linspace(0.0, 1.0, self.alphas, dtype=torch.float64).tolist())
+        curves = [{float(axes["alpha"]) for axes, _, _ in stored.get(scope, metric, self.where, self.curve_settings)}
+                  for metric in ("connectivity/loss", "connectivity/accuracy")]
+        return tuple(ends) if None not in ends and all(curve >= grid_points for curve in curves) else None
+
+    def compute(self, models: _Members, task):
+        if task == "plane":
+            return self._plane(models), True
+        scope, curve_settings = self.name(task), self.curve_settings
+        barrier = connectivity.loss_barrier(models[task[0]], models[task[1]], LOSS, self.batches, alphas=self.alphas,
+                                            bn_batches=self.bn_batches, chunk_size=self.chunk_size)
+        rows, curve = [], barrier.interpolation
+        for alpha, loss, accuracy in zip(curve.alphas.tolist(), curve.loss.tolist(), curve.accuracy.tolist()):
+            rows += [{"scope": scope, "metric": "connectivity/loss", "value": loss, "alpha": alpha,
+                      **self.where, **curve_settings},
+                     {"scope": scope, "metric": "connectivity/accuracy", "value": accuracy, "alpha": alpha,
+                      **self.where, **curve_settings}]
+        rows += [{"scope": scope, "metric": "connectivity/barrier", "value": barrier.value,
+                  **self.where, **self.barrier_settings},
+                 {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
+                  **self.where, **self.barrier_settings}]
+        return rows, (barrier.value, barrier.alpha)
+
+    def _plane(self, models: _Members) -> list[dict]:
+        surface = connectivity.plane([models[i] for i in self.members[:3]], LOSS, self.batches, grid=self.grid,
+                                     bn_batches=self.bn_batches, chunk_size=self.chunk_size)
         rows = []
-        bar = _progress(len(missing) + int(plane_missing), path.name, "path", progress)
-        try:
-            for i, j in missing:
-                scope = f"pair-{i}-{j}"
-                barrier = connectivity.loss_barrier(models[i], models[j], loader, LOSS, alphas=alphas,
-                                                    bn_loader=bn_loader, chunk_size=chunk_size)
-                path_rows = []
-                curve = barrier.interpolation
-                for alpha, loss, accuracy in zip(curve.alphas.tolist(), curve.loss.tolist(), curve.accuracy.tolist()):
-                    path_rows += [{"scope": scope, "metric": "connectivity/loss", "value": loss, "alpha": alpha,
-                                   **where, **curve_settings},
-                                  {"scope": scope, "metric": "connectivity/accuracy", "value": accuracy,
-                                   "alpha": alpha, **where, **curve_settings}]
-                path_rows += [{"scope": scope, "metric": "connectivity/barrier", "value": barrier.value,
-                               **where, **barrier_settings},
-                              {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
-                               **where, **barrier_settings}]
-                _append_finite(path, path_rows, rows, models.weights)
-                barriers[i, j] = (barrier.value, barrier.alpha)
-                bar.update()
-            if plane_missing:
-                surface = connectivity.plane([models[i] for i in members[:3]], loader, LOSS, grid=grid,
-                                             bn_loader=bn_loader, chunk_size=chunk_size)
-                plane_rows = []
-                for a, u in enumerate(surface.u.tolist()):
-                    for b, v in enumerate(surface.v.tolist()):
-                        plane_rows += [{"scope": "ensemble", "metric": "plane/loss", "value": float(surface.loss[a, b]),
-                                        "u": u, "v": v, **where, **plane_settings},
-                                       {"scope": "ensemble", "metric": "plane/accuracy",
-                                        "value": float(surface.accuracy[a, b]), "u": u, "v": v, **where,
-                                        **plane_settings}]
-                _append_finite(path, plane_rows, rows, models.weights)
-                bar.update()
-        finally:
-            bar.close()
+        for a, u in enumerate(surface.u.tolist()):
+            for b, v in enumerate(surface.v.tolist()):
+                rows += [{"scope": "ensemble", "metric": "plane/loss", "value": float(surface.loss[a, b]),
+                          "u": u, "v": v, **self.where, **self.plane_settings},
+                         {"scope": "ensemble", "metric": "plane/accuracy", "value": float(surface.accuracy[a, b]),
+                          "u": u, "v": v, **self.where, **self.plane_settings}]
+        return rows
 
-        lines = [f"{path.name}: linear paths between members on {label} {split}, {count} samples, {alphas} alphas, "
-                 f"BatchNorm {bn_mode}: {len(missing)} pairs measured now, {len(pairs) - len(missing)} stored",
+    def summary(self, results: Mapping, missing: Sequence) -> list[str]:
+        pairs = [task for task in results if task != "plane"]
+        measured = [task for task in missing if task != "plane"]
+        lines = [f"{self.path.name}: linear paths between members on {self.where['dataset']} {self.where['split']}, "
+                 f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}: "
+                 f"{len(measured)} pairs measured now, {len(pairs) - len(measured)} stored",
                  f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
-        lines += [f"  {f'{i}-{j}':<12}{barriers[i, j][0]:>12.4g}{barriers[i, j][1]:>10.3g}" for i, j in pairs]
-        if plane:
-            lines.append(f"  plane through members {', '.join(map(str, members[:3]))}: {grid}x{grid} grid "
-                         + ("measured now" if plane_missing else "stored"))
-        measurements.append(Measurement(path, tuple(f"pair-{i}-{j}" for i, j in missing)
-                                        + (("plane",) if plane_missing else ()),
-                                        tuple(f"pair-{i}-{j}" for i, j in pairs if (i, j) not in missing)
-                                        + (("plane",) if plane and not plane_missing else ()), rows, tuple(lines)))
-    return measurements
+        lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}" for i, j in pairs]
+        if self.plane:
+            lines.append(f"  plane through members {', '.join(map(str, self.members[:3]))}: {self.grid}x{self.grid} "
+                         "grid " + ("measured now" if "plane" in missing else "stored"))
+        return lines

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -811,10 +812,8 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InputError(f"--jobs must be a positive integer, got {jobs!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InputError(f"--retries must be an integer >= 0, got {retries!r}")
+    positive_int("--jobs", jobs)
+    positive_int("--retries", retries, minimum=0)
     if not sweep.jobs:
         raise InputError(f"{sweep.source}: the grid has no jobs")
     root = Path(root)

@@ -60,6 +60,7 @@ from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_wri
 from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
 from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
+from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -192,11 +193,6 @@ def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
 
 
 def _validate(settings: TrainingSettings) -> None:
-    def positive_int(name):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-
     if settings.method not in METHODS:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
@@ -204,9 +200,8 @@ def _validate(settings: TrainingSettings) -> None:
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
-        positive_int(name)
-    if settings.train_samples is not None:
-        positive_int("train_samples")
+        positive_int(name, getattr(settings, name))
+    positive_int("train_samples", settings.train_samples, optional=True)
     if not settings.seeds:
         raise InputError("no seeds: give one seed per member, e.g. --seeds 13,17,27")
     outside = [seed for seed in settings.seeds if not 0 <= seed <= MAX_SEED]
@@ -236,13 +231,12 @@ def _validate(settings: TrainingSettings) -> None:
             raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
         if not 0 < settings.k <= 1:
             raise InputError(f"k is a fraction of the training set in (0, 1], got {settings.k!r}")
-        if isinstance(settings.td, bool) or not isinstance(settings.td, (int, np.integer)) or settings.td < 1:
-            raise InputError(f"td (T_d, the epoch of the first selection) must be a positive integer, got {settings.td!r}")
+        positive_int("td (T_d, the epoch of the first selection)", settings.td)
         if settings.td >= settings.epochs:
             raise InputError(f"td = {settings.td} >= epochs = {settings.epochs}: the sets would never be used and this "
                              "would be plain SAM; choose td < epochs (the paper uses td = epochs / 2), or --method sam")
         if settings.reselect_every is not None:
-            positive_int("reselect_every")
+            positive_int("reselect_every", settings.reselect_every)
             if settings.reference_compatible:
                 raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
 
@@ -449,12 +443,10 @@ def _to_cpu(value, clone: bool = False):
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
     """Top-1 accuracy in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for inputs, targets in batches(dataset, batch_size, device=device):
-        correct += (model(inputs).argmax(1) == targets).sum()
-    model.train(was_training)
+    with evaluation_mode(model):
+        for inputs, targets in batches(dataset, batch_size, device=device):
+            correct += (model(inputs).argmax(1) == targets).sum()
     return int(correct) / len(dataset)
 
 
@@ -651,9 +643,7 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
 
 def _processes(settings: TrainingSettings, members_parallel: int | None, callback) -> int:
     """How many processes train, checked before anything is written."""
-    world = 1 if not members_parallel else members_parallel
-    if isinstance(world, bool) or not isinstance(world, (int, np.integer)) or world < 1:
-        raise InputError(f"members_parallel must be a positive integer, got {members_parallel!r}")
+    world = positive_int("members_parallel", 1 if not members_parallel else members_parallel)
     if world > len(settings.seeds):
         raise InputError(f"members_parallel = {world} but the ensemble has {len(settings.seeds)} members; "
                          "use at most one process per member")
@@ -811,8 +801,7 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
 
     config = read_config(run_path)
     stored_threads, stored_device = config.get("threads"), config.get("device")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    positive_int("threads", threads, optional=True)
     if threads is None and stored_threads is not None:
         threads = int(stored_threads)
         tell(f"resuming with {threads} torch thread{'s' if threads != 1 else ''}, as {run_path} was trained "

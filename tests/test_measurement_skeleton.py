@@ -1,0 +1,93 @@
+"""The measurement skeleton (issue 16 item 2) keeps the rows of the code before it.
+
+``measurement_rows_before_skeleton.json`` holds, for each call in ``CALLS``, the rows (every column
+but ``value`` and ``stderr``) that the four ``measure_*`` functions wrote at commit d4e9826, before
+they shared one skeleton, on a three-member digits run. The new code must write rows with exactly
+those keys (so tables written before still match), and rows with those keys stored in a run
+must be reused: nothing is computed again, no landscape function is called.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import landscape.connectivity
+import landscape.fisher
+import landscape.hessian
+import landscape.sharpness
+from ensembles.runs import run_folder
+from ensembles.studies import measurements
+from test_measurements import make_run
+
+BEFORE = json.loads((Path(__file__).parent / "measurement_rows_before_skeleton.json").read_text())
+
+CALLS = {
+    "sharpness_worst": (measurements.measure_sharpness,
+                        dict(rhos=(0.1, 0.2), m=4, n_batches=2, n_iters=2, seed=5)),
+    "sharpness_average": (measurements.measure_sharpness,
+                          dict(kind="average", norm="linf", adaptive=False, rhos=(0.01,), m=4, n_batches=2,
+                               n_samples=3, exclude=["*.bias"], seed=5)),
+    "hessian": (measurements.measure_hessian,
+                dict(n_examples=16, batch_size=8, trace=True, eigenvalues=2, density=True, n_probes=3,
+                     lanczos_steps=4, density_grid=5)),
+    "fisher": (measurements.measure_fisher, dict(n_examples=12, batch_size=5, chunk_size=4)),
+    "connectivity": (measurements.measure_connectivity,
+                     dict(n_examples=10, alphas=3, plane=True, grid=2, bn_examples=8, batch_size=8)),
+    "connectivity_nobn": (measurements.measure_connectivity,
+                          dict(split="val", n_examples=10, alphas=3, bn_reset=False, batch_size=8)),
+}
+#: Tasks of each call: members x radii, members x (trace, eigenvalues, density), members, pairs (+ plane).
+REUSED = {"sharpness_worst": 6, "sharpness_average": 3, "hessian": 9, "fisher": 3, "connectivity": 4,
+          "connectivity_nobn": 3}
+LANDSCAPE = [(landscape.sharpness, "worst_case_sharpness"), (landscape.sharpness, "average_case_sharpness"),
+             (landscape.hessian, "hessian_trace"), (landscape.hessian, "hessian_eigenvalues"),
+             (landscape.hessian, "hessian_spectral_density"), (landscape.fisher, "per_sample_fisher_trace"),
+             (landscape.connectivity, "loss_barrier"), (landscape.connectivity, "plane")]
+
+
+def keys(rows):
+    return [{name: value for name, value in row.items() if name not in ("value", "stderr")} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("skeleton") / "cnn", n_members=3)
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # landscape is called in its new convention
+@pytest.mark.filterwarnings("ignore:Lanczos did not reach")
+@pytest.mark.parametrize("name", list(CALLS))
+def test_rows_have_the_keys_the_code_before_the_skeleton_wrote(name, run_path):
+    measure, options = CALLS[name]
+    (measurement,) = measure([run_path], **options)
+    assert keys(measurement.rows) == BEFORE[name]
+    assert all(math.isfinite(row["value"]) for row in measurement.rows)
+    (again,) = measure([run_path], **options)  # and the new code reuses what it wrote
+    assert again.rows == [] and again.computed == () and again.reused == measurement.computed
+
+
+def store_rows_of_the_code_before(path, name):
+    """The rows the code before the skeleton wrote, with the current weights and placeholder values
+    (1.0: a Fisher array of ones then matches its stored mean)."""
+    rows = [{**row, "value": 1.0} for row in BEFORE[name]]
+    run_folder.append_results(path, rows, weights=run_folder.load_run(path).weights)
+    if name == "fisher":
+        for index in range(3):
+            file = measurements.fisher_path(path, index, "train")
+            file.parent.mkdir(exist_ok=True)
+            np.save(file, np.ones(12, dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_rows_written_before_the_skeleton_are_reused_without_computing(name, tmp_path, monkeypatch):
+    path = make_run(tmp_path / "cnn", n_members=3)
+    store_rows_of_the_code_before(path, name)
+    for module, function in LANDSCAPE:
+        monkeypatch.setattr(module, function, lambda *args, **kwargs: pytest.fail("a stored row was recomputed"))
+    measure, options = CALLS[name]
+    (measurement,) = measure([path], **options)
+    assert measurement.computed == () and measurement.rows == []
+    assert len(measurement.reused) == REUSED[name]
+    assert measurement.summary()[0].startswith(f"{path.name}: ")
