@@ -481,7 +481,9 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
 
     ``batches``: an iterable of ``(inputs, targets)`` with one batch size ``m`` (one perturbation
     per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
-    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights;
+    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights (default:
+    every trainable parameter, biases and BatchNorm affine included; ``adaptive`` scales each of them
+    by ``|θ|``, the reference code's rule, not official ASAM's "weight"-only one);
     ``norm`` is ``"l2"`` or ``"linf"`` (any case). ``init="zero"`` starts at
     ``ε = 0`` (the reference's start; note that at an exact stationary point the gradient there
     is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the
