@@ -805,13 +805,17 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
               help="Training samples (no augmentation, drawn with --seed) for the BatchNorm statistics.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw of the BatchNorm samples.")
+@click.option("--align", default="none", show_default=True,
+              help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
+                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each.")
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
-                         batch_size, seed, device, threads):
+                         batch_size, seed, align, device, threads):
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
     and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
+    Aligned rows have the settings alignment and aligned_to (the reference, member 0).
     Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_connectivity
@@ -819,8 +823,8 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
     chosen = resolve_device(device, threads)
     measurements = measure_connectivity(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
                                         alphas=alphas, plane=plane, grid=grid, bn_reset=bn_reset,
-                                        bn_examples=bn_examples, batch_size=batch_size, seed=seed, device=chosen,
-                                        progress=True)
+                                        bn_examples=bn_examples, batch_size=batch_size, seed=seed, align=align,
+                                        device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 

@@ -48,7 +48,9 @@ from landscape.errors import InputError
 __all__ = [
     "DIVERSITY_METRICS",
     "Missing",
+    "ASCENTS",
     "SharpnessSpec",
+    "ascent_of",
     "collect",
     "comparable_grouping",
     "diversity_metric",
@@ -58,6 +60,8 @@ __all__ = [
     "per_run",
     "run_table",
     "sharpness_per_run",
+    "barriers_per_run",
+    "with_alignment",
     "tradeoff_points",
 ]
 
@@ -432,6 +436,33 @@ def ascent_of(rows: pd.DataFrame) -> pd.Series:
     if "ascent" not in rows:
         return pd.Series("apgd", index=rows.index, dtype=object)
     return rows["ascent"].where(rows["ascent"].notna() & (rows["ascent"] != ""), "apgd")
+
+
+#: Alignments of ``sharpdiv connectivity --align``, in the order reports show them (rows stored
+#: before alignment existed have no ``alignment`` setting: they are unaligned).
+ALIGNMENTS = ("none", "weight", "activation")
+
+
+def with_alignment(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with an ``alignment`` column in which a missing value reads ``"none"``."""
+    if "alignment" not in rows:
+        return rows.assign(alignment="none")
+    return rows.assign(alignment=rows["alignment"].astype(object).where(rows["alignment"].notna(), "none"))
+
+
+def barriers_per_run(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean loss barrier over member pairs per run (index ``path``) and alignment (columns, in
+    :data:`ALIGNMENTS` order), from the newest ``connectivity/barrier`` row of each pair; NaN
+    unless every pair's barrier is finite."""
+    if results.empty or "metric" not in results:
+        return pd.DataFrame(index=pd.Index([], name="path"))
+    rows = with_alignment(results[results["metric"] == "connectivity/barrier"])
+    rows = _newest_settings(rows, ["path", "scope", "alignment"])
+    if rows.empty:
+        return pd.DataFrame(index=pd.Index([], name="path"))
+    means = rows.groupby(["path", "alignment"])["value"].mean(skipna=False).unstack("alignment")
+    order = [kind for kind in ALIGNMENTS if kind in means.columns]
+    return means[order + [kind for kind in means.columns if kind not in order]]
 
 
 def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:

@@ -16,7 +16,10 @@ Figures (SharpBalance, NeurIPS 2024):
 - :func:`plot_ensemble_size` — accuracy and EIR against the number of members (Fig. 8);
 - :func:`plot_reliability` — reliability diagrams from the stored bins, pooled over runs;
 - :func:`plot_barriers`, :func:`plot_interpolation`, :func:`plot_plane` — loss barriers between
-  members, the interpolation curves and the loss plane through three members, per run.
+  members, the interpolation curves and the loss plane through three members, per run; barriers
+  and curves without and with permutation alignment side by side when both are stored;
+- :func:`plot_barrier_vs_eir` — mean pairwise barrier after alignment against EIR, one marker per
+  run (Lion et al., "How good is a single basin?": does the gain come from several basins?).
 """
 from __future__ import annotations
 
@@ -36,12 +39,13 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ensembles.runs.files import atomic_path
-from reports.collect import (SharpnessSpec, diversity_description, diversity_metric, group_labels,
-                             group_order, per_run, tradeoff_points)
+from reports.collect import (SharpnessSpec, barriers_per_run, diversity_description, diversity_metric,
+                             group_labels, group_order, per_run, tradeoff_points, with_alignment)
 from reports.tradeoff import BetaFit, fits_by_group
 
 __all__ = [
     "Figures",
+    "plot_barrier_vs_eir",
     "plot_barriers",
     "plot_ensemble_size",
     "plot_interpolation",
@@ -496,22 +500,32 @@ def _per_run_figures(results, metrics: str, reason: str, draw, directory, prefix
 
 def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
                   formats: Sequence[str] = FORMATS) -> Figures:
-    """Per run: the symmetric matrix of loss barriers between members (zero diagonal) as a heatmap."""
+    """Per run: the symmetric matrix of loss barriers between members (zero diagonal) as a heatmap,
+    one panel per stored alignment (no alignment first), on one colour scale."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows[rows["metric"] == "connectivity/barrier"], ["scope"], "bn_mode", [])
+        rows = with_alignment(rows[rows["metric"] == "connectivity/barrier"])
+        rows = _latest_by(rows, ["scope", "alignment"], "bn_mode", [])
+        kinds = _alignment_order(rows["alignment"])
         pairs = _pairs(rows["scope"])
         size = int(max(pairs["i"].max(), pairs["j"].max())) + 1
-        matrix = np.zeros((size, size))
-        matrix[pairs["i"], pairs["j"]] = rows["value"].to_numpy()
-        matrix[pairs["j"], pairs["i"]] = rows["value"].to_numpy()
-        figure, axes = _figure(width=1.2 * size + 3, height=1.1 * size + 2)
-        ax = axes[0, 0]
-        sns.heatmap(matrix, ax=ax, annot=True, fmt=".3g", cmap="rocket_r", square=True,
-                    cbar_kws={"label": "Loss barrier (loss increase over the linear path)"})
-        ax.set_xlabel("Member")
-        ax.set_ylabel("Member")
-        modes = ", ".join(sorted(rows["bn_mode"].dropna().astype(str).unique())) if "bn_mode" in rows else ""
-        ax.set_title(f"Loss barriers between members, {label}" + (f" (BN: {modes})" if modes else ""))
+        figure, axes = _figure(1, len(kinds), width=1.2 * size + 3, height=1.1 * size + 2)
+        top = float(np.nanmax(rows["value"].to_numpy(dtype=float), initial=0.0))
+        for ax, kind in zip(axes[0], kinds):
+            mine = rows[rows["alignment"] == kind]
+            where = _pairs(mine["scope"])
+            matrix = np.zeros((size, size))
+            matrix[where["i"], where["j"]] = mine["value"].to_numpy()
+            matrix[where["j"], where["i"]] = mine["value"].to_numpy()
+            sns.heatmap(matrix, ax=ax, annot=True, fmt=".3g", cmap="rocket_r", square=True, vmin=0.0,
+                        vmax=top if len(kinds) > 1 and top > 0 else None,
+                        cbar_kws={"label": "Loss barrier (loss increase over the linear path)"})
+            ax.set_xlabel("Member")
+            ax.set_ylabel("Member")
+            modes = ", ".join(sorted(mine["bn_mode"].dropna().astype(str).unique())) if "bn_mode" in mine else ""
+            title = f"Loss barriers between members, {label}" + (f" (BN: {modes})" if modes else "")
+            if len(kinds) > 1 or kind != "none":
+                title += "\n" + _alignment_text(kind)
+            ax.set_title(title)
         return figure
 
     return _per_run_figures(results, r"connectivity/barrier",
@@ -521,18 +535,24 @@ def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
 
 def plot_interpolation(results: pd.DataFrame, directory: str | os.PathLike, *,
                        formats: Sequence[str] = FORMATS) -> Figures:
-    """Per run: loss and accuracy along the linear path θ(α) = (1 − α)θ_i + αθ_j of every pair."""
+    """Per run: loss and accuracy along the linear path θ(α) = (1 − α)θ_i + αθ_j of every pair;
+    with alignment rows, each pair keeps its colour and the aligned path is dashed (dotted for
+    activation matching) beside the unaligned one."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows, ["scope"], "bn_mode", ["alpha"])
+        rows = _latest_by(with_alignment(rows), ["scope", "alignment"], "bn_mode", ["alpha"])
         figure, axes = _figure(1, 2, width=4.8)
+        colours = dict(zip(sorted(rows["scope"].unique()), sns.color_palette("tab10", rows["scope"].nunique())))
+        styles = {"none": "-", "weight": "--", "activation": ":"}
         for ax, metric, unit in ((axes[0, 0], "connectivity/loss", "Loss (cross-entropy)"),
                                  (axes[0, 1], "connectivity/accuracy", "Accuracy (%)")):
             curve_rows = rows[rows["metric"] == metric]
-            for scope, curve in curve_rows.groupby("scope", sort=True):
+            for (scope, kind), curve in curve_rows.groupby(["scope", "alignment"], sort=True):
                 curve = curve.sort_values("alpha")
                 scale = 100 if metric.endswith("accuracy") else 1
+                name = scope.replace("pair-", "members ").replace("-", "–")
                 ax.plot(curve["alpha"].astype(float), scale * curve["value"], marker="o", markersize=3,
-                        label=scope.replace("pair-", "members ").replace("-", "–"))
+                        color=colours[scope], linestyle=styles.get(kind, "-."),
+                        label=name if kind == "none" else f"{name}, {kind}-aligned")
             ax.set_xlabel("Interpolation coefficient α")
             ax.set_ylabel(unit)
             ax.set_title(f"{unit.split(' (')[0]} along linear paths, {label}")
@@ -550,7 +570,9 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
     """Per run: filled contours of loss and accuracy on the plane through members 0, 1, 2
     (coordinates u, v in the plane's orthonormal basis)."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows, ["scope"], "grid", ["u", "v"])
+        rows = with_alignment(rows)
+        kind = _alignment_order(rows["alignment"])[0]  # the unaligned plane when it is stored
+        rows = _latest_by(rows[rows["alignment"] == kind], ["scope"], "grid", ["u", "v"])
         figure, axes = _figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
                                           (axes[0, 1], "plane/accuracy", "Accuracy (%)", "magma")):
@@ -565,9 +587,49 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
             figure.colorbar(filled, ax=ax, label=unit)
             ax.set_xlabel("u (along member 1 − member 0)")
             ax.set_ylabel("v (orthogonal, towards member 2)")
-            ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}")
+            ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}"
+                         + ("" if kind == "none" else f"\n{_alignment_text(kind)}"))
         return figure
 
     return _per_run_figures(results, r"plane/(loss|accuracy)",
                             "no plane rows: run `sharpdiv connectivity RUN --plane`", draw, directory,
                             "plane", formats)
+
+
+def _alignment_order(kinds: pd.Series) -> list[str]:
+    present = list(dict.fromkeys(kinds.astype(str)))
+    known = [kind for kind in ("none", "weight", "activation") if kind in present]
+    return known + sorted(kind for kind in present if kind not in known)
+
+
+def _alignment_text(kind: str) -> str:
+    return "no alignment" if kind == "none" else f"after {kind} matching (members permuted to member 0)"
+
+
+def plot_barrier_vs_eir(results: pd.DataFrame, directory: str | os.PathLike, *, combine: str | None = "probs",
+                        formats: Sequence[str] = FORMATS) -> Figures:
+    """Mean pairwise loss barrier against the ensemble improvement rate on clean test data, one
+    marker per run and alignment; a grey segment joins a run's barrier before and after alignment.
+    Low barriers after alignment with a high EIR mean the gain does not need several basins."""
+    barriers = barriers_per_run(results)
+    eir = per_run(results, "eir", on="test", combine=combine)
+    barriers = barriers[barriers.index.isin(eir.dropna().index)]
+    if barriers.empty:
+        return _skip("needs connectivity barriers (`sharpdiv connectivity RUN --align weight,none`) and EIR "
+                     "(`sharpdiv evaluate RUN`) of the same runs")
+    markers = {"none": "o", "weight": "s", "activation": "^"}
+    with _style():
+        figure, axes = _figure(width=6.0, height=4.5)
+        ax = axes[0, 0]
+        for path, values in barriers.iterrows():
+            finite = values.dropna()
+            if len(finite) > 1:
+                ax.plot(finite.to_numpy(), [eir[path]] * len(finite), color="0.75", zorder=1)
+        for kind in barriers.columns:
+            ax.scatter(barriers[kind], eir.reindex(barriers.index), marker=markers.get(kind, "D"), zorder=2,
+                       label=_alignment_text(kind))
+        ax.set_xlabel("Mean loss barrier between members")
+        ax.set_ylabel("Ensemble improvement rate (EIR)")
+        ax.set_title("Connectivity against ensemble gain (one marker per run)")
+        ax.legend(fontsize="small")
+    return Figures(paths=tuple(_save(figure, Path(directory), "barrier-eir", formats)), figures=(figure,))

@@ -25,7 +25,8 @@ from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
                              group_labels, group_order, missing_measurements, run_table, tradeoff_points)
-from reports.tables import beta_table, severity_table, summary_table, write_group_table, write_table
+from reports.tables import (beta_table, connectivity_table, severity_table, summary_table, write_group_table,
+                            write_table)
 from reports.tradeoff import fits_by_group
 
 __all__ = ["Report", "check_report_folder", "write_report"]
@@ -46,6 +47,8 @@ _CAPTIONS = {
     "barriers": "Loss barriers between members.",
     "interpolation": "Loss and accuracy along the linear paths between members.",
     "plane": "Loss and accuracy on the plane through members 0, 1 and 2.",
+    "barrier-eir": "Mean loss barrier between members against EIR, one marker per run and alignment (members "
+                   "permuted to match member 0); grey segments join a run's barriers before and after alignment.",
 }
 
 
@@ -135,6 +138,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         sections.append(_Section(title, write_table(tables_dir, "tradeoff-beta", numbers, text, title), text))
     else:
         notes.append(f"β table skipped: no run has both {spec} and {metric} with positive values")
+    numbers, text, title = connectivity_table(results, runs, combine=combine)
+    if not numbers.empty:
+        sections.append(_Section(title, write_table(tables_dir, "connectivity", numbers, text, title), text))
 
     common = {"group_by": group_by, "combine": combine, "formats": formats}
     rendered = {
@@ -150,6 +156,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         "barriers": plots.plot_barriers(results, figures_dir, formats=formats),
         "interpolation": plots.plot_interpolation(results, figures_dir, formats=formats),
         "plane": plots.plot_plane(results, figures_dir, formats=formats),
+        "barrier-eir": plots.plot_barrier_vs_eir(results, figures_dir, combine=combine, formats=formats),
     }
     figure_sections = []
     for name, figures in rendered.items():

@@ -30,12 +30,12 @@ import pandas as pd
 
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
-from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, collect, group_labels, group_order,
-                             per_run, run_table, sharpness_per_run, tradeoff_points)
+from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, barriers_per_run, collect,
+                             group_labels, group_order, per_run, run_table, sharpness_per_run, tradeoff_points)
 from reports.tradeoff import BetaFit, fits_by_group
 
-__all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "quickstart_summary", "severity_table",
-           "summary_table", "write_group_table", "write_table"]
+__all__ = ["GroupTable", "beta_table", "connectivity_table", "default_baseline", "latex", "markdown",
+           "quickstart_summary", "severity_table", "summary_table", "write_group_table", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,29 @@ def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, gr
     title = (f"Summary by {group_by}: mean ± std over runs (ensemble rows with combine={combine}; "
              "ID = clean test data, OOD = mean over corrupted slices; accuracies in %)")
     return _group_statistics(name, title, group_by, values, groups, percent=percent)
+
+
+def connectivity_table(results: pd.DataFrame, runs: pd.DataFrame, *,
+                       combine: str | None = "probs") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Per run with barrier rows: the mean pairwise loss barrier without and with each stored
+    alignment (members permuted to match member 0) next to the ensemble's DER and EIR on clean test
+    data — whether the ensemble's gain comes from members in different basins (Lion et al., "How
+    good is a single basin?"). Returns ``(numbers, text, title)``; empty when no run has barriers.
+    """
+    barriers = barriers_per_run(results)
+    labels = runs.set_index("path")["run_label"]
+    numbers = pd.DataFrame({"run": labels.reindex(barriers.index)}, index=barriers.index)
+    for kind in barriers.columns:
+        numbers[f"mean barrier, {'no alignment' if kind == 'none' else kind + ' alignment'}"] = barriers[kind]
+    for metric, label in (("der", "DER ID"), ("eir", "EIR ID")):
+        numbers[label] = per_run(results, metric, on="test", combine=combine).reindex(barriers.index)
+    numbers = numbers.reset_index(drop=True)
+    text = numbers.copy()
+    for column in text.columns[1:]:
+        text[column] = [("" if pd.isna(value) else f"{value:.4g}") for value in numbers[column]]
+    title = ("Connectivity and ensemble gain per run: mean loss barrier over member pairs before and after "
+             "aligning every member to member 0, next to DER and EIR on clean test data")
+    return numbers, text.set_index("run"), title
 
 
 def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",

@@ -68,7 +68,7 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path
 from ensembles.runs.logit_cache import dataset_label
-from landscape import connectivity, fisher, hessian, sharpness
+from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape._checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
 
@@ -833,10 +833,43 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
                for module in model.modules())
 
 
+ALIGNMENTS = ("none", "weight", "activation")
+
+
+def _alignments(align: str | Sequence[str]) -> list[str]:
+    kinds = [align] if isinstance(align, str) else list(align)
+    kinds = [part.strip() for kind in kinds for part in str(kind).split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in ALIGNMENTS]
+    if unknown or not kinds:
+        raise InputError(f"--align {','.join(unknown) or repr(align)}: use none, weight or activation "
+                         "(a comma list such as weight,none measures each)")
+    return list(dict.fromkeys(kinds))
+
+
+class _AlignedMembers:
+    """Members permuted to match member ``reference`` (:mod:`landscape.alignment`), each aligned
+    on first use; the reference itself is returned unchanged."""
+
+    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches):
+        self.members, self.kind, self.reference, self.seed, self.batches = members, kind, reference, seed, batches
+        self.aligned: dict[int, torch.nn.Module] = {}
+
+    def __getitem__(self, index: int) -> torch.nn.Module:
+        if index == self.reference:
+            return self.members[index]
+        if index not in self.aligned:
+            reference, member = self.members[self.reference], self.members[index]
+            self.aligned[index] = (alignment.weight_matching(reference, member, seed=self.seed)
+                                   if self.kind == "weight" else
+                                   alignment.activation_matching(reference, member, self.batches))
+        return self.aligned[index]
+
+
 def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
                          split: str = "test", n_examples: int | None = None, alphas: int = 21, plane: bool = False,
                          grid: int = 21, bn_reset: bool = True, bn_examples: int = 2048, batch_size: int = 256,
-                         seed: int = 0, chunk_size: int = 8, device: torch.device | str = "cpu",
+                         seed: int = 0, chunk_size: int = 8, align: str | Sequence[str] = "none",
+                         device: torch.device | str = "cpu",
                          dtype: torch.dtype | None = None, progress: bool = False) -> list[Measurement]:
     """Linear paths and loss barriers between every pair of members, and optionally the loss plane
     through members 0, 1, 2 (:mod:`landscape.connectivity`), on the first ``n_examples`` samples of
@@ -850,7 +883,16 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     statistics recomputed from ``bn_examples`` training samples without augmentation (drawn with
     ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
+
+    Alignment (``align``: ``none``, ``weight``, ``activation`` or a list of them, each measured):
+    every member is permuted to match member 0 (:mod:`landscape.alignment`; Git Re-Basin weight
+    matching with ``seed``, or activation matching on the BatchNorm samples of the training split)
+    before paths, barriers and the plane are measured. Aligned rows have the settings
+    ``alignment``, ``aligned_to`` (the reference member) and ``align_seed`` (and ``align_examples``
+    for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
+    derived is refused before anything is measured.
     """
+    alignments = _alignments(align)
     alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
     batch_size, chunk_size = positive_int("--batch-size", batch_size), positive_int("--chunk-size", chunk_size)
     bn_examples = positive_int("--bn-examples", bn_examples, minimum=2)
@@ -860,13 +902,18 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     for run in _run_inputs(paths, dataset, split, splits):
         _check_member_count(run, plane)
         count = _example_count("--n-examples", n_examples, run.images)
-        has_batchnorm = _has_batchnorm(run_folder.build_member_model(run.config))
-        training = splits.get(run.label, "train", int(run.config["num_classes"])) if bn_reset and has_batchnorm \
-            else None
-        bn_mode = "reset" if training is not None else ("interpolated" if has_batchnorm else "none")
-        studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, training),
-                                     run.images, count, alphas, plane, grid, bn_mode, training, bn_examples,
-                                     batch_size, seed, chunk_size, device))
+        architecture = run_folder.build_member_model(run.config)
+        if alignments != ["none"]:
+            alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
+        has_batchnorm = _has_batchnorm(architecture)
+        bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
+        training = splits.get(run.label, "train", int(run.config["num_classes"])) \
+            if bn_mode == "reset" or "activation" in alignments else None
+        for kind in alignments:
+            read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads
+            studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, read),
+                                         run.images, count, alphas, plane, grid, bn_mode, read, bn_examples,
+                                         batch_size, seed, chunk_size, device, kind))
     return _measure(studies, device, dtype, progress)
 
 
@@ -881,7 +928,7 @@ def _check_member_count(run: _RunInput, plane: bool) -> None:
 
 def _connectivity_where(splits: _Splits, run: _RunInput, split: str, training) -> dict:
     where = _where(splits, run, split)
-    if training is not None:  # BatchNorm statistics come from training samples: their data counts too
+    if training is not None:  # BatchNorm statistics or activation matching read training samples: they count too
         where["data"] = hashlib.sha256(f"{where['data']}|{splits.digest(run.label, 'train')}".encode()).hexdigest()[:16]
     return where
 
@@ -902,16 +949,25 @@ class _Connectivity(_Study):
     seed: int
     chunk_size: int
     device: torch.device | str
+    alignment: str = "none"
     unit: ClassVar[str] = "path"
 
     def __post_init__(self):
         self.curve_settings = {"bn_mode": self.bn_mode, "n_examples": self.count}
-        self.bn_batches = None
+        self.bn_batches = self.align_batches = self.aligned = None
         if self.training is not None:
             bn_count = min(self.bn_examples, len(self.training))
-            self.curve_settings.update(bn_examples=bn_count, batch_size=self.batch_size, seed=self.seed)
-            self.bn_batches = _Samples(self.training, _permutation(len(self.training), self.seed)[:bn_count],
-                                       self.batch_size, self.device)
+            samples = _Samples(self.training, _permutation(len(self.training), self.seed)[:bn_count],
+                               self.batch_size, self.device)
+            if self.bn_mode == "reset":
+                self.curve_settings.update(bn_examples=bn_count, batch_size=self.batch_size, seed=self.seed)
+                self.bn_batches = samples
+            if self.alignment == "activation":
+                self.curve_settings.update(align_examples=bn_count)
+                self.align_batches = samples
+        if self.alignment != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
+            # (unaligned rows keep the settings they always had, so stored ones are still reused)
+            self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed)
         self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
         self.plane_settings = {**self.curve_settings, "grid": self.grid}
         self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
@@ -936,7 +992,15 @@ class _Connectivity(_Study):
                   for metric in ("connectivity/loss", "connectivity/accuracy")]
         return tuple(ends) if None not in ends and all(curve >= grid_points for curve in curves) else None
 
+    def _members(self, models: _Members):
+        if self.alignment == "none":
+            return models
+        if self.aligned is None or self.aligned.members is not models:
+            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches)
+        return self.aligned
+
     def compute(self, models: _Members, task):
+        models = self._members(models)
         if task == "plane":
             return self._plane(models), True
         scope, curve_settings = self.name(task), self.curve_settings
@@ -970,7 +1034,8 @@ class _Connectivity(_Study):
         pairs = [task for task in results if task != "plane"]
         measured = [task for task in missing if task != "plane"]
         lines = [f"{self.path.name}: linear paths between members on {self.where['dataset']} {self.where['split']}, "
-                 f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}: "
+                 f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}, alignment {self.alignment}"
+                 + (f" (to member {self.members[0]})" if self.alignment != "none" else "") + ": "
                  f"{len(measured)} pairs measured now, {len(pairs) - len(measured)} stored",
                  f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
         lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}" for i, j in pairs]
