@@ -23,3 +23,26 @@ def test_file_digest_sees_a_replaced_file_of_same_size_and_mtime(tmp_path):
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a coarse clock: the same mtime
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
     assert files.file_digest(target) != before
+
+
+def _barrier_rows(entries, n_members=3):
+    """Results rows as :func:`reports.collect.collect` gives them: (pair, value, split, settings, created)."""
+    return pd.DataFrame([{"path": "R", "scope": f"pair-{i}-{j}", "metric": "connectivity/barrier", "value": value,
+                          "stderr": np.nan, "dataset": "digits", "split": split, "corruption": None,
+                          "severity": None, "settings": settings, "data": f"fingerprint-{split}",
+                          "created": f"2024-01-01T00:00:{created:02d}", "run.n_members": n_members}
+                         for (i, j), value, split, settings, created in entries])
+
+
+def test_mean_barrier_is_one_measurement_of_every_pair():
+    """The mean barrier of a run is one measurement (settings, data) of every member pair, never a mix."""
+    test = [((0, 1), 1.0, "test", "A", 1), ((0, 2), 2.0, "test", "A", 2), ((1, 2), 3.0, "test", "A", 3)]
+    assert collect.barriers_per_run(_barrier_rows(test))["none"]["R"] == 2.0
+    # the same pair on another split (same settings) later: not averaged in with the test split's pairs
+    on_val = test + [((0, 1), 100.0, "val", "A", 4)]
+    assert collect.barriers_per_run(_barrier_rows(on_val))["none"]["R"] == 2.0
+    # one pair re-measured with other settings (an interrupted call): the complete measurement counts
+    mixed = test + [((0, 1), 50.0, "test", "B", 5)]
+    assert collect.barriers_per_run(_barrier_rows(mixed))["none"]["R"] == 2.0
+    # a pair missing (a member added since, or an interrupted first call): no mean over some pairs
+    assert np.isnan(collect.barriers_per_run(_barrier_rows(test[:2]))["none"]["R"])
