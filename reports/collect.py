@@ -26,7 +26,7 @@ The readers below turn that table into one number per run. Their conventions:
 - ensemble rows are those of the chosen ``combine`` mode (rows without a ``combine`` column count
   for every mode);
 - when one quantity was stored under several settings (two bin counts, two batch sizes), the
-  newest measurement is used.
+  newest measurement is used, for all members of a run alike (their mean is one measurement's).
 """
 from __future__ import annotations
 
@@ -365,7 +365,8 @@ def _slice_values(results: pd.DataFrame, metric: str, scope: str, on: str, combi
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     rows = results[results["metric"] == metric]
     rows = _of_combine(_on_slice(_of_scope(rows, scope), on), combine)
-    rows = _newest_settings(rows, ["path", "scope", *_SLICE])
+    # members: one settings for all of them (the newest), so their mean is one measurement's
+    rows = _newest_settings(rows, ["path", *_SLICE] if scope == "members" else ["path", "scope", *_SLICE])
     if rows.empty:
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     slices = rows[_SLICE].astype(object)

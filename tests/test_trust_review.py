@@ -46,3 +46,18 @@ def test_mean_barrier_is_one_measurement_of_every_pair():
     assert collect.barriers_per_run(_barrier_rows(mixed))["none"]["R"] == 2.0
     # a pair missing (a member added since, or an interrupted first call): no mean over some pairs
     assert np.isnan(collect.barriers_per_run(_barrier_rows(test[:2]))["none"]["R"])
+
+
+def test_member_mean_is_never_a_mix_of_settings():
+    """Without an ensemble row the report averages member rows: they must all be of one measurement.
+    Member 0 re-measured with other settings (a call interrupted after it) leaves member 1 at the
+    old ones; the mean of the two is no measurement at all."""
+    def row(member, value, settings, created):
+        return {"path": "R", "scope": f"member-{member}", "metric": "sharpness/worst/l2/adaptive", "value": value,
+                "stderr": np.nan, "dataset": "digits", "split": "train", "corruption": None, "severity": None,
+                "settings": settings, "rho": 0.5, "created": f"2024-01-01T00:00:{created:02d}", "run.n_members": 2}
+    spec = collect.SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5")
+    same = pd.DataFrame([row(0, 1.0, "A", 1), row(1, 3.0, "A", 2)])
+    assert collect.sharpness_per_run(same, spec)["R"] == 2.0
+    mixed = pd.DataFrame([row(0, 1.0, "A", 1), row(1, 3.0, "A", 2), row(0, 10.0, "B", 3)])
+    assert np.isnan(collect.sharpness_per_run(mixed, spec)["R"])
