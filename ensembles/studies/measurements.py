@@ -25,8 +25,8 @@ agree. (The draws of average-case sharpness also depend on ``chunk_size``, a mem
 not a setting: rows measured with another chunk size are reused as equivalent.)
 
 Reuse. A measurement whose rows are all stored for the current weights and the same settings is not
-computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice,
-settings and data fingerprint, :func:`ensembles.data.data_digest` of the split read, in the row's
+computed again (:func:`ensembles.runs.run_folder.find_results` semantics: same scope, metric, slice,
+settings and data fingerprint, :func:`ensembles.data.datasets.data_digest` of the split read, in the row's
 ``data`` column). Rows carry the digests of the member files taken when the members were loaded; a
 file replaced before its rows are written stores nothing (an :class:`InputError`). Input is
 checked for every run before anything is measured, so bad input leaves no rows;
@@ -113,7 +113,7 @@ class Measurement:
 class _StoredRows:
     """The run's current rows, looked up by scope, metric, slice and settings (axis columns apart).
 
-    The table is read once per run; the lookup is that of :func:`runs.find_results` with the axis
+    The table is read once per run; the lookup is that of :func:`run_folder.find_results` with the axis
     columns (``alpha``, ``rank`` ...) taken out of the settings and returned with each row.
     """
 
@@ -161,7 +161,7 @@ class _Members:
     @property
     def weights(self) -> dict[int, str] | None:
         """Digests of the member files taken when they were loaded (None before any is loaded):
-        rows pass them to :func:`ensembles.runs.append_results`, which refuses files changed since."""
+        rows pass them to :func:`ensembles.runs.run_folder.append_results`, which refuses files changed since."""
         return None if self.run is None else self.run.weights
 
 
@@ -172,7 +172,7 @@ class _Splits:
         self.root, self._loaded, self._digests = root, {}, {}
 
     def digest(self, label: str, split: str) -> str:
-        """The fingerprint of the split's images and labels (:func:`ensembles.data.data_digest`)."""
+        """The fingerprint of the split's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
         if (label, split) not in self._digests:
             self._digests[label, split] = datasets.data_digest(label, self.root, split)
         return self._digests[label, split]
