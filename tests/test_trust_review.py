@@ -61,3 +61,36 @@ def test_member_mean_is_never_a_mix_of_settings():
     assert collect.sharpness_per_run(same, spec)["R"] == 2.0
     mixed = pd.DataFrame([row(0, 1.0, "A", 1), row(1, 3.0, "A", 2), row(0, 10.0, "B", 3)])
     assert np.isnan(collect.sharpness_per_run(mixed, spec)["R"])
+
+
+def test_aligned_pair_rows_follow_the_reference_members_weights(tmp_path):
+    """Aligned barriers of pair 1-2 depend on member 0 (the reference): new weights of member 0 must
+    not let the old pair-1-2 rows pass as current."""
+    import json
+
+    import torch.nn.functional as F
+
+    import landscape.alignment
+    import landscape.connectivity
+    from ensembles.models.zoo import build
+    from ensembles.runs import run_folder
+    from tests.test_trust_alignment import OPTIONS, invoke, loaders, make_run
+
+    path = make_run(tmp_path / "run")
+    assert invoke("connectivity", path, *OPTIONS, "--align", "weight").exit_code == 0
+    import torch
+    torch.manual_seed(99)
+    run_folder.save_member(path, 0, build("small_cnn", 10, width=4))  # member 0 retrained
+    result = invoke("connectivity", path, *OPTIONS, "--align", "weight")
+    assert result.exit_code == 0, result.output
+    assert "3 pairs measured now, 0 stored" in result.output  # pair 1-2 too: its reference changed
+    table = run_folder.read_results(path, current_only=True)
+    rows = table[(table["metric"] == "connectivity/barrier") & (table["scope"] == "pair-1-2")]
+    rows = rows[[json.loads(text).get("alignment") == "weight" for text in rows["settings"]]]
+    loader, bn_loader = loaders()
+    m0, m1, m2 = run_folder.load_run(path).members
+    a1, a2 = (landscape.alignment.weight_matching(m0, m, seed=2) for m in (m1, m2))
+    expected = landscape.connectivity.loss_barrier(a1, a2, F.cross_entropy, loader, alphas=3,
+                                                   bn_batches=bn_loader).value
+    newest = rows.sort_values("created")["value"].iloc[-1]
+    assert abs(newest - expected) < 1e-6
