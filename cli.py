@@ -138,6 +138,46 @@ def data_options(required: bool = False):
     return decorate
 
 
+MODEL_HELP = ("resnet18, resnet18_tin, wrn40_2, small_cnn, mlp; torchvision:<name>, timm:<name> (pip install "
+              "'sharpdiv[timm]'), or module.path:callable (your factory or class, importable from here).")
+
+
+def model_options(function):
+    """``--model-arg KEY=VALUE`` (repeatable) and the model's own ``--input-size``, ``--mean``, ``--std``."""
+    function = click.option("--std", type=CommaList(float), default=None, metavar="S1,S2,S3",
+                            help="Per-channel std the model normalises with, inside the model (with --mean).")(function)
+    function = click.option("--mean", type=CommaList(float), default=None, metavar="M1,M2,M3",
+                            help="Per-channel mean the model normalises [0, 1] inputs with, inside the model "
+                                 "(default: timm's data config; else the data pipeline's dataset statistics).")(function)
+    function = click.option("--input-size", type=CommaList(int), default=None, metavar="S or H,W",
+                            help="Image size the model expects; inputs are resized inside the model "
+                                 "(default: timm's data config; else the data's own size).")(function)
+    function = click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
+                            help="Keyword argument of the model's builder, JSON where it parses "
+                                 "(--model-arg drop_rate=0.1); repeatable; stored in run.json.")(function)
+    return function
+
+
+def model_settings(pairs, input_size, mean, std) -> tuple[dict, dict | None]:
+    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults)."""
+    import json
+
+    model_args = {}
+    for pair in pairs:
+        key, sign, text = pair.partition("=")
+        if not sign or not key.strip():
+            raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. --model-arg drop_rate=0.1")
+        try:
+            model_args[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            model_args[key.strip()] = text
+    if input_size is not None and len(input_size) not in (1, 2):
+        raise InputError(f"--input-size takes one size or H,W, got {len(input_size)} numbers")
+    size = None if input_size is None else (input_size[0] if len(input_size) == 1 else input_size)
+    given = {"size": size, "mean": mean, "std": std}
+    return model_args, (given if any(v is not None for v in given.values()) else None)
+
+
 def device_options(function):
     """``--device`` and ``--threads``."""
     function = click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -201,7 +241,8 @@ def main():
 
 
 @main.command("import")
-@click.option("--model", "model_name", required=True, help="Architecture of the checkpoints (resnet18, resnet18_tin, wrn40_2, small_cnn, mlp).")
+@click.option("--model", "model_name", required=True, help="Architecture of the checkpoints: " + MODEL_HELP)
+@model_options
 @click.option("--num-classes", required=True, type=click.IntRange(min=2))
 @click.option("--data", "dataset", required=True, help="Dataset the members were trained on (cifar10, cifar100, tinyimagenet, digits, folder:<path>).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width, when the model has one.")
@@ -209,7 +250,7 @@ def main():
               help="Record a setting in run.json (method, rho, width, seeds=13,17,27 ...); repeatable.")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def import_command(model_name, num_classes, dataset, width, assignments, out, files):
+def import_command(model_name, model_arg, input_size, mean, std, num_classes, dataset, width, assignments, out, files):
     """Build the run folder OUT from checkpoint FILES, one member per file.
 
     Reads plain state dicts, dicts holding 'state_dict', 'model' or 'last', DataParallel
@@ -219,14 +260,18 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
     from ensembles.models.checkpoints import import_checkpoints
 
     settings = parse_assignments(assignments)
-    model_args = {"width": width} if width is not None else {}
+    model_args, model_input = model_settings(model_arg, input_size, mean, std)
+    if width is not None:
+        if "width" in model_args:
+            raise InputError(f"the width is given twice (--width {width} and --model-arg width=...); give it once")
+        model_args["width"] = width
     if "width" in settings:
-        if width is not None:
-            raise InputError(f"the width is given twice (--width {width} and --set width={settings['width']}); "
+        if "width" in model_args:
+            raise InputError(f"the width is given twice (--width/--model-arg and --set width={settings['width']}); "
                              "give it once, with --width")
         model_args["width"] = settings.pop("width")
     import_checkpoints(out, files, model=model_name, num_classes=num_classes, dataset=dataset,
-                       model_args=model_args, settings=settings)
+                       model_args=model_args, model_input=model_input, settings=settings)
     click.echo(f"imported {len(files)} members into {out}")
 
 
@@ -368,7 +413,8 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 
 @main.command("train")
 @data_options()
-@click.option("--model", "model_name", default=None, help="Architecture: resnet18, resnet18_tin, wrn40_2, small_cnn, mlp.")
+@click.option("--model", "model_name", default=None, help="Architecture: " + MODEL_HELP)
+@model_options
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
 @click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
 @click.option("--rho", type=click.FloatRange(min=0), default=None,
@@ -406,7 +452,7 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
 @device_options
 @click.pass_context
-def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
+def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
                   weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
@@ -427,12 +473,14 @@ def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, 
         missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
+        model_args, model_input = model_settings(model_arg, input_size, mean, std)
         settings = TrainingSettings(
             dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, k=k, td=td,
             epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
-            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)
+            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples,
+            model_args=model_args or None, model_input=model_input)
         summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True, force=force)
     for row in summaries:
         click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "

@@ -2,7 +2,8 @@
 
 :func:`build` makes a network by name (:data:`MODEL_NAMES`); :func:`load_weights` loads a state
 dict into it, refusing anything that does not fit and saying which keys are wrong. Normalization
-of the inputs belongs to the data pipeline, never to a model.
+of the inputs belongs to the data pipeline for the zoo's models; a model that expects its own input
+size or normalization carries it inside itself (:mod:`ensembles.models.inputs`).
 
 Architectures, each with the parameter names of the public checkpoints it must load unchanged:
 
@@ -392,13 +393,20 @@ _ARCHITECTURES = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
-# One key that only each architecture's checkpoints hold, to name the likely model in errors.
+# Keys that together only each architecture's checkpoints hold, to name the likely model in errors
+# (the zoo's, then the layouts of torchvision's and timm's own families; first match wins).
 _SIGNATURE_KEYS = {
-    "resnet18": "layer1.0.conv1.weight",
-    "resnet18_tin": "conv2_x.0.residual_function.0.weight",
-    "wrn40_2": "block1.layer.0.conv1.weight",
-    "small_cnn": "conv3.weight",
-    "mlp": "layers.0.weight",
+    "resnet18": ("layer1.0.conv1.weight", "linear.weight"),
+    "resnet18_tin": ("conv2_x.0.residual_function.0.weight",),
+    "wrn40_2": ("block1.layer.0.conv1.weight",),
+    "small_cnn": ("conv3.weight", "bn3.weight", "linear.weight"),
+    "mlp": ("layers.0.weight",),
+    "a torchvision or timm ResNet (torchvision:resnet18/50, timm:resnet18 ...)": ("layer1.0.conv1.weight", "fc.weight"),
+    "torchvision:vit_* (a torchvision ViT)": ("encoder.layers.encoder_layer_0.ln_1.weight",),
+    "timm:vit_* (a timm ViT)": ("blocks.0.attn.qkv.weight", "cls_token"),
+    "torchvision:convnext_* (a torchvision ConvNeXt)": ("features.1.0.block.0.weight",),
+    "timm:convnext_* (a timm ConvNeXt)": ("stages.0.blocks.0.conv_dw.weight",),
+    "torchvision:efficientnet_* or mobilenet_v2": ("features.0.0.weight", "classifier.1.weight"),
 }
 
 
@@ -408,21 +416,60 @@ def _options(name: str) -> dict:
     return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
-def build(name: str, num_classes: int, **options) -> nn.Module:
-    """A freshly initialized model ``name`` (one of :data:`MODEL_NAMES`) with ``num_classes`` outputs.
+def build(name: str, num_classes: int, *, model_input: Mapping | None = None, **options) -> nn.Module:
+    """A freshly initialized model ``name`` with ``num_classes`` outputs; never downloads weights.
 
-    Options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn ``width=32``;
-    mlp ``input_size=3072, hidden=(256,)``. The model is float32 on the CPU; move it with ``.to``.
-    An unknown name or option raises :class:`InputError` listing what is allowed.
+    ``name`` is one of :data:`MODEL_NAMES`, or ``torchvision:<builder>`` (any
+    ``torchvision.models`` builder, built with ``weights=None``), ``timm:<name>`` (any
+    ``timm.create_model`` name, ``pretrained=False``; needs ``pip install 'sharpdiv[timm]'``) or
+    ``package.module:callable`` (a factory or class importable from the current folder or
+    ``PYTHONPATH``, called as ``callable(num_classes=num_classes, **options)``).
+
+    Zoo options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn
+    ``width=32``; mlp ``input_size=3072, hidden=(256,)``; the other routes take their builder's
+    keyword arguments. ``model_input`` (see :func:`resolve_input`) adds the model's own input
+    resizing and normalization (:func:`attach_input`). The model is float32 on the CPU; move it
+    with ``.to``. An unknown name or option raises :class:`InputError` saying what is allowed.
     """
+    if ":" in name:
+        model = _build_external(name, num_classes, options)
+    else:
+        model = _build_zoo(name, num_classes, options)
+    return attach_input(model, model_input) if model_input else model
+
+
+def _build_zoo(name: str, num_classes: int, options: dict) -> nn.Module:
     if name not in _ARCHITECTURES:
-        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
+                         "torchvision:<name>, timm:<name> or module.path:callable")
     allowed = _options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
         raise InputError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {listed}")
     return _ARCHITECTURES[name](num_classes, **options)
+
+
+def _build_external(name: str, num_classes: int, options: dict) -> nn.Module:
+    from ensembles.models import external
+
+    return external.build_external(name, num_classes, options)
+
+
+def resolve_input(name: str, model: nn.Module, size=None, mean=None, std=None) -> dict | None:
+    """The run.json ``model_input`` of model ``name`` (built as ``model``): explicit size, mean
+    and std, else what its library records (timm's data config), else None (zoo behaviour)."""
+    from ensembles.models import external, inputs
+
+    default = external.default_input(name, model) if ":" in name else None
+    return inputs.resolve_input(size, mean, std, default=default)
+
+
+def attach_input(model: nn.Module, model_input: Mapping) -> nn.Module:
+    """See :func:`ensembles.models.inputs.attach_input`."""
+    from ensembles.models import inputs
+
+    return inputs.attach_input(model, model_input)
 
 
 def parameter_count(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -450,11 +497,24 @@ def _fold_masks(state: dict, model_keys: set) -> dict:
     return state
 
 
+_RESNET_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
+                  ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101",
+                  ((3, 8, 36, 3), True): "resnet152"}
+
+
 def _likely_architecture(keys) -> str | None:
+    keys = set(keys)
     for name, signature in _SIGNATURE_KEYS.items():
-        if signature in keys:
-            return name
+        if keys.issuperset(signature):
+            return _resnet_depth(keys) or name if signature[-1] == "fc.weight" else name
     return None
+
+
+def _resnet_depth(keys: set) -> str | None:
+    """``torchvision:resnet50`` for the blocks per stage of a torchvision/timm ResNet's keys."""
+    blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}) for stage in range(1, 5))
+    name = _RESNET_DEPTHS.get((blocks, "layer1.0.conv3.weight" in keys))
+    return f"torchvision:{name} (or timm:{name})" if name else None
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -516,10 +576,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
             problems.append(f"{len(wrong_kind)} of another kind of dtype: " + ", ".join(
                 f"{k} {state[k].dtype} vs {expected[k].dtype}" for k in wrong_kind[:_SHOWN]))
         guess = _likely_architecture(state)
-        hint = f"; the weights look like model {guess!r}" if guess and guess != _likely_architecture(expected) else ""
+        hint = (f"; the weights look like {guess if ' ' in guess else 'model ' + repr(guess)}"
+                if guess and guess != _likely_architecture(expected) else "")
         raise InputError(
             f"weights do not fit {type(model).__name__}: " + "; ".join(problems)
-            + f"{hint}. Check --model, --width and --num-classes against the run that saved them"
+            + f"{hint}. Check --model, --model-arg, --width and --num-classes against the run that saved them"
         )
     model.load_state_dict(state, strict=True)
     return model

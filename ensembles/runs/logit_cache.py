@@ -282,8 +282,8 @@ class SliceLogits:
     weights: dict = field(default_factory=dict)
 
 
-def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.ImageDataset:
-    dataset = data_slice.load(root)
+def _load_checked(data_slice: DataSlice, root, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+    dataset = data_slice.load(root, normalize=normalize)
     if dataset.num_classes != n_classes:
         raise InputError(f"{data_slice.dataset} has {dataset.num_classes} classes but the run's members have "
                          f"{n_classes}; evaluate on the dataset the run was trained for (--data)")
@@ -293,7 +293,7 @@ def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.Image
 def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members: Sequence[int], n_classes: int,
                  load_members: Callable[[Sequence[int]], Sequence[torch.nn.Module]], root=None,
                  batch_size: int = 512, device: torch.device | str = "cpu",
-                 member_weights: Callable[[int], str] | None = None) -> SliceLogits:
+                 member_weights: Callable[[int], str] | None = None, normalize: bool = True) -> SliceLogits:
     """The slice's member logits from the cache, computing (and caching) only what is missing.
 
     ``members`` are the run's member indices; ``load_members(indices)`` returns those members as
@@ -301,14 +301,15 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     ``member_weights(index)`` the digest of the member's weights file as ``load_members`` read it
     (default: the file's digest now). Cached logits count only for the current weights and the
     data's current fingerprint (:meth:`DataSlice.digest`). The data is loaded only when labels or
-    logits are missing; then its labels must equal the cached ones.
+    logits are missing; then its labels must equal the cached ones. ``normalize=False`` feeds
+    ``[0, 1]`` pixels to members that normalise their inputs themselves.
     """
     run_path = Path(run_path)
     data = data_slice.digest(root)
     labels = read_cached_labels(run_path, data_slice, data)
     dataset = None
     if labels is None:
-        dataset = _load_checked(data_slice, root, n_classes)
+        dataset = _load_checked(data_slice, root, n_classes, normalize)
         labels = dataset.targets.clone()
         _write(labels_path(run_path, data_slice), "labels", labels,
                {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
@@ -326,7 +327,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     missing = [member for member in members if member not in cached]
     if missing:
         if dataset is None:
-            dataset = _load_checked(data_slice, root, n_classes)
+            dataset = _load_checked(data_slice, root, n_classes, normalize)
             if not torch.equal(labels, dataset.targets):
                 raise InputError(f"the cached labels {labels_path(run_path, data_slice)} differ from the labels "
                                  f"of {data_slice.dataset} {data_slice.name} on disk: the cache was made from other "

@@ -79,11 +79,13 @@ def library_versions() -> dict[str, str]:
 def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model: str,
                model_args: Mapping | None = None, method: str = "sgd", seeds: Iterable[int] = (),
                keep: str = "best", n_members: int | None = None, exist_ok: bool = False,
-               **settings) -> dict:
+               model_input: Mapping | None = None, **settings) -> dict:
     """Write a new run folder's run.json and return the config.
 
     ``settings`` are the method's hyper-parameters (rho, k, td, epochs, lr, width, sparsity ...);
-    they are stored flat at the top level so reports can group by any of them.
+    they are stored flat at the top level so reports can group by any of them. ``model_input`` is
+    the input size and normalization the model applies itself (:mod:`ensembles.models.inputs`;
+    None: the data pipeline normalises with the dataset's statistics).
     """
     path = Path(path)
     seeds = [int(s) for s in seeds]
@@ -94,6 +96,7 @@ def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model
         "num_classes": int(num_classes),
         "model": model,
         "model_args": dict(model_args or {}),
+        "model_input": dict(model_input) if model_input else None,
         "method": method,
         "seeds": seeds,
         "keep": keep,
@@ -141,6 +144,9 @@ def check_config(config, file: str | os.PathLike = RUN_FILE) -> None:
                  or (kind is str and not value.strip()) or (name == "num_classes" and value < 2))
         if wrong:
             raise InputError(f"{file}: field {name!r} must be {meaning}, got {_short(value)}; {fix}")
+    if not isinstance(config.get("model_input") or {}, dict):
+        raise InputError(f"{file}: field 'model_input' must be an object (size, mean, std) or null, got "
+                         f"{_short(config['model_input'])}; {fix}")
     for position, member in enumerate(config["members"]):
         if not isinstance(member, dict) or member.get("index") != position or isinstance(member.get("index"), bool) \
                 or not isinstance(member.get("status", ""), str):
@@ -223,11 +229,20 @@ def finished_members(config: Mapping) -> list[int]:
     return [m["index"] for m in config.get("members", []) if m.get("status") == "done"]
 
 
+def data_normalized(config: Mapping) -> bool:
+    """Whether the run's members take images normalised by the data pipeline (the zoo's way),
+    rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""
+    from ensembles.models.inputs import normalizes
+
+    return not normalizes(config.get("model_input"))
+
+
 def build_member_model(config: Mapping) -> torch.nn.Module:
     from ensembles.models import zoo
 
     try:
-        return zoo.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+        return zoo.build(config["model"], int(config["num_classes"]), model_input=config.get("model_input"),
+                         **config.get("model_args", {}))
     except InputError as error:
         raise InputError(f"run.json: {error}; fix model/model_args in run.json or recreate the run") from None
     except (TypeError, ValueError) as error:  # an option of the right name but a wrong value

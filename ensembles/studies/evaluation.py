@@ -411,6 +411,7 @@ class _Plan:
     n_classes: int
     slices: list[DataSlice]
     notes: tuple[str, ...]
+    normalize: bool = True  # False: the members normalise [0, 1] inputs themselves
 
 
 def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
@@ -421,7 +422,8 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
     label = dataset or config["dataset"]
     slices = evaluation_slices(label, root, corruptions, severities)
     note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
-    return _Plan(path, members, int(config["num_classes"]), slices, (note,) if note else ())
+    return _Plan(path, members, int(config["num_classes"]), slices, (note,) if note else (),
+                 run_folder.data_normalized(config))
 
 
 def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, progress) -> Evaluation:
@@ -438,7 +440,8 @@ def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, pro
             values[data_slice.name] = _summary_values(measurements, where, members, combine, n_bins)
             continue
         logits = slice_logits(path, data_slice, members=members, n_classes=n_classes, load_members=load_members,
-                              root=root, batch_size=batch_size, device=device, member_weights=load_members.digest)
+                              root=root, batch_size=batch_size, device=device, member_weights=load_members.digest,
+                              normalize=plan.normalize)
         _same_weights(path, weights, logits.weights)
         (computed if logits.computed else from_cache).append(data_slice.name)
         where["data"] = logits.data
@@ -546,12 +549,14 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
         check_radius(NORMS[norm], eps, inputs[0].numel())  # the l2 bound needs the image size
         run = run_folder.load_run(path, device)
         weights = run.weights
+        # members that normalise their inputs themselves take the [0, 1] images as they are
+        mean, std = (images.mean, images.std) if run_folder.data_normalized(config) else (None, None)
         for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
             if scope == "ensemble":
-                model = EnsembleClassifier(run.members, combine=combine, mean=images.mean, std=images.std)
+                model = EnsembleClassifier(run.members, combine=combine, mean=mean, std=std)
             else:
                 member = run.members[run.member_indices.index(int(scope.split("-")[1]))]
-                model = Normalized(member, images.mean, images.std)
+                model = Normalized(member, mean, std)
             result = robust_accuracy(model, inputs, labels, eps=eps, norm=NORMS[norm], attacks=tuple(attacks),
                                      batch_size=batch_size, seed=seed)
             values[scope] = (result.clean_accuracy, result.robust_accuracy)

@@ -177,10 +177,12 @@ class _Splits:
             self._digests[label, split] = datasets.data_digest(label, self.root, split)
         return self._digests[label, split]
 
-    def get(self, label: str, split: str, n_classes: int) -> datasets.ImageDataset:
-        if (label, split) not in self._loaded:
-            self._loaded[label, split] = datasets.load_dataset(label, self.root, split, augment=False)
-        images = self._loaded[label, split]
+    def get(self, label: str, split: str, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+        """``normalize=False``: ``[0, 1]`` images for members that normalise them themselves."""
+        if (label, split, normalize) not in self._loaded:
+            self._loaded[label, split, normalize] = datasets.load_dataset(label, self.root, split, augment=False,
+                                                                          normalize=normalize)
+        images = self._loaded[label, split, normalize]
         if images.num_classes != n_classes:
             raise InputError(f"{label} has {images.num_classes} classes but the run's members have {n_classes}; "
                              "measure on the dataset the run was trained for (--data)")
@@ -231,7 +233,8 @@ def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> It
         config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
-        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
+        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"]),
+                                                                    run_folder.data_normalized(config)))
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
@@ -886,7 +889,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
         has_batchnorm = _has_batchnorm(architecture)
         bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
-        training = splits.get(run.label, "train", int(run.config["num_classes"])) \
+        training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config)) \
             if bn_mode == "reset" or "activation" in alignments else None
         for kind in alignments:
             read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads

@@ -8,8 +8,10 @@ that follow training and how the closing report groups the runs::
 
     [base]                           # TrainingSettings fields shared by every grid point
     dataset = "cifar10"
-    model = "resnet18"
+    model = "resnet18"               # or torchvision:<name>, timm:<name>, module.path:callable
     epochs = 200
+    [base.model_args]                # optional: the builder's keyword arguments (--model-arg)
+    [base.model_input]               # optional: size, mean, std the model applies itself
 
     [grid]                           # axes to cross (a list of values each)
     method = ["sgd", "sam", "sharpbalance"]
@@ -68,14 +70,20 @@ import math
 import os
 import re
 import socket
+import sys
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from landscape._checks import positive_int
 from landscape.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, released separately for Python 3.10 (setup.cfg requires it there)
+    import tomli
+    tomllib = tomli
 
 __all__ = [
     "AXES",
@@ -126,7 +134,7 @@ _BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "train_samples")
+        "keep", "eta", "train_samples", "model_args", "model_input")
 
 
 #: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
@@ -169,8 +177,20 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
         return (lambda value: isinstance(value, str) and value in choices), f"one of {', '.join(choices)}"
 
     positive = (_whole(1), "a positive integer")
+    def model_name(value) -> bool:  # a zoo name, or torchvision:/timm:/module.path:callable
+        return isinstance(value, str) and (value in MODEL_NAMES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value)
+                                           is not None)
+
+    def table(keys=None):
+        return lambda value: isinstance(value, dict) and all(isinstance(k, str) and (keys is None or k in keys)
+                                                             for k in value)
+
     return {
-        "method": one_of(METHODS), "model": one_of(MODEL_NAMES), "schedule": one_of(SCHEDULES),
+        "method": one_of(METHODS), "schedule": one_of(SCHEDULES),
+        "model": (model_name, f"one of {', '.join(MODEL_NAMES)}, or torchvision:<name>, timm:<name> or "
+                              "module.path:callable"),
+        "model_args": (table(), "a table of the model builder's keyword arguments"),
+        "model_input": (table(("size", "mean", "std")), "a table with size, mean and std (any of them)"),
         "keep": one_of(("best", "last")),
         "dataset": (_dataset_name, "a dataset name (cifar10, cifar100, tinyimagenet, digits or folder:<path>)"),
         "rho": (_real(0), "a finite number >= 0"), "eta": (_real(0), "a finite number >= 0"),
@@ -478,7 +498,8 @@ def _identity(settings) -> tuple:
     for name in _NOT_IDENTITY:
         values.pop(name, None)
     return (settings.dataset, settings.model, settings.method, tuple(settings.seeds), settings.keep,
-            tuple(sorted((k, _text(v)) for k, v in values.items())))
+            tuple(sorted((k, _text(v)) for k, v in values.items())),
+            json.dumps(settings.model_args or {}, sort_keys=True))
 
 
 def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "") -> list[Job]:
@@ -587,12 +608,17 @@ def _training_state(path: Path, settings) -> str:
     if _identity(stored) != _identity(settings):
         differences = [name for name in settings.run_fields() if name not in _NOT_IDENTITY
                        and _text(stored.run_fields().get(name)) != _text(settings.run_fields().get(name))]
-        differences += [name for name in ("dataset", "model", "method", "seeds", "keep")
+        differences += [name for name in ("dataset", "model", "method", "seeds", "keep", "model_args")
                         if getattr(stored, name) != getattr(settings, name)]
         shown = ", ".join(f"{name} {_text(getattr(stored, name))} there vs {_text(getattr(settings, name))} here"
                           for name in differences)
         raise InputError(f"{path} holds another ensemble than the sweep asks for ({shown}); give the sweep "
                          "another --out or remove that folder")
+    asked = {k: v for k, v in (settings.model_input or {}).items() if v is not None}
+    held = stored.model_input or {}
+    if any(_text(held.get(k)) != _text(v if k != "size" or isinstance(v, list) else [v, v]) for k, v in asked.items()):
+        raise InputError(f"{path} holds another ensemble than the sweep asks for (model_input {held} there vs "
+                         f"{asked} here); give the sweep another --out or remove that folder")
     config = run_folder.read_config(path)
     members = config.get("members", [])
     done = len(members) == len(settings.seeds) and all(m.get("status") == "done" for m in members)

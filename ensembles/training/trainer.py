@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from ensembles.models import pruning, zoo
+from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
@@ -129,9 +130,19 @@ class TrainingSettings:
     data_path: str | None = None
     train_samples: int | None = None
     score_chunk_size: int = 128
+    #: keyword arguments of the model's builder besides width (``--model-arg KEY=VALUE``)
+    model_args: dict | None = None
+    #: the model's own input size and normalization, ``{"size", "mean", "std"}`` (any may be None;
+    #: :func:`ensembles.models.inputs.resolve_input`); train() fills in the library's defaults
+    model_input: dict | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("model_args", "model_input"):  # {} and None say the same: keep one spelling for resume
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"{name} must be a dict or None, got {type(value).__name__}")
+            object.__setattr__(self, name, dict(value) if value else None)
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
         _refuse_settings_the_method_ignores(self)
@@ -153,7 +164,7 @@ class TrainingSettings:
     def run_fields(self) -> dict:
         """The flat hyper-parameters for run.json (fields that do not apply are None)."""
         values = asdict(self)
-        for name in ("dataset", "model", "method", "seeds", "keep"):
+        for name in ("dataset", "model", "method", "seeds", "keep", "model_args", "model_input"):
             values.pop(name)
         if self.method == "sgd":
             values["rho"] = 0.0
@@ -263,7 +274,8 @@ class _Member:
         self.index, self.seed, self.settings, self.device = index, seed, settings, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = zoo.build(settings.model, num_classes, **_model_args(settings))
+            self.model = zoo.build(settings.model, num_classes, model_input=settings.model_input,
+                                   **_model_args(settings))
         self.model.to(device)
         base = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
@@ -411,7 +423,11 @@ def _finite_weights(model: torch.nn.Module) -> bool:
 
 
 def _model_args(settings: TrainingSettings) -> dict:
-    return {} if settings.width is None else {"width": settings.width}
+    extra = dict(settings.model_args or {})
+    if settings.width is not None and "width" in extra:
+        raise InputError(f"the width is given twice (--width {settings.width} and --model-arg width={extra['width']}); "
+                         "give it once")
+    return extra if settings.width is None else {**extra, "width": settings.width}
 
 
 def _to_cpu(value, clone: bool = False):
@@ -456,7 +472,9 @@ def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
 
 def _load_data(settings: TrainingSettings) -> _Data:
     def split(name, augment=False):
-        return load_dataset(settings.dataset, settings.data_path, name, augment=augment)
+        # [0, 1] pixels for a model that normalises its inputs itself: normalised exactly once
+        return load_dataset(settings.dataset, settings.data_path, name, augment=augment,
+                            normalize=not normalizes(settings.model_input))
 
     train = first_samples(split("train", augment=True), settings.train_samples)
     val = split("val")
@@ -729,15 +747,17 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     if (out / RUN_FILE).exists():
         raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
     require_writable_folder(out, force)
-    _require_own_training_state(out, settings, recorded=True)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
-        zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+        model = zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+    settings = replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
+    _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
     # The thread count changes how CPU kernels split their sums, so resuming bit for bit needs it again.
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
-               model_args=_model_args(settings), method=settings.method, seeds=settings.seeds, keep=settings.keep,
+               model_args=_model_args(settings), model_input=settings.model_input, method=settings.method,
+               seeds=settings.seeds, keep=settings.keep,
                **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
 
@@ -750,6 +770,7 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
         raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
+    values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
     return TrainingSettings(**values)
 
 
