@@ -94,3 +94,29 @@ def test_aligned_pair_rows_follow_the_reference_members_weights(tmp_path):
                                                    bn_batches=bn_loader).value
     newest = rows.sort_values("created")["value"].iloc[-1]
     assert abs(newest - expected) < 1e-6
+
+
+def test_aligned_rows_turn_stale_when_the_reference_member_changes(tmp_path):
+    """read_results marks pair-1-2's aligned rows stale once member 0 (their reference) has new
+    weights, although pair 1-2's own members did not change; unaligned rows of that pair stay."""
+    import json
+
+    import torch
+
+    from ensembles.models.zoo import build
+    from ensembles.runs import run_folder
+    from tests.test_trust_alignment import OPTIONS, invoke, make_run
+
+    path = make_run(tmp_path / "run")
+    assert invoke("connectivity", path, *OPTIONS, "--align", "weight,none").exit_code == 0
+
+    def pair_rows(alignment):
+        table = run_folder.read_results(path, current_only=True)
+        rows = table[(table["metric"] == "connectivity/barrier") & (table["scope"] == "pair-1-2")]
+        return rows[[json.loads(text).get("alignment", "none") == alignment for text in rows["settings"]]]
+
+    assert len(pair_rows("weight")) == 1 and len(pair_rows("none")) == 1
+    torch.manual_seed(99)
+    run_folder.save_member(path, 0, build("small_cnn", 10, width=4))  # member 0 retrained
+    assert pair_rows("weight").empty
+    assert len(pair_rows("none")) == 1

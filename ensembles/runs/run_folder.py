@@ -510,6 +510,14 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     table["stale"] = table["weights"] != table["scope"].map(digests)
     # The same measurement on other data: only the newest data's rows are current.
     table["stale"] |= table.duplicated(["scope", "metric", *_SLICE_COLUMNS, "settings", "weights"], keep="last")
+    # Rows that also depend on a member outside their scope (aligned pairs depend on the reference
+    # member they were aligned to) are stale once that member's file changed.
+    if {"aligned_to", "reference_weights"} <= set(table.columns):
+        tied = table["reference_weights"].notna() & table["aligned_to"].notna()
+        current = {int(m): file_digest(member_path(path, int(m))) if member_path(path, int(m)).is_file() else None
+                   for m in table.loc[tied, "aligned_to"].unique()}
+        table.loc[tied, "stale"] |= table.loc[tied, "reference_weights"] != table.loc[tied, "aligned_to"].map(
+            lambda member: current[int(member)])
     if current_only:
         table = table[~table["stale"]]
     leading = [c for c in RESULT_COLUMNS if c in table.columns]
