@@ -26,7 +26,7 @@ The readers below turn that table into one number per run. Their conventions:
 - ensemble rows are those of the chosen ``combine`` mode (rows without a ``combine`` column count
   for every mode);
 - when one quantity was stored under several settings (two bin counts, two batch sizes), the
-  newest measurement is used.
+  newest measurement is used, for all members of a run alike (their mean is one measurement's).
 """
 from __future__ import annotations
 
@@ -385,7 +385,8 @@ def _slice_values(results: pd.DataFrame, metric: str, scope: str, on: str, combi
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     rows = results[results["metric"] == metric]
     rows = _of_combine(_on_slice(_of_scope(rows, scope), on), combine)
-    rows = _newest_settings(rows, ["path", "scope", *_SLICE])
+    # members: one settings for all of them (the newest), so their mean is one measurement's
+    rows = _newest_settings(rows, ["path", *_SLICE] if scope == "members" else ["path", "scope", *_SLICE])
     if rows.empty:
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     slices = rows[_SLICE].astype(object)
@@ -452,17 +453,37 @@ def with_alignment(rows: pd.DataFrame) -> pd.DataFrame:
 
 def barriers_per_run(results: pd.DataFrame) -> pd.DataFrame:
     """Mean loss barrier over member pairs per run (index ``path``) and alignment (columns, in
-    :data:`ALIGNMENTS` order), from the newest ``connectivity/barrier`` row of each pair; NaN
-    unless every pair's barrier is finite."""
+    :data:`ALIGNMENTS` order): the newest ``connectivity/barrier`` measurement (one settings, one
+    slice of data) that holds every pair of the run's ``run.n_members`` members; NaN when none
+    does, or when a barrier in it is not finite. Pairs are never pooled across settings or data."""
     if results.empty or "metric" not in results:
         return pd.DataFrame(index=pd.Index([], name="path"))
     rows = with_alignment(results[results["metric"] == "connectivity/barrier"])
-    rows = _newest_settings(rows, ["path", "scope", "alignment"])
     if rows.empty:
         return pd.DataFrame(index=pd.Index([], name="path"))
-    means = rows.groupby(["path", "alignment"])["value"].mean(skipna=False).unstack("alignment")
+    means = pd.Series({key: _complete_barrier_mean(group)
+                       for key, group in rows.groupby(["path", "alignment"], sort=True)}, dtype=float)
+    means = means.rename_axis(["path", "alignment"]).unstack("alignment")
     order = [kind for kind in ALIGNMENTS if kind in means.columns]
     return means[order + [kind for kind in means.columns if kind not in order]]
+
+
+def _complete_barrier_mean(rows: pd.DataFrame) -> float:
+    """Mean barrier of the newest measurement among ``rows`` (one run, one alignment) that covers
+    every member pair, else NaN."""
+    pairs = rows["scope"].str.extract(r"^pair-(\d+)-(\d+)$").astype(float)
+    members = set(pairs.stack().astype(int))
+    listed = rows["run.n_members"].iloc[0] if "run.n_members" in rows else math.nan
+    if pd.notna(listed):
+        members = set(range(int(listed)))
+    expected = {f"pair-{i}-{j}" for i in members for j in members if i < j}
+    rows = rows.sort_values("created", kind="stable")
+    identity = list(zip(*_filled(rows, [c for c in ("settings", *_SLICE, "data") if c in rows])))
+    for measurement in dict.fromkeys(reversed(identity)):  # newest measurement first
+        chosen = rows[[key == measurement for key in identity]].drop_duplicates("scope", keep="last")
+        if expected and set(chosen["scope"]) >= expected:
+            return float(chosen[chosen["scope"].isin(expected)]["value"].mean(skipna=False))
+    return math.nan
 
 
 def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:

@@ -25,8 +25,8 @@ agree. (The draws of average-case sharpness also depend on ``chunk_size``, a mem
 not a setting: rows measured with another chunk size are reused as equivalent.)
 
 Reuse. A measurement whose rows are all stored for the current weights and the same settings is not
-computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice,
-settings and data fingerprint, :func:`ensembles.data.data_digest` of the split read, in the row's
+computed again (:func:`ensembles.runs.run_folder.find_results` semantics: same scope, metric, slice,
+settings and data fingerprint, :func:`ensembles.data.datasets.data_digest` of the split read, in the row's
 ``data`` column). Rows carry the digests of the member files taken when the members were loaded; a
 file replaced before its rows are written stores nothing (an :class:`InputError`). Input is
 checked for every run before anything is measured, so bad input leaves no rows;
@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from ensembles.data import datasets
 from ensembles.runs import run_folder
-from ensembles.runs.files import atomic_path
+from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
 from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape._checks import positive_int, select_parameters
@@ -113,7 +113,7 @@ class Measurement:
 class _StoredRows:
     """The run's current rows, looked up by scope, metric, slice and settings (axis columns apart).
 
-    The table is read once per run; the lookup is that of :func:`runs.find_results` with the axis
+    The table is read once per run; the lookup is that of :func:`run_folder.find_results` with the axis
     columns (``alpha``, ``rank`` ...) taken out of the settings and returned with each row.
     """
 
@@ -161,7 +161,7 @@ class _Members:
     @property
     def weights(self) -> dict[int, str] | None:
         """Digests of the member files taken when they were loaded (None before any is loaded):
-        rows pass them to :func:`ensembles.runs.append_results`, which refuses files changed since."""
+        rows pass them to :func:`ensembles.runs.run_folder.append_results`, which refuses files changed since."""
         return None if self.run is None else self.run.weights
 
 
@@ -172,7 +172,7 @@ class _Splits:
         self.root, self._loaded, self._digests = root, {}, {}
 
     def digest(self, label: str, split: str) -> str:
-        """The fingerprint of the split's images and labels (:func:`ensembles.data.data_digest`)."""
+        """The fingerprint of the split's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
         if (label, split) not in self._digests:
             self._digests[label, split] = datasets.data_digest(label, self.root, split)
         return self._digests[label, split]
@@ -261,7 +261,7 @@ def _mean_over_members(values: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
-_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", "data", *AXIS_COLUMNS}  # data: a fingerprint, noise in a message
+_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", "data", "reference_weights", *AXIS_COLUMNS}  # data: a fingerprint, noise in a message
 
 
 def _not_finite(path: Path, row: Mapping, reason: str, written: Sequence[Mapping]) -> NonFiniteError:
@@ -891,8 +891,9 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     every member is permuted to match member 0 (:mod:`landscape.alignment`; Git Re-Basin weight
     matching with ``seed``, or activation matching on the BatchNorm samples of the training split)
     before paths, barriers and the plane are measured. Aligned rows have the settings
-    ``alignment``, ``aligned_to`` (the reference member) and ``align_seed`` (and ``align_examples``
-    for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
+    ``alignment``, ``aligned_to`` (the reference member), ``reference_weights`` (the digest of its
+    weights file, so new reference weights make the pair rows stale) and ``align_seed`` (and
+    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
     derived is refused before anything is measured.
     """
     alignments = _alignments(align)
@@ -970,7 +971,10 @@ class _Connectivity(_Study):
                 self.align_batches = samples
         if self.alignment != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
             # (unaligned rows keep the settings they always had, so stored ones are still reused)
-            self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed)
+            # an aligned pair's numbers depend on the reference's weights too, which its scope does not read
+            reference = run_folder.member_path(self.path, self.members[0])
+            self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed,
+                                       reference_weights=file_digest(reference))
         self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
         self.plane_settings = {**self.curve_settings, "grid": self.grid}
         self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
@@ -999,6 +1003,10 @@ class _Connectivity(_Study):
         if self.alignment == "none":
             return models
         if self.aligned is None or self.aligned.members is not models:
+            models[self.members[0]]  # loads the members: their digests are those read
+            if models.weights[self.members[0]] != self.curve_settings["reference_weights"]:
+                raise InputError(f"{run_folder.member_path(self.path, self.members[0])} changed during the measurement "
+                                 "(the alignment's reference is not the one planned); no rows were stored: run it again")
             self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches)
         return self.aligned
 
