@@ -48,7 +48,9 @@ from landscape.errors import InputError
 __all__ = [
     "DIVERSITY_METRICS",
     "Missing",
+    "ASCENTS",
     "SharpnessSpec",
+    "ascent_of",
     "collect",
     "comparable_grouping",
     "diversity_metric",
@@ -227,6 +229,8 @@ def comparable_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame
 # one number per run
 
 
+#: Worst-case ascents a sharpness row may have been measured with (its ``ascent`` setting).
+ASCENTS = ("apgd", "reference")
 #: The sharpness metrics ``sharpdiv sharpness`` stores (they need a radius), and their form in messages.
 SHARPNESS_PATTERN = r"sharpness(-error)?/(worst|average)/(l2|linf)/(adaptive|standard)"
 SHARPNESS_FORM = "sharpness/<worst|average>/<l2|linf>/<adaptive|standard>"
@@ -239,18 +243,29 @@ CURVATURE_METRICS = ("hessian/trace", "fisher/mean", *(f"fisher/q{q}" for q in F
 class SharpnessSpec:
     """Which sharpness the reports read: ``METRIC@RHO``, e.g. ``sharpness/worst/l2/adaptive@0.5``.
 
-    Sharpness metrics need the radius; curvature metrics (``hessian/trace``) take none.
+    Sharpness metrics need the radius; curvature metrics (``hessian/trace``) take none. A worst case
+    may name its ascent after the radius: ``@0.5:reference`` reads only the rows measured with the
+    reference code's update (``sharpdiv sharpness --ascent reference``), plain ``@0.5`` (or
+    ``@0.5:apgd``) only sharpdiv's APGD rows — rows without an ``ascent`` setting, which every row
+    stored before the setting existed is. The two are never read into one table or figure.
     """
 
     metric: str
     rho: float | None
+    ascent: str = "apgd"
 
     @classmethod
     def parse(cls, text: str) -> "SharpnessSpec":
         """``METRIC@RHO`` for a sharpness metric, plain ``METRIC`` for a curvature one; anything
         else is refused here, before a report is written around a metric no command stores."""
         metric, at, radius = str(text).partition("@")
-        metric, radius = metric.strip(), radius.strip()
+        radius, colon, ascent = radius.partition(":")
+        metric, radius, ascent = metric.strip(), radius.strip(), ascent.strip() or "apgd"
+        if colon and ascent not in ASCENTS:
+            raise InputError(f"--sharpness {text!r}: unknown ascent {ascent!r} after ':'; use "
+                             f"{metric}@{radius}:reference (or :apgd, the default)")
+        if colon and not re.fullmatch(r"sharpness(-error)?/worst/.*", metric):
+            raise InputError(f"--sharpness {text!r}: only a worst case has an ascent; drop ':{ascent}'")
         if re.fullmatch(r"sharpness(-error)?/.*", metric):
             if not re.fullmatch(SHARPNESS_PATTERN, metric):
                 raise InputError(f"--sharpness {text!r}: the metric is {SHARPNESS_FORM} "
@@ -263,7 +278,7 @@ class SharpnessSpec:
                 raise InputError(f"--sharpness {text!r}: {radius!r} is not a number; e.g. {metric}@0.5") from None
             if not (rho > 0 and math.isfinite(rho)):
                 raise InputError(f"--sharpness {text!r}: the radius must be a positive number")
-            return cls(metric, rho)
+            return cls(metric, rho, ascent)
         if metric in CURVATURE_METRICS:
             if at:
                 raise InputError(f"--sharpness {text!r}: {metric} takes no radius; use --sharpness {metric}")
@@ -273,7 +288,9 @@ class SharpnessSpec:
                          f"{', '.join(CURVATURE_METRICS)}")
 
     def __str__(self) -> str:
-        return self.metric if self.rho is None else f"{self.metric}@{self.rho:g}"
+        if self.rho is None:
+            return self.metric
+        return f"{self.metric}@{self.rho:g}" + (":reference" if self.ascent == "reference" else "")
 
     @property
     def description(self) -> str:
@@ -283,7 +300,8 @@ class SharpnessSpec:
             kind = "worst-case" if parts[1] == "worst" else "average-case"
             norm = "ℓ2" if parts[2] == "l2" else "ℓ∞"
             unit = "loss increase" if parts[0] == "sharpness" else "error increase"
-            return f"{kind} {norm} {parts[3]}, ρ = {self.rho:g} ({unit})"
+            ascent = ", reference code's ascent" if self.ascent == "reference" else ""
+            return f"{kind} {norm} {parts[3]}, ρ = {self.rho:g}{ascent} ({unit})"
         return self.metric
 
     def command(self, path: str) -> str:
@@ -298,6 +316,8 @@ class SharpnessSpec:
             if parts[3] != "adaptive":
                 options.append("--standard")
             options.append(f"--rho {self.rho:g}")
+            if self.ascent == "reference":
+                options.append("--ascent reference")
             return " ".join(["sharpdiv sharpness", shlex.quote(path), *options])
         if parts[0] == "hessian":
             return f"sharpdiv hessian {shlex.quote(path)} --trace"
@@ -412,6 +432,13 @@ def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: 
     return values.groupby("path")["value"].mean(skipna=False)
 
 
+def ascent_of(rows: pd.DataFrame) -> pd.Series:
+    """Each row's worst-case ascent: its ``ascent`` setting, ``apgd`` where it has none."""
+    if "ascent" not in rows:
+        return pd.Series("apgd", index=rows.index, dtype=object)
+    return rows["ascent"].where(rows["ascent"].notna() & (rows["ascent"] != ""), "apgd")
+
+
 #: Alignments of ``sharpdiv connectivity --align``, in the order reports show them (rows stored
 #: before alignment existed have no ``alignment`` setting: they are unaligned).
 ALIGNMENTS = ("none", "weight", "activation")
@@ -467,6 +494,7 @@ def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
         if "rho" not in rows:
             return pd.Series(dtype=float, name=str(spec))
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
+        rows = rows[ascent_of(rows) == spec.ascent]
     mean_rows = per_run(rows, spec.metric, scope="ensemble", on="any", combine=None)
     member_rows = per_run(rows, spec.metric, scope="members", on="any", combine=None)
     # a NaN mean row stays NaN: filling it from the member rows would be a mean over the finite ones

@@ -422,12 +422,20 @@ def _check_sample_budget(images: datasets.ImageDataset, m: int, n_batches: int) 
                          f"{images.split} has only {len(images)}; lower --n-batches or --batch-size")
 
 
+#: Worst-case ascents: sharpdiv's APGD in the ball's own metric, or the reference code's update.
+ASCENTS = ("apgd", "reference")
+
+
 def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int, n_iters: int, n_restarts: int,
-                        n_draws: int, exclude: tuple[str, ...]) -> dict:
+                        n_draws: int, exclude: tuple[str, ...], ascent: str = "apgd") -> dict:
     """The settings columns of a sharpness row (docs/results-table.md): those that change the value.
-    The draws of average-case sharpness keep their first name, ``n_samples``, so stored tables still match."""
+    The draws of average-case sharpness keep their first name, ``n_samples``, so stored tables still match.
+    ``ascent`` is stored only when it is ``reference``: rows without it are APGD's (every row written
+    before the setting existed was), so their keys stay valid and the two never match."""
     settings = {"rho": float(rho), "m": m, "n_batches": n_batches, "seed": seed, "logit_normalization": False}
     settings.update({"n_iters": n_iters, "n_restarts": n_restarts} if kind == "worst" else {"n_samples": n_draws})
+    if ascent == "reference":
+        settings["ascent"] = "reference"
     if exclude:
         settings["exclude"] = ",".join(exclude)
     return settings
@@ -448,7 +456,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                       split: str = "train", kind: str = "worst", norm: str = "l2", adaptive: bool = True,
                       rhos: Sequence[float] = (0.5,), m: int = 5, n_batches: int = 100, seed: int = 13,
                       n_iters: int = 20, n_restarts: int = 1, n_samples: int = 100,
-                      exclude: Sequence[str] | None = None, chunk_size: int | None = None,
+                      exclude: Sequence[str] | None = None, chunk_size: int | None = None, ascent: str = "apgd",
                       device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                       progress: bool = False) -> list[Measurement]:
     """m-sharpness of every member of every run at every radius in ``rhos``, stored as rows.
@@ -460,11 +468,21 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     ``sharpness-error/...`` (the mean 0-1 error increase at the perturbed point; no stderr), plus
     the ensemble-mean rows of both. Defaults are SharpBalance's (worst, l2, adaptive, rho 0.5,
     m 5, 100 batches, seed 13, training split without augmentation).
+
+    ``ascent`` (worst case): ``"apgd"``, sharpdiv's ascent in the ball's own metric, or
+    ``"reference"``, the update of Andriushchenko et al.'s code (``reference_ascent=True``), which
+    every published sharpness value used; adaptive ℓ2 values differ between them (see
+    ``benchmarks/bench_ascent.py``), so reference rows carry the setting ``ascent=reference`` and
+    are never read as APGD's.
     """
     if kind not in ("worst", "average"):
         raise InputError(f"unknown --kind {kind!r}; choose worst or average")
     if norm not in ("l2", "linf"):
         raise InputError(f"unknown --norm {norm!r}; choose l2 or linf")
+    if ascent not in ASCENTS:
+        raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
+    if ascent == "reference" and kind != "worst":
+        raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
     rhos = _radii(rhos)
     m, n_batches = positive_int("--batch-size", m), positive_int("--n-batches", n_batches)
     n_iters, n_restarts = positive_int("--n-iters", n_iters), positive_int("--n-restarts", n_restarts)
@@ -481,7 +499,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
             select_parameters(run_folder.build_member_model(run.config), exclude=exclude)
         runs.append(run)
     return _measure([_Sharpness(run.path, run.members, _where(splits, run, split), run.images, kind, norm, adaptive,
-                                rhos, m, n_batches, seed, n_iters, n_restarts, n_draws, exclude, chunk_size, device)
+                                rhos, m, n_batches, seed, n_iters, n_restarts, n_draws, exclude, chunk_size, device,
+                                ascent)
                      for run in runs], device, dtype, progress)
 
 
@@ -503,6 +522,7 @@ class _Sharpness(_Study):
     exclude: tuple[str, ...]
     chunk_size: int | None
     device: torch.device | str
+    ascent: str = "apgd"
 
     def __post_init__(self):
         self.metric = f"sharpness/{self.kind}/{self.norm}/{'adaptive' if self.adaptive else 'standard'}"
@@ -514,7 +534,7 @@ class _Sharpness(_Study):
 
     def settings(self, rho: float) -> dict:
         return _sharpness_settings(self.kind, rho, self.m, self.n_batches, self.seed, self.n_iters, self.n_restarts,
-                                   self.n_draws, self.exclude)
+                                   self.n_draws, self.exclude, self.ascent)
 
     def tasks(self) -> list:
         return [(index, rho) for index in self.members for rho in self.rhos]
@@ -535,7 +555,8 @@ class _Sharpness(_Study):
         model, settings = models[index], self.settings(rho)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.seed)
         if self.kind == "worst":
-            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts}
+            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
+                                                                "reference_ascent": self.ascent == "reference"}
         else:
             measure, options = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
         try:
@@ -554,7 +575,8 @@ class _Sharpness(_Study):
                 for rho in self.rhos for metric, position in ((self.metric, 0), (self.error_metric, 2))]
 
     def summary(self, results: Mapping, missing: Sequence) -> list[str]:
-        lines = [f"{self.path.name}: {self.metric}, {self.where['dataset']} {self.where['split']}, "
+        shown = self.metric + (" (reference code's ascent)" if self.ascent == "reference" else "")
+        lines = [f"{self.path.name}: {shown}, {self.where['dataset']} {self.where['split']}, "
                  f"m={self.m} x {self.n_batches} batches, seed {self.seed}: "
                  f"{len(missing)} measured now, {len(results) - len(missing)} stored",
                  "  " + f"{'rho':<8}" + "".join(f"{f'member-{i}':>22}" for i in self.members)
