@@ -74,7 +74,7 @@ def test_aligned_pair_rows_follow_the_reference_members_weights(tmp_path):
     import landscape.connectivity
     from ensembles.models.zoo import build
     from ensembles.runs import run_folder
-    from tests.test_trust_alignment import OPTIONS, invoke, loaders, make_run
+    from test_trust_alignment import OPTIONS, invoke, loaders, make_run
 
     path = make_run(tmp_path / "run")
     assert invoke("connectivity", path, *OPTIONS, "--align", "weight").exit_code == 0
@@ -105,7 +105,7 @@ def test_aligned_rows_turn_stale_when_the_reference_member_changes(tmp_path):
 
     from ensembles.models.zoo import build
     from ensembles.runs import run_folder
-    from tests.test_trust_alignment import OPTIONS, invoke, make_run
+    from test_trust_alignment import OPTIONS, invoke, make_run
 
     path = make_run(tmp_path / "run")
     assert invoke("connectivity", path, *OPTIONS, "--align", "weight,none").exit_code == 0
