@@ -280,7 +280,7 @@ def _measurement(scope: str, metric: str, where: Mapping, settings_text: str) ->
 
 
 def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
-    """``measurement -> value`` of the current rows (the lookup of :func:`runs.find_results`,
+    """``measurement -> value`` of the current rows (the lookup of :func:`run_folder.find_results`,
     done once per run instead of once per row)."""
     if table.empty:
         return {}
