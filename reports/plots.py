@@ -277,7 +277,8 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
             # Bars start at 0: a bar's height is read as its value, and a cut axis would turn a
             # point of accuracy into half the chart. The numbers above the bars give the differences.
             high = float(mean[["members", "ensemble"]].max().max()) + float(spread.max())
-            ax.set_ylim(0.0, min(100.0, high + 12.0) if high < 100 else high + 2.0)
+            ax.set_ylim(0.0, high + 14.0)  # room above the tallest bar for its numbers
+            ax.set_yticks(range(0, 101, 20))
             ax.set_xticks(positions, order)
             ax.set_xlabel(group_by)
             ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
