@@ -64,7 +64,8 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
     from ensembles.training.trainer import train
-    from tests.test_trust_train import KEEP_BEST
+    sys.path.insert(0, 'tests')  # as pytest does: sibling test modules import each other by name
+    from test_trust_train import KEEP_BEST
 
     def die_after_second_epoch(event):
         if event["event"] == "epoch" and event["epoch"] == 2:
