@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,7 +30,9 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
             click.echo(f"sharpdiv: error: {error.format_message()}{where}", err=True)
@@ -54,6 +57,16 @@ class _Group(click.Group):
                 raise
             click.echo(f"sharpdiv: error: {line}", err=True)
             ctx.exit(2)
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (Lanczos short of its tolerance, a cache file computed again) are remarks on
+    a result that was stored, not failures: one line marked as a note, without the file name and
+    source line that made them read like a traceback. Deprecations keep Python's form."""
+    if issubclass(category, DeprecationWarning):
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    click.echo(f"sharpdiv: note: {message}", err=True)
 
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -327,7 +340,7 @@ def theory_command(figure, out, quick, seed):
     from ensembles.studies.theory import write_theory_table
     from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed, progress=True)
     paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")
@@ -366,7 +379,8 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
-              help="run.json field that groups runs (method, rho, width, sparsity ...).")
+              help="run.json field that groups runs (method, rho, width, sparsity ...), or a comma list "
+                   "(method,rho) as in sweeps.")
 @click.option("--baseline", default=None,
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,

@@ -52,11 +52,14 @@ __all__ = [
     "SharpnessSpec",
     "ascent_of",
     "collect",
+    "combined_grouping",
     "comparable_grouping",
     "diversity_metric",
     "group_labels",
     "group_order",
     "missing_measurements",
+    "mixed_settings",
+    "per_corruption",
     "per_run",
     "run_table",
     "sharpness_per_run",
@@ -170,6 +173,20 @@ def group_labels(frame: pd.DataFrame, group_by: str) -> pd.Series:
         raise InputError(f"no run has the field {group_by!r} in its run.json; group by one of: "
                          f"{', '.join(fields) or '(no fields)'}")
     return frame[column].map(_plain_label).rename(group_by)
+
+
+def combined_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame, str]:
+    """``runs`` grouped by a comma list of run.json fields (``"method,rho"``), as sweeps group: a
+    field ``run.method,rho`` holding labels such as ``method=sam rho=0.05`` is added (in memory; the
+    run folders are not touched) and its name returned. One field is returned unchanged."""
+    fields = [field.strip().removeprefix(RUN_PREFIX) for field in group_by.split(",") if field.strip()]
+    if not fields:
+        raise InputError(f"--group-by {group_by!r} names no field; e.g. --group-by method or method,rho")
+    if len(fields) == 1:
+        return runs, fields[0]
+    labels = [group_labels(runs, field).map(lambda value, field=field: f"{field}={value}") for field in fields]
+    name = ",".join(fields)
+    return runs.assign(**{RUN_PREFIX + name: pd.concat(labels, axis=1).agg(" ".join, axis=1).values}), name
 
 
 def group_order(labels: Iterable[str]) -> list[str]:
@@ -432,6 +449,18 @@ def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: 
     return values.groupby("path")["value"].mean(skipna=False)
 
 
+def per_corruption(results: pd.DataFrame, metric: str, *, scope: str = "ensemble",
+                   combine: str | None = "probs") -> pd.DataFrame:
+    """One value of ``metric`` per run, corruption and severity (columns ``path``, ``corruption``,
+    ``severity`` as int, ``value``): the corrupted slices one by one, not averaged."""
+    values = _slice_values(results, metric, scope, "ood", combine)
+    values = values[(values["corruption"] != "") & (values["severity"] != "")]
+    if values.empty:
+        return pd.DataFrame(columns=["path", "corruption", "severity", "value"])
+    values = values.assign(severity=values["severity"].astype(float).astype(int))
+    return values[["path", "corruption", "severity", "value"]].reset_index(drop=True)
+
+
 def ascent_of(rows: pd.DataFrame) -> pd.Series:
     """Each row's worst-case ascent: its ``ascent`` setting, ``apgd`` where it has none."""
     if "ascent" not in rows:
@@ -486,20 +515,55 @@ def _complete_barrier_mean(rows: pd.DataFrame) -> float:
     return math.nan
 
 
-def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
-    """The members' mean sharpness per run: the stored ensemble mean row (``scope="ensemble"``),
-    or the mean of the member rows where a run has no mean row. Rows at the spec's radius only."""
+def _rows_of_spec(results: pd.DataFrame, spec: SharpnessSpec) -> pd.DataFrame | None:
+    """The rows of ``spec``'s metric at its radius and ascent; None when no row has a radius."""
     rows = results[results["metric"] == spec.metric] if "metric" in results else results.iloc[0:0]
     if spec.rho is not None:
         if "rho" not in rows:
-            return pd.Series(dtype=float, name=str(spec))
+            return None
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
         rows = rows[ascent_of(rows) == spec.ascent]
+    return rows
+
+
+def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
+    """The members' mean sharpness per run: the stored ensemble mean row (``scope="ensemble"``),
+    or the mean of the member rows where a run has no mean row. Rows at the spec's radius only."""
+    rows = _rows_of_spec(results, spec)
+    if rows is None:
+        return pd.Series(dtype=float, name=str(spec))
     mean_rows = per_run(rows, spec.metric, scope="ensemble", on="any", combine=None)
     member_rows = per_run(rows, spec.metric, scope="members", on="any", combine=None)
     # a NaN mean row stays NaN: filling it from the member rows would be a mean over the finite ones
     member_rows = member_rows[~member_rows.index.isin(mean_rows.index)]
     return pd.concat([mean_rows, member_rows]).rename(str(spec))
+
+
+#: Settings that may differ between the runs of a group without changing what a number measures.
+_NOT_BUDGETS = {"seed"}
+
+
+def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec) -> list[str]:
+    """A note for each group whose runs measured ``spec`` (or the Hessian trace) with different
+    settings — budgets such as ``n_batches``, ``n_iters``, ``n_probes``, ``m`` — whose values the
+    group's means and β would otherwise mix silently. ``groups`` maps run path to group label."""
+    notes = []
+    for read in dict.fromkeys([spec, SharpnessSpec("hessian/trace", None)]):
+        rows = _rows_of_spec(results, read)
+        if rows is None or rows.empty:
+            continue
+        rows = _newest_settings(rows, ["path", "scope"])
+        used = rows.groupby("path")["settings"].agg(lambda texts: sorted(set(texts)))
+        for group in group_order(groups.reindex(used.index).dropna()):
+            settings = [json.loads(text) for path in used.index if groups.get(path) == group for text in used[path]]
+            differing = sorted(key for key in set().union(*settings) - _NOT_BUDGETS
+                               if len({json.dumps(entry.get(key)) for entry in settings}) > 1)
+            if differing:
+                values = "; ".join(f"{key} " + " vs ".join(dict.fromkeys(str(entry.get(key)) for entry in settings))
+                                   for key in differing)
+                notes.append(f"group {group}: its runs measured {read} with different settings ({values}); "
+                             "the group's mean and β mix them: measure every run with the same settings")
+    return notes
 
 
 def tradeoff_points(results: pd.DataFrame, *, sharpness: SharpnessSpec, diversity: str = "der",

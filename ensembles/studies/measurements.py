@@ -637,7 +637,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
 
 @dataclass
 class _Hessian(_Study):
-    """Tasks ``(member, metric)``; results: the trace ``(value, stderr)``, the largest eigenvalue,
+    """Tasks ``(member, metric)``; results: the trace ``(value, stderr)``, the K largest eigenvalues,
     ``True`` for a stored density."""
 
     samples: _Samples
@@ -677,8 +677,9 @@ class _Hessian(_Study):
         index, metric = task
         rows = stored.get(f"member-{index}", metric, self.where, self.wanted[metric])
         if metric == "hessian/eigenvalue":
-            ranks = {int(axes["rank"]): value for axes, value, _ in reversed(rows)}  # the first rank-1 row
-            return ranks[1] if set(ranks) >= set(range(1, self.eigenvalues + 1)) else None
+            ranks = {int(axes["rank"]): value for axes, value, _ in reversed(rows)}  # the first row of each rank
+            wanted = range(1, self.eigenvalues + 1)
+            return tuple(ranks[rank] for rank in wanted) if set(ranks) >= set(wanted) else None
         if metric == "hessian/trace":
             return rows[-1][1:] if len(rows) == 1 else None
         return True if len(rows) == self.density_grid else None
@@ -697,7 +698,8 @@ class _Hessian(_Study):
             pairs = hessian.hessian_eigenvalues(model, LOSS, self.samples, k=self.eigenvalues,
                                                 n_iters=self.lanczos_steps, generator=generator)
             return [{**row, "value": float(value), "rank": rank, **self.where, **self.wanted[metric]}
-                    for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)], float(pairs.eigenvalues[0])
+                    for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)], \
+                tuple(float(value) for value in pairs.eigenvalues.tolist())
         spectrum = hessian.hessian_spectral_density(model, LOSS, self.samples, n_iters=self.lanczos_steps,
                                                     n_runs=self.density_runs, grid=self.density_grid,
                                                     generator=generator)
@@ -720,7 +722,9 @@ class _Hessian(_Study):
                 parts.append(f"trace {_format(*results[index, 'hessian/trace'])} "
                              f"({self.method}, {self.n_probes} probes)")
             if self.eigenvalues:
-                parts.append(f"largest eigenvalue {results[index, 'hessian/eigenvalue']:.4g}")
+                values = results[index, "hessian/eigenvalue"]
+                parts.append(f"{'largest eigenvalue' if len(values) == 1 else f'{len(values)} largest eigenvalues'} "
+                             + ", ".join(f"{value:.4g}" for value in values))
             if self.density:
                 parts.append("density stored")
             lines.append(f"  member-{index}: " + ", ".join(parts))
@@ -882,9 +886,10 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
     and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
     ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (columns ``u``,
-    ``v``; scope ``ensemble``). BatchNorm statistics: with ``bn_reset`` every evaluated network gets
-    statistics recomputed from ``bn_examples`` training samples without augmentation (drawn with
-    ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
+    ``v``; scope ``ensemble``; scope ``member-<i>`` at each member's own position). BatchNorm
+    statistics: with ``bn_reset`` every evaluated network gets statistics recomputed from
+    ``bn_examples`` training samples without augmentation (drawn with ``seed``; ``bn_mode="reset"``),
+    otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
 
     Alignment (``align``: ``none``, ``weight``, ``activation`` or a list of them, each measured):
@@ -1039,6 +1044,12 @@ class _Connectivity(_Study):
                           "u": u, "v": v, **self.where, **self.plane_settings},
                          {"scope": "ensemble", "metric": "plane/accuracy", "value": float(surface.accuracy[a, b]),
                           "u": u, "v": v, **self.where, **self.plane_settings}]
+        # Where the members sit on the plane, so the figure can mark them (scope member-<i>).
+        for index, (u, v), loss, accuracy in zip(self.members[:3], surface.member_coordinates.tolist(),
+                                                 surface.member_loss.tolist(), surface.member_accuracy.tolist()):
+            rows += [{"scope": f"member-{index}", "metric": metric, "value": float(value), "u": u, "v": v,
+                      **self.where, **self.plane_settings}
+                     for metric, value in (("plane/loss", loss), ("plane/accuracy", accuracy))]
         return rows
 
     def summary(self, results: Mapping, missing: Sequence) -> list[str]:

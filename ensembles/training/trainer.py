@@ -561,7 +561,7 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
     members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
     for member in members:
         member.load(run_path)
-    bars = [_progress_bar(member, settings, progress) for member in members]
+    bars = {}  # a member's bar appears when it starts training, so its clock and ETA are its own
     boundaries = selection_epochs(settings)
     sets, start = None, 0
     for end in [*boundaries, settings.epochs]:
@@ -569,7 +569,12 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
             if sets is None:
                 break
-        for member, bar in zip(members, bars):
+        for member in members:
+            if member.epoch < end and member.diverged_epoch is None:
+                if member.index not in bars:
+                    bars[member.index] = _progress_bar(member, settings, progress)
+                bar = bars[member.index]
+                bar.unpause()  # the time spent on the other members is not this member's
             while member.epoch < end and member.diverged_epoch is None:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
@@ -578,8 +583,9 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
                 if callback is not None:
                     callback({"event": "epoch", "member": member.index, "epoch": member.epoch})
         start = end
-    for member, bar in zip(members, bars):
-        bar.close()
+    for member in members:
+        if bars.get(member.index) is not None:
+            bars[member.index].close()
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
         elif member.epoch >= settings.epochs:
