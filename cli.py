@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,7 +30,9 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
             click.echo(f"sharpdiv: error: {error.format_message()}{where}", err=True)
@@ -54,6 +57,16 @@ class _Group(click.Group):
                 raise
             click.echo(f"sharpdiv: error: {line}", err=True)
             ctx.exit(2)
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (Lanczos short of its tolerance, a cache file computed again) are remarks on
+    a result that was stored, not failures: one line marked as a note, without the file name and
+    source line that made them read like a traceback. Deprecations keep Python's form."""
+    if issubclass(category, DeprecationWarning):
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    click.echo(f"sharpdiv: note: {message}", err=True)
 
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -138,6 +151,44 @@ def data_options(required: bool = False):
     return decorate
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def configure_threads(threads: int | None = None) -> None:
+    """Set OpenMP's environment before torch is imported (it is read once, when torch loads).
+
+    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning, which otherwise makes
+    a 2-thread forward-backward pass 10-50x slower when another process shares the cores.
+    ``OMP_NUM_THREADS``: ``threads`` (``--threads``) when given, else one per usable CPU. Values the
+    user set in the environment are kept (``--threads`` still wins over OMP_NUM_THREADS). Once torch
+    is imported the environment no longer matters; :func:`resolve_device` sets torch's count then.
+    """
+    if "torch" in sys.modules:
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+
+
+def _threads_option(ctx, param, value):
+    configure_threads(value)  # parsing happens before any command body imports torch
+    return value
+
+
 MODEL_HELP = ("resnet18, resnet18_tin, wrn40_2, small_cnn, mlp; torchvision:<name>, timm:<name> (pip install "
               "'sharpdiv[timm]'), or module.path:callable (your factory or class, importable from here).")
 
@@ -180,8 +231,8 @@ def model_settings(pairs, input_size, mean, std) -> tuple[dict, dict | None]:
 
 def device_options(function):
     """``--device`` and ``--threads``."""
-    function = click.option("--threads", type=click.IntRange(min=1), default=None,
-                            help="CPU threads for torch (default: torch's choice).")(function)
+    function = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_threads_option,
+                            help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per usable CPU).")(function)
     function = click.option("--device", default="auto", show_default=True,
                             help="auto, cpu, cuda or cuda:<i>.")(function)
     return function
@@ -238,6 +289,8 @@ def _seed_list(text: str, value) -> list:
 @click.version_option(package_name="sharpdiv", message="sharpdiv %(version)s")
 def main():
     """sharpdiv: sharpness, diversity and their trade-off in deep ensembles."""
+    # Runs before any command's options are parsed and before any command imports torch.
+    configure_threads()
 
 
 @main.command("import")
@@ -287,7 +340,7 @@ def theory_command(figure, out, quick, seed):
     from ensembles.studies.theory import write_theory_table
     from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed, progress=True)
     paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")
@@ -320,12 +373,14 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Folder for the tables, figures, index.html and README.md.")
 @click.option("--sharpness", default="sharpness/worst/l2/adaptive@0.5", show_default=True, metavar="METRIC@RHO",
               help="Members' mean sharpness to plot against diversity: sharpness/<worst|average>/<l2|linf>/"
-                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO), or hessian/trace, fisher/mean ...")
+                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO; add :reference for rows measured "
+                   "with --ascent reference), or hessian/trace, fisher/mean ...")
 @click.option("--diversity", type=click.Choice(["der", "variance", "kl"]), default="der", show_default=True)
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
-              help="run.json field that groups runs (method, rho, width, sparsity ...).")
+              help="run.json field that groups runs (method, rho, width, sparsity ...), or a comma list "
+                   "(method,rho) as in sweeps.")
 @click.option("--baseline", default=None,
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
@@ -421,6 +476,9 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
               help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
 @click.option("--eta", type=click.FloatRange(min=0), default=None,
               help="ASAM only: η in its scale T = |θ| + η [default: 0.01].")
+@click.option("--asam-scale", type=click.Choice(["weights", "all"]), default=None,
+              help="ASAM only: which parameters T scales; weights = official ASAM (names containing 'weight'; "
+                   "biases and batch-norm shifts unscaled), all = every parameter [default: weights].")
 @click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
 @click.option("--td", type=click.IntRange(min=1), default=None,
@@ -455,7 +513,8 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
 @device_options
 @click.pass_context
-def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
+def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta,
+                  asam_scale, k, td, epochs, lr, schedule, batch_size,
                   augmentation, weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
@@ -478,7 +537,7 @@ def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, me
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
         model_args, model_input = model_settings(model_arg, input_size, mean, std)
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, k=k, td=td,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, asam_scale=asam_scale, k=k, td=td,
             epochs=epochs, lr=lr, schedule=schedule, augmentation=augmentation,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
@@ -721,9 +780,12 @@ def quickstart_command(out, fast, jobs, device, threads):
               help="Parameter-name patterns to leave unperturbed, e.g. '*bn*,*.bias'.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Batches (average case: draws) evaluated at once; bounds memory (default all).")
+@click.option("--ascent", type=click.Choice(["apgd", "reference"]), default="apgd", show_default=True,
+              help="Worst case: sharpdiv's APGD in the ball's own metric, or the reference code's update "
+                   "(comparable with published values); stored as a setting, the two never mix.")
 @device_options
 def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
-                      n_restarts, n_samples, exclude, chunk_size, device, threads):
+                      n_restarts, n_samples, exclude, chunk_size, ascent, device, threads):
     """m-sharpness of every member of each RUN, and its mean over members.
 
     Defaults are SharpBalance's: worst case, l2, adaptive, rho 0.5, 100 batches of 5 training
@@ -736,7 +798,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
     measurements = measure_sharpness(runs, dataset=dataset, root=data_path, split=split, kind=kind, norm=norm,
                                      adaptive=adaptive, rhos=rhos, m=m, n_batches=n_batches, seed=seed,
                                      n_iters=n_iters, n_restarts=n_restarts, n_samples=n_samples, exclude=exclude,
-                                     chunk_size=chunk_size, device=chosen, progress=True)
+                                     chunk_size=chunk_size, ascent=ascent, device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 

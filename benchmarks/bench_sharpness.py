@@ -138,6 +138,34 @@ def timed(function):
     return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def compare_chunks(name, options, m, n_batches, chunks, n_iters, repeats):
+    """Wall seconds per ascent step of the loop, the default chunking and each chunk size, interleaved."""
+    torch.manual_seed(0)
+    model = build(name, 10, **options)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
+               for _ in range(n_batches)]
+    sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
+    variants = {"loop": lambda: loop_worst_case(model, batches, n_iters, Counter()),
+                "default": lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, RHO,
+                                                                  n_iters=n_iters)}
+    for chunk in chunks:
+        variants[f"chunk {chunk}"] = (lambda chunk=chunk: sharpness.worst_case_sharpness(
+            model, F.cross_entropy, batches, RHO, n_iters=n_iters, chunk_size=chunk))
+    runs = {key: [] for key in variants}
+    for _ in range(repeats):
+        for key, function in variants.items():
+            runs[key].append(timed(function)[0] / n_iters)
+    shown = ", ".join(f"{key} {statistics.median(value):.3f}" for key, value in runs.items())
+    label = name + "".join(f"({key}={value})" for key, value in options.items())
+    print(f"{label} m={m} B={n_batches}: s/step {shown}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer batches and one repeat, a smoke run")
@@ -145,6 +173,9 @@ def main():
     parser.add_argument("--iters", type=int, default=2, help="ascent iterations per measurement (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     parser.add_argument("--only", default=None, help="run only cases whose model, options and m contain this text")
+    parser.add_argument("--chunks", default=None,
+                        help="instead of the table: time these chunk sizes against the loop and the default "
+                             "(comma list, e.g. 1,10,25,100), to choose the default chunking")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     n_iters = arguments.iters
@@ -160,7 +191,12 @@ def main():
         cases = [case for case in cases if arguments.only in f"{case[0]} {case[1]} m={case[2]}"]
     print(f"worst-case adaptive l2 sharpness, rho={RHO}, {n_iters} ascent iterations per measurement, "
           f"medians of {repeats} interleaved runs, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {load_average()}")
+    if arguments.chunks:
+        for case in cases:
+            compare_chunks(*case, [int(c) for c in arguments.chunks.split(",")], n_iters, repeats)
+        print(f"load average after: {load_average()}")
+        return
     print("seconds per ascent step (all batches), wall clock [CPU]; ratio = loop / ours; "
           "'all' = one vmapped computation (chunk_size=B), 'one' = chunk_size=1 (no vmap); "
           "'bound' = loop / one shared-weight pass over all images")

@@ -13,7 +13,9 @@ batches of size ``m``; every batch gets its own perturbation and the result is t
 batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
 running statistics, which are shared and never perturbed. All trainable parameters are perturbed
 unless ``params``/``exclude`` name globs say otherwise (:func:`landscape._checks.select_parameters`,
-the rule of every module here).
+the rule of every module here). Adaptive ``T = |θ|`` scales every perturbed parameter, biases and
+BatchNorm affine included — the reference sharpness code's rule; official ASAM *training* scales
+only parameters named "weight" (:mod:`ensembles.methods.sam`), so the two differ on purpose.
 
 Worst case: the maximum is searched by APGD (Croce & Hein, ICML 2020) in weight space, as in the
 reference code of Andriushchenko et al.: step ``η`` starting at ``2ρ``, momentum ``α = 0.75``,
@@ -418,7 +420,9 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
 
     Batches of ``_LARGE_BATCH`` samples or more go one at a time: such a batch already keeps the
     device busy, and per-batch weights then only cost (measured in ``benchmarks/README.md``,
-    ``bench_sharpness.py``).
+    ``bench_sharpness.py``). The rule depends on nothing but the sizes, so a measurement does not
+    change with the machine's load; it was checked at 1 and 2 threads on a quiet and on a busy
+    machine (load average 5-7 on 2 cores, ``OMP_WAIT_POLICY=PASSIVE``, which every command sets).
     """
     if m >= _LARGE_BATCH:
         return 1
@@ -503,7 +507,9 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     generalization, m = the whole set is the classical sharpness). ``n_batches`` takes only the
     first that many (an endless or long DataLoader is fine). Batches wait on the host and reach
     the model's device one chunk at a time. ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
-    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights;
+    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights (default:
+    every trainable parameter, biases and BatchNorm affine included; ``adaptive`` scales each of them
+    by ``|θ|``, the reference code's rule, not official ASAM's "weight"-only one);
     ``norm`` is ``"l2"`` or ``"linf"`` (any case). ``init="zero"`` starts at
     ``ε = 0`` (the reference's start; note that at an exact stationary point the gradient there
     is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the

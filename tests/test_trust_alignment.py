@@ -84,7 +84,9 @@ def test_connectivity_align_weight_and_none_stores_both_and_states_the_reference
     assert unaligned[unaligned["scope"] == "pair-1-2"]["value"].item() == pytest.approx(plain, abs=1e-6)
     planes = run_folder.read_results(path, current_only=True)
     planes = planes[planes["metric"] == "plane/loss"]
-    assert sorted(json.loads(t).get("alignment", "none") for t in planes["settings"]) == ["none"] * 9 + ["weight"] * 9
+    surface = planes[planes["scope"] == "ensemble"]  # the members' own positions are member-<i> rows
+    assert sorted(json.loads(t).get("alignment", "none") for t in surface["settings"]) == ["none"] * 9 + ["weight"] * 9
+    assert sorted(planes[planes["scope"] != "ensemble"]["scope"]) == sorted(["member-0", "member-1", "member-2"] * 2)
 
     calls = []
     original = landscape.alignment.weight_matching

@@ -14,7 +14,6 @@ from ensembles.studies import evaluation
 from ensembles.training import trainer
 from landscape._checks import positive_int
 from landscape.errors import InputError
-from reports import tradeoff
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +33,6 @@ def test_an_integer_is_an_integral_type_and_whole_floats_are_refused():
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], chunk_size=0),
      "chunk_size"),
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], seed=-1), "seed"),
-    (lambda: tradeoff.fit_beta([1.0, 2.0, 3.0], [1.0, 2.0, 4.0], n_bootstrap=2.5), "n_bootstrap"),
     (lambda: trainer._validate(dataclasses.replace(_TINY, epochs=2.0)), "epochs"),
     (lambda: trainer._validate(dataclasses.replace(_TINY, td=0)), "td"),
 ])

@@ -10,7 +10,7 @@ the forward passes are done once and stored::
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
 records in its metadata the digest of the member's weights file as it was read
 (:func:`ensembles.runs.files.file_digest`) and the fingerprint of the slice's data
-(:func:`ensembles.data.data_digest`, images and labels), so new weights or other data (another
+(:func:`ensembles.data.datasets.data_digest`, images and labels), so new weights or other data (another
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
 fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
@@ -97,7 +97,7 @@ class DataSlice:
                 "severity": self.severity}
 
     def digest(self, root=None) -> str:
-        """The fingerprint of the slice's images and labels (:func:`ensembles.data.data_digest`)."""
+        """The fingerprint of the slice's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
         return datasets.data_digest(self.dataset, root, self.split, self.corruption, self.severity)
 
     def load(self, root=None, normalize: bool = True) -> datasets.ImageDataset:

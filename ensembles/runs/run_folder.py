@@ -14,7 +14,7 @@ The results table is the one store every measurement writes to. A row is one num
 as further columns. Each row also carries ``weights``, a digest of the member files its scope
 reads (taken when the weights were read, and checked again when the row is written), so new weights
 make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
-(:func:`ensembles.data.data_digest`), so other data never passes for the same; and ``key``, which
+(:func:`ensembles.data.datasets.data_digest`), so other data never passes for the same; and ``key``, which
 identifies the measurement (scope, metric, slice, settings, weights, data): writing the same key
 again replaces the row. Every append writes its own parquet part (temporary file + rename), so two
 processes that append at once both keep their rows; reading merges the parts.
@@ -360,7 +360,7 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
     """Add measurement rows to a run's results table and return them as written.
 
     Each row needs ``scope``, ``metric`` and ``value``; ``stderr``, the slice columns (``dataset``,
-    ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.data_digest`
+    ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.datasets.data_digest`
     of the data measured; rows without it are never reused) are optional; every other field is a
     setting and becomes a column. NaN values are allowed (an undefined metric is a result).
 
@@ -510,6 +510,14 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     table["stale"] = table["weights"] != table["scope"].map(digests)
     # The same measurement on other data: only the newest data's rows are current.
     table["stale"] |= table.duplicated(["scope", "metric", *_SLICE_COLUMNS, "settings", "weights"], keep="last")
+    # Rows that also depend on a member outside their scope (aligned pairs depend on the reference
+    # member they were aligned to) are stale once that member's file changed.
+    if {"aligned_to", "reference_weights"} <= set(table.columns):
+        tied = table["reference_weights"].notna() & table["aligned_to"].notna()
+        current = {int(m): file_digest(member_path(path, int(m))) if member_path(path, int(m)).is_file() else None
+                   for m in table.loc[tied, "aligned_to"].unique()}
+        table.loc[tied, "stale"] |= table.loc[tied, "reference_weights"] != table.loc[tied, "aligned_to"].map(
+            lambda member: current[int(member)])
     if current_only:
         table = table[~table["stale"]]
     leading = [c for c in RESULT_COLUMNS if c in table.columns]
@@ -520,7 +528,7 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
 def find_results(run: Run | str | os.PathLike, settings: Mapping, data: str | None = None,
                  **where) -> pd.DataFrame:
     """Stored, current rows produced with exactly ``settings`` on the data whose fingerprint is
-    ``data`` (:func:`ensembles.data.data_digest`), filtered by column values.
+    ``data`` (:func:`ensembles.data.datasets.data_digest`), filtered by column values.
 
     ``where`` filters on any column (``scope="member-0"``, ``metric=...``, ``split="train"``).
     A command that finds its rows here can skip the work. ``data=None`` asks for rows of unknown

@@ -280,7 +280,7 @@ def _measurement(scope: str, metric: str, where: Mapping, settings_text: str) ->
 
 
 def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
-    """``measurement -> value`` of the current rows (the lookup of :func:`runs.find_results`,
+    """``measurement -> value`` of the current rows (the lookup of :func:`run_folder.find_results`,
     done once per run instead of once per row)."""
     if table.empty:
         return {}
@@ -412,6 +412,19 @@ class _Plan:
     slices: list[DataSlice]
     notes: tuple[str, ...]
     normalize: bool = True  # False: the members normalise [0, 1] inputs themselves
+    root: str | None = None  # the data root this run is evaluated on
+
+
+def _data_root(config: dict, root, dataset: str | None) -> tuple[str | None, str | None]:
+    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
+    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
+    own dataset is evaluated; else None (the default root), with a note when the recorded one is gone."""
+    recorded = config.get("data_path")
+    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
+        return root, None
+    if Path(recorded).is_dir():
+        return recorded, None
+    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
 
 
 def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
@@ -420,10 +433,11 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset or config["dataset"]
+    root, root_note = _data_root(config, root, dataset)
     slices = evaluation_slices(label, root, corruptions, severities)
     note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
-    return _Plan(path, members, int(config["num_classes"]), slices, (note,) if note else (),
-                 run_folder.data_normalized(config))
+    notes = tuple(text for text in (root_note, note) if text)
+    return _Plan(path, members, int(config["num_classes"]), slices, notes, run_folder.data_normalized(config), root)
 
 
 def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, progress) -> Evaluation:
@@ -462,7 +476,8 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
                   device: torch.device | str = "cpu", progress: bool = False) -> list[Evaluation]:
     """Evaluate each run on every slice and append the new rows to its results table.
 
-    ``dataset`` defaults to each run's own. Member logits come from the cache (computed once, see
+    ``dataset`` defaults to each run's own, and ``root`` to the data root the run was trained on
+    (run.json ``data_path``) when it still exists, else the default. Member logits come from the cache (computed once, see
     :mod:`ensembles.runs.logit_cache`); slices whose rows are all stored are skipped. Every run's slices are
     checked (severities, corruption names, the ``-C`` folder) before the first forward pass, and rows
     are written only after every run succeeded.
@@ -473,7 +488,7 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
         raise InputError("no run folders given; pass at least one RUN folder")
     plans = [_plan_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities)
              for path in paths]
-    evaluations = [_evaluate_run(plan, root=root, combine=combine, n_bins=n_bins, batch_size=batch_size,
+    evaluations = [_evaluate_run(plan, root=plan.root, combine=combine, n_bins=n_bins, batch_size=batch_size,
                                  device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:
         if evaluation.rows:

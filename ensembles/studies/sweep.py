@@ -33,7 +33,7 @@ that follow training and how the closing report groups the runs::
 
 **Grid.** The jobs are the cross product of the axes, in file order (the last axis varies fastest).
 An axis that does not apply to a method (``rho`` for SGD; ``k``, ``td``, ``reference_compatible``
-and ``reselect_every`` outside SharpBalance; ``eta`` outside ASAM) is dropped from that job, and
+and ``reselect_every`` outside SharpBalance; ``eta`` and ``asam_scale`` outside ASAM) is dropped from that job, and
 jobs that then train the same ensemble are one job: crossing ``method = ["sgd", "sam"]`` with two
 radii gives three jobs, not four.
 
@@ -127,14 +127,14 @@ _NOT_IDENTITY = ("data_path", "score_chunk_size")
 #: How each axis is spelled in a folder name (value appended; booleans by their words).
 _SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
           "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
-          "momentum": "mom", "train_samples": "n"}
+          "momentum": "mom", "train_samples": "n", "asam_scale": "scale-"}
 _BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 
 
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "train_samples", "model_args", "model_input", "augmentation")
+        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augmentation")
 
 
 #: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
@@ -172,6 +172,7 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
     message). Values reach folder names, so only these types are ever let through."""
     from ensembles.models.zoo import MODEL_NAMES
     from ensembles.data.datasets import AUGMENTATIONS
+    from ensembles.methods.sam import ASAM_SCALES
     from ensembles.training.trainer import METHODS, SCHEDULES
 
     def one_of(choices):
@@ -192,7 +193,7 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
                               "module.path:callable"),
         "model_args": (table(), "a table of the model builder's keyword arguments"),
         "model_input": (table(("size", "mean", "std")), "a table with size, mean and std (any of them)"),
-        "keep": one_of(("best", "last")),
+        "keep": one_of(("best", "last")), "asam_scale": one_of(ASAM_SCALES),
         "dataset": (_dataset_name, "a dataset name (cifar10, cifar100, tinyimagenet, digits or folder:<path>)"),
         "rho": (_real(0), "a finite number >= 0"), "eta": (_real(0), "a finite number >= 0"),
         "k": (_real(0, above=True, high=1, high_open=False), "a fraction in (0, 1]"),
@@ -232,7 +233,7 @@ def applies(axis: str, method: str) -> bool:
     """Whether a setting changes the ensemble a method trains (REFERENCE.md §4)."""
     if axis == "rho":
         return method != "sgd"
-    if axis == "eta":
+    if axis in ("eta", "asam_scale"):
         return method == "asam"
     if axis in ("k", "td", "reselect_every", "reference_compatible"):
         return method == "sharpbalance"

@@ -59,7 +59,7 @@ from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
-from ensembles.methods.sam import SAM
+from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
@@ -82,6 +82,8 @@ DEFAULT_RHO = 0.2
 DEFAULT_K = 0.4
 #: ASAM's η in ``T = |θ| + η`` when not given (Kwon et al. 2021).
 DEFAULT_ETA = 0.01
+#: Which parameters ASAM scales when not given: official ASAM's "weight"-named ones only.
+DEFAULT_ASAM_SCALE = "weights"
 SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
@@ -99,8 +101,10 @@ class TrainingSettings:
     """Everything that defines a trained ensemble; stored flat in run.json.
 
     ``k``, ``td``, ``reselect_every`` and ``reference_compatible`` concern SharpBalance only,
-    ``rho`` every SAM method and ``eta`` ASAM (its ``T = |θ| + η``). Left at None, ``rho`` is 0.2
-    for the SAM methods and 0 for SGD, ``eta`` 0.01 for ASAM, ``k`` 0.4 and ``td`` half the epochs
+    ``rho`` every SAM method, ``eta`` and ``asam_scale`` ASAM (its ``T = |θ| + η`` on the parameters
+    named "weight" when "weights", the official rule, or on all of them when "all"; see
+    :mod:`ensembles.methods.sam`). Left at None, ``rho`` is 0.2 for the SAM methods and 0 for SGD,
+    ``eta`` 0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs
     for SharpBalance (None for the other methods); giving one to a method that does not use it is
     an InputError, never silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
     ``prune_epoch`` is the dense warm-up before pruning to
@@ -132,6 +136,7 @@ class TrainingSettings:
     reference_compatible: bool = False
     keep: str = "best"
     eta: float | None = None
+    asam_scale: str | None = None
     data_path: str | None = None
     train_samples: int | None = None
     score_chunk_size: int = 128
@@ -157,6 +162,8 @@ class TrainingSettings:
             object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
         if self.method == "asam" and self.eta is None:
             object.__setattr__(self, "eta", DEFAULT_ETA)
+        if self.method == "asam" and self.asam_scale is None:
+            object.__setattr__(self, "asam_scale", DEFAULT_ASAM_SCALE)
         if self.method == "sharpbalance":
             if self.k is None:
                 object.__setattr__(self, "k", DEFAULT_K)
@@ -187,6 +194,9 @@ def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
         raise InputError(f"--rho {settings.rho} has no effect with --method sgd; drop it or use --method sam")
     if method in METHODS and method != "asam" and settings.eta is not None:
         raise InputError(f"--eta {settings.eta} has no effect with --method {method} (ASAM only, its T = |θ| + η); "
+                         "drop it or use --method asam")
+    if method in METHODS and method != "asam" and settings.asam_scale is not None:
+        raise InputError(f"--asam-scale {settings.asam_scale} has no effect with --method {method} (ASAM only); "
                          "drop it or use --method asam")
     if method in ("sgd", "sam", "asam"):
         given = [(flag, value) for flag, value in (("--k", settings.k), ("--td", settings.td),
@@ -226,6 +236,9 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"rho must be >= 0, got {settings.rho!r}")
     if settings.method == "asam" and not settings.eta >= 0:
         raise InputError(f"eta must be >= 0, got {settings.eta!r}")
+    if settings.method == "asam" and settings.asam_scale not in ASAM_SCALES:
+        raise InputError(f"unknown asam_scale {settings.asam_scale!r}; choose one of {', '.join(ASAM_SCALES)} "
+                         "(weights: official ASAM, biases and batch-norm shifts unscaled)")
     if not settings.lr > 0 or not settings.momentum >= 0 or not settings.weight_decay >= 0:
         raise InputError("lr must be > 0, momentum and weight decay >= 0")
     if not 0 <= settings.sparsity < 1:
@@ -289,7 +302,8 @@ class _Member:
                                weight_decay=settings.weight_decay)
         rho = settings.rho if settings.sharpness_aware else 0.0
         if settings.method == "asam":
-            self.optimizer = SAM(base, rho=rho, adaptive=True, eta=settings.eta)
+            self.optimizer = SAM(base, rho=rho, adaptive=True, eta=settings.eta,
+                                 scaled=asam_scaled_parameters(self.model, settings.asam_scale))
         else:
             self.optimizer = SAM(base, rho=rho)
         order_seed, augmentation_seed = _stream_seeds(seed)
@@ -555,7 +569,7 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
     members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
     for member in members:
         member.load(run_path)
-    bars = [_progress_bar(member, settings, progress) for member in members]
+    bars = {}  # a member's bar appears when it starts training, so its clock and ETA are its own
     boundaries = selection_epochs(settings)
     sets, start = None, 0
     for end in [*boundaries, settings.epochs]:
@@ -563,7 +577,12 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
             if sets is None:
                 break
-        for member, bar in zip(members, bars):
+        for member in members:
+            if member.epoch < end and member.diverged_epoch is None:
+                if member.index not in bars:
+                    bars[member.index] = _progress_bar(member, settings, progress)
+                bar = bars[member.index]
+                bar.unpause()  # the time spent on the other members is not this member's
             while member.epoch < end and member.diverged_epoch is None:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
@@ -572,8 +591,9 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
                 if callback is not None:
                     callback({"event": "epoch", "member": member.index, "epoch": member.epoch})
         start = end
-    for member, bar in zip(members, bars):
-        bar.close()
+    for member in members:
+        if bars.get(member.index) is not None:
+            bars[member.index].close()
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
         elif member.epoch >= settings.epochs:
@@ -664,6 +684,13 @@ def _processes(settings: TrainingSettings, members_parallel: int | None, callbac
     return int(world)
 
 
+def _legacy_asam_scale(record: dict) -> dict:
+    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"."""
+    if record.get("method") == "asam" and "asam_scale" not in record:
+        return {"asam_scale": "all"}
+    return {}
+
+
 def _settings_record(settings: TrainingSettings) -> dict:
     """The settings as train/settings.json stores them (JSON types: lists, not tuples)."""
     return json.loads(json.dumps(asdict(settings)))
@@ -686,6 +713,8 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
         return  # an older run: its run.json is the record
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
+    if isinstance(stored, dict):
+        stored = {**stored, **_legacy_asam_scale(stored)}
     ours = _settings_record(settings)
     if isinstance(stored, dict):
         stored.setdefault("augmentation", LEGACY_AUGMENTATION)
@@ -782,6 +811,7 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
     values["seeds"] = tuple(config["seeds"])
     values.setdefault("augmentation", LEGACY_AUGMENTATION)  # runs from before the setting: all crop-flip
     values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
+    values.update(_legacy_asam_scale(config))
     return TrainingSettings(**values)
 
 
