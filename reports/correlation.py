@@ -19,15 +19,20 @@ and the run.json settings that vary across runs as axes. Nothing here measures a
 from __future__ import annotations
 
 import math
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from landscape.errors import InputError
+from reports.collect import CURVATURE_METRICS, RUN_PREFIX, per_run
 
-__all__ = ["TARGETS", "kendall_tau_b", "rank_correlations", "reading"]
+__all__ = ["CorrelationSection", "MIN_MODELS", "TARGETS", "Zoo", "correlation_axes", "kendall_tau_b", "plot_correlations", "rank_correlations",
+           "check_target", "reading", "write_correlations", "zoo_measures", "zoo_points"]
 
 #: Targets :func:`zoo_points` builds (``ood_error/s<k>``: mean over the corruptions at severity k).
 TARGETS = ("test_error", "generalization_gap", "ood_error", "test_nll", "ece")
@@ -210,3 +215,290 @@ def reading(table: pd.DataFrame, target: str) -> str:
     interval_covers_zero = math.isfinite(strongest["tau_low"]) and strongest["tau_low"] <= 0 <= strongest["tau_high"]
     caveat = "; its interval includes 0" if interval_covers_zero else ""
     return f"{sentence}{caveat}; its ψ = {strongest['psi']:.2f} {verdict}."
+
+
+# ----------------------------------------------------------------------------------------------
+# points from run folders
+
+
+#: Sharpness definitions the zoo correlates (loss increase; the 0-1 error increase is left out).
+_SHARPNESS = re.compile(r"sharpness/(worst|average)/(l2|linf)/(adaptive|standard)")
+#: run.json fields that say where, how fast or which seed, never which hyper-parameters: not axes.
+_NOT_AXES = {"seeds", "data_path", "score_chunk_size", "threads", "device", "sweep_group", "n_members", "keep"}
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """Points of a model zoo: ``points`` (one row per member or ensemble: ``path``, ``member``
+    (-1 for an ensemble), a column per measure, target and axis), and the names of each kind."""
+
+    points: pd.DataFrame
+    measures: tuple[str, ...]
+    targets: tuple[str, ...]
+    axes: tuple[str, ...]
+
+
+def zoo_measures(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every stored sharpness definition and per-member curvature, as ``name -> its rows``.
+
+    A sharpness definition is the metric, the radius and m (the batch each perturbation sees):
+    ``sharpness/worst/l2/adaptive@0.5 m=128``. Curvature metrics (``hessian/trace``) keep their name.
+    """
+    if results.empty or "metric" not in results:
+        return {}
+    found = {}
+    rows = results[results["metric"].map(lambda metric: bool(_SHARPNESS.fullmatch(str(metric))))]
+    if not rows.empty:
+        m = rows["m"] if "m" in rows else pd.Series(np.nan, index=rows.index)
+        keys = pd.DataFrame({"metric": rows["metric"], "rho": rows["rho"].astype(float), "m": m}, index=rows.index)
+        for (metric, rho, batch), chosen in rows.groupby([keys["metric"], keys["rho"], keys["m"].fillna(-1)], sort=True):
+            name = f"{metric}@{rho:g}" + ("" if batch == -1 else f" m={int(batch)}")
+            found[name] = chosen
+    for metric in CURVATURE_METRICS:
+        chosen = results[results["metric"] == metric]
+        if not chosen.empty:
+            found[metric] = chosen
+    return found
+
+
+def correlation_axes(runs: pd.DataFrame) -> tuple[str, ...]:
+    """The run.json settings that vary across ``runs`` (:func:`reports.collect.run_table`), as axes.
+
+    Seeds, paths and bookkeeping are not axes. Two settings that always change together (``method``
+    sgd/sam with ``rho`` 0/0.05) are one axis, named by the first: apart they never vary alone.
+    """
+    axes: list[str] = []
+    for column in runs.columns:
+        if not column.startswith(RUN_PREFIX) or column[len(RUN_PREFIX):] in _NOT_AXES:
+            continue
+        values = runs[column].astype(object).where(runs[column].notna(), "(unset)").astype(str)
+        if values.nunique() < 2:
+            continue
+        twin = next((axis for axis in axes if _same_partition(values, runs[RUN_PREFIX + axis])), None)
+        if twin is None:
+            axes.append(column[len(RUN_PREFIX):])
+    return tuple(axes)
+
+
+def _same_partition(values: pd.Series, other: pd.Series) -> bool:
+    other = other.astype(object).where(other.notna(), "(unset)").astype(str)
+    pairs = pd.DataFrame({"a": values.values, "b": other.values}).drop_duplicates()
+    return pairs["a"].is_unique and pairs["b"].is_unique
+
+
+def _train_rows(results: pd.DataFrame) -> pd.DataFrame:
+    corrupted = results["corruption"].notna() if "corruption" in results else False
+    return results[(results["split"] == "train") & ~corrupted]
+
+
+def _targets(results: pd.DataFrame, scope: str, combine: str | None) -> pd.DataFrame:
+    """The targets of one scope (``member-<i>`` or ``ensemble``) per run (index ``path``)."""
+    combine = combine if scope == "ensemble" else None
+    test_error = 1 - per_run(results, "accuracy", scope=scope, on="test", combine=combine)
+    train_error = 1 - per_run(_train_rows(results), "accuracy", scope=scope, on="any", combine=combine)
+    targets = pd.DataFrame({
+        "test_error": test_error,
+        "generalization_gap": test_error - train_error.reindex(test_error.index),
+        "ood_error": 1 - per_run(results, "accuracy", scope=scope, on="ood", combine=combine),
+        "test_nll": per_run(results, "nll", scope=scope, on="test", combine=combine),
+        "ece": per_run(results, "ece", scope=scope, on="test", combine=combine),
+    })
+    by_severity = 1 - per_run(results, "accuracy", scope=scope, on="ood", combine=combine, by_severity=True)
+    for severity in by_severity.columns:
+        targets[f"ood_error/s{severity}"] = by_severity[severity]
+    return targets
+
+
+def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members",
+               combine: str | None = "probs") -> Zoo:
+    """The zoo's points from stored rows: one per member (``of="members"``) or per ensemble.
+
+    Measures are :func:`zoo_measures` (an ensemble's is its members' mean, NaN unless every member
+    has it); targets are ``test_error`` (1 − accuracy on the clean test split), ``generalization_gap``
+    (test error − error on the training split, evaluated without augmentation: ``sharpdiv evaluate
+    --splits train,val,test``), ``ood_error`` (mean over every stored corruption and severity) and
+    ``ood_error/s<k>`` (mean over corruptions at severity k), ``test_nll`` and ``ece`` (clean test);
+    axes are :func:`correlation_axes`. A number a run lacks is NaN, never filled in.
+    """
+    if of not in ("members", "ensembles"):
+        raise InputError(f"points of {of!r}: use members or ensembles")
+    axes = correlation_axes(runs)
+    measures = zoo_measures(results)
+    settings = runs.set_index("path")
+    largest = int(settings[RUN_PREFIX + "n_members"].max()) if len(settings) else 0
+    frames = []
+    for member in range(largest) if of == "members" else [-1]:
+        scope = "ensemble" if member < 0 else f"member-{member}"
+        frame = _targets(results, scope, combine).reindex(settings.index)
+        for name, rows in measures.items():
+            if member >= 0:
+                frame[name] = per_run(rows, rows["metric"].iloc[0], scope=scope, on="any", combine=None)
+            else:
+                frame[name] = per_run(rows, rows["metric"].iloc[0], scope="members", on="any", combine=None)
+        frame = frame[frame.index.map(lambda path: member < int(settings.loc[path, RUN_PREFIX + "n_members"]))]
+        frames.append(frame.assign(member=member))
+    points = pd.concat(frames) if frames else pd.DataFrame()
+    points.index.name = "path"
+    points = points.reset_index()
+    for axis in axes:
+        points[axis] = points["path"].map(settings[RUN_PREFIX + axis])
+    targets = [name for name in points.columns if name in TARGETS or name.startswith("ood_error/s")]
+    return Zoo(points=points, measures=tuple(measures), targets=tuple(targets), axes=axes)
+
+
+# ----------------------------------------------------------------------------------------------
+# the figure
+
+
+def _short(measure: str) -> str:
+    """``worst ℓ2 adaptive ρ=0.5 m=128`` for ``sharpness/worst/l2/adaptive@0.5 m=128``."""
+    match = re.fullmatch(r"sharpness/(worst|average)/(l2|linf)/(adaptive|standard)@(\S+)(?: m=(\d+))?", measure)
+    if not match:
+        return measure
+    kind, norm, scaling, rho, m = match.groups()
+    return f"{kind} {'ℓ2' if norm == 'l2' else 'ℓ∞'} {scaling} ρ={rho}" + (f" m={m}" if m else "")
+
+
+def _title(row: pd.Series) -> str:
+    interval = "" if not math.isfinite(row["tau_low"]) else f" [{row['tau_low']:.2f}, {row['tau_high']:.2f}]"
+    psi = "n/a" if not math.isfinite(row["psi"]) else f"{row['psi']:.2f}"
+    return f"{_short(row['measure'])}\nτ = {row['tau']:.2f}{interval}, ψ = {psi}"
+
+
+def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str | os.PathLike, *,
+                      colour_by: str | None = None, formats: Sequence[str] = ("png", "svg"), stem: str = "correlation"):
+    """One panel per measure: the measure against ``target`` over the zoo's points, on log axes
+    where every value is positive, coloured by the axis ``colour_by`` (default: the axis with the
+    most values), with τ [bootstrap interval] and ψ in the panel's title. Returns plots.Figures."""
+    from reports import plots
+
+    if target not in zoo.points.columns:
+        return plots._skip(f"no point has the target {target!r}; the targets here are {', '.join(zoo.targets)}")
+    rows = table[table["target"] == target].set_index("measure")
+    measures = [m for m in zoo.measures if m in rows.index and rows.loc[m, "n"] >= 2]
+    if not measures:
+        return plots._skip(f"no measure has two or more models with {target}")
+    if colour_by is None and zoo.axes:
+        colour_by = max(zoo.axes, key=lambda axis: zoo.points[axis].nunique())
+    columns = min(3, len(measures))
+    panel_rows = math.ceil(len(measures) / columns)
+    with plots._style():
+        figure, axes = plots._figure(panel_rows, columns, width=4.2, height=3.6)
+        labels = (zoo.points[colour_by].map(lambda v: "(unset)" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
+                  if colour_by else pd.Series("all", index=zoo.points.index))
+        order = _ordered(labels)
+        palette = plots._palette(order)
+        for position, measure in enumerate(measures):
+            axis = axes.flat[position]
+            both = zoo.points[measure].notna() & zoo.points[target].notna()
+            x, y = zoo.points.loc[both, measure], zoo.points.loc[both, target]
+            for label in order:
+                chosen = labels[both] == label
+                axis.scatter(x[chosen], y[chosen], s=22, color=palette[label], label=label, alpha=0.85,
+                             edgecolor="white", linewidth=0.4)
+            if (x > 0).all() and len(x):
+                axis.set_xscale("log")
+                plots._label_log_axis(axis.xaxis, (x.min(), x.max()))
+            if (y > 0).all() and len(y):
+                axis.set_yscale("log")
+                plots._label_log_axis(axis.yaxis, (y.min(), y.max()))
+            axis.set_xlabel(_short(measure))
+            axis.set_ylabel(target)
+            axis.set_title(_title(pd.concat([rows.loc[measure], pd.Series({"measure": measure})])), fontsize=9)
+        for axis in list(axes.flat)[len(measures):]:
+            axis.set_visible(False)
+        if colour_by:
+            axes.flat[0].legend(title=colour_by, fontsize=7, title_fontsize=8, loc="best")
+        paths = plots._save(figure, Path(directory), stem, formats)
+    return plots.Figures(paths=tuple(paths), figures=(figure,))
+
+
+def _ordered(labels: pd.Series) -> list[str]:
+    from reports.collect import group_order
+
+    return group_order(labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# the report's section
+
+
+@dataclass(frozen=True)
+class CorrelationSection:
+    """What :func:`write_correlations` wrote: the table files and their formatted text, the figure,
+    the one-sentence reading, and notes (why there is no section, what is missing)."""
+
+    tables: tuple[Path, ...] = ()
+    text: pd.DataFrame | None = None
+    figures: tuple[Path, ...] = ()
+    reading: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    def number(value, digits=2):
+        return "" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    text = pd.DataFrame({
+        "points": table["points"], "measure": table["measure"].map(_short), "target": table["target"],
+        "τ [95% CI]": [f"{number(r.tau)} [{number(r.tau_low)}, {number(r.tau_high)}]" for r in table.itertuples()],
+        "ψ": table["psi"].map(number),
+        **{column: table[column].map(number) for column in table.columns if column.startswith("psi/")},
+        "n": table["n"].astype(int).astype(str),
+    })
+    return text
+
+
+def check_target(target: str) -> str:
+    """``target`` if it names a target :func:`zoo_points` builds, else an InputError listing them."""
+    if target in TARGETS or re.fullmatch(r"ood_error/s[1-5]", str(target)):
+        return target
+    raise InputError(f"--correlate-with {target!r}: choose one of {', '.join(TARGETS)} or ood_error/s<1-5> "
+                     "(the corrupted-data error at one severity)")
+
+
+def write_correlations(results: pd.DataFrame, runs: pd.DataFrame, tables_dir: str | os.PathLike,
+                       figures_dir: str | os.PathLike, *, target: str = "test_error", combine: str | None = "probs",
+                       n_bootstrap: int = 2000, seed: int = 0, formats: Sequence[str] = ("png", "svg")) -> CorrelationSection:
+    """``tables/correlation.{csv,md,tex}`` (per-member points; per-ensemble ones too when a run has
+    several members) and the figure ``correlation-<target>`` of the per-member points. With fewer than
+    :data:`MIN_MODELS` models, or no measure or target stored, nothing is written and a note says why."""
+    from reports.tables import write_table
+
+    if RUN_PREFIX + "dataset" in runs and runs[RUN_PREFIX + "dataset"].nunique() > 1:
+        return CorrelationSection(notes=("no correlation section: the runs span several datasets, and models "
+                                         "on different data are not ranked together; report one dataset's runs",))
+    members = zoo_points(results, runs, of="members", combine=combine)
+    if len(members.points) < MIN_MODELS:
+        return CorrelationSection(notes=(f"no correlation section: {len(members.points)} model(s), and a rank "
+                                         f"correlation over fewer than {MIN_MODELS} says nothing; add runs",))
+    if not members.measures:
+        return CorrelationSection(notes=("no correlation section: no run stores a sharpness or curvature "
+                                         "measurement (`sharpdiv sharpness RUN`, `sharpdiv hessian RUN --trace`)",))
+    targets = [t for t in members.targets if members.points[t].notna().sum() >= 2]
+    if not targets:
+        return CorrelationSection(notes=("no correlation section: no two models have a stored test or "
+                                         "corrupted-data evaluation (`sharpdiv evaluate RUN --splits train,val,test`)",))
+    notes = []
+    if members.points["generalization_gap"].isna().all():
+        notes.append("generalization_gap is missing: no run has rows on the train split; run "
+                     "`sharpdiv evaluate RUN --splits train,val,test`")
+    parts = [rank_correlations(members.points, members.measures, targets, members.axes, n_bootstrap, seed)
+             .assign(points="members")]
+    if len(runs) >= MIN_MODELS and (runs[RUN_PREFIX + "n_members"] > 1).any():
+        ensembles = zoo_points(results, runs, of="ensembles", combine=combine)
+        measured = [t for t in ensembles.targets if ensembles.points[t].notna().sum() >= 2]
+        if measured:
+            parts.append(rank_correlations(ensembles.points, ensembles.measures, measured, ensembles.axes,
+                                           n_bootstrap, seed).assign(points="ensembles"))
+    table = pd.concat(parts, ignore_index=True)
+    table = table[["points", *[c for c in table.columns if c != "points"]]]
+    text = _formatted(table)
+    title = "Rank correlation (Kendall τ-b, 95% bootstrap interval) and Jiang et al.'s ψ of each measure with each target"
+    files = write_table(tables_dir, "correlation", table, text.set_index("measure"), title)
+    figure = plot_correlations(members, table[table["points"] == "members"], target, figures_dir, formats=formats,
+                               stem=f"correlation-{target.replace('/', '-')}")
+    if figure.reason:
+        notes.append(f"correlation figure skipped: {figure.reason}")
+    return CorrelationSection(tables=tuple(files), text=text, figures=figure.paths,
+                              reading=reading(table[table["points"] == "members"], target), notes=tuple(notes))

@@ -126,3 +126,115 @@ def test_bootstrap_intervals_cover_the_true_tau_at_about_the_nominal_rate():
         row = rank_correlations(pd.DataFrame({"m": x, "e": y}), ["m"], ["e"], n_bootstrap=400, seed=repeat).iloc[0]
         covered += row["tau_low"] <= true_tau <= row["tau_high"]
     assert 0.88 <= covered / repeats <= 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# points from run folders, and the report's section
+
+from click.testing import CliRunner  # noqa: E402
+
+from ensembles.runs import run_folder  # noqa: E402
+from reports.collect import collect, run_table  # noqa: E402
+from reports.correlation import zoo_points  # noqa: E402
+from tests.results_fixtures import CORRUPTIONS, make_run, slice_columns  # noqa: E402
+
+SEVERITY_DROP = 0.05
+
+
+def _zoo_run(root, index, lr, weight_decay, sharpness, test_accuracy, train_accuracy, n_members=1):
+    """A run folder of ``n_members`` untrained members with every row the correlation reads:
+    accuracy, NLL and ECE on clean test, accuracy on train and on two corruptions at severities
+    1 and 3, two sharpness definitions (two m of one metric) and the Hessian trace."""
+    path = make_run(root / f"run-{index}", method="sgd", seeds=tuple(range(13, 13 + n_members)), lr=lr,
+                    weight_decay=weight_decay)
+    rows = []
+    for member in range(n_members):
+        scope = f"member-{member}"
+        shift = 0.01 * member
+        rows += [{"scope": scope, "metric": "accuracy", "value": test_accuracy - shift, **slice_columns()},
+                 {"scope": scope, "metric": "nll", "value": 2 - test_accuracy, **slice_columns()},
+                 {"scope": scope, "metric": "ece", "value": 0.1 * sharpness, "n_bins": 15, **slice_columns()},
+                 {"scope": scope, "metric": "accuracy", "value": train_accuracy - shift,
+                  **{**slice_columns(), "split": "train"}}]
+        rows += [{"scope": scope, "metric": "accuracy", "value": test_accuracy - SEVERITY_DROP * severity - shift,
+                  **slice_columns(corruption, severity)} for corruption in CORRUPTIONS for severity in (1, 3)]
+        for m, scale in ((128, 1.0), (16, 2.0)):
+            rows.append({"scope": scope, "metric": "sharpness/worst/l2/adaptive", "value": scale * sharpness + shift,
+                         "dataset": "cifar10", "split": "train", "rho": 0.5, "m": m, "n_batches": 4, "seed": 13})
+        rows.append({"scope": scope, "metric": "hessian/trace", "value": 10 * sharpness, "dataset": "cifar10",
+                     "split": "train", "n_examples": 64, "n_probes": 4, "seed": 0})
+    rows.append({"scope": "ensemble", "metric": "accuracy", "value": test_accuracy, "combine": "probs",
+                 **slice_columns()})
+    run_folder.append_results(path, rows)
+    return path
+
+
+def _zoo(root, n_members=1):
+    grid = [(lr, wd) for lr in (0.1, 0.05, 0.01) for wd in (0.0, 5e-4)]
+    return [_zoo_run(root, i, lr, wd, sharpness=1 + i, test_accuracy=0.9 - 0.02 * i - 0.01 * (wd > 0),
+                     train_accuracy=0.99 - 0.005 * i, n_members=n_members)
+            for i, (lr, wd) in enumerate(grid)]
+
+
+def test_points_from_run_folders_hold_measures_targets_and_swept_axes(tmp_path):
+    paths = _zoo(tmp_path, n_members=2)
+    runs = run_table(paths)
+    zoo = zoo_points(collect(paths, runs), runs)
+    assert set(zoo.measures) == {"sharpness/worst/l2/adaptive@0.5 m=128", "sharpness/worst/l2/adaptive@0.5 m=16",
+                                 "hessian/trace"}
+    assert set(zoo.axes) == {"lr", "weight_decay"}  # seeds differ too, but are never an axis
+    assert len(zoo.points) == 12 and set(zoo.points["member"]) == {0, 1}
+    first = zoo.points[(zoo.points["path"] == str(paths[0])) & (zoo.points["member"] == 1)].iloc[0]
+    assert first["test_error"] == pytest.approx(1 - 0.89)
+    assert first["generalization_gap"] == pytest.approx((1 - 0.89) - (1 - 0.98))
+    assert first["ood_error"] == pytest.approx(1 - (0.89 - SEVERITY_DROP * 2))  # mean over severities 1 and 3
+    assert first["ood_error/s3"] == pytest.approx(1 - (0.89 - SEVERITY_DROP * 3))
+    assert first["sharpness/worst/l2/adaptive@0.5 m=16"] == pytest.approx(2.01)
+    assert first["lr"] == pytest.approx(0.1) and first["weight_decay"] == 0
+    ensembles = zoo_points(collect(paths, runs), runs, of="ensembles")
+    assert len(ensembles.points) == 6 and (ensembles.points["member"] == -1).all()
+    assert ensembles.points.loc[0, "sharpness/worst/l2/adaptive@0.5 m=16"] == pytest.approx(2.005)
+    assert ensembles.points.loc[0, "test_error"] == pytest.approx(0.1)
+
+
+def test_report_writes_the_correlation_table_figure_and_section(tmp_path):
+    from cli import main
+
+    paths = _zoo(tmp_path / "runs")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out), "--group-by", "lr",
+                                       "--correlate-with", "generalization_gap"])
+    assert result.exit_code == 0, result.output
+    for suffix in ("csv", "md", "tex"):
+        assert (out / "tables" / f"correlation.{suffix}").is_file()
+    assert (out / "figures" / "correlation-generalization_gap.png").is_file()
+    table = pd.read_csv(out / "tables" / "correlation.csv")
+    row = table[(table["measure"] == "hessian/trace") & (table["target"] == "test_error")].iloc[0]
+    points = zoo_points(collect(paths), run_table(paths)).points
+    assert row["tau"] == pytest.approx(scipy.stats.kendalltau(points["hessian/trace"], points["test_error"]).statistic)
+    assert row["n"] == 6 and {"psi/lr", "psi/weight_decay"} <= set(table.columns)
+    page = (out / "index.html").read_text()
+    assert "Does sharpness predict generalization?" in page and "strongest rank correlation" in page
+    assert "correlation-generalization_gap.png" in page
+
+
+def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_path):
+    from cli import main
+
+    paths = _zoo(tmp_path / "runs")[:4]
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "4 model(s)" in result.output and "fewer than 5" in result.output
+    assert not (out / "tables" / "correlation.csv").exists()
+    assert "Does sharpness predict generalization?" not in (out / "index.html").read_text()
+
+
+def test_an_unknown_correlation_target_is_one_line_and_writes_nothing(tmp_path):
+    from cli import main
+
+    paths = _zoo(tmp_path / "runs")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out), "--correlate-with", "accuracy"])
+    assert result.exit_code == 2 and "--correlate-with 'accuracy'" in result.output
+    assert not out.exists()

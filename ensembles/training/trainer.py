@@ -102,7 +102,8 @@ class TrainingSettings:
     ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
-    per-sample gradients exist at once while scoring.
+    per-sample gradients exist at once while scoring. ``augment=False`` trains without the random
+    crops and flips (run.json records it; folders from before it existed were augmented).
     """
 
     dataset: str
@@ -128,6 +129,7 @@ class TrainingSettings:
     data_path: str | None = None
     train_samples: int | None = None
     score_chunk_size: int = 128
+    augment: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -191,6 +193,8 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not isinstance(settings.augment, (bool, np.bool_)):
+        raise InputError(f"augment must be true or false, got {settings.augment!r}")
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
@@ -466,7 +470,7 @@ def _load_data(settings: TrainingSettings) -> _Data:
     def split(name, augment=False):
         return load_dataset(settings.dataset, settings.data_path, name, augment=augment)
 
-    train = first_samples(split("train", augment=True), settings.train_samples)
+    train = first_samples(split("train", augment=settings.augment), settings.train_samples)
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
