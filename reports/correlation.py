@@ -323,6 +323,10 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
     if of not in ("members", "ensembles"):
         raise InputError(f"points of {of!r}: use members or ensembles")
     axes = correlation_axes(runs)
+    if not results.empty and "metric" in results:  # only the rows read below: the table is mostly bins
+        results = results[results["metric"].isin(["accuracy", "nll", "ece", *CURVATURE_METRICS])
+                          | results["metric"].str.startswith("sharpness/")]
+        results = results[~results["scope"].str.startswith("ensemble@")]
     measures = zoo_measures(results)
     settings = runs.set_index("path")
     largest = int(settings[RUN_PREFIX + "n_members"].max()) if len(settings) else 0
