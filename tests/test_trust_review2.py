@@ -1,0 +1,30 @@
+"""Regression tests of the second review of issues 15, 17 and 20 (merged views, any model, ascents)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import results_fixtures as fixtures
+from ensembles.runs import run_folder
+from reports.collect import collect, run_table
+from reports.tables import corruption_table
+
+
+def test_corruption_means_over_severities_never_cover_a_subset_of_them(tmp_path):
+    """A run that evaluated fog at severity 1 only has no mean over fog's severities 1-3: its
+    severity-1 value alone would pass for one (and lift the group's mean) without a word."""
+    full, partial = fixtures.make_run(tmp_path / "full", method="sgd"), fixtures.make_run(tmp_path / "partial", method="sgd")
+    for severity in (1, 2, 3):
+        accuracy = 0.9 - 0.1 * severity
+        run_folder.append_results(full, fixtures.evaluation_rows([accuracy] * 3, {"accuracy": accuracy},
+                                                                 corruption="fog", severity=severity))
+    run_folder.append_results(partial, fixtures.evaluation_rows([0.8] * 3, {"accuracy": 0.8},
+                                                                corruption="fog", severity=1))
+    runs = run_table([full, partial])
+    numbers, text, _ = corruption_table(collect([full, partial], runs), runs, group_by="method")
+    fog = numbers.set_index(["corruption", "severity"]).loc["fog"]
+    assert fog.loc["1", "count"] == 2 and fog.loc["1", "mean"] == pytest.approx(80.0)
+    assert fog.loc["mean", "count"] == 1 and fog.loc["mean", "mean"] == pytest.approx(70.0)
+    assert text.reset_index().set_index("corruption").loc["fog", "mean"].endswith("[n=1]")
+    assert math.isnan(fog.loc["mean", "std"])
