@@ -28,3 +28,28 @@ def test_corruption_means_over_severities_never_cover_a_subset_of_them(tmp_path)
     assert fog.loc["mean", "count"] == 1 and fog.loc["mean", "mean"] == pytest.approx(70.0)
     assert text.reset_index().set_index("corruption").loc["fog", "mean"].endswith("[n=1]")
     assert math.isnan(fog.loc["mean", "std"])
+
+
+def test_a_sweep_never_reuses_a_folder_trained_with_another_input_stage(tmp_path):
+    """A sweep that asks for small_cnn as the zoo has it (the data pipeline normalises) must not
+    count a folder whose members normalise [0, 1] inputs themselves (--mean/--std) as its own:
+    the keys the sweep left out are not 'anything goes', they resolve to the library's default."""
+    from click.testing import CliRunner
+
+    import cli
+    from ensembles.studies import sweep
+    from ensembles.training.trainer import TrainingSettings
+    from landscape.errors import InputError
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, [str(a) for a in (
+        "train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", "0.5,0.5,0.5",
+        "--std", "0.25,0.25,0.25", "--out", run, "--epochs", 1, "--seeds", 1, "--train-samples", 16,
+        "--batch-size", 8, "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    asked = dict(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(1,), epochs=1,
+                 train_samples=16, batch_size=8)
+    same = TrainingSettings(**asked, model_input={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert sweep._training_state(run, same) == "done"
+    with pytest.raises(InputError, match="model_input"):
+        sweep._training_state(run, TrainingSettings(**asked))

@@ -777,9 +777,7 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
         raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
     require_writable_folder(out, force)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
-    with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
-        model = zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
-    settings = replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
+    settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
     _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
@@ -789,6 +787,15 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
                seeds=settings.seeds, keep=settings.keep,
                **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
+    """``settings`` with ``model_input`` as run.json records it: the values given, and the model
+    library's defaults (timm's data config) for the rest. Builds the model once, without touching
+    the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        model = zoo.build(settings.model, num_classes, **_model_args(settings))
+    return replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
 
 
 def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
