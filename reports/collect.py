@@ -95,6 +95,7 @@ def _text(value):
 
 
 def _settings(config: dict) -> dict:
+    config = {**config, **run_folder.legacy_asam_scale(config)}
     flat = {key: _text(value) for key, value in config.items() if key not in _NOT_SETTINGS}
     for key, value in (config.get("model_args") or {}).items():
         flat.setdefault(key, _text(value))  # a top-level field wins over the model's argument

@@ -53,3 +53,14 @@ def test_a_sweep_never_reuses_a_folder_trained_with_another_input_stage(tmp_path
     assert sweep._training_state(run, same) == "done"
     with pytest.raises(InputError, match="model_input"):
         sweep._training_state(run, TrainingSettings(**asked))
+
+
+def test_reports_read_an_asam_run_from_before_asam_scale_as_scaling_every_parameter(tmp_path):
+    """An ASAM run recorded before the setting existed scaled all parameters: grouped by
+    asam_scale it belongs with "all", never in an "(unset)" group beside the official rule's runs."""
+    old = fixtures.make_run(tmp_path / "old", method="asam", rho=0.5)
+    new = fixtures.make_run(tmp_path / "new", method="asam", rho=0.5, asam_scale="weights")
+    sgd = fixtures.make_run(tmp_path / "sgd", method="sgd")
+    scales = run_table([old, new, sgd]).set_index("run_label")["run.asam_scale"]
+    assert scales["old"] == "all" and scales["new"] == "weights"
+    assert scales.isna()["sgd"] or scales["sgd"] in ("", "None")

@@ -229,6 +229,14 @@ def finished_members(config: Mapping) -> list[int]:
     return [m["index"] for m in config.get("members", []) if m.get("status") == "done"]
 
 
+def legacy_asam_scale(record: Mapping) -> dict:
+    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"
+    (training's resume check and the reports' run table both read run.json this way)."""
+    if record.get("method") == "asam" and "asam_scale" not in record:
+        return {"asam_scale": "all"}
+    return {}
+
+
 def data_normalized(config: Mapping) -> bool:
     """Whether the run's members take images normalised by the data pipeline (the zoo's way),
     rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""

@@ -58,7 +58,8 @@ from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
+from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
+                                       save_member)
 from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from landscape._checks import evaluation_mode, positive_int
@@ -676,13 +677,6 @@ def _processes(settings: TrainingSettings, members_parallel: int | None, callbac
     return int(world)
 
 
-def _legacy_asam_scale(record: dict) -> dict:
-    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"."""
-    if record.get("method") == "asam" and "asam_scale" not in record:
-        return {"asam_scale": "all"}
-    return {}
-
-
 def _settings_record(settings: TrainingSettings) -> dict:
     """The settings as train/settings.json stores them (JSON types: lists, not tuples)."""
     return json.loads(json.dumps(asdict(settings)))
@@ -706,7 +700,7 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
     if isinstance(stored, dict):
-        stored = {**stored, **_legacy_asam_scale(stored)}
+        stored = {**stored, **legacy_asam_scale(stored)}
     ours = _settings_record(settings)
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
@@ -807,7 +801,7 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
     values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
-    values.update(_legacy_asam_scale(config))
+    values.update(legacy_asam_scale(config))
     return TrainingSettings(**values)
 
 
