@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
@@ -64,3 +65,24 @@ def test_reports_read_an_asam_run_from_before_asam_scale_as_scaling_every_parame
     scales = run_table([old, new, sgd]).set_index("run_label")["run.asam_scale"]
     assert scales["old"] == "all" and scales["new"] == "weights"
     assert scales.isna()["sgd"] or scales["sgd"] in ("", "None")
+
+
+def test_a_library_model_is_rebuilt_with_a_warning_when_its_library_version_changed(tmp_path):
+    """The builder's defaults are part of the module and run.json's model_args hold only what was
+    given: a later command rebuilding torchvision:resnet18 under another torchvision says so."""
+    from importlib.metadata import version
+
+    path = tmp_path / "run"
+    run_folder.create_run(path, dataset="digits", num_classes=10, model="torchvision:resnet18", seeds=[1])
+    config = run_folder.read_config(path)
+    assert config["versions"]["torchvision"] == version("torchvision")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_folder.build_member_model(config)  # same version: silent
+    config["versions"]["torchvision"] = "0.0.1"
+    with pytest.warns(UserWarning, match="torchvision 0.0.1"):
+        run_folder.build_member_model(config)
+    zoo_config = {**config, "model": "mlp", "model_args": {"input_size": 4, "hidden": [2]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_folder.build_member_model(zoo_config)  # the zoo's models are sharpdiv's own
