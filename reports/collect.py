@@ -524,7 +524,18 @@ def _rows_of_spec(results: pd.DataFrame, spec: SharpnessSpec) -> pd.DataFrame | 
             return None
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
         rows = rows[ascent_of(rows) == spec.ascent]
-    return rows
+    return _newest_slice(rows)
+
+
+def _newest_slice(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run, only the rows on the data slice of its newest row: a run measured on its training
+    split and later on its test split has two numbers of two data sets, never their mean."""
+    if rows.empty:
+        return rows
+    rows = rows.sort_values("created", kind="stable")
+    columns = [c for c in _SLICE if c in rows]
+    key = pd.Series(list(zip(*_filled(rows, columns))), index=rows.index) if columns else pd.Series("", index=rows.index)
+    return rows[key == key.groupby(rows["path"]).transform("last")]
 
 
 def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
@@ -554,7 +565,12 @@ def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec
         if rows is None or rows.empty:
             continue
         rows = _newest_settings(rows, ["path", "scope"])
-        used = rows.groupby("path")["settings"].agg(lambda texts: sorted(set(texts)))
+        # the data slice counts as a setting here: a group measured on different splits mixes them too
+        columns = [c for c in _SLICE if c in rows]
+        slices = ([{c: v for c, v in zip(columns, values) if v != ""} for values in zip(*_filled(rows, columns))]
+                  if columns else [{}] * len(rows))
+        texts = [json.dumps({**json.loads(text), **where}, sort_keys=True) for text, where in zip(rows["settings"], slices)]
+        used = pd.Series(texts, index=rows.index).groupby(rows["path"]).agg(lambda texts: sorted(set(texts)))
         for group in group_order(groups.reindex(used.index).dropna()):
             settings = [json.loads(text) for path in used.index if groups.get(path) == group for text in used[path]]
             differing = sorted(key for key in set().union(*settings) - _NOT_BUDGETS

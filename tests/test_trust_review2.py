@@ -86,3 +86,23 @@ def test_a_library_model_is_rebuilt_with_a_warning_when_its_library_version_chan
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_folder.build_member_model(zoo_config)  # the zoo's models are sharpdiv's own
+
+
+def test_a_runs_sharpness_is_one_measurements_never_a_mean_over_the_splits_it_was_measured_on(tmp_path):
+    """Sharpness measured on the training split and, later, on the test split are two numbers of
+    two data sets: the report reads the newest, never their mean, and says when the runs of one
+    group were measured on different splits."""
+    from reports.collect import SharpnessSpec, mixed_settings, sharpness_per_run
+
+    spec = SharpnessSpec.parse(fixtures.SHARPNESS_METRIC + "@0.5")
+    both, test_only = fixtures.make_run(tmp_path / "both", method="sgd"), fixtures.make_run(tmp_path / "test", method="sgd")
+    run_folder.append_results(both, fixtures.sharpness_rows([1.0, 1.0, 1.0]))
+    on_test = [{**row, "split": "test"} for row in fixtures.sharpness_rows([3.0, 3.0, 3.0])]
+    run_folder.append_results(both, on_test)
+    run_folder.append_results(test_only, fixtures.sharpness_rows([2.0, 2.0, 2.0]))
+    runs = run_table([both, test_only])
+    results = collect([both, test_only], runs)
+    values = sharpness_per_run(results, spec)
+    assert values[str(both)] == pytest.approx(3.0) and values[str(test_only)] == pytest.approx(2.0)
+    notes = mixed_settings(results, runs.set_index("path")["run.method"], spec)
+    assert len(notes) == 1 and "split" in notes[0] and "train vs test" in notes[0].replace("test vs train", "train vs test")
