@@ -59,6 +59,7 @@ __all__ = [
     "group_order",
     "missing_measurements",
     "mixed_settings",
+    "partial_corruptions",
     "per_corruption",
     "per_run",
     "run_table",
@@ -580,6 +581,28 @@ def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec
                                    for key in differing)
                 notes.append(f"group {group}: its runs measured {read} with different settings ({values}); "
                              "the group's mean and β mix them: measure every run with the same settings")
+    return notes
+
+
+def partial_corruptions(results: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
+    """A note for each run whose corrupted-data rows cover fewer (corruption, severity) slices than
+    another run on the same dataset has: its OOD and per-severity means are over a subset of them,
+    so they are not the same quantity as the others' (evaluate it with the same --corruptions)."""
+    rows = results[results["corruption"].notna()] if "corruption" in results else results.iloc[0:0]
+    rows = rows[(rows["metric"] == "accuracy") & (rows["scope"] == "ensemble")] if not rows.empty else rows
+    if rows.empty:
+        return []
+    dataset, corruption, severity = _filled(rows, ["dataset", "corruption", "severity"])
+    slices = pd.Series(list(zip(corruption, severity.astype(str))), index=rows.index)
+    held = slices.groupby([rows["path"], dataset]).agg(set)
+    notes = []
+    for (path, label), own in held.items():
+        every = set().union(*held.xs(label, level=1))
+        if own < every:
+            label_of = runs.set_index("path")["run_label"].get(path, path) if runs is not None else path
+            notes.append(f"run {label_of}: corrupted-data rows on {len(own)} of the {len(every)} {label} slices "
+                         "other runs have, so its OOD and per-severity means cover a subset; evaluate it with "
+                         "the same --corruptions and --severities")
     return notes
 
 

@@ -106,3 +106,21 @@ def test_a_runs_sharpness_is_one_measurements_never_a_mean_over_the_splits_it_wa
     assert values[str(both)] == pytest.approx(3.0) and values[str(test_only)] == pytest.approx(2.0)
     notes = mixed_settings(results, runs.set_index("path")["run.method"], spec)
     assert len(notes) == 1 and "split" in notes[0] and "train vs test" in notes[0].replace("test vs train", "train vs test")
+
+
+def test_a_run_evaluated_on_fewer_corruptions_than_the_others_gets_a_note(tmp_path):
+    """Its OOD mean is over a subset of the slices the others average, so it is another quantity:
+    the report says so instead of comparing the two silently."""
+    from reports.collect import partial_corruptions
+
+    full, partial = fixtures.make_run(tmp_path / "full", method="sgd"), fixtures.make_run(tmp_path / "partial", method="sam")
+    for corruption in ("fog", "contrast"):
+        run_folder.append_results(full, fixtures.evaluation_rows([0.5] * 3, {"accuracy": 0.5},
+                                                                 corruption=corruption, severity=1))
+    run_folder.append_results(partial, fixtures.evaluation_rows([0.5] * 3, {"accuracy": 0.5},
+                                                                corruption="fog", severity=1))
+    runs = run_table([full, partial])
+    notes = partial_corruptions(collect([full, partial], runs), runs)
+    assert len(notes) == 1 and "partial" in notes[0] and "1 of the 2" in notes[0]
+    runs = run_table([full])
+    assert partial_corruptions(collect([full], runs), runs) == []
