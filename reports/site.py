@@ -24,9 +24,8 @@ from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
-                             diversity_metric,
-                             group_labels, group_order, missing_measurements, mixed_settings, run_table,
-                             tradeoff_points)
+                             diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
+                             partial_corruptions, run_table, tradeoff_points)
 from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
                             summary_table, write_group_table,
                             write_table)
@@ -117,6 +116,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
     notes += mixed_settings(results, groups, spec)
+    notes += partial_corruptions(results, runs)
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
     mark_folder(out, "report")  # everything is checked: the first write
