@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,7 +30,9 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
             click.echo(f"sharpdiv: error: {error.format_message()}{where}", err=True)
@@ -54,6 +57,16 @@ class _Group(click.Group):
                 raise
             click.echo(f"sharpdiv: error: {line}", err=True)
             ctx.exit(2)
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (Lanczos short of its tolerance, a cache file computed again) are remarks on
+    a result that was stored, not failures: one line marked as a note, without the file name and
+    source line that made them read like a traceback. Deprecations keep Python's form."""
+    if issubclass(category, DeprecationWarning):
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    click.echo(f"sharpdiv: note: {message}", err=True)
 
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -138,10 +151,88 @@ def data_options(required: bool = False):
     return decorate
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def configure_threads(threads: int | None = None) -> None:
+    """Set OpenMP's environment before torch is imported (it is read once, when torch loads).
+
+    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning, which otherwise makes
+    a 2-thread forward-backward pass 10-50x slower when another process shares the cores.
+    ``OMP_NUM_THREADS``: ``threads`` (``--threads``) when given, else one per usable CPU. Values the
+    user set in the environment are kept (``--threads`` still wins over OMP_NUM_THREADS). Once torch
+    is imported the environment no longer matters; :func:`resolve_device` sets torch's count then.
+    """
+    if "torch" in sys.modules:
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+
+
+def _threads_option(ctx, param, value):
+    configure_threads(value)  # parsing happens before any command body imports torch
+    return value
+
+
+MODEL_HELP = ("resnet18, resnet18_tin, wrn40_2, small_cnn, mlp; torchvision:<name>, timm:<name> (pip install "
+              "'sharpdiv[timm]'), or module.path:callable (your factory or class, importable from here).")
+
+
+def model_options(function):
+    """``--model-arg KEY=VALUE`` (repeatable) and the model's own ``--input-size``, ``--mean``, ``--std``."""
+    function = click.option("--std", type=CommaList(float), default=None, metavar="S1,S2,S3",
+                            help="Per-channel std the model normalises with, inside the model (with --mean).")(function)
+    function = click.option("--mean", type=CommaList(float), default=None, metavar="M1,M2,M3",
+                            help="Per-channel mean the model normalises [0, 1] inputs with, inside the model "
+                                 "(default: timm's data config; else the data pipeline's dataset statistics).")(function)
+    function = click.option("--input-size", type=CommaList(int), default=None, metavar="S or H,W",
+                            help="Image size the model expects; inputs are resized inside the model "
+                                 "(default: timm's data config; else the data's own size).")(function)
+    function = click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
+                            help="Keyword argument of the model's builder, JSON where it parses "
+                                 "(--model-arg drop_rate=0.1); repeatable; stored in run.json.")(function)
+    return function
+
+
+def model_settings(pairs, input_size, mean, std) -> tuple[dict, dict | None]:
+    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults)."""
+    import json
+
+    model_args = {}
+    for pair in pairs:
+        key, sign, text = pair.partition("=")
+        if not sign or not key.strip():
+            raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. --model-arg drop_rate=0.1")
+        try:
+            model_args[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            model_args[key.strip()] = text
+    if input_size is not None and len(input_size) not in (1, 2):
+        raise InputError(f"--input-size takes one size or H,W, got {len(input_size)} numbers")
+    size = None if input_size is None else (input_size[0] if len(input_size) == 1 else input_size)
+    given = {"size": size, "mean": mean, "std": std}
+    return model_args, (given if any(v is not None for v in given.values()) else None)
+
+
 def device_options(function):
     """``--device`` and ``--threads``."""
-    function = click.option("--threads", type=click.IntRange(min=1), default=None,
-                            help="CPU threads for torch (default: torch's choice).")(function)
+    function = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_threads_option,
+                            help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per usable CPU).")(function)
     function = click.option("--device", default="auto", show_default=True,
                             help="auto, cpu, cuda or cuda:<i>.")(function)
     return function
@@ -198,10 +289,13 @@ def _seed_list(text: str, value) -> list:
 @click.version_option(package_name="sharpdiv", message="sharpdiv %(version)s")
 def main():
     """sharpdiv: sharpness, diversity and their trade-off in deep ensembles."""
+    # Runs before any command's options are parsed and before any command imports torch.
+    configure_threads()
 
 
 @main.command("import")
-@click.option("--model", "model_name", required=True, help="Architecture of the checkpoints (resnet18, resnet18_tin, wrn40_2, small_cnn, mlp).")
+@click.option("--model", "model_name", required=True, help="Architecture of the checkpoints: " + MODEL_HELP)
+@model_options
 @click.option("--num-classes", required=True, type=click.IntRange(min=2))
 @click.option("--data", "dataset", required=True, help="Dataset the members were trained on (cifar10, cifar100, tinyimagenet, digits, folder:<path>).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width, when the model has one.")
@@ -209,7 +303,7 @@ def main():
               help="Record a setting in run.json (method, rho, width, seeds=13,17,27 ...); repeatable.")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def import_command(model_name, num_classes, dataset, width, assignments, out, files):
+def import_command(model_name, model_arg, input_size, mean, std, num_classes, dataset, width, assignments, out, files):
     """Build the run folder OUT from checkpoint FILES, one member per file.
 
     Reads plain state dicts, dicts holding 'state_dict', 'model' or 'last', DataParallel
@@ -219,14 +313,18 @@ def import_command(model_name, num_classes, dataset, width, assignments, out, fi
     from ensembles.models.checkpoints import import_checkpoints
 
     settings = parse_assignments(assignments)
-    model_args = {"width": width} if width is not None else {}
+    model_args, model_input = model_settings(model_arg, input_size, mean, std)
+    if width is not None:
+        if "width" in model_args:
+            raise InputError(f"the width is given twice (--width {width} and --model-arg width=...); give it once")
+        model_args["width"] = width
     if "width" in settings:
-        if width is not None:
-            raise InputError(f"the width is given twice (--width {width} and --set width={settings['width']}); "
+        if "width" in model_args:
+            raise InputError(f"the width is given twice (--width/--model-arg and --set width={settings['width']}); "
                              "give it once, with --width")
         model_args["width"] = settings.pop("width")
     import_checkpoints(out, files, model=model_name, num_classes=num_classes, dataset=dataset,
-                       model_args=model_args, settings=settings)
+                       model_args=model_args, model_input=model_input, settings=settings)
     click.echo(f"imported {len(files)} members into {out}")
 
 
@@ -242,7 +340,7 @@ def theory_command(figure, out, quick, seed):
     from ensembles.studies.theory import write_theory_table
     from reports.theory import diversity_at_matched_sharpness, write_theory_figure
 
-    table = write_theory_table(figure, out, quick=quick, seed=seed)
+    table = write_theory_table(figure, out, quick=quick, seed=seed, progress=True)
     paths = [*write_theory_figure(table), table]
     for path in paths:
         click.echo(f"wrote {path}")
@@ -275,12 +373,14 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Folder for the tables, figures, index.html and README.md.")
 @click.option("--sharpness", default="sharpness/worst/l2/adaptive@0.5", show_default=True, metavar="METRIC@RHO",
               help="Members' mean sharpness to plot against diversity: sharpness/<worst|average>/<l2|linf>/"
-                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO), or hessian/trace, fisher/mean ...")
+                   "<adaptive|standard>@RHO (or sharpness-error/...@RHO; add :reference for rows measured "
+                   "with --ascent reference), or hessian/trace, fisher/mean ...")
 @click.option("--diversity", type=click.Choice(["der", "variance", "kl"]), default="der", show_default=True)
 @click.option("--diversity-on", type=click.Choice(["ood", "test"]), default="ood", show_default=True,
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
-              help="run.json field that groups runs (method, rho, width, sparsity ...).")
+              help="run.json field that groups runs (method, rho, width, sparsity ...), or a comma list "
+                   "(method,rho) as in sweeps.")
 @click.option("--baseline", default=None,
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
@@ -376,13 +476,17 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 
 @main.command("train")
 @data_options()
-@click.option("--model", "model_name", default=None, help="Architecture: resnet18, resnet18_tin, wrn40_2, small_cnn, mlp.")
+@click.option("--model", "model_name", default=None, help="Architecture: " + MODEL_HELP)
+@model_options
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
 @click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
 @click.option("--rho", type=click.FloatRange(min=0), default=None,
               help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
 @click.option("--eta", type=click.FloatRange(min=0), default=None,
               help="ASAM only: η in its scale T = |θ| + η [default: 0.01].")
+@click.option("--asam-scale", type=click.Choice(["weights", "all"]), default=None,
+              help="ASAM only: which parameters T scales; weights = official ASAM (names containing 'weight'; "
+                   "biases and batch-norm shifts unscaled), all = every parameter [default: weights].")
 @click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
 @click.option("--td", type=click.IntRange(min=1), default=None,
@@ -414,7 +518,8 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
 @device_options
 @click.pass_context
-def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, k, td, epochs, lr, schedule, batch_size,
+def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta,
+                  asam_scale, k, td, epochs, lr, schedule, batch_size,
                   weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
@@ -435,12 +540,14 @@ def train_command(ctx, dataset, data_path, model_name, width, method, rho, eta, 
         missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
         if missing:
             raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
+        model_args, model_input = model_settings(model_arg, input_size, mean, std)
         settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, k=k, td=td,
+            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, asam_scale=asam_scale, k=k, td=td,
             epochs=epochs, lr=lr, schedule=schedule,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
-            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples)
+            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples,
+            model_args=model_args or None, model_input=model_input)
         summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True, force=force)
     for row in summaries:
         click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
@@ -673,9 +780,12 @@ def quickstart_command(out, fast, device, threads):
               help="Parameter-name patterns to leave unperturbed, e.g. '*bn*,*.bias'.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Batches (average case: draws) evaluated at once; bounds memory (default all).")
+@click.option("--ascent", type=click.Choice(["apgd", "reference"]), default="apgd", show_default=True,
+              help="Worst case: sharpdiv's APGD in the ball's own metric, or the reference code's update "
+                   "(comparable with published values); stored as a setting, the two never mix.")
 @device_options
 def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
-                      n_restarts, n_samples, exclude, chunk_size, device, threads):
+                      n_restarts, n_samples, exclude, chunk_size, ascent, device, threads):
     """m-sharpness of every member of each RUN, and its mean over members.
 
     Defaults are SharpBalance's: worst case, l2, adaptive, rho 0.5, 100 batches of 5 training
@@ -688,7 +798,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
     measurements = measure_sharpness(runs, dataset=dataset, root=data_path, split=split, kind=kind, norm=norm,
                                      adaptive=adaptive, rhos=rhos, m=m, n_batches=n_batches, seed=seed,
                                      n_iters=n_iters, n_restarts=n_restarts, n_samples=n_samples, exclude=exclude,
-                                     chunk_size=chunk_size, device=chosen, progress=True)
+                                     chunk_size=chunk_size, ascent=ascent, device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 
@@ -766,13 +876,17 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
               help="Training samples (no augmentation, drawn with --seed) for the BatchNorm statistics.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw of the BatchNorm samples.")
+@click.option("--align", default="none", show_default=True,
+              help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
+                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each.")
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
-                         batch_size, seed, device, threads):
+                         batch_size, seed, align, device, threads):
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
     and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
+    Aligned rows have the settings alignment and aligned_to (the reference, member 0).
     Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_connectivity
@@ -780,8 +894,8 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
     chosen = resolve_device(device, threads)
     measurements = measure_connectivity(runs, dataset=dataset, root=data_path, split=split, n_examples=n_examples,
                                         alphas=alphas, plane=plane, grid=grid, bn_reset=bn_reset,
-                                        bn_examples=bn_examples, batch_size=batch_size, seed=seed, device=chosen,
-                                        progress=True)
+                                        bn_examples=bn_examples, batch_size=batch_size, seed=seed, align=align,
+                                        device=chosen, progress=True)
     for measurement in measurements:
         click.echo("\n".join(measurement.summary()))
 

@@ -16,19 +16,7 @@ and backward pass of the mean loss is printed as the floor: the layerwise method
 passes plus per-layer norms, so it cannot beat it. Cases are timed in interleaved rounds after a
 warm-up; medians of wall-clock and CPU time; compare the ratios. ``OMP_WAIT_POLICY=PASSIVE`` unless
 set (spinning OpenMP threads distort timings on a shared machine).
-
-Measured on the 2-core CPU (two threads, wall-clock speed-up over the loop; CPU-time ratios are
-lower because the loop leaves the second core idle):
-
-    model, input                 layerwise 64   layerwise 256   vmap 64   floor
-    small_cnn width 16, 32×32        3.7            3.4           3.3      6.6
-    small_cnn width 32, 32×32        3.2            2.5           2.7      4.0
-    resnet18 width 16, 32×32         4.7            4.1           3.4      7.2
-    mlp 3072-256-10, 32×32          22.3           52.2           0.5     48.1
-
-Dense layers need no per-sample gradient at all, so the MLP runs at the speed of plain batched
-training. For the conv nets even the floor (batched training speed) is 4-7x the loop on this CPU,
-so no per-sample method can reach 10x there; the layerwise method gets 55-80% of the floor.
+Measured numbers, with the conditions they were taken under: ``benchmarks/README.md``.
 """
 from __future__ import annotations
 

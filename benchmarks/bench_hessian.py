@@ -14,10 +14,8 @@ times are reported; compare the ratios, not the seconds.
    and vmapped over probes), and curvlinops' ``HessianLinearOperator`` (vmapped ``jvp∘jacrev``).
 2. Hutchinson trace with ``P`` probes, every probe spent: ours against PyHessian 0.1 on one batch
    and in its dataloader mode over 4 batches, and against curvlinops' ``hutchinson_trace``.
-
-Measured (two threads, wall clock; PyHessian time / ours): small_cnn, 20 probes: 1.24× on one
-batch, 1.87× over 4 batches; resnet18 width 16, 10 probes: 0.91-1.03× on one batch (within noise),
-1.36× over 4 batches. Why the ratio cannot reach 2× is in ``landscape/hvp.py``.
+Measured numbers, with the conditions they were taken under, and why the trace cannot reach 2×
+against PyHessian: ``benchmarks/README.md``.
 """
 from __future__ import annotations
 

@@ -15,16 +15,7 @@ each, interleaved (the machine is shared); ``OMP_WAIT_POLICY=PASSIVE`` unless se
 below). The MLP row shows the regime where per-call overhead, not arithmetic, dominates.
 
     /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
-
-Measured on the 2-core CPU with no other agent's jobs (2 threads, wall-clock ratios loop/ours,
-2 iterations, medians of 3; three runs), after eval batch norm became an affine map under vmap:
-m=5, B=100: small_cnn(width=16, the ~24k-parameter CNN) 2.22-2.73, resnet18(width=16) 1.91-2.20,
-small_cnn(width=32) 1.25-1.79, mlp 0.68-0.79; m=128, B=8: small_cnn 0.49, resnet18(width=16) 0.60,
-where ``chunk_size=1`` (no vmap, the default for m >= 32) matches the loop (0.90, 0.96). CPU-time
-ratios are lower (1.3-1.7 at m=5): the loop leaves the second core idle. The 'bound' column (one
-shared-weight pass over all 500 images, no per-batch weights) was 2.7 for small_cnn(width=32),
-6.0 for width 16 and 4.8 for resnet18(width=16): per-batch weights cost grouped convolutions and
-B copies of every weight, and small_cnn(width=32)'s 32×32×32 activations already fill the cache.
+Measured numbers, with the conditions they were taken under: ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
@@ -34,8 +25,8 @@ import statistics
 import time
 
 # On a shared, oversubscribed machine OpenMP threads that spin while waiting for each other make
-# every op ~30x slower with 2 threads (1.6 s instead of 0.05 s for a small-CNN step here); passive
-# waiting removes that artefact, which would otherwise flatter the vectorized side. Set before torch.
+# every op many times slower (benchmarks/README.md); passive waiting removes that artefact, which
+# would otherwise flatter the vectorized side. Set before torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -147,6 +138,40 @@ def timed(function):
     return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def warmed_up_case(name, options, m, n_batches):
+    """The case's model (seeded) and its random batches, after one warm-up ascent."""
+    torch.manual_seed(0)
+    model = build(name, 10, **options)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
+               for _ in range(n_batches)]
+    sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)
+    return model, batches
+
+
+def compare_chunks(name, options, m, n_batches, chunks, n_iters, repeats):
+    """Wall seconds per ascent step of the loop, the default chunking and each chunk size, interleaved."""
+    model, batches = warmed_up_case(name, options, m, n_batches)
+    variants = {"loop": lambda: loop_worst_case(model, batches, n_iters, Counter()),
+                "default": lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, RHO,
+                                                                  n_iters=n_iters)}
+    for chunk in chunks:
+        variants[f"chunk {chunk}"] = (lambda chunk=chunk: sharpness.worst_case_sharpness(
+            model, F.cross_entropy, batches, RHO, n_iters=n_iters, chunk_size=chunk))
+    runs = {key: [] for key in variants}
+    for _ in range(repeats):
+        for key, function in variants.items():
+            runs[key].append(timed(function)[0] / n_iters)
+    shown = ", ".join(f"{key} {statistics.median(value):.3f}" for key, value in runs.items())
+    label = name + "".join(f"({key}={value})" for key, value in options.items())
+    print(f"{label} m={m} B={n_batches}: s/step {shown}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer batches and one repeat, a smoke run")
@@ -154,6 +179,9 @@ def main():
     parser.add_argument("--iters", type=int, default=2, help="ascent iterations per measurement (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     parser.add_argument("--only", default=None, help="run only cases whose model, options and m contain this text")
+    parser.add_argument("--chunks", default=None,
+                        help="instead of the table: time these chunk sizes against the loop and the default "
+                             "(comma list, e.g. 1,10,25,100), to choose the default chunking")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     n_iters = arguments.iters
@@ -169,7 +197,12 @@ def main():
         cases = [case for case in cases if arguments.only in f"{case[0]} {case[1]} m={case[2]}"]
     print(f"worst-case adaptive l2 sharpness, rho={RHO}, {n_iters} ascent iterations per measurement, "
           f"medians of {repeats} interleaved runs, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {load_average()}")
+    if arguments.chunks:
+        for case in cases:
+            compare_chunks(*case, [int(c) for c in arguments.chunks.split(",")], n_iters, repeats)
+        print(f"load average after: {load_average()}")
+        return
     print("seconds per ascent step (all batches), wall clock [CPU]; ratio = loop / ours; "
           "'all' = one vmapped computation (chunk_size=B), 'one' = chunk_size=1 (no vmap); "
           "'bound' = loop / one shared-weight pass over all images")
@@ -178,12 +211,7 @@ def main():
     print(header)
     print("-" * len(header))
     for name, options, m, n_batches in cases:
-        torch.manual_seed(0)
-        model = build(name, 10, **options)
-        generator = torch.Generator().manual_seed(1)
-        batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
-                   for _ in range(n_batches)]
-        sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
+        model, batches = warmed_up_case(name, options, m, n_batches)
 
         loop_counter, vector_counter = Counter(), Counter()
         runs = {"loop": [], "all": [], "one": [], "bound": []}

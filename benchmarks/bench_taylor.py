@@ -11,10 +11,7 @@ Layers with weights use the product rule (``ẏ = W ẋ + V x``, ``ÿ = W ẍ + 
 probe), ReLU and max pooling their activation pattern, eval batch norm its affine form; at the end
 ``vᵀHv = ż ᵀ∇²ℓ ż + ∇ℓ · z̈`` for cross-entropy. It needs no graph, but does ~4 convolutions per
 layer and probe against ~3 of a product on a kept graph.
-
-Measured (2 threads, batch 128 of 32×32×3): small_cnn, K = 8: 0.39 s per probe against 0.23 s for
-our product and 0.42 s for a fresh graph; K = 1: 0.29 s. resnet18 width 16, K = 2: 0.82 s against
-1.33 s fresh and about 0.8 s for our product. Hence not adopted (see ``landscape/hvp.py``).
+Measured numbers (slower than our product, hence not adopted): ``benchmarks/README.md``.
 """
 import statistics
 import sys

@@ -69,6 +69,9 @@ def main() -> None:
     torch.set_num_threads(arguments.threads)
     repeats = 3 if arguments.quick else 7
 
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"load average {load}; medians of {repeats} interleaved steps")
     print(f"{'model':<22}{'SGD step s':>12}{'SAM step s':>12}{'SAM/SGD':>10}")
     for model_name, width in (("small_cnn", 32), ("resnet18", 16)):
         sgd, sam = step_times(model_name, width, repeats)
@@ -79,6 +82,7 @@ def main() -> None:
     print(f"\ndigits, small_cnn w8, {members} members, {epochs} epochs, T_d = {epochs // 2}")
     print(f"{'SAM run s':>12}{'SharpBalance run s':>20}{'overhead':>10}")
     print(f"{sam:>12.2f}{sharpbalance:>20.2f}{100 * (sharpbalance / sam - 1):>9.1f}%")
+    print(f"load average after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 
 if __name__ == "__main__":

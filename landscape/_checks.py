@@ -20,6 +20,7 @@ import fnmatch
 import functools
 import inspect
 import math
+import numbers
 import os
 import re
 import sys
@@ -159,14 +160,12 @@ def model_dtype_device(model: nn.Module, *, purpose: str | None = None) -> tuple
 
 def positive_int(name: str, value, *, minimum: int = 1, optional: bool = False) -> int | None:
     """``value`` as an ``int`` if it is an integer ``>= minimum`` (``None`` too when ``optional``),
-    else an :class:`InputError` naming ``name``. Booleans are refused."""
+    else an :class:`InputError` naming ``name``. An integer is a Python or NumPy integer: booleans,
+    and floats even when whole (``3.0``), are refused. The one integer check of the project
+    (``landscape/``, ``ensembles/``, ``reports/``)."""
     if value is None and optional:
         return None
-    try:
-        whole = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError, OverflowError):
-        whole = False
-    if not whole or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}.")
     return int(value)
 

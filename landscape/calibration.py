@@ -11,7 +11,14 @@ With confidence ``ĉ_n = max_c p_nc`` and prediction ``ŷ_n = argmax_c p_nc``:
 - expected calibration error (Naeini et al. 2015; Guo et al. 2017, "On calibration of modern neural
   networks") over ``B`` equal-width bins, sample ``n`` in bin ``b_n = min(⌊ĉ_n · B⌋, B − 1)``, so bin
   ``b`` is ``[b/B, (b+1)/B)`` and a confidence of exactly 1 falls in the last bin:
-  ``ECE = Σ_b (n_b/N) · |acc_b − conf_b| = (1/N) Σ_b |Σ_{n∈b} (1[ŷ_n = y_n] − ĉ_n)|``;
+  ``ECE = Σ_b (n_b/N) · |acc_b − conf_b| = (1/N) Σ_b |Σ_{n∈b} (1[ŷ_n = y_n] − ĉ_n)|``.
+  The bin is computed arithmetically, ``⌊ĉ·B⌋`` in the dtype of the logits, not by comparing ``ĉ``
+  with stored edges. torchmetrics instead uses ``bucketize(ĉ, linspace(0, 1, B + 1), right=True) − 1``
+  and gives ``ĉ = 1`` a bin of its own. The two agree except on exact edges: in float32 with
+  ``B = 15``, ``linspace`` edges 3, 6 and 7 lie just above ``float32(k/15)``, so a confidence of
+  exactly ``float32(0.2)``, ``float32(0.4)`` or ``float32(7/15)`` goes to bin ``k`` here and to bin
+  ``k − 1`` in torchmetrics, and a wrong prediction with confidence 1 is summed with the rest of
+  the last bin here but kept apart there (``tests/test_trust_compare.py`` works both cases by hand);
 - negative log-likelihood = ``−(1/N) Σ_n log p_{n y_n}``;
 - Brier score (Brier 1950) = ``(1/N) Σ_n Σ_c (p_nc − 1[c = y_n])²``, in ``[0, 2]``.
 
@@ -158,7 +165,12 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 1
 
 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
-    """``ECE = Σ_b (n_b/N)·|acc_b − conf_b| = (1/N)·Σ_b |Σ_{n∈b}(correct_n − ĉ_n)|``, in ``[0, 1]``."""
+    """``ECE = Σ_b (n_b/N)·|acc_b − conf_b| = (1/N)·Σ_b |Σ_{n∈b}(correct_n − ĉ_n)|``, in ``[0, 1]``.
+
+    Binning rule: ``b = min(⌊ĉ·B⌋, B − 1)`` computed in the logits' dtype, so bin ``b`` is
+    ``[b/B, (b+1)/B)`` and ``ĉ = 1`` joins the last bin. torchmetrics' ``bucketize`` on a float
+    ``linspace`` disagrees only for confidences exactly on an edge ``k/B`` (see the module docstring).
+    """
     count, confidence_sum, correct_sum = _bin_sums(logits, labels, n_bins)
     return (correct_sum - confidence_sum).abs().sum() / count.sum()
 

@@ -13,7 +13,9 @@ batches of size ``m``; every batch gets its own perturbation and the result is t
 batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
 running statistics, which are shared and never perturbed. All trainable parameters are perturbed
 unless ``params``/``exclude`` name globs say otherwise (:func:`landscape._checks.select_parameters`,
-the rule of every module here).
+the rule of every module here). Adaptive ``T = |θ|`` scales every perturbed parameter, biases and
+BatchNorm affine included — the reference sharpness code's rule; official ASAM *training* scales
+only parameters named "weight" (:mod:`ensembles.methods.sam`), so the two differ on purpose.
 
 Worst case: the maximum is searched by APGD (Croce & Hein, ICML 2020) in weight space, as in the
 reference code of Andriushchenko et al.: step ``η`` starting at ``2ρ``, momentum ``α = 0.75``,
@@ -53,6 +55,7 @@ gradient, so the worst case over the adaptive ℓ2 ball is ``ρ²/2 · λmax(THT
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -159,8 +162,25 @@ class SharpnessResult:
 # Inputs: parameters, batches, model mode
 # ------------------------------------------------------------------------------------------------
 
-def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(inputs, targets)`` pairs of equal batch size ``m`` into ``(B, m, ...)`` tensors."""
+class _Staged:
+    """Stacked batches ``(B, m, ...)`` kept where they came from (the host, for a DataLoader) and
+    moved to the model's device one chunk at a time, so only a chunk's batches are ever there."""
+
+    def __init__(self, stacked: torch.Tensor, device: torch.device):
+        self.stacked, self.device, self.shape = stacked, device, stacked.shape
+
+    def __getitem__(self, index):
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.stacked.device)
+        return self.stacked[index].to(self.device)
+
+
+def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype, n_batches: int | None = None
+                   ) -> tuple[_Staged, _Staged]:
+    """Stack ``(inputs, targets)`` pairs of equal batch size ``m`` into ``(B, m, ...)`` tensors, the
+    first ``n_batches`` of them when given (then the iterable must hold that many)."""
+    if n_batches is not None:
+        batches = itertools.islice(batches, positive_int("n_batches", n_batches))
     inputs, targets = [], []
     for index, batch in enumerate(batches):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -175,10 +195,13 @@ def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype) 
         targets.append(y)
     if not inputs:
         raise InputError("no batches given; pass at least one (inputs, targets) pair")
-    stacked = torch.stack(inputs).to(device)
+    if n_batches is not None and len(inputs) < n_batches:
+        raise InputError(f"n_batches={n_batches} but the batches ran out after {len(inputs)}; pass a longer "
+                         "iterable (a DataLoader with enough samples) or a smaller n_batches")
+    stacked = torch.stack(inputs)
     if stacked.is_floating_point():
         stacked = stacked.to(dtype)  # work in the model's own dtype
-    return stacked, torch.stack(targets).to(device)
+    return _Staged(stacked, device), _Staged(torch.stack(targets), device)
 
 
 def normalize_logits(outputs: torch.Tensor) -> torch.Tensor:
@@ -397,7 +420,9 @@ def _default_chunk(n_batches: int, selected: dict[str, torch.Tensor], m: int = 1
 
     Batches of ``_LARGE_BATCH`` samples or more go one at a time: such a batch already keeps the
     device busy, and per-batch weights then only cost (measured in ``benchmarks/README.md``,
-    ``bench_sharpness.py``).
+    ``bench_sharpness.py``). The rule depends on nothing but the sizes, so a measurement does not
+    change with the machine's load; it was checked at 1 and 2 threads on a quiet and on a busy
+    machine (load average 5-7 on 2 cores, ``OMP_WAIT_POLICY=PASSIVE``, which every command sets).
     """
     if m >= _LARGE_BATCH:
         return 1
@@ -472,12 +497,19 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
                          n_iters: int = 20, n_restarts: int = 1, init: str = "zero", step_size: float | None = None,
                          momentum: float = 0.75, logit_normalization: bool = False, reference_ascent: bool = False,
                          chunk_size: int | None = None, generator: torch.Generator | None = None,
-                         progress: bool = False) -> SharpnessResult:
+                         progress: bool = False, n_batches: int | None = None) -> SharpnessResult:
     """Worst-case m-sharpness ``mean_b max_{‖T⁻¹ε_b‖_p ≤ ρ} L_b(θ + ε_b) − L_b(θ)``, by APGD in weights.
 
-    ``batches``: an iterable of ``(inputs, targets)`` with one batch size ``m`` (one perturbation
-    per batch). ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
-    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights;
+    ``batches``: any iterable of ``(inputs, targets)`` (a DataLoader with ``drop_last=True``, a
+    list of tuples) with one batch size ``m``: m is the number of samples that share one
+    perturbation, so the value is the mean over batches of each batch's own worst-case loss
+    increase (m-sharpness, Andriushchenko et al. 2023; small m such as 5 to 128 tracks
+    generalization, m = the whole set is the classical sharpness). ``n_batches`` takes only the
+    first that many (an endless or long DataLoader is fine). Batches wait on the host and reach
+    the model's device one chunk at a time. ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
+    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights (default:
+    every trainable parameter, biases and BatchNorm affine included; ``adaptive`` scales each of them
+    by ``|θ|``, the reference code's rule, not official ASAM's "weight"-only one);
     ``norm`` is ``"l2"`` or ``"linf"`` (any case). ``init="zero"`` starts at
     ``ε = 0`` (the reference's start; note that at an exact stationary point the gradient there
     is 0 and the search cannot leave it), ``"random"`` uniformly in the ball; restarts after the
@@ -515,7 +547,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     _check_in_range("rho", rho, dtype, squared=norm == "l2")
     _check_in_range("step_size", step_size, dtype, squared=norm == "l2")
     selected = select_parameters(model, params, exclude)
-    inputs, targets = _stack_batches(batches, device, dtype)
+    inputs, targets = _stack_batches(batches, device, dtype, n_batches)
     n_batches = inputs.shape[0]
     chunk = chunk_size or _default_chunk(n_batches, selected, m=inputs.shape[1])
     settings = dict(kind="worst", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),
@@ -581,7 +613,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
 def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
                            adaptive: bool = True, *, params: Patterns = None, exclude: Patterns = None,
                            n_draws: int = 100, logit_normalization: bool = False, chunk_size: int | None = None,
-                           generator: torch.Generator | None = None) -> SharpnessResult:
+                           generator: torch.Generator | None = None, n_batches: int | None = None) -> SharpnessResult:
     """Average-case m-sharpness ``mean_b E_ε L_b(θ + ε) − L_b(θ)``, estimated with ``n_draws`` draws per batch.
 
     ``ε = ρ T z`` with ``z ~ N(0, I)`` (ℓ2, so ``ε ~ N(0, ρ²T²)``) or ``z ~ U[−1, 1]`` (ℓ∞), drawn
@@ -589,14 +621,14 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
     ``chunk_size`` of them run at once (default ``B``, one draw for every batch, bounded as in
     :func:`worst_case_sharpness`). The draws depend on ``generator`` (on the model's device) and
     on ``chunk_size``. Cost: ``n_draws + 1`` forward passes of every batch. ``params``, ``exclude``
-    and ``norm`` as in :func:`worst_case_sharpness`.
+    ``norm``, ``n_batches`` and what m means as in :func:`worst_case_sharpness`.
     """
     rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
     n_draws = positive_int("n_draws", n_draws)
     dtype, device = model_dtype_device(model, purpose="to perturb")
     _check_in_range("rho", rho, dtype)
     selected = select_parameters(model, params, exclude)
-    inputs, targets = _stack_batches(batches, device, dtype)
+    inputs, targets = _stack_batches(batches, device, dtype, n_batches)
     n_batches = inputs.shape[0]
     chunk = chunk_size or _default_chunk(n_batches, selected)
     settings = dict(kind="average", rho=float(rho), norm=norm, adaptive=bool(adaptive), m=int(inputs.shape[1]),

@@ -26,7 +26,7 @@ The readers below turn that table into one number per run. Their conventions:
 - ensemble rows are those of the chosen ``combine`` mode (rows without a ``combine`` column count
   for every mode);
 - when one quantity was stored under several settings (two bin counts, two batch sizes), the
-  newest measurement is used.
+  newest measurement is used, for all members of a run alike (their mean is one measurement's).
 """
 from __future__ import annotations
 
@@ -48,16 +48,24 @@ from landscape.errors import InputError
 __all__ = [
     "DIVERSITY_METRICS",
     "Missing",
+    "ASCENTS",
     "SharpnessSpec",
+    "ascent_of",
     "collect",
+    "combined_grouping",
     "comparable_grouping",
     "diversity_metric",
     "group_labels",
     "group_order",
     "missing_measurements",
+    "mixed_settings",
+    "partial_corruptions",
+    "per_corruption",
     "per_run",
     "run_table",
     "sharpness_per_run",
+    "barriers_per_run",
+    "with_alignment",
     "tradeoff_points",
 ]
 
@@ -88,6 +96,7 @@ def _text(value):
 
 
 def _settings(config: dict) -> dict:
+    config = {**config, **run_folder.legacy_asam_scale(config)}
     flat = {key: _text(value) for key, value in config.items() if key not in _NOT_SETTINGS}
     for key, value in (config.get("model_args") or {}).items():
         flat.setdefault(key, _text(value))  # a top-level field wins over the model's argument
@@ -168,6 +177,20 @@ def group_labels(frame: pd.DataFrame, group_by: str) -> pd.Series:
     return frame[column].map(_plain_label).rename(group_by)
 
 
+def combined_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame, str]:
+    """``runs`` grouped by a comma list of run.json fields (``"method,rho"``), as sweeps group: a
+    field ``run.method,rho`` holding labels such as ``method=sam rho=0.05`` is added (in memory; the
+    run folders are not touched) and its name returned. One field is returned unchanged."""
+    fields = [field.strip().removeprefix(RUN_PREFIX) for field in group_by.split(",") if field.strip()]
+    if not fields:
+        raise InputError(f"--group-by {group_by!r} names no field; e.g. --group-by method or method,rho")
+    if len(fields) == 1:
+        return runs, fields[0]
+    labels = [group_labels(runs, field).map(lambda value, field=field: f"{field}={value}") for field in fields]
+    name = ",".join(fields)
+    return runs.assign(**{RUN_PREFIX + name: pd.concat(labels, axis=1).agg(" ".join, axis=1).values}), name
+
+
 def group_order(labels: Iterable[str]) -> list[str]:
     """Groups in reading order: numerically when every label is a number, else alphabetically with
     the numbers inside labels compared as numbers ("0.2 (cifar10)" before "10 (cifar10)"); "(unset)" last."""
@@ -225,6 +248,8 @@ def comparable_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame
 # one number per run
 
 
+#: Worst-case ascents a sharpness row may have been measured with (its ``ascent`` setting).
+ASCENTS = ("apgd", "reference")
 #: The sharpness metrics ``sharpdiv sharpness`` stores (they need a radius), and their form in messages.
 SHARPNESS_PATTERN = r"sharpness(-error)?/(worst|average)/(l2|linf)/(adaptive|standard)"
 SHARPNESS_FORM = "sharpness/<worst|average>/<l2|linf>/<adaptive|standard>"
@@ -237,18 +262,29 @@ CURVATURE_METRICS = ("hessian/trace", "fisher/mean", *(f"fisher/q{q}" for q in F
 class SharpnessSpec:
     """Which sharpness the reports read: ``METRIC@RHO``, e.g. ``sharpness/worst/l2/adaptive@0.5``.
 
-    Sharpness metrics need the radius; curvature metrics (``hessian/trace``) take none.
+    Sharpness metrics need the radius; curvature metrics (``hessian/trace``) take none. A worst case
+    may name its ascent after the radius: ``@0.5:reference`` reads only the rows measured with the
+    reference code's update (``sharpdiv sharpness --ascent reference``), plain ``@0.5`` (or
+    ``@0.5:apgd``) only sharpdiv's APGD rows — rows without an ``ascent`` setting, which every row
+    stored before the setting existed is. The two are never read into one table or figure.
     """
 
     metric: str
     rho: float | None
+    ascent: str = "apgd"
 
     @classmethod
     def parse(cls, text: str) -> "SharpnessSpec":
         """``METRIC@RHO`` for a sharpness metric, plain ``METRIC`` for a curvature one; anything
         else is refused here, before a report is written around a metric no command stores."""
         metric, at, radius = str(text).partition("@")
-        metric, radius = metric.strip(), radius.strip()
+        radius, colon, ascent = radius.partition(":")
+        metric, radius, ascent = metric.strip(), radius.strip(), ascent.strip() or "apgd"
+        if colon and ascent not in ASCENTS:
+            raise InputError(f"--sharpness {text!r}: unknown ascent {ascent!r} after ':'; use "
+                             f"{metric}@{radius}:reference (or :apgd, the default)")
+        if colon and not re.fullmatch(r"sharpness(-error)?/worst/.*", metric):
+            raise InputError(f"--sharpness {text!r}: only a worst case has an ascent; drop ':{ascent}'")
         if re.fullmatch(r"sharpness(-error)?/.*", metric):
             if not re.fullmatch(SHARPNESS_PATTERN, metric):
                 raise InputError(f"--sharpness {text!r}: the metric is {SHARPNESS_FORM} "
@@ -261,7 +297,7 @@ class SharpnessSpec:
                 raise InputError(f"--sharpness {text!r}: {radius!r} is not a number; e.g. {metric}@0.5") from None
             if not (rho > 0 and math.isfinite(rho)):
                 raise InputError(f"--sharpness {text!r}: the radius must be a positive number")
-            return cls(metric, rho)
+            return cls(metric, rho, ascent)
         if metric in CURVATURE_METRICS:
             if at:
                 raise InputError(f"--sharpness {text!r}: {metric} takes no radius; use --sharpness {metric}")
@@ -271,7 +307,9 @@ class SharpnessSpec:
                          f"{', '.join(CURVATURE_METRICS)}")
 
     def __str__(self) -> str:
-        return self.metric if self.rho is None else f"{self.metric}@{self.rho:g}"
+        if self.rho is None:
+            return self.metric
+        return f"{self.metric}@{self.rho:g}" + (":reference" if self.ascent == "reference" else "")
 
     @property
     def description(self) -> str:
@@ -281,7 +319,8 @@ class SharpnessSpec:
             kind = "worst-case" if parts[1] == "worst" else "average-case"
             norm = "ℓ2" if parts[2] == "l2" else "ℓ∞"
             unit = "loss increase" if parts[0] == "sharpness" else "error increase"
-            return f"{kind} {norm} {parts[3]}, ρ = {self.rho:g} ({unit})"
+            ascent = ", reference code's ascent" if self.ascent == "reference" else ""
+            return f"{kind} {norm} {parts[3]}, ρ = {self.rho:g}{ascent} ({unit})"
         return self.metric
 
     def command(self, path: str) -> str:
@@ -296,6 +335,8 @@ class SharpnessSpec:
             if parts[3] != "adaptive":
                 options.append("--standard")
             options.append(f"--rho {self.rho:g}")
+            if self.ascent == "reference":
+                options.append("--ascent reference")
             return " ".join(["sharpdiv sharpness", shlex.quote(path), *options])
         if parts[0] == "hessian":
             return f"sharpdiv hessian {shlex.quote(path)} --trace"
@@ -363,7 +404,8 @@ def _slice_values(results: pd.DataFrame, metric: str, scope: str, on: str, combi
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     rows = results[results["metric"] == metric]
     rows = _of_combine(_on_slice(_of_scope(rows, scope), on), combine)
-    rows = _newest_settings(rows, ["path", "scope", *_SLICE])
+    # members: one settings for all of them (the newest), so their mean is one measurement's
+    rows = _newest_settings(rows, ["path", *_SLICE] if scope == "members" else ["path", "scope", *_SLICE])
     if rows.empty:
         return pd.DataFrame(columns=["path", *_SLICE, "value"])
     slices = rows[_SLICE].astype(object)
@@ -409,19 +451,159 @@ def per_run(results: pd.DataFrame, metric: str, *, scope: str = "ensemble", on: 
     return values.groupby("path")["value"].mean(skipna=False)
 
 
-def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
-    """The members' mean sharpness per run: the stored ensemble mean row (``scope="ensemble"``),
-    or the mean of the member rows where a run has no mean row. Rows at the spec's radius only."""
+def per_corruption(results: pd.DataFrame, metric: str, *, scope: str = "ensemble",
+                   combine: str | None = "probs") -> pd.DataFrame:
+    """One value of ``metric`` per run, corruption and severity (columns ``path``, ``corruption``,
+    ``severity`` as int, ``value``): the corrupted slices one by one, not averaged."""
+    values = _slice_values(results, metric, scope, "ood", combine)
+    values = values[(values["corruption"] != "") & (values["severity"] != "")]
+    if values.empty:
+        return pd.DataFrame(columns=["path", "corruption", "severity", "value"])
+    values = values.assign(severity=values["severity"].astype(float).astype(int))
+    return values[["path", "corruption", "severity", "value"]].reset_index(drop=True)
+
+
+def ascent_of(rows: pd.DataFrame) -> pd.Series:
+    """Each row's worst-case ascent: its ``ascent`` setting, ``apgd`` where it has none."""
+    if "ascent" not in rows:
+        return pd.Series("apgd", index=rows.index, dtype=object)
+    return rows["ascent"].where(rows["ascent"].notna() & (rows["ascent"] != ""), "apgd")
+
+
+#: Alignments of ``sharpdiv connectivity --align``, in the order reports show them (rows stored
+#: before alignment existed have no ``alignment`` setting: they are unaligned).
+ALIGNMENTS = ("none", "weight", "activation")
+
+
+def with_alignment(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with an ``alignment`` column in which a missing value reads ``"none"``."""
+    if "alignment" not in rows:
+        return rows.assign(alignment="none")
+    return rows.assign(alignment=rows["alignment"].astype(object).where(rows["alignment"].notna(), "none"))
+
+
+def barriers_per_run(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean loss barrier over member pairs per run (index ``path``) and alignment (columns, in
+    :data:`ALIGNMENTS` order): the newest ``connectivity/barrier`` measurement (one settings, one
+    slice of data) that holds every pair of the run's ``run.n_members`` members; NaN when none
+    does, or when a barrier in it is not finite. Pairs are never pooled across settings or data."""
+    if results.empty or "metric" not in results:
+        return pd.DataFrame(index=pd.Index([], name="path"))
+    rows = with_alignment(results[results["metric"] == "connectivity/barrier"])
+    if rows.empty:
+        return pd.DataFrame(index=pd.Index([], name="path"))
+    means = pd.Series({key: _complete_barrier_mean(group)
+                       for key, group in rows.groupby(["path", "alignment"], sort=True)}, dtype=float)
+    means = means.rename_axis(["path", "alignment"]).unstack("alignment")
+    order = [kind for kind in ALIGNMENTS if kind in means.columns]
+    return means[order + [kind for kind in means.columns if kind not in order]]
+
+
+def _complete_barrier_mean(rows: pd.DataFrame) -> float:
+    """Mean barrier of the newest measurement among ``rows`` (one run, one alignment) that covers
+    every member pair, else NaN."""
+    pairs = rows["scope"].str.extract(r"^pair-(\d+)-(\d+)$").astype(float)
+    members = set(pairs.stack().astype(int))
+    listed = rows["run.n_members"].iloc[0] if "run.n_members" in rows else math.nan
+    if pd.notna(listed):
+        members = set(range(int(listed)))
+    expected = {f"pair-{i}-{j}" for i in members for j in members if i < j}
+    rows = rows.sort_values("created", kind="stable")
+    identity = list(zip(*_filled(rows, [c for c in ("settings", *_SLICE, "data") if c in rows])))
+    for measurement in dict.fromkeys(reversed(identity)):  # newest measurement first
+        chosen = rows[[key == measurement for key in identity]].drop_duplicates("scope", keep="last")
+        if expected and set(chosen["scope"]) >= expected:
+            return float(chosen[chosen["scope"].isin(expected)]["value"].mean(skipna=False))
+    return math.nan
+
+
+def _rows_of_spec(results: pd.DataFrame, spec: SharpnessSpec) -> pd.DataFrame | None:
+    """The rows of ``spec``'s metric at its radius and ascent; None when no row has a radius."""
     rows = results[results["metric"] == spec.metric] if "metric" in results else results.iloc[0:0]
     if spec.rho is not None:
         if "rho" not in rows:
-            return pd.Series(dtype=float, name=str(spec))
+            return None
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
+        rows = rows[ascent_of(rows) == spec.ascent]
+    return _newest_slice(rows)
+
+
+def _newest_slice(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run, only the rows on the data slice of its newest row: a run measured on its training
+    split and later on its test split has two numbers of two data sets, never their mean."""
+    if rows.empty:
+        return rows
+    rows = rows.sort_values("created", kind="stable")
+    columns = [c for c in _SLICE if c in rows]
+    key = pd.Series(list(zip(*_filled(rows, columns))), index=rows.index) if columns else pd.Series("", index=rows.index)
+    return rows[key == key.groupby(rows["path"]).transform("last")]
+
+
+def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
+    """The members' mean sharpness per run: the stored ensemble mean row (``scope="ensemble"``),
+    or the mean of the member rows where a run has no mean row. Rows at the spec's radius only."""
+    rows = _rows_of_spec(results, spec)
+    if rows is None:
+        return pd.Series(dtype=float, name=str(spec))
     mean_rows = per_run(rows, spec.metric, scope="ensemble", on="any", combine=None)
     member_rows = per_run(rows, spec.metric, scope="members", on="any", combine=None)
     # a NaN mean row stays NaN: filling it from the member rows would be a mean over the finite ones
     member_rows = member_rows[~member_rows.index.isin(mean_rows.index)]
     return pd.concat([mean_rows, member_rows]).rename(str(spec))
+
+
+#: Settings that may differ between the runs of a group without changing what a number measures.
+_NOT_BUDGETS = {"seed"}
+
+
+def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec) -> list[str]:
+    """A note for each group whose runs measured ``spec`` (or the Hessian trace) with different
+    settings — budgets such as ``n_batches``, ``n_iters``, ``n_probes``, ``m`` — whose values the
+    group's means and β would otherwise mix silently. ``groups`` maps run path to group label."""
+    notes = []
+    for read in dict.fromkeys([spec, SharpnessSpec("hessian/trace", None)]):
+        rows = _rows_of_spec(results, read)
+        if rows is None or rows.empty:
+            continue
+        rows = _newest_settings(rows, ["path", "scope"])
+        # the data slice counts as a setting here: a group measured on different splits mixes them too
+        columns = [c for c in _SLICE if c in rows]
+        slices = ([{c: v for c, v in zip(columns, values) if v != ""} for values in zip(*_filled(rows, columns))]
+                  if columns else [{}] * len(rows))
+        texts = [json.dumps({**json.loads(text), **where}, sort_keys=True) for text, where in zip(rows["settings"], slices)]
+        used = pd.Series(texts, index=rows.index).groupby(rows["path"]).agg(lambda texts: sorted(set(texts)))
+        for group in group_order(groups.reindex(used.index).dropna()):
+            settings = [json.loads(text) for path in used.index if groups.get(path) == group for text in used[path]]
+            differing = sorted(key for key in set().union(*settings) - _NOT_BUDGETS
+                               if len({json.dumps(entry.get(key)) for entry in settings}) > 1)
+            if differing:
+                values = "; ".join(f"{key} " + " vs ".join(dict.fromkeys(str(entry.get(key)) for entry in settings))
+                                   for key in differing)
+                notes.append(f"group {group}: its runs measured {read} with different settings ({values}); "
+                             "the group's mean and β mix them: measure every run with the same settings")
+    return notes
+
+
+def partial_corruptions(results: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
+    """A note for each run whose corrupted-data rows cover fewer (corruption, severity) slices than
+    another run on the same dataset has: its OOD and per-severity means are over a subset of them,
+    so they are not the same quantity as the others' (evaluate it with the same --corruptions)."""
+    rows = results[results["corruption"].notna()] if "corruption" in results else results.iloc[0:0]
+    rows = rows[(rows["metric"] == "accuracy") & (rows["scope"] == "ensemble")] if not rows.empty else rows
+    if rows.empty:
+        return []
+    dataset, corruption, severity = _filled(rows, ["dataset", "corruption", "severity"])
+    slices = pd.Series(list(zip(corruption, severity.astype(str))), index=rows.index)
+    held = slices.groupby([rows["path"], dataset]).agg(set)
+    notes = []
+    for (path, label), own in held.items():
+        every = set().union(*held.xs(label, level=1))
+        if own < every:
+            label_of = runs.set_index("path")["run_label"].get(path, path) if runs is not None else path
+            notes.append(f"run {label_of}: corrupted-data rows on {len(own)} of the {len(every)} {label} slices "
+                         "other runs have, so its OOD and per-severity means cover a subset; evaluate it with "
+                         "the same --corruptions and --severities")
+    return notes
 
 
 def tradeoff_points(results: pd.DataFrame, *, sharpness: SharpnessSpec, diversity: str = "der",

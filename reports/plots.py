@@ -9,14 +9,20 @@ Figures (SharpBalance, NeurIPS 2024):
 
 - :func:`plot_tradeoff` — sharpness vs diversity on log–log axes, one marker per ensemble, colour =
   EIR or accuracy, marker shape = group, with each group's fitted power law and β with its
-  bootstrap interval (Figs. 1c, 3–5, 12);
+  t interval (Figs. 1c, 3–5, 12);
 - :func:`plot_method_comparison` — bars of mean member accuracy with the ensemble's improvement on
   top, or its shortfall marked in red (Fig. 7);
 - :func:`plot_severity` — accuracy and EIR against corruption severity (Tables 2–4 as curves);
+- :func:`plot_corruptions` — accuracy and DER against severity, one panel per corruption;
 - :func:`plot_ensemble_size` — accuracy and EIR against the number of members (Fig. 8);
 - :func:`plot_reliability` — reliability diagrams from the stored bins, pooled over runs;
 - :func:`plot_barriers`, :func:`plot_interpolation`, :func:`plot_plane` — loss barriers between
-  members, the interpolation curves and the loss plane through three members, per run.
+  members, the interpolation curves and the loss plane through three members, per run; barriers
+  and curves without and with permutation alignment side by side when both are stored; the plane
+  marks the three members where their positions are stored;
+- :func:`plot_density` — the Hessian eigenvalue density of each member, per run;
+- :func:`plot_barrier_vs_eir` — mean pairwise barrier after alignment against EIR, one marker per
+  run (Lion et al., "How good is a single basin?": does the gain come from several basins?).
 """
 from __future__ import annotations
 
@@ -36,13 +42,17 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ensembles.runs.files import atomic_path
-from reports.collect import (SharpnessSpec, diversity_description, diversity_metric, group_labels,
-                             group_order, per_run, tradeoff_points)
+from reports.collect import (SharpnessSpec, barriers_per_run, diversity_description, diversity_metric,
+                             group_labels, group_order, per_corruption, per_run, tradeoff_points,
+                             with_alignment)
 from reports.tradeoff import BetaFit, fits_by_group
 
 __all__ = [
     "Figures",
+    "plot_barrier_vs_eir",
     "plot_barriers",
+    "plot_corruptions",
+    "plot_density",
     "plot_ensemble_size",
     "plot_interpolation",
     "plot_method_comparison",
@@ -136,8 +146,8 @@ def _label_log_axis(axis, limits) -> None:
 
 def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
                   sharpness: SharpnessSpec | str = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
-                  on: str = "ood", colour: str = "eir", combine: str | None = "probs", n_bootstrap: int = 2000,
-                  seed: int = 0, name: str | None = None, formats: Sequence[str] = FORMATS) -> Figures:
+                  on: str = "ood", colour: str = "eir", combine: str | None = "probs",
+                  name: str | None = None, formats: Sequence[str] = FORMATS) -> Figures:
     """Sharpness (members' mean) against diversity (ensemble) on log–log axes, with β per group.
 
     ``colour`` is ``eir``, ``member_accuracy`` or ``ensemble_accuracy``, all on the same data as the
@@ -157,8 +167,10 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
     colour_label = {"eir": "Ensemble improvement rate (EIR)", "member_accuracy": "Mean member accuracy (%)",
                     "ensemble_accuracy": "Ensemble accuracy (%)"}[colour] + f", {_WHERE[on]}"
     positive = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
-    fits = fits_by_group(positive["sharpness"], positive["diversity"], positive["group"],
-                         n_bootstrap=n_bootstrap, seed=seed)
+    fits = fits_by_group(positive["sharpness"], positive["diversity"], positive["group"])
+    runs = results.drop_duplicates("path").set_index("path")
+    rhos = pd.to_numeric(runs["run.rho"], errors="coerce").reindex(points.index) if "run.rho" in runs else \
+        pd.Series(np.nan, index=points.index)
     groups = group_order(points["group"])
     palette = _palette(groups)
     colour_map = matplotlib.colormaps["coolwarm"].with_extremes(bad="lightgrey")
@@ -179,11 +191,17 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
                                     cmap=colour_map if norm is not None else None, norm=norm, marker=marker,
                                     s=60, edgecolors=[palette[group]], linewidths=1.5, zorder=3,
                                     plotnonfinite=True)
+            for x, y, rho in zip(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"], rhos[chosen]):
+                if np.isfinite(rho):  # the training radius of a SAM/SharpBalance ensemble names its point
+                    ax.annotate(f"ρ={rho:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small",
+                                color=palette[group])
             fit = fits.get(group, "no positive values")
             if isinstance(fit, BetaFit):
                 span = np.geomspace(points.loc[chosen, "sharpness"].min(), points.loc[chosen, "sharpness"].max(), 50)
                 ax.plot(span, fit.line(span), color=palette[group], linestyle="--", linewidth=1.5, zorder=2)
                 text = f"{group}: β = {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}], n = {fit.n}"
+                if fit.verdict:  # the reader must not take a slope drawn through noise for a finding
+                    text += f" ({fit.verdict})"
             else:
                 text = f"{group}: β not fitted ({fit})"
             handles.append(Line2D([], [], color=palette[group], linestyle="--" if isinstance(fit, BetaFit) else "",
@@ -198,7 +216,7 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         ax.set_title("Sharpness–diversity trade-off")
         # Below the axes, outside the data: the long β labels must never hide a marker, and beside
         # the colour bar they would squeeze the axes.
-        figure.legend(handles=handles, title=f"{group_by}: slope β [95% bootstrap interval]",
+        figure.legend(handles=handles, title=f"{group_by}: slope β [95% t interval]",
                       loc="outside lower center", fontsize="small", title_fontsize="small")
         if norm is not None:
             figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=colour_map), ax=ax, label=colour_label)
@@ -256,10 +274,11 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
                 ax.annotate(f"{top:.2f}\n({'+' if change >= 0 else '−'}{abs(change):.2f})",
                             (x, max(top, low) + error),
                             textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize="small")
-            low = float(mean[["members", "ensemble"]].min().min())
-            high = float(mean[["members", "ensemble"]].max().max())
-            pad = max(high - low, 1.0)
-            ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+            # Bars start at 0: a bar's height is read as its value, and a cut axis would turn a
+            # point of accuracy into half the chart. The numbers above the bars give the differences.
+            high = float(mean[["members", "ensemble"]].max().max()) + float(spread.max())
+            ax.set_ylim(0.0, high + 14.0)  # room above the tallest bar for its numbers
+            ax.set_yticks(range(0, 101, 20))
             ax.set_xticks(positions, order)
             ax.set_xlabel(group_by)
             ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
@@ -314,6 +333,62 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         eir_ax.set_ylabel("Ensemble improvement rate (EIR)")
         eir_ax.set_title("EIR against corruption severity")
     return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+
+
+def plot_corruptions(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
+                     combine: str | None = "probs", name: str = "corruptions",
+                     formats: Sequence[str] = FORMATS) -> Figures:
+    """One panel per corruption: the ensemble's accuracy (first figure) and DER (second) against
+    severity, one line per group (mean over runs, one-std bars). Accuracy panels show the chance
+    level 1/classes when the runs agree on the number of classes: a corruption that brings every
+    severity to chance is visible at once, where the mean over corruptions hides it."""
+    groups_of_runs = _run_groups(results, group_by)
+    order = group_order(groups_of_runs)
+    palette = _palette(order)
+    firsts = results.drop_duplicates("path").set_index("path") if not results.empty else results
+    classes = firsts["run.num_classes"].dropna().unique() if "run.num_classes" in firsts else []
+    paths = []
+    figures = []
+    for metric, label, scale in (("accuracy", "Ensemble accuracy (%)", 100), ("der", "DER", 1)):
+        values = per_corruption(results, metric, combine=combine)
+        if values.empty:
+            continue
+        values = values.assign(group=groups_of_runs.reindex(values["path"]).to_numpy(),
+                               value=scale * values["value"].astype(float))
+        corruptions = sorted(values["corruption"].unique())
+        columns = min(5, len(corruptions))
+        rows = -(-len(corruptions) // columns)
+        with _style():
+            figure, axes = _figure(rows, columns, width=3.2, height=2.8, sharex=True, sharey=True)
+            for ax in axes.flat[len(corruptions):]:
+                ax.set_visible(False)
+            for ax, corruption in zip(axes.flat, corruptions):
+                chosen = values[values["corruption"] == corruption]
+                statistics = chosen.groupby(["group", "severity"])["value"].agg(["mean", "std"])
+                for group in [g for g in order if g in statistics.index.get_level_values(0)]:
+                    curve = statistics.loc[group]
+                    ax.errorbar(curve.index, curve["mean"], yerr=curve["std"].fillna(0), color=palette[group],
+                                marker="o", capsize=2, label=group)
+                if metric == "accuracy" and len(classes) == 1:
+                    ax.axhline(100 / float(classes[0]), color="grey", linestyle=":", label="chance")
+                ax.set_title(corruption)
+                ax.set_xticks(range(1, 6))
+            for ax in axes[-1]:
+                ax.set_xlabel("Severity")
+            for ax in axes[:, 0]:
+                ax.set_ylabel(label)
+            if metric == "accuracy":
+                for ax in axes.flat:
+                    ax.set_ylim(0, 100)  # the distance to 0 and to chance is what the panel shows
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            figure.legend(handles, labels, title=group_by, loc="outside lower center", ncols=min(len(labels), 5),
+                          fontsize="small")
+            figure.suptitle(f"{label} per corruption against severity (mean ± std over runs)")
+        paths += _save(figure, Path(directory), f"{name}-{metric}", formats)
+        figures.append(figure)
+    if not figures:
+        return _skip("no run has corrupted-data rows: run `sharpdiv evaluate RUN --corruptions all`")
+    return Figures(paths=tuple(paths), figures=tuple(figures))
 
 
 def _sizes(results: pd.DataFrame, metric: str, on: str, combine: str | None) -> pd.DataFrame:
@@ -496,22 +571,32 @@ def _per_run_figures(results, metrics: str, reason: str, draw, directory, prefix
 
 def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
                   formats: Sequence[str] = FORMATS) -> Figures:
-    """Per run: the symmetric matrix of loss barriers between members (zero diagonal) as a heatmap."""
+    """Per run: the symmetric matrix of loss barriers between members (zero diagonal) as a heatmap,
+    one panel per stored alignment (no alignment first), on one colour scale."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows[rows["metric"] == "connectivity/barrier"], ["scope"], "bn_mode", [])
+        rows = with_alignment(rows[rows["metric"] == "connectivity/barrier"])
+        rows = _latest_by(rows, ["scope", "alignment"], "bn_mode", [])
+        kinds = _alignment_order(rows["alignment"])
         pairs = _pairs(rows["scope"])
         size = int(max(pairs["i"].max(), pairs["j"].max())) + 1
-        matrix = np.zeros((size, size))
-        matrix[pairs["i"], pairs["j"]] = rows["value"].to_numpy()
-        matrix[pairs["j"], pairs["i"]] = rows["value"].to_numpy()
-        figure, axes = _figure(width=1.2 * size + 3, height=1.1 * size + 2)
-        ax = axes[0, 0]
-        sns.heatmap(matrix, ax=ax, annot=True, fmt=".3g", cmap="rocket_r", square=True,
-                    cbar_kws={"label": "Loss barrier (loss increase over the linear path)"})
-        ax.set_xlabel("Member")
-        ax.set_ylabel("Member")
-        modes = ", ".join(sorted(rows["bn_mode"].dropna().astype(str).unique())) if "bn_mode" in rows else ""
-        ax.set_title(f"Loss barriers between members, {label}" + (f" (BN: {modes})" if modes else ""))
+        figure, axes = _figure(1, len(kinds), width=1.2 * size + 3, height=1.1 * size + 2)
+        top = float(np.nanmax(rows["value"].to_numpy(dtype=float), initial=0.0))
+        for ax, kind in zip(axes[0], kinds):
+            mine = rows[rows["alignment"] == kind]
+            where = _pairs(mine["scope"])
+            matrix = np.zeros((size, size))
+            matrix[where["i"], where["j"]] = mine["value"].to_numpy()
+            matrix[where["j"], where["i"]] = mine["value"].to_numpy()
+            sns.heatmap(matrix, ax=ax, annot=True, fmt=".3g", cmap="rocket_r", square=True, vmin=0.0,
+                        vmax=top if len(kinds) > 1 and top > 0 else None,
+                        cbar_kws={"label": "Loss barrier (loss increase over the linear path)"})
+            ax.set_xlabel("Member")
+            ax.set_ylabel("Member")
+            modes = ", ".join(sorted(mine["bn_mode"].dropna().astype(str).unique())) if "bn_mode" in mine else ""
+            title = f"Loss barriers between members, {label}" + (f" (BN: {modes})" if modes else "")
+            if len(kinds) > 1 or kind != "none":
+                title += "\n" + _alignment_text(kind)
+            ax.set_title(title)
         return figure
 
     return _per_run_figures(results, r"connectivity/barrier",
@@ -521,18 +606,24 @@ def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
 
 def plot_interpolation(results: pd.DataFrame, directory: str | os.PathLike, *,
                        formats: Sequence[str] = FORMATS) -> Figures:
-    """Per run: loss and accuracy along the linear path θ(α) = (1 − α)θ_i + αθ_j of every pair."""
+    """Per run: loss and accuracy along the linear path θ(α) = (1 − α)θ_i + αθ_j of every pair;
+    with alignment rows, each pair keeps its colour and the aligned path is dashed (dotted for
+    activation matching) beside the unaligned one."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows, ["scope"], "bn_mode", ["alpha"])
+        rows = _latest_by(with_alignment(rows), ["scope", "alignment"], "bn_mode", ["alpha"])
         figure, axes = _figure(1, 2, width=4.8)
+        colours = dict(zip(sorted(rows["scope"].unique()), sns.color_palette("tab10", rows["scope"].nunique())))
+        styles = {"none": "-", "weight": "--", "activation": ":"}
         for ax, metric, unit in ((axes[0, 0], "connectivity/loss", "Loss (cross-entropy)"),
                                  (axes[0, 1], "connectivity/accuracy", "Accuracy (%)")):
             curve_rows = rows[rows["metric"] == metric]
-            for scope, curve in curve_rows.groupby("scope", sort=True):
+            for (scope, kind), curve in curve_rows.groupby(["scope", "alignment"], sort=True):
                 curve = curve.sort_values("alpha")
                 scale = 100 if metric.endswith("accuracy") else 1
+                name = scope.replace("pair-", "members ").replace("-", "–")
                 ax.plot(curve["alpha"].astype(float), scale * curve["value"], marker="o", markersize=3,
-                        label=scope.replace("pair-", "members ").replace("-", "–"))
+                        color=colours[scope], linestyle=styles.get(kind, "-."),
+                        label=name if kind == "none" else f"{name}, {kind}-aligned")
             ax.set_xlabel("Interpolation coefficient α")
             ax.set_ylabel(unit)
             ax.set_title(f"{unit.split(' (')[0]} along linear paths, {label}")
@@ -550,7 +641,11 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
     """Per run: filled contours of loss and accuracy on the plane through members 0, 1, 2
     (coordinates u, v in the plane's orthonormal basis)."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(rows, ["scope"], "grid", ["u", "v"])
+        rows = with_alignment(rows)
+        kind = _alignment_order(rows["alignment"])[0]  # the unaligned plane when it is stored
+        rows = _latest_by(rows[rows["alignment"] == kind], ["scope"], "grid", ["u", "v"])
+        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (stored since issue 15)
+        rows = rows[rows["scope"] == "ensemble"]
         figure, axes = _figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
                                           (axes[0, 1], "plane/accuracy", "Accuracy (%)", "magma")):
@@ -563,11 +658,89 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
             filled = ax.contourf(grid.columns.astype(float), grid.index.astype(float), scale * grid.to_numpy(),
                                  levels=15, cmap=colours)
             figure.colorbar(filled, ax=ax, label=unit)
+            at = members[members["metric"] == metric].sort_values("scope")
+            if not at.empty:
+                ax.scatter(at["u"].astype(float), at["v"].astype(float), marker="*", s=140, color="white",
+                           edgecolors="black", zorder=3)
+                for _, member in at.iterrows():
+                    ax.annotate(member["scope"].replace("member-", "m"), (float(member["u"]), float(member["v"])),
+                                textcoords="offset points", xytext=(6, 6), fontsize="small", color="white")
             ax.set_xlabel("u (along member 1 − member 0)")
             ax.set_ylabel("v (orthogonal, towards member 2)")
-            ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}")
+            ax.set_title(f"{unit.split(' (')[0]} on the plane through members 0, 1, 2, {label}"
+                         + ("" if kind == "none" else f"\n{_alignment_text(kind)}"))
         return figure
 
     return _per_run_figures(results, r"plane/(loss|accuracy)",
                             "no plane rows: run `sharpdiv connectivity RUN --plane`", draw, directory,
                             "plane", formats)
+
+
+def plot_density(results: pd.DataFrame, directory: str | os.PathLike, *,
+                 formats: Sequence[str] = FORMATS) -> Figures:
+    """Per run: the Hessian eigenvalue density of each member (stochastic Lanczos quadrature,
+    ``sharpdiv hessian --density``) on a symmetric-log density axis, with the top eigenvalues as
+    ticks when they are stored."""
+    def draw(rows: pd.DataFrame, label: str):
+        density = _latest_by(rows[rows["metric"] == "hessian/density"], ["scope"], "grid", ["eigenvalue"])
+        if density.empty:
+            return None
+        figure, axes = _figure(width=6.0, height=4.0)
+        ax = axes[0, 0]
+        palette = _palette(sorted(density["scope"].unique()))
+        for scope, curve in density.sort_values("eigenvalue").groupby("scope", sort=True):
+            ax.plot(curve["eigenvalue"].astype(float), curve["value"].astype(float), color=palette[scope], label=scope)
+        top = _latest_by(rows[rows["metric"] == "hessian/eigenvalue"], ["scope"], "n_iters", ["rank"])
+        for scope, values in top.groupby("scope"):
+            if scope in palette:
+                for value in values["value"].astype(float):
+                    ax.axvline(value, color=palette[scope], linestyle=":", linewidth=0.8)
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_xlabel("Hessian eigenvalue (dotted: the top eigenvalues, when stored)")
+        ax.set_ylabel("Density (symmetric log scale)")
+        ax.set_title(f"Hessian spectral density of the members, {label}")
+        ax.legend(fontsize="small")
+        return figure
+
+    return _per_run_figures(results, r"hessian/(density|eigenvalue)",
+                            "no density rows: run `sharpdiv hessian RUN --density`", draw, directory,
+                            "hessian-density", formats)
+
+
+def _alignment_order(kinds: pd.Series) -> list[str]:
+    present = list(dict.fromkeys(kinds.astype(str)))
+    known = [kind for kind in ("none", "weight", "activation") if kind in present]
+    return known + sorted(kind for kind in present if kind not in known)
+
+
+def _alignment_text(kind: str) -> str:
+    return "no alignment" if kind == "none" else f"after {kind} matching (members permuted to member 0)"
+
+
+def plot_barrier_vs_eir(results: pd.DataFrame, directory: str | os.PathLike, *, combine: str | None = "probs",
+                        formats: Sequence[str] = FORMATS) -> Figures:
+    """Mean pairwise loss barrier against the ensemble improvement rate on clean test data, one
+    marker per run and alignment; a grey segment joins a run's barrier before and after alignment.
+    Low barriers after alignment with a high EIR mean the gain does not need several basins."""
+    barriers = barriers_per_run(results)
+    eir = per_run(results, "eir", on="test", combine=combine)
+    barriers = barriers[barriers.index.isin(eir.dropna().index)]
+    if barriers.empty:
+        return _skip("needs connectivity barriers (`sharpdiv connectivity RUN --align weight,none`) and EIR "
+                     "(`sharpdiv evaluate RUN`) of the same runs")
+    markers = {"none": "o", "weight": "s", "activation": "^"}
+    with _style():
+        figure, axes = _figure(width=6.0, height=4.5)
+        ax = axes[0, 0]
+        for path, values in barriers.iterrows():
+            finite = values.dropna()
+            if len(finite) > 1:
+                ax.plot(finite.to_numpy(), [eir[path]] * len(finite), color="0.75", zorder=1)
+        for kind in barriers.columns:
+            ax.scatter(barriers[kind], eir.reindex(barriers.index), marker=markers.get(kind, "D"), zorder=2,
+                       label=_alignment_text(kind))
+        ax.set_xlabel("Mean loss barrier between members")
+        ax.set_ylabel("Ensemble improvement rate (EIR)")
+        ax.set_title("Connectivity against ensemble gain (one marker per run)")
+        ax.legend(fontsize="small")
+    return Figures(paths=tuple(_save(figure, Path(directory), "barrier-eir", formats)), figures=(figure,))

@@ -20,13 +20,16 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ensembles.runs.files import atomic_path
-from ensembles.runs.files import mark_folder, require_writable_folder
+from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.correlation import CorrelationSection, check_target, write_correlations
-from reports.collect import (SharpnessSpec, collect, comparable_grouping, diversity_description, diversity_metric,
-                             group_labels, group_order, missing_measurements, run_table, tradeoff_points)
-from reports.tables import beta_table, severity_table, summary_table, write_group_table, write_table
+from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
+                             diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
+                             partial_corruptions, run_table, tradeoff_points)
+from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
+                            summary_table, write_group_table,
+                            write_table)
 from reports.tradeoff import fits_by_group
 
 __all__ = ["Report", "check_report_folder", "write_report"]
@@ -41,12 +44,17 @@ _CAPTIONS = {
     "methods": "Mean member accuracy (hatched) and the ensemble's improvement over it, per group; an ensemble "
                "below its members shows the shortfall as a red cross-hatched top (Fig. 7).",
     "severity": "Accuracy and EIR against corruption severity (Tables 2–4 as curves).",
+    "corruptions": "Ensemble accuracy and DER against severity, one panel per corruption (dotted: chance); "
+                   "a corruption at chance at every severity, hidden in the OOD means, shows here.",
     "ensemble-size": "Accuracy and EIR of the sub-ensembles of the first k members; k = 1 is the mean member "
                      "(Fig. 8).",
     "reliability": "Reliability diagrams of the ensembles, bins pooled over each group's runs.",
     "barriers": "Loss barriers between members.",
     "interpolation": "Loss and accuracy along the linear paths between members.",
-    "plane": "Loss and accuracy on the plane through members 0, 1 and 2.",
+    "plane": "Loss and accuracy on the plane through members 0, 1 and 2 (stars: the members).",
+    "hessian-density": "Hessian eigenvalue density of each member (stochastic Lanczos quadrature).",
+    "barrier-eir": "Mean loss barrier between members against EIR, one marker per run and alignment (members "
+                   "permuted to match member 0); grey segments join a run's barriers before and after alignment.",
 }
 
 
@@ -75,14 +83,15 @@ class _Section:
 def write_report(paths: Iterable, out: str | os.PathLike, *,
                  sharpness: str | SharpnessSpec = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
                  diversity_on: str = "ood", group_by: str = "method", baseline: str | None = None,
-                 combine: str | None = "probs", n_bootstrap: int = 2000, seed: int = 0,
+                 combine: str | None = "probs",
                  formats: Sequence[str] = plots.FORMATS, force: bool = False,
                  correlate_with: str = "test_error") -> Report:
     """Write the report of the run folders ``paths`` into ``out`` and return what was written.
 
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
     corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
-    runs are grouped by the run.json field ``group_by``; the severity tables show differences to
+    runs are grouped by the run.json field ``group_by`` (or a comma list of fields, ``"method,rho"``);
+    the severity tables show differences to
     the group ``baseline`` (default: sgd when it has data, else the first group that has data).
     ``out`` must be new, empty or a folder sharpdiv wrote (its ``.sharpdiv`` marker); ``force=True``
     writes into any folder, replacing same-named files. ``correlate_with`` is the target of the
@@ -97,7 +106,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the report")
     check_report_folder(out, force)
+    paths, skipped = _run_folders(paths)
     runs = run_table(paths)
+    runs, group_by = combined_grouping(runs, group_by)
     # Runs on different data are never pooled: the groups are split by dataset when they span several.
     runs, group_by, split_note = comparable_grouping(runs, group_by)
     groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
@@ -105,9 +116,11 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
-    notes = [split_note] if split_note else []
+    notes = skipped + ([split_note] if split_note else [])
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
+    notes += mixed_settings(results, groups, spec)
+    notes += partial_corruptions(results, runs)
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
     mark_folder(out, "report")  # everything is checked: the first write
@@ -127,36 +140,45 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
             sections.append(_Section(table.title, write_group_table(tables_dir, table), table.text()))
         else:
             notes.append(f"severity table of the {of} skipped: no run has corrupted-data accuracy rows")
+    for metric_name, _, _ in CORRUPTION_QUANTITIES:
+        numbers, text, title = corruption_table(results, runs, group_by=group_by, metric=metric_name, combine=combine)
+        if not numbers.empty:
+            sections.append(_Section(title, write_table(tables_dir, f"corruptions-{metric_name}", numbers, text, title),
+                                     text))
     points = tradeoff_points(results, sharpness=spec, diversity=diversity, on=diversity_on, combine=combine,
                              group_by=group_by)
     points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
     if not points.empty:
-        fitted = fits_by_group(points["sharpness"], points["diversity"], points["group"],
-                               n_bootstrap=n_bootstrap, seed=seed)
+        fitted = fits_by_group(points["sharpness"], points["diversity"], points["group"])
         fits = {group: fitted.get(group, f"no run has both {spec} and {metric}") for group in group_order(groups)}
         numbers, text, title = beta_table(fits, group_by, sharpness=str(spec),
                                           diversity=diversity_description(metric, diversity_on))
         sections.append(_Section(title, write_table(tables_dir, "tradeoff-beta", numbers, text, title), text))
     else:
         notes.append(f"β table skipped: no run has both {spec} and {metric} with positive values")
+    numbers, text, title = connectivity_table(results, runs, combine=combine)
+    if not numbers.empty:
+        sections.append(_Section(title, write_table(tables_dir, "connectivity", numbers, text, title), text))
 
     common = {"group_by": group_by, "combine": combine, "formats": formats}
     rendered = {
         "tradeoff-eir": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity, on=diversity_on,
-                                            colour="eir", n_bootstrap=n_bootstrap, seed=seed, **common),
+                                            colour="eir", **common),
         "tradeoff-member-accuracy": plots.plot_tradeoff(results, figures_dir, sharpness=spec, diversity=diversity,
-                                                        on=diversity_on, colour="member_accuracy",
-                                                        n_bootstrap=n_bootstrap, seed=seed, **common),
+                                                        on=diversity_on, colour="member_accuracy", **common),
         "methods": plots.plot_method_comparison(results, figures_dir, **common),
         "severity": plots.plot_severity(results, figures_dir, **common),
+        "corruptions": plots.plot_corruptions(results, figures_dir, **common),
         "ensemble-size": plots.plot_ensemble_size(results, figures_dir, **common),
         "reliability": plots.plot_reliability(results, figures_dir, **common),
         "barriers": plots.plot_barriers(results, figures_dir, formats=formats),
         "interpolation": plots.plot_interpolation(results, figures_dir, formats=formats),
         "plane": plots.plot_plane(results, figures_dir, formats=formats),
+        "hessian-density": plots.plot_density(results, figures_dir, formats=formats),
+        "barrier-eir": plots.plot_barrier_vs_eir(results, figures_dir, combine=combine, formats=formats),
     }
     correlation = write_correlations(results, runs, tables_dir, figures_dir, target=correlate_with, combine=combine,
-                                     n_bootstrap=n_bootstrap, seed=seed, formats=formats)
+                                     formats=formats)
     notes += correlation.notes
     figure_sections = []
     for name, figures in rendered.items():
@@ -178,6 +200,20 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                   tables=tuple(path for section in sections for path in section.files) + correlation.tables,
                   figures=tuple(path for section in figure_sections for path in section.files) + correlation.figures,
                   notes=tuple(notes), rendered=rendered)
+
+
+def _run_folders(paths: Iterable) -> tuple[list[Path], list[str]]:
+    """The paths that are run folders (a folder with run.json), and a note for each other entry, so
+    ``sharpdiv report ROOT/runs/*`` passes over a ``sweep-log.jsonl`` beside the runs. None left
+    is an error; a folder whose run.json is broken is not skipped (its reader names the problem)."""
+    paths = [Path(path) for path in paths]
+    runs = [path for path in paths if (path / RUN_FILE).is_file()]
+    others = [path for path in paths if path not in runs]
+    if others and not runs:
+        shown = ", ".join(str(path) for path in others[:3]) + (" ..." if len(others) > 3 else "")
+        raise InputError(f"none of the {len(others)} paths given is a run folder (a folder with "
+                         f"{RUN_FILE}): {shown}; pass run folders")
+    return runs, [f"skipped {path}: not a run folder (no {RUN_FILE})" for path in others]
 
 
 def check_report_folder(out: str | os.PathLike, force: bool = False, what: str = "report --out") -> Path:

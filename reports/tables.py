@@ -7,10 +7,12 @@ single run) and the number of runs that have the quantity. Accuracies are shown 
 
 - :func:`summary_table` — ID and OOD accuracy of the members (mean over members) and of the
   ensemble, EIR, DER, prediction variance, KL, ECE and NLL of the ensemble on clean (ID) and
-  corrupted (OOD) data, and the members' mean sharpness;
+  corrupted (OOD) data, the members' mean sharpness and (when measured) mean Hessian trace;
 - :func:`severity_table` — the layout of SharpBalance (NeurIPS 2024) Tables 2–4: rows are groups,
   columns are ID and severities 1..5 (accuracy averaged over the corruptions at that severity) and
   OOD (all corrupted slices), with each group's difference to a baseline group in brackets;
+- :func:`corruption_table` — accuracy or DER of the ensemble per corruption at each severity, per
+  group (what a mean over corruptions hides);
 - :func:`beta_table` — the trade-off slope β per group (:mod:`reports.tradeoff`);
 - :func:`quickstart_summary` — the few lines ``sharpdiv quickstart`` prints: per method the ensemble
   accuracy, DER and sharpness, then β per method.
@@ -30,12 +32,12 @@ import pandas as pd
 
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
-from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, collect, group_labels, group_order,
-                             per_run, run_table, sharpness_per_run, tradeoff_points)
-from reports.tradeoff import BetaFit, fits_by_group
+from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, barriers_per_run, collect,
+                             group_labels, group_order, per_corruption, per_run, run_table, sharpness_per_run, tradeoff_points)
+from reports.tradeoff import MIN_ENSEMBLES, BetaFit, fits_by_group
 
-__all__ = ["GroupTable", "beta_table", "default_baseline", "latex", "markdown", "quickstart_summary", "severity_table",
-           "summary_table", "write_group_table", "write_table"]
+__all__ = ["GroupTable", "beta_table", "connectivity_table", "corruption_table", "default_baseline", "latex", "markdown",
+           "quickstart_summary", "severity_table", "summary_table", "write_group_table", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,36 @@ def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, gr
         for on, where in (("test", "ID"), ("ood", "OOD")):
             columns[f"{label} {where}"] = per_run(results, metric, on=on, combine=combine)
     columns[f"sharpness {spec}"] = sharpness_per_run(results, spec)
+    if spec.metric != "hessian/trace":  # the curvature `sharpdiv hessian` measured, shown when stored
+        columns["Hessian trace"] = sharpness_per_run(results, SharpnessSpec("hessian/trace", None))
     values = pd.DataFrame(columns, index=groups.index)
     percent = [c for c in columns if c.endswith("(%)")]
     title = (f"Summary by {group_by}: mean ± std over runs (ensemble rows with combine={combine}; "
              "ID = clean test data, OOD = mean over corrupted slices; accuracies in %)")
     return _group_statistics(name, title, group_by, values, groups, percent=percent)
+
+
+def connectivity_table(results: pd.DataFrame, runs: pd.DataFrame, *,
+                       combine: str | None = "probs") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Per run with barrier rows: the mean pairwise loss barrier without and with each stored
+    alignment (members permuted to match member 0) next to the ensemble's DER and EIR on clean test
+    data — whether the ensemble's gain comes from members in different basins (Lion et al., "How
+    good is a single basin?"). Returns ``(numbers, text, title)``; empty when no run has barriers.
+    """
+    barriers = barriers_per_run(results)
+    labels = runs.set_index("path")["run_label"]
+    numbers = pd.DataFrame({"run": labels.reindex(barriers.index)}, index=barriers.index)
+    for kind in barriers.columns:
+        numbers[f"mean barrier, {'no alignment' if kind == 'none' else kind + ' alignment'}"] = barriers[kind]
+    for metric, label in (("der", "DER ID"), ("eir", "EIR ID")):
+        numbers[label] = per_run(results, metric, on="test", combine=combine).reindex(barriers.index)
+    numbers = numbers.reset_index(drop=True)
+    text = numbers.copy()
+    for column in text.columns[1:]:
+        text[column] = [("" if pd.isna(value) else f"{value:.4g}") for value in numbers[column]]
+    title = ("Connectivity and ensemble gain per run: mean loss barrier over member pairs before and after "
+             "aligning every member to member 0, next to DER and EIR on clean test data")
+    return numbers, text.set_index("run"), title
 
 
 def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
@@ -209,6 +236,72 @@ def severity_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, g
                              percent=list(values.columns), baseline=baseline, data=data)
 
 
+#: What the per-corruption tables and figures show: metric, label, whether in percent.
+CORRUPTION_QUANTITIES = (("accuracy", "ensemble accuracy (%)", True), ("der", "DER", False))
+
+
+def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
+                     metric: str = "accuracy", combine: str | None = "probs",
+                     name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The ensemble's ``metric`` per corruption at each severity, per group: ``(numbers, text, title)``.
+
+    A mean over corruptions hides a corruption that destroys the task at every severity (or one
+    that does nothing); this table shows each. Rows are (group, corruption), columns the severities
+    and ``mean`` (over that corruption's severities); cells are the mean ± std over the group's runs,
+    with ``[n=k]`` where fewer runs than the group has carry the slice. ``numbers`` is tidy: one row
+    per group, corruption and severity with ``mean``, ``std`` and ``count``. Empty when no run has
+    corrupted-data rows of ``metric``.
+    """
+    label, percent = next(((text, pct) for m, text, pct in CORRUPTION_QUANTITIES if m == metric), (metric, False))
+    groups = _groups(results, runs, group_by)
+    values = per_corruption(results, metric, scope="ensemble", combine=combine)
+    title = (f"{label[0].upper() + label[1:]} per corruption and severity, by {group_by}: mean ± std over runs "
+             f"(ensemble rows with combine={combine})")
+    columns = [group_by, "corruption", "severity", "mean", "std", "count"]
+    if values.empty:
+        return pd.DataFrame(columns=columns), pd.DataFrame(), title
+    scale = 100 if percent else 1
+    values = values.assign(group=groups.reindex(values["path"]).to_numpy(), value=scale * values["value"].astype(float))
+    with_mean = pd.concat([values, _means_over_severities(values)], ignore_index=True)
+    stats_ = with_mean.groupby(["group", "corruption", "severity"], sort=False)["value"].agg(
+        mean="mean", std=lambda v: v.std(ddof=1), count="count").reset_index()
+    order = {group: index for index, group in enumerate(group_order(groups))}
+    stats_["_order"] = stats_["group"].map(order)
+    stats_["_severity"] = stats_["severity"].map(lambda v: 99 if v == "mean" else int(v))
+    stats_ = stats_.sort_values(["_order", "corruption", "_severity"]).drop(columns=["_order", "_severity"])
+    runs_of_group = groups.value_counts()
+    digits = (lambda x: f"{x:.2f}") if percent else (lambda x: f"{x:.4g}")
+
+    def cell(row) -> str:
+        if row["count"] == 0 or not np.isfinite(row["mean"]):
+            return "—"
+        text = digits(row["mean"]) + (f" ± {digits(row['std'])}" if np.isfinite(row["std"]) else "")
+        return text + (f" [n={int(row['count'])}]" if row["count"] < runs_of_group.get(row["group"], 0) else "")
+
+    shown = stats_.assign(cell=stats_.apply(cell, axis=1), severity=stats_["severity"].astype(str))
+    text = shown.pivot_table(index=["group", "corruption"], columns="severity", values="cell", aggfunc="first",
+                             sort=False)
+    text = text[[c for c in text.columns if c != "mean"] + ["mean"]].reset_index(level="corruption")
+    text.index.name = group_by
+    text.columns.name = None
+    numbers = stats_.rename(columns={"group": group_by}).assign(severity=stats_["severity"].astype(str))
+    return numbers[columns].reset_index(drop=True), text, title
+
+
+def _means_over_severities(values: pd.DataFrame) -> pd.DataFrame:
+    """Each run's mean over a corruption's severities (``severity="mean"``), NaN when the run lacks
+    one of the severities the table shows for that corruption: a mean over a subset of them is
+    another number, and would pass for this one silently."""
+    shown = values.groupby("corruption")["severity"].agg(lambda s: set(s))
+
+    def mean(rows: pd.DataFrame) -> float:
+        complete = set(rows["severity"]) >= shown[rows.name[2]]
+        return rows["value"].mean(skipna=False) if complete else math.nan
+
+    means = values.groupby(["path", "group", "corruption"])[["severity", "value"]].apply(mean)
+    return means.rename("value").reset_index().assign(severity="mean")
+
+
 def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
     """The group the others are compared with when none is named: ``sgd`` (the plain ensemble the
     paper compares against) when it has a value, else the first group in reading order that has
@@ -225,22 +318,24 @@ def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
 def beta_table(fits: dict[str, BetaFit | str], group_by: str, *, sharpness: str, diversity: str,
                name: str = "tradeoff-beta") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The β of each group as (numbers, formatted text, title); a group that could not be fitted
-    has NaNs and its reason."""
+    has NaNs and its reason; a β not told from noise (too few ensembles, interval spans 0) says so."""
     rows, text = [], []
     for group, fit in fits.items():
         if isinstance(fit, BetaFit):
             rows.append({group_by: group, "beta": fit.beta, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
-                         "r2": fit.r2, "n": fit.n, "note": ""})
+                         "stderr": fit.stderr, "r2": fit.r2, "n": fit.n, "note": fit.verdict})
             text.append({group_by: group, "β": f"{fit.beta:.3f}", "95% interval": f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]",
-                         "R²": f"{fit.r2:.3f}", "ensembles": str(fit.n)})
+                         "R²": f"{fit.r2:.3f}", "ensembles": str(fit.n), "note": fit.verdict})
         else:
             rows.append({group_by: group, "beta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                         "r2": math.nan, "n": 0, "note": fit})
-            text.append({group_by: group, "β": "—", "95% interval": fit, "R²": "—", "ensembles": "—"})
-    numbers = pd.DataFrame(rows, columns=[group_by, "beta", "ci_low", "ci_high", "r2", "n", "note"])
-    shown = pd.DataFrame(text, columns=[group_by, "β", "95% interval", "R²", "ensembles"]).set_index(group_by)
+                         "stderr": math.nan, "r2": math.nan, "n": 0, "note": fit})
+            text.append({group_by: group, "β": "—", "95% interval": "—", "R²": "—", "ensembles": "—", "note": fit})
+    numbers = pd.DataFrame(rows, columns=[group_by, "beta", "ci_low", "ci_high", "stderr", "r2", "n", "note"])
+    shown = pd.DataFrame(text, columns=[group_by, "β", "95% interval", "R²", "ensembles", "note"]).set_index(group_by)
     title = (f"Sharpness–diversity slope β by {group_by} (log diversity = α + β log sharpness; "
-             f"sharpness {sharpness}, diversity {diversity}; 95% percentile-bootstrap interval)")
+             f"sharpness {sharpness}, diversity {diversity}; 95% t interval of the least-squares slope, "
+             f"β ± t(n−2)·SE; a β from fewer than {MIN_ENSEMBLES} ensembles or whose interval contains 0 "
+             "is not told from noise)")
     return numbers, shown, title
 
 
@@ -270,10 +365,10 @@ def quickstart_summary(runs, sharpness: str = "sharpness/worst/l2/adaptive@0.5")
     points = tradeoff_points(results, sharpness=spec, on="ood", group_by="method")
     points = points[(points["sharpness"] > 0) & (points["diversity"] > 0)]
     fits = fits_by_group(points["sharpness"], points["diversity"], points["group"]) if len(points) else {}
-    shown = [f"{group} {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" for group, fit in fits.items()
-             if isinstance(fit, BetaFit)]
-    lines.append("β, slope of log DER on log sharpness: " + ("; ".join(shown) if shown else
-                                                              "not fitted (a group needs 3 ensembles)"))
+    shown = [f"{group} {fit.beta:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" + (f" ({fit.verdict})" if fit.verdict else "")
+             for group, fit in fits.items() if isinstance(fit, BetaFit)]
+    lines.append("β, slope of log DER on log sharpness [95% t interval]: "
+                 + ("; ".join(shown) if shown else "not fitted (a group needs 3 ensembles)"))
     return lines
 
 

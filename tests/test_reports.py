@@ -48,8 +48,9 @@ def test_beta_recovers_the_exponent_inside_its_interval_and_matches_scipy():
     assert fit.intercept == pytest.approx(reference.intercept, rel=1e-12)
     assert fit.r2 == pytest.approx(reference.rvalue ** 2, rel=1e-12)
     assert fit.n == 40
-    # The percentile interval of a slope with Gaussian noise is about ±1.96 standard errors.
-    assert fit.ci_high - fit.ci_low == pytest.approx(2 * 1.96 * reference.stderr, rel=0.3)
+    # The t interval of the slope: ±t(n−2, 0.975) standard errors.
+    assert fit.stderr == pytest.approx(reference.stderr, rel=1e-9)
+    assert fit.ci_high - fit.ci_low == pytest.approx(2 * stats.t.ppf(0.975, 38) * reference.stderr, rel=1e-9)
 
 
 def test_beta_interval_shrinks_with_more_points():
@@ -63,7 +64,7 @@ def test_beta_interval_shrinks_with_more_points():
 
 def test_beta_interval_covers_the_true_exponent_about_95_percent_of_the_time():
     covered = [fit.ci_low <= 0.6 <= fit.ci_high
-               for fit in (fit_beta(*power_law(25, 0.6, seed=100 + s), n_bootstrap=800, seed=s) for s in range(150))]
+               for fit in (fit_beta(*power_law(25, 0.6, seed=100 + s)) for s in range(150))]
     assert 0.86 <= np.mean(covered) <= 0.995
 
 
@@ -72,9 +73,9 @@ def test_beta_interval_covers_the_true_exponent_about_95_percent_of_the_time():
 def test_beta_follows_rescaling_of_the_axes(scale, power):
     """log(c·S) shifts x, so β is unchanged; D**k multiplies log D by k, so β is multiplied by k."""
     sharpness, diversity = power_law(10, 0.8, seed=3)
-    base = fit_beta(sharpness, diversity, n_bootstrap=50)
-    assert fit_beta(scale * sharpness, diversity, n_bootstrap=50).beta == pytest.approx(base.beta, rel=1e-9)
-    assert fit_beta(sharpness, diversity ** power, n_bootstrap=50).beta == pytest.approx(power * base.beta, rel=1e-9)
+    base = fit_beta(sharpness, diversity)
+    assert fit_beta(scale * sharpness, diversity).beta == pytest.approx(base.beta, rel=1e-9)
+    assert fit_beta(sharpness, diversity ** power).beta == pytest.approx(power * base.beta, rel=1e-9)
 
 
 @pytest.mark.parametrize("sharpness, diversity, message", [
@@ -285,7 +286,7 @@ def study_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     paths = fixtures.write_study(root / "runs")
     empty = fixtures.make_run(root / "runs" / "unmeasured", method="sam")
-    report = write_report([*paths, empty], root / "report", formats=("png",), n_bootstrap=500)
+    report = write_report([*paths, empty], root / "report", formats=("png",))
     return paths, empty, report
 
 
@@ -416,7 +417,7 @@ def test_tradeoff_log_axes_are_readable_on_a_narrow_range_and_the_legend_is_outs
         rows = fixtures.evaluation_rows([0.8] * 3, {"accuracy": 0.85, "der": 0.3 * sharpness ** 0.5, "eir": 0.2})
         run_folder.append_results(path, rows + fixtures.sharpness_rows([sharpness] * 3))
         paths.append(path)
-    figures = plots.plot_tradeoff(collect(paths), tmp_path / "figures", on="test", n_bootstrap=50,
+    figures = plots.plot_tradeoff(collect(paths), tmp_path / "figures", on="test",
                                   formats=("png",))
     figure = figures.figures[0]
     ax = figure.axes[0]

@@ -75,7 +75,7 @@ def test_mismatched_member_names_the_member(tmp_path):
         run_folder.load_run(tmp_path / "run")
 
 
-TRAIN_DATA = "0123456789abcdef"  # a data fingerprint, as ensembles.data.data_digest gives
+TRAIN_DATA = "0123456789abcdef"  # a data fingerprint, as ensembles.data.datasets.data_digest gives
 
 
 def sharpness_rows(value=1.0):

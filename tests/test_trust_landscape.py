@@ -274,18 +274,17 @@ def test_deprecated_alias_decorator():
     assert no_warning(lambda: function(new=5)) == 5
 
 
-# -- the docstring examples run in CI (pytest collects tests/ only) -------------------------------------
+# -- the docstring examples: pytest runs them (setup.cfg: --doctest-modules on the packages) -----------
 
 EXAMPLED_MODULES = ["_checks", "calibration", "connectivity", "diversity", "ensemble", "fisher", "hessian", "hvp",
                     "perturbation", "robustness", "sharpness"]
 
 
 @pytest.mark.parametrize("name", EXAMPLED_MODULES)
-def test_docstring_examples_run_and_pass(name):
+def test_every_measurement_module_keeps_a_runnable_example(name):
     import doctest
     import importlib
 
     module = importlib.import_module(f"landscape.{name}")
-    outcome = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert outcome.attempted > 0, f"landscape/{name}.py lost its runnable example"
-    assert outcome.failed == 0
+    examples = sum(len(test.examples) for test in doctest.DocTestFinder().find(module))
+    assert examples > 0, f"landscape/{name}.py lost its runnable example"

@@ -146,10 +146,10 @@ def test_report_writes_into_new_empty_and_earlier_report_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for out in (tmp_path / "new", empty):
-        write_report([run], out, formats=("png",), n_bootstrap=10)
+        write_report([run], out, formats=("png",))
         assert (out / MARKER).is_file() and (out / "index.html").is_file()
     (empty / MARKER).unlink()  # a report written before folders were marked is still sharpdiv's
-    write_report([run], empty, formats=("png",), n_bootstrap=10)
+    write_report([run], empty, formats=("png",))
 
 
 def test_sweep_run_refuses_a_users_report_folder_before_training(tmp_path):
@@ -213,11 +213,11 @@ def test_severity_differences_compare_only_groups_on_the_baselines_data(tmp_path
 
 def test_one_dataset_keeps_plain_groups_and_class_counts_split_a_dataset(tmp_path):
     paths = [_measured_run(tmp_path / "a"), _measured_run(tmp_path / "b", method="sgd")]
-    report = write_report(paths, tmp_path / "plain", formats=("png",), n_bootstrap=10)
+    report = write_report(paths, tmp_path / "plain", formats=("png",))
     assert not any("span" in note for note in report.notes)
     assert pd.read_csv(tmp_path / "plain" / "tables" / "summary.csv").columns[0] == "method"
     odd = _measured_run(tmp_path / "c", num_classes=5, accuracy=0.3)  # same dataset name, other classes
-    report = write_report([*paths, odd], tmp_path / "split", formats=("png",), n_bootstrap=10)
+    report = write_report([*paths, odd], tmp_path / "split", formats=("png",))
     assert any("2 class counts (10, 5)" in note for note in report.notes)
     groups = set(pd.read_csv(tmp_path / "split" / "tables" / "summary.csv")["method, num_classes"])
     assert groups == {"sam (10 classes)", "sgd (10 classes)", "sam (5 classes)"}

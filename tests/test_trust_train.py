@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 from click.testing import CliRunner
 
@@ -20,7 +19,7 @@ from ensembles.runs.files import MARKER_FILE, require_writable_folder
 from ensembles.runs.run_folder import load_run, read_config
 from ensembles.training.trainer import TrainingSettings, accuracy, read_training_log, resume, train
 from landscape.errors import InputError
-from tests.test_train import assert_identical, member_weights, training_states
+from test_train import assert_identical, member_weights, training_states
 
 # One member whose validation accuracy peaks at epoch 1 of 3 (0.106, 0.067, 0.089 with one thread).
 KEEP_BEST = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(4,), epochs=3,
@@ -65,7 +64,8 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
     from ensembles.training.trainer import train
-    from tests.test_trust_train import KEEP_BEST
+    sys.path.insert(0, 'tests')  # as pytest does: sibling test modules import each other by name
+    from test_trust_train import KEEP_BEST
 
     def die_after_second_epoch(event):
         if event["event"] == "epoch" and event["epoch"] == 2:

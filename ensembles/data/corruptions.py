@@ -88,6 +88,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from ensembles.data.datasets import SEVERITIES, check_severity
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -116,7 +118,6 @@ __all__ = [
     "zoom_blur",
 ]
 
-SEVERITIES = (1, 2, 3, 4, 5)
 
 # Severity parameters of CIFAR-10-C (make_cifar_c.py), defined for 32×32 images.
 CIFAR_PARAMETERS: dict[str, tuple] = {
@@ -185,16 +186,10 @@ def _check_images(images: np.ndarray) -> None:
                          f"{images.shape[1]}×{images.shape[2]}; resize them first")
 
 
-def _check_severity(severity: int) -> None:
-    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) \
-            or severity not in SEVERITIES:
-        raise InputError(f"severity must be one of {list(SEVERITIES)}, got {severity!r}")
-
-
 def _check_arguments(images: np.ndarray, severity: int, rng: np.random.Generator) -> None:
     """Check the arguments every corruption takes."""
     _check_images(images)
-    _check_severity(severity)
+    check_severity(severity)
     if not isinstance(rng, np.random.Generator):
         raise InputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
                          "pass np.random.default_rng(seed)")
@@ -643,8 +638,7 @@ def _check_corruption(corruption: str) -> None:
 def _generator(seed: int, corruption: str, severity: int, chunk: int = 0) -> np.random.Generator:
     """An independent stream per (seed, corruption, severity, chunk), stable across runs and
     across which other corruptions are generated."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    positive_int("seed", seed, minimum=0)
     key = (zlib.crc32(corruption.encode()), int(severity), int(chunk))
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
 
@@ -656,7 +650,7 @@ def corrupt(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -
     corruption or a severity outside 1–5 raises :class:`InputError` listing what is allowed.
     """
     _check_corruption(corruption)
-    _check_severity(severity)
+    check_severity(severity)
     return CORRUPTIONS[corruption](images, severity, _generator(seed, corruption, severity))
 
 
@@ -679,8 +673,7 @@ def make_corrupted_split(images: np.ndarray, labels: np.ndarray, corruptions: It
     if labels.shape != (images.shape[0],):
         raise InputError(f"labels must have shape ({images.shape[0]},) to match the images, "
                          f"got {labels.shape}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     _generator(seed, "", 1)  # checks the seed
     return _corrupted_splits(images, labels, corruptions, seed, chunk_size)
 

@@ -740,9 +740,11 @@ def available_corruptions(name: str, root: str | os.PathLike | None = None) -> l
     return _order_corruptions(names)
 
 
-def _check_severity(severity) -> int:
+def check_severity(severity, example: str = "") -> int:
+    """``severity`` as an ``int`` if it is one of :data:`SEVERITIES` (1..5), else an
+    :class:`InputError`; ``example`` shows the fix in the caller's words (``--severities 1-5``)."""
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
-        raise InputError(f"severity must be an integer in 1..5, got {severity!r}")
+        raise InputError(f"severity must be an integer in 1..5, got {severity!r}" + (f"; e.g. {example}" if example else ""))
     return int(severity)
 
 
@@ -801,7 +803,7 @@ def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption:
     present = available_corruptions(name, root)
     if corruption not in present:
         raise InputError(f"corruption {corruption!r} not found in {folder}; present: {', '.join(present) or 'none'}")
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     mean, std = _NORMALIZATION[kind]
     clean_name = f"folder:{path}" if kind == "folder" else kind
     if kind == "tinyimagenet":
@@ -860,7 +862,7 @@ def data_digest(name: str, root: str | os.PathLike | None = None, split: str = "
     """
     kind, _, _ = _parse_name(name)
     if corruption is not None:
-        severity = _check_severity(severity)
+        severity = check_severity(severity)
         folder = corrupted_folder(name, root)
         if kind == "tinyimagenet":
             images = load_corrupted(name, root, corruption, severity, normalize=False)

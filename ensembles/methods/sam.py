@@ -6,9 +6,17 @@ SAM (Foret et al., ICLR 2021) minimizes ``max_{‖ε‖₂ ≤ ρ} L(θ + ε)`` 
     θ ← base_step(θ, ∇L(θ + ε̂))                        (second_step: return to θ and step)
 
 ASAM (Kwon et al., ICML 2021) measures the neighbourhood in the weights' own scale,
-``‖T⁻¹ε‖₂ ≤ ρ`` with ``T = diag(|θ| + η)``, which gives
+``‖T⁻¹ε‖₂ ≤ ρ`` with ``T = diag(t)``, which gives
 
     ε̂ = ρ · T² g / ‖T g‖₂.
+
+Which parameters ``T`` scales is ``scaled``: the official ASAM scales only the parameters whose
+name contains ``"weight"`` (``t = |θ| + η`` there) and leaves biases and batch-norm shifts
+unscaled (``t = 1``), so for weights ``ε̂_w = ρ (|θ_w| + η)² g_w / N`` and for the rest
+``ε̂_b = ρ g_b / N`` with ``N = sqrt(Σ_w ‖(|θ_w| + η) g_w‖² + Σ_b ‖g_b‖²)``. That is the default of
+ASAM training (``asam_scale="weights"``, :func:`asam_scaled_parameters`); ``asam_scale="all"``
+scales every parameter. (Adaptive sharpness *measurement*, :mod:`landscape.sharpness`, follows the
+reference sharpness code instead: ``T = |θ|`` on every trainable parameter unless excluded.)
 
 The norm is global, over every parameter that has a gradient. ``ρ = 0`` is exactly the base
 optimizer: :attr:`SAM.perturbs` is False and the caller skips the ascent and its second
@@ -27,14 +35,25 @@ gives ε̂ = 0. second_step hands the base optimizer to ``scaler.step``. Checked
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from landscape.errors import InputError
 
-__all__ = ["SAM", "frozen_batch_norm_statistics"]
+__all__ = ["ASAM_SCALES", "SAM", "asam_scaled_parameters", "frozen_batch_norm_statistics"]
+
+#: Which parameters ASAM's ``T = |θ| + η`` scales: "weights" (official ASAM: names containing
+#: "weight"; biases and batch-norm shifts get T = 1) or "all".
+ASAM_SCALES = ("weights", "all")
+
+
+def asam_scaled_parameters(model: nn.Module, rule: str = "weights") -> list[nn.Parameter]:
+    """The parameters of ``model`` that ASAM's ``T`` scales under ``rule`` (see :data:`ASAM_SCALES`)."""
+    if rule not in ASAM_SCALES:
+        raise InputError(f"unknown ASAM scaling {rule!r}; choose one of {', '.join(ASAM_SCALES)}")
+    return [p for name, p in model.named_parameters() if rule == "all" or "weight" in name]
 
 
 class SAM:
@@ -42,11 +61,13 @@ class SAM:
 
     Shares the base optimizer's ``param_groups`` (a learning-rate change on either is seen by
     both); its ``state_dict`` is the base optimizer's, since between steps SAM stores nothing.
-    ``eta`` is ASAM's η in ``T = |θ| + η`` (0.01 as in Kwon et al.).
+    ``eta`` is ASAM's η in ``T = |θ| + η`` (0.01 as in Kwon et al.). ``scaled`` (ASAM only) are
+    the parameters ``T`` scales, the others get ``T = 1``; None scales every parameter. Official
+    ASAM: ``scaled=asam_scaled_parameters(model, "weights")``.
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False,
-                 eta: float = 0.01):
+                 eta: float = 0.01, scaled: "Iterable[torch.Tensor] | None" = None):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise InputError(f"SAM wraps a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if not rho >= 0:
@@ -54,7 +75,11 @@ class SAM:
         if not eta >= 0:
             raise InputError(f"eta must be >= 0, got {eta!r}")
         self.base_optimizer = base_optimizer
+        if scaled is not None and not adaptive:
+            raise InputError("scaled chooses the parameters ASAM's T scales; it needs adaptive=True")
         self.rho, self.adaptive, self.eta = float(rho), bool(adaptive), float(eta)
+        # Keyed by identity: tensors compare elementwise, so a set of them would not work.
+        self._scaled = None if scaled is None else {id(p) for p in scaled}
         self._origin: dict[torch.Tensor, torch.Tensor] = {}
 
     @property
@@ -70,8 +95,10 @@ class SAM:
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
 
     def _scale(self, parameter: torch.Tensor) -> torch.Tensor | float:
-        """ASAM's ``T = |θ| + η`` (1 for plain SAM)."""
-        return parameter.abs() + self.eta if self.adaptive else 1.0
+        """ASAM's ``T = |θ| + η`` on the scaled parameters, 1 elsewhere and for plain SAM."""
+        if not self.adaptive or (self._scaled is not None and id(parameter) not in self._scaled):
+            return 1.0
+        return parameter.abs() + self.eta
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = True) -> None:
@@ -143,6 +170,8 @@ class SAM:
     def __repr__(self) -> str:
         kind = "ASAM" if self.adaptive else "SAM"
         extra = f", eta={self.eta}" if self.adaptive else ""
+        if self.adaptive and self._scaled is not None:
+            extra += f", scaled={len(self._scaled)} tensors"
         return f"{kind}(rho={self.rho}{extra}, base={type(self.base_optimizer).__name__})"
 
 

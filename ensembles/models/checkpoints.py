@@ -18,14 +18,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import safetensors.torch
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from landscape.errors import InputError
 
 _CONTAINER_KEYS = ("state_dict", "model", "last")
+_DATA_PARALLEL = "module."  # nn.DataParallel and DistributedDataParallel prefix every name with it
 
 
 def _is_state_dict(value) -> bool:
@@ -82,8 +84,21 @@ def extract_state_dict(checkpoint, source: str = "checkpoint") -> dict[str, torc
             found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
             raise InputError(f"{source}: no model weights found (looked for a state dict, or one under "
                              f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}; found {found})")
-    if all(name.startswith("module.") for name in state):
-        state = {name[len("module."):]: tensor for name, tensor in state.items()}
+    return without_data_parallel_prefix(state)
+
+
+def without_data_parallel_prefix(state: Mapping[str, torch.Tensor], model_keys: Iterable[str] = ()
+                                 ) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` that ``nn.DataParallel`` puts before every name: removed
+    only when every key has it and no key of the model (``model_keys``) does.
+
+    >>> sorted(without_data_parallel_prefix({"module.fc.weight": torch.ones(1), "module.fc.bias": torch.ones(1)}))
+    ['fc.bias', 'fc.weight']
+    """
+    state = dict(state)
+    if state and all(name.startswith(_DATA_PARALLEL) for name in state) \
+            and not any(name.startswith(_DATA_PARALLEL) for name in model_keys):
+        consume_prefix_in_state_dict_if_present(state, _DATA_PARALLEL)
     return state
 
 
@@ -111,7 +126,7 @@ def seed_from_path(path: str | os.PathLike) -> int | None:
 
 # run.json fields the import sets itself: from its own options, or as sharpdiv's bookkeeping.
 _FROM_OPTIONS = {"dataset": "--data", "num_classes": "--num-classes", "model": "--model",
-                 "model_args": "--model and --width"}
+                 "model_args": "--model-arg and --width", "model_input": "--input-size, --mean and --std"}
 _BOOKKEEPING = ("format", "members", "versions", "created", "path", "n_members", "exist_ok")
 _KEEP = ("best", "last", "imported")
 _MAX_SEED = 2**63 - 1  # results columns are int64
@@ -123,7 +138,7 @@ _STALE_AFTER_SECONDS = 24 * 3600
 
 def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike], *, model: str,
                        num_classes: int, dataset: str, model_args: Mapping | None = None,
-                       settings: Mapping | None = None) -> Path:
+                       settings: Mapping | None = None, model_input: Mapping | None = None) -> Path:
     """Build the run folder ``out`` from foreign checkpoint files, one member per file, in order.
 
     All or nothing: the folder is assembled beside ``out`` and renamed into place only when every
@@ -144,7 +159,7 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
     _check_distinct(files)
     settings = dict(settings or {})
     model_args = dict(model_args or {})
-    _check_model(zoo, model, num_classes, model_args)
+    model_input = zoo.resolve_input(model, _check_model(zoo, model, num_classes, model_args), **(model_input or {}))
     seeds = [seed_from_path(f) for f in files]
     recorded_seeds = _check_settings(settings, files, seeds)
     method = settings.pop("method", "imported")
@@ -155,12 +170,12 @@ def import_checkpoints(out: str | os.PathLike, files: Sequence[str | os.PathLike
                                     dir=out.parent))
     try:
         run_folder.create_run(staging, dataset=dataset, num_classes=num_classes, model=model,
-                        model_args=model_args, method=method, seeds=recorded_seeds, keep=keep,
+                        model_args=model_args, model_input=model_input, method=method, seeds=recorded_seeds, keep=keep,
                         n_members=len(files), exist_ok=True, **settings)
         for index, file in enumerate(files):
             state = extract_state_dict(read_checkpoint(file), source=str(file))
             require_finite_weights(state, str(file))
-            network = zoo.build(model, num_classes, **model_args)
+            network = zoo.build(model, num_classes, model_input=model_input, **model_args)
             try:
                 zoo.load_weights(network, state)
             except InputError as error:
@@ -205,9 +220,9 @@ def _check_distinct(files: Sequence[str | os.PathLike]) -> None:
         seen[identity] = str(path)
 
 
-def _check_model(models, model: str, num_classes: int, model_args: Mapping) -> None:
+def _check_model(models, model: str, num_classes: int, model_args: Mapping):
     try:
-        models.build(model, num_classes, **model_args)
+        return models.build(model, num_classes, **model_args)
     except InputError:
         raise
     except (TypeError, ValueError) as error:  # an option of the right name with a wrong value

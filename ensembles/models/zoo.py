@@ -2,7 +2,8 @@
 
 :func:`build` makes a network by name (:data:`MODEL_NAMES`); :func:`load_weights` loads a state
 dict into it, refusing anything that does not fit and saying which keys are wrong. Normalization
-of the inputs belongs to the data pipeline, never to a model.
+of the inputs belongs to the data pipeline for the zoo's models; a model that expects its own input
+size or normalization carries it inside itself (:mod:`ensembles.models.inputs`).
 
 Architectures, each with the parameter names of the public checkpoints it must load unchanged:
 
@@ -33,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensembles.models.checkpoints import without_data_parallel_prefix
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -46,12 +49,6 @@ __all__ = [
     "SmallCNN",
     "MLP",
 ]
-
-
-def _require_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def _global_average_pool(features: torch.Tensor) -> torch.Tensor:
@@ -110,8 +107,8 @@ class CifarResNet18(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 64):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        k = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        k = positive_int("width", width)
         self.conv1 = nn.Conv2d(3, k, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(k)
         self.layer1 = _cifar_stage(k, k, 1)
@@ -206,8 +203,8 @@ class TinyImageNetResNet18(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 64):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        k = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        k = positive_int("width", width)
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, k, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(k), nn.ReLU()
         )
@@ -291,8 +288,8 @@ class WideResNet(nn.Module):
 
     def __init__(self, num_classes: int, *, depth: int = 40, widen_factor: int = 2, dropout: float = 0.0):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        _require_positive_int(widen_factor, "widen_factor")
+        positive_int("num_classes", num_classes)
+        positive_int("widen_factor", widen_factor)
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise InputError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
         if not 0.0 <= float(dropout) < 1.0:
@@ -329,8 +326,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int, *, width: int = 32):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        w = _require_positive_int(width, "width")
+        positive_int("num_classes", num_classes)
+        w = positive_int("width", width)
         self.conv1 = nn.Conv2d(3, w, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
@@ -355,12 +352,12 @@ class MLP(nn.Module):
 
     def __init__(self, num_classes: int, *, input_size: int = 3 * 32 * 32, hidden: Sequence[int] = (256,)):
         super().__init__()
-        _require_positive_int(num_classes, "num_classes")
-        _require_positive_int(input_size, "input_size")
+        positive_int("num_classes", num_classes)
+        positive_int("input_size", input_size)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise InputError(f"hidden must be a sequence of layer widths such as (256,) or (512, 256), got {hidden!r}")
         for size in hidden:
-            _require_positive_int(size, "every hidden width")
+            positive_int("every hidden width", size)
         self.input_size = input_size
         sizes = (input_size, *hidden, num_classes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -396,13 +393,20 @@ _ARCHITECTURES = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
-# One key that only each architecture's checkpoints hold, to name the likely model in errors.
+# Keys that together only each architecture's checkpoints hold, to name the likely model in errors
+# (the zoo's, then the layouts of torchvision's and timm's own families; first match wins).
 _SIGNATURE_KEYS = {
-    "resnet18": "layer1.0.conv1.weight",
-    "resnet18_tin": "conv2_x.0.residual_function.0.weight",
-    "wrn40_2": "block1.layer.0.conv1.weight",
-    "small_cnn": "conv3.weight",
-    "mlp": "layers.0.weight",
+    "resnet18": ("layer1.0.conv1.weight", "linear.weight"),
+    "resnet18_tin": ("conv2_x.0.residual_function.0.weight",),
+    "wrn40_2": ("block1.layer.0.conv1.weight",),
+    "small_cnn": ("conv3.weight", "bn3.weight", "linear.weight"),
+    "mlp": ("layers.0.weight",),
+    "a torchvision or timm ResNet (torchvision:resnet18/50, timm:resnet18 ...)": ("layer1.0.conv1.weight", "fc.weight"),
+    "torchvision:vit_* (a torchvision ViT)": ("encoder.layers.encoder_layer_0.ln_1.weight",),
+    "timm:vit_* (a timm ViT)": ("blocks.0.attn.qkv.weight", "cls_token"),
+    "torchvision:convnext_* (a torchvision ConvNeXt)": ("features.1.0.block.0.weight",),
+    "timm:convnext_* (a timm ConvNeXt)": ("stages.0.blocks.0.conv_dw.weight",),
+    "torchvision:efficientnet_* or mobilenet_v2": ("features.0.0.weight", "classifier.1.weight"),
 }
 
 
@@ -412,21 +416,60 @@ def _options(name: str) -> dict:
     return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
-def build(name: str, num_classes: int, **options) -> nn.Module:
-    """A freshly initialized model ``name`` (one of :data:`MODEL_NAMES`) with ``num_classes`` outputs.
+def build(name: str, num_classes: int, *, model_input: Mapping | None = None, **options) -> nn.Module:
+    """A freshly initialized model ``name`` with ``num_classes`` outputs; never downloads weights.
 
-    Options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn ``width=32``;
-    mlp ``input_size=3072, hidden=(256,)``. The model is float32 on the CPU; move it with ``.to``.
-    An unknown name or option raises :class:`InputError` listing what is allowed.
+    ``name`` is one of :data:`MODEL_NAMES`, or ``torchvision:<builder>`` (any
+    ``torchvision.models`` builder, built with ``weights=None``), ``timm:<name>`` (any
+    ``timm.create_model`` name, ``pretrained=False``; needs ``pip install 'sharpdiv[timm]'``) or
+    ``package.module:callable`` (a factory or class importable from the current folder or
+    ``PYTHONPATH``, called as ``callable(num_classes=num_classes, **options)``).
+
+    Zoo options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn
+    ``width=32``; mlp ``input_size=3072, hidden=(256,)``; the other routes take their builder's
+    keyword arguments. ``model_input`` (see :func:`resolve_input`) adds the model's own input
+    resizing and normalization (:func:`attach_input`). The model is float32 on the CPU; move it
+    with ``.to``. An unknown name or option raises :class:`InputError` saying what is allowed.
     """
+    if ":" in name:
+        model = _build_external(name, num_classes, options)
+    else:
+        model = _build_zoo(name, num_classes, options)
+    return attach_input(model, model_input) if model_input else model
+
+
+def _build_zoo(name: str, num_classes: int, options: dict) -> nn.Module:
     if name not in _ARCHITECTURES:
-        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
+                         "torchvision:<name>, timm:<name> or module.path:callable")
     allowed = _options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
         raise InputError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {listed}")
     return _ARCHITECTURES[name](num_classes, **options)
+
+
+def _build_external(name: str, num_classes: int, options: dict) -> nn.Module:
+    from ensembles.models import external
+
+    return external.build_external(name, num_classes, options)
+
+
+def resolve_input(name: str, model: nn.Module, size=None, mean=None, std=None) -> dict | None:
+    """The run.json ``model_input`` of model ``name`` (built as ``model``): explicit size, mean
+    and std, else what its library records (timm's data config), else None (zoo behaviour)."""
+    from ensembles.models import external, inputs
+
+    default = external.default_input(name, model) if ":" in name else None
+    return inputs.resolve_input(size, mean, std, default=default)
+
+
+def attach_input(model: nn.Module, model_input: Mapping) -> nn.Module:
+    """See :func:`ensembles.models.inputs.attach_input`."""
+    from ensembles.models import inputs
+
+    return inputs.attach_input(model, model_input)
 
 
 def parameter_count(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -454,11 +497,24 @@ def _fold_masks(state: dict, model_keys: set) -> dict:
     return state
 
 
+_RESNET_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
+                  ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101",
+                  ((3, 8, 36, 3), True): "resnet152"}
+
+
 def _likely_architecture(keys) -> str | None:
+    keys = set(keys)
     for name, signature in _SIGNATURE_KEYS.items():
-        if signature in keys:
-            return name
+        if keys.issuperset(signature):
+            return _resnet_depth(keys) or name if signature[-1] == "fc.weight" else name
     return None
+
+
+def _resnet_depth(keys: set) -> str | None:
+    """``torchvision:resnet50`` for the blocks per stage of a torchvision/timm ResNet's keys."""
+    blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{stage}.")}) for stage in range(1, 5))
+    name = _RESNET_DEPTHS.get((blocks, "layer1.0.conv3.weight" in keys))
+    return f"torchvision:{name} (or timm:{name})" if name else None
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -495,8 +551,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
         )
 
     expected = model.state_dict()
-    if state and not any(k.startswith("module.") for k in expected) and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = without_data_parallel_prefix(state, model_keys=expected)
     state = _fold_masks(state, set(expected))
 
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -521,10 +576,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
             problems.append(f"{len(wrong_kind)} of another kind of dtype: " + ", ".join(
                 f"{k} {state[k].dtype} vs {expected[k].dtype}" for k in wrong_kind[:_SHOWN]))
         guess = _likely_architecture(state)
-        hint = f"; the weights look like model {guess!r}" if guess and guess != _likely_architecture(expected) else ""
+        hint = (f"; the weights look like {guess if ' ' in guess else 'model ' + repr(guess)}"
+                if guess and guess != _likely_architecture(expected) else "")
         raise InputError(
             f"weights do not fit {type(model).__name__}: " + "; ".join(problems)
-            + f"{hint}. Check --model, --width and --num-classes against the run that saved them"
+            + f"{hint}. Check --model, --model-arg, --width and --num-classes against the run that saved them"
         )
     model.load_state_dict(state, strict=True)
     return model

@@ -42,14 +42,16 @@ def write_json(target: str | os.PathLike, data: object) -> None:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-_digest_cache: dict[tuple[str, int, int], str] = {}
+_digest_cache: dict[tuple, str] = {}
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex, first 16 characters), cached by path, size and mtime."""
+    """SHA-256 of a file's bytes (hex, first 16 characters), cached by path, inode, size, mtime and
+    ctime: file times tick coarsely, so a same-size file renamed over this one (a member saved
+    again) is told apart by its inode, and one rewritten in place by its ctime."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key not in _digest_cache:
         digest = hashlib.sha256()
         with open(path, "rb") as stream:

@@ -10,7 +10,7 @@ the forward passes are done once and stored::
 ``<slice>`` is ``val``, ``test`` or ``<corruption>-<severity>`` (``fog-3``). Each member file
 records in its metadata the digest of the member's weights file as it was read
 (:func:`ensembles.runs.files.file_digest`) and the fingerprint of the slice's data
-(:func:`ensembles.data.data_digest`, images and labels), so new weights or other data (another
+(:func:`ensembles.data.datasets.data_digest`, images and labels), so new weights or other data (another
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
 fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
@@ -45,6 +45,7 @@ import torch
 from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
+from landscape._checks import model_dtype_device
 from landscape.errors import InputError
 
 __all__ = [
@@ -96,7 +97,7 @@ class DataSlice:
                 "severity": self.severity}
 
     def digest(self, root=None) -> str:
-        """The fingerprint of the slice's images and labels (:func:`ensembles.data.data_digest`)."""
+        """The fingerprint of the slice's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
         return datasets.data_digest(self.dataset, root, self.split, self.corruption, self.severity)
 
     def load(self, root=None, normalize: bool = True) -> datasets.ImageDataset:
@@ -244,8 +245,8 @@ def compute_member_logits(members: Sequence[torch.nn.Module], dataset: datasets.
     """``L[i, n] = f_i(x_n)``, shape ``(M, N, C)``, on the CPU in the members' dtype (float32 under
     autocast): each batch is gathered once and passed once through every member, in eval mode under
     ``torch.inference_mode``."""
-    reference = next(members[0].parameters())
-    device = torch.device(device) if device is not None else reference.device
+    dtype, own_device = model_dtype_device(members[0])
+    device = torch.device(device) if device is not None else own_device
     outputs: list[list[torch.Tensor]] = [[] for _ in members]
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -255,7 +256,7 @@ def compute_member_logits(members: Sequence[torch.nn.Module], dataset: datasets.
         member.eval()
     with torch.inference_mode(), _autocast(device):
         for inputs, _ in datasets.batches(dataset, batch_size, device=device):
-            inputs = inputs.to(reference.dtype)
+            inputs = inputs.to(dtype)
             if on_gpu:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             for member, collected in zip(members, outputs):
@@ -281,8 +282,8 @@ class SliceLogits:
     weights: dict = field(default_factory=dict)
 
 
-def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.ImageDataset:
-    dataset = data_slice.load(root)
+def _load_checked(data_slice: DataSlice, root, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+    dataset = data_slice.load(root, normalize=normalize)
     if dataset.num_classes != n_classes:
         raise InputError(f"{data_slice.dataset} has {dataset.num_classes} classes but the run's members have "
                          f"{n_classes}; evaluate on the dataset the run was trained for (--data)")
@@ -292,7 +293,7 @@ def _load_checked(data_slice: DataSlice, root, n_classes: int) -> datasets.Image
 def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members: Sequence[int], n_classes: int,
                  load_members: Callable[[Sequence[int]], Sequence[torch.nn.Module]], root=None,
                  batch_size: int = 512, device: torch.device | str = "cpu",
-                 member_weights: Callable[[int], str] | None = None) -> SliceLogits:
+                 member_weights: Callable[[int], str] | None = None, normalize: bool = True) -> SliceLogits:
     """The slice's member logits from the cache, computing (and caching) only what is missing.
 
     ``members`` are the run's member indices; ``load_members(indices)`` returns those members as
@@ -300,14 +301,15 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     ``member_weights(index)`` the digest of the member's weights file as ``load_members`` read it
     (default: the file's digest now). Cached logits count only for the current weights and the
     data's current fingerprint (:meth:`DataSlice.digest`). The data is loaded only when labels or
-    logits are missing; then its labels must equal the cached ones.
+    logits are missing; then its labels must equal the cached ones. ``normalize=False`` feeds
+    ``[0, 1]`` pixels to members that normalise their inputs themselves.
     """
     run_path = Path(run_path)
     data = data_slice.digest(root)
     labels = read_cached_labels(run_path, data_slice, data)
     dataset = None
     if labels is None:
-        dataset = _load_checked(data_slice, root, n_classes)
+        dataset = _load_checked(data_slice, root, n_classes, normalize)
         labels = dataset.targets.clone()
         _write(labels_path(run_path, data_slice), "labels", labels,
                {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
@@ -325,7 +327,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     missing = [member for member in members if member not in cached]
     if missing:
         if dataset is None:
-            dataset = _load_checked(data_slice, root, n_classes)
+            dataset = _load_checked(data_slice, root, n_classes, normalize)
             if not torch.equal(labels, dataset.targets):
                 raise InputError(f"the cached labels {labels_path(run_path, data_slice)} differ from the labels "
                                  f"of {data_slice.dataset} {data_slice.name} on disk: the cache was made from other "

@@ -14,7 +14,7 @@ The results table is the one store every measurement writes to. A row is one num
 as further columns. Each row also carries ``weights``, a digest of the member files its scope
 reads (taken when the weights were read, and checked again when the row is written), so new weights
 make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
-(:func:`ensembles.data.data_digest`), so other data never passes for the same; and ``key``, which
+(:func:`ensembles.data.datasets.data_digest`), so other data never passes for the same; and ``key``, which
 identifies the measurement (scope, metric, slice, settings, weights, data): writing the same key
 again replaces the row. Every append writes its own parquet part (temporary file + rename), so two
 processes that append at once both keep their rows; reading merges the parts.
@@ -30,6 +30,7 @@ import platform
 import re
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -72,6 +73,21 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def model_library_version(model: str) -> dict[str, str]:
+    """``{"timm": "1.0.9"}`` for a ``timm:``/``torchvision:`` model, else ``{}``: the builder's
+    defaults (activations, pooling ...) are part of the module, and a later command rebuilds it
+    with whatever version is installed then (:func:`build_member_model` says when that differs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    library = model.partition(":")[0] if model.startswith(("timm:", "torchvision:")) else None
+    if library is None:
+        return {}
+    try:
+        return {library: version(library)}
+    except PackageNotFoundError:
+        return {}
+
+
 # ----------------------------------------------------------------------------------------------
 # run.json and member weights
 
@@ -79,11 +95,13 @@ def library_versions() -> dict[str, str]:
 def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model: str,
                model_args: Mapping | None = None, method: str = "sgd", seeds: Iterable[int] = (),
                keep: str = "best", n_members: int | None = None, exist_ok: bool = False,
-               **settings) -> dict:
+               model_input: Mapping | None = None, **settings) -> dict:
     """Write a new run folder's run.json and return the config.
 
     ``settings`` are the method's hyper-parameters (rho, k, td, epochs, lr, width, sparsity ...);
-    they are stored flat at the top level so reports can group by any of them.
+    they are stored flat at the top level so reports can group by any of them. ``model_input`` is
+    the input size and normalization the model applies itself (:mod:`ensembles.models.inputs`;
+    None: the data pipeline normalises with the dataset's statistics).
     """
     path = Path(path)
     seeds = [int(s) for s in seeds]
@@ -94,13 +112,14 @@ def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model
         "num_classes": int(num_classes),
         "model": model,
         "model_args": dict(model_args or {}),
+        "model_input": dict(model_input) if model_input else None,
         "method": method,
         "seeds": seeds,
         "keep": keep,
         **settings,
         "members": [{"index": i, "seed": seeds[i] if i < len(seeds) else None, "status": "pending"}
                     for i in range(n_members)],
-        "versions": library_versions(),
+        "versions": {**library_versions(), **model_library_version(model)},
         "created": _now(),
     }
     if (path / RUN_FILE).exists() and not exist_ok:
@@ -141,6 +160,9 @@ def check_config(config, file: str | os.PathLike = RUN_FILE) -> None:
                  or (kind is str and not value.strip()) or (name == "num_classes" and value < 2))
         if wrong:
             raise InputError(f"{file}: field {name!r} must be {meaning}, got {_short(value)}; {fix}")
+    if not isinstance(config.get("model_input") or {}, dict):
+        raise InputError(f"{file}: field 'model_input' must be an object (size, mean, std) or null, got "
+                         f"{_short(config['model_input'])}; {fix}")
     for position, member in enumerate(config["members"]):
         if not isinstance(member, dict) or member.get("index") != position or isinstance(member.get("index"), bool) \
                 or not isinstance(member.get("status", ""), str):
@@ -223,11 +245,35 @@ def finished_members(config: Mapping) -> list[int]:
     return [m["index"] for m in config.get("members", []) if m.get("status") == "done"]
 
 
+def legacy_asam_scale(record: Mapping) -> dict:
+    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"
+    (training's resume check and the reports' run table both read run.json this way)."""
+    if record.get("method") == "asam" and "asam_scale" not in record:
+        return {"asam_scale": "all"}
+    return {}
+
+
+def data_normalized(config: Mapping) -> bool:
+    """Whether the run's members take images normalised by the data pipeline (the zoo's way),
+    rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""
+    from ensembles.models.inputs import normalizes
+
+    return not normalizes(config.get("model_input"))
+
+
 def build_member_model(config: Mapping) -> torch.nn.Module:
     from ensembles.models import zoo
 
+    recorded = (config.get("versions") or {}) if isinstance(config.get("versions"), dict) else {}
+    for library, installed in model_library_version(str(config["model"])).items():
+        if recorded.get(library) not in (None, installed):
+            warnings.warn(f"{config['model']} is rebuilt with {library} {installed}, but the run was made with "
+                          f"{library} {recorded[library]}: if the builder's defaults changed in between, the "
+                          f"module differs from the one trained; install {library}=={recorded[library]} to be sure",
+                          stacklevel=2)
     try:
-        return zoo.build(config["model"], int(config["num_classes"]), **config.get("model_args", {}))
+        return zoo.build(config["model"], int(config["num_classes"]), model_input=config.get("model_input"),
+                         **config.get("model_args", {}))
     except InputError as error:
         raise InputError(f"run.json: {error}; fix model/model_args in run.json or recreate the run") from None
     except (TypeError, ValueError) as error:  # an option of the right name but a wrong value
@@ -345,7 +391,7 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
     """Add measurement rows to a run's results table and return them as written.
 
     Each row needs ``scope``, ``metric`` and ``value``; ``stderr``, the slice columns (``dataset``,
-    ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.data_digest`
+    ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.datasets.data_digest`
     of the data measured; rows without it are never reused) are optional; every other field is a
     setting and becomes a column. NaN values are allowed (an undefined metric is a result).
 
@@ -495,6 +541,14 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     table["stale"] = table["weights"] != table["scope"].map(digests)
     # The same measurement on other data: only the newest data's rows are current.
     table["stale"] |= table.duplicated(["scope", "metric", *_SLICE_COLUMNS, "settings", "weights"], keep="last")
+    # Rows that also depend on a member outside their scope (aligned pairs depend on the reference
+    # member they were aligned to) are stale once that member's file changed.
+    if {"aligned_to", "reference_weights"} <= set(table.columns):
+        tied = table["reference_weights"].notna() & table["aligned_to"].notna()
+        current = {int(m): file_digest(member_path(path, int(m))) if member_path(path, int(m)).is_file() else None
+                   for m in table.loc[tied, "aligned_to"].unique()}
+        table.loc[tied, "stale"] |= table.loc[tied, "reference_weights"] != table.loc[tied, "aligned_to"].map(
+            lambda member: current[int(member)])
     if current_only:
         table = table[~table["stale"]]
     leading = [c for c in RESULT_COLUMNS if c in table.columns]
@@ -505,7 +559,7 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
 def find_results(run: Run | str | os.PathLike, settings: Mapping, data: str | None = None,
                  **where) -> pd.DataFrame:
     """Stored, current rows produced with exactly ``settings`` on the data whose fingerprint is
-    ``data`` (:func:`ensembles.data.data_digest`), filtered by column values.
+    ``data`` (:func:`ensembles.data.datasets.data_digest`), filtered by column values.
 
     ``where`` filters on any column (``scope="member-0"``, ``metric=...``, ``split="train"``).
     A command that finds its rows here can skip the work. ``data=None`` asks for rows of unknown

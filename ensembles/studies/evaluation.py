@@ -41,6 +41,7 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.logit_cache import DataSlice, dataset_label, slice_logits
 from landscape import calibration, diversity, ensemble
+from landscape._checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -96,8 +97,7 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
     label = dataset_label(dataset)
     severities = sorted(set(severities))
     for severity in severities:
-        if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in datasets.SEVERITIES:
-            raise InputError(f"severity must be an integer in 1..5, got {severity!r}; e.g. --severities 1-5")
+        datasets.check_severity(severity, example="--severities 1-5")
     if isinstance(corruptions, str) and corruptions in ("all", "none"):
         chosen = ([] if corruptions == "none" else
                   [c for c in datasets.available_corruptions(label, root) if c in datasets.STANDARD_CORRUPTIONS])
@@ -294,7 +294,7 @@ def _measurement(scope: str, metric: str, where: Mapping, settings_text: str) ->
 
 
 def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
-    """``measurement -> value`` of the current rows (the lookup of :func:`runs.find_results`,
+    """``measurement -> value`` of the current rows (the lookup of :func:`run_folder.find_results`,
     done once per run instead of once per row)."""
     if table.empty:
         return {}
@@ -412,9 +412,8 @@ def _same_weights(path: Path, seen: dict[int, str], new: Mapping[int, str]) -> N
 def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
     if combine not in COMBINE_MODES:
         raise InputError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    for name, value in (("n_bins", n_bins), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    positive_int("n_bins", n_bins)
+    positive_int("batch_size", batch_size)
 
 
 @dataclass(frozen=True)
@@ -426,6 +425,20 @@ class _Plan:
     n_classes: int
     slices: list[DataSlice]
     notes: tuple[str, ...]
+    normalize: bool = True  # False: the members normalise [0, 1] inputs themselves
+    root: str | None = None  # the data root this run is evaluated on
+
+
+def _data_root(config: dict, root, dataset: str | None) -> tuple[str | None, str | None]:
+    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
+    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
+    own dataset is evaluated; else None (the default root), with a note when the recorded one is gone."""
+    recorded = config.get("data_path")
+    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
+        return root, None
+    if Path(recorded).is_dir():
+        return recorded, None
+    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
 
 
 def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEAN_SPLITS) -> _Plan:
@@ -434,9 +447,11 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEA
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset or config["dataset"]
+    root, root_note = _data_root(config, root, dataset)
     slices = evaluation_slices(label, root, corruptions, severities, splits)
     note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
-    return _Plan(path, members, int(config["num_classes"]), slices, (note,) if note else ())
+    notes = tuple(text for text in (root_note, note) if text)
+    return _Plan(path, members, int(config["num_classes"]), slices, notes, run_folder.data_normalized(config), root)
 
 
 def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, progress) -> Evaluation:
@@ -453,7 +468,8 @@ def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, pro
             values[data_slice.name] = _summary_values(measurements, where, members, combine, n_bins)
             continue
         logits = slice_logits(path, data_slice, members=members, n_classes=n_classes, load_members=load_members,
-                              root=root, batch_size=batch_size, device=device, member_weights=load_members.digest)
+                              root=root, batch_size=batch_size, device=device, member_weights=load_members.digest,
+                              normalize=plan.normalize)
         _same_weights(path, weights, logits.weights)
         (computed if logits.computed else from_cache).append(data_slice.name)
         where["data"] = logits.data
@@ -475,7 +491,8 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
                   splits: str | Sequence[str] = CLEAN_SPLITS) -> list[Evaluation]:
     """Evaluate each run on every slice and append the new rows to its results table.
 
-    ``dataset`` defaults to each run's own. Member logits come from the cache (computed once, see
+    ``dataset`` defaults to each run's own, and ``root`` to the data root the run was trained on
+    (run.json ``data_path``) when it still exists, else the default. Member logits come from the cache (computed once, see
     :mod:`ensembles.runs.logit_cache`); slices whose rows are all stored are skipped. Every run's slices are
     checked (severities, corruption names, the ``-C`` folder) before the first forward pass, and rows
     are written only after every run succeeded.
@@ -486,7 +503,7 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
         raise InputError("no run folders given; pass at least one RUN folder")
     plans = [_plan_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities,
                        splits=splits) for path in paths]
-    evaluations = [_evaluate_run(plan, root=root, combine=combine, n_bins=n_bins, batch_size=batch_size,
+    evaluations = [_evaluate_run(plan, root=plan.root, combine=combine, n_bins=n_bins, batch_size=batch_size,
                                  device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:
         if evaluation.rows:
@@ -562,12 +579,14 @@ def _robustness_run(path: Path, *, norm, eps, n_examples, attacks, split, batch_
         check_radius(NORMS[norm], eps, inputs[0].numel())  # the l2 bound needs the image size
         run = run_folder.load_run(path, device)
         weights = run.weights
+        # members that normalise their inputs themselves take the [0, 1] images as they are
+        mean, std = (images.mean, images.std) if run_folder.data_normalized(config) else (None, None)
         for scope in tqdm(missing, desc=path.name, unit="model", file=sys.stderr, disable=not progress, leave=False):
             if scope == "ensemble":
-                model = EnsembleClassifier(run.members, combine=combine, mean=images.mean, std=images.std)
+                model = EnsembleClassifier(run.members, combine=combine, mean=mean, std=std)
             else:
                 member = run.members[run.member_indices.index(int(scope.split("-")[1]))]
-                model = Normalized(member, images.mean, images.std)
+                model = Normalized(member, mean, std)
             result = robust_accuracy(model, inputs, labels, eps=eps, norm=NORMS[norm], attacks=tuple(attacks),
                                      batch_size=batch_size, seed=seed)
             values[scope] = (result.clean_accuracy, result.robust_accuracy)
@@ -595,8 +614,7 @@ def evaluate_robustness(paths: Iterable[str | os.PathLike], *, norm: str, eps: f
     if norm not in NORMS:
         raise InputError(f"norm must be linf or l2, got {norm!r}")
     check_radius(NORMS[norm], eps)
-    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-        raise InputError(f"n_examples must be a positive integer, got {n_examples!r}")
+    positive_int("n_examples", n_examples)
     if combine not in ("probs", "logits"):
         raise InputError(f"combine must be probs or logits for an attacked ensemble, got {combine!r} "
                          "(a majority vote has no gradient to attack)")

@@ -25,8 +25,8 @@ agree. (The draws of average-case sharpness also depend on ``chunk_size``, a mem
 not a setting: rows measured with another chunk size are reused as equivalent.)
 
 Reuse. A measurement whose rows are all stored for the current weights and the same settings is not
-computed again (:func:`ensembles.runs.find_results` semantics: same scope, metric, slice,
-settings and data fingerprint, :func:`ensembles.data.data_digest` of the split read, in the row's
+computed again (:func:`ensembles.runs.run_folder.find_results` semantics: same scope, metric, slice,
+settings and data fingerprint, :func:`ensembles.data.datasets.data_digest` of the split read, in the row's
 ``data`` column). Rows carry the digests of the member files taken when the members were loaded; a
 file replaced before its rows are written stores nothing (an :class:`InputError`). Input is
 checked for every run before anything is measured, so bad input leaves no rows;
@@ -66,9 +66,9 @@ from tqdm import tqdm
 
 from ensembles.data import datasets
 from ensembles.runs import run_folder
-from ensembles.runs.files import atomic_path
+from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
-from landscape import connectivity, fisher, hessian, sharpness
+from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape._checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
 
@@ -113,7 +113,7 @@ class Measurement:
 class _StoredRows:
     """The run's current rows, looked up by scope, metric, slice and settings (axis columns apart).
 
-    The table is read once per run; the lookup is that of :func:`runs.find_results` with the axis
+    The table is read once per run; the lookup is that of :func:`run_folder.find_results` with the axis
     columns (``alpha``, ``rank`` ...) taken out of the settings and returned with each row.
     """
 
@@ -161,7 +161,7 @@ class _Members:
     @property
     def weights(self) -> dict[int, str] | None:
         """Digests of the member files taken when they were loaded (None before any is loaded):
-        rows pass them to :func:`ensembles.runs.append_results`, which refuses files changed since."""
+        rows pass them to :func:`ensembles.runs.run_folder.append_results`, which refuses files changed since."""
         return None if self.run is None else self.run.weights
 
 
@@ -172,15 +172,17 @@ class _Splits:
         self.root, self._loaded, self._digests = root, {}, {}
 
     def digest(self, label: str, split: str) -> str:
-        """The fingerprint of the split's images and labels (:func:`ensembles.data.data_digest`)."""
+        """The fingerprint of the split's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
         if (label, split) not in self._digests:
             self._digests[label, split] = datasets.data_digest(label, self.root, split)
         return self._digests[label, split]
 
-    def get(self, label: str, split: str, n_classes: int) -> datasets.ImageDataset:
-        if (label, split) not in self._loaded:
-            self._loaded[label, split] = datasets.load_dataset(label, self.root, split, augment=False)
-        images = self._loaded[label, split]
+    def get(self, label: str, split: str, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+        """``normalize=False``: ``[0, 1]`` images for members that normalise them themselves."""
+        if (label, split, normalize) not in self._loaded:
+            self._loaded[label, split, normalize] = datasets.load_dataset(label, self.root, split, augment=False,
+                                                                          normalize=normalize)
+        images = self._loaded[label, split, normalize]
         if images.num_classes != n_classes:
             raise InputError(f"{label} has {images.num_classes} classes but the run's members have {n_classes}; "
                              "measure on the dataset the run was trained for (--data)")
@@ -231,7 +233,8 @@ def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> It
         config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
-        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"])))
+        yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"]),
+                                                                    run_folder.data_normalized(config)))
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
@@ -258,7 +261,7 @@ def _mean_over_members(values: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
-_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", "data", *AXIS_COLUMNS}  # data: a fingerprint, noise in a message
+_NOT_SETTINGS = {"scope", "metric", "value", "stderr", "dataset", "split", "data", "reference_weights", *AXIS_COLUMNS}  # data: a fingerprint, noise in a message
 
 
 def _not_finite(path: Path, row: Mapping, reason: str, written: Sequence[Mapping]) -> NonFiniteError:
@@ -419,12 +422,20 @@ def _check_sample_budget(images: datasets.ImageDataset, m: int, n_batches: int) 
                          f"{images.split} has only {len(images)}; lower --n-batches or --batch-size")
 
 
+#: Worst-case ascents: sharpdiv's APGD in the ball's own metric, or the reference code's update.
+ASCENTS = ("apgd", "reference")
+
+
 def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int, n_iters: int, n_restarts: int,
-                        n_draws: int, exclude: tuple[str, ...]) -> dict:
+                        n_draws: int, exclude: tuple[str, ...], ascent: str = "apgd") -> dict:
     """The settings columns of a sharpness row (docs/results-table.md): those that change the value.
-    The draws of average-case sharpness keep their first name, ``n_samples``, so stored tables still match."""
+    The draws of average-case sharpness keep their first name, ``n_samples``, so stored tables still match.
+    ``ascent`` is stored only when it is ``reference``: rows without it are APGD's (every row written
+    before the setting existed was), so their keys stay valid and the two never match."""
     settings = {"rho": float(rho), "m": m, "n_batches": n_batches, "seed": seed, "logit_normalization": False}
     settings.update({"n_iters": n_iters, "n_restarts": n_restarts} if kind == "worst" else {"n_samples": n_draws})
+    if ascent == "reference":
+        settings["ascent"] = "reference"
     if exclude:
         settings["exclude"] = ",".join(exclude)
     return settings
@@ -445,7 +456,7 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
                       split: str = "train", kind: str = "worst", norm: str = "l2", adaptive: bool = True,
                       rhos: Sequence[float] = (0.5,), m: int = 5, n_batches: int = 100, seed: int = 13,
                       n_iters: int = 20, n_restarts: int = 1, n_samples: int = 100,
-                      exclude: Sequence[str] | None = None, chunk_size: int | None = None,
+                      exclude: Sequence[str] | None = None, chunk_size: int | None = None, ascent: str = "apgd",
                       device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                       progress: bool = False) -> list[Measurement]:
     """m-sharpness of every member of every run at every radius in ``rhos``, stored as rows.
@@ -457,11 +468,21 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     ``sharpness-error/...`` (the mean 0-1 error increase at the perturbed point; no stderr), plus
     the ensemble-mean rows of both. Defaults are SharpBalance's (worst, l2, adaptive, rho 0.5,
     m 5, 100 batches, seed 13, training split without augmentation).
+
+    ``ascent`` (worst case): ``"apgd"``, sharpdiv's ascent in the ball's own metric, or
+    ``"reference"``, the update of Andriushchenko et al.'s code (``reference_ascent=True``), which
+    every published sharpness value used; adaptive ℓ2 values differ between them (see
+    ``benchmarks/bench_ascent.py``), so reference rows carry the setting ``ascent=reference`` and
+    are never read as APGD's.
     """
     if kind not in ("worst", "average"):
         raise InputError(f"unknown --kind {kind!r}; choose worst or average")
     if norm not in ("l2", "linf"):
         raise InputError(f"unknown --norm {norm!r}; choose l2 or linf")
+    if ascent not in ASCENTS:
+        raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
+    if ascent == "reference" and kind != "worst":
+        raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
     rhos = _radii(rhos)
     m, n_batches = positive_int("--batch-size", m), positive_int("--n-batches", n_batches)
     n_iters, n_restarts = positive_int("--n-iters", n_iters), positive_int("--n-restarts", n_restarts)
@@ -478,7 +499,8 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
             select_parameters(run_folder.build_member_model(run.config), exclude=exclude)
         runs.append(run)
     return _measure([_Sharpness(run.path, run.members, _where(splits, run, split), run.images, kind, norm, adaptive,
-                                rhos, m, n_batches, seed, n_iters, n_restarts, n_draws, exclude, chunk_size, device)
+                                rhos, m, n_batches, seed, n_iters, n_restarts, n_draws, exclude, chunk_size, device,
+                                ascent)
                      for run in runs], device, dtype, progress)
 
 
@@ -500,6 +522,7 @@ class _Sharpness(_Study):
     exclude: tuple[str, ...]
     chunk_size: int | None
     device: torch.device | str
+    ascent: str = "apgd"
 
     def __post_init__(self):
         self.metric = f"sharpness/{self.kind}/{self.norm}/{'adaptive' if self.adaptive else 'standard'}"
@@ -511,7 +534,7 @@ class _Sharpness(_Study):
 
     def settings(self, rho: float) -> dict:
         return _sharpness_settings(self.kind, rho, self.m, self.n_batches, self.seed, self.n_iters, self.n_restarts,
-                                   self.n_draws, self.exclude)
+                                   self.n_draws, self.exclude, self.ascent)
 
     def tasks(self) -> list:
         return [(index, rho) for index in self.members for rho in self.rhos]
@@ -532,7 +555,8 @@ class _Sharpness(_Study):
         model, settings = models[index], self.settings(rho)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.seed)
         if self.kind == "worst":
-            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts}
+            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
+                                                                "reference_ascent": self.ascent == "reference"}
         else:
             measure, options = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
         try:
@@ -551,7 +575,8 @@ class _Sharpness(_Study):
                 for rho in self.rhos for metric, position in ((self.metric, 0), (self.error_metric, 2))]
 
     def summary(self, results: Mapping, missing: Sequence) -> list[str]:
-        lines = [f"{self.path.name}: {self.metric}, {self.where['dataset']} {self.where['split']}, "
+        shown = self.metric + (" (reference code's ascent)" if self.ascent == "reference" else "")
+        lines = [f"{self.path.name}: {shown}, {self.where['dataset']} {self.where['split']}, "
                  f"m={self.m} x {self.n_batches} batches, seed {self.seed}: "
                  f"{len(missing)} measured now, {len(results) - len(missing)} stored",
                  "  " + f"{'rho':<8}" + "".join(f"{f'member-{i}':>22}" for i in self.members)
@@ -612,7 +637,7 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
 
 @dataclass
 class _Hessian(_Study):
-    """Tasks ``(member, metric)``; results: the trace ``(value, stderr)``, the largest eigenvalue,
+    """Tasks ``(member, metric)``; results: the trace ``(value, stderr)``, the K largest eigenvalues,
     ``True`` for a stored density."""
 
     samples: _Samples
@@ -652,8 +677,9 @@ class _Hessian(_Study):
         index, metric = task
         rows = stored.get(f"member-{index}", metric, self.where, self.wanted[metric])
         if metric == "hessian/eigenvalue":
-            ranks = {int(axes["rank"]): value for axes, value, _ in reversed(rows)}  # the first rank-1 row
-            return ranks[1] if set(ranks) >= set(range(1, self.eigenvalues + 1)) else None
+            ranks = {int(axes["rank"]): value for axes, value, _ in reversed(rows)}  # the first row of each rank
+            wanted = range(1, self.eigenvalues + 1)
+            return tuple(ranks[rank] for rank in wanted) if set(ranks) >= set(wanted) else None
         if metric == "hessian/trace":
             return rows[-1][1:] if len(rows) == 1 else None
         return True if len(rows) == self.density_grid else None
@@ -672,7 +698,8 @@ class _Hessian(_Study):
             pairs = hessian.hessian_eigenvalues(model, LOSS, self.samples, k=self.eigenvalues,
                                                 n_iters=self.lanczos_steps, generator=generator)
             return [{**row, "value": float(value), "rank": rank, **self.where, **self.wanted[metric]}
-                    for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)], float(pairs.eigenvalues[0])
+                    for rank, value in enumerate(pairs.eigenvalues.tolist(), start=1)], \
+                tuple(float(value) for value in pairs.eigenvalues.tolist())
         spectrum = hessian.hessian_spectral_density(model, LOSS, self.samples, n_iters=self.lanczos_steps,
                                                     n_runs=self.density_runs, grid=self.density_grid,
                                                     generator=generator)
@@ -695,7 +722,9 @@ class _Hessian(_Study):
                 parts.append(f"trace {_format(*results[index, 'hessian/trace'])} "
                              f"({self.method}, {self.n_probes} probes)")
             if self.eigenvalues:
-                parts.append(f"largest eigenvalue {results[index, 'hessian/eigenvalue']:.4g}")
+                values = results[index, "hessian/eigenvalue"]
+                parts.append(f"{'largest eigenvalue' if len(values) == 1 else f'{len(values)} largest eigenvalues'} "
+                             + ", ".join(f"{value:.4g}" for value in values))
             if self.density:
                 parts.append("density stored")
             lines.append(f"  member-{index}: " + ", ".join(parts))
@@ -811,10 +840,43 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
                for module in model.modules())
 
 
+ALIGNMENTS = ("none", "weight", "activation")
+
+
+def _alignments(align: str | Sequence[str]) -> list[str]:
+    kinds = [align] if isinstance(align, str) else list(align)
+    kinds = [part.strip() for kind in kinds for part in str(kind).split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in ALIGNMENTS]
+    if unknown or not kinds:
+        raise InputError(f"--align {','.join(unknown) or repr(align)}: use none, weight or activation "
+                         "(a comma list such as weight,none measures each)")
+    return list(dict.fromkeys(kinds))
+
+
+class _AlignedMembers:
+    """Members permuted to match member ``reference`` (:mod:`landscape.alignment`), each aligned
+    on first use; the reference itself is returned unchanged."""
+
+    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches):
+        self.members, self.kind, self.reference, self.seed, self.batches = members, kind, reference, seed, batches
+        self.aligned: dict[int, torch.nn.Module] = {}
+
+    def __getitem__(self, index: int) -> torch.nn.Module:
+        if index == self.reference:
+            return self.members[index]
+        if index not in self.aligned:
+            reference, member = self.members[self.reference], self.members[index]
+            self.aligned[index] = (alignment.weight_matching(reference, member, seed=self.seed)
+                                   if self.kind == "weight" else
+                                   alignment.activation_matching(reference, member, self.batches))
+        return self.aligned[index]
+
+
 def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
                          split: str = "test", n_examples: int | None = None, alphas: int = 21, plane: bool = False,
                          grid: int = 21, bn_reset: bool = True, bn_examples: int = 2048, batch_size: int = 256,
-                         seed: int = 0, chunk_size: int = 8, device: torch.device | str = "cpu",
+                         seed: int = 0, chunk_size: int = 8, align: str | Sequence[str] = "none",
+                         device: torch.device | str = "cpu",
                          dtype: torch.dtype | None = None, progress: bool = False) -> list[Measurement]:
     """Linear paths and loss barriers between every pair of members, and optionally the loss plane
     through members 0, 1, 2 (:mod:`landscape.connectivity`), on the first ``n_examples`` samples of
@@ -824,11 +886,22 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
     and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
     ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (columns ``u``,
-    ``v``; scope ``ensemble``). BatchNorm statistics: with ``bn_reset`` every evaluated network gets
-    statistics recomputed from ``bn_examples`` training samples without augmentation (drawn with
-    ``seed``; ``bn_mode="reset"``), otherwise they are interpolated like the weights
+    ``v``; scope ``ensemble``; scope ``member-<i>`` at each member's own position). BatchNorm
+    statistics: with ``bn_reset`` every evaluated network gets statistics recomputed from
+    ``bn_examples`` training samples without augmentation (drawn with ``seed``; ``bn_mode="reset"``),
+    otherwise they are interpolated like the weights
     (``"interpolated"``); networks without BatchNorm give ``"none"``.
+
+    Alignment (``align``: ``none``, ``weight``, ``activation`` or a list of them, each measured):
+    every member is permuted to match member 0 (:mod:`landscape.alignment`; Git Re-Basin weight
+    matching with ``seed``, or activation matching on the BatchNorm samples of the training split)
+    before paths, barriers and the plane are measured. Aligned rows have the settings
+    ``alignment``, ``aligned_to`` (the reference member), ``reference_weights`` (the digest of its
+    weights file, so new reference weights make the pair rows stale) and ``align_seed`` (and
+    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
+    derived is refused before anything is measured.
     """
+    alignments = _alignments(align)
     alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
     batch_size, chunk_size = positive_int("--batch-size", batch_size), positive_int("--chunk-size", chunk_size)
     bn_examples = positive_int("--bn-examples", bn_examples, minimum=2)
@@ -838,13 +911,18 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     for run in _run_inputs(paths, dataset, split, splits):
         _check_member_count(run, plane)
         count = _example_count("--n-examples", n_examples, run.images)
-        has_batchnorm = _has_batchnorm(run_folder.build_member_model(run.config))
-        training = splits.get(run.label, "train", int(run.config["num_classes"])) if bn_reset and has_batchnorm \
-            else None
-        bn_mode = "reset" if training is not None else ("interpolated" if has_batchnorm else "none")
-        studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, training),
-                                     run.images, count, alphas, plane, grid, bn_mode, training, bn_examples,
-                                     batch_size, seed, chunk_size, device))
+        architecture = run_folder.build_member_model(run.config)
+        if alignments != ["none"]:
+            alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
+        has_batchnorm = _has_batchnorm(architecture)
+        bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
+        training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config)) \
+            if bn_mode == "reset" or "activation" in alignments else None
+        for kind in alignments:
+            read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads
+            studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, read),
+                                         run.images, count, alphas, plane, grid, bn_mode, read, bn_examples,
+                                         batch_size, seed, chunk_size, device, kind))
     return _measure(studies, device, dtype, progress)
 
 
@@ -859,7 +937,7 @@ def _check_member_count(run: _RunInput, plane: bool) -> None:
 
 def _connectivity_where(splits: _Splits, run: _RunInput, split: str, training) -> dict:
     where = _where(splits, run, split)
-    if training is not None:  # BatchNorm statistics come from training samples: their data counts too
+    if training is not None:  # BatchNorm statistics or activation matching read training samples: they count too
         where["data"] = hashlib.sha256(f"{where['data']}|{splits.digest(run.label, 'train')}".encode()).hexdigest()[:16]
     return where
 
@@ -880,16 +958,28 @@ class _Connectivity(_Study):
     seed: int
     chunk_size: int
     device: torch.device | str
+    alignment: str = "none"
     unit: ClassVar[str] = "path"
 
     def __post_init__(self):
         self.curve_settings = {"bn_mode": self.bn_mode, "n_examples": self.count}
-        self.bn_batches = None
+        self.bn_batches = self.align_batches = self.aligned = None
         if self.training is not None:
             bn_count = min(self.bn_examples, len(self.training))
-            self.curve_settings.update(bn_examples=bn_count, batch_size=self.batch_size, seed=self.seed)
-            self.bn_batches = _Samples(self.training, _permutation(len(self.training), self.seed)[:bn_count],
-                                       self.batch_size, self.device)
+            samples = _Samples(self.training, _permutation(len(self.training), self.seed)[:bn_count],
+                               self.batch_size, self.device)
+            if self.bn_mode == "reset":
+                self.curve_settings.update(bn_examples=bn_count, batch_size=self.batch_size, seed=self.seed)
+                self.bn_batches = samples
+            if self.alignment == "activation":
+                self.curve_settings.update(align_examples=bn_count)
+                self.align_batches = samples
+        if self.alignment != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
+            # (unaligned rows keep the settings they always had, so stored ones are still reused)
+            # an aligned pair's numbers depend on the reference's weights too, which its scope does not read
+            reference = run_folder.member_path(self.path, self.members[0])
+            self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed,
+                                       reference_weights=file_digest(reference))
         self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
         self.plane_settings = {**self.curve_settings, "grid": self.grid}
         self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
@@ -914,7 +1004,19 @@ class _Connectivity(_Study):
                   for metric in ("connectivity/loss", "connectivity/accuracy")]
         return tuple(ends) if None not in ends and all(curve >= grid_points for curve in curves) else None
 
+    def _members(self, models: _Members):
+        if self.alignment == "none":
+            return models
+        if self.aligned is None or self.aligned.members is not models:
+            models[self.members[0]]  # loads the members: their digests are those read
+            if models.weights[self.members[0]] != self.curve_settings["reference_weights"]:
+                raise InputError(f"{run_folder.member_path(self.path, self.members[0])} changed during the measurement "
+                                 "(the alignment's reference is not the one planned); no rows were stored: run it again")
+            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches)
+        return self.aligned
+
     def compute(self, models: _Members, task):
+        models = self._members(models)
         if task == "plane":
             return self._plane(models), True
         scope, curve_settings = self.name(task), self.curve_settings
@@ -942,13 +1044,20 @@ class _Connectivity(_Study):
                           "u": u, "v": v, **self.where, **self.plane_settings},
                          {"scope": "ensemble", "metric": "plane/accuracy", "value": float(surface.accuracy[a, b]),
                           "u": u, "v": v, **self.where, **self.plane_settings}]
+        # Where the members sit on the plane, so the figure can mark them (scope member-<i>).
+        for index, (u, v), loss, accuracy in zip(self.members[:3], surface.member_coordinates.tolist(),
+                                                 surface.member_loss.tolist(), surface.member_accuracy.tolist()):
+            rows += [{"scope": f"member-{index}", "metric": metric, "value": float(value), "u": u, "v": v,
+                      **self.where, **self.plane_settings}
+                     for metric, value in (("plane/loss", loss), ("plane/accuracy", accuracy))]
         return rows
 
     def summary(self, results: Mapping, missing: Sequence) -> list[str]:
         pairs = [task for task in results if task != "plane"]
         measured = [task for task in missing if task != "plane"]
         lines = [f"{self.path.name}: linear paths between members on {self.where['dataset']} {self.where['split']}, "
-                 f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}: "
+                 f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}, alignment {self.alignment}"
+                 + (f" (to member {self.members[0]})" if self.alignment != "none" else "") + ": "
                  f"{len(measured)} pairs measured now, {len(pairs) - len(measured)} stored",
                  f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
         lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}" for i, j in pairs]

@@ -14,12 +14,10 @@ same folder reuses everything, and an interrupted one continues where it stopped
 
 The report (``DIR/report``) is written by the CLI with :mod:`reports`, grouped by method.
 
-Budget. From measured step times on a 2-core CPU (about 0.09 s per SGD step and 0.18 s per SAM step
-for a batch of 128 at width 32 on an idle machine): the cost of an epoch of the small CNN is mostly
-per-step overhead, so the recipe uses width 8 and batches of 32 (four times the updates per epoch
-of batches of 128 for about the same cost; measured on this loaded machine with one thread, about
-3.3 s per SGD member-epoch at width 8 / batch 32 against 3.8 s at width 16 / batch 64, with the
-similar validation accuracy after 6 epochs: 0.67 and 0.70). 5 ensembles x 3 members x 8 epochs, four of them
+Budget. On a CPU the cost of an epoch of the small CNN is mostly per-step overhead, so the recipe
+uses width 8 and batches of 32: four times the updates per epoch of batches of 128 for about the
+same cost, at a similar validation accuracy (the step times behind this are in
+``benchmarks/README.md``, ``bench_train.py``). 5 ensembles x 3 members x 8 epochs, four of them
 sharpness-aware, fit in a few minutes on an idle machine; the measurements are sized to stay
 within a minute or two. The README records the measured time of the whole run.
 ``fast=True`` is the test suite's version: 2 radii, 2 members, 2 epochs with T_d = 1, 3 corruptions

@@ -8,8 +8,10 @@ that follow training and how the closing report groups the runs::
 
     [base]                           # TrainingSettings fields shared by every grid point
     dataset = "cifar10"
-    model = "resnet18"
+    model = "resnet18"               # or torchvision:<name>, timm:<name>, module.path:callable
     epochs = 200
+    [base.model_args]                # optional: the builder's keyword arguments (--model-arg)
+    [base.model_input]               # optional: size, mean, std the model applies itself
 
     [grid]                           # axes to cross (a list of values each)
     method = ["sgd", "sam", "sharpbalance"]
@@ -31,7 +33,7 @@ that follow training and how the closing report groups the runs::
 
 **Grid.** The jobs are the cross product of the axes, in file order (the last axis varies fastest).
 An axis that does not apply to a method (``rho`` for SGD; ``k``, ``td``, ``reference_compatible``
-and ``reselect_every`` outside SharpBalance; ``eta`` outside ASAM) is dropped from that job, and
+and ``reselect_every`` outside SharpBalance; ``eta`` and ``asam_scale`` outside ASAM) is dropped from that job, and
 jobs that then train the same ensemble are one job: crossing ``method = ["sgd", "sam"]`` with two
 radii gives three jobs, not four.
 
@@ -68,13 +70,20 @@ import math
 import os
 import re
 import socket
+import sys
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from landscape._checks import positive_int
 from landscape.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, released separately for Python 3.10 (setup.cfg requires it there)
+    import tomli
+    tomllib = tomli
 
 __all__ = [
     "AXES",
@@ -118,14 +127,14 @@ _NOT_IDENTITY = ("data_path", "score_chunk_size")
 #: How each axis is spelled in a folder name (value appended; booleans by their words).
 _SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
           "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
-          "momentum": "mom", "train_samples": "n"}
+          "momentum": "mom", "train_samples": "n", "asam_scale": "scale-"}
 _BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper"), "augment": ("aug", "noaug")}
 
 
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "train_samples", "augment")
+        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augment")
 
 
 #: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
@@ -162,15 +171,28 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
     """Per setting: the check every value must pass at parse time, and what it must be (for the
     message). Values reach folder names, so only these types are ever let through."""
     from ensembles.models.zoo import MODEL_NAMES
+    from ensembles.methods.sam import ASAM_SCALES
     from ensembles.training.trainer import METHODS, SCHEDULES
 
     def one_of(choices):
         return (lambda value: isinstance(value, str) and value in choices), f"one of {', '.join(choices)}"
 
     positive = (_whole(1), "a positive integer")
+    def model_name(value) -> bool:  # a zoo name, or torchvision:/timm:/module.path:callable
+        return isinstance(value, str) and (value in MODEL_NAMES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value)
+                                           is not None)
+
+    def table(keys=None):
+        return lambda value: isinstance(value, dict) and all(isinstance(k, str) and (keys is None or k in keys)
+                                                             for k in value)
+
     return {
-        "method": one_of(METHODS), "model": one_of(MODEL_NAMES), "schedule": one_of(SCHEDULES),
-        "keep": one_of(("best", "last")),
+        "method": one_of(METHODS), "schedule": one_of(SCHEDULES),
+        "model": (model_name, f"one of {', '.join(MODEL_NAMES)}, or torchvision:<name>, timm:<name> or "
+                              "module.path:callable"),
+        "model_args": (table(), "a table of the model builder's keyword arguments"),
+        "model_input": (table(("size", "mean", "std")), "a table with size, mean and std (any of them)"),
+        "keep": one_of(("best", "last")), "asam_scale": one_of(ASAM_SCALES),
         "dataset": (_dataset_name, "a dataset name (cifar10, cifar100, tinyimagenet, digits or folder:<path>)"),
         "rho": (_real(0), "a finite number >= 0"), "eta": (_real(0), "a finite number >= 0"),
         "k": (_real(0, above=True, high=1, high_open=False), "a fraction in (0, 1]"),
@@ -211,7 +233,7 @@ def applies(axis: str, method: str) -> bool:
     """Whether a setting changes the ensemble a method trains (REFERENCE.md §4)."""
     if axis == "rho":
         return method != "sgd"
-    if axis == "eta":
+    if axis in ("eta", "asam_scale"):
         return method == "asam"
     if axis in ("k", "td", "reselect_every", "reference_compatible"):
         return method == "sharpbalance"
@@ -478,7 +500,8 @@ def _identity(settings) -> tuple:
     for name in _NOT_IDENTITY:
         values.pop(name, None)
     return (settings.dataset, settings.model, settings.method, tuple(settings.seeds), settings.keep,
-            tuple(sorted((k, _text(v)) for k, v in values.items())))
+            tuple(sorted((k, _text(v)) for k, v in values.items())),
+            json.dumps(settings.model_args or {}, sort_keys=True))
 
 
 def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "") -> list[Job]:
@@ -579,7 +602,7 @@ def _training_state(path: Path, settings) -> str:
     """``new`` (no run folder), ``partial`` (members unfinished) or ``done``; a folder holding another
     ensemble than ``settings`` is an InputError."""
     from ensembles.runs import run_folder
-    from ensembles.training.trainer import settings_of_run
+    from ensembles.training.trainer import settings_of_run, with_resolved_input
 
     if not (path / run_folder.RUN_FILE).is_file():
         return "new"
@@ -587,13 +610,18 @@ def _training_state(path: Path, settings) -> str:
     if _identity(stored) != _identity(settings):
         differences = [name for name in settings.run_fields() if name not in _NOT_IDENTITY
                        and _text(stored.run_fields().get(name)) != _text(settings.run_fields().get(name))]
-        differences += [name for name in ("dataset", "model", "method", "seeds", "keep")
+        differences += [name for name in ("dataset", "model", "method", "seeds", "keep", "model_args")
                         if getattr(stored, name) != getattr(settings, name)]
         shown = ", ".join(f"{name} {_text(getattr(stored, name))} there vs {_text(getattr(settings, name))} here"
                           for name in differences)
         raise InputError(f"{path} holds another ensemble than the sweep asks for ({shown}); give the sweep "
                          "another --out or remove that folder")
     config = run_folder.read_config(path)
+    # what the sweep leaves out resolves to the library's default (none for the zoo), as train() does
+    asked = with_resolved_input(settings, int(config["num_classes"])).model_input
+    if json.dumps(stored.model_input, sort_keys=True) != json.dumps(asked, sort_keys=True):
+        raise InputError(f"{path} holds another ensemble than the sweep asks for (model_input {stored.model_input} "
+                         f"there vs {asked} here); give the sweep another --out or remove that folder")
     members = config.get("members", [])
     done = len(members) == len(settings.seeds) and all(m.get("status") == "done" for m in members)
     return "done" if done else "partial"
@@ -811,10 +839,8 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InputError(f"--jobs must be a positive integer, got {jobs!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InputError(f"--retries must be an integer >= 0, got {retries!r}")
+    positive_int("--jobs", jobs)
+    positive_int("--retries", retries, minimum=0)
     if not sweep.jobs:
         raise InputError(f"{sweep.source}: the grid has no jobs")
     root = Path(root)

@@ -24,9 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+import sys
 from typing import Literal
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
@@ -96,13 +98,14 @@ def _theorem_units(value_in_paper_units: float, setting: QuadraticSetting) -> Fr
 
 
 def theory_table(figure: str, *, quick: bool = False, seed: int = 0,
-                 setting: QuadraticSetting | None = None) -> pd.DataFrame:
+                 setting: QuadraticSetting | None = None, progress: bool = False) -> pd.DataFrame:
     """The points of a figure as a long table: one row per (panel, method, k, η, ρ, source, quantity).
 
     ``source`` is ``"theory"`` (quantities ``diversity``, ``sharpness_upper`` and, for Theorem 1,
     ``sharpness_lower`` and ``sharpness_lower_printed`` — the paper's printed Jensen-gap term) or
     ``"simulation"`` (``diversity`` and ``sharpness`` with their standard errors). All points of a
-    figure share one draw of data sets, teachers and initialisations (``seed``).
+    figure share one draw of data sets, teachers and initialisations (``seed``). ``progress`` shows a
+    bar over the points on stderr (the full figures take minutes).
     """
     title, panels = _panels(figure, quick)
     if setting is None:
@@ -114,32 +117,32 @@ def theory_table(figure: str, *, quick: bool = False, seed: int = 0,
                "init_std": setting.init_std, "teacher_norm": setting.teacher_norm,
                "sharpness_radius": setting.sharpness_radius, "seed": seed}
     rows = []
-    for panel in panels:
-        for method in panel.methods:
-            for iterations, eta_paper, rho_paper in panel.points:
-                eta, rho = _theorem_units(eta_paper, setting), _theorem_units(rho_paper, setting)
-                point = {**context, "panel": panel.title, "along": panel.along, "method": method,
-                         "theorem": THEOREMS[method], "iterations": iterations, "eta_paper": eta_paper,
-                         "rho_paper": rho_paper, "eta": float(eta), "rho": float(rho)}
-                if method == "sam":
-                    prediction = theorem_1(setting, iterations=iterations, eta=eta, rho=rho)
-                    printed = theorem_1(setting, iterations=iterations, eta=eta, rho=rho, jensen_gap="printed")
-                    theory = {"diversity": prediction.diversity, "sharpness_upper": prediction.sharpness_upper,
-                              "sharpness_lower": prediction.sharpness_lower,
-                              "sharpness_lower_printed": printed.sharpness_lower}
-                else:
-                    prediction = theorem_2(setting, iterations=iterations, eta=eta, rho=rho)
-                    theory = {"diversity": prediction.diversity, "sharpness_upper": prediction.sharpness_upper}
-                for quantity, value in theory.items():
-                    if value is None:  # no lower bound when n_tr < d_in
-                        continue
-                    rows.append({**point, "source": "theory", "quantity": quantity, "value": value,
-                                 "standard_error": float("nan")})
-                simulated = simulate_tradeoff(problems, iterations=iterations, eta=eta, rho=rho, method=method)
-                rows.append({**point, "source": "simulation", "quantity": "diversity",
-                             "value": simulated.diversity, "standard_error": simulated.diversity_standard_error})
-                rows.append({**point, "source": "simulation", "quantity": "sharpness",
-                             "value": simulated.sharpness, "standard_error": simulated.sharpness_standard_error})
+    points = [(panel, method, point) for panel in panels for method in panel.methods for point in panel.points]
+    for panel, method, (iterations, eta_paper, rho_paper) in tqdm(points, desc=f"figure {figure}", unit="point",
+                                                                  file=sys.stderr, disable=not progress):
+        eta, rho = _theorem_units(eta_paper, setting), _theorem_units(rho_paper, setting)
+        point = {**context, "panel": panel.title, "along": panel.along, "method": method,
+                 "theorem": THEOREMS[method], "iterations": iterations, "eta_paper": eta_paper,
+                 "rho_paper": rho_paper, "eta": float(eta), "rho": float(rho)}
+        if method == "sam":
+            prediction = theorem_1(setting, iterations=iterations, eta=eta, rho=rho)
+            printed = theorem_1(setting, iterations=iterations, eta=eta, rho=rho, jensen_gap="printed")
+            theory = {"diversity": prediction.diversity, "sharpness_upper": prediction.sharpness_upper,
+                      "sharpness_lower": prediction.sharpness_lower,
+                      "sharpness_lower_printed": printed.sharpness_lower}
+        else:
+            prediction = theorem_2(setting, iterations=iterations, eta=eta, rho=rho)
+            theory = {"diversity": prediction.diversity, "sharpness_upper": prediction.sharpness_upper}
+        for quantity, value in theory.items():
+            if value is None:  # no lower bound when n_tr < d_in
+                continue
+            rows.append({**point, "source": "theory", "quantity": quantity, "value": value,
+                         "standard_error": float("nan")})
+        simulated = simulate_tradeoff(problems, iterations=iterations, eta=eta, rho=rho, method=method)
+        rows.append({**point, "source": "simulation", "quantity": "diversity",
+                     "value": simulated.diversity, "standard_error": simulated.diversity_standard_error})
+        rows.append({**point, "source": "simulation", "quantity": "sharpness",
+                     "value": simulated.sharpness, "standard_error": simulated.sharpness_standard_error})
     table = pd.DataFrame(rows)
     table.attrs["title"] = title
     return table
@@ -161,7 +164,7 @@ def theory_table_path(figure: str, out_dir) -> Path:
 
 
 def write_theory_table(figure: Literal["1b", "2", "9", "10", "11"], out_dir, quick: bool = False,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, progress: bool = False) -> Path:
     """Simulate one figure and store its :func:`theory_table` as a CSV (atomically); returns its path.
 
     ``quick=True`` uses :func:`quick_setting` and shorter sweeps: seconds instead of minutes.
@@ -170,7 +173,7 @@ def write_theory_table(figure: Literal["1b", "2", "9", "10", "11"], out_dir, qui
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a folder; pass a folder for the figures")
-    table = theory_table(figure, quick=quick, seed=seed)
+    table = theory_table(figure, quick=quick, seed=seed, progress=progress)
     csv = theory_table_path(figure, out_dir)
     with atomic_path(csv) as temporary:
         table.to_csv(temporary, index=False)

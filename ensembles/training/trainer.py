@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -55,11 +55,14 @@ import torch
 import torch.nn.functional as F
 
 from ensembles.models import pruning, zoo
+from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
-from ensembles.methods.sam import SAM
+from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
+                                       save_member)
+from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
+from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -80,6 +83,8 @@ DEFAULT_RHO = 0.2
 DEFAULT_K = 0.4
 #: ASAM's η in ``T = |θ| + η`` when not given (Kwon et al. 2021).
 DEFAULT_ETA = 0.01
+#: Which parameters ASAM scales when not given: official ASAM's "weight"-named ones only.
+DEFAULT_ASAM_SCALE = "weights"
 SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
@@ -95,8 +100,10 @@ class TrainingSettings:
     """Everything that defines a trained ensemble; stored flat in run.json.
 
     ``k``, ``td``, ``reselect_every`` and ``reference_compatible`` concern SharpBalance only,
-    ``rho`` every SAM method and ``eta`` ASAM (its ``T = |θ| + η``). Left at None, ``rho`` is 0.2
-    for the SAM methods and 0 for SGD, ``eta`` 0.01 for ASAM, ``k`` 0.4 and ``td`` half the epochs
+    ``rho`` every SAM method, ``eta`` and ``asam_scale`` ASAM (its ``T = |θ| + η`` on the parameters
+    named "weight" when "weights", the official rule, or on all of them when "all"; see
+    :mod:`ensembles.methods.sam`). Left at None, ``rho`` is 0.2 for the SAM methods and 0 for SGD,
+    ``eta`` 0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs
     for SharpBalance (None for the other methods); giving one to a method that does not use it is
     an InputError, never silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
     ``prune_epoch`` is the dense warm-up before pruning to
@@ -126,13 +133,24 @@ class TrainingSettings:
     reference_compatible: bool = False
     keep: str = "best"
     eta: float | None = None
+    asam_scale: str | None = None
     data_path: str | None = None
     train_samples: int | None = None
     score_chunk_size: int = 128
+    #: keyword arguments of the model's builder besides width (``--model-arg KEY=VALUE``)
+    model_args: dict | None = None
+    #: the model's own input size and normalization, ``{"size", "mean", "std"}`` (any may be None;
+    #: :func:`ensembles.models.inputs.resolve_input`); train() fills in the library's defaults
+    model_input: dict | None = None
     augment: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("model_args", "model_input"):  # {} and None say the same: keep one spelling for resume
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"{name} must be a dict or None, got {type(value).__name__}")
+            object.__setattr__(self, name, dict(value) if value else None)
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
         _refuse_settings_the_method_ignores(self)
@@ -140,6 +158,8 @@ class TrainingSettings:
             object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
         if self.method == "asam" and self.eta is None:
             object.__setattr__(self, "eta", DEFAULT_ETA)
+        if self.method == "asam" and self.asam_scale is None:
+            object.__setattr__(self, "asam_scale", DEFAULT_ASAM_SCALE)
         if self.method == "sharpbalance":
             if self.k is None:
                 object.__setattr__(self, "k", DEFAULT_K)
@@ -154,7 +174,7 @@ class TrainingSettings:
     def run_fields(self) -> dict:
         """The flat hyper-parameters for run.json (fields that do not apply are None)."""
         values = asdict(self)
-        for name in ("dataset", "model", "method", "seeds", "keep"):
+        for name in ("dataset", "model", "method", "seeds", "keep", "model_args", "model_input"):
             values.pop(name)
         if self.method == "sgd":
             values["rho"] = 0.0
@@ -171,6 +191,9 @@ def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
     if method in METHODS and method != "asam" and settings.eta is not None:
         raise InputError(f"--eta {settings.eta} has no effect with --method {method} (ASAM only, its T = |θ| + η); "
                          "drop it or use --method asam")
+    if method in METHODS and method != "asam" and settings.asam_scale is not None:
+        raise InputError(f"--asam-scale {settings.asam_scale} has no effect with --method {method} (ASAM only); "
+                         "drop it or use --method asam")
     if method in ("sgd", "sam", "asam"):
         given = [(flag, value) for flag, value in (("--k", settings.k), ("--td", settings.td),
                                                     ("--reselect-every", settings.reselect_every))
@@ -184,11 +207,6 @@ def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
 
 
 def _validate(settings: TrainingSettings) -> None:
-    def positive_int(name):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-
     if settings.method not in METHODS:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
@@ -198,9 +216,8 @@ def _validate(settings: TrainingSettings) -> None:
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
-        positive_int(name)
-    if settings.train_samples is not None:
-        positive_int("train_samples")
+        positive_int(name, getattr(settings, name))
+    positive_int("train_samples", settings.train_samples, optional=True)
     if not settings.seeds:
         raise InputError("no seeds: give one seed per member, e.g. --seeds 13,17,27")
     outside = [seed for seed in settings.seeds if not 0 <= seed <= MAX_SEED]
@@ -216,6 +233,9 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"rho must be >= 0, got {settings.rho!r}")
     if settings.method == "asam" and not settings.eta >= 0:
         raise InputError(f"eta must be >= 0, got {settings.eta!r}")
+    if settings.method == "asam" and settings.asam_scale not in ASAM_SCALES:
+        raise InputError(f"unknown asam_scale {settings.asam_scale!r}; choose one of {', '.join(ASAM_SCALES)} "
+                         "(weights: official ASAM, biases and batch-norm shifts unscaled)")
     if not settings.lr > 0 or not settings.momentum >= 0 or not settings.weight_decay >= 0:
         raise InputError("lr must be > 0, momentum and weight decay >= 0")
     if not 0 <= settings.sparsity < 1:
@@ -227,13 +247,12 @@ def _validate(settings: TrainingSettings) -> None:
             raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
         if not 0 < settings.k <= 1:
             raise InputError(f"k is a fraction of the training set in (0, 1], got {settings.k!r}")
-        if isinstance(settings.td, bool) or not isinstance(settings.td, (int, np.integer)) or settings.td < 1:
-            raise InputError(f"td (T_d, the epoch of the first selection) must be a positive integer, got {settings.td!r}")
+        positive_int("td (T_d, the epoch of the first selection)", settings.td)
         if settings.td >= settings.epochs:
             raise InputError(f"td = {settings.td} >= epochs = {settings.epochs}: the sets would never be used and this "
                              "would be plain SAM; choose td < epochs (the paper uses td = epochs / 2), or --method sam")
         if settings.reselect_every is not None:
-            positive_int("reselect_every")
+            positive_int("reselect_every", settings.reselect_every)
             if settings.reference_compatible:
                 raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
 
@@ -273,13 +292,15 @@ class _Member:
         self.index, self.seed, self.settings, self.device = index, seed, settings, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = zoo.build(settings.model, num_classes, **_model_args(settings))
+            self.model = zoo.build(settings.model, num_classes, model_input=settings.model_input,
+                                   **_model_args(settings))
         self.model.to(device)
         base = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
         rho = settings.rho if settings.sharpness_aware else 0.0
         if settings.method == "asam":
-            self.optimizer = SAM(base, rho=rho, adaptive=True, eta=settings.eta)
+            self.optimizer = SAM(base, rho=rho, adaptive=True, eta=settings.eta,
+                                 scaled=asam_scaled_parameters(self.model, settings.asam_scale))
         else:
             self.optimizer = SAM(base, rho=rho)
         order_seed, augmentation_seed = _stream_seeds(seed)
@@ -421,7 +442,11 @@ def _finite_weights(model: torch.nn.Module) -> bool:
 
 
 def _model_args(settings: TrainingSettings) -> dict:
-    return {} if settings.width is None else {"width": settings.width}
+    extra = dict(settings.model_args or {})
+    if settings.width is not None and "width" in extra:
+        raise InputError(f"the width is given twice (--width {settings.width} and --model-arg width={extra['width']}); "
+                         "give it once")
+    return extra if settings.width is None else {**extra, "width": settings.width}
 
 
 def _to_cpu(value, clone: bool = False):
@@ -439,12 +464,10 @@ def _to_cpu(value, clone: bool = False):
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
     """Top-1 accuracy in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for inputs, targets in batches(dataset, batch_size, device=device):
-        correct += (model(inputs).argmax(1) == targets).sum()
-    model.train(was_training)
+    with evaluation_mode(model):
+        for inputs, targets in batches(dataset, batch_size, device=device):
+            correct += (model(inputs).argmax(1) == targets).sum()
     return int(correct) / len(dataset)
 
 
@@ -468,7 +491,9 @@ def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
 
 def _load_data(settings: TrainingSettings) -> _Data:
     def split(name, augment=False):
-        return load_dataset(settings.dataset, settings.data_path, name, augment=augment)
+        # [0, 1] pixels for a model that normalises its inputs itself: normalised exactly once
+        return load_dataset(settings.dataset, settings.data_path, name, augment=augment,
+                            normalize=not normalizes(settings.model_input))
 
     train = first_samples(split("train", augment=settings.augment), settings.train_samples)
     val = split("val")
@@ -541,7 +566,7 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
     members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
     for member in members:
         member.load(run_path)
-    bars = [_progress_bar(member, settings, progress) for member in members]
+    bars = {}  # a member's bar appears when it starts training, so its clock and ETA are its own
     boundaries = selection_epochs(settings)
     sets, start = None, 0
     for end in [*boundaries, settings.epochs]:
@@ -549,7 +574,12 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
             if sets is None:
                 break
-        for member, bar in zip(members, bars):
+        for member in members:
+            if member.epoch < end and member.diverged_epoch is None:
+                if member.index not in bars:
+                    bars[member.index] = _progress_bar(member, settings, progress)
+                bar = bars[member.index]
+                bar.unpause()  # the time spent on the other members is not this member's
             while member.epoch < end and member.diverged_epoch is None:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
@@ -558,8 +588,9 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
                 if callback is not None:
                     callback({"event": "epoch", "member": member.index, "epoch": member.epoch})
         start = end
-    for member, bar in zip(members, bars):
-        bar.close()
+    for member in members:
+        if bars.get(member.index) is not None:
+            bars[member.index].close()
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
         elif member.epoch >= settings.epochs:
@@ -641,9 +672,7 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
 
 def _processes(settings: TrainingSettings, members_parallel: int | None, callback) -> int:
     """How many processes train, checked before anything is written."""
-    world = 1 if not members_parallel else members_parallel
-    if isinstance(world, bool) or not isinstance(world, (int, np.integer)) or world < 1:
-        raise InputError(f"members_parallel must be a positive integer, got {members_parallel!r}")
+    world = positive_int("members_parallel", 1 if not members_parallel else members_parallel)
     if world > len(settings.seeds):
         raise InputError(f"members_parallel = {world} but the ensemble has {len(settings.seeds)} members; "
                          "use at most one process per member")
@@ -674,6 +703,8 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
         return  # an older run: its run.json is the record
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
+    if isinstance(stored, dict):
+        stored = {**stored, **legacy_asam_scale(stored)}
     ours = _settings_record(settings)
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
@@ -743,17 +774,26 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     if (out / RUN_FILE).exists():
         raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
     require_writable_folder(out, force)
-    _require_own_training_state(out, settings, recorded=True)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
-    with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
-        zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
+    settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
+    _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
     # The thread count changes how CPU kernels split their sums, so resuming bit for bit needs it again.
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
-               model_args=_model_args(settings), method=settings.method, seeds=settings.seeds, keep=settings.keep,
+               model_args=_model_args(settings), model_input=settings.model_input, method=settings.method,
+               seeds=settings.seeds, keep=settings.keep,
                **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
+    """``settings`` with ``model_input`` as run.json records it: the values given, and the model
+    library's defaults (timm's data config) for the rest. Builds the model once, without touching
+    the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        model = zoo.build(settings.model, num_classes, **_model_args(settings))
+    return replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
 
 
 def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
@@ -764,6 +804,8 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
         raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
+    values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
+    values.update(legacy_asam_scale(config))
     return TrainingSettings(**values)
 
 
@@ -791,8 +833,7 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
 
     config = read_config(run_path)
     stored_threads, stored_device = config.get("threads"), config.get("device")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    positive_int("threads", threads, optional=True)
     if threads is None and stored_threads is not None:
         threads = int(stored_threads)
         tell(f"resuming with {threads} torch thread{'s' if threads != 1 else ''}, as {run_path} was trained "
