@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from landscape.errors import InputError
-from reports.collect import CURVATURE_METRICS, RUN_PREFIX, per_run
+from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, per_run
 
 __all__ = ["CorrelationSection", "MIN_MODELS", "TARGETS", "Zoo", "correlation_axes", "kendall_tau_b", "plot_correlations", "rank_correlations",
            "check_target", "reading", "write_correlations", "zoo_measures", "zoo_points"]
@@ -242,7 +242,8 @@ def zoo_measures(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Every stored sharpness definition and per-member curvature, as ``name -> its rows``.
 
     A sharpness definition is the metric, the radius and m (the batch each perturbation sees):
-    ``sharpness/worst/l2/adaptive@0.5 m=128``. Curvature metrics (``hessian/trace``) keep their name.
+    ``sharpness/worst/l2/adaptive@0.5 m=128`` (``@0.5:reference m=128`` for rows measured with the
+    reference code's ascent). Curvature metrics (``hessian/trace``) keep their name.
     """
     if results.empty or "metric" not in results:
         return {}
@@ -251,8 +252,11 @@ def zoo_measures(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if not rows.empty:
         m = rows["m"] if "m" in rows else pd.Series(np.nan, index=rows.index)
         keys = pd.DataFrame({"metric": rows["metric"], "rho": rows["rho"].astype(float), "m": m}, index=rows.index)
-        for (metric, rho, batch), chosen in rows.groupby([keys["metric"], keys["rho"], keys["m"].fillna(-1)], sort=True):
-            name = f"{metric}@{rho:g}" + ("" if batch == -1 else f" m={int(batch)}")
+        ascent = ascent_of(rows)  # sharpdiv's APGD and the reference code's ascent are two definitions
+        for (metric, rho, batch, how), chosen in rows.groupby([keys["metric"], keys["rho"], keys["m"].fillna(-1),
+                                                               ascent], sort=True):
+            name = (f"{metric}@{rho:g}" + ("" if how == "apgd" else f":{how}")
+                    + ("" if batch == -1 else f" m={int(batch)}"))
             found[name] = chosen
     for metric in CURVATURE_METRICS:
         chosen = results[results["metric"] == metric]
@@ -356,11 +360,13 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
 
 def _short(measure: str) -> str:
     """``worst ℓ2 adaptive ρ=0.5 m=128`` for ``sharpness/worst/l2/adaptive@0.5 m=128``."""
-    match = re.fullmatch(r"sharpness/(worst|average)/(l2|linf)/(adaptive|standard)@(\S+)(?: m=(\d+))?", measure)
+    match = re.fullmatch(r"sharpness/(worst|average)/(l2|linf)/(adaptive|standard)@([^\s:]+)(?::(\w+))?(?: m=(\d+))?",
+                         measure)
     if not match:
         return measure
-    kind, norm, scaling, rho, m = match.groups()
-    return f"{kind} {'ℓ2' if norm == 'l2' else 'ℓ∞'} {scaling} ρ={rho}" + (f" m={m}" if m else "")
+    kind, norm, scaling, rho, ascent, m = match.groups()
+    return (f"{kind} {'ℓ2' if norm == 'l2' else 'ℓ∞'} {scaling} ρ={rho}" + (f" ({ascent} ascent)" if ascent else "")
+            + (f" m={m}" if m else ""))
 
 
 def _title(row: pd.Series) -> str:

@@ -238,3 +238,16 @@ def test_an_unknown_correlation_target_is_one_line_and_writes_nothing(tmp_path):
     result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out), "--correlate-with", "accuracy"])
     assert result.exit_code == 2 and "--correlate-with 'accuracy'" in result.output
     assert not out.exists()
+
+
+def test_rows_of_the_reference_ascent_are_a_definition_of_their_own(tmp_path):
+    from reports.correlation import _short, zoo_measures
+
+    path = _zoo(tmp_path)[0]
+    rows = [{"scope": "member-0", "metric": "sharpness/worst/l2/adaptive", "value": 9.0, "dataset": "cifar10",
+             "split": "train", "rho": 0.5, "m": 128, "n_batches": 4, "seed": 13, "ascent": "reference"}]
+    run_folder.append_results(path, rows)
+    measures = zoo_measures(collect([path]))
+    assert measures["sharpness/worst/l2/adaptive@0.5:reference m=128"]["value"].tolist() == [9.0]
+    assert 9.0 not in measures["sharpness/worst/l2/adaptive@0.5 m=128"]["value"].tolist()
+    assert _short("sharpness/worst/l2/adaptive@0.5:reference m=128") == "worst ℓ2 adaptive ρ=0.5 (reference ascent) m=128"
