@@ -261,6 +261,18 @@ def data_normalized(config: Mapping) -> bool:
     return not normalizes(config.get("model_input"))
 
 
+def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | None, str | None]:
+    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
+    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
+    own dataset is read; else None (the default root), with a note when the recorded one is gone."""
+    recorded = config.get("data_path")
+    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
+        return root, None
+    if Path(recorded).is_dir():
+        return recorded, None
+    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
+
+
 def build_member_model(config: Mapping) -> torch.nn.Module:
     from ensembles.models import zoo
 

@@ -429,25 +429,13 @@ class _Plan:
     root: str | None = None  # the data root this run is evaluated on
 
 
-def _data_root(config: dict, root, dataset: str | None) -> tuple[str | None, str | None]:
-    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
-    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
-    own dataset is evaluated; else None (the default root), with a note when the recorded one is gone."""
-    recorded = config.get("data_path")
-    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
-        return root, None
-    if Path(recorded).is_dir():
-        return recorded, None
-    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
-
-
 def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEAN_SPLITS) -> _Plan:
     config = run_folder.read_config(path)
     members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset or config["dataset"]
-    root, root_note = _data_root(config, root, dataset)
+    root, root_note = run_folder.data_root(config, root, dataset)
     slices = evaluation_slices(label, root, corruptions, severities, splits)
     note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
     notes = tuple(text for text in (root_note, note) if text)
