@@ -388,7 +388,8 @@ def markdown(text: pd.DataFrame, title: str = "") -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "−": "$-$", "—": "---", "β": r"$\beta$", "²": r"$^2$", "ρ": r"$\rho$"}
+                  "±": r"$\pm$", "−": "$-$", "—": "---", "β": r"$\beta$", "²": r"$^2$", "ρ": r"$\rho$",
+                  "τ": r"$\tau$", "ψ": r"$\psi$", "ℓ": r"$\ell$", "∞": r"$\infty$"}
 
 
 def latex_escape(value) -> str:

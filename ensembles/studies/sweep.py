@@ -128,13 +128,13 @@ _NOT_IDENTITY = ("data_path", "score_chunk_size")
 _SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
           "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
           "momentum": "mom", "train_samples": "n", "asam_scale": "scale-"}
-_BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
+_BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper"), "augment": ("aug", "noaug")}
 
 
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input")
+        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augment")
 
 
 #: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
@@ -203,6 +203,7 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
         "reselect_every": positive, "train_samples": positive,
         "prune_epoch": (_whole(0), "an integer >= 0"),
         "reference_compatible": (lambda value: isinstance(value, bool), "true or false"),
+        "augment": (lambda value: isinstance(value, bool), "true or false"),
         "seeds": (lambda value: isinstance(value, (list, tuple)) and bool(value)
                   and all(_whole(0)(seed) and seed < _SEED_LIMIT for seed in value),
                   f"a list of integer seeds in 0..{_SEED_LIMIT - 1}, one per member"),

@@ -109,7 +109,8 @@ class TrainingSettings:
     ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
-    per-sample gradients exist at once while scoring.
+    per-sample gradients exist at once while scoring. ``augment=False`` trains without the random
+    crops and flips (run.json records it; folders from before it existed were augmented).
     """
 
     dataset: str
@@ -141,6 +142,7 @@ class TrainingSettings:
     #: the model's own input size and normalization, ``{"size", "mean", "std"}`` (any may be None;
     #: :func:`ensembles.models.inputs.resolve_input`); train() fills in the library's defaults
     model_input: dict | None = None
+    augment: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -209,6 +211,8 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not isinstance(settings.augment, (bool, np.bool_)):
+        raise InputError(f"augment must be true or false, got {settings.augment!r}")
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
@@ -491,7 +495,7 @@ def _load_data(settings: TrainingSettings) -> _Data:
         return load_dataset(settings.dataset, settings.data_path, name, augment=augment,
                             normalize=not normalizes(settings.model_input))
 
-    train = first_samples(split("train", augment=True), settings.train_samples)
+    train = first_samples(split("train", augment=settings.augment), settings.train_samples)
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
