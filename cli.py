@@ -385,9 +385,12 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
               help="Which stored ensemble rows to read.")
+@click.option("--correlate-with", default="test_error", show_default=True, metavar="TARGET",
+              help="Target of the correlation figure: test_error, generalization_gap, ood_error, ood_error/s<k>, "
+                   "test_nll or ece.")
 @click.option("--force", is_flag=True,
               help="Write into --out even if it holds files sharpdiv did not write (same-named ones are replaced).")
-def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine, force):
+def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine, correlate_with, force):
     """Tables, trade-off figures with β and an index.html from the stored results of RUNS.
 
     Reads only what other commands stored; names each missing measurement with the command that
@@ -396,7 +399,8 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
     from reports.site import write_report
 
     report = write_report(runs, out, sharpness=sharpness, diversity=diversity, diversity_on=diversity_on,
-                          group_by=group_by, baseline=baseline, combine=combine, force=force)
+                          group_by=group_by, baseline=baseline, combine=combine, force=force,
+                          correlate_with=correlate_with)
     for note in report.notes:
         click.echo(f"sharpdiv: note: {note}", err=True)
     tables = len({path.stem.removesuffix("-runs") for path in report.tables})
@@ -416,8 +420,11 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
               help="Ensemble prediction: mean probabilities, mean logits, or majority vote.")
 @click.option("--n-bins", type=click.IntRange(min=1), default=15, show_default=True, help="Confidence bins of ECE.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--splits", default="val,test", show_default=True,
+              help="Clean splits to evaluate; add train (without augmentation) for the generalization gap.")
 @device_options
-def evaluate_command(runs, dataset, data_path, corruptions, severities, combine, n_bins, batch_size, device, threads):
+def evaluate_command(runs, dataset, data_path, corruptions, severities, combine, n_bins, batch_size, splits, device,
+                     threads):
     """Accuracy, calibration, diversity and ensemble gains of each RUN on every data slice.
 
     Slices: val, clean test, and each corruption x severity of the -C data. Member logits are
@@ -429,7 +436,8 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 
     chosen = resolve_device(device, threads)
     evaluations = evaluate_runs(runs, dataset=dataset, root=data_path, corruptions=corruptions, severities=severities,
-                                combine=combine, n_bins=n_bins, batch_size=batch_size, device=chosen, progress=True)
+                                combine=combine, n_bins=n_bins, batch_size=batch_size, device=chosen, progress=True,
+                                splits=splits)
     # Notes (e.g. no -C folder for --corruptions all) also go to stderr, once each, so a script sees them.
     for note in dict.fromkeys(note for evaluation in evaluations for note in evaluation.notes):
         click.echo(f"sharpdiv: note: {note}", err=True)

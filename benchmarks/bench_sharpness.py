@@ -143,14 +143,20 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def compare_chunks(name, options, m, n_batches, chunks, n_iters, repeats):
-    """Wall seconds per ascent step of the loop, the default chunking and each chunk size, interleaved."""
+def warmed_up_case(name, options, m, n_batches):
+    """The case's model (seeded) and its random batches, after one warm-up ascent."""
     torch.manual_seed(0)
     model = build(name, 10, **options)
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
                for _ in range(n_batches)]
-    sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
+    sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)
+    return model, batches
+
+
+def compare_chunks(name, options, m, n_batches, chunks, n_iters, repeats):
+    """Wall seconds per ascent step of the loop, the default chunking and each chunk size, interleaved."""
+    model, batches = warmed_up_case(name, options, m, n_batches)
     variants = {"loop": lambda: loop_worst_case(model, batches, n_iters, Counter()),
                 "default": lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, RHO,
                                                                   n_iters=n_iters)}
@@ -205,12 +211,7 @@ def main():
     print(header)
     print("-" * len(header))
     for name, options, m, n_batches in cases:
-        torch.manual_seed(0)
-        model = build(name, 10, **options)
-        generator = torch.Generator().manual_seed(1)
-        batches = [(torch.randn(m, 3, 32, 32, generator=generator), torch.randint(0, 10, (m,), generator=generator))
-                   for _ in range(n_batches)]
-        sharpness.worst_case_sharpness(model, F.cross_entropy, batches[:2], RHO, n_iters=1)  # warm up
+        model, batches = warmed_up_case(name, options, m, n_batches)
 
         loop_counter, vector_counter = Counter(), Counter()
         runs = {"loop": [], "all": [], "one": [], "bound": []}

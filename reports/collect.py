@@ -59,6 +59,7 @@ __all__ = [
     "group_order",
     "missing_measurements",
     "mixed_settings",
+    "partial_corruptions",
     "per_corruption",
     "per_run",
     "run_table",
@@ -95,6 +96,7 @@ def _text(value):
 
 
 def _settings(config: dict) -> dict:
+    config = {**config, **run_folder.legacy_asam_scale(config)}
     flat = {key: _text(value) for key, value in config.items() if key not in _NOT_SETTINGS}
     for key, value in (config.get("model_args") or {}).items():
         flat.setdefault(key, _text(value))  # a top-level field wins over the model's argument
@@ -523,7 +525,18 @@ def _rows_of_spec(results: pd.DataFrame, spec: SharpnessSpec) -> pd.DataFrame | 
             return None
         rows = rows[np.isclose(rows["rho"].astype(float), spec.rho, rtol=1e-9, atol=0)]
         rows = rows[ascent_of(rows) == spec.ascent]
-    return rows
+    return _newest_slice(rows)
+
+
+def _newest_slice(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run, only the rows on the data slice of its newest row: a run measured on its training
+    split and later on its test split has two numbers of two data sets, never their mean."""
+    if rows.empty:
+        return rows
+    rows = rows.sort_values("created", kind="stable")
+    columns = [c for c in _SLICE if c in rows]
+    key = pd.Series(list(zip(*_filled(rows, columns))), index=rows.index) if columns else pd.Series("", index=rows.index)
+    return rows[key == key.groupby(rows["path"]).transform("last")]
 
 
 def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
@@ -553,7 +566,12 @@ def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec
         if rows is None or rows.empty:
             continue
         rows = _newest_settings(rows, ["path", "scope"])
-        used = rows.groupby("path")["settings"].agg(lambda texts: sorted(set(texts)))
+        # the data slice counts as a setting here: a group measured on different splits mixes them too
+        columns = [c for c in _SLICE if c in rows]
+        slices = ([{c: v for c, v in zip(columns, values) if v != ""} for values in zip(*_filled(rows, columns))]
+                  if columns else [{}] * len(rows))
+        texts = [json.dumps({**json.loads(text), **where}, sort_keys=True) for text, where in zip(rows["settings"], slices)]
+        used = pd.Series(texts, index=rows.index).groupby(rows["path"]).agg(lambda texts: sorted(set(texts)))
         for group in group_order(groups.reindex(used.index).dropna()):
             settings = [json.loads(text) for path in used.index if groups.get(path) == group for text in used[path]]
             differing = sorted(key for key in set().union(*settings) - _NOT_BUDGETS
@@ -563,6 +581,28 @@ def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec
                                    for key in differing)
                 notes.append(f"group {group}: its runs measured {read} with different settings ({values}); "
                              "the group's mean and β mix them: measure every run with the same settings")
+    return notes
+
+
+def partial_corruptions(results: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
+    """A note for each run whose corrupted-data rows cover fewer (corruption, severity) slices than
+    another run on the same dataset has: its OOD and per-severity means are over a subset of them,
+    so they are not the same quantity as the others' (evaluate it with the same --corruptions)."""
+    rows = results[results["corruption"].notna()] if "corruption" in results else results.iloc[0:0]
+    rows = rows[(rows["metric"] == "accuracy") & (rows["scope"] == "ensemble")] if not rows.empty else rows
+    if rows.empty:
+        return []
+    dataset, corruption, severity = _filled(rows, ["dataset", "corruption", "severity"])
+    slices = pd.Series(list(zip(corruption, severity.astype(str))), index=rows.index)
+    held = slices.groupby([rows["path"], dataset]).agg(set)
+    notes = []
+    for (path, label), own in held.items():
+        every = set().union(*held.xs(label, level=1))
+        if own < every:
+            label_of = runs.set_index("path")["run_label"].get(path, path) if runs is not None else path
+            notes.append(f"run {label_of}: corrupted-data rows on {len(own)} of the {len(every)} {label} slices "
+                         "other runs have, so its OOD and per-severity means cover a subset; evaluate it with "
+                         "the same --corruptions and --severities")
     return notes
 
 

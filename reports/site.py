@@ -23,10 +23,10 @@ from ensembles.runs.files import atomic_path
 from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
+from reports.correlation import CorrelationSection, check_target, write_correlations
 from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
-                             diversity_metric,
-                             group_labels, group_order, missing_measurements, mixed_settings, run_table,
-                             tradeoff_points)
+                             diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
+                             partial_corruptions, run_table, tradeoff_points)
 from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
                             summary_table, write_group_table,
                             write_table)
@@ -84,7 +84,8 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                  sharpness: str | SharpnessSpec = "sharpness/worst/l2/adaptive@0.5", diversity: str = "der",
                  diversity_on: str = "ood", group_by: str = "method", baseline: str | None = None,
                  combine: str | None = "probs",
-                 formats: Sequence[str] = plots.FORMATS, force: bool = False) -> Report:
+                 formats: Sequence[str] = plots.FORMATS, force: bool = False,
+                 correlate_with: str = "test_error") -> Report:
     """Write the report of the run folders ``paths`` into ``out`` and return what was written.
 
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
@@ -93,12 +94,14 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     the severity tables show differences to
     the group ``baseline`` (default: sgd when it has data, else the first group that has data).
     ``out`` must be new, empty or a folder sharpdiv wrote (its ``.sharpdiv`` marker); ``force=True``
-    writes into any folder, replacing same-named files.
+    writes into any folder, replacing same-named files. ``correlate_with`` is the target of the
+    "Does sharpness predict generalization?" figure (:mod:`reports.correlation`).
     """
     spec = sharpness if isinstance(sharpness, SharpnessSpec) else SharpnessSpec.parse(sharpness)
     metric = diversity_metric(diversity)
     if diversity_on not in ("ood", "test"):
         raise InputError(f"--diversity-on {diversity_on!r}: use ood (corrupted data) or test (clean test split)")
+    check_target(correlate_with)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the report")
@@ -117,6 +120,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
     notes += mixed_settings(results, groups, spec)
+    notes += partial_corruptions(results, runs)
     tables_dir, figures_dir = out / TABLES_DIR, out / FIGURES_DIR
     sections: list[_Section] = []
     mark_folder(out, "report")  # everything is checked: the first write
@@ -173,6 +177,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         "hessian-density": plots.plot_density(results, figures_dir, formats=formats),
         "barrier-eir": plots.plot_barrier_vs_eir(results, figures_dir, combine=combine, formats=formats),
     }
+    correlation = write_correlations(results, runs, tables_dir, figures_dir, target=correlate_with, combine=combine,
+                                     formats=formats)
+    notes += correlation.notes
     figure_sections = []
     for name, figures in rendered.items():
         if figures.reason:
@@ -187,11 +194,11 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                 "written": datetime.datetime.now().isoformat(timespec="seconds")}
     index = out / "index.html"
     readme = out / "README.md"
-    _write_text(readme, _readme(out, settings, sections, figure_sections, notes))
-    _write_text(index, _index(out, settings, sections, figure_sections, notes, readme))
+    _write_text(readme, _readme(out, settings, sections, figure_sections, notes, correlation))
+    _write_text(index, _index(out, settings, sections, figure_sections, notes, readme, correlation))
     return Report(directory=out, index=index, readme=readme,
-                  tables=tuple(path for section in sections for path in section.files),
-                  figures=tuple(path for section in figure_sections for path in section.files),
+                  tables=tuple(path for section in sections for path in section.files) + correlation.tables,
+                  figures=tuple(path for section in figure_sections for path in section.files) + correlation.figures,
                   notes=tuple(notes), rendered=rendered)
 
 
@@ -250,9 +257,15 @@ def _kind(path: Path) -> str:
     return {".csv": "CSV", ".md": "Markdown", ".tex": "LaTeX", ".png": "PNG", ".svg": "SVG"}.get(path.suffix, path.suffix)
 
 
-def _readme(out, settings, sections, figure_sections, notes) -> str:
+CORRELATION_TITLE = "Does sharpness predict generalization?"
+
+
+def _readme(out, settings, sections, figure_sections, notes, correlation: CorrelationSection | None = None) -> str:
     lines = ["# sharpdiv report", "", "Open `index.html` for everything on one page.", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
+    if correlation is not None and correlation.tables:
+        links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in correlation.tables + correlation.figures)
+        lines += ["", f"## {CORRELATION_TITLE}", "", correlation.reading, "", links]
     lines += ["", "## Tables", ""]
     for section in sections:
         links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in section.files)
@@ -279,7 +292,21 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
-def _index(out, settings, sections, figure_sections, notes, readme) -> str:
+def _correlation_html(out, correlation: CorrelationSection) -> list[str]:
+    """The reading, the figure and the table of :mod:`reports.correlation`, under their question."""
+    e = html.escape
+    parts = [f"<h2>{e(CORRELATION_TITLE)}</h2>", f"<p>{e(correlation.reading)}</p>"]
+    png = next((p for p in correlation.figures if p.suffix == ".png"), None)
+    if png is not None:
+        parts.append(f'<figure><img src="{e(_relative(png, out))}" alt="{e(CORRELATION_TITLE)}"></figure>')
+    links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in correlation.tables + correlation.figures)
+    parts.append(f"<p>{links}</p>")
+    parts.append('<div class="scroll">' + correlation.text.to_html(escape=True, border=0, na_rep="", index=False)
+                 + "</div>")
+    return parts
+
+
+def _index(out, settings, sections, figure_sections, notes, readme, correlation: CorrelationSection | None = None) -> str:
     e = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>sharpdiv report</title>", f"<style>{_STYLE}</style></head><body>",
@@ -293,6 +320,8 @@ def _index(out, settings, sections, figure_sections, notes, readme) -> str:
             pieces = e(note).split("`")
             parts.append("<li>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces)) + "</li>")
         parts.append("</ul>")
+    if correlation is not None and correlation.tables:
+        parts += _correlation_html(out, correlation)
     parts.append("<h2>Tables</h2>")
     for section in sections:
         links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in section.files)

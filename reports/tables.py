@@ -262,8 +262,7 @@ def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *,
         return pd.DataFrame(columns=columns), pd.DataFrame(), title
     scale = 100 if percent else 1
     values = values.assign(group=groups.reindex(values["path"]).to_numpy(), value=scale * values["value"].astype(float))
-    with_mean = pd.concat([values, values.groupby(["path", "group", "corruption"], as_index=False)["value"]
-                           .agg(lambda v: v.mean(skipna=False)).assign(severity="mean")], ignore_index=True)
+    with_mean = pd.concat([values, _means_over_severities(values)], ignore_index=True)
     stats_ = with_mean.groupby(["group", "corruption", "severity"], sort=False)["value"].agg(
         mean="mean", std=lambda v: v.std(ddof=1), count="count").reset_index()
     order = {group: index for index, group in enumerate(group_order(groups))}
@@ -287,6 +286,20 @@ def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *,
     text.columns.name = None
     numbers = stats_.rename(columns={"group": group_by}).assign(severity=stats_["severity"].astype(str))
     return numbers[columns].reset_index(drop=True), text, title
+
+
+def _means_over_severities(values: pd.DataFrame) -> pd.DataFrame:
+    """Each run's mean over a corruption's severities (``severity="mean"``), NaN when the run lacks
+    one of the severities the table shows for that corruption: a mean over a subset of them is
+    another number, and would pass for this one silently."""
+    shown = values.groupby("corruption")["severity"].agg(lambda s: set(s))
+
+    def mean(rows: pd.DataFrame) -> float:
+        complete = set(rows["severity"]) >= shown[rows.name[2]]
+        return rows["value"].mean(skipna=False) if complete else math.nan
+
+    means = values.groupby(["path", "group", "corruption"])[["severity", "value"]].apply(mean)
+    return means.rename("value").reset_index().assign(severity="mean")
 
 
 def default_baseline(values: pd.DataFrame, groups: pd.Series) -> str | None:
@@ -375,7 +388,8 @@ def markdown(text: pd.DataFrame, title: str = "") -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "−": "$-$", "—": "---", "β": r"$\beta$", "²": r"$^2$", "ρ": r"$\rho$"}
+                  "±": r"$\pm$", "−": "$-$", "—": "---", "β": r"$\beta$", "²": r"$^2$", "ρ": r"$\rho$",
+                  "τ": r"$\tau$", "ψ": r"$\psi$", "ℓ": r"$\ell$", "∞": r"$\infty$"}
 
 
 def latex_escape(value) -> str:

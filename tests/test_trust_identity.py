@@ -117,9 +117,10 @@ def test_an_edited_cached_labels_file_is_not_trusted(tmp_path):
         labels, metadata = cached.get_tensor("labels"), cached.metadata()
     # Every label moved to the next class, the file's metadata copied as it was.
     safetensors.torch.save_file({"labels": (labels + 1) % 10}, str(file), metadata=metadata)
-    with pytest.warns(UserWarning, match="edited after it was written"):
-        result = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
+    result = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
     assert result.exit_code == 0, result.output
+    assert any("sharpdiv: note:" in line and "edited after it was written" in line  # warnings show as notes
+               for line in result.stderr.splitlines()), result.stderr
     test = datasets.load_dataset("cifar10", tmp_path / "data", "test")
     assert torch.equal(safetensors.torch.load_file(str(file))["labels"], test.targets)
     assert stored(run, scope="member-0", metric="accuracy", split="test")["value"].tolist() == \
@@ -273,3 +274,20 @@ def test_corrupt_refuses_a_folder_of_unknown_origin(tmp_path):
     result = invoke("corrupt", "--data", "digits", "--out", tmp_path, "--corruptions", "fog")
     assert result.exit_code == 2 and "no record" in result.output, result.output
     assert not (folder / "fog.npy").exists() and not (folder / "labels.npy").exists()
+
+
+def test_measurements_read_the_data_root_the_run_was_trained_on(tmp_path, monkeypatch):
+    """Without --data-path, sharpness reads the run's own data (run.json data_path), as evaluate
+    does, not the default root; --data-path still wins."""
+    monkeypatch.setenv("SHARPDIV_DATA", str(tmp_path / "default"))
+    write_cifar10(tmp_path / "default", n_train=20, n_test=10, seed=1)
+    write_cifar10(tmp_path / "own", n_train=20, n_test=10, seed=0)
+    run = make_run(tmp_path / "run", "cifar10")
+    run_folder.update_config(run, data_path=str(tmp_path / "own"))
+    options = ["--batch-size", 5, "--n-batches", 2, "--n-iters", 2]
+    result = invoke("sharpness", run, *options)
+    assert result.exit_code == 0, result.output
+    assert set(stored(run, metric="sharpness/worst/l2/adaptive")["data"]) == \
+        {datasets.data_digest("cifar10", tmp_path / "own", "train")}
+    result = invoke("sharpness", run, "--data-path", tmp_path / "default", *options)
+    assert result.exit_code == 0 and "2 measured now" in result.output, result.output

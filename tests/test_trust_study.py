@@ -65,6 +65,9 @@ def test_train_records_the_augmentation_and_old_runs_resume_with_crop_flip(tmp_p
     del config["augmentation"]
     (out / "run.json").write_text(json.dumps(config))
     assert trainer.settings_of_run(out).augmentation == "crop-flip"
+    # ... and one from the while it was a boolean `augment`
+    (out / "run.json").write_text(json.dumps({**config, "augment": False}))
+    assert trainer.settings_of_run(out).augmentation == "none"
 
 
 def test_a_sweep_sets_and_names_the_augmentation():

@@ -222,8 +222,8 @@ def test_evaluate_finds_the_data_the_run_was_trained_on(tmp_path, monkeypatch):
     from ensembles.studies import evaluation
 
     config = {"dataset": "cifar10", "data_path": str(tmp_path / "moved")}
-    assert evaluation._data_root(config, None, None)[0] is None and "is gone" in evaluation._data_root(config, None, None)[1]
-    assert evaluation._data_root(config, "/given", None) == ("/given", None)
+    assert run_folder.data_root(config, None, None)[0] is None and "is gone" in run_folder.data_root(config, None, None)[1]
+    assert run_folder.data_root(config, "/given", None) == ("/given", None)
 
 
 def test_a_members_progress_bar_appears_when_that_member_starts(tmp_path, monkeypatch):

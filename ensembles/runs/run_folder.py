@@ -30,6 +30,7 @@ import platform
 import re
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -72,6 +73,21 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def model_library_version(model: str) -> dict[str, str]:
+    """``{"timm": "1.0.9"}`` for a ``timm:``/``torchvision:`` model, else ``{}``: the builder's
+    defaults (activations, pooling ...) are part of the module, and a later command rebuilds it
+    with whatever version is installed then (:func:`build_member_model` says when that differs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    library = model.partition(":")[0] if model.startswith(("timm:", "torchvision:")) else None
+    if library is None:
+        return {}
+    try:
+        return {library: version(library)}
+    except PackageNotFoundError:
+        return {}
+
+
 # ----------------------------------------------------------------------------------------------
 # run.json and member weights
 
@@ -103,7 +119,7 @@ def create_run(path: str | os.PathLike, *, dataset: str, num_classes: int, model
         **settings,
         "members": [{"index": i, "seed": seeds[i] if i < len(seeds) else None, "status": "pending"}
                     for i in range(n_members)],
-        "versions": library_versions(),
+        "versions": {**library_versions(), **model_library_version(model)},
         "created": _now(),
     }
     if (path / RUN_FILE).exists() and not exist_ok:
@@ -229,6 +245,14 @@ def finished_members(config: Mapping) -> list[int]:
     return [m["index"] for m in config.get("members", []) if m.get("status") == "done"]
 
 
+def legacy_asam_scale(record: Mapping) -> dict:
+    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"
+    (training's resume check and the reports' run table both read run.json this way)."""
+    if record.get("method") == "asam" and "asam_scale" not in record:
+        return {"asam_scale": "all"}
+    return {}
+
+
 def data_normalized(config: Mapping) -> bool:
     """Whether the run's members take images normalised by the data pipeline (the zoo's way),
     rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""
@@ -237,9 +261,28 @@ def data_normalized(config: Mapping) -> bool:
     return not normalizes(config.get("model_input"))
 
 
+def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | None, str | None]:
+    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
+    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
+    own dataset is read; else None (the default root), with a note when the recorded one is gone."""
+    recorded = config.get("data_path")
+    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
+        return root, None
+    if Path(recorded).is_dir():
+        return recorded, None
+    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
+
+
 def build_member_model(config: Mapping) -> torch.nn.Module:
     from ensembles.models import zoo
 
+    recorded = (config.get("versions") or {}) if isinstance(config.get("versions"), dict) else {}
+    for library, installed in model_library_version(str(config["model"])).items():
+        if recorded.get(library) not in (None, installed):
+            warnings.warn(f"{config['model']} is rebuilt with {library} {installed}, but the run was made with "
+                          f"{library} {recorded[library]}: if the builder's defaults changed in between, the "
+                          f"module differs from the one trained; install {library}=={recorded[library]} to be sure",
+                          stacklevel=2)
     try:
         return zoo.build(config["model"], int(config["num_classes"]), model_input=config.get("model_input"),
                          **config.get("model_args", {}))

@@ -64,6 +64,18 @@ DIVERSITY_METRICS = ("der", "disagreement", "variance/logits", "variance/probs",
 RELIABILITY_METRICS = ("reliability/confidence", "reliability/accuracy", "reliability/count")
 ROBUSTNESS_METRICS = ("robust_accuracy", "clean_accuracy")
 NORMS = {"linf": "Linf", "l2": "L2"}
+#: Clean splits evaluated by default; ``train`` is added by asking (``--splits train,val,test``).
+CLEAN_SPLITS = ("val", "test")
+
+
+def _clean_splits(splits: str | Sequence[str]) -> list[str]:
+    names = splits.split(",") if isinstance(splits, str) else list(splits)
+    chosen = list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+    unknown = [name for name in chosen if name not in datasets.SPLITS]
+    if unknown or not chosen:
+        raise InputError(f"--splits {','.join(chosen) or '(none)'}: give a comma list of "
+                         f"{', '.join(datasets.SPLITS)}, e.g. --splits train,val,test")
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,8 +83,10 @@ NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] = "all",
-                      severities: Iterable[int] = datasets.SEVERITIES) -> list[DataSlice]:
-    """``val``, ``test``, then each corruption at each severity.
+                      severities: Iterable[int] = datasets.SEVERITIES,
+                      splits: str | Sequence[str] = CLEAN_SPLITS) -> list[DataSlice]:
+    """The clean ``splits`` (``val``, ``test``; ``train`` too when asked, without augmentation, for
+    the train error of a generalization gap), then each corruption at each severity.
 
     ``corruptions`` is ``"all"`` (the 15 standard corruptions present on disk; none when the ``-C``
     folder is missing, which :func:`missing_corruptions_note` explains), ``"none"``, or a list (or
@@ -93,7 +107,7 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
         if not chosen:
             raise InputError("no corruptions named; pass all, none or a comma list such as fog,contrast")
         _check_named_corruptions(label, root, chosen)
-    slices = [DataSlice(label, "val"), DataSlice(label, "test")]
+    slices = [DataSlice(label, split) for split in _clean_splits(splits)]
     slices += [DataSlice(label, "test", corruption, int(severity)) for corruption in chosen for severity in severities]
     return slices
 
@@ -415,26 +429,14 @@ class _Plan:
     root: str | None = None  # the data root this run is evaluated on
 
 
-def _data_root(config: dict, root, dataset: str | None) -> tuple[str | None, str | None]:
-    """``(root, note)``: the given ``--data-path``; else the data root the run was trained on
-    (run.json ``data_path``, e.g. a quickstart's own data folder) when it still exists and the run's
-    own dataset is evaluated; else None (the default root), with a note when the recorded one is gone."""
-    recorded = config.get("data_path")
-    if root is not None or not isinstance(recorded, str) or dataset not in (None, config["dataset"]):
-        return root, None
-    if Path(recorded).is_dir():
-        return recorded, None
-    return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
-
-
-def _plan_run(path: Path, *, dataset, root, corruptions, severities) -> _Plan:
+def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEAN_SPLITS) -> _Plan:
     config = run_folder.read_config(path)
     members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
     label = dataset or config["dataset"]
-    root, root_note = _data_root(config, root, dataset)
-    slices = evaluation_slices(label, root, corruptions, severities)
+    root, root_note = run_folder.data_root(config, root, dataset)
+    slices = evaluation_slices(label, root, corruptions, severities, splits)
     note = missing_corruptions_note(label, root) if isinstance(corruptions, str) and corruptions == "all" else None
     notes = tuple(text for text in (root_note, note) if text)
     return _Plan(path, members, int(config["num_classes"]), slices, notes, run_folder.data_normalized(config), root)
@@ -473,7 +475,8 @@ def _evaluate_run(plan: _Plan, *, root, combine, n_bins, batch_size, device, pro
 def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = None, root=None,
                   corruptions: str | Sequence[str] = "all", severities: Iterable[int] = datasets.SEVERITIES,
                   combine: str = "probs", n_bins: int = 15, batch_size: int = 512,
-                  device: torch.device | str = "cpu", progress: bool = False) -> list[Evaluation]:
+                  device: torch.device | str = "cpu", progress: bool = False,
+                  splits: str | Sequence[str] = CLEAN_SPLITS) -> list[Evaluation]:
     """Evaluate each run on every slice and append the new rows to its results table.
 
     ``dataset`` defaults to each run's own, and ``root`` to the data root the run was trained on
@@ -486,8 +489,8 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no run folders given; pass at least one RUN folder")
-    plans = [_plan_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities)
-             for path in paths]
+    plans = [_plan_run(path, dataset=dataset, root=root, corruptions=corruptions, severities=severities,
+                       splits=splits) for path in paths]
     evaluations = [_evaluate_run(plan, root=plan.root, combine=combine, n_bins=n_bins, batch_size=batch_size,
                                  device=device, progress=progress) for plan in plans]
     for evaluation in evaluations:

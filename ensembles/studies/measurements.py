@@ -171,18 +171,21 @@ class _Splits:
     def __init__(self, root):
         self.root, self._loaded, self._digests = root, {}, {}
 
-    def digest(self, label: str, split: str) -> str:
-        """The fingerprint of the split's images and labels (:func:`ensembles.data.datasets.data_digest`)."""
-        if (label, split) not in self._digests:
-            self._digests[label, split] = datasets.data_digest(label, self.root, split)
-        return self._digests[label, split]
+    def digest(self, label: str, split: str, root=None) -> str:
+        """The fingerprint of the split's images and labels (:func:`ensembles.data.datasets.data_digest`);
+        ``root``: a run's own data root (run.json ``data_path``), else the call's."""
+        root = self.root if root is None else root
+        if (label, split, root) not in self._digests:
+            self._digests[label, split, root] = datasets.data_digest(label, root, split)
+        return self._digests[label, split, root]
 
-    def get(self, label: str, split: str, n_classes: int, normalize: bool = True) -> datasets.ImageDataset:
+    def get(self, label: str, split: str, n_classes: int, normalize: bool = True, root=None) -> datasets.ImageDataset:
         """``normalize=False``: ``[0, 1]`` images for members that normalise them themselves."""
-        if (label, split, normalize) not in self._loaded:
-            self._loaded[label, split, normalize] = datasets.load_dataset(label, self.root, split, augment=False,
-                                                                          normalize=normalize)
-        images = self._loaded[label, split, normalize]
+        root = self.root if root is None else root
+        if (label, split, normalize, root) not in self._loaded:
+            self._loaded[label, split, normalize, root] = datasets.load_dataset(label, root, split, augment=False,
+                                                                                normalize=normalize)
+        images = self._loaded[label, split, normalize, root]
         if images.num_classes != n_classes:
             raise InputError(f"{label} has {images.num_classes} classes but the run's members have {n_classes}; "
                              "measure on the dataset the run was trained for (--data)")
@@ -225,6 +228,7 @@ class _RunInput:
     members: list[int]
     label: str
     images: datasets.ImageDataset
+    root: str | None = None  # the data root read: --data-path, else the run's own (run.json data_path)
 
 
 def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> Iterator[_RunInput]:
@@ -233,8 +237,9 @@ def _run_inputs(paths, dataset: str | None, split: str, splits: "_Splits") -> It
         config = run_folder.read_config(path)
         members = _members_of(path, config)
         label = dataset_label(dataset or config["dataset"])
+        root, _ = run_folder.data_root(config, splits.root, dataset)
         yield _RunInput(path, config, members, label, splits.get(label, split, int(config["num_classes"]),
-                                                                    run_folder.data_normalized(config)))
+                                                                    run_folder.data_normalized(config), root), root)
 
 
 def _members_of(path: Path, config: Mapping) -> list[int]:
@@ -297,7 +302,7 @@ def _format(value: float, stderr: float = math.nan) -> str:
 
 def _where(splits: _Splits, run: _RunInput, split: str) -> dict:
     """The columns that place a row on its data: dataset, split and the split's fingerprint."""
-    return {"dataset": run.label, "split": split, "data": splits.digest(run.label, split)}
+    return {"dataset": run.label, "split": split, "data": splits.digest(run.label, split, run.root)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -916,7 +921,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
         has_batchnorm = _has_batchnorm(architecture)
         bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
-        training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config)) \
+        training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config), run.root) \
             if bn_mode == "reset" or "activation" in alignments else None
         for kind in alignments:
             read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads
@@ -938,7 +943,7 @@ def _check_member_count(run: _RunInput, plane: bool) -> None:
 def _connectivity_where(splits: _Splits, run: _RunInput, split: str, training) -> dict:
     where = _where(splits, run, split)
     if training is not None:  # BatchNorm statistics or activation matching read training samples: they count too
-        where["data"] = hashlib.sha256(f"{where['data']}|{splits.digest(run.label, 'train')}".encode()).hexdigest()[:16]
+        where["data"] = hashlib.sha256(f"{where['data']}|{splits.digest(run.label, 'train', run.root)}".encode()).hexdigest()[:16]
     return where
 
 

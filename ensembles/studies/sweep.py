@@ -602,7 +602,7 @@ def _training_state(path: Path, settings) -> str:
     """``new`` (no run folder), ``partial`` (members unfinished) or ``done``; a folder holding another
     ensemble than ``settings`` is an InputError."""
     from ensembles.runs import run_folder
-    from ensembles.training.trainer import settings_of_run
+    from ensembles.training.trainer import settings_of_run, with_resolved_input
 
     if not (path / run_folder.RUN_FILE).is_file():
         return "new"
@@ -616,12 +616,12 @@ def _training_state(path: Path, settings) -> str:
                           for name in differences)
         raise InputError(f"{path} holds another ensemble than the sweep asks for ({shown}); give the sweep "
                          "another --out or remove that folder")
-    asked = {k: v for k, v in (settings.model_input or {}).items() if v is not None}
-    held = stored.model_input or {}
-    if any(_text(held.get(k)) != _text(v if k != "size" or isinstance(v, list) else [v, v]) for k, v in asked.items()):
-        raise InputError(f"{path} holds another ensemble than the sweep asks for (model_input {held} there vs "
-                         f"{asked} here); give the sweep another --out or remove that folder")
     config = run_folder.read_config(path)
+    # what the sweep leaves out resolves to the library's default (none for the zoo), as train() does
+    asked = with_resolved_input(settings, int(config["num_classes"])).model_input
+    if json.dumps(stored.model_input, sort_keys=True) != json.dumps(asked, sort_keys=True):
+        raise InputError(f"{path} holds another ensemble than the sweep asks for (model_input {stored.model_input} "
+                         f"there vs {asked} here); give the sweep another --out or remove that folder")
     members = config.get("members", [])
     done = len(members) == len(settings.seeds) and all(m.get("status") == "done" for m in members)
     return "done" if done else "partial"

@@ -58,7 +58,8 @@ from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import TRAIN_DIR, create_run, member_path, read_config, save_member
+from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
+                                       save_member)
 from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from landscape._checks import evaluation_mode, positive_int
@@ -92,6 +93,18 @@ DECAY = 0.1
 MAX_SEED = 2**63 - 1
 #: The augmentation of every run made before it was a setting (run.json without ``augmentation``).
 LEGACY_AUGMENTATION = "crop-flip"
+
+
+def legacy_augmentation(record: dict) -> dict:
+    """``{"augmentation": ...}`` for a run.json or settings.json written before the setting: the
+    boolean ``augment`` of a while (true: crop-flip), else crop-flip, as every run was then trained."""
+    if record.get("augmentation") is not None:
+        return {}
+    if "augment" in record:
+        return {"augmentation": "crop-flip" if record["augment"] else "none"}
+    return {"augmentation": LEGACY_AUGMENTATION}
+
+
 #: train/settings.json: the settings the training state in train/ belongs to.
 SETTINGS_FILE = "settings.json"
 
@@ -110,7 +123,8 @@ class TrainingSettings:
     ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
-    per-sample gradients exist at once while scoring.
+    per-sample gradients exist at once while scoring. ``augmentation`` is the training augmentation,
+    one setting recorded in run.json (:func:`legacy_augmentation` reads folders from before it).
     """
 
     dataset: str
@@ -684,13 +698,6 @@ def _processes(settings: TrainingSettings, members_parallel: int | None, callbac
     return int(world)
 
 
-def _legacy_asam_scale(record: dict) -> dict:
-    """ASAM runs recorded before ``asam_scale`` existed scaled every parameter: read them as "all"."""
-    if record.get("method") == "asam" and "asam_scale" not in record:
-        return {"asam_scale": "all"}
-    return {}
-
-
 def _settings_record(settings: TrainingSettings) -> dict:
     """The settings as train/settings.json stores them (JSON types: lists, not tuples)."""
     return json.loads(json.dumps(asdict(settings)))
@@ -714,10 +721,10 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
     if isinstance(stored, dict):
-        stored = {**stored, **_legacy_asam_scale(stored)}
+        stored = {**stored, **legacy_asam_scale(stored)}
     ours = _settings_record(settings)
     if isinstance(stored, dict):
-        stored.setdefault("augmentation", LEGACY_AUGMENTATION)
+        stored = {**stored, **legacy_augmentation(stored)}
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
         shown = ", ".join(f"{name} {ours[name]!r} here, {stored.get(name)!r} there" if isinstance(stored, dict)
@@ -787,9 +794,7 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
         raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
     require_writable_folder(out, force)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
-    with torch.random.fork_rng(devices=[]):  # and on a bad model, without touching the caller's RNG
-        model = zoo.build(settings.model, train_data.num_classes, **_model_args(settings))
-    settings = replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
+    settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
     _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
@@ -801,6 +806,15 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     return _run(out, settings, members_parallel, device, progress, callback)
 
 
+def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
+    """``settings`` with ``model_input`` as run.json records it: the values given, and the model
+    library's defaults (timm's data config) for the rest. Builds the model once, without touching
+    the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        model = zoo.build(settings.model, num_classes, **_model_args(settings))
+    return replace(settings, model_input=zoo.resolve_input(settings.model, model, **(settings.model_input or {})))
+
+
 def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
     """The :class:`TrainingSettings` a run folder was trained with (from its run.json)."""
     config = read_config(run_path)
@@ -809,9 +823,9 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
         raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
-    values.setdefault("augmentation", LEGACY_AUGMENTATION)  # runs from before the setting: all crop-flip
+    values.update(legacy_augmentation(config))
     values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
-    values.update(_legacy_asam_scale(config))
+    values.update(legacy_asam_scale(config))
     return TrainingSettings(**values)
 
 
