@@ -496,6 +496,9 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default="multistep", show_default=True,
               help="multistep: x0.1 at 50% and 75% of the epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--augmentation", type=click.Choice(["none", "crop", "crop-flip"]), default=None,
+              help="Training augmentation: crop-flip (CIFAR's padded crop and mirror), crop (no mirror) or none "
+                   "[default: none for digits, crop-flip otherwise]; recorded in run.json.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
 @click.option("--seeds", type=CommaList(int), default="13,17,27", show_default=True, help="One seed per member.")
@@ -520,7 +523,7 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
 @click.pass_context
 def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta,
                   asam_scale, k, td, epochs, lr, schedule, batch_size,
-                  weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
+                  augmentation, weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
                   reselect_every, reference_compatible, train_samples, force, device, threads):
     """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
 
@@ -543,7 +546,7 @@ def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, me
         model_args, model_input = model_settings(model_arg, input_size, mean, std)
         settings = TrainingSettings(
             dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, asam_scale=asam_scale, k=k, td=td,
-            epochs=epochs, lr=lr, schedule=schedule,
+            epochs=epochs, lr=lr, schedule=schedule, augmentation=augmentation,
             batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
             prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
             keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples,
@@ -723,23 +726,28 @@ def sweep_report_command(file, root, out, group_by, force):
               type=click.Path(file_okay=False, path_type=Path),
               help="Folder for data/ (digits-C), runs/ and report/; re-running reuses what it holds.")
 @click.option("--fast", is_flag=True, help="A smoke test of the pipeline (2 radii, 2 members, 2 epochs; about a minute): numbers mean nothing.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Ensembles trained at once, one process each [default on a CPU: the usable cores / --threads].")
 @device_options
-def quickstart_command(out, fast, device, threads):
+def quickstart_command(out, fast, jobs, device, threads):
     """SGD, SAM and SharpBalance ensembles on digits, measured and reported, in minutes on a CPU.
 
     Writes digits-C, trains small CNN ensembles with SGD, SAM over a rho sweep and SharpBalance,
     measures adaptive worst-case sharpness and the Hessian trace, evaluates every metric on clean and
     corrupted data (per severity), and writes the report with the sharpness-diversity trade-off
     and its slope beta. It is a sweep: running it again on the same --out reuses everything.
+
+    Parallelism is chosen for the machine: on a CPU, one process per usable core, each with one
+    torch thread (--jobs and --threads override either). The numbers depend on --threads, not on --jobs.
     """
     import time
 
-    from ensembles.studies.quickstart import quickstart_sweep, run_quickstart
+    from ensembles.studies.quickstart import SHARPNESS, quickstart_sweep, run_quickstart
     from reports.tables import quickstart_summary
 
     started = time.perf_counter()
     chosen = resolve_device(device, threads)
-    result = run_quickstart(out, fast=fast, device=str(chosen), progress=True,
+    result = run_quickstart(out, fast=fast, device=str(chosen), progress=True, jobs=jobs, threads=threads,
                             echo=lambda message: click.echo(message, err=True))
     click.echo(f"writing the report into {result.report_path}", err=True)
     report = _sweep_report(quickstart_sweep(fast), list(result.runs), result.report_path)
@@ -747,7 +755,7 @@ def quickstart_command(out, fast, device, threads):
     trained = sum(outcome.trained for outcome in result.sweep.outcomes)
     click.echo(f"quickstart{' --fast' if fast else ''}: {len(result.runs)} ensembles on digits "
                f"({trained} trained now, {len(result.runs) - trained} reused) in {seconds:.0f} s")
-    for line in quickstart_summary(list(result.runs)):
+    for line in quickstart_summary(list(result.runs), sharpness=SHARPNESS):
         click.echo(line)
     click.echo(f"report: {report.index}")
     if fast:

@@ -81,20 +81,24 @@ def _readme_full_recipe() -> dict:
         "data": r"On scikit-learn's bundled (\w+)",
         "corrupt": r"\*\*digits-C\*\*, .*?\((\d+) corruptions × (\d+) severities\)",
         "train": r"trains (\w+) (\d+)-member ensembles of a small CNN \(`(\w+)`, width (\d+), (\d+) epochs, "
-                 r"batches of (\d+)\)",
+                 r"batches of (\d+), augmentation `([\w-]+)`",
         "methods": r"SGD \(a deep ensemble\), SAM at ρ = ([\d., and]+?), and SharpBalance "
                    r"\(ρ = ([\d.]+), k = ([\d.]+), T_d = (\d+)\)",
-        "measure": r"measures each member's adaptive worst-case ℓ2 sharpness \(ρ = ([\d.]+)\) and Hessian trace",
+        "measure": r"measures each member's adaptive worst-case ℓ2 sharpness \(ρ = ([\d., and]+?); the report "
+                   r"uses ρ = ([\d.]+)\) and Hessian trace",
     }.items()}
     missing = [key for key, match in found.items() if match is None]
     assert not missing, f"README's quickstart list no longer reads as this test expects: {missing}"
-    ensembles, members, model, width, epochs, batch = found["train"].groups()
+    ensembles, members, model, width, epochs, batch, augmentation = found["train"].groups()
     sam_rhos, balance_rho, k, td = found["methods"].groups()
     return dict(dataset=found["data"].group(1), corruptions=int(found["corrupt"].group(1)),
                 severities=int(found["corrupt"].group(2)), ensembles=NUMBER_WORDS[ensembles],
                 members=int(members), model=model, width=int(width), epochs=int(epochs), batch_size=int(batch),
+                augmentation=augmentation,
                 sam_rhos=sorted(float(r) for r in re.split(r",\s*|\s+and\s+", sam_rhos)),
-                sharpbalance=(float(balance_rho), float(k), int(td)), sharpness_rho=float(found["measure"].group(1)))
+                sharpbalance=(float(balance_rho), float(k), int(td)),
+                sharpness_rhos=tuple(float(r) for r in re.split(r",\s*|\s+and\s+", found["measure"].group(1))),
+                report_rho=float(found["measure"].group(2)))
 
 
 def test_full_quickstart_runs_what_the_readme_describes(tmp_path, monkeypatch):
@@ -121,15 +125,16 @@ def test_full_quickstart_runs_what_the_readme_describes(tmp_path, monkeypatch):
     assert len(jobs) == readme["ensembles"]
     for settings in jobs:
         assert settings.dataset == readme["dataset"] and settings.model == readme["model"]
-        assert (len(settings.seeds), settings.width, settings.epochs, settings.batch_size) == (
-            readme["members"], readme["width"], readme["epochs"], readme["batch_size"])
+        assert (len(settings.seeds), settings.width, settings.epochs, settings.batch_size, settings.augmentation) == (
+            readme["members"], readme["width"], readme["epochs"], readme["batch_size"], readme["augmentation"])
     assert sorted(s.method for s in jobs) == ["sam"] * len(readme["sam_rhos"]) + ["sgd", "sharpbalance"]
     assert sorted(s.rho for s in jobs if s.method == "sam") == readme["sam_rhos"]
     assert [(s.rho, s.k, s.td) for s in jobs if s.method == "sharpbalance"] == [readme["sharpbalance"]]
     measures = {measure.command: dict(measure.options) for measure in seen["sweep"].measurements}
     sharpness = measures["sharpness"]
     assert (sharpness["kind"], sharpness["norm"], sharpness["adaptive"], tuple(sharpness["rhos"])) == (
-        "worst", "l2", True, (readme["sharpness_rho"],))
+        "worst", "l2", True, readme["sharpness_rhos"])
+    assert seen["sweep"].report["sharpness"] == f"sharpness/worst/l2/adaptive@{readme['report_rho']:g}"
     assert measures["hessian"]["trace"] is True
     assert tuple(measures["evaluate"]["corruptions"]) == seen["corruptions"]
     assert tuple(measures["evaluate"]["severities"]) == tuple(range(1, readme["severities"] + 1))
@@ -159,7 +164,8 @@ def test_digits_c_matches_the_corruption_functions(finished):
     clean = load_dataset("digits", None, "test", normalize=False)
     images = (clean.batch(np.arange(len(clean))) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     expected = dict((name, array) for name, array, _ in
-                    make_corrupted_split(images, clean.targets.numpy(), list(recipe.corruptions), seed=0))
+                    make_corrupted_split(images, clean.targets.numpy(), list(recipe.corruptions), seed=0,
+                                         parameters="digits-c"))
     folder = out / "data" / "digits-C"
     for name in recipe.corruptions:
         np.testing.assert_array_equal(np.load(folder / f"{name}.npy"), expected[name])

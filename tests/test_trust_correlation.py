@@ -20,13 +20,15 @@ def test_the_train_split_is_evaluated_only_when_asked_and_without_augmentation()
 
 
 def test_augmentation_is_a_setting_recorded_for_the_run_and_a_sweep_axis():
-    settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", augment=False)
-    assert settings.run_fields()["augment"] is False
+    # one setting, issue 15's `augmentation` (none | crop | crop-flip); digits' default is none
+    settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="none")
+    assert settings.run_fields()["augmentation"] == "none"
     assert trainer._load_data(settings).train.augment is False
-    assert trainer._load_data(trainer.TrainingSettings(dataset="digits", model="small_cnn")).train.augment is True
-    with pytest.raises(InputError, match="augment"):
-        trainer.TrainingSettings(dataset="digits", model="small_cnn", augment="no")
+    flipped = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="crop-flip")
+    assert trainer._load_data(flipped).train.augment is True
+    with pytest.raises(InputError, match="augmentation"):
+        trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="no")
     parsed = sweep.parse_sweep('[base]\ndataset = "digits"\nmodel = "small_cnn"\nseeds = [13]\n'
-                               '[grid]\naugment = [true, false]\n')
-    assert [job.name for job in parsed.jobs] == ["sgd-aug-s13", "sgd-noaug-s13"]
-    assert [job.settings.augment for job in parsed.jobs] == [True, False]
+                               '[grid]\naugmentation = ["crop-flip", "none"]\n')
+    assert [job.name for job in parsed.jobs] == ["sgd-crop_flip-s13", "sgd-none-s13"]
+    assert [job.settings.augmentation for job in parsed.jobs] == ["crop-flip", "none"]

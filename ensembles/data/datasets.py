@@ -53,6 +53,12 @@ SPLIT_SEED = 0
 VALIDATION_FRACTION = 0.1
 # Standard CIFAR/TinyImageNet training augmentation: zero-pad 4, random crop back, flip with p = 1/2.
 CROP_PADDING = 4
+#: Training augmentations: ``crop-flip`` is the CIFAR/TinyImageNet standard above; ``crop`` the same
+#: shifts without the mirror (a mirrored digit is another glyph, or none); ``none`` leaves images as stored.
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+# Per dataset when not chosen. digits: an 8x8 glyph upscaled 4x, where a 4-pixel crop moves it by a whole
+# source pixel and a flip changes what digit it is; measured (issue 15) to train best without augmentation.
+_DEFAULT_AUGMENTATION = {"digits": "none"}
 
 STANDARD_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -255,8 +261,25 @@ def _image_size_of(path: str) -> tuple[int, int]:
 # Augmentation
 
 
+def default_augmentation(name: str) -> str:
+    """The training augmentation of dataset ``name`` when none is chosen: ``none`` for digits,
+    ``crop-flip`` (CIFAR's padded crop and mirror) for CIFAR, TinyImageNet and image folders."""
+    kind, _, _ = _parse_name(name)
+    return _DEFAULT_AUGMENTATION.get(kind, "crop-flip")
+
+
+def check_augmentation(augmentation) -> str:
+    """``augmentation`` as one of :data:`AUGMENTATIONS` (``True``/``False`` mean crop-flip/none, the old
+    spelling), else an InputError."""
+    if augmentation is True or augmentation is False:
+        return "crop-flip" if augmentation else "none"
+    if augmentation not in AUGMENTATIONS:
+        raise InputError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    return augmentation
+
+
 def random_crop_and_flip(images: torch.Tensor, padding: int = CROP_PADDING,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, flip: bool = True) -> torch.Tensor:
     """The standard training augmentation for a batch ``(B, C, H, W)``, vectorized.
 
     Each image is zero-padded by ``padding`` on every side and cropped back to ``H x W`` at an
@@ -264,12 +287,14 @@ def random_crop_and_flip(images: torch.Tensor, padding: int = CROP_PADDING,
     1/2 (torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``). Both draws are
     made on the CPU from ``generator`` (a CPU ``torch.Generator``; torch's global RNG when None), the
     offsets first, then the flips, so a seeded generator fixes them on any device. The flip is
-    folded into the column index, so the whole batch is one gather.
+    folded into the column index, so the whole batch is one gather. ``flip=False`` draws and
+    applies the crops only.
     """
     count, channels, height, width = images.shape
     device = images.device
     offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator).to(device)
-    flips = (torch.rand(count, generator=generator) < 0.5).to(device)
+    flips = (torch.rand(count, generator=generator) < 0.5).to(device) if flip \
+        else torch.zeros(count, dtype=torch.bool, device=device)
     padded = F.pad(images, (padding, padding, padding, padding))
     rows = offsets[:, :1] + torch.arange(height, device=device)  # (B, H) rows of the padded image
     columns = offsets[:, 1:] + torch.arange(width, device=device)  # (B, W)
@@ -288,20 +313,22 @@ class ImageDataset(Dataset):
     """Images with integer labels; ``dataset[i]`` is ``(x, y)``, x float32 ``(3, H, W)``, y an int.
 
     ``x = (u / 255 - mean) / std`` per channel for the stored uint8 image ``u`` (without the
-    normalization when ``normalize=False``), after :func:`random_crop_and_flip` when ``augment``.
+    normalization when ``normalize=False``), after the training augmentation ``augment`` (one of
+    :data:`AUGMENTATIONS`; ``True`` is ``crop-flip``, ``False`` ``none``) by :func:`random_crop_and_flip`.
 
     Build it with :func:`load_dataset` or :func:`load_corrupted`, or directly from ``images``: a
     uint8 ``(N, H, W, 3)`` array (a memmap stays one) or a list of image file paths.
 
     Attributes: ``name``, ``split``, ``num_classes``, ``classes``, ``mean``, ``std`` (3-tuples),
-    ``targets`` (int64 ``(N,)``), ``image_size`` ``(H, W)``, ``augment``, ``normalize``,
+    ``targets`` (int64 ``(N,)``), ``image_size`` ``(H, W)``, ``augmentation`` (its name), ``augment``
+    (whether it changes images), ``normalize``,
     ``corruption`` and ``severity`` (None unless corrupted), ``array`` (the uint8 array, or None)
     and ``paths`` (the files, or None).
     """
 
     def __init__(self, images, targets, *, name: str, split: str, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], classes: Sequence[str] | None = None,
-                 augment: bool = False, normalize: bool = True, image_size: tuple[int, int] | None = None,
+                 augment: bool | str = False, normalize: bool = True, image_size: tuple[int, int] | None = None,
                  corruption: str | None = None, severity: int | None = None):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -328,8 +355,12 @@ class ImageDataset(Dataset):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.targets = targets
         self.image_size = tuple(self._images.size)
-        self.augment, self.normalize = bool(augment), bool(normalize)
+        self.augmentation, self.normalize = check_augmentation(augment), bool(normalize)
         self.corruption, self.severity = corruption, severity
+
+    @property
+    def augment(self) -> bool:
+        return self.augmentation != "none"
 
     @property
     def array(self) -> np.ndarray | None:
@@ -358,7 +389,7 @@ class ImageDataset(Dataset):
         if device is not None:
             stored = stored.to(device)  # move uint8, a quarter of the float32 bytes
         if self.augment:
-            stored = random_crop_and_flip(stored, generator=generator)
+            stored = random_crop_and_flip(stored, generator=generator, flip=self.augmentation == "crop-flip")
         batch = stored.to(torch.float32).div_(255)
         if self.normalize:
             mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)[:, None, None]
@@ -688,7 +719,7 @@ def _load_folder(path: Path, split: str):
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
-                 augment: bool = False, normalize: bool = True) -> ImageDataset:
+                 augment: bool | str = False, normalize: bool = True) -> ImageDataset:
     """One split (``train``, ``val`` or ``test``) of a clean dataset; see the module docstring
     for the datasets, their layouts and their fixed splits. ``root`` holds the dataset folders
     (default ``$SHARPDIV_DATA``, then ``~/.cache/sharpdiv/data``); digits needs none, and

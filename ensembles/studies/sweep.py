@@ -128,13 +128,13 @@ _NOT_IDENTITY = ("data_path", "score_chunk_size")
 _SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
           "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
           "momentum": "mom", "train_samples": "n", "asam_scale": "scale-"}
-_BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper"), "augment": ("aug", "noaug")}
+_BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 
 
 #: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
 AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
         "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augment")
+        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augmentation")
 
 
 #: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
@@ -171,6 +171,7 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
     """Per setting: the check every value must pass at parse time, and what it must be (for the
     message). Values reach folder names, so only these types are ever let through."""
     from ensembles.models.zoo import MODEL_NAMES
+    from ensembles.data.datasets import AUGMENTATIONS
     from ensembles.methods.sam import ASAM_SCALES
     from ensembles.training.trainer import METHODS, SCHEDULES
 
@@ -187,7 +188,7 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
                                                              for k in value)
 
     return {
-        "method": one_of(METHODS), "schedule": one_of(SCHEDULES),
+        "method": one_of(METHODS), "schedule": one_of(SCHEDULES), "augmentation": one_of(AUGMENTATIONS),
         "model": (model_name, f"one of {', '.join(MODEL_NAMES)}, or torchvision:<name>, timm:<name> or "
                               "module.path:callable"),
         "model_args": (table(), "a table of the model builder's keyword arguments"),
@@ -203,7 +204,6 @@ def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
         "reselect_every": positive, "train_samples": positive,
         "prune_epoch": (_whole(0), "an integer >= 0"),
         "reference_compatible": (lambda value: isinstance(value, bool), "true or false"),
-        "augment": (lambda value: isinstance(value, bool), "true or false"),
         "seeds": (lambda value: isinstance(value, (list, tuple)) and bool(value)
                   and all(_whole(0)(seed) and seed < _SEED_LIMIT for seed in value),
                   f"a list of integer seeds in 0..{_SEED_LIMIT - 1}, one per member"),
@@ -472,7 +472,7 @@ def run_name(settings, axes: Sequence[str]) -> str:
         value = getattr(settings, axis)
         if axis in _BOOLEAN_WORDS:
             parts.append(_BOOLEAN_WORDS[axis][0 if value else 1])
-        elif axis in ("dataset", "model", "schedule", "keep"):
+        elif axis in ("dataset", "model", "schedule", "keep", "augmentation"):
             # A name ("folder:../data") keeps letters, digits and single dots only: never a path.
             parts.append(re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+|\.{2,}", "_", str(value))).strip("_."))
         else:
@@ -830,16 +830,18 @@ class SweepResult:
 def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local", jobs: int = 1, retries: int = 1,
               cluster: ClusterRequest | None = None, data_path=None, device: str = "auto", wait: bool = True,
               progress: bool = False, echo: Callable[[str], None] | None = None,
-              poll_seconds: float = 2.0) -> SweepResult:
+              poll_seconds: float = 2.0, threads: int | None = None) -> SweepResult:
     """Run every job of ``sweep`` into ``root`` with ``executor`` (local, slurm or debug).
 
     ``jobs`` bounds how many run at once (local: processes, each on its own GPU when there are
-    several; slurm: the array's parallelism). Jobs that fail are submitted again up to ``retries``
+    several; slurm: the array's parallelism). ``threads``: torch threads of each local process on a CPU
+    (default: the usable cores shared out, ``cores // jobs``). Jobs that fail are submitted again up to ``retries``
     times; each attempt redoes only the missing work. ``wait=False`` (slurm) submits and returns.
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     positive_int("--jobs", jobs)
+    positive_int("--threads", threads, optional=True)
     positive_int("--retries", retries, minimum=0)
     if not sweep.jobs:
         raise InputError(f"{sweep.source}: the grid has no jobs")
@@ -862,7 +864,8 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
         if executor == "local" and jobs == 1:
             finished = _run_here(todo, root, sweep, data_path, device, progress, say)
         elif executor == "local":
-            finished = _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids)
+            finished = _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
+                                            threads)
         else:
             finished = _run_submitit(todo, root, sweep, data_path, device, executor, jobs, cluster, wait, say,
                                      job_ids)
@@ -904,14 +907,23 @@ def _run_here(todo, root, sweep, data_path, device, progress, say) -> dict:
     return finished
 
 
-def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids) -> dict:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
+                         threads=None) -> dict:
     """At most ``jobs`` submitit local processes at once; process slot ``i`` sees only GPU ``i``
     (``CUDA_VISIBLE_DEVICES``) when there are GPUs, else the CPU threads are shared out."""
     import submitit
 
     gpus = _visible_gpus() if _device(device).startswith("cuda") else []
     executor = submitit.LocalExecutor(folder=root / SUBMITIT_DIR / sweep.name)
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
+    threads = None if gpus else threads or max(1, usable_cores() // jobs)
     free = list(range(jobs))
     pending = list(todo)
     running: list[_Attempt] = []

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
-from ensembles.data.datasets import ImageDataset, batches, load_dataset
+from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
                                        save_member)
@@ -91,6 +91,20 @@ MILESTONE_FRACTIONS = (0.5, 0.75)
 DECAY = 0.1
 #: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
 MAX_SEED = 2**63 - 1
+#: The augmentation of every run made before it was a setting (run.json without ``augmentation``).
+LEGACY_AUGMENTATION = "crop-flip"
+
+
+def legacy_augmentation(record: dict) -> dict:
+    """``{"augmentation": ...}`` for a run.json or settings.json written before the setting: the
+    boolean ``augment`` of a while (true: crop-flip), else crop-flip, as every run was then trained."""
+    if record.get("augmentation") is not None:
+        return {}
+    if "augment" in record:
+        return {"augmentation": "crop-flip" if record["augment"] else "none"}
+    return {"augmentation": LEGACY_AUGMENTATION}
+
+
 #: train/settings.json: the settings the training state in train/ belongs to.
 SETTINGS_FILE = "settings.json"
 
@@ -109,8 +123,8 @@ class TrainingSettings:
     ``prune_epoch`` is the dense warm-up before pruning to
     ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
     training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
-    per-sample gradients exist at once while scoring. ``augment=False`` trains without the random
-    crops and flips (run.json records it; folders from before it existed were augmented).
+    per-sample gradients exist at once while scoring. ``augmentation`` is the training augmentation,
+    one setting recorded in run.json (:func:`legacy_augmentation` reads folders from before it).
     """
 
     dataset: str
@@ -124,6 +138,9 @@ class TrainingSettings:
     lr: float = 0.1
     schedule: str = "multistep"
     batch_size: int = 128
+    #: the training augmentation (datasets.AUGMENTATIONS); None: the dataset's default
+    #: (``none`` for digits, ``crop-flip`` for CIFAR, TinyImageNet and folders)
+    augmentation: str | None = None
     weight_decay: float = 5e-4
     momentum: float = 0.9
     width: int | None = None
@@ -142,7 +159,6 @@ class TrainingSettings:
     #: the model's own input size and normalization, ``{"size", "mean", "std"}`` (any may be None;
     #: :func:`ensembles.models.inputs.resolve_input`); train() fills in the library's defaults
     model_input: dict | None = None
-    augment: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -153,6 +169,8 @@ class TrainingSettings:
             object.__setattr__(self, name, dict(value) if value else None)
         if self.data_path is not None:
             object.__setattr__(self, "data_path", str(self.data_path))
+        if self.augmentation is None and isinstance(self.dataset, str):
+            object.__setattr__(self, "augmentation", default_augmentation(self.dataset))
         _refuse_settings_the_method_ignores(self)
         if self.rho is None:
             object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
@@ -211,8 +229,7 @@ def _validate(settings: TrainingSettings) -> None:
         raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
     if settings.schedule not in SCHEDULES:
         raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if not isinstance(settings.augment, (bool, np.bool_)):
-        raise InputError(f"augment must be true or false, got {settings.augment!r}")
+    check_augmentation(settings.augmentation)
     if settings.keep not in ("best", "last"):
         raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
     for name in ("epochs", "batch_size", "score_chunk_size"):
@@ -486,16 +503,16 @@ def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
     images = dataset.array[:count] if dataset.array is not None else dataset.paths[:count]
     return ImageDataset(images, dataset.targets[:count], name=dataset.name, split=dataset.split,
                         num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, classes=dataset.classes,
-                        augment=dataset.augment, normalize=dataset.normalize, image_size=dataset.image_size)
+                        augment=dataset.augmentation, normalize=dataset.normalize, image_size=dataset.image_size)
 
 
 def _load_data(settings: TrainingSettings) -> _Data:
-    def split(name, augment=False):
+    def split(name, augment="none"):
         # [0, 1] pixels for a model that normalises its inputs itself: normalised exactly once
         return load_dataset(settings.dataset, settings.data_path, name, augment=augment,
                             normalize=not normalizes(settings.model_input))
 
-    train = first_samples(split("train", augment=settings.augment), settings.train_samples)
+    train = first_samples(split("train", augment=settings.augmentation), settings.train_samples)
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
@@ -706,6 +723,8 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
     if isinstance(stored, dict):
         stored = {**stored, **legacy_asam_scale(stored)}
     ours = _settings_record(settings)
+    if isinstance(stored, dict):
+        stored = {**stored, **legacy_augmentation(stored)}
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
         shown = ", ".join(f"{name} {ours[name]!r} here, {stored.get(name)!r} there" if isinstance(stored, dict)
@@ -804,6 +823,7 @@ def settings_of_run(run_path: str | os.PathLike) -> TrainingSettings:
         raise InputError(f"{run_path} was not made by `sharpdiv train` (run.json lacks its settings); nothing to resume")
     values = {name: config[name] for name in names if name in config and config[name] is not None}
     values["seeds"] = tuple(config["seeds"])
+    values.update(legacy_augmentation(config))
     values["model_args"] = {k: v for k, v in config.get("model_args", {}).items() if k != "width"} or None
     values.update(legacy_asam_scale(config))
     return TrainingSettings(**values)
