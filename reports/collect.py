@@ -553,7 +553,7 @@ def sharpness_per_run(results: pd.DataFrame, spec: SharpnessSpec) -> pd.Series:
 
 
 #: Settings that may differ between the runs of a group without changing what a number measures.
-_NOT_BUDGETS = {"seed"}
+_NOT_BUDGETS = {"seed", "aggregate"}  # aggregate: the ensemble-mean row of the same measurement
 
 
 def mixed_settings(results: pd.DataFrame, groups: pd.Series, spec: SharpnessSpec) -> list[str]:

@@ -124,3 +124,16 @@ def test_a_run_evaluated_on_fewer_corruptions_than_the_others_gets_a_note(tmp_pa
     assert len(notes) == 1 and "partial" in notes[0] and "1 of the 2" in notes[0]
     runs = run_table([full])
     assert partial_corruptions(collect([full], runs), runs) == []
+
+
+def test_runs_measured_alike_get_no_budget_note_although_they_hold_member_and_mean_rows(tmp_path):
+    """The ensemble-mean row (aggregate=mean) beside the member rows is one measurement, not two
+    budgets: a group whose runs used the same settings gets no 'different settings' note."""
+    from reports.collect import SharpnessSpec, mixed_settings
+
+    spec = SharpnessSpec.parse(fixtures.SHARPNESS_METRIC + "@0.5")
+    paths = [fixtures.make_run(tmp_path / f"sam-{i}", method="sam") for i in range(2)]
+    for path in paths:
+        run_folder.append_results(path, fixtures.sharpness_rows([1.0, 2.0, 3.0], with_mean_row=True))
+    runs = run_table(paths)
+    assert mixed_settings(collect(paths, runs), runs.set_index("path")["run.method"], spec) == []
