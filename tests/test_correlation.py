@@ -136,7 +136,7 @@ from click.testing import CliRunner  # noqa: E402
 from ensembles.runs import run_folder  # noqa: E402
 from reports.collect import collect, run_table  # noqa: E402
 from reports.correlation import zoo_points  # noqa: E402
-from tests.results_fixtures import CORRUPTIONS, make_run, slice_columns  # noqa: E402
+from results_fixtures import CORRUPTIONS, make_run, slice_columns  # noqa: E402
 
 SEVERITY_DROP = 0.05
 
