@@ -1,6 +1,6 @@
 """Per-sample Fisher trace ‖∇θ ℓ(x_j, y_j)‖²: our two methods against a loop over samples, in one process.
 
-    /work/venv/bin/python benchmarks/bench_fisher.py [--quick] [--threads 2]
+    python benchmarks/bench_fisher.py [--quick] [--threads 2]
 
 Cases (eval mode, float32, random data, 256 samples):
 

@@ -1,7 +1,7 @@
 """Hessian trace and Hessian-vector products: our engine against the alternatives, in one process.
 
-    /work/venv/bin/python benchmarks/bench_hessian.py [--quick]
-    /work/venv/bin/python benchmarks/bench_hessian.py --model resnet18-w16 --trace-only --probes 10 --rounds 2
+    python benchmarks/bench_hessian.py [--quick]
+    python benchmarks/bench_hessian.py --model resnet18-w16 --trace-only --probes 10 --rounds 2
 
 Model ``ensembles.models.zoo.build("small_cnn", 10)`` (a stand-in CNN of the same shape if that module
 is missing) in eval mode, float32, random 32×32×3 batches of 128, two threads. The machine is

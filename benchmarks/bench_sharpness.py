@@ -14,7 +14,7 @@ in a separate forward pass; its count is shown too. Timings are medians over ``-
 each, interleaved (the machine is shared); ``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise (see
 below). The MLP row shows the regime where per-call overhead, not arithmetic, dominates.
 
-    /work/venv/bin/python benchmarks/bench_sharpness.py [--quick]
+    python benchmarks/bench_sharpness.py [--quick]
 Measured numbers, with the conditions they were taken under: ``benchmarks/README.md``.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Hutchinson's ``vᵀHv`` by second-order forward (Taylor) mode, against our Hessian-vector products
 and a PyHessian-style fresh graph per probe, in one process. An experiment, not part of the package.
 
-    /work/venv/bin/python benchmarks/bench_taylor.py small_cnn "{}" 8
-    /work/venv/bin/python benchmarks/bench_taylor.py resnet18 "{'width': 16}" 2
+    python benchmarks/bench_taylor.py small_cnn "{}" 8
+    python benchmarks/bench_taylor.py resnet18 "{'width': 16}" 2
 
 Along ``θ + t v`` every activation has a value and first and second derivatives in ``t``; they are
 stacked along the batch axis, ``[x, ẋ_1..ẋ_K, ẍ_1..ẍ_K]`` for ``K`` probes, so that every layer that

@@ -10,7 +10,7 @@
 
 Medians over ``--repeats`` interleaved runs; the machine is shared, so read the ratios.
 
-    /work/venv/bin/python benchmarks/bench_train.py [--quick]
+    python benchmarks/bench_train.py [--quick]
 """
 from __future__ import annotations
 
