@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from ensembles import cpus
 from ensembles.training.settings import METHODS, TrainingSettings, declared  # torch-free: options are built at import
 from landscape.errors import InputError
 
@@ -153,21 +154,6 @@ def data_options(required: bool = False):
     return decorate
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
 def configure_threads(threads: int | None = None) -> None:
     """Set OpenMP's environment before torch is imported (it is read once, when torch loads).
 
@@ -183,7 +169,7 @@ def configure_threads(threads: int | None = None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
-        os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpus.usable_cpus()))
 
 
 def _threads_option(ctx, param, value):

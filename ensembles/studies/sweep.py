@@ -77,6 +77,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from ensembles import cpus
 from ensembles.training.settings import declared
 from landscape._checks import positive_int
 from landscape.errors import InputError
@@ -843,14 +844,6 @@ def _run_here(todo, root, sweep, data_path, device, progress, say) -> dict:
     return finished
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
                          threads=None) -> dict:
     """At most ``jobs`` submitit local processes at once; process slot ``i`` sees only GPU ``i``
@@ -859,7 +852,7 @@ def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_second
 
     gpus = _visible_gpus() if _device(device).startswith("cuda") else []
     executor = submitit.LocalExecutor(folder=root / SUBMITIT_DIR / sweep.name)
-    threads = None if gpus else threads or max(1, usable_cores() // jobs)
+    threads = None if gpus else threads or max(1, cpus.usable_cpus() // jobs)
     free = list(range(jobs))
     pending = list(todo)
     running: list[_Attempt] = []
