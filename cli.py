@@ -508,6 +508,8 @@ def training_options(settings_class):
             kind = click.Choice(declaration.choices)
         elif declaration.kind == "seeds":
             kind, default = CommaList(int), ",".join(str(seed) for seed in default)
+        elif declaration.kind in ("name", "path"):
+            kind = click.STRING  # checked by the settings, as every name is
         else:
             raise TypeError(f"{declaration.name}: a {declaration.kind} setting has no command-line form; "
                             "declare it with command_line=False")

@@ -71,6 +71,27 @@ def test_the_new_option_takes_its_range_and_its_method_from_the_declaration(trai
     assert not trained and not (tmp_path / "run").exists()
 
 
+def _check_parent(value):
+    if not str(value).startswith("runs/"):
+        raise InputError(f"parent {value!r} is not under runs/; give a run folder there")
+
+
+@dataclass(frozen=True)
+class WithParent(TrainingSettings):
+    parent: str | None = setting(None, kind="name", check=_check_parent, optional=True, wanted_text="a run folder",
+                                 short="from-", help="Start every member from this run's weights.")
+
+
+def test_a_new_name_setting_is_an_option_checked_by_its_owner(trained, tmp_path):
+    command = cli.train_command_for(WithParent)
+    arguments = ["--data", "digits", "--model", "small_cnn", "--epochs", "4", "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(command, arguments + ["--parent", "runs/a"]).exit_code == 0
+    assert trained[-1].parent == "runs/a"
+    assert CliRunner().invoke(command, arguments).exit_code == 0 and trained[-1].parent is None
+    refused = CliRunner().invoke(command, arguments + ["--parent", "elsewhere"])
+    assert str(refused.exception) == "parent 'elsewhere' is not under runs/; give a run folder there"
+
+
 def test_every_option_of_sharpdiv_train_for_a_setting_is_its_declaration():
     options = {param.name: param for param in cli.main.commands["train"].params}
     for name, declaration in declared(TrainingSettings).items():
