@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import landscape.sharpness
-from cli import main, usable_cpus
+from cli import main
+from ensembles.cpus import usable_cpus
 from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.runs import run_folder
 from ensembles.runs.run_folder import read_config

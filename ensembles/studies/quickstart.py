@@ -174,7 +174,7 @@ def parallelism(jobs: int | None, threads: int | None, device: str, count: int) 
     never outnumber the usable cores. On a CPU, small models gain nothing from several threads (a
     step is mostly per-operation overhead, and idle OpenMP threads spin), so by default every core
     runs one job with one thread; on a GPU one job at a time, torch's thread choice."""
-    from ensembles.studies.sweep import usable_cores
+    from ensembles import cpus
     from landscape._checks import positive_int
 
     positive_int("--jobs", jobs, optional=True)
@@ -185,7 +185,7 @@ def parallelism(jobs: int | None, threads: int | None, device: str, count: int) 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda"):
         return jobs or 1, threads
-    cores = usable_cores()
+    cores = cpus.usable_cpus()
     if jobs is None:
         jobs = max(1, min(count, cores // (threads or 1)))
     return jobs, threads or max(1, cores // jobs)
