@@ -856,7 +856,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
     """Hessian trace, top eigenvalues and spectral density of every member of each RUN.
 
     Rows: hessian/trace (per member and its mean over members), hessian/eigenvalue (column rank),
-    hessian/density (column eigenvalue, the grid point). Stored rows are reused.
+    hessian/density (column grid_index; the grid point in column eigenvalue). Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_hessian
 
@@ -915,7 +915,7 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
-    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
+    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
     Aligned rows have the settings alignment and aligned_to (the reference, member 0).
     Stored rows are reused.
     """

@@ -145,7 +145,7 @@ def test_density_figure_and_member_positions_on_the_plane(tmp_path):
     path = fixtures.make_run(tmp_path / "run", method="sgd")
     where = {"dataset": "cifar10", "split": "train", "n_iters": 20, "n_runs": 1, "grid": 5}
     rows = [{"scope": f"member-{i}", "metric": "hessian/density", "value": float(np.exp(-x * x)),
-             "eigenvalue": x, **where} for i in range(3) for x in np.linspace(-1, 3, 5)]
+             "grid_index": k, "eigenvalue": x, **where} for i in range(3) for k, x in enumerate(np.linspace(-1, 3, 5))]
     rows += fixtures.plane_rows()
     rows += [{"scope": f"member-{i}", "metric": metric, "value": 0.5, "u": u, "v": v, "grid": 4,
               "dataset": "cifar10", "split": "test"}

@@ -11,7 +11,8 @@ A run folder holds::
 The results table is the one store every measurement writes to. A row is one number: ``run``,
 ``scope`` (``member-<i>``, ``ensemble``, ``ensemble@<k>``, ``pair-<i>-<j>``), ``metric``, ``value``,
 ``stderr``, ``dataset``, ``split``, ``corruption``, ``severity``, and the settings that produced it
-as further columns. Each row also carries ``weights``, a digest of the member files its scope
+as further columns (a point of a computed grid is keyed by its index, its place is a location
+column beside the value). Each row also carries ``weights``, a digest of the member files its scope
 reads (taken when the weights were read, and checked again when the row is written), so new weights
 make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
 (:func:`ensembles.data.datasets.data_digest`), so other data never passes for the same; and ``key``, which
@@ -51,6 +52,11 @@ FORMAT_VERSION = 1
 RESULT_COLUMNS = ("run", "scope", "metric", "value", "stderr", "dataset", "split", "corruption", "severity")
 #: Columns the table adds itself; they are never settings.
 BOOKKEEPING_COLUMNS = ("weights", "data", "settings", "key", "created", "sharpdiv_version", "torch_version")
+#: Where a row's value lies when the measurement itself computes that place (the eigenvalue of a
+#: spectral density's grid point, a loss plane point's coordinates): stored with the value, like
+#: ``stderr``, never a setting and never in the key, since its last bits differ between CPUs. The row
+#: is keyed by its grid index instead. (Rows written before held these as settings; they still read.)
+LOCATION_COLUMNS = ("eigenvalue", "u", "v")
 _SLICE_COLUMNS = ("dataset", "split", "corruption", "severity")
 _COMPACT_AFTER_PARTS = 64
 
@@ -365,6 +371,12 @@ def _check_unchanged(path: Path, read: Mapping[int, str]) -> None:
                              "the ones measured); no rows were stored: run the command again")
 
 
+def settings_of(record: Mapping) -> dict:
+    """The fields of a results row that are settings: all but the fixed, bookkeeping and location columns."""
+    return {k: v for k, v in record.items()
+            if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS and k not in LOCATION_COLUMNS}
+
+
 def canonical_settings(settings: Mapping) -> str:
     """One string per settings dict, independent of key order and of int/float spelling."""
     return json.dumps({k: _plain(v) for k, v in sorted(settings.items())}, sort_keys=True, default=str)
@@ -404,8 +416,9 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
 
     Each row needs ``scope``, ``metric`` and ``value``; ``stderr``, the slice columns (``dataset``,
     ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.datasets.data_digest`
-    of the data measured; rows without it are never reused) are optional; every other field is a
-    setting and becomes a column. NaN values are allowed (an undefined metric is a result).
+    of the data measured; rows without it are never reused) are optional, and so are the location
+    columns (``LOCATION_COLUMNS``, stored but not part of the key); every other field is a setting
+    and becomes a column. NaN values are allowed (an undefined metric is a result).
 
     ``weights`` maps member indices to the digests of their files taken when they were read (a
     :class:`Run` brings its own); the rows carry those, and if a file differs now nothing is
@@ -427,8 +440,7 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
         for required in ("scope", "metric", "value"):
             if required not in record:
                 raise ValueError(f"results row without {required!r}: {record}")
-        settings = {k: v for k, v in record.items()
-                    if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS}
+        settings = settings_of(record)
         scope = str(record["scope"])
         if scope not in digests:
             digests[scope] = weights_digest(path, scope, config, read)
@@ -439,12 +451,18 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
         for column in _SLICE_COLUMNS:
             row[column] = None if _missing(record.get(column)) else _plain(record.get(column))
         row.update({k: _column_value(v) for k, v in settings.items()})
+        row.update({k: float(record[k]) for k in LOCATION_COLUMNS if not _missing(record.get(k))})
         data = None if _missing(record.get("data")) else str(record["data"])
         row.update(weights=digests[scope], data=data, settings=settings_text,
                    key=_row_key(scope, row["metric"], [row[c] for c in _SLICE_COLUMNS], settings_text,
                                 digests[scope], data),
                    created=created, sharpdiv_version=versions["sharpdiv"], torch_version=versions["torch"])
         prepared.append(row)
+    keys = [row["key"] for row in prepared]
+    if len(set(keys)) < len(keys):  # one would silently replace the other
+        twice = next(row for row in prepared if keys.count(row["key"]) > 1)
+        raise ValueError(f"two results rows measure the same thing ({twice['scope']}, {twice['metric']}, "
+                         f"settings {twice['settings']}); rows of a grid need their grid index")
     frame = _uniform_columns(pd.DataFrame(prepared))
     # Last, just before the write: rows of weights replaced since they were read store nothing.
     used = {index for scope in digests for index in scope_members(scope, config)}

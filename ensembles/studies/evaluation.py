@@ -306,9 +306,7 @@ def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
 
 
 def _row_measurement(row: Mapping) -> tuple:
-    settings = {k: v for k, v in row.items()
-                if k not in run_folder.RESULT_COLUMNS and k not in run_folder.BOOKKEEPING_COLUMNS}
-    return _measurement(row["scope"], row["metric"], row, run_folder.canonical_settings(settings))
+    return _measurement(row["scope"], row["metric"], row, run_folder.canonical_settings(run_folder.settings_of(row)))
 
 
 # ----------------------------------------------------------------------------------------------
