@@ -310,7 +310,7 @@ def import_command(model_name, model_arg, input_size, mean, std, num_classes, da
     'module.' prefixes and SharpBalance's seed_<s>/model_best.pth.tar, always with
     weights_only=True: a file whose pickle carries code is refused and nothing is written.
     """
-    from ensembles.models.checkpoints import import_checkpoints
+    from ensembles.runs.checkpoint_import import import_checkpoints
 
     settings = parse_assignments(assignments)
     model_args, model_input = model_settings(model_arg, input_size, mean, std)

@@ -58,7 +58,7 @@ _EXPORTS = {
     # run folders: train, import, measure, evaluate, read, report
     "TrainingSettings": ("ensembles.training.trainer", None),
     "train": ("ensembles.training.trainer", None),
-    "import_checkpoints": ("ensembles.models.checkpoints", None),
+    "import_checkpoints": ("ensembles.runs.checkpoint_import", None),
     "load_run": ("ensembles.runs.run_folder", None),
     "read_results": ("ensembles.runs.run_folder", None),
     "measure_sharpness": ("ensembles.studies.measurements", None),
