@@ -47,9 +47,11 @@ _EXPORTS = {
     "interpolated_model": ("landscape.connectivity", None),
     "plane": ("landscape.connectivity", None),
     "recompute_batchnorm_statistics": ("landscape.connectivity", None),
-    # permutation alignment (before barriers: one basin or many)
+    # permutation alignment (before barriers: one basin or many), with the groups of any model
     "weight_matching": ("landscape.alignment", None),
     "activation_matching": ("landscape.alignment", None),
+    "PermutationSpec": ("landscape.alignment", None),
+    "permutation_spec": ("ensembles.models.permutation_specs", None),
     # robustness
     "robust_accuracy": ("landscape.robustness", None),
     # models
