@@ -274,11 +274,16 @@ class _Tracer:
     def collect(self) -> PermutationSpec:
         state = self.model.state_dict()
         position = {key: i for i, key in enumerate(state)}
+        # a tensor shared under several names (tied weights) is traced under one: the others move with it
+        names_of: dict[int, list[str]] = {}
+        for key, tensor in self.model.state_dict(keep_vars=True).items():
+            names_of.setdefault(id(tensor), []).append(key)
+        aliases = {key: names for names in names_of.values() for key in names}
         members: dict = {}
         for key, tensor in state.items():
             for a in range(tensor.dim()):
                 if ("state", key, a) in self.parent and self.find(("state", key, a)) != _FIXED:
-                    members.setdefault(self.find(("state", key, a)), []).append((key, a))
+                    members.setdefault(self.find(("state", key, a)), []).extend((name, a) for name in aliases[key])
         names: dict = {}
         for element, module, _probe, _dim in self.writes:  # named after the first module writing the units
             root = self.find(element)
@@ -292,7 +297,7 @@ class _Tracer:
             while name in taken:  # one module writing two groups (called twice): keep the names apart
                 name += "'"
             taken.add(name)
-            axes[name] = sorted(members[root], key=lambda pair: (position[pair[0]], pair[1]))
+            axes[name] = sorted(set(members[root]), key=lambda pair: (position[pair[0]], pair[1]))
             probes[name] = self.probes_of(root)
         grouped = {key for pairs in axes.values() for key, _ in pairs}
         fixed = [key for key, tensor in state.items() if tensor.is_floating_point() and key not in grouped]

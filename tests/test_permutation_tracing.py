@@ -200,6 +200,29 @@ def test_an_axis_a_rule_does_not_place_stays_in_place(monkeypatch):
     check_preserves_function(model, spec, x)
 
 
+class Tied(nn.Module):
+    """One weight under two names (as a language model ties its embedding and output layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second, self.head = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.third = nn.Linear(4, 4)
+        self.third.weight = self.second.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.third(torch.relu(self.second(torch.relu(self.first(x)))))))
+
+
+def test_a_weight_shared_under_two_names_moves_as_one():
+    model = jittered(Tied())
+    x = torch.randn(8, 3, dtype=torch.float64)
+    spec = traced_permutation_spec(model, x)
+    grouped = {pair for pairs in spec.axes.values() for pair in pairs}
+    assert {("second.weight", 0), ("third.weight", 0), ("second.weight", 1), ("third.weight", 1)} <= grouped
+    check_preserves_function(model, spec, x)
+    assert_recovered(model, spec, [x], seed=1)
+
+
 # -------------------------------------------------------------------------------------- refusals
 
 
