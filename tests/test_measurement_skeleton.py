@@ -1,4 +1,4 @@
-"""The measurement skeleton (issue 16 item 2) keeps the rows of the code before it.
+"""The measurement skeleton (one shared loop for every ``measure_*``) keeps the rows of the code before it.
 
 ``measurement_rows_before_skeleton.json`` holds, for each call in ``CALLS``, the rows (every column
 but ``value`` and ``stderr``) that the four ``measure_*`` functions wrote at commit d4e9826, before
@@ -64,7 +64,7 @@ def test_rows_have_the_keys_the_code_before_the_skeleton_wrote(name, run_path):
     (measurement,) = measure([run_path], **options)
     written = keys(measurement.rows)
     assert [row for row in written if row in BEFORE[name]] == BEFORE[name]
-    # Since then the plane also stores its value at each member's position (issue 15): new rows only.
+    # Since then the plane also stores its value at each member's position: new rows only.
     added = [row for row in written if row not in BEFORE[name]]
     assert all(row["metric"].startswith("plane/") and row["scope"].startswith("member-") for row in added)
     assert len(added) == (6 if options.get("plane") else 0)  # loss and accuracy at 3 members

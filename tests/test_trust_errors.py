@@ -1,4 +1,4 @@
-"""Issue 14, items 9 and 11: damaged inputs, a bad `import` and what the file system refuses end in
+"""Damaged inputs, a bad `import` and what the file system refuses end in
 one line on stderr and exit status 2, never a traceback, and leave nothing half-written behind."""
 import errno
 import json

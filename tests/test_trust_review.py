@@ -1,4 +1,4 @@
-"""Review of issues 14/16/19: numbers that could belong to other weights, data or settings."""
+"""Numbers that could belong to other weights, data or settings are not taken for current ones."""
 from __future__ import annotations
 
 import os

@@ -230,7 +230,9 @@ def _shown(value) -> str:
 
 
 def applies(axis: str, method: str) -> bool:
-    """Whether a setting changes the ensemble a method trains (REFERENCE.md §4)."""
+    """Whether a setting changes the ensemble a method trains: ρ every SAM variant (Foret et al.,
+    ICLR 2021), η and the scaled parameters ASAM only (Kwon et al., ICML 2021), k, T_d and the set
+    selection SharpBalance only (Lu et al., NeurIPS 2024, Alg. 1)."""
     if axis == "rho":
         return method != "sgd"
     if axis in ("eta", "asam_scale"):
