@@ -299,3 +299,16 @@ def test_connectivity_aligns_a_timm_model_and_finds_a_permuted_member_again(tmp_
     digests = {s.get("align_spec") for s in settings if "alignment" in s}
     assert digests == {permutation_specs.spec_digest(spec)}  # aligned rows name the traced groups
     assert "align_spec" not in next(s for s in settings if "alignment" not in s)
+
+
+def test_zoo_aligned_rows_keep_the_settings_they_always_had(tmp_path):
+    """The zoo's hand-written groups are the ones aligned rows were stored with before groups could
+    be traced: those rows carry no align_spec, so stored ones are still reused."""
+    from test_trust_alignment import OPTIONS as ZOO_OPTIONS, make_run
+
+    path = make_run(tmp_path / "run", n_members=2)
+    assert invoke("connectivity", path, *ZOO_OPTIONS, "--align", "weight").exit_code == 0
+    table = run_folder.read_results(path, current_only=True)
+    (settings,) = [json.loads(text) for text in table[table["metric"] == "connectivity/barrier"]["settings"]]
+    assert sorted(settings) == ["align_seed", "aligned_to", "alignment", "alphas", "batch_size", "bn_examples",
+                                "bn_mode", "n_examples", "reference_weights", "seed"]
