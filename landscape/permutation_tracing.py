@@ -59,7 +59,7 @@ Example (a two-block MLP with a residual connection: both blocks' outputs share 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn

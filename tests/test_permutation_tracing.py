@@ -17,8 +17,8 @@ from torch import nn
 import cli
 from ensembles.models import permutation_specs, zoo
 from ensembles.runs import run_folder
-from landscape.alignment import (activation_matching, apply_permutation, check_preserves_function, weight_matching)
-from landscape.connectivity import loss_barrier, recompute_batchnorm_statistics
+from landscape.alignment import activation_matching, apply_permutation, check_preserves_function, weight_matching
+from landscape.connectivity import recompute_batchnorm_statistics
 from landscape.errors import InputError
 from landscape.permutation_tracing import traced_permutation_spec
 from test_alignment import TINY, assert_same_weights, randomized, shuffle
@@ -125,6 +125,18 @@ def test_timm_vit_tiny_groups_follow_the_residual_stream_and_keep_the_heads_in_p
 def test_timm_vit_tiny_permuted_copy_is_found_again(vit_tiny):
     data = [images(2, 32)]
     assert_recovered(vit_tiny, traced_permutation_spec(vit_tiny, data[0][:2]), data, seed=4)
+
+
+def test_a_models_own_input_stage_changes_no_group():
+    """Resizing and normalization inside the model (run.json model_input) act on the input, which
+    is never permuted: the groups are those of the bare network, and they hold on larger images."""
+    bare = zoo.build("timm:test_vit", 5, img_size=32).double()
+    staged = zoo.build("timm:test_vit", 5, img_size=32,
+                       model_input={"size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3}).double()
+    staged.load_state_dict(bare.state_dict())
+    spec = traced_permutation_spec(staged, images(0, 2, size=40))
+    assert spec == traced_permutation_spec(bare, images(0, 2))
+    check_preserves_function(staged, spec, images(1, 4, size=40))
 
 
 # -------------------------------------------------------------------------- where groups stay put
