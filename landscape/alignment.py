@@ -56,6 +56,7 @@ Example (a hand-written spec; a randomly permuted copy is found again exactly)::
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -184,11 +185,20 @@ def random_permutation(spec: PermutationSpec, seed: int = 0) -> Permutation:
     return {group: torch.randperm(size, generator=generator) for group, size in spec.sizes.items()}
 
 
+def _with_metadata(values: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> OrderedDict:
+    """``values`` as a state dict carrying ``state``'s per-module versions (``_metadata``), which
+    modules with versioned loading (torchvision's MNASNet) read back."""
+    out = OrderedDict(values)
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
+
+
 def _permuted_state(state: Mapping[str, Tensor], spec: PermutationSpec, permutation: Permutation,
                     skip: str | None = None) -> dict[str, Tensor]:
     """``state`` with axis ``a`` of every grouped tensor indexed by its group's permutation
     (``new[i] = old[p[i]]``), except the axes of group ``skip``."""
-    out = dict(state)
+    out = _with_metadata(state, state)
     for key, axes in spec.by_key().items():
         if key not in out:
             continue
@@ -223,8 +233,9 @@ def check_preserves_function(model: nn.Module, spec: PermutationSpec, inputs: Te
     generator = torch.Generator().manual_seed(int(seed))
     probe = copy.deepcopy(model).to(torch.float64)
     with torch.no_grad(), evaluation_mode(probe):
-        jittered = {}
-        for key, tensor in probe.state_dict().items():
+        state = probe.state_dict()
+        jittered = _with_metadata({}, state)
+        for key, tensor in state.items():
             if tensor.is_floating_point():
                 noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device)
                 spread = torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device)

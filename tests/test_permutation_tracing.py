@@ -139,6 +139,16 @@ def test_a_models_own_input_stage_changes_no_group():
     check_preserves_function(staged, spec, images(1, 4, size=40))
 
 
+def test_modules_that_load_by_version_are_permuted_too():
+    """torchvision's MNASNet reads its state dict's version on loading: a permuted copy keeps it."""
+    torch.manual_seed(0)
+    model = jittered(torchvision.models.mnasnet0_5(num_classes=3))
+    x = images(0, 2, size=32)
+    spec = traced_permutation_spec(model, x)
+    check_preserves_function(model, spec, x)
+    assert torch.allclose(apply_permutation(model, shuffle(spec, 1), spec)(x), model(x), atol=1e-9, rtol=0)
+
+
 # -------------------------------------------------------------------------- where groups stay put
 
 
