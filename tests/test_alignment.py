@@ -1,7 +1,8 @@
-"""Checks of landscape.alignment: a model and a randomly permuted copy of it (every group, batch
-norm and residual streams included) compute the same function; weight and activation matching find
-the original again exactly, and the loss barrier between them vanishes; on two independently
-trained MLPs alignment does not raise the barrier; models it cannot derive groups for are refused."""
+"""Checks of landscape.alignment with the zoo's hand-written permutation specs: a model and a
+randomly permuted copy of it (every group, batch norm and residual streams included) compute the
+same function; weight and activation matching find the original again exactly, and the loss barrier
+between them vanishes; on two independently trained MLPs alignment does not raise the barrier; a
+spec that forgets a tensor, permutes a wrong axis or fits another width is refused."""
 import pytest
 import torch
 import torch.nn.functional as F
