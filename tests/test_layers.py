@@ -8,6 +8,7 @@ import every layer. A breach fails here, naming the file and line.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def _imported_names(node: ast.AST, module: str, is_package: bool) -> list[str]:
     return []
 
 
+@functools.lru_cache(maxsize=None)
 def import_graph(root: Path) -> dict[str, dict[str, int]]:
     """``module -> {imported project module: first line}`` over all imports anywhere in the source."""
     modules = project_modules(root)
