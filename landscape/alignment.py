@@ -11,8 +11,8 @@ permutation ``π = (P_g)_g`` (one per group) give ``π(θ)``, computing the same
 **The groups are data.** Which axes of which tensors move together is a
 :class:`PermutationSpec`, passed into every function here, as Git Re-Basin passes its
 ``PermutationSpec`` into weight matching (Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging
-Models modulo Permutation Symmetries", ICLR 2023, §3 and its code's ``permutation_spec``): this
-module knows no architecture. A spec is written by hand beside a model, or derived from the
+Models modulo Permutation Symmetries", ICLR 2023, §3; their code builds one spec per architecture):
+this module knows no architecture. A spec is written by hand beside a model, or derived from the
 model's graph (:mod:`landscape.permutation_tracing`); :meth:`PermutationSpec.from_axes` checks a
 hand-written one against its model, and :func:`check_preserves_function` proves any spec on data.
 

@@ -2,11 +2,12 @@
 
 A hidden unit may be renamed (permuted) only together with every tensor axis that carries it; the
 groups of axes that must move together follow from how the network computes (Ainsworth, Hayase &
-Srinivasa, "Git Re-Basin", ICLR 2023, §3 and their Appendix on permutation specs, where the groups
-are written by hand per architecture). Here they are read off the network's own graph:
-``torch.export`` (``strict=False``) traces ``forward`` on an example batch into an ATen-level
-``torch.fx`` graph whose nodes carry their tensors' shapes and the module they were called from,
-and every tensor axis of the graph becomes an element of a union-find:
+Srinivasa, "Git Re-Basin", ICLR 2023, §3; their code writes the groups by hand per architecture).
+Here they are read off the network's own graph: ``torch.export`` (``strict=False``) traces
+``forward`` on an example batch into an ATen-level ``torch.fx`` graph whose nodes carry their
+tensors' shapes and the module they were called from (plain ``torch.fx.symbolic_trace`` cannot
+follow Python that reads shapes, as timm's attention and the zoo's MLP do), and every tensor axis
+of the graph becomes an element of a union-find:
 
 - each Linear/Conv output starts a group: its output-feature axis joins the weight's rows (axis 0)
   and the bias; its input-feature axis joins the weight's columns (axis 1);
@@ -14,8 +15,8 @@ and every tensor axis of the graph becomes an element of a union-find:
   group, and their weight, bias and running statistics join it; element-wise operations and
   activations carry their inputs' groups, and a broadcast addition or product merges them — so a
   residual addition merges the streams it adds, and a parameter added to or multiplying the stream
-  (a class token concatenated to it, a positional embedding, a layer scale, a per-channel scale)
-  joins the stream's group along the axis that broadcasts against it;
+  (a positional embedding, a layer scale, a per-channel scale), or concatenated to it along the
+  tokens (a class token), joins the stream's group along the axis that lines up with it;
 - operations that move axes (transpose, permute, expand) or that only change the positions of the
   other axes (pooling, resizing, padding, selecting a token, concatenating tokens) carry a group
   along with its axis; reductions and softmax over a group's own axis are invariant to it;
@@ -26,7 +27,8 @@ and every tensor axis of the graph becomes an element of a union-find:
   spatial flatten before a Linear, whose columns would need the permutation repeated per spatial
   position), a concatenation, slice or selection along it, a grouped (not depthwise) convolution,
   and the network's inputs and outputs (class scores are never permuted). So is every axis the
-  rules above do not carry: positions, tokens and heads are never permuted;
+  rules above do not carry (positions, tokens and heads are never permuted), and every input axis
+  a rule neither carries nor sums over: the safety net under every rule;
 - an operation these rules do not know is refused with one line naming it and the module that
   called it — unless nothing it touches could be permuted (e.g. the input resizing before the
   first layer), which is then fixed as well.
