@@ -298,7 +298,7 @@ def import_command(model_name, model_arg, input_size, mean, std, num_classes, da
     'module.' prefixes and SharpBalance's seed_<s>/model_best.pth.tar, always with
     weights_only=True: a file whose pickle carries code is refused and nothing is written.
     """
-    from ensembles.models.checkpoints import import_checkpoints
+    from ensembles.runs.checkpoint_import import import_checkpoints
 
     settings = parse_assignments(assignments)
     model_args, model_input = model_settings(model_arg, input_size, mean, std)
@@ -908,7 +908,8 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw of the BatchNorm samples.")
 @click.option("--align", default="none", show_default=True,
               help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
-                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each.")
+                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each. "
+                   "Any model: the zoo's permutation groups are written by hand, others' traced from the graph.")
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
                          batch_size, seed, align, device, threads):
@@ -916,8 +917,8 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
     and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
-    Aligned rows have the settings alignment and aligned_to (the reference, member 0).
-    Stored rows are reused.
+    Aligned rows have the settings alignment and aligned_to (the reference, member 0), and for a
+    model outside the zoo align_spec (a digest of its traced permutation groups). Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_connectivity
 

@@ -672,7 +672,7 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
         rows = with_alignment(rows)
         kind = _alignment_order(rows["alignment"])[0]  # the unaligned plane when it is stored
         rows = _newest_grid(rows[rows["alignment"] == kind], ["u_index", "v_index"], ["u", "v"])
-        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (stored since issue 15)
+        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (older runs lack them)
         rows = rows[rows["scope"] == "ensemble"]
         figure, axes = _figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),

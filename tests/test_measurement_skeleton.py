@@ -1,4 +1,4 @@
-"""The measurement skeleton keeps the rows of the code before it.
+"""The measurement skeleton (one shared loop for every ``measure_*``) keeps the rows of the code before it.
 
 ``measurement_rows_before_skeleton.json`` holds, for each call in ``CALLS``, the rows (every column
 but ``value`` and ``stderr``) that the four ``measure_*`` functions wrote at commit d4e9826, before

@@ -169,7 +169,7 @@ def test_bad_num_classes_is_an_input_error(num_classes):
 
 
 def cifar_resnet18_keys():
-    """REFERENCE §5: stem conv1/bn1; layer1..layer4 of two BasicBlocks
+    """The CIFAR ResNet-18 of SharpBalance and Andriushchenko et al.: stem conv1/bn1; layer1..layer4 of two BasicBlocks
     (conv1, bn1, conv2, bn2, shortcut.0 = 1×1 conv, shortcut.1 = BN where the shape changes,
     i.e. in the first block of layers 2-4); linear head."""
     keys = ["conv1.weight", *bn("bn1")]

@@ -1,4 +1,4 @@
-"""Issue 16, item 4 outside ``landscape/``: one home for each small check (the integer check, the
+"""Outside ``landscape/``, one home for each small check (the integer check, the
 corruption severities, DataParallel prefix stripping, eval mode, dtype and device)."""
 import dataclasses
 import re

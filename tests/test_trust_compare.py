@@ -1,4 +1,4 @@
-"""Issue 20: numbers comparable with the literature (ECE edges, ASAM's scaling rule, the reference
+"""Numbers comparable with the literature (ECE edges, ASAM's scaling rule, the reference
 ascent) and the OpenMP/thread settings every command applies before torch is imported."""
 import json
 import math
@@ -100,7 +100,7 @@ def test_ece_wrong_prediction_with_confidence_one_shares_the_last_bin():
     assert theirs == pytest.approx(0.525, abs=1e-6)
 
 
-# -- item 2: ASAM scales only the parameters named "weight" by default (official ASAM)
+# -- ASAM scales only the parameters named "weight" by default (official ASAM)
 
 def _tiny_linear_step(rule):
     """One ASAM first step on f(x) = w·x + b, L = f², at w = (0.5, −1), b = 0.25, x = (1, 2)."""
@@ -181,7 +181,7 @@ def test_asam_runs_recorded_before_the_option_read_as_all_parameters(tmp_path):
     trainer._require_own_training_state(out, settings, recorded=True)  # the old state is still its own
 
 
-# -- item 3: every command sets OpenMP's wait policy and thread count before torch is imported
+# -- every command sets OpenMP's wait policy and thread count before torch is imported
 
 _SPY = textwrap.dedent("""
     import json, os, sys
@@ -237,9 +237,10 @@ def test_usable_cpus_is_at_most_the_machine():
     assert usable_cpus() in range(1, (os.cpu_count() or 1) + 1)
 
 
-# -- item 1: the reference code's ascent, everywhere a sharpness is measured, never mixed with APGD's
+# -- the reference code's ascent, everywhere a sharpness is measured, never mixed with APGD's
 
-_CHECKPOINTS_20 = (5, 9, 12, 15, 16, 18, 19, 20)  # REFERENCE.md §2, for 20 iterations
+# APGD's step-size checkpoints (Croce & Hein, ICML 2020, §3.2) for 20 iterations, as Andriushchenko et al.'s code uses them
+_CHECKPOINTS_20 = (5, 9, 12, 15, 16, 18, 19, 20)
 
 
 def _ellipsoid_projection(delta, t, rho):
@@ -258,7 +259,7 @@ def _ellipsoid_projection(delta, t, rho):
 
 
 def _reference_worst_case(model, inputs, targets, rho, norm, adaptive, n_iters=20, alpha=0.75):
-    """The reference code's ascent for one batch, written from REFERENCE.md §2: start at 0, step 2ρ;
+    """The ascent of Andriushchenko et al.'s (ICML 2023) code for one batch, as it reads: start at 0, step 2ρ;
     step η·T·g/‖g‖₂ (raw gradient norm) or η·T·sign(g); project (clamp, rescale, or the ellipsoid);
     δ ← α z + (1 − α) δ_prev; at the checkpoints halve η when < 0.75 of the steps since the last one
     improved, or when it was not halved last time and the best did not improve, and then take the

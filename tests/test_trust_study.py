@@ -1,4 +1,4 @@
-"""Issue 15, the quickstart as a study: augmentation per dataset, digits-C checked against an
+"""The quickstart as a study: augmentation per dataset, digits-C checked against an
 independent reference classifier, and parallelism that never changes the numbers."""
 
 import json

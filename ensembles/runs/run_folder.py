@@ -41,8 +41,9 @@ import safetensors.torch
 import torch
 from filelock import FileLock
 
-from landscape.errors import InputError
+from ensembles.models import checkpoints, inputs, zoo
 from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
+from landscape.errors import InputError
 
 RESULTS_DIR = "results"
 TRAIN_DIR = "train"
@@ -262,9 +263,7 @@ def legacy_asam_scale(record: Mapping) -> dict:
 def data_normalized(config: Mapping) -> bool:
     """Whether the run's members take images normalised by the data pipeline (the zoo's way),
     rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""
-    from ensembles.models.inputs import normalizes
-
-    return not normalizes(config.get("model_input"))
+    return not inputs.normalizes(config.get("model_input"))
 
 
 def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | None, str | None]:
@@ -280,8 +279,6 @@ def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | 
 
 
 def build_member_model(config: Mapping) -> torch.nn.Module:
-    from ensembles.models import zoo
-
     recorded = (config.get("versions") or {}) if isinstance(config.get("versions"), dict) else {}
     for library, installed in model_library_version(str(config["model"])).items():
         if recorded.get(library) not in (None, installed):
@@ -302,9 +299,6 @@ def build_member_model(config: Mapping) -> torch.nn.Module:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> Run:
     """Load a run folder's finished members as modules in eval mode on ``device``."""
-    from ensembles.models import zoo
-    from ensembles.models.checkpoints import require_finite_weights
-
     path = Path(path)
     config = read_config(path)
     indices = finished_members(config)
@@ -317,7 +311,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
         state = load_member_state(path, index)
         if _member_digest(path, index) != digests[index]:
             raise InputError(f"{member_path(path, index)} changed while it was being read; run the command again")
-        require_finite_weights(state, str(member_path(path, index)))
+        checkpoints.require_finite_weights(state, str(member_path(path, index)))
         try:
             zoo.load_weights(model, state)
         except InputError as error:

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ensembles.data import datasets
+from ensembles.models import permutation_specs
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
@@ -893,8 +894,10 @@ class _AlignedMembers:
     """Members permuted to match member ``reference`` (:mod:`landscape.alignment`), each aligned
     on first use; the reference itself is returned unchanged."""
 
-    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches):
+    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches,
+                 spec: alignment.PermutationSpec):
         self.members, self.kind, self.reference, self.seed, self.batches = members, kind, reference, seed, batches
+        self.spec = spec
         self.aligned: dict[int, torch.nn.Module] = {}
 
     def __getitem__(self, index: int) -> torch.nn.Module:
@@ -902,9 +905,9 @@ class _AlignedMembers:
             return self.members[index]
         if index not in self.aligned:
             reference, member = self.members[self.reference], self.members[index]
-            self.aligned[index] = (alignment.weight_matching(reference, member, seed=self.seed)
+            self.aligned[index] = (alignment.weight_matching(reference, member, self.spec, seed=self.seed)
                                    if self.kind == "weight" else
-                                   alignment.activation_matching(reference, member, self.batches))
+                                   alignment.activation_matching(reference, member, self.spec, self.batches))
         return self.aligned[index]
 
 
@@ -936,8 +939,12 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     before paths, barriers and the plane are measured. Aligned rows have the settings
     ``alignment``, ``aligned_to`` (the reference member), ``reference_weights`` (the digest of its
     weights file, so new reference weights make the pair rows stale) and ``align_seed`` (and
-    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
-    derived is refused before anything is measured.
+    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they
+    always were. The permutation groups are the zoo's hand-written ones, or for any other model
+    traced from its graph (:mod:`ensembles.models.permutation_specs`), whose rows also carry
+    ``align_spec``, a digest of the traced groups. Either kind is proven on two samples of ``split``
+    (a random permutation must leave the outputs unchanged), and a model whose groups cannot be
+    derived is refused, before anything is measured.
     """
     alignments = _alignments(align)
     alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
@@ -950,8 +957,11 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
         _check_member_count(run, plane)
         count = _example_count("--n-examples", n_examples, run.images)
         architecture = run_folder.build_member_model(run.config)
-        if alignments != ["none"]:
-            alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
+        spec = spec_digest = None
+        if alignments != ["none"]:  # refuses what it cannot align, before any write
+            spec = permutation_specs.permutation_spec(architecture, run.images.batch(np.arange(min(2, count))))
+            if permutation_specs.zoo_permutation_spec(architecture) is None:
+                spec_digest = permutation_specs.spec_digest(spec)
         has_batchnorm = _has_batchnorm(architecture)
         bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
         training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config), run.root) \
@@ -960,7 +970,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads
             studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, read),
                                          run.images, count, alphas, plane, grid, bn_mode, read, bn_examples,
-                                         batch_size, seed, chunk_size, device, kind))
+                                         batch_size, seed, chunk_size, device, kind, spec, spec_digest))
     return _measure(studies, device, dtype, progress)
 
 
@@ -997,6 +1007,8 @@ class _Connectivity(_Study):
     chunk_size: int
     device: torch.device | str
     alignment: str = "none"
+    spec: alignment.PermutationSpec | None = None
+    spec_digest: str | None = None  # of a traced spec; the zoo's hand-written groups are as they always were
     unit: ClassVar[str] = "path"
 
     def __post_init__(self):
@@ -1018,6 +1030,8 @@ class _Connectivity(_Study):
             reference = run_folder.member_path(self.path, self.members[0])
             self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed,
                                        reference_weights=file_digest(reference))
+            if self.spec_digest is not None:
+                self.curve_settings.update(align_spec=self.spec_digest)
         self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
         self.plane_settings = {**self.curve_settings, "grid": self.grid}
         self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
@@ -1051,7 +1065,8 @@ class _Connectivity(_Study):
             if models.weights[self.members[0]] != self.curve_settings["reference_weights"]:
                 raise InputError(f"{run_folder.member_path(self.path, self.members[0])} changed during the measurement "
                                  "(the alignment's reference is not the one planned); no rows were stored: run it again")
-            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches)
+            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches,
+                                           self.spec)
         return self.aligned
 
     def compute(self, models: _Members, task):

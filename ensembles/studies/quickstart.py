@@ -15,10 +15,10 @@ same folder reuses everything, and an interrupted one continues where it stopped
 
 The report (``DIR/report``) is written by the CLI with :mod:`reports`, grouped by method.
 
-Recipe, measured (issue 15; numbers in the README). With width 8, 8 epochs and CIFAR's crop-and-flip the
-members reached 65-76% clean test accuracy, still rising; without the augmentation (a mirrored digit is
-another glyph, a 4-pixel crop moves an 8x8 glyph by a whole source pixel) 91-94%; width 16 and 12
-epochs give 96-98%, with the validation accuracy level over the last epochs. Digits' default
+Recipe, measured on this project's 2-core CPU (numbers in the README). With width 8, 8 epochs and
+CIFAR's crop-and-flip the members reached 65-76% clean test accuracy, still rising; without the
+augmentation (a mirrored digit is another glyph, a 4-pixel crop moves an 8x8 glyph by a whole
+source pixel) 91-94%; width 16 and 12 epochs give 96-98%, with the validation accuracy level over the last epochs. Digits' default
 augmentation is therefore ``none`` (:func:`ensembles.data.datasets.default_augmentation`). At ρ = 0.5 the
 worst-case perturbation costs these members 70-90 points of training accuracy (saturated, a uniform
 guess errs 90%); at ρ = 0.1 a few points.

@@ -1,7 +1,8 @@
 """Training ensembles: deep ensembles (SGD), SAM, ASAM and SharpBalance, resumable.
 
 Every member is trained from its own seed with SGD (lr 0.1, momentum 0.9, weight decay 5e-4,
-batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; REFERENCE.md §4), wrapped in
+batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; SharpBalance, Lu et al.,
+NeurIPS 2024, App. D.3), wrapped in
 :class:`ensembles.methods.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
 SharpBalance (:mod:`ensembles.methods.sharpbalance`) all members train with SAM until epoch T_d, then
 each scores every training sample by per-sample Fisher trace, the sets are selected from all
