@@ -36,7 +36,9 @@ An axis that does not apply to a method (its declaration in :mod:`ensembles.trai
 the methods that use it: ``rho`` is not SGD's; ``k``, ``td``, ``reference_compatible`` and
 ``reselect_every`` are SharpBalance's; ``eta`` and ``asam_scale`` ASAM's) is dropped from that job, and
 jobs that then train the same ensemble are one job: crossing ``method = ["sgd", "sam"]`` with two
-radii gives three jobs, not four.
+radii gives three jobs, not four. Settings that differ only in spelling train the same ensemble
+(``model_input = {size = 32}`` and ``{size = [32, 32]}``, as ``train`` records both); settings that
+differ in any value, ``model_input`` included, are different jobs.
 
 **Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and its swept values
 (``sam-rho0.2-w16-s13.17.27``, each value spelled as its declaration says): readable, and unique
@@ -429,13 +431,30 @@ def job_folder(root: str | os.PathLike, name: str) -> Path:
 
 
 def _identity(settings) -> tuple:
-    """What makes two settings the same ensemble: the trainer's own normalized fields."""
+    """What makes two settings the same ensemble: the trainer's own normalized fields. The model's
+    input is compared apart (:func:`_input_identity`)."""
     values = settings.run_fields()
     for name in _not_identity(settings):
         values.pop(name, None)
     return (settings.dataset, settings.model, settings.method, tuple(settings.seeds), settings.keep,
             tuple(sorted((k, _text(v)) for k, v in values.items())),
             json.dumps(settings.model_args or {}, sort_keys=True))
+
+
+def _input_identity(settings, library_default: bool) -> str:
+    """``model_input`` as train() records it: the values given in one spelling (size 32 is [32, 32])
+    and, with ``library_default``, what a timm model's own data config fills in for the rest
+    (:func:`ensembles.training.trainer.with_resolved_input`; that builds the model, so it is done
+    only when a sweep varies model_input). Grid points that differ in it are different ensembles."""
+    if library_default and settings.model.startswith("timm:"):
+        from ensembles.training.trainer import with_resolved_input
+
+        resolved = with_resolved_input(settings, num_classes=10).model_input  # the head never changes the input
+    else:
+        from ensembles.models.inputs import resolve_input
+
+        resolved = resolve_input(**(settings.model_input or {}))
+    return json.dumps(resolved, sort_keys=True)
 
 
 def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "",
@@ -448,6 +467,7 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
     settings_class = settings_class or TrainingSettings
 
     axes = list(grid)
+    library_input = "model_input" in axes
     jobs: list[Job] = []
     seen: dict[tuple, Job] = {}
     names: dict[str, Job] = {}
@@ -460,10 +480,10 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
         merged = {name: value for name, value in merged.items() if applies(name, method, settings_class)}
         try:
             settings = settings_class(**merged)
+            identity = (_identity(settings), _input_identity(settings, library_input))
         except InputError as error:
             shown = ", ".join(f"{axis}={_text(value)}" for axis, value in point.items()) or "the [base] settings"
             raise InputError(f"{source}: grid point {shown}: {error}") from None
-        identity = _identity(settings)
         if identity in seen:
             continue
         name = run_name(settings, axes)
