@@ -768,6 +768,13 @@ def _collect(handle) -> tuple[JobOutcome | None, str | None]:
 
 
 def _error_text(error: BaseException) -> str:
+    """An error as one line: its type and last line; for a job that failed in its own process
+    (submitit's FailedJobError, whose text ends with log paths), the last line of the job's traceback."""
+    trace = re.search(r"\n-{10,}\n(.*?)\n-{10,}\n", str(error), re.S)
+    if trace:
+        lines = [line for line in trace.group(1).splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
