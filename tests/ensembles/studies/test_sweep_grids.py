@@ -1,10 +1,59 @@
-"""The job identity that tells grid points apart (model_input included, resolved as train() records it)."""
+"""Sweep files with several grids ([[grid]]: the union of their jobs), and the job identity that
+tells grid points apart (model_input included, resolved as train() records it)."""
 import pytest
 
 from ensembles.studies import sweep
 from landscape.errors import InputError
 
 BASE = '[base]\ndataset = "digits"\nmodel = "small_cnn"\nepochs = 4\n'
+
+SEVERAL = BASE + """
+[[grid]]                 # deep ensembles
+seeds = [[13, 17, 27], [113, 117, 127]]
+[[grid]]                 # SAM at two radii, one seed set
+method = ["sam"]
+width = [8]
+rho = [0.05, 0.2]
+seeds = [[13, 17, 27]]
+[[grid]]                 # rho before width here; the names keep one order
+method = ["sam"]
+rho = [0.1]
+width = [16]
+[[grid]]                 # SGD ignores rho: the first grid's second job again, merged
+method = ["sgd"]
+rho = [0.1]
+seeds = [[113, 117, 127]]
+"""
+
+
+def test_several_grids_are_the_union_of_their_jobs_in_file_order():
+    plan = sweep.parse_sweep(SEVERAL, source="several.toml")
+    # Written out by hand: each job names the axes of its own grid, in the order the file first gives them.
+    assert [job.name for job in plan.jobs] == [
+        "sgd-s13.17.27", "sgd-s113.117.127",
+        "sam-w8-rho0.05-s13.17.27", "sam-w8-rho0.2-s13.17.27",
+        "sam-w16-rho0.1-s13.17.27"]
+    assert [(job.settings.method, job.settings.rho, job.settings.width, job.settings.seeds) for job in plan.jobs] == [
+        ("sgd", 0.0, None, (13, 17, 27)), ("sgd", 0.0, None, (113, 117, 127)),
+        ("sam", 0.05, 8, (13, 17, 27)), ("sam", 0.2, 8, (13, 17, 27)), ("sam", 0.1, 16, (13, 17, 27))]
+    assert plan.grid == {"seeds": ((13, 17, 27), (113, 117, 127)), "method": ("sam", "sgd"), "width": (8, 16),
+                         "rho": (0.05, 0.2, 0.1)}
+    assert [list(grid) for grid in plan.grids] == [["seeds"], ["method", "width", "rho", "seeds"],
+                                                  ["method", "rho", "width"], ["method", "rho", "seeds"]]
+    table = sweep.plan_table(plan).set_index("run")
+    assert list(table.columns) == ["seeds", "method", "width", "rho", "members", "epochs"]
+    assert table.loc["sgd-s13.17.27", "width"] == "None" and table.loc["sgd-s13.17.27", "rho"] == "-"
+    assert plan.waves == (plan.jobs,)  # nothing reads another run: one wave
+    assert sweep.plan_notes(plan) == []
+
+
+def test_a_grid_table_and_one_grid_of_an_array_give_the_same_jobs():
+    grid = "method = [\"sgd\", \"sam\"]\nrho = [0.05, 0.2]\nwidth = [8, 16]\n"
+    one = sweep.parse_sweep(BASE + "[grid]\n" + grid)
+    array = sweep.parse_sweep(BASE + "[[grid]]\n" + grid)
+    assert [job.name for job in array.jobs] == [job.name for job in one.jobs]
+    assert [job.settings for job in array.jobs] == [job.settings for job in one.jobs]
+    assert one.grids == (one.grid,)
 
 
 def _error(text: str) -> str:
@@ -13,6 +62,23 @@ def _error(text: str) -> str:
     message = str(caught.value)
     assert "\n" not in message
     return message
+
+
+def test_a_problem_in_one_of_several_grids_names_that_grid_and_its_line():
+    two = BASE + "[[grid]]\nrho = [0.1]\n[[grid]]\nwidth = [8]\n"  # line 9 is the second grid's
+    assert _error(two + "rhoo = [0.1]\n").startswith("bad.toml: [[grid]] #2 rhoo (line 9): unknown axis 'rhoo'")
+    assert _error(two + "rho = [-1]\n").startswith("bad.toml: [[grid]] #2 rho (line 9): -1 is not a valid rho")
+    assert _error(two + "rho = []\n").startswith("bad.toml: [[grid]] #2 rho (line 9) has no values")
+    assert _error(two + "epochs = [2]\n").startswith(
+        "bad.toml: [base] epochs (line 4) and bad.toml: [[grid]] #2 epochs (line 9) conflict")
+    assert "not valid TOML" in _error(two + "width = [16]\n")  # a key twice in one grid: TOML's own error
+    missing = '[base]\ndataset = "digits"\n[[grid]]\nmodel = ["mlp"]\n[[grid]]\nwidth = [8]\n'
+    assert _error(missing) == "bad.toml: no 'model' in [[grid]] #2; set it in [base] (or sweep it in that grid)"
+    assert _error("grid = []\n" + BASE).startswith("bad.toml: grid (line 1): an empty list of grids has no jobs")
+    assert "not valid TOML" in _error(BASE + "[grid]\nwidth = [8]\n[[grid]]\nwidth = [16]\n")
+    # a bad point names its values, whichever grid it is in
+    assert _error(BASE + "[[grid]]\nwidth = [8]\n[[grid]]\nmethod = [\"sharpbalance\"]\ntd = [9]\n").startswith(
+        "bad.toml: grid point method=sharpbalance, td=9: td = 9 >= epochs = 4")
 
 
 # -- model_input is part of a job's identity ---------------------------------------------------------
