@@ -608,13 +608,16 @@ def sweep_group():
 @sweep_group.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def sweep_plan_command(file):
-    """Print the jobs FILE expands to: one run folder per grid point, and what follows training."""
-    from ensembles.studies.sweep import plan_table, read_sweep
+    """Print the jobs FILE expands to: one run folder per grid point, the runs each reads, and what
+    follows training."""
+    from ensembles.studies.sweep import plan_notes, plan_table, read_sweep
 
     sweep = read_sweep(file)
     click.echo(plan_table(sweep).to_string(index=False))
     click.echo(f"{len(sweep.jobs)} jobs; after training: "
                + ("; ".join(measure.describe() for measure in sweep.measurements) or "nothing"))
+    for note in plan_notes(sweep):
+        click.echo(note)
     click.echo(f"report grouped by {', '.join(sweep.group_by)}")
 
 
@@ -692,20 +695,25 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
                        echo=lambda message: click.echo(message, err=True))
     if not result.waited:
         click.echo(f"submitted {len(result.job_ids)} jobs; follow them with: sharpdiv sweep status {file} --root {out}")
+        if result.waiting:
+            click.echo(f"{len(result.waiting)} jobs read runs not finished yet; run this command again once they are")
         return
     for outcome in result.outcomes:
         click.echo(outcome.line())
     trained = sum(outcome.trained for outcome in result.outcomes)
     click.echo(f"{len(result.outcomes)} of {len(sweep.jobs)} jobs done ({trained} trained now, "
-               f"{len(result.outcomes) - trained} already trained); {len(result.failures)} failed")
+               f"{len(result.outcomes) - trained} already trained); {len(result.failures)} failed"
+               + (f", {len(result.skipped)} skipped" if result.skipped else ""))
     for name, error in result.failures.items():
         click.echo(f"sharpdiv: job {name} failed: {error}", err=True)
+    for name, reason in result.skipped.items():
+        click.echo(f"sharpdiv: job {name} {reason}", err=True)
     if make_report:
         paths = sweep_runs(sweep, out)
         if paths:
             report = _sweep_report(sweep, paths, Path(out) / "report", force=force)
             click.echo(f"report: {report.index}")
-    if result.failures:
+    if result.failures or result.skipped:
         raise SystemExit(1)
 
 

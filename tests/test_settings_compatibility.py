@@ -29,11 +29,21 @@ def _stored(name: str):
     return json.loads((STORED / name).read_text())
 
 
+#: Jobs the code of then lost: it left model_input out of a job's identity, so grid points that differ
+#: only in it were merged into the first. They are jobs of their own now; the stored names stay.
+MERGED_THEN = {"model-tables": [
+    "sgd-model_argsnone-model_input_size_28_mean_0.5_0.5_0.5_std_0.25_0.25_0.25_-s13.17.27",
+    "sgd-model_args_depth_2_-model_input_size_28_mean_0.5_0.5_0.5_std_0.25_0.25_0.25_-s13.17.27",
+    "sgd-model_args_hidden_64_act_relu_-model_input_size_28_mean_0.5_0.5_0.5_std_0.25_0.25_0.25_-s13.17.27"]}
+
+
 @pytest.mark.parametrize("grid", sorted(_stored("sweep_folder_names.json")))
 def test_sweep_run_folder_names_are_byte_identical_to_the_stored_ones(grid):
     stored = _stored("sweep_folder_names.json")[grid]
     plan = sweep.parse_sweep(stored["sweep"], source=f"{grid}.toml")
-    assert [job.name for job in plan.jobs] == stored["runs"]
+    names = [job.name for job in plan.jobs]
+    assert [name for name in names if name not in MERGED_THEN.get(grid, [])] == stored["runs"]
+    assert sorted(set(names) - set(stored["runs"])) == sorted(MERGED_THEN.get(grid, []))
 
 
 def _write_stored_runs(root: Path) -> dict:

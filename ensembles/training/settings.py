@@ -72,7 +72,9 @@ class Setting:
     width). ``when_unset`` (and ``when_unset_text`` for ``--help`` when it is a function of the
     settings) fills a setting a method uses when it is None. ``short`` is the prefix before the value
     in a run folder name (None: the setting's name; "": the value alone, made path-safe); ``words`` the
-    two words of a switch (on, off).
+    two words of a switch (on, off). ``reference`` marks a value that names another run folder and says
+    what that run is to this one ("teacher"): a sweep trains it first, and run.json's record of that
+    name (``{"members": [weight digests], ...}``) ties this run to its content.
     """
 
     kind: str
@@ -95,6 +97,7 @@ class Setting:
     axis: bool = True
     short: str | None = None
     words: tuple[str, str] | None = None
+    reference: str = ""
     name: str = ""  # filled in from the field by declared()
 
     def used_by(self, method: str) -> bool:
