@@ -20,9 +20,10 @@ Four views are derived from these declarations and from nothing else:
 3. the options of ``sharpdiv train`` (``cli.training_options``);
 4. the sweep's axes, their rules and their spelling in run folder names (:mod:`ensembles.studies.sweep`).
 
-The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, and for
-SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``) are
-written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
+The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, for
+SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``, and
+for single-basin ensembles two members, ``spawn_epoch < epochs``, the distillation settings only with
+a teacher and the constraint not with distillation) are written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
 trainer code that uses it.
 
 This module imports nothing heavy: the command line reads it before torch is loaded. The vocabularies
@@ -378,11 +379,11 @@ class TrainingSettings:
     connect_strength: float | None = setting(
         None, kind="number", low=0, optional=True, methods=SINGLE_BASIN, short="connect",
         help="λ of the connectivity constraint: member 0 (the anchor) trains first; members 1..M-1 minimise "
-             "L(θ) + λ·L((1-α)·θ_anchor + α·θ), α ~ U(0, 1) per step (0: plain training).")
+             "L(θ) + λ·L((1-α)·θ_anchor + α·θ), α ~ U(0, 1) per step; 0 is plain training.")
     distill_from: str | None = setting(
         None, kind="path", check=_check_teacher_path, optional=True, methods=SINGLE_BASIN,
         wanted_text="the path of a teacher run folder", short="from-",
-        help="Distil from this teacher run folder: its predictions on the training split (logit cache).")
+        help="Distil from this teacher run folder's predictions on the training split, read from its logit cache.")
     distill_weight: float | None = setting(
         None, kind="number", low=0, high=1, optional=True, methods=SINGLE_BASIN, when_unset=_with_a_teacher(0.5),
         when_unset_text="0.5 with --distill-from", short="dw",

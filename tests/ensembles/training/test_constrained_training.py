@@ -125,3 +125,14 @@ def test_the_constraint_is_refused_where_it_cannot_apply():
         replace(CONSTRAINED, distill_from="teacher")
     with pytest.raises(InputError, match="--connect-strength 1.0 has no effect with --method sharpbalance"):
         replace(CONSTRAINED, method="sharpbalance")
+
+
+def test_with_sam_the_constraint_is_part_of_both_passes(tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    calls = []
+    original = trainer.constrained_loss
+    monkeypatch.setattr(trainer, "constrained_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+    settings = replace(CONSTRAINED, method="sam", rho=0.05, epochs=1, train_samples=64)
+    train(tmp_path / "run", settings)
+    assert len(calls) == 2 * (64 // 16)  # member 1's four batches, at θ and at θ + ε̂ (member 0 trains plainly)

@@ -152,3 +152,15 @@ def test_kill_9_and_resume_of_distilled_training_is_bit_identical(teacher, disti
 def test_teacher_record_is_what_require_same_teacher_compares(teacher, distilled):
     recorded = single_basin.require_same_teacher(distilled, _student(teacher), 10)
     assert recorded == read_config(distilled)["teacher"]
+
+
+def test_with_sam_the_distillation_loss_is_the_objective_of_both_passes(teacher, tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    calls = []
+    original = trainer.distillation_loss
+    monkeypatch.setattr(trainer, "distillation_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+    settings = replace(_student(teacher), method="sam", rho=0.05, epochs=1, train_samples=64)
+    train(tmp_path / "run", settings)
+    steps = 2 * (64 // 16)  # two members, four batches each
+    assert len(calls) == 2 * steps  # at θ and at θ + ε̂
