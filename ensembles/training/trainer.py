@@ -8,8 +8,28 @@ each scores every training sample by per-sample Fisher trace, the sets are selec
 members' scores, and every member continues on its mixed objective (new sets every
 ``reselect_every`` epochs when asked).
 
-Members advance in lockstep **phases** separated by the selection epochs: every member trains
-to the end of a phase, then all score, then all continue. In one process (the default) members
+Single-basin ensembles (Lion et al., "How good is a single basin?", AISTATS 2024; the run-folder
+records are :mod:`ensembles.training.single_basin`'s) are built inside one run folder, member 0 being
+the parent or the anchor:
+
+- ``spawn_epoch = T``: member 0 trains alone for T epochs; its complete training state (weights and
+  buffers, optimizer state with momentum, epoch and so the schedule's position, best weights, pruning
+  masks) becomes the parent, and members 1..M-1 continue from it with their own data-order and
+  augmentation generators (from their own seeds). T = 0 is a shared initialization. With
+  ``keep = best`` a spawned member whose validation accuracy never beats the parent's keeps the
+  parent's best weights: read the kept epoch in run.json.
+- ``connect_strength = λ``: member 0, the anchor, trains plainly to the end first; members 1..M-1
+  then train from their own initialization (from the parent, when spawned) on
+  :func:`ensembles.methods.connected.constrained_loss` against the anchor's kept weights, α drawn per
+  step from a generator of their own. λ = 0 is plain training: nothing is computed or drawn.
+- ``distill_from``: every member trains on :func:`ensembles.methods.distillation.distillation_loss`
+  against its teacher member (or the teacher ensemble), from the spawn epoch on when spawning (the
+  parent phase is plain training, so spawned and distilled runs with the same first seed and T share
+  one parent). The teacher's logits on the whole training split come from its logit cache, computed
+  once; an augmented image's target is the teacher's prediction on the image before augmentation.
+
+Members advance in lockstep **phases** separated by the selection epochs (and the spawn epoch):
+every member trains to the end of a phase, then all score, then all continue. In one process (the default) members
 take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
 gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
 and exchange their scores with ``all_gather``.
@@ -26,6 +46,7 @@ was trained with, and :func:`resume` trains with that thread count again unless 
 The run folder (:mod:`ensembles.runs.run_folder`): ``run.json`` holds every hyper-parameter flat, and the
 torch thread count (``threads``) and device (``device``) of the training;
 ``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
+``train/parent.pt`` the parent of spawned members;
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
 accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
