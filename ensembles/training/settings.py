@@ -23,8 +23,9 @@ Four views are derived from these declarations and from nothing else:
 The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, for
 SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``, and
 for single-basin ensembles two members, ``spawn_epoch < epochs``, the distillation settings only with
-a teacher and the constraint not with distillation) are written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
-trainer code that uses it.
+a teacher and the constraint not with distillation) are written out once, in
+:func:`check_across_settings`. A new hyper-parameter is one field below, plus the trainer code that
+uses it.
 
 This module imports nothing heavy: the command line reads it before torch is loaded. The vocabularies
 owned by modules that need torch (augmentations, ASAM's scales, the zoo's models, dataset names) are

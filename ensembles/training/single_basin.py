@@ -174,7 +174,8 @@ def teacher_record(teacher: str | os.PathLike, settings, num_classes: int, stude
             raise InputError(f"teacher {teacher}{whose}: member {member['index']} has no weights ({file.name} is "
                              "missing); retrain or re-import it")
         members.append(file_digest(file))
-    return {"path": str(folder.resolve()), "members": members, "data": _train_slice(settings).digest(settings.data_path)}
+    data = _train_slice(settings).digest(settings.data_path)
+    return {"path": str(folder.resolve()), "members": members, "data": data}
 
 
 def require_same_teacher(run_path: str | os.PathLike, settings, num_classes: int) -> dict:

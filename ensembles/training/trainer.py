@@ -29,10 +29,11 @@ the parent or the anchor:
   once; an augmented image's target is the teacher's prediction on the image before augmentation.
 
 Members advance in lockstep **phases** separated by the selection epochs (and the spawn epoch):
-every member trains to the end of a phase, then all score, then all continue. In one process (the default) members
-take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
-gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
-and exchange their scores with ``all_gather``.
+every member trains to the end of a phase, then all score, then all continue. In one process (the
+default) members take turns within a phase; with ``members_parallel=N``, ``N`` processes
+(torch.distributed, gloo on CPU; NCCL with one GPU per process, unverified here) each train members
+``r, r+N, ...`` and exchange their scores with ``all_gather`` (and wait at a barrier for a parent or
+an anchor written by the process training member 0).
 
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
@@ -514,8 +515,8 @@ def _training_order(members: list[_Member], start: int, end: int, run_path: Path
     1..M-1 of a spawned run wait for the parent (from the spawn epoch on); with the connectivity
     constraint, member 0, the anchor, trains to the end first, then the anchor is shared, then the
     others train against it. The caller trains each member to ``end`` before asking for the next."""
-    waiting = [m for m in members if m.index != 0 and settings.spawn_epoch is not None and m.epoch < settings.spawn_epoch]
-    ready = [m for m in members if m not in waiting]
+    spawning = settings.spawn_epoch is not None
+    ready = [m for m in members if not (spawning and m.index != 0 and m.epoch < settings.spawn_epoch)]
     if not settings.connect_strength or end != settings.epochs:
         yield from ready
         return

@@ -164,3 +164,11 @@ def test_with_sam_the_distillation_loss_is_the_objective_of_both_passes(teacher,
     train(tmp_path / "run", settings)
     steps = 2 * (64 // 16)  # two members, four batches each
     assert len(calls) == 2 * steps  # at θ and at θ + ε̂
+
+
+def test_spawned_and_distilled_in_two_processes_equal_one(teacher, tmp_path):
+    settings = _student(teacher, epochs=3, train_samples=64, spawn_epoch=1)
+    train(tmp_path / "one", settings)
+    train(tmp_path / "two", settings, members_parallel=2)
+    for a, b in zip(member_weights(tmp_path / "two"), member_weights(tmp_path / "one"), strict=True):
+        assert_identical(a, b)

@@ -50,7 +50,8 @@ def spawned_run(tmp_path_factory):
 
 def _optimizer_tensors(state):
     """The optimizer's per-parameter state (SGD's momentum buffers) by parameter and name."""
-    return {f"{key}.{name}": value for key, entry in state["optimizer"]["state"].items() for name, value in entry.items()}
+    return {f"{key}.{name}": value
+            for key, entry in state["optimizer"]["state"].items() for name, value in entry.items()}
 
 
 def test_spawned_members_equal_the_parent_at_the_spawn_point_and_differ_afterwards(spawned_run):
