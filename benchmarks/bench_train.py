@@ -12,8 +12,8 @@ single-basin constructions against plain SGD per epoch.
    pass) of a constrained member (``connect_strength``: a second, interpolated forward-backward pass
    per step) and of a distilled member (``distill_from``: the KL term against cached teacher logits)
    against a plain SGD member, on digits with small_cnn width 8, batch 128, side by side in one
-   process (the three runs interleaved, the teacher's logits computed once before the first
-   distilled run, as the cache does).
+   process (the three runs interleaved, each round starting with the next case; the teacher's
+   logits computed once before the first distilled run, as the cache does).
 
 Medians over ``--repeats`` interleaved runs; the machine is shared, so read the ratios.
 
@@ -80,9 +80,10 @@ def single_basin_epoch_times(epochs: int, repeats: int) -> dict[str, float]:
         teacher = os.path.join(folder, "teacher")
         train(teacher, TrainingSettings(**{**plain.__dict__, "seeds": (11, 12)}))
         distilled = TrainingSettings(**{**plain.__dict__, "distill_from": teacher})
+        cases = [("plain SGD", plain, (0, 1)), ("constrained", constrained, (1,)), ("distilled", distilled, (0, 1))]
         for repeat in range(repeats):
-            for name, settings, members in (("plain SGD", plain, (0, 1)), ("constrained", constrained, (1,)),
-                                            ("distilled", distilled, (0, 1))):
+            # each round starts with another case: on a loaded machine the position in a round shows
+            for name, settings, members in cases[repeat % 3:] + cases[:repeat % 3]:
                 run = os.path.join(folder, f"{name}-{repeat}")
                 train(run, settings)
                 log = read_training_log(run)
