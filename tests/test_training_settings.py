@@ -182,7 +182,7 @@ def _bad_value(declaration: Setting):
         return declaration.low - 1
     if declaration.kind == "number":
         return declaration.high + 1 if declaration.high is not None else declaration.low - 1
-    return {"choice": "nonsense", "switch": "yes", "seeds": [-1], "table": "x=1", "name": "../x"}[declaration.kind]
+    return {"choice": "nonsense", "switch": "yes", "seeds": [-1], "table": "x=1", "name": "../x", "path": ""}[declaration.kind]
 
 
 @pytest.mark.parametrize("name", sweep.AXES)

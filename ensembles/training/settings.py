@@ -20,10 +20,12 @@ Four views are derived from these declarations and from nothing else:
 3. the options of ``sharpdiv train`` (``cli.training_options``);
 4. the sweep's axes, their rules and their spelling in run folder names (:mod:`ensembles.studies.sweep`).
 
-The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, and for
-SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``) are
-written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
-trainer code that uses it.
+The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, for
+SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``, and
+for single-basin ensembles two members, ``spawn_epoch < epochs``, the distillation settings only with
+a teacher and the constraint not with distillation) are written out once, in
+:func:`check_across_settings`. A new hyper-parameter is one field below, plus the trainer code that
+uses it.
 
 This module imports nothing heavy: the command line reads it before torch is loaded. The vocabularies
 owned by modules that need torch (augmentations, ASAM's scales, the zoo's models, dataset names) are
@@ -52,6 +54,11 @@ METHOD_NAMES = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "sharpbalance": "Sha
 SHARPNESS_AWARE = ("sam", "asam", "sharpbalance")
 SCHEDULES = ("multistep", "cosine")
 KEEP = ("best", "last")
+#: Whom a distilled member learns from: its own teacher member, or the teacher ensemble's mean.
+DISTILL_TARGETS = ("member", "ensemble")
+#: The methods that build single-basin ensembles (spawning, the connectivity constraint, distillation):
+#: SharpBalance is not among them, its set selection needs every member in lockstep from the start.
+SINGLE_BASIN = ("sgd", "sam", "asam")
 #: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
 MAX_SEED = 2**63 - 1
 #: A torchvision:/timm:/module.path:callable model name; a sweep puts it in a folder name.
@@ -282,6 +289,16 @@ def _half_the_epochs(settings) -> int:
     return max(settings.epochs // 2, 1)
 
 
+def _with_a_teacher(value):
+    """The default of a distillation setting: ``value`` when a teacher is named, else unset."""
+    return lambda settings: value if settings.distill_from is not None else None
+
+
+def _check_teacher_path(value) -> None:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise InputError(f"distill_from must be the path of a teacher run folder, got {value!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # the settings
 
@@ -358,6 +375,32 @@ class TrainingSettings:
         wanted_text="a table with size, mean and std (any of them)",
         help="The model's own input size and normalization (ensembles.models.inputs.resolve_input); "
              "train() fills in the library's defaults.")
+    # Single-basin ensembles (Lion et al. 2024): ensembles/training/trainer.py says how each is trained.
+    spawn_epoch: int | None = setting(
+        None, kind="integer", low=0, optional=True, methods=SINGLE_BASIN, short="spawn",
+        help="Spawn members 1..M-1 from member 0's complete training state after this many epochs (0: a shared "
+             "initialization); each continues with its own data order and augmentation.")
+    connect_strength: float | None = setting(
+        None, kind="number", low=0, optional=True, methods=SINGLE_BASIN, short="connect",
+        help="λ of the connectivity constraint: member 0 (the anchor) trains first; members 1..M-1 minimise "
+             "L(θ) + λ·L((1-α)·θ_anchor + α·θ), α ~ U(0, 1) per step; 0 is plain training.")
+    distill_from: str | None = setting(
+        None, kind="path", check=_check_teacher_path, optional=True, methods=SINGLE_BASIN, reference="teacher",
+        wanted_text="the path of a teacher run folder", short="from-",
+        help="Distil from this teacher run folder's predictions on the training split, read from its logit cache.")
+    distill_weight: float | None = setting(
+        None, kind="number", low=0, high=1, optional=True, methods=SINGLE_BASIN, when_unset=_with_a_teacher(0.5),
+        when_unset_text="0.5 with --distill-from", short="dw",
+        help="w in the distillation loss (1 - w)·CE + w·τ²·KL(teacher || student).")
+    distill_temperature: float | None = setting(
+        None, kind="number", low=0, low_open=True, optional=True, methods=SINGLE_BASIN,
+        when_unset=_with_a_teacher(2.0), when_unset_text="2 with --distill-from", short="tau",
+        help="Temperature τ of the distillation loss (Hinton et al. 2015).")
+    distill_target: str | None = setting(
+        None, kind="choice", choices=DISTILL_TARGETS, optional=True, methods=SINGLE_BASIN,
+        when_unset=_with_a_teacher("member"), when_unset_text="member with --distill-from", short="to-",
+        help="member: member i learns from teacher member i (equal member counts); ensemble: from the teacher "
+             "ensemble's mean probabilities.")
 
     def __post_init__(self):
         settle(self)
@@ -452,3 +495,29 @@ def check_across_settings(settings) -> None:
                              "--method sam")
         if settings.reselect_every is not None and settings.reference_compatible:
             raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
+    _check_single_basin(settings)
+
+
+def _check_single_basin(settings) -> None:
+    """The rules of spawning, the connectivity constraint and distillation across settings."""
+    members = len(settings.seeds)
+    if settings.spawn_epoch is not None:
+        if members < 2:
+            raise InputError("--spawn-epoch needs at least 2 members: members 1..M-1 are spawned from member 0")
+        if not settings.spawn_epoch < settings.epochs:
+            raise InputError(f"spawn_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), "
+                             f"got {settings.spawn_epoch}")
+    if settings.connect_strength and members < 2:
+        raise InputError("--connect-strength needs at least 2 members: members 1..M-1 stay connected to member 0")
+    if settings.distill_from is None:
+        given = [flag for name, flag in (("distill_weight", "--distill-weight"),
+                                         ("distill_temperature", "--distill-temperature"),
+                                         ("distill_target", "--distill-target"))
+                 if getattr(settings, name) is not None]
+        if given:
+            raise InputError(f"{' '.join(given)} {'has' if len(given) == 1 else 'have'} no effect without "
+                             "--distill-from; name a teacher run folder or drop "
+                             f"{'it' if len(given) == 1 else 'them'}")
+    elif settings.connect_strength:
+        raise InputError("--connect-strength and --distill-from are two constructions; choose one "
+                         "(combine --distill-from with --spawn-epoch to distil inside one basin)")

@@ -9,11 +9,32 @@ each scores every training sample by per-sample Fisher trace, the sets are selec
 members' scores, and every member continues on its mixed objective (new sets every
 ``reselect_every`` epochs when asked).
 
-Members advance in lockstep **phases** separated by the selection epochs: every member trains
-to the end of a phase, then all score, then all continue. In one process (the default) members
-take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
-gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
-and exchange their scores with ``all_gather``.
+Single-basin ensembles (Lion et al., "How good is a single basin?", AISTATS 2024; the run-folder
+records are :mod:`ensembles.training.single_basin`'s) are built inside one run folder, member 0 being
+the parent or the anchor:
+
+- ``spawn_epoch = T``: member 0 trains alone for T epochs; its complete training state (weights and
+  buffers, optimizer state with momentum, epoch and so the schedule's position, best weights, pruning
+  masks) becomes the parent, and members 1..M-1 continue from it with their own data-order and
+  augmentation generators (from their own seeds). T = 0 is a shared initialization. With
+  ``keep = best`` a spawned member whose validation accuracy never beats the parent's keeps the
+  parent's best weights: read the kept epoch in run.json.
+- ``connect_strength = λ``: member 0, the anchor, trains plainly to the end first; members 1..M-1
+  then train from their own initialization (from the parent, when spawned) on
+  :func:`ensembles.methods.connected.constrained_loss` against the anchor's kept weights, α drawn per
+  step from a generator of their own. λ = 0 is plain training: nothing is computed or drawn.
+- ``distill_from``: every member trains on :func:`ensembles.methods.distillation.distillation_loss`
+  against its teacher member (or the teacher ensemble), from the spawn epoch on when spawning (the
+  parent phase is plain training, so spawned and distilled runs with the same first seed and T share
+  one parent). The teacher's logits on the whole training split come from its logit cache, computed
+  once; an augmented image's target is the teacher's prediction on the image before augmentation.
+
+Members advance in lockstep **phases** separated by the selection epochs (and the spawn epoch):
+every member trains to the end of a phase, then all score, then all continue. In one process (the
+default) members take turns within a phase; with ``members_parallel=N``, ``N`` processes
+(torch.distributed, gloo on CPU; NCCL with one GPU per process, unverified here) each train members
+``r, r+N, ...`` and exchange their scores with ``all_gather`` (and wait at a barrier for a parent or
+an anchor written by the process training member 0).
 
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
@@ -27,6 +48,7 @@ was trained with, and :func:`resume` trains with that thread count again unless 
 The run folder (:mod:`ensembles.runs.run_folder`): ``run.json`` holds every hyper-parameter flat, and the
 torch thread count (``threads``) and device (``device``) of the training;
 ``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
+``train/parent.pt`` the parent of spawned members;
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
 accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
@@ -40,6 +62,8 @@ ends with an InputError naming it.
 """
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 import math
 import os
@@ -61,8 +85,11 @@ from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
                                        save_member)
+from ensembles.methods.connected import constrained_loss
+from ensembles.methods.distillation import distillation_loss, ensemble_soft_targets, soft_targets
 from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
+from ensembles.training import single_basin
 from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings
 from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
@@ -128,6 +155,11 @@ def _stream_seeds(seed: int) -> tuple[int, int]:
     return int(order), int(augmentation)
 
 
+def _interpolation_seed(seed: int) -> int:
+    """The seed of a member's α stream (the connectivity constraint), independent of the other two."""
+    return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1, dtype=np.uint64)[0])
+
+
 class _Member:
     """A member in training: model, optimizer, its random streams, best weights and log."""
 
@@ -149,6 +181,11 @@ class _Member:
         order_seed, augmentation_seed = _stream_seeds(seed)
         self.order = torch.Generator().manual_seed(order_seed)
         self.augmentation = torch.Generator().manual_seed(augmentation_seed)
+        # α of the connectivity constraint; none is drawn (nor stored) without the constraint
+        self.interpolation = (torch.Generator().manual_seed(_interpolation_seed(seed))
+                              if settings.connect_strength else None)
+        self.teacher = None  # (N, C) soft targets of this member's teacher on the training split
+        self.anchor = None  # the anchor's parameters, for the connectivity constraint
         self.epoch = 0
         self.best_state = None
         self.best_accuracy = -1.0
@@ -164,7 +201,7 @@ class _Member:
         return run_path / TRAIN_DIR / f"member-{self.index}.pt"
 
     def state(self) -> dict:
-        return {
+        state = {
             "epoch": self.epoch, "seed": self.seed,
             "model": _to_cpu(self.model.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
@@ -174,6 +211,9 @@ class _Member:
             "masks": None if self.masks is None else _to_cpu(self.masks),
             "log": self.log,
         }
+        if self.interpolation is not None:
+            state["interpolation"] = self.interpolation.get_state()
+        return state
 
     def save(self, run_path: Path) -> None:
         target = self.checkpoint_path(run_path)
@@ -195,17 +235,30 @@ class _Member:
                              "remove the member's file to retrain it from scratch") from None
         if state["seed"] != self.seed:
             raise InputError(f"{path} belongs to seed {state['seed']}, not {self.seed}; the run folder was altered")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._continue_from(state)
         self.order.set_state(state["order"])
         self.augmentation.set_state(state["augmentation"])
-        self.epoch = int(state["epoch"])
-        self.best_state, self.best_accuracy, self.best_epoch = state["best"], state["best_accuracy"], state["best_epoch"]
+        if self.interpolation is not None:
+            self.interpolation.set_state(state["interpolation"])
         self.diverged_epoch = state.get("diverged_epoch")  # absent in older checkpoints
         self.log = list(state["log"])
+        return True
+
+    def _continue_from(self, state: dict) -> None:
+        """Take the training state's weights and buffers, optimizer state (momentum), epoch (the
+        schedule's position), best weights and pruning masks."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.best_state, self.best_accuracy, self.best_epoch = state["best"], state["best_accuracy"], state["best_epoch"]
         if state["masks"] is not None:
             self._set_masks({name: mask.to(self.device) for name, mask in state["masks"].items()})
-        return True
+
+    def spawn_from(self, parent: dict) -> None:
+        """Continue from the parent's complete training state (member 0's at the spawn epoch), with
+        this member's own data-order, augmentation and α generators, from its seed; its log starts
+        at the spawn epoch."""
+        self._continue_from(copy.deepcopy(parent))
 
     # -- pruning
 
@@ -245,6 +298,7 @@ class _Member:
                                               augmentation_generator=self.augmentation):
             in_sam_set = None if membership is None else membership[index]
             outcome = training_step(self.model, self.optimizer, inputs, targets, in_sam_set,
+                                    loss_fn=self.objective(inputs, index),
                                     freeze_batch_norm=not settings.reference_compatible)
             if self.masks is not None:
                 pruning.apply_masks(self.model, self.masks)
@@ -264,6 +318,21 @@ class _Member:
                "seconds": time.perf_counter() - started}
         self.log.append(row)
         return row
+
+    def objective(self, inputs: torch.Tensor, index: torch.Tensor) -> Callable:
+        """The batch's loss ``L(outputs, targets)``: the cross-entropy; Hinton et al.'s distillation
+        loss against this member's teacher (from the spawn epoch on when spawning); or the
+        connectivity constraint to the anchor, with α drawn now from this member's generator."""
+        settings = self.settings
+        if self.teacher is not None and self.epoch >= (settings.spawn_epoch or 0):
+            teacher = self.teacher[index]
+            return lambda outputs, targets: distillation_loss(outputs, targets, teacher, settings.distill_weight,
+                                                              settings.distill_temperature)
+        if self.anchor is not None:
+            alpha = float(torch.rand((), generator=self.interpolation))
+            return lambda outputs, targets: constrained_loss(outputs, targets, self.model, self.anchor, inputs,
+                                                             settings.connect_strength, alpha)
+        return F.cross_entropy
 
     def scores(self, data: "_Data") -> torch.Tensor:
         """Per-sample Fisher trace of every training sample (eval mode, no augmentation)."""
@@ -358,6 +427,13 @@ class _Gang:
     def own(self, count: int) -> list[int]:
         return list(range(self.rank, count, self.world))
 
+    def barrier(self) -> None:
+        """Wait until every process is here (a parent or an anchor written by process 0)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def gather_scores(self, local: dict[int, torch.Tensor], count: int) -> torch.Tensor:
         """All members' scores ``(M, N)`` from each process's own members' rows."""
         if self.world == 1:
@@ -403,21 +479,85 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
     return sets
 
 
+def _spawn(run_path: Path, members: list[_Member], restored: dict[int, bool], gang: _Gang,
+           settings: TrainingSettings) -> None:
+    """At the spawn epoch: member 0's complete training state becomes the parent (written once by
+    the process training member 0, checked by every process) and each member 1..M-1 not restored
+    from its own checkpoint continues from it."""
+    for member in members:
+        if member.index == 0 and member.diverged_epoch is not None:
+            _mark_failed(run_path, member)  # no parent: the members to spawn from it never start
+        elif member.index == 0:
+            single_basin.save_parent(run_path, member.state(), settings)
+    gang.barrier()
+    parent = single_basin.read_parent(run_path, settings)
+    for member in members:
+        if parent is not None and member.index != 0 and not restored[member.index]:
+            member.spawn_from(parent)
+
+
+def _share_anchor(run_path: Path, members: list[_Member], gang: _Gang, settings: TrainingSettings) -> dict | None:
+    """Member 0's kept weights once it has finished: saved and recorded as the anchor by the process
+    training it, checked and read by every process (None when member 0 diverged)."""
+    for member in members:
+        if member.index == 0 and member.diverged_epoch is None:
+            _save_finished(run_path, member, settings)
+            single_basin.record_anchor(run_path)
+        elif member.index == 0:
+            _mark_failed(run_path, member)
+    gang.barrier()
+    anchor = single_basin.read_anchor(run_path)
+    return None if anchor is None else {name: tensor.to(members[0].device) for name, tensor in anchor.items()}
+
+
+def _training_order(members: list[_Member], start: int, end: int, run_path: Path, gang: _Gang,
+                    settings: TrainingSettings):
+    """The members of this process that train in the phase ``[start, end)``, in order. Members
+    1..M-1 of a spawned run wait for the parent (from the spawn epoch on); with the connectivity
+    constraint, member 0, the anchor, trains to the end first, then the anchor is shared, then the
+    others train against it. The caller trains each member to ``end`` before asking for the next."""
+    spawning = settings.spawn_epoch is not None
+    ready = [m for m in members if not (spawning and m.index != 0 and m.epoch < settings.spawn_epoch)]
+    if not settings.connect_strength or end != settings.epochs:
+        yield from ready
+        return
+    yield from [m for m in ready if m.index == 0]
+    anchor = _share_anchor(run_path, members, gang, settings)
+    for member in ready:
+        if member.index != 0 and anchor is not None:
+            member.anchor = anchor
+            yield member
+
+
+def _teacher_targets(teacher: torch.Tensor | None, index: int, settings: TrainingSettings,
+                     device: torch.device) -> torch.Tensor | None:
+    """Member ``index``'s soft targets ``(N, C)``: its own teacher member's, or the teacher ensemble's."""
+    if teacher is None:
+        return None
+    if settings.distill_target == "ensemble":
+        return ensemble_soft_targets(teacher, settings.distill_temperature).to(device)
+    return soft_targets(teacher[index], settings.distill_temperature).to(device)
+
+
 def _train_members(run_path: Path, settings: TrainingSettings, device: torch.device, gang: _Gang,
-                   progress: bool, callback: Callable[[dict], None] | None) -> None:
+                   progress: bool, callback: Callable[[dict], None] | None,
+                   teacher: torch.Tensor | None = None) -> None:
     data = _load_data(settings)
     members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
+    restored = {member.index: member.load(run_path) for member in members}
     for member in members:
-        member.load(run_path)
+        member.teacher = _teacher_targets(teacher, member.index, settings, device)
     bars = {}  # a member's bar appears when it starts training, so its clock and ETA are its own
     boundaries = selection_epochs(settings)
     sets, start = None, 0
-    for end in [*boundaries, settings.epochs]:
+    for end in _phase_ends(settings):
         if start in boundaries:
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
             if sets is None:
                 break
-        for member in members:
+        if start == settings.spawn_epoch:
+            _spawn(run_path, members, restored, gang, settings)
+        for member in _training_order(members, start, end, run_path, gang, settings):
             if member.epoch < end and member.diverged_epoch is None:
                 if member.index not in bars:
                     bars[member.index] = _progress_bar(member, settings, progress)
@@ -437,9 +577,20 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
         elif member.epoch >= settings.epochs:
-            save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
-                        kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
-                        val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+            _save_finished(run_path, member, settings)
+
+
+def _phase_ends(settings: TrainingSettings) -> list[int]:
+    """The epochs at which every member pauses: SharpBalance's selections, the spawn epoch, the end."""
+    spawn = [settings.spawn_epoch] if settings.spawn_epoch else []
+    return sorted({*selection_epochs(settings), *spawn, settings.epochs})
+
+
+def _save_finished(run_path: Path, member: _Member, settings: TrainingSettings) -> None:
+    """Write a finished member's kept weights and mark it done in run.json."""
+    save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
+                kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
+                val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
 
 
 def _mark_failed(run_path: Path, member: _Member) -> None:
@@ -462,7 +613,9 @@ def _refuse_diverged(run_path: Path, settings: TrainingSettings) -> None:
     unfinished = [m["index"] for m in members if m.get("status") not in ("done", "failed")]
     if not failed and not unfinished:
         return
-    rest = f"; members {unfinished} stopped unfinished (SharpBalance's sets need every member)" if unfinished else ""
+    reason = ("SharpBalance's sets need every member" if settings.method == "sharpbalance"
+              else "they start from or train against member 0")
+    rest = f"; members {unfinished} stopped unfinished ({reason})" if unfinished else ""
     if not failed:
         raise InputError(f"training of {run_path} stopped: the SharpBalance scores are not finite{rest}")
     named = "; ".join(f"member {m['index']} (seed {m['seed']}) diverged at epoch {m['diverged_epoch']}" for m in failed)
@@ -478,7 +631,7 @@ def _progress_bar(member: _Member, settings: TrainingSettings, enabled: bool):
 
 
 def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettings, device: str, threads: int,
-                  progress: bool, rendezvous: str) -> None:
+                  progress: bool, rendezvous: str, teacher: torch.Tensor | None = None) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
@@ -486,10 +639,12 @@ def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettin
     if chosen.type == "cuda":
         chosen = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(chosen)
+    # Processes wait at a barrier while member 0 trains alone (a spawn parent, an anchor): no timeout
+    # shorter than a training; a process that fails ends them all (torch.multiprocessing.spawn).
     dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo", init_method=rendezvous,
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, timeout=datetime.timedelta(days=30))
     try:
-        _train_members(Path(run_path), settings, chosen, _Gang(rank, world), progress, callback=None)
+        _train_members(Path(run_path), settings, chosen, _Gang(rank, world), progress, callback=None, teacher=teacher)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -499,8 +654,9 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
          callback) -> list["MemberSummary"]:
     device = torch.device(device or "cpu")
     world = _processes(settings, members_parallel, callback)
+    teacher = _teacher(run_path, settings, device)
     if world == 1:
-        _train_members(run_path, settings, device, _Gang(), progress, callback)
+        _train_members(run_path, settings, device, _Gang(), progress, callback, teacher)
     else:
         import torch.multiprocessing as multiprocessing
 
@@ -508,9 +664,24 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
             rendezvous = f"file://{Path(folder) / 'store'}"
             multiprocessing.spawn(_process_main, nprocs=world, join=True,
                                   args=(world, str(run_path), settings, str(device), torch.get_num_threads(),
-                                        progress, rendezvous))
+                                        progress, rendezvous, teacher))
     _refuse_diverged(run_path, settings)
     return summarize(run_path)
+
+
+def _teacher(run_path: Path, settings: TrainingSettings, device: torch.device) -> torch.Tensor | None:
+    """The teacher's member logits ``(M, N, C)`` on the un-augmented training split (None without
+    distillation), from its logit cache, after checking it is the teacher run.json records. An
+    augmented image's target is the teacher's prediction on the image before augmentation."""
+    if settings.distill_from is None:
+        return None
+    num_classes = int(read_config(run_path)["num_classes"])
+    logits, labels = single_basin.teacher_logits(run_path, settings, num_classes, device)
+    train = first_samples(load_dataset(settings.dataset, settings.data_path, "train"), settings.train_samples)
+    if not torch.equal(labels[:len(train)], train.targets):
+        raise InputError(f"the teacher's training labels differ from those of {settings.dataset}'s training split "
+                         "here; distil on the data the teacher's logits were computed on")
+    return logits[:, :len(train)].cpu()
 
 
 def _processes(settings: TrainingSettings, members_parallel: int | None, callback) -> int:
@@ -634,6 +805,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     require_writable_folder(out, force)
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
+    teacher = ({"teacher": single_basin.teacher_record(settings.distill_from, settings, train_data.num_classes)}
+               if settings.distill_from is not None else {})
     _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
@@ -641,7 +814,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
                model_args=_model_args(settings), model_input=settings.model_input, method=settings.method,
                seeds=settings.seeds, keep=settings.keep,
-               **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
+               **settings.run_fields(), **teacher, threads=torch.get_num_threads(),
+               device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
 
 
