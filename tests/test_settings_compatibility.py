@@ -11,7 +11,7 @@ stopped in its second member, both members' training state on disk).
 """
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,15 @@ STORED = Path(__file__).resolve().parent / "stored_before_declared_settings"
 
 def _stored(name: str):
     return json.loads((STORED / name).read_text())
+
+
+def assert_as_stored(now: dict, stored: dict) -> None:
+    """``now`` (settings as a JSON record) holds every stored setting unchanged, and each setting
+    added since the record was written at its default, which leaves it off."""
+    assert {name: now.get(name) for name in stored} == stored
+    defaults = {field.name: field.default for field in fields(trainer.TrainingSettings)}
+    added = {name: value for name, value in now.items() if name not in stored}
+    assert added == {name: defaults[name] for name in added}
 
 
 @pytest.mark.parametrize("grid", sorted(_stored("sweep_folder_names.json")))
@@ -56,7 +65,7 @@ def test_the_run_folders_of_a_stored_sweep_are_kept_and_read_back_as_the_same_se
         assert trainer.settings_of_run(folder) == job.settings
         # the gate `train --resume` passes through: the stored train/settings.json is these settings
         trainer._require_own_training_state(folder, trainer.settings_of_run(folder), recorded=True)
-        assert trainer._settings_record(job.settings) == stored["runs"][job.name]["train/settings.json"]
+        assert_as_stored(trainer._settings_record(job.settings), stored["runs"][job.name]["train/settings.json"])
 
 
 def test_a_stored_sweep_run_of_other_settings_is_still_refused(tmp_path):
@@ -88,4 +97,4 @@ def test_train_command_lines_build_the_same_settings_as_before(record, monkeypat
     arguments = record["command"].split()[2:]
     result = CliRunner().invoke(cli.main, ["train"] + arguments)
     assert result.exit_code == 0, result.output
-    assert json.loads(json.dumps(asdict(seen[0]))) == record["settings"]
+    assert_as_stored(json.loads(json.dumps(asdict(seen[0]))), record["settings"])
