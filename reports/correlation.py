@@ -423,8 +423,9 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
                              edgecolor="white", linewidth=0.4)
                 hollow = (labels[both] == label) & missed
                 if hollow.any():
-                    axis.scatter(x[hollow], y[hollow], s=22, facecolors="none", edgecolors=palette[label],
-                                 linewidth=1.0, label=f"{label} (criterion not reached)" if position == 0 else None)
+                    axis.scatter(x[hollow], y[hollow], s=22, facecolors="none", edgecolors=palette[label], linewidth=1.0)
+            if position == 0 and missed.any():  # one legend entry for the marking, whatever the colour
+                axis.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="hollow: criterion not reached")
             if (x > 0).all() and len(x):
                 axis.set_xscale("log")
                 plots._label_log_axis(axis.xaxis, (x.min(), x.max()))
@@ -436,7 +437,7 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
             axis.set_title(_title(pd.concat([rows.loc[measure], pd.Series({"measure": measure})])), fontsize=9)
         for axis in list(axes.flat)[len(measures):]:
             axis.set_visible(False)
-        if colour_by:
+        if colour_by or _missed_criterion(zoo.points).any():
             axes.flat[0].legend(title=colour_by, fontsize=7, title_fontsize=8, loc="best")
         paths = plots._save(figure, Path(directory), stem, formats)
     return plots.Figures(paths=tuple(paths), figures=(figure,))
