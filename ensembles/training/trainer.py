@@ -350,9 +350,10 @@ def _to_cpu(value, clone: bool = False):
 
 @torch.no_grad()
 def evaluate_loss_and_accuracy(model: torch.nn.Module, dataset, device: torch.device,
-                               batch_size: int = 512) -> tuple[float, float]:
+                               batch_size: int = 64) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy over the whole ``dataset`` in eval mode, one batched
-    pass without gradients (the model's mode is restored)."""
+    pass without gradients (the model's mode is restored). Batches of 64: on a CPU larger ones ran
+    up to twice as slow per image for a width-32 small_cnn (benchmarks/README.md, bench_criterion)."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with evaluation_mode(model):
