@@ -22,8 +22,8 @@ Four views are derived from these declarations and from nothing else:
 
 The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, ``keep = best``
 against a training criterion, and for SharpBalance two members, ``td < epochs`` and ``reselect_every``
-against ``reference_compatible``) are written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
-trainer code that uses it.
+against ``reference_compatible``) are written out once, in :func:`check_across_settings`. A new
+hyper-parameter is one field below, plus the trainer code that uses it.
 
 This module imports nothing heavy: the command line reads it before torch is loaded. The vocabularies
 owned by modules that need torch (augmentations, ASAM's scales, the zoo's models, dataset names) are

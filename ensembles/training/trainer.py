@@ -13,7 +13,8 @@ epoch each member's mean cross-entropy and accuracy on the whole training split,
 augmentation and in eval mode (BatchNorm's running statistics), are logged
 (``train_eval_loss``, ``train_eval_accuracy``), and a member that meets the criterion (both, when
 both are given) stops there while the others continue, as generalization-measure studies stop
-every model at the same training cross-entropy (Jiang et al. 2020, §2). ``epochs`` is the cap: a
+every model at the same training cross-entropy (Jiang et al., "Fantastic Generalization Measures
+and Where to Find Them", ICLR 2020). ``epochs`` is the cap: a
 member that reaches it without meeting the criterion is kept (status ``done``) and recorded as
 ``reached_criterion: false``. The kept weights are the stopping epoch's (``keep="last"``); the
 learning-rate schedules ``multistep`` and ``cosine`` are defined over the cap, ``constant`` not at all.
@@ -39,9 +40,10 @@ torch thread count (``threads``) and device (``device``) of the training;
 with a criterion each member's ``stop_epoch`` and ``reached_criterion`` in its run.json entry;
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
-accuracy, pruning masks, whether the criterion stopped it, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
-logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
-val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
+accuracy, pruning masks, whether the criterion stopped it, log), the SharpBalance sets
+(``sets-epoch-<b>.pt``) and per-epoch logs as JSON lines (``log-member-<i>.jsonl``: epoch, member,
+train_loss, train_accuracy, val_accuracy, lr, seconds; with a criterion train_eval_loss and
+train_eval_accuracy), and ``settings.json``, the settings that state belongs to (a ``train/``
 of other settings is refused, never continued). :func:`train` writes only into a new, empty or
 sharpdiv-made folder (:func:`ensembles.runs.files.require_writable_folder`) and checks every input
 before its first write. A member whose loss or weights go non-finite stops training, gets no
@@ -699,7 +701,8 @@ def missed_criterion(run_path: str | os.PathLike) -> list[str]:
 
 def read_training_log(run_path: str | os.PathLike):
     """All members' per-epoch rows as a DataFrame (epoch, member, seed, train_loss, train_accuracy,
-    val_accuracy, lr, sharpbalance_sets, seconds)."""
+    val_accuracy, lr, sharpbalance_sets, seconds; a run to a criterion also train_eval_loss and
+    train_eval_accuracy)."""
     import pandas as pd
 
     rows = []
