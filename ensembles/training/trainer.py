@@ -1,7 +1,7 @@
 """Training ensembles: deep ensembles (SGD), SAM, ASAM and SharpBalance, resumable.
 
 Every member is trained from its own seed with SGD (lr 0.1, momentum 0.9, weight decay 5e-4,
-batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs, cosine or constant), wrapped in
+batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; REFERENCE.md §4), wrapped in
 :class:`ensembles.methods.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
 SharpBalance (:mod:`ensembles.methods.sharpbalance`) all members train with SAM until epoch T_d, then
 each scores every training sample by per-sample Fisher trace, the sets are selected from all
@@ -17,7 +17,8 @@ every model at the same training cross-entropy (Jiang et al., "Fantastic General
 and Where to Find Them", ICLR 2020). ``epochs`` is the cap: a
 member that reaches it without meeting the criterion is kept (status ``done``) and recorded as
 ``reached_criterion: false``. The kept weights are the stopping epoch's (``keep="last"``); the
-learning-rate schedules ``multistep`` and ``cosine`` are defined over the cap, ``constant`` not at all.
+learning-rate schedules ``multistep`` and ``cosine`` are defined over the cap; ``constant`` (a fixed
+lr) suits an open-ended run.
 
 Members advance in lockstep **phases** separated by the selection epochs: every member trains
 to the end of a phase, then all score, then all continue. In one process (the default) members
