@@ -1,14 +1,14 @@
 """Shared test settings: one thread per test process, so results are reproducible bit for bit
-and the suite does not fight itself for the machine's two cores.
-
-Layout: test files may sit in subfolders that mirror the source tree (``tests/ensembles/training/``,
-``tests/reports/``). The subfolders hold no ``__init__.py``: a package ``tests/ensembles`` would be
-imported as ``ensembles`` and shadow the real one. So every test file name is unique across tests/,
-and the helpers beside this file import by name from anywhere below it (``from disk_layouts import
-...``), because pytest puts this file's folder on ``sys.path``."""
+and the suite does not fight itself for the machine's two cores; the helper modules of tests/
+importable by name from every test folder."""
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# tests/ is a package (its subfolders mirror the source tree: tests/ensembles/studies/...), so pytest
+# puts the repository root on the path; the shared helper modules here are imported by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 

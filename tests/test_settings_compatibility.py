@@ -29,15 +29,6 @@ def _stored(name: str):
     return json.loads((STORED / name).read_text())
 
 
-def assert_as_stored(now: dict, stored: dict) -> None:
-    """``now`` (settings as a JSON record) holds every stored setting unchanged, and each setting
-    added since the record was written at its default, which leaves it off."""
-    assert {name: now.get(name) for name in stored} == stored
-    defaults = {field.name: field.default for field in fields(trainer.TrainingSettings)}
-    added = {name: value for name, value in now.items() if name not in stored}
-    assert added == {name: defaults[name] for name in added}
-
-
 @pytest.mark.parametrize("grid", sorted(_stored("sweep_folder_names.json")))
 def test_sweep_run_folder_names_are_byte_identical_to_the_stored_ones(grid):
     stored = _stored("sweep_folder_names.json")[grid]
@@ -53,6 +44,15 @@ def _write_stored_runs(root: Path) -> dict:
             (root / name / relative).write_text(json.dumps(content))
         (root / name / ".sharpdiv").write_text(json.dumps({"made_by": "sharpdiv", "kind": "run"}))
     return stored
+
+
+def assert_as_stored(now: dict, stored: dict) -> None:
+    """``now`` (settings as a JSON record) holds every stored setting unchanged, and each setting
+    added since the record was written at its default, which leaves it off."""
+    assert {name: now.get(name) for name in stored} == stored
+    defaults = {field.name: field.default for field in fields(trainer.TrainingSettings)}
+    added = {name: value for name, value in now.items() if name not in stored}
+    assert added == {name: defaults[name] for name in added}
 
 
 def test_the_run_folders_of_a_stored_sweep_are_kept_and_read_back_as_the_same_settings(tmp_path):

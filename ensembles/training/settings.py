@@ -72,7 +72,7 @@ class Setting:
     width). ``when_unset`` (and ``when_unset_text`` for ``--help`` when it is a function of the
     settings) fills a setting a method uses when it is None. ``short`` is the prefix before the value
     in a run folder name (None: the setting's name; "": the value alone, made path-safe); ``words`` the
-    two words of a switch (on, off). ``aliases`` are further flags of the same option (``--max-epochs``).
+    two words of a switch (on, off).
     """
 
     kind: str
@@ -91,7 +91,7 @@ class Setting:
     when_unset_text: str = ""
     unused: object = None
     flag: str = ""
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # further flags of the same option (--max-epochs for --epochs)
     command_line: bool = True
     axis: bool = True
     short: str | None = None
