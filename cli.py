@@ -495,7 +495,8 @@ def training_options(settings_class):
         elif default is not None and declaration.kind != "switch":
             shown = {"show_default": True}
         if declaration.kind == "switch":
-            return click.option(declaration.flag, declaration.name, is_flag=True, default=bool(default), help=help_text)
+            return click.option(declaration.flag, *declaration.aliases, declaration.name, is_flag=True,
+                                default=bool(default), help=help_text)
         bounds = dict(min=declaration.low, max=declaration.high, min_open=declaration.low_open,
                       max_open=declaration.high_open)
         if declaration.kind == "integer":
@@ -513,8 +514,8 @@ def training_options(settings_class):
         else:
             raise TypeError(f"{declaration.name}: a {declaration.kind} setting has no command-line form; "
                             "declare it with command_line=False")
-        return click.option(declaration.flag, declaration.name, type=kind, default=default, help=help_text or None,
-                            **shown)
+        return click.option(declaration.flag, *declaration.aliases, declaration.name, type=kind, default=default,
+                            help=help_text or None, **shown)
 
     def decorate(function):
         defaults = {field.name: field.default for field in dataclasses.fields(settings_class)}
@@ -551,7 +552,7 @@ def train_command_for(settings_class) -> click.Command:
         """
         if resume_run is not None:
             _refuse_flags_resume_ignores(ctx)
-        from ensembles.training.trainer import resume, train
+        from ensembles.training.trainer import missed_criterion, resume, train
 
         chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
         if resume_run is not None:
@@ -570,9 +571,12 @@ def train_command_for(settings_class) -> click.Command:
             summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True,
                               force=force)
         for row in summaries:
-            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
+            stopped = {True: " (criterion met)", False: " (cap, criterion not met)"}.get(row.reached_criterion, "")
+            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs{stopped}, best val accuracy "
                        f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
                        f"{row.seconds:.0f} s")
+        for sentence in missed_criterion(out) if any(row.reached_criterion is False for row in summaries) else []:
+            click.echo(f"sharpdiv: warning: {sentence}", err=True)
         click.echo(f"run folder: {out}")
 
     return train_command
