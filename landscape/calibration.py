@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [

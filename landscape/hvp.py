@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from landscape._checks import Patterns, differentiable_parameters, positive_int
+from landscape.checks import Patterns, differentiable_parameters, positive_int
 from landscape.errors import InputError
 
 __all__ = [

@@ -90,7 +90,6 @@ def run_path(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("skeleton") / "cnn", n_members=3)
 
 
-@pytest.mark.filterwarnings("error::DeprecationWarning")  # landscape is called in its new convention
 @pytest.mark.filterwarnings("ignore:Lanczos did not reach")
 @pytest.mark.parametrize("name", list(CALLS))
 def test_rows_have_the_keys_the_code_before_the_skeleton_wrote(name, run_path):

@@ -12,7 +12,7 @@ from ensembles.data import corruptions, datasets
 from ensembles.models import checkpoints, zoo
 from ensembles.studies import evaluation
 from ensembles.training import trainer
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +83,10 @@ def test_accuracy_restores_each_submodule_mode():
 
 def test_no_copy_of_a_shared_check_remains_outside_landscape():
     copies = {
-        "must be a positive integer": "landscape._checks.positive_int",
+        "must be a positive integer": "landscape.checks.positive_int",
         'startswith("module.")': "ensembles.models.checkpoints.without_data_parallel_prefix",
         "SEVERITIES = (": "ensembles.data.datasets.SEVERITIES",
-        "was_training = ": "landscape._checks.evaluation_mode",
+        "was_training = ": "landscape.checks.evaluation_mode",
     }
     sources = [ROOT / "cli.py", *sorted((ROOT / "reports").rglob("*.py")), *sorted((ROOT / "ensembles").rglob("*.py"))]
     allowed = {("must be a positive integer", "datasets.py"),  # Batches: owned by the augmentation change

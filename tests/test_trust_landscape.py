@@ -1,7 +1,5 @@
 """landscape/: one calling convention, one parameter-selection rule, one spelling of
-norms, one home for the checks, and the old spellings still working (with a DeprecationWarning)
-for one release, giving exactly the result of the new spelling."""
-import warnings
+norms, one home for the checks."""
 
 import pytest
 import torch
@@ -9,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape import connectivity, fisher, hessian, robustness, sharpness
-from landscape._checks import (_deprecated_alias, evaluation_mode, finite_float, frozen_parameters,
-                               model_dtype_device, norm_name, positive_int, select_parameters)
+from landscape.checks import (evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name,
+                              positive_int, select_parameters)
 from landscape.errors import InputError
 from landscape.hvp import LossHessian
 
@@ -35,77 +33,34 @@ def same(first, second):
     return first == second
 
 
-def no_warning(call):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        return call()
+# -- one calling convention: members, loss, data by position; every setting by keyword ------------
 
-
-# -- the deprecated spellings ----------------------------------------------------------------------
-
-def test_sharpness_include_is_a_deprecated_alias_of_params():
+def test_sharpness_takes_its_settings_by_keyword_and_records_them():
     model, batches = tiny_model(), tiny_batches()
-    new = no_warning(lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, params="2.*", n_iters=3))
-    with pytest.warns(DeprecationWarning, match="include"):
-        old = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, include="2.*", n_iters=3)
-    assert same(old.per_batch, new.per_batch) and old.n_perturbed == new.n_perturbed == 10
-    assert new.params == ("2.*",)
-    with pytest.warns(DeprecationWarning, match="params"):
-        assert old.include == ("2.*",)
-
-
-def test_average_case_n_samples_is_a_deprecated_alias_of_n_draws():
-    model, batches = tiny_model(), tiny_batches()
-    new = no_warning(lambda: sharpness.average_case_sharpness(
-        model, F.cross_entropy, batches, 0.1, n_draws=5, generator=torch.Generator().manual_seed(3)))
-    with pytest.warns(DeprecationWarning, match="n_samples"):
-        old = sharpness.average_case_sharpness(model, F.cross_entropy, batches, 0.1, n_samples=5,
+    with pytest.raises(TypeError, match="positional"):
+        sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "l2", True, 2, 1)
+    with pytest.raises(TypeError, match="include"):
+        sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, include="2.*", n_iters=3)
+    worst = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, params="2.*", n_iters=3)
+    assert worst.params == ("2.*",) and worst.n_perturbed == 10  # 2.weight (2×4) and 2.bias (2)
+    average = sharpness.average_case_sharpness(model, F.cross_entropy, batches, 0.1, n_draws=5,
                                                generator=torch.Generator().manual_seed(3))
-    assert same(old.per_batch, new.per_batch) and new.n_draws == 5
-    with pytest.warns(DeprecationWarning, match="n_draws"):
-        assert new.n_samples == 5
+    assert average.n_draws == 5
 
 
-def test_sharpness_settings_passed_by_position_still_work_with_a_warning():
+def test_fisher_takes_its_settings_by_keyword():
     model, batches = tiny_model(), tiny_batches()
-    new = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "l2", True, n_iters=2, n_restarts=1)
-    with pytest.warns(DeprecationWarning, match="by position"):
-        old = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "l2", True, 2, 1)
-    assert same(old.per_batch, new.per_batch) and old.n_iters == 2
+    with pytest.raises(TypeError, match="positional"):
+        fisher.per_sample_fisher_trace(model, F.cross_entropy, batches, 3)
+    assert fisher.per_sample_fisher_trace(model, F.cross_entropy, batches, chunk_size=3).shape == (8,)
 
 
-def test_old_and_new_name_together_is_refused():
+def test_hessian_takes_its_settings_by_keyword_and_records_them():
     model, batches = tiny_model(), tiny_batches()
-    with pytest.raises(TypeError, match="both"):
-        sharpness.average_case_sharpness(model, F.cross_entropy, batches, 0.1, n_samples=2, n_draws=2)
-
-
-def test_select_parameters_include_is_a_deprecated_alias():
-    model = tiny_model()
-    with pytest.warns(DeprecationWarning):
-        old = sharpness.select_parameters(model, include="*.bias")
-    assert list(old) == list(select_parameters(model, params="*.bias")) == ["0.bias", "2.bias"]
-
-
-def test_fisher_inputs_or_batches_and_positional_chunk_size_are_deprecated():
-    model, batches = tiny_model(), tiny_batches()
-    new = no_warning(lambda: fisher.per_sample_fisher_trace(model, F.cross_entropy, batches, chunk_size=3))
-    with pytest.warns(DeprecationWarning, match="inputs_or_batches"):
-        old = fisher.per_sample_fisher_trace(model, F.cross_entropy, inputs_or_batches=batches, chunk_size=3)
-    assert same(old, new)
-    with pytest.warns(DeprecationWarning, match="by position"):
-        assert same(fisher.per_sample_fisher_trace(model, F.cross_entropy, batches, 3), new)
-
-
-def test_hessian_positional_settings_and_n_samples_are_deprecated():
-    model, batches = tiny_model(), tiny_batches()
-    new = hessian.hessian_trace(model, F.cross_entropy, batches, n_probes=6, generator=torch.Generator().manual_seed(2))
-    with pytest.warns(DeprecationWarning, match="by position"):
-        old = hessian.hessian_trace(model, F.cross_entropy, batches, 6, generator=torch.Generator().manual_seed(2))
-    assert same(old.samples, new.samples)
-    assert new.n_examples == 8
-    with pytest.warns(DeprecationWarning, match="n_examples"):
-        assert new.n_samples == 8
+    with pytest.raises(TypeError, match="positional"):
+        hessian.hessian_trace(model, F.cross_entropy, batches, 6)
+    trace = hessian.hessian_trace(model, F.cross_entropy, batches, n_probes=6, generator=torch.Generator().manual_seed(2))
+    assert trace.n_examples == 8 and trace.n_probes == 6
 
 
 @pytest.mark.parametrize("function, arguments", [
@@ -115,35 +70,28 @@ def test_hessian_positional_settings_and_n_samples_are_deprecated():
     ("plane", lambda a, b, c: ([a, b, c],)),
     ("random_directions_slice", lambda a, b, c: (a,)),
 ])
-def test_connectivity_old_order_loader_then_loss_is_deprecated(function, arguments):
+def test_connectivity_refuses_the_data_where_the_loss_belongs(function, arguments):
     members = arguments(tiny_model(0), tiny_model(1), tiny_model(2))
     measure = getattr(connectivity, function)
     options = {"grid": 2} if function in ("plane", "random_directions_slice") else {"alphas": 3}
-    batches = tiny_batches()
-    new = no_warning(lambda: measure(*members, F.cross_entropy, batches, **options))
-    with pytest.warns(DeprecationWarning, match="loss_fn, batches"):
-        old = measure(*members, batches, F.cross_entropy, **options)
-    with pytest.warns(DeprecationWarning, match="loader"):
-        keyword = measure(*members, loss_fn=F.cross_entropy, loader=batches, **options)
-    for result in (old, keyword):
-        for field in ("loss", "value"):
-            if hasattr(new, field):
-                assert same(getattr(result, field), getattr(new, field))
+    with pytest.raises(InputError, match=r"loss_fn must be callable .*pass \(\.\.\., loss_fn, batches\)"):
+        measure(*members, tiny_batches(), F.cross_entropy, **options)
+    with pytest.raises(TypeError, match="loader"):
+        measure(*members, loss_fn=F.cross_entropy, loader=tiny_batches(), **options)
 
 
-def test_connectivity_bn_loader_is_a_deprecated_alias_and_a_module_loss_is_not_taken_for_data():
+def test_connectivity_takes_a_loss_module_as_the_loss():
     a, b = tiny_model(0), tiny_model(1)
-    batches, loss = tiny_batches(), nn.CrossEntropyLoss()
-    new = no_warning(lambda: connectivity.interpolate(a, b, loss, batches, alphas=3, bn_batches=batches))
-    with pytest.warns(DeprecationWarning, match="bn_loader"):
-        old = connectivity.interpolate(a, b, loss, batches, alphas=3, bn_loader=batches)
-    assert same(old.loss, new.loss)
+    batches = tiny_batches()
+    module = connectivity.interpolate(a, b, nn.CrossEntropyLoss(), batches, alphas=3, bn_batches=batches)
+    function = connectivity.interpolate(a, b, F.cross_entropy, batches, alphas=3, bn_batches=batches)
+    assert same(module.loss, function.loss)
 
 
 def test_norms_have_one_spelling_in_any_case():
     model, batches = tiny_model(), tiny_batches()
     lower = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "linf", n_iters=2)
-    upper = no_warning(lambda: sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "Linf", n_iters=2))
+    upper = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "Linf", n_iters=2)
     assert same(lower.per_batch, upper.per_batch) and upper.norm == "linf"
     assert upper.metric == "sharpness/worst/linf/adaptive"
     robustness.check_radius("L2", 0.5, 3)
@@ -265,18 +213,9 @@ def test_model_dtype_device():
         model_dtype_device(nn.ReLU(), purpose="to perturb")
 
 
-def test_deprecated_alias_decorator():
-    @_deprecated_alias(old="new")
-    def function(*, new):
-        return new
-    with pytest.warns(DeprecationWarning, match=r"function\(old=...\) is deprecated; use new=..."):
-        assert function(old=4) == 4
-    assert no_warning(lambda: function(new=5)) == 5
-
-
 # -- the docstring examples: pytest runs them (setup.cfg: --doctest-modules on the packages) -----------
 
-EXAMPLED_MODULES = ["_checks", "calibration", "connectivity", "diversity", "ensemble", "fisher", "hessian", "hvp",
+EXAMPLED_MODULES = ["checks", "calibration", "connectivity", "diversity", "ensemble", "fisher", "hessian", "hvp",
                     "perturbation", "robustness", "sharpness"]
 
 

@@ -95,7 +95,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ensembles.data.datasets import SEVERITIES, check_severity
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ensembles.models.checkpoints import without_data_parallel_prefix
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [

@@ -2,9 +2,9 @@
 
 One home for each: the eval-mode context manager, the parameter-selection rule (``params`` and
 ``exclude`` globs), the model's dtype and device, the integer and float checks, the spelling of
-norms, and the deprecation shims that keep old keyword names and argument orders working for one
-release. Every check raises :class:`landscape.errors.InputError` with one line naming the problem
-and the fix, so the CLI can print it and exit with status 2.
+norms, and the check that a loss is callable. Every check raises
+:class:`landscape.errors.InputError` with one line naming the problem and the fix, so the CLI can
+print it and exit with status 2. Used by every layer (``landscape/``, ``ensembles/``, ``reports/``).
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -17,15 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
-import inspect
 import math
 import numbers
-import os
 import re
-import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -35,12 +30,11 @@ from landscape.errors import InputError
 __all__ = [
     "NORMS",
     "Patterns",
-    "check_loss_and_batches_order",
+    "callable_loss",
     "differentiable_parameters",
     "evaluation_mode",
     "finite_float",
     "frozen_parameters",
-    "legacy_positionals",
     "model_dtype_device",
     "norm_name",
     "patterns",
@@ -191,75 +185,12 @@ def norm_name(norm: str) -> str:
     return spelled
 
 
-# -- deprecations ----------------------------------------------------------------------------------
+# -- the loss --------------------------------------------------------------------------------------
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _warn_deprecated(message: str) -> None:
-    """A ``DeprecationWarning`` attributed to the first caller outside ``landscape/`` (so Python's
-    default filters show it where the old spelling is written, whatever the depth of wrappers)."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, DeprecationWarning, stacklevel=level)
-
-
-def _deprecated_alias(**renamed: str) -> Callable:
-    """Decorator: the old keyword ``old=...`` still works for one release, as ``new``, with a
-    ``DeprecationWarning`` (``@_deprecated_alias(loader="batches")``). Both at once is an error."""
-    def decorate(function: Callable) -> Callable:
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            for old, new in renamed.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{function.__name__}() got both {old!r} (deprecated) and {new!r}; "
-                                        f"pass {new!r} only.")
-                    _warn_deprecated(f"{function.__name__}({old}=...) is deprecated; use {new}=... instead.")
-                    kwargs[new] = kwargs.pop(old)
-            return function(*args, **kwargs)
-        return wrapper
-    return decorate
-
-
-def legacy_positionals(*names: str) -> Callable:
-    """Decorator: arguments that became keyword-only may still be passed by position, in their old
-    order ``names`` (after the positional ones), for one release, with a ``DeprecationWarning``."""
-    def decorate(function: Callable) -> Callable:
-        positional = sum(parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-                         for parameter in inspect.signature(function).parameters.values())
-
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            if len(args) > positional:
-                extra = args[positional:]
-                if len(extra) > len(names):
-                    raise TypeError(f"{function.__name__}() takes at most {positional + len(names)} positional "
-                                    f"arguments but {len(args)} were given.")
-                moved = names[:len(extra)]
-                _warn_deprecated(f"passing {', '.join(moved)} to {function.__name__}() by position is deprecated; "
-                                 "pass them by keyword.")
-                for name, value in zip(moved, extra):
-                    if name in kwargs:
-                        raise TypeError(f"{function.__name__}() got multiple values for argument {name!r}.")
-                    kwargs[name] = value
-                args = args[:positional]
-            return function(*args, **kwargs)
-        return wrapper
-    return decorate
-
-
-def check_loss_and_batches_order(function: str, loss_fn, batches):
-    """``(loss_fn, batches)``, accepting the old order ``(loader, loss_fn)`` for one release with a
-    ``DeprecationWarning``: a callable where the data belongs, and data where the loss belongs."""
-    if not callable(loss_fn) and callable(batches):
-        _warn_deprecated(f"{function}(..., loader, loss_fn) is deprecated; pass (..., loss_fn, batches).")
-        loss_fn, batches = batches, loss_fn
+def callable_loss(loss_fn):
+    """``loss_fn`` if it can be called as ``loss_fn(outputs, targets)``, else an :class:`InputError`
+    (data passed where the loss belongs: the order is ``(..., loss_fn, batches)``)."""
     if not callable(loss_fn):
-        raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
-    return loss_fn, batches
-
-
-# ``include`` was sharpness's name for ``params``
-select_parameters = _deprecated_alias(include="params")(select_parameters)
+        raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}; "
+                         "pass (..., loss_fn, batches).")
+    return loss_fn
