@@ -26,7 +26,7 @@ from landscape.calibration import expected_calibration_error, reliability_bins
 from landscape.errors import InputError
 from landscape.sharpness import worst_case_sharpness
 from reports.collect import SharpnessSpec, collect, sharpness_per_run
-from test_measurements import documented_batches, first_member, make_run
+from tests.ensembles.studies.test_measurements import documented_batches, first_member, make_run
 
 
 def _on_edge(logits, confidence):

@@ -33,7 +33,7 @@ from ensembles.studies.measurements import fisher_path
 from ensembles.models.zoo import build
 from landscape.errors import InputError, NonFiniteError
 from reports.collect import SharpnessSpec, collect, missing_measurements, per_run, run_table, sharpness_per_run
-from test_measurements import SHARPNESS, make_run
+from tests.ensembles.studies.test_measurements import SHARPNESS, make_run
 
 MLP = {"input_size": 3 * 32 * 32, "hidden": [6]}
 

@@ -19,7 +19,7 @@ from ensembles.runs.files import MARKER_FILE, require_writable_folder
 from ensembles.runs.run_folder import load_run, read_config
 from ensembles.training.trainer import TrainingSettings, accuracy, read_training_log, resume, train
 from landscape.errors import InputError
-from test_train import assert_identical, member_weights, training_states
+from tests.ensembles.training.test_trainer import assert_identical, member_weights, training_states
 
 # One member whose validation accuracy peaks at epoch 1 of 3 (0.106, 0.067, 0.089 with one thread).
 KEEP_BEST = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(4,), epochs=3,

@@ -78,7 +78,7 @@ _NORMALIZATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.480, 0.448, 0.397), (0.276, 0.269, 0.282)),
     # Computed once, offline, over all pixels of digits' train split as built below (float64);
-    # the three channels are copies of one grey image. tests/test_data.py recomputes them.
+    # the three channels are copies of one grey image. tests/ensembles/data/test_datasets.py recomputes them.
     "digits": ((0.3048, 0.3048, 0.3048), (0.3234, 0.3234, 0.3234)),
     # A user's own photos: ImageNet's statistics, the usual stand-in for natural images.
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

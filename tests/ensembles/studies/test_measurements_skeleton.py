@@ -28,7 +28,7 @@ import landscape.sharpness
 from ensembles.runs import run_folder
 from ensembles.studies import measurements
 from results_fixtures import append_as_before_grid_indices
-from test_measurements import make_run
+from tests.ensembles.studies.test_measurements import make_run
 
 BEFORE = json.loads((Path(__file__).parent / "measurement_rows_before_skeleton.json").read_text())
 

@@ -99,7 +99,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
     from ensembles.training.trainer import train
-    from tests.test_train import TINY
+    from tests.ensembles.training.test_trainer import TINY
 
     def die_after_first_epoch(event):
         if event["event"] == "epoch" and event["member"] == 1 and event["epoch"] == 1:
@@ -112,7 +112,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_kill_9_and_resume_ends_with_the_same_weights(tiny_run, tmp_path):
     reference, _ = tiny_run
     run = tmp_path / "killed"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     finished = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run)], cwd=root, capture_output=True, timeout=300)
     assert finished.returncode == -9, finished.stderr.decode()[-2000:]
     assert [s["epoch"] for s in training_states(run)] == [1, 1]

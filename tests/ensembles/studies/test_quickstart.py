@@ -14,7 +14,7 @@ from ensembles.training import trainer
 from ensembles.data.corruptions import make_corrupted_split
 from ensembles.data.datasets import load_dataset, load_corrupted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from ensembles.studies import evaluation, measurements, sweep
 from ensembles.training import trainer
 from landscape.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 PLAN = """
 name = "plan"

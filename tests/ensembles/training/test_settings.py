@@ -20,7 +20,7 @@ from ensembles.training import trainer
 from ensembles.training.settings import METHODS, Setting, TrainingSettings, declared, setting
 from landscape.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)

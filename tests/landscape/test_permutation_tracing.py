@@ -21,7 +21,7 @@ from landscape.alignment import activation_matching, apply_permutation, check_pr
 from landscape.connectivity import recompute_batchnorm_statistics
 from landscape.errors import InputError
 from landscape.permutation_tracing import traced_permutation_spec
-from test_alignment import TINY, assert_same_weights, randomized, shuffle
+from tests.landscape.test_alignment import TINY, assert_same_weights, randomized, shuffle
 
 timm = pytest.importorskip("timm")  # the test extra installs it
 

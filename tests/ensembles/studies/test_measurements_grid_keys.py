@@ -25,7 +25,7 @@ from ensembles.studies import measurements
 from landscape.connectivity import evenly_spaced_alphas
 from reports import plots
 from reports.collect import collect
-from test_measurements import counting, make_run
+from tests.ensembles.studies.test_measurements import counting, make_run
 
 DENSITY = dict(n_examples=16, batch_size=8, trace=False, density=True, lanczos_steps=4, density_grid=5)
 PATHS = dict(split="val", n_examples=10, bn_reset=False, batch_size=8)
