@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ensembles import cpus
+from ensembles.cpus import usable_cpus
 
 V2_MOUNT = "41 31 0:38 / {point} rw,relatime - cgroup2 cgroup2 rw\n"
 V1_MOUNTS = ("32 31 0:29 {root} {point} rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
@@ -96,8 +97,5 @@ def test_unreadable_quota_files_are_no_quota(machine):
     assert cpus.cgroup_cpu_quota() is None
 
 
-def test_the_quickstart_shares_out_what_the_helper_answers(monkeypatch):
-    from ensembles.studies import quickstart
-
-    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
-    assert quickstart.parallelism(None, None, "cpu", 10) == (3, 1)
+def test_usable_cpus_is_at_most_the_machine():
+    assert usable_cpus() in range(1, (os.cpu_count() or 1) + 1)

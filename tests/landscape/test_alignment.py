@@ -7,58 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from torch import nn
 
 from ensembles.models import zoo
-from ensembles.models.permutation_specs import permutation_spec, zoo_permutation_spec
+from ensembles.models.permutation_specs import zoo_permutation_spec
 from landscape.alignment import (PermutationSpec, activation_matching, apply_permutation, check_preserves_function,
                                  match_weights, weight_matching)
 from landscape.connectivity import loss_barrier, recompute_batchnorm_statistics
 from landscape.errors import InputError
 
-TINY = {
-    "mlp": lambda: zoo.build("mlp", 3, input_size=3 * 8 * 8, hidden=(7, 6)),
-    "small_cnn": lambda: zoo.build("small_cnn", 3, width=3),
-    "resnet18": lambda: zoo.build("resnet18", 3, width=3),
-    "resnet18_tin": lambda: zoo.build("resnet18_tin", 3, width=3),
-    "wrn40_2": lambda: zoo.WideResNet(3, depth=16, widen_factor=1),  # the wrn40_2 class, fewer blocks
-}
-
+from permuted_models import TINY, assert_same_weights, randomized, shuffle
 
 def images(seed, count=64):
     return torch.randn(count, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def randomized(name, seed=0):
-    """A tiny zoo model whose batch-norm and channel-scale tensors are not all equal, so that a
-    permutation that forgot them would show."""
-    torch.manual_seed(seed)
-    model = TINY[name]().double()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-            elif isinstance(module, zoo.ChannelScale):
-                module.weight.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def shuffle(spec, seed):
-    """A random permutation that moves units in every group (never the identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    permutation = {}
-    for group, size in spec.sizes.items():
-        p = torch.randperm(size, generator=generator)
-        permutation[group] = p.roll(1) if torch.equal(p, torch.arange(size)) else p
-    return permutation
-
-
-def assert_same_weights(a, b, tol):
-    for key, value in a.state_dict().items():
-        assert torch.allclose(value.double(), b.state_dict()[key].double(), atol=tol, rtol=0), key
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -72,21 +32,6 @@ def test_permuted_copy_computes_the_same_function(name):
                               model.state_dict()[spec.axes[next(iter(spec.axes))][0][0]])
     single, single_shuffled = model.float(), shuffled.float()
     assert torch.allclose(single_shuffled(x.float()), single(x.float()), atol=1e-5, rtol=0)
-
-
-def test_groups_follow_the_residual_stream_and_cover_batch_norm():
-    spec = zoo_permutation_spec(zoo.build("resnet18", 10, width=4))
-    stem = dict(spec.axes["stream.stem"])
-    # stem, both layer1 blocks and every reader of layer1's stream share one permutation
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.bn2.weight", "layer1.1.conv2.weight",
-                "layer2.0.conv1.weight", "layer2.0.shortcut.0.weight"):
-        assert key in stem
-    assert stem["layer2.0.shortcut.0.weight"] == 1 and stem["layer1.1.conv2.weight"] == 0
-    assert len([g for g in spec.sizes if g.startswith("stream")]) == 4
-    tin = zoo_permutation_spec(zoo.build("resnet18_tin", 10, width=4))
-    assert ("conv2_x.1.shortcut.weight", 0) in tin.axes["stream.stem"]
-    wrn = zoo_permutation_spec(zoo.build("wrn40_2", 10))
-    assert len(wrn.sizes) == 4 + 18 and ("bn1.running_mean", 0) in wrn.axes["stream.block3.layer.0"]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -161,27 +106,6 @@ def test_alignment_does_not_raise_the_barrier_between_independent_members(digits
     print(f"\ndigits MLP 64-32-32-10, barrier before {before:.4f}, after weight matching {by_weights:.4f}, "
           f"after activation matching {by_activations:.4f} ({matching.iterations} sweeps)")
     assert by_weights <= before and by_activations <= before
-
-
-# ------------------------------------------------------------------------------------------ refusals
-
-
-def test_only_the_zoo_classes_as_built_get_the_hand_written_groups():
-    """A subclass (whose forward may differ) or a zoo model with a part swapped is traced instead,
-    which needs inputs; the traced groups of the changed model are proven on them."""
-
-    class Wider(zoo.MLP):
-        pass
-
-    changed = zoo.build("small_cnn", 3, width=2)
-    changed.bn2 = nn.GroupNorm(1, 4)  # one group: its statistics do not care about channel order
-    for model in (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), Wider(3, input_size=4, hidden=(5,)),
-                  changed):
-        assert zoo_permutation_spec(model) is None
-        with pytest.raises(InputError, match=f"{type(model).__name__} is not one of the zoo's models.*batch"):
-            permutation_spec(model)
-    spec = permutation_spec(changed, torch.randn(2, 3, 8, 8))
-    assert ("bn2.weight", 0) in spec.axes["conv2"] and ("conv3.weight", 1) in spec.axes["conv2"]
 
 
 def test_a_spec_that_forgets_a_per_unit_tensor_is_refused():

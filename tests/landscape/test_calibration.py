@@ -1,21 +1,15 @@
-"""Calibration metrics against a hand-worked example, numpy/sklearn formulas and torchmetrics' ECE."""
+"""Calibration metrics against a hand-worked example, numpy/sklearn formulas and torchmetrics' ECE,
+including the confidences that fall exactly on a bin edge."""
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from landscape.calibration import (
-    ReliabilityBins,
-    accuracy,
-    brier_score,
-    expected_calibration_error,
-    negative_log_likelihood,
-    reliability_bins,
-)
+from landscape.calibration import (ReliabilityBins, accuracy, brier_score, expected_calibration_error,
+                                   negative_log_likelihood, reliability_bins)
 from landscape.errors import InputError
 
 # Four samples, three classes, four bins [0, .25), [.25, .5), [.5, .75), [.75, 1].
@@ -173,3 +167,74 @@ def test_huge_finite_logits_are_accepted():
     # Their sum overflows to Inf, which must not be mistaken for an Inf entry.
     logits = torch.tensor([[3e38, 3e38, 0.0], [0.0, 3e38, 3e38]])
     assert accuracy(logits, torch.tensor([0, 1])).item() == 1.0
+
+
+def _on_edge(logits, confidence):
+    """``logits`` whose first row has a float32 softmax confidence of exactly ``float32(confidence)``
+    (the edge is hit): its first logit is moved by float32 ulps from the given value until it does.
+    exp and log_softmax round differently with different CPU kernels, so the logit that hits an edge
+    is found on the machine running the test rather than pinned."""
+    logits = torch.tensor(logits, dtype=torch.float32)
+    target = torch.tensor(confidence, dtype=torch.float32)
+    for _ in range(64):
+        reached = torch.log_softmax(logits[0], dim=-1).max().exp()
+        if reached == target:
+            return logits
+        logits[0, 0] = torch.nextafter(logits[0, 0], torch.tensor(math.inf if reached < target else -math.inf))
+    raise AssertionError(f"no float32 logit near {logits[0, 0].item()} gives a confidence of exactly {confidence}")
+
+
+def test_on_edge_finds_the_logit_from_a_few_ulps_away():
+    start = torch.tensor(math.log(1.75), dtype=torch.float32)
+    for _ in range(5):
+        start = torch.nextafter(start, torch.tensor(1.0))
+    logits = _on_edge([[start.item(), 0.0, 0.0]], 7 / 15)
+    assert torch.softmax(logits[0], dim=-1).max().item() == pytest.approx(7 / 15, abs=1e-7)
+    assert torch.log_softmax(logits[0], dim=-1).max().exp() == torch.tensor(7 / 15, dtype=torch.float32)
+
+
+def _torchmetrics_edges_above():
+    """The k at which torchmetrics' float32 edges ``linspace(0, 1, 16)`` lie above ``float32(k/15)``:
+    3, 6 and 7 with the x86 kernels we ran, but linspace's last bits come from the CPU's kernel, so
+    the tests read them here rather than pin them."""
+    edges = torch.linspace(0, 1, 16)
+    on_edge = torch.tensor([k / 15 for k in range(16)], dtype=torch.float32)
+    return set(torch.nonzero(edges > on_edge).flatten().tolist())
+
+
+def test_torchmetrics_edges_differ_from_float32_k_over_15_by_an_ulp_at_most():
+    edges = torch.linspace(0, 1, 16)
+    on_edge = torch.tensor([k / 15 for k in range(16)], dtype=torch.float32)
+    # so the two binnings disagree only on exact edges (an edge an ulp above float32(k/15))
+    assert (torch.nextafter(on_edge, torch.tensor(-1.0)) <= edges).all()
+    assert (edges <= torch.nextafter(on_edge, torch.tensor(2.0))).all()
+    assert ((on_edge * 15).floor() == torch.arange(16.0)).all()  # ⌊float32(k/15)·15⌋ = k for every k (IEEE)
+
+
+def test_ece_confidence_exactly_on_an_edge_goes_to_the_upper_bin():
+    # A: confidence exactly float32(7/15) (an edge), right; B: confidence 0.45 (bin 6), wrong.
+    # Our rule: ⌊(7/15)·15⌋ = 7, so A is alone in bin 7 and B alone in bin 6:
+    #   ECE = (|1 − 7/15| + |0 − 0.45|) / 2 = (8/15 + 0.45) / 2 = 0.491667.
+    # torchmetrics, where linspace(0, 1, 16)[7] lies just above float32(7/15), puts A with B in bin 6:
+    #   ECE = |(1 − 7/15) + (0 − 0.45)| / 2 = (1/12) / 2 = 0.041667 (and agrees with us elsewhere).
+    logits = _on_edge([[math.log(1.75), 0.0, 0.0], [math.log(0.45), math.log(0.3), math.log(0.25)]], 7 / 15)
+    labels = torch.tensor([0, 1])
+    assert reliability_bins(logits, labels).count[6:8].tolist() == [1, 1]
+    ours = expected_calibration_error(logits, labels).item()
+    assert ours == pytest.approx((8 / 15 + 0.45) / 2, abs=1e-6)
+    theirs = multiclass_calibration_error(logits.softmax(-1), labels, num_classes=3, n_bins=15, norm="l1").item()
+    assert theirs == pytest.approx((1 / 12) / 2 if 7 in _torchmetrics_edges_above() else ours, abs=1e-6)
+
+
+def test_ece_wrong_prediction_with_confidence_one_shares_the_last_bin():
+    # C: confidence exactly 1, wrong; D: confidence 0.95 (bin 14), right.
+    # Our rule: both in bin 14: |(0 − 1) + (1 − 0.95)| / 2 = 0.475.
+    # torchmetrics gives 1.0 its own bin: (|0 − 1| + |1 − 0.95|) / 2 = 0.525.
+    logits = _on_edge([[0.0, -200.0], [math.log(19.0), 0.0]], 1.0)  # exp(−200) is 0 in float32: exactly 1
+    labels = torch.tensor([1, 0])
+    probabilities = logits.softmax(-1)
+    assert probabilities[1, 0].item() == pytest.approx(0.95, abs=1e-6)  # bin 14, whatever its last bits
+    ours = expected_calibration_error(logits, labels).item()
+    assert ours == pytest.approx(0.475, abs=1e-6)
+    theirs = multiclass_calibration_error(probabilities, labels, num_classes=2, n_bins=15, norm="l1").item()
+    assert theirs == pytest.approx(0.525, abs=1e-6)

@@ -6,17 +6,19 @@ the data at once, so it shares neither the batching, the sample weighting, the v
 the weight combination of the code under test.
 """
 import copy
+from fractions import Fraction
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from landscape.connectivity import (barrier_matrix, interpolate, interpolated_model, loss_barrier,
-                                    plane, random_directions, random_directions_slice,
+import landscape.connectivity
+from landscape import connectivity
+from landscape.connectivity import (barrier_matrix, evenly_spaced_alphas, interpolate, interpolated_model,
+                                    loss_barrier, plane, random_directions, random_directions_slice,
                                     recompute_batchnorm_statistics)
 from landscape.errors import InputError
 
@@ -358,3 +360,66 @@ def test_bad_input_is_named():
     with pytest.raises(InputError, match="scalar"):
         interpolate(first, second, lambda outputs, targets: F.cross_entropy(outputs, targets, reduction="none"),
                     data)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+def tiny_batches(count=2, size=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
+             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
+
+
+def same(first, second):
+    """Equal tensors, floats (NaN equal to NaN) or dataclass fields."""
+    if isinstance(first, torch.Tensor):
+        return torch.equal(first, second) or bool(torch.allclose(first, second, equal_nan=True, rtol=0, atol=0))
+    if isinstance(first, float):
+        return first == second or (first != first and second != second)
+    return first == second
+
+
+@pytest.mark.parametrize("function, arguments", [
+    ("interpolate", lambda a, b, c: (a, b)),
+    ("loss_barrier", lambda a, b, c: (a, b)),
+    ("barrier_matrix", lambda a, b, c: ([a, b, c],)),
+    ("plane", lambda a, b, c: ([a, b, c],)),
+    ("random_directions_slice", lambda a, b, c: (a,)),
+])
+def test_connectivity_refuses_the_data_where_the_loss_belongs(function, arguments):
+    members = arguments(tiny_model(0), tiny_model(1), tiny_model(2))
+    measure = getattr(connectivity, function)
+    options = {"grid": 2} if function in ("plane", "random_directions_slice") else {"alphas": 3}
+    with pytest.raises(InputError, match=r"loss_fn must be callable .*pass \(\.\.\., loss_fn, batches\)"):
+        measure(*members, tiny_batches(), F.cross_entropy, **options)
+    with pytest.raises(TypeError, match="loader"):
+        measure(*members, loss_fn=F.cross_entropy, loader=tiny_batches(), **options)
+
+
+def test_connectivity_takes_a_loss_module_as_the_loss():
+    a, b = tiny_model(0), tiny_model(1)
+    batches = tiny_batches()
+    module = connectivity.interpolate(a, b, nn.CrossEntropyLoss(), batches, alphas=3, bn_batches=batches)
+    function = connectivity.interpolate(a, b, F.cross_entropy, batches, alphas=3, bn_batches=batches)
+    assert same(module.loss, function.loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# α: the same double on every machine
+
+
+@pytest.mark.parametrize("count", [2, 3, 7, 11, 21, 41, 100])
+def test_alphas_are_the_doubles_nearest_i_over_count_minus_one(count):
+    alphas = evenly_spaced_alphas(count).tolist()
+    assert alphas == [float(Fraction(i, count - 1)) for i in range(count)]  # correctly rounded: no CPU in it
+    assert alphas == evenly_spaced_alphas(2 * count - 1).tolist()[::2]  # a finer grid shares every point
+    assert landscape.connectivity._alpha_grid(count).tolist() == alphas
+
+
+def test_a_count_below_two_is_refused():
+    for count in (1, 0, True):
+        with pytest.raises(landscape.connectivity.InputError, match="at least 2"):
+            evenly_spaced_alphas(count)

@@ -4,24 +4,21 @@ torchvision's ResNet-18 and timm's ViT-Tiny: a randomly permuted copy computes t
 and weight and activation matching find the original again exactly; the traced groups of the zoo's
 models are exactly the hand-written ones; reshapes into heads, channel × spatial flattens, grouped
 convolutions and concatenations keep their groups in place; an operation that cannot be placed
-is refused naming its module; ``sharpdiv connectivity --align`` aligns a timm model end to end."""
-import json
+is refused naming its module."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from click.testing import CliRunner
 from torch import nn
 
-import cli
 from ensembles.models import permutation_specs, zoo
-from ensembles.runs import run_folder
 from landscape.alignment import activation_matching, apply_permutation, check_preserves_function, weight_matching
 from landscape.connectivity import recompute_batchnorm_statistics
 from landscape.errors import InputError
 from landscape.permutation_tracing import traced_permutation_spec
-from tests.landscape.test_alignment import TINY, assert_same_weights, randomized, shuffle
+
+from permuted_models import TINY, assert_same_weights, randomized, shuffle
 
 timm = pytest.importorskip("timm")  # the test extra installs it
 
@@ -287,50 +284,3 @@ def test_a_model_it_cannot_trace_is_refused_in_one_line():
     with pytest.raises(InputError, match=r"^cannot trace DataDependent to derive its permutation groups \(.*\); "
                                          r"refusing to align it$"):
         traced_permutation_spec(DataDependent(), torch.randn(2, 3))
-
-
-# ------------------------------------------------------------------- a timm model, end to end
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
-
-
-OPTIONS = ("--n-examples", 20, "--alphas", 3, "--bn-examples", 40, "--batch-size", 20, "--seed", 1, "--device", "cpu")
-
-
-def test_connectivity_aligns_a_timm_model_and_finds_a_permuted_member_again(tmp_path):
-    """Member 1 is member 0 with its units permuted: unaligned, the straight path between them
-    leaves the basin; weight- or activation-aligned, the pair is one network and the barrier is 0."""
-    path = tmp_path / "run"
-    run_folder.create_run(path, dataset="digits", num_classes=10, model="timm:test_vit",
-                          model_args={"img_size": 32}, seeds=[0, 1])
-    torch.manual_seed(0)
-    member = zoo.build("timm:test_vit", 10, img_size=32)
-    spec = permutation_specs.permutation_spec(member, images(0, 2).float())
-    run_folder.save_member(path, 0, member)
-    run_folder.save_member(path, 1, apply_permutation(member, shuffle(spec, 5), spec))
-    result = invoke("connectivity", path, *OPTIONS, "--align", "none,weight,activation")
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    table = run_folder.read_results(path, current_only=True)
-    table = table[table["metric"] == "connectivity/barrier"]
-    settings = [json.loads(text) for text in table["settings"]]
-    barrier = {s.get("alignment", "none"): value for s, value in zip(settings, table["value"])}
-    assert barrier["none"] > 1e-3
-    assert abs(barrier["weight"]) < 1e-5 and abs(barrier["activation"]) < 1e-5
-    digests = {s.get("align_spec") for s in settings if "alignment" in s}
-    assert digests == {permutation_specs.spec_digest(spec)}  # aligned rows name the traced groups
-    assert "align_spec" not in next(s for s in settings if "alignment" not in s)
-
-
-def test_zoo_aligned_rows_keep_the_settings_they_always_had(tmp_path):
-    """The zoo's hand-written groups are the ones aligned rows were stored with before groups could
-    be traced: those rows carry no align_spec, so stored ones are still reused."""
-    from test_trust_alignment import OPTIONS as ZOO_OPTIONS, make_run
-
-    path = make_run(tmp_path / "run", n_members=2)
-    assert invoke("connectivity", path, *ZOO_OPTIONS, "--align", "weight").exit_code == 0
-    table = run_folder.read_results(path, current_only=True)
-    (settings,) = [json.loads(text) for text in table[table["metric"] == "connectivity/barrier"]["settings"]]
-    assert sorted(settings) == ["align_seed", "aligned_to", "alignment", "alphas", "batch_size", "bn_examples",
-                                "bn_mode", "n_examples", "reference_weights", "seed"]

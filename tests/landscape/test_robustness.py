@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from landscape import robustness
 from landscape.ensemble import combine
 from landscape.errors import InputError
 from landscape.robustness import EnsembleClassifier, Normalized, RobustnessResult, robust_accuracy
@@ -187,3 +188,25 @@ def test_standard_version_with_fewer_than_ten_classes():
     result = robust_accuracy(model, inputs, labels, eps=eps, norm="Linf", version="standard")
     assert result.clean.all() and not result.robust.any()
     assert result.attacks == ("apgd-ce", "apgd-t", "fab-t", "square") and result.target_classes == 4
+
+
+def test_robust_accuracy_takes_l2_and_linf_in_any_case():
+    model = nn.Sequential(nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        model[0].bias.copy_(torch.tensor([-0.5, 0.5]))
+    inputs = torch.tensor([[0.6, 0.5], [0.9, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 0])
+    results = [robustness.robust_accuracy(model, inputs, labels, eps=0.2, norm=norm, attacks=("apgd-ce",),
+                                          iterations=5) for norm in ("Linf", "linf", "LINF")]
+    assert {result.norm for result in results} == {"linf"}
+    assert [result.robust.tolist() for result in results] == [[False, True]] * 3
+
+
+def test_check_radius_bounds():
+    robustness.check_radius("Linf", 1.0)
+    robustness.check_radius("L2", 50.0)              # the size of the inputs is not known: no bound
+    robustness.check_radius("L2", 2.0, input_size=4)  # √4 = 2: the diameter itself is allowed
+    for norm, eps, size in (("Linf", 1.0001, None), ("Linf", 8.0, 3072), ("L2", 2.0001, 4)):
+        with pytest.raises(InputError, match="larger than"):
+            robustness.check_radius(norm, eps, size)

@@ -8,18 +8,18 @@ average ``ρ²/6 · Σ H_ii T_ii²``, and for diagonal ``H`` the ℓ∞ worst ca
 ``ρ‖Tc‖₂`` (ℓ2), ``ρ Σ|c_i| T_ii`` (ℓ∞).
 """
 import math
+import re
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
-from scipy.optimize import minimize
 from torch import nn
 from torch.func import functional_call
 
-from landscape.errors import InputError
-from landscape.perturbation import PerturbationBall, project_onto_ellipsoid
+import landscape.sharpness
+from ensembles.models import zoo
+from landscape import sharpness
+from landscape.errors import InputError, NonFiniteError
 from landscape.sharpness import (SharpnessResult, apgd_checkpoints, average_case_sharpness, select_parameters,
                                  worst_case_sharpness)
 
@@ -204,102 +204,6 @@ def test_weights_equal_to_zero_cannot_move(norm, reference_ascent, init):
     average = average_case_sharpness(model, mean_output, batch, 0.5, norm=norm, n_draws=10,
                                      generator=torch.Generator().manual_seed(0))
     assert average.value == 0.0
-
-
-def test_zero_semi_axes_are_fixed_by_the_projections():
-    semi_axes = {"w": torch.tensor([0.0, 1.0, 2.0, 0.0], dtype=DOUBLE)}
-    points = {"w": torch.tensor([[3.0, 4.0, 0.0, -1.0], [5.0, 0.1, 0.1, 0.0]], dtype=DOUBLE)}
-    projected = project_onto_ellipsoid(points, semi_axes)["w"]
-    assert torch.isfinite(projected).all()
-    assert (projected[:, [0, 3]] == 0).all()
-    # the movable coordinates are projected as a problem of their own
-    alone = project_onto_ellipsoid({"w": points["w"][:, 1:3]}, {"w": semi_axes["w"][1:3]})["w"]
-    torch.testing.assert_close(projected[:, 1:3], alone, rtol=0, atol=1e-14)
-    ball = PerturbationBall(rho=0.5, norm="l2", scale=semi_axes)
-    rescaled = ball.project(points)["w"]
-    assert (rescaled[:, [0, 3]] == 0).all() and torch.isfinite(rescaled).all()
-
-
-# ------------------------------------------------------------------------------------------------
-# Projections
-# ------------------------------------------------------------------------------------------------
-
-def scipy_projection(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    constraint = {"type": "ineq", "fun": lambda d: 1 - ((d / s) ** 2).sum(), "jac": lambda d: -2 * d / s ** 2}
-    found = minimize(lambda d: 0.5 * ((d - x) ** 2).sum(), np.zeros_like(x), jac=lambda d: d - x,
-                     constraints=[constraint], method="SLSQP", options={"ftol": 1e-15, "maxiter": 500})
-    return found.x
-
-
-def test_ellipsoid_projection_matches_scipy_and_satisfies_kkt():
-    generator = torch.Generator().manual_seed(0)
-    s = torch.rand(6, generator=generator, dtype=DOUBLE) * 2 + 0.05
-    x = torch.randn(5, 6, generator=generator, dtype=DOUBLE) * 3
-    x[0] = 0.2 * s / math.sqrt(6)  # inside
-    d = project_onto_ellipsoid({"w": x}, {"w": s})["w"]
-    for row in range(5):
-        np.testing.assert_allclose(d[row].numpy(), scipy_projection(x[row].numpy(), s.numpy()), atol=1e-6)
-    for row in range(1, 5):
-        assert ((d[row] / s) ** 2).sum().item() == pytest.approx(1.0, abs=1e-12)
-        # KKT: x − d = μ · d / s² with one μ ≥ 0 for every coordinate
-        normal = d[row] / s ** 2
-        mu = ((x[row] - d[row]) @ normal / (normal @ normal)).item()
-        assert mu > 0
-        torch.testing.assert_close(x[row] - d[row], mu * normal, rtol=1e-10, atol=1e-12)
-    assert torch.equal(d[0], x[0])
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=-6, max_value=1),
-       st.floats(min_value=0.01, max_value=100))
-def test_ellipsoid_projection_is_feasible_idempotent_and_nearest(seed, smallest_exponent, spread):
-    generator = torch.Generator().manual_seed(seed)
-    s = torch.logspace(smallest_exponent, 1, 8, dtype=DOUBLE)[torch.randperm(8, generator=generator)]
-    x = torch.randn(3, 8, generator=generator, dtype=DOUBLE) * spread * s
-    d = project_onto_ellipsoid({"w": x}, {"w": s})["w"]
-    assert (((d / s) ** 2).sum(1) <= 1 + 1e-12).all()
-    assert torch.equal(project_onto_ellipsoid({"w": d}, {"w": s})["w"], d)
-    # nearest: no feasible point among many random ones (on the boundary and inside) is closer
-    candidates = torch.randn(2000, 8, generator=generator, dtype=DOUBLE)
-    candidates = candidates / candidates.norm(dim=1, keepdim=True) * s
-    candidates = candidates * torch.rand(2000, 1, generator=generator, dtype=DOUBLE).sqrt().clamp_min(0.9)
-    for row in range(3):
-        assert (x[row] - d[row]).norm() <= (x[row] - candidates).norm(dim=1).min() * (1 + 1e-12)
-
-
-def test_points_inside_the_ball_are_unchanged_by_every_projection():
-    scale = {"a": torch.tensor([0.5, 2.0], dtype=DOUBLE), "b": torch.tensor([[1.0, 3.0]], dtype=DOUBLE)}
-    inside = {"a": torch.tensor([[0.01, -0.1]], dtype=DOUBLE), "b": torch.tensor([[[0.02, 0.2]]], dtype=DOUBLE)}
-    for norm in ("l2", "linf"):
-        for ball in (PerturbationBall(0.3, norm, scale), PerturbationBall(0.3, norm, None)):
-            for projected in (ball.project(inside), ball.project_euclidean(inside)):
-                for name in inside:
-                    assert torch.equal(projected[name], inside[name])
-
-
-def test_ascent_step_maximizes_a_linear_function_over_the_ball_of_its_size():
-    generator = torch.Generator().manual_seed(4)
-    scale = {"a": torch.rand(4, generator=generator, dtype=DOUBLE),
-             "b": torch.rand(2, 3, generator=generator, dtype=DOUBLE)}
-    gradient = {name: torch.randn(2, *value.shape, generator=generator, dtype=DOUBLE) for name, value in scale.items()}
-    flat_g = torch.cat([gradient["a"], gradient["b"].flatten(1)], 1)
-    flat_t = torch.cat([scale["a"], scale["b"].flatten()])
-    for norm, dual in (("l2", (flat_g * flat_t).norm(dim=1)), ("linf", (flat_g.abs() * flat_t).sum(1))):
-        ball = PerturbationBall(1.0, norm, scale)
-        size = torch.tensor([1.0, 0.3], dtype=DOUBLE)
-        step = ball.ascent_step(gradient, size)
-        flat_step = torch.cat([step["a"], step["b"].flatten(1)], 1)
-        torch.testing.assert_close((flat_g * flat_step).sum(1), dual * size)
-        torch.testing.assert_close(ball.size(step), size)
-
-
-@pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_random_points_lie_in_the_ball(norm):
-    scale = {"w": torch.tensor([0.0, 0.5, 2.0, 1e-3], dtype=DOUBLE)}
-    ball = PerturbationBall(0.7, norm, scale)
-    points = ball.random_point(500, scale, torch.Generator().manual_seed(0))
-    assert (ball.size(points) <= 0.7).all() and (points["w"][:, 0] == 0).all()
-    assert ball.size(points).max() > 0.5  # spread out, not stuck at the centre
 
 
 # ------------------------------------------------------------------------------------------------
@@ -560,3 +464,178 @@ def test_bad_input_is_reported_clearly():
         worst_case_sharpness(model, F.cross_entropy, batches, -1.0)
     with pytest.raises(InputError, match="no batches"):
         worst_case_sharpness(model, F.cross_entropy, [], 0.1)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+def tiny_batches(count=2, size=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
+             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
+
+
+# -- one calling convention: members, loss, data by position; every setting by keyword ------------
+
+def test_sharpness_takes_its_settings_by_keyword_and_records_them():
+    model, batches = tiny_model(), tiny_batches()
+    with pytest.raises(TypeError, match="positional"):
+        sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, "l2", True, 2, 1)
+    with pytest.raises(TypeError, match="include"):
+        sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, include="2.*", n_iters=3)
+    worst = sharpness.worst_case_sharpness(model, F.cross_entropy, batches, 0.1, params="2.*", n_iters=3)
+    assert worst.params == ("2.*",) and worst.n_perturbed == 10  # 2.weight (2×4) and 2.bias (2)
+    average = sharpness.average_case_sharpness(model, F.cross_entropy, batches, 0.1, n_draws=5,
+                                               generator=torch.Generator().manual_seed(3))
+    assert average.n_draws == 5
+
+
+# -- the reference code's ascent, everywhere a sharpness is measured, never mixed with APGD's
+
+# APGD's step-size checkpoints (Croce & Hein, ICML 2020, §3.2) for 20 iterations, as Andriushchenko et al.'s code uses them
+_CHECKPOINTS_20 = (5, 9, 12, 15, 16, 18, 19, 20)
+
+
+def _ellipsoid_projection(delta, t, rho):
+    """Euclidean projection onto {d: ‖d/t‖₂ ≤ ρ}: d = x t²/(t² + λ), λ ≥ 0 found by bisection."""
+    def scaled_norm2(lam):
+        return sum(((d * s / (s * s + lam)) ** 2).sum() for d, s in zip(delta, t)).item()
+    if scaled_norm2(0.0) <= rho ** 2:
+        return delta
+    low, high = 0.0, 1.0
+    while scaled_norm2(high) > rho ** 2:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if scaled_norm2(middle) > rho ** 2 else (low, middle)
+    return [d * s * s / (s * s + high) for d, s in zip(delta, t)]
+
+
+def _reference_worst_case(model, inputs, targets, rho, norm, adaptive, n_iters=20, alpha=0.75):
+    """The ascent of Andriushchenko et al.'s (ICML 2023) code for one batch, as it reads: start at 0, step 2ρ;
+    step η·T·g/‖g‖₂ (raw gradient norm) or η·T·sign(g); project (clamp, rescale, or the ellipsoid);
+    δ ← α z + (1 − α) δ_prev; at the checkpoints halve η when < 0.75 of the steps since the last one
+    improved, or when it was not halved last time and the best did not improve, and then take the
+    next gradient at the best point (δ itself stays). Returns best loss − clean loss."""
+    names = [name for name, _ in model.named_parameters()]
+    theta = [p.detach() for _, p in model.named_parameters()]
+    t = [p.abs() if adaptive else torch.ones_like(p) for p in theta]
+
+    def loss_and_gradient(delta):
+        leaves = [d.clone().requires_grad_() for d in delta]
+        outputs = torch.func.functional_call(model, {n: p + d for n, p, d in zip(names, theta, leaves)}, (inputs,))
+        loss = torch.nn.functional.cross_entropy(outputs, targets)
+        return loss.item(), torch.autograd.grad(loss, leaves)
+
+    def project(delta):
+        if norm == "linf":
+            return [d.clamp(-rho * s, rho * s) for d, s in zip(delta, t)]
+        if adaptive:
+            return _ellipsoid_projection(delta, t, rho)
+        length = math.sqrt(sum((d ** 2).sum().item() for d in delta))
+        return delta if length <= rho else [d * rho / length for d in delta]
+
+    delta = previous = [torch.zeros_like(p) for p in theta]
+    clean, gradient = loss_and_gradient(delta)
+    best, best_gradient, step = clean, gradient, 2 * rho
+    improvements, halved_last, best_at_checkpoint, last_checkpoint = 0, False, clean, 0
+    for k in range(n_iters):
+        if norm == "linf":
+            moved = [d + step * g.sign() * s for d, g, s in zip(delta, gradient, t)]
+        else:
+            length = math.sqrt(sum((g ** 2).sum().item() for g in gradient)) + 1e-12
+            moved = [d + step * s * g / length for d, g, s in zip(delta, gradient, t)]
+        z = project(moved)
+        previous, delta = delta, [alpha * zi + (1 - alpha) * p for zi, p in zip(z, previous)]
+        loss, gradient = loss_and_gradient(delta)
+        if loss > best:
+            best, best_gradient, improvements = loss, gradient, improvements + 1
+        if k in _CHECKPOINTS_20 and k < n_iters - 1:
+            halve = improvements < 0.75 * (k - last_checkpoint) or (not halved_last and best == best_at_checkpoint)
+            halved_last, best_at_checkpoint, last_checkpoint, improvements = halve, best, k, 0
+            if halve:
+                step, gradient = step / 2, best_gradient
+    return best - clean
+
+
+@pytest.mark.parametrize("norm, adaptive", [("l2", True), ("l2", False), ("linf", True)])
+def test_reference_ascent_equals_an_independent_reimplementation(norm, adaptive):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)).double()
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(5, 6, generator=generator, dtype=torch.float64),
+                torch.randint(0, 3, (5,), generator=generator)) for _ in range(4)]
+    rho = 0.5 if norm == "l2" else 0.05
+    ours = worst_case_sharpness(model, torch.nn.functional.cross_entropy, batches, rho, norm, adaptive,
+                                n_iters=20, reference_ascent=True)
+    theirs = [_reference_worst_case(model, x, y, rho, norm, adaptive) for x, y in batches]
+    assert ours.per_batch.tolist() == pytest.approx(theirs, abs=1e-4)
+    assert min(theirs) > 0
+    if norm == "l2" and adaptive:  # and the two ascents really differ here, so the test can tell them apart
+        apgd = worst_case_sharpness(model, torch.nn.functional.cross_entropy, batches, rho, norm, adaptive, n_iters=20)
+        assert (apgd.per_batch - torch.tensor(theirs, dtype=torch.float64)).abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# sharpness at extreme radii, landscape level
+
+
+def tiny_model_and_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    inputs = torch.randn(3, 4, 5)
+    targets = torch.randint(0, 3, (3, 4))
+    return model, list(zip(inputs, targets))
+
+
+@pytest.mark.parametrize("rho", [1e15, 1e19, 1e30, 1e300])  # logits ~ rho³ overflow float32 from 1e13
+@pytest.mark.parametrize("kind", ["worst", "average"])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_sharpness_at_a_radius_that_overflows_raises_never_returns_0_or_nan(rho, kind, norm):
+    model, batches = tiny_model_and_batches()
+    measure = landscape.sharpness.worst_case_sharpness if kind == "worst" else \
+        landscape.sharpness.average_case_sharpness
+    options = {"n_iters": 3} if kind == "worst" else {"n_draws": 2}
+    with pytest.raises(InputError, match=re.escape(f"rho={rho:g}")) as error:
+        measure(model, F.cross_entropy, batches, rho, norm, True, **options)
+    assert "\n" not in str(error.value)
+    assert "too large" in str(error.value) or ("overflows" in str(error.value)
+                                               and isinstance(error.value, NonFiniteError))
+
+
+@pytest.mark.parametrize("rho", [0.5, 1e9])
+def test_sharpness_at_a_radius_that_does_not_overflow_is_measured(rho):
+    model, batches = tiny_model_and_batches()
+    result = landscape.sharpness.worst_case_sharpness(model, F.cross_entropy, batches, rho, n_iters=3)
+    assert math.isfinite(result.value) and result.value > 0
+
+
+def test_a_non_finite_clean_loss_is_refused_as_such():
+    model, batches = tiny_model_and_batches()
+    batches[1] = (torch.full_like(batches[1][0], math.nan), batches[1][1])
+    for measure in (landscape.sharpness.worst_case_sharpness, landscape.sharpness.average_case_sharpness):
+        with pytest.raises(NonFiniteError, match="the clean loss is nan on batch 1;.*check the weights and the data"):
+            measure(model, F.cross_entropy, batches, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# m-sharpness on any iterable of batches
+
+
+def test_streamed_batches_equal_stacked_ones():
+    torch.manual_seed(0)
+    model = zoo.build("small_cnn", 10, width=4)
+    batches = [(torch.rand(3, 3, 8, 8), torch.randint(0, 10, (3,))) for _ in range(5)]
+    stacked = worst_case_sharpness(model, F.cross_entropy, batches, rho=0.1, n_iters=3, chunk_size=2)
+    # a one-pass generator, longer than needed, taken chunk by chunk
+    streamed = worst_case_sharpness(model, F.cross_entropy, (b for b in batches + batches), rho=0.1, n_iters=3,
+                                    n_batches=5, chunk_size=2)
+    assert streamed.n_batches == 5
+    assert streamed.value == stacked.value and torch.equal(streamed.per_batch, stacked.per_batch)
+    # and all batches at once equal chunks of two up to float32 rounding
+    at_once = worst_case_sharpness(model, F.cross_entropy, batches, rho=0.1, n_iters=3, chunk_size=5)
+    assert at_once.value == pytest.approx(stacked.value, rel=1e-4)
+    with pytest.raises(InputError, match="ran out after 5"):
+        worst_case_sharpness(model, F.cross_entropy, iter(batches), rho=0.1, n_iters=1, n_batches=6)

@@ -1,30 +1,16 @@
-"""Theorems 1 and 2 of SharpBalance: the combinatorics by hand, φ against Monte Carlo over Gaussian
-matrices, the simulation against the closed forms, and the report and command end to end."""
+"""Theorems 1 and 2 of SharpBalance (landscape.theory): the combinatorics by hand, φ against Monte
+Carlo over Gaussian matrices, and the simulation against the closed forms."""
 import math
 from fractions import Fraction
 
-import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
+from ensembles.studies.theory import write_theory_table
 from landscape.errors import InputError
-from landscape.theory import (
-    QuadraticSetting,
-    _mixture_output_variance,
-    draw_problems,
-    narayana,
-    phi,
-    sam_train,
-    simulate_tradeoff,
-    theorem_1,
-    theorem_2,
-    wishart_moment,
-    worst_case_fluctuation,
-)
-from ensembles.studies.theory import theory_table, write_theory_table
-from reports.theory import diversity_at_matched_sharpness
+from landscape.theory import (QuadraticSetting, _mixture_output_variance, draw_problems, narayana, phi, sam_train,
+                              simulate_tradeoff, theorem_1, theorem_2, wishart_moment, worst_case_fluctuation)
 
 DOUBLE = torch.float64
 
@@ -243,78 +229,3 @@ def test_bad_input_is_refused_with_the_fix():
                           iterations=1, eta=0.1, rho=0.1, method="adam")
     with pytest.raises(InputError, match="unknown figure"):
         write_theory_table("3", "unused")
-
-
-# --- reports and command ------------------------------------------------------------------------
-
-def _table(points):
-    rows = []
-    for method, sharpness, diversity in points:
-        for quantity, value in (("sharpness", sharpness), ("diversity", diversity)):
-            rows.append({"panel": "p", "along": "rho", "method": method, "iterations": 1, "eta_paper": 0.1,
-                         "rho_paper": sharpness, "source": "simulation", "quantity": quantity, "value": value,
-                         "standard_error": 0.0})
-    return pd.DataFrame(rows)
-
-
-def test_matched_sharpness_comparison_hand_worked():
-    # SAM frontier through (1, 1) and (3, 2): at sharpness 2 SAM reaches 1.5; the point (2, 0.5) is dominated
-    sam = [("sam", 1.0, 1.0), ("sam", 3.0, 2.0), ("sam", 2.5, 0.5)]
-    finding = diversity_at_matched_sharpness(_table(sam + [("sharpbalance", 2.0, 1.8), ("sharpbalance", 5.0, 9.0)]))
-    assert (finding.verdict, finding.matched_points, finding.sharpbalance_higher) == ("higher", 1, 1)
-    assert finding.median_diversity_ratio == pytest.approx(1.8 / 1.5)
-    assert diversity_at_matched_sharpness(_table(sam + [("sharpbalance", 2.0, 1.2)])).verdict == "lower"
-    assert diversity_at_matched_sharpness(_table(sam + [("sharpbalance", 4.0, 1.2)])).verdict == "no overlap"
-    assert diversity_at_matched_sharpness(_table(sam)).verdict == "not comparable"
-
-
-def test_theory_command_writes_the_figure_and_table(tmp_path):
-    from click.testing import CliRunner
-
-    from cli import main
-
-    result = CliRunner().invoke(main, ["theory", "--figure", "1b", "--out", str(tmp_path), "--quick", "--seed", "3"])
-    assert result.exit_code == 0, result.output
-    paths = [tmp_path / f"theory-figure-1b.{suffix}" for suffix in ("png", "svg", "csv")]
-    for path in paths:
-        assert path.exists() and path.stat().st_size > 0
-        assert str(path) in result.output
-    assert "SharpBalance's diversity" in result.output or "no SharpBalance point" in result.output
-    table = pd.read_csv(paths[2])
-    assert set(table["method"]) == {"sam", "sharpbalance"}
-    assert set(table["source"]) == {"theory", "simulation"}
-    assert table["value"].notna().all()
-
-
-def test_theory_table_for_theorem_1_panels_is_long_and_complete():
-    table = theory_table("10", quick=True)
-    assert {"sharpness_lower", "sharpness_lower_printed", "sharpness_upper", "diversity", "sharpness"} == set(
-        table["quantity"])
-    assert set(table["method"]) == {"sam"}
-    points = table.groupby(["panel", "iterations", "eta_paper", "rho_paper"]).size()
-    assert (points == 6).all() and len(points) == 4 * 3  # 2 k × 2 η panels, 3 radii, 4 + 2 quantities
-    assert table["value"].notna().all()
-
-
-def _line(figure, label):
-    """The one line of ``figure`` with this legend label."""
-    lines = [line for axis in figure.axes for line in axis.get_lines() if line.get_label() == label]
-    assert len(lines) == 1, label
-    return lines[0]
-
-
-def test_figure_2_legend_names_the_bounds_as_bounds_on_the_sharpness():
-    from reports.theory import draw_theory_figure
-
-    table = theory_table("2", quick=True)
-    figure = draw_theory_figure(table)
-    upper, lower = "SAM: Theorem 1, sharpness upper bound", "SAM: Theorem 1, sharpness lower bound"
-    (legend,) = figure.legends
-    assert [text.get_text() for text in legend.get_texts()] == [upper, lower, "SAM: simulation"]
-    # each label sits on the line it names: x is that bound of Theorem 1, y the predicted diversity
-    theory = table[table["source"] == "theory"].pivot_table(index="rho_paper", columns="quantity", values="value")
-    for label, quantity in ((upper, "sharpness_upper"), (lower, "sharpness_lower")):
-        line = _line(figure, label)
-        assert list(line.get_xdata()) == pytest.approx(list(theory[quantity]))
-        assert list(line.get_ydata()) == pytest.approx(list(theory["diversity"]))
-    assert (_line(figure, lower).get_xdata() <= _line(figure, upper).get_xdata()).all()

@@ -5,9 +5,10 @@ hand-made image (constant, two-level, impulse, ramp), the sampling distribution 
 the standard library's ``colorsys`` for HSV, Pillow for pixelation and JPEG, and
 ``scipy.ndimage.zoom`` for zoom blur (the tools the original generation script used). Natural
 images are the two photographs bundled with scikit-learn, cropped and shrunk to 32×32 or 64×64.
-"""
+digits-C (its own parameter table) is checked against an independent reference classifier."""
 import colorsys
 import io
+import json
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.datasets import load_sample_images
 
-from ensembles.data import corruptions
+from ensembles.data import corruptions, datasets
 from ensembles.data.corruptions import CORRUPTIONS, corrupt, corruption_names, make_corrupted_split
 from landscape.errors import InputError
 
@@ -486,3 +487,64 @@ def test_errors_name_the_problem_and_the_choices(photos32):
     with pytest.raises(InputError, match="severity"):
         CORRUPTIONS["pixelate"](images, 7, np.random.default_rng(0))
     assert issubclass(InputError, ValueError)
+
+
+# --- digits-C against an independent reference: a linear classifier fitted on clean digits -------------
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from sklearn.linear_model import LogisticRegression
+
+    def pixels(split):
+        data = datasets.load_dataset("digits", None, split, normalize=False)
+        return data.array, data.targets.numpy()
+
+    train_images, train_labels = pixels("train")
+    test_images, test_labels = pixels("test")
+
+    def features(images):
+        return images[..., 0].reshape(len(images), -1) / 255.0
+
+    model = LogisticRegression(max_iter=2000).fit(features(train_images), train_labels)
+    return lambda images: model.score(features(images), test_labels), test_images
+
+
+def test_every_digits_c_corruption_leaves_the_reference_above_chance_and_severity_orders_it(reference):
+    """Chance is 10%; severity 1 must leave the reference far above it, and its accuracy may not
+    rise with the severity by more than the noise of 360 test images (3 points)."""
+    score, images = reference
+    assert score(images) > 0.9
+    for name in corruptions.corruption_names():
+        accuracy = [score(corruptions.corrupt(images, name, severity, parameters="digits-c"))
+                    for severity in datasets.SEVERITIES]
+        assert accuracy[0] > 0.8, f"{name} at severity 1: {accuracy[0]:.3f}"
+        rises = [later - earlier for earlier, later in zip(accuracy, accuracy[1:])]
+        assert max(rises) <= 0.03, f"{name}: accuracy by severity {np.round(accuracy, 3)}"
+
+
+def test_digits_c_blur_and_pixelate_act_on_the_glyphs(reference):
+    """CIFAR-10-C's defocus radii (0.3-1.5 pixels) and pixelate sides (30-20 pixels) left the
+    upscaled glyphs as they were (reference accuracy unchanged at severity 5); digits-C's cost it."""
+    score, images = reference
+    clean = score(images)
+    for name in ("defocus_blur", "pixelate"):
+        assert score(corruptions.corrupt(images, name, 5)) > clean - 0.01  # CIFAR's table: nothing happens
+        assert score(corruptions.corrupt(images, name, 5, parameters="digits-c")) < clean - 0.1, name
+
+
+def test_digits_c_is_written_with_its_own_table_and_records_it(tmp_path):
+    folder, written, _ = corruptions.write_corrupted_dataset("digits", None, tmp_path, ["pixelate"])
+    clean = datasets.load_dataset("digits", None, "test", normalize=False).array
+    stored = np.load(folder / "pixelate.npy")
+    n = len(clean)
+    np.testing.assert_array_equal(stored[:n], corruptions.corrupt(clean, "pixelate", 1, parameters="digits-c"))
+    assert not np.array_equal(stored[:n], corruptions.corrupt(clean, "pixelate", 1))
+    record = json.loads((folder / corruptions.GENERATION_FILE).read_text())
+    assert record["parameters"] == "digits-c" and len(record["table"]) == 16
+    # A folder written with another digits-C table is never kept as if it were this one.
+    (folder / corruptions.GENERATION_FILE).write_text(json.dumps({**record, "table": "0" * 16}))
+    with pytest.raises(InputError, match=r"digits-c parameters \(table 0000000000000000\)"):
+        corruptions.write_corrupted_dataset("digits", None, tmp_path, ["pixelate"])
+    with pytest.raises(InputError, match="unknown corruption parameters 'mnist-c'"):
+        corruptions.corrupt(clean[:2], "pixelate", 1, parameters="mnist-c")

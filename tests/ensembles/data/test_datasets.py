@@ -1,20 +1,26 @@
 """Tests for ensembles/data/datasets.py against what the fixtures wrote, torchvision's own readers
-(CIFAR pickles, ImageFolder class numbering), PIL's bilinear resize and scikit-learn's digits."""
+(CIFAR pickles, ImageFolder class numbering), PIL's bilinear resize and scikit-learn's digits; the
+severities' one home, the augmentation chosen per dataset and drawn from the member's generator,
+and data digests that tell apart what differs."""
 import pickle
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings, strategies as st
 from PIL import Image
+from hypothesis import given, settings, strategies as st
+
+from ensembles.data import corruptions, datasets
+from ensembles.data.datasets import (EXTRA_CORRUPTIONS, ImageDataset, Indexed, STANDARD_CORRUPTIONS,
+                                     available_corruptions, batches, corrupted_folder, fixed_split, load_corrupted,
+                                     load_dataset, normalization)
+from ensembles.studies import evaluation
+from ensembles.training import trainer
+from landscape.errors import InputError
 
 from disk_layouts import (write_cifar10, write_cifar100, write_cifar_c, write_image_folder, write_tinyimagenet,
                           write_tinyimagenet_c)
-from ensembles.data import datasets
-from ensembles.data.datasets import (EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS, ImageDataset, Indexed, available_corruptions,
-                            batches, corrupted_folder, fixed_split, load_corrupted, load_dataset, normalization)
-from landscape.errors import InputError
 
 JPEG_TOLERANCE = 3  # grey levels; flat colours come back within 1, and differ between images by >= 10
 
@@ -545,3 +551,55 @@ def test_bad_image_folders(tmp_path):
     tiny = write_image_folder(tmp_path / "tiny", n_per_class=2)
     with pytest.raises(InputError, match=r"4 images, too few to cut"):
         load_dataset(f"folder:{tiny.folder}")
+
+
+def test_the_severities_and_their_check_have_one_home():
+    assert corruptions.SEVERITIES is datasets.SEVERITIES
+    assert corruptions.check_severity is datasets.check_severity
+    for bad in (0, 6, 2.0, True):
+        with pytest.raises(InputError, match=r"severity must be an integer in 1\.\.5"):
+            corruptions.corrupt(np.zeros((1, 32, 32, 3), np.uint8), "fog", bad)
+    with pytest.raises(InputError, match=r"in 1\.\.5, got 7; e\.g\. --severities 1-5"):
+        evaluation.evaluation_slices("digits", severities=[7])
+
+
+def test_data_digests_tell_apart_what_differs_and_only_that(tmp_path):
+    write_cifar10(tmp_path / "a", n_train=20, n_test=10, seed=0)
+    write_cifar10(tmp_path / "copy", n_train=20, n_test=10, seed=0)
+    write_cifar10(tmp_path / "b", n_train=20, n_test=10, seed=1)
+    digest = datasets.data_digest("cifar10", tmp_path / "a", "test")
+    assert datasets.data_digest("cifar10", tmp_path / "copy", "test") == digest  # same bytes elsewhere
+    assert datasets.data_digest("cifar10", tmp_path / "b", "test") != digest
+    assert len({datasets.data_digest("cifar10", tmp_path / "a", split) for split in ("train", "val", "test")}) == 3
+    assert datasets.data_digest("digits", split="val") != datasets.data_digest("digits", split="test")
+
+
+# --- the augmentation draws from the member's generator, never from torch's global RNG ---------------
+
+def test_crops_and_flips_come_from_the_generator_in_the_global_rngs_order():
+    from ensembles.data.datasets import random_crop_and_flip
+
+    images = (torch.arange(8 * 3 * 6 * 6) % 251).to(torch.uint8).reshape(8, 3, 6, 6)
+    generator = torch.Generator().manual_seed(11)
+    drawn = random_crop_and_flip(images, padding=2, generator=generator)
+    assert not torch.equal(drawn, random_crop_and_flip(images, padding=2, generator=torch.Generator().manual_seed(12)))
+    outside = torch.get_rng_state()
+    torch.manual_seed(11)  # the old path: the global RNG in the generator's state
+    assert torch.equal(drawn, random_crop_and_flip(images, padding=2))
+    assert torch.equal(generator.get_state(), torch.get_rng_state())  # the same draws, consumed alike
+    torch.set_rng_state(outside)
+
+
+# --- augmentation: one setting, chosen per dataset, recorded in run.json ---------------------------
+
+
+def test_default_augmentation_is_none_for_digits_and_crop_flip_for_natural_images():
+    assert datasets.default_augmentation("digits") == "none"
+    for name in ("cifar10", "CIFAR-100", "tinyimagenet", "folder:/somewhere"):
+        assert datasets.default_augmentation(name) == "crop-flip"
+    assert trainer.TrainingSettings(dataset="digits", model="small_cnn").augmentation == "none"
+    assert trainer.TrainingSettings(dataset="cifar10", model="small_cnn").augmentation == "crop-flip"
+    chosen = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="crop")
+    assert chosen.augmentation == "crop" and chosen.run_fields()["augmentation"] == "crop"
+    with pytest.raises(InputError, match="unknown augmentation 'flip'; choose one of none, crop, crop-flip"):
+        trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="flip")

@@ -1,13 +1,16 @@
 """SAM and ASAM against hand-computed updates on quadratics; ρ = 0 is SGD bit for bit; BatchNorm
-statistics and the perturbed pass; gradient scaling and bfloat16 autocast on the CPU."""
+statistics and the perturbed pass; gradient scaling and bfloat16 autocast on the CPU; which
+parameters ASAM scales (official rule: weights only; or all)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensembles.models.zoo import build
-from ensembles.methods.sam import SAM, frozen_batch_norm_statistics
+from ensembles.methods.sam import SAM, asam_scaled_parameters, frozen_batch_norm_statistics
 from ensembles.methods.sharpbalance import training_step
+from ensembles.models.zoo import build
 from landscape.errors import InputError
 
 
@@ -188,3 +191,45 @@ def test_bad_arguments():
         SAM(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), rho=-1)
     with pytest.raises(InputError):
         SAM("sgd", rho=0.1)
+
+
+# -- ASAM scales only the parameters named "weight" by default (official ASAM)
+
+def _tiny_linear_step(rule):
+    """One ASAM first step on f(x) = w·x + b, L = f², at w = (0.5, −1), b = 0.25, x = (1, 2)."""
+    model = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -1.0]]))
+        model.bias.copy_(torch.tensor([0.25]))
+    optimizer = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1, adaptive=True, eta=0.01,
+                    scaled=asam_scaled_parameters(model, rule))
+    model(torch.tensor([[1.0, 2.0]], dtype=torch.float64)).pow(2).sum().backward()
+    optimizer.first_step()
+    return model.weight.detach().flatten() - torch.tensor([0.5, -1.0]), model.bias.detach() - 0.25
+
+
+def test_official_asam_step_leaves_the_bias_unscaled():
+    # f = 0.5 − 2 + 0.25 = −1.25, so g_w = 2f·x = (−2.5, −5), g_b = 2f = −2.5.
+    # Weights: T_w = |w| + η = (0.51, 1.01); bias: T_b = 1.
+    # N = ‖(T_w g_w, g_b)‖ = sqrt(1.275² + 5.05² + 2.5²); ε_w = ρ T_w² g_w / N, ε_b = ρ g_b / N.
+    norm = math.sqrt(1.275 ** 2 + 5.05 ** 2 + 2.5 ** 2)
+    epsilon_w, epsilon_b = _tiny_linear_step("weights")
+    assert epsilon_w.tolist() == pytest.approx([0.1 * 0.51 ** 2 * -2.5 / norm, 0.1 * 1.01 ** 2 * -5 / norm], abs=1e-12)
+    assert epsilon_b.item() == pytest.approx(0.1 * -2.5 / norm, abs=1e-12)
+
+
+def test_all_parameter_asam_step_scales_the_bias_too():
+    # As above with T_b = |b| + η = 0.26: N = sqrt(1.275² + 5.05² + 0.65²), ε_b = ρ T_b² g_b / N.
+    norm = math.sqrt(1.275 ** 2 + 5.05 ** 2 + 0.65 ** 2)
+    epsilon_w, epsilon_b = _tiny_linear_step("all")
+    assert epsilon_w.tolist() == pytest.approx([0.1 * 0.51 ** 2 * -2.5 / norm, 0.1 * 1.01 ** 2 * -5 / norm], abs=1e-12)
+    assert epsilon_b.item() == pytest.approx(0.1 * 0.26 ** 2 * -2.5 / norm, abs=1e-12)
+
+
+def test_official_rule_scales_conv_and_batch_norm_weights_but_no_shift():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in asam_scaled_parameters(model)) == ["0.weight", "1.weight", "3.weight"]
+    assert len(asam_scaled_parameters(model, "all")) == 6
+    with pytest.raises(InputError, match="unknown ASAM scaling"):
+        asam_scaled_parameters(model, "biases")

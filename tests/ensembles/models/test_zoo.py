@@ -1,12 +1,16 @@
 """Tests for ensembles.models.zoo: architectures against hand-derived names and parameter counts,
-forward semantics against functional re-derivations, and strict weight loading."""
+forward semantics against functional re-derivations, strict weight loading that names the
+architecture a checkpoint looks like, and the input defaults of library models."""
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch.func import functional_call, grad, vmap
 
+import cli
+from ensembles.models import zoo
 from ensembles.models.zoo import MODEL_NAMES, build, load_weights, parameter_count
 from landscape.errors import InputError
 
@@ -543,3 +547,32 @@ def test_a_whole_checkpoint_or_non_tensors_are_refused_with_the_fix():
         load_weights(model, {"layers.0.weight": torch.zeros(3, 6), "layers.0.bias": [0.0, 0.0, 0.0]})
     with pytest.raises(InputError, match="mapping"):
         load_weights(model, [torch.zeros(3, 6)])
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
+
+
+def test_timm_defaults_come_from_its_data_config():
+    pytest.importorskip("timm")
+    model = zoo.build("timm:test_vit", 10)
+    assert zoo.resolve_input("timm:test_vit", model) == {"size": [160, 160], "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert zoo.resolve_input("torchvision:resnet18", zoo.build("torchvision:resnet18", 10)) is None
+    with pytest.raises(InputError, match="give both --mean and --std"):
+        zoo.resolve_input("timm:test_vit", model, mean=[0.1, 0.1, 0.1])
+
+
+# ----------------------------------------------------------------------------------------------
+# library models: their input defaults, and weights that do not fit
+
+
+def test_mismatch_names_the_keys_and_the_architecture_the_file_looks_like(tmp_path):
+    file = tmp_path / "r34.pt"
+    torch.save(zoo.build("torchvision:resnet34", 10).state_dict(), file)
+    result = invoke("import", "--model", "torchvision:resnet18", "--num-classes", 10, "--data", "digits",
+                    tmp_path / "run", file)
+    assert result.exit_code == 2
+    assert "unexpected: layer1.2.conv1.weight (64, 64, 3, 3)" in result.output
+    assert "look like torchvision:resnet34" in result.output
+    with pytest.raises(InputError, match=r"look like a torchvision or timm ResNet|look like torchvision:resnet18"):
+        zoo.load_weights(zoo.build("resnet18", 10), zoo.build("torchvision:resnet18", 10).state_dict())

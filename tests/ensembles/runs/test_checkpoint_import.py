@@ -1,6 +1,12 @@
-"""Every foreign checkpoint layout imports to identical weights; a pickle that carries code is
-refused without running, and a refused import leaves no output."""
+"""Importing checkpoints into a run folder (ensembles.runs.checkpoint_import, `sharpdiv import`):
+every foreign checkpoint layout imports to identical weights; a pickle that carries code is refused
+without running; refused settings, files and non-finite weights are one line, and a refused or
+killed import leaves no output and no staging folder behind."""
+import math
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import safetensors.torch
@@ -8,10 +14,13 @@ import torch
 from click.testing import CliRunner
 
 import cli
+from ensembles.models.zoo import build
 from ensembles.runs import run_folder
 from ensembles.runs.checkpoint_import import import_checkpoints
-from ensembles.models.zoo import build
 from landscape.errors import InputError
+
+from cli_results import one_error_line, refused
+from imported_runs import checkpoint, import_args
 
 
 def reference_network(seed):
@@ -129,3 +138,174 @@ def test_import_refuses_to_overwrite_a_run(tmp_path):
     with pytest.raises(InputError, match="already exists"):
         import_checkpoints(tmp_path / "run", [tmp_path / "a.pt"], model="small_cnn", num_classes=10,
                            dataset="cifar10")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("not a checkpoint")
+    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "digits",
+                                           str(tmp_path / "run"), str(tmp_path / "readme.txt")])
+    assert result.exit_code == 2 and "is not a checkpoint" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_refuses_an_unknown_dataset(tmp_path):
+    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "imagenet",
+                                           str(tmp_path / "run"), str(tmp_path / "x.pt")])
+    assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    return [checkpoint(tmp_path / f"m{i}.pt", i) for i in range(2)]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------------------------------------
+# refused imports: one line, nothing written, no staging folder left
+
+
+def test_import_into_a_file_is_one_line(tmp_path, checkpoints):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    line = one_error_line(invoke(*import_args(out, *checkpoints)))
+    assert str(out) in line and "is a file" in line
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("assignment, option", [("dataset=cifar10", "--data"), ("num_classes=100", "--num-classes"),
+                                                ("model=resnet18", "--model"), ('model_args={"width":8}', "--width"),
+                                                ("format=7", "itself"), ("members=[]", "itself")])
+def test_import_refuses_settings_its_options_own(tmp_path, checkpoints, assignment, option):
+    line = one_error_line(invoke(*import_args(tmp_path / "out", *checkpoints, sets=[assignment])))
+    assert assignment.split("=")[0] in line and option in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("assignment, says", [("seeds=1,1", "repeats seed 1"), ("seeds=1,2,3", "3 seeds for 2"),
+                                              ("seeds=7", "1 seeds for 2"), ("seeds=a,b", "whole numbers"),
+                                              ("seeds=-1,2", "0 to 2^63-1"), ("seeds=1,9223372036854775808", "0 to 2^63-1"),
+                                              ("keep=weird", "keep=weird")])
+def test_import_validates_the_settings_it_reads(tmp_path, checkpoints, assignment, says):
+    line = one_error_line(invoke(*import_args(tmp_path / "out", *checkpoints, sets=[assignment])))
+    assert says in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m0.pt", "m1.pt"]
+
+
+def test_import_seeds_must_agree_with_the_paths(tmp_path):
+    files = []
+    for seed in (13, 17):
+        (tmp_path / f"seed_{seed}").mkdir()
+        files.append(checkpoint(tmp_path / f"seed_{seed}" / "model_best.pth.tar", seed))
+    line = one_error_line(invoke(*import_args(tmp_path / "out", *files, sets=["seeds=13,18"])))
+    assert "seed 18" in line and "seed 17" in line
+    result = invoke(*import_args(tmp_path / "out", *files, sets=["seeds=13,17", "keep=best"]))
+    assert result.exit_code == 0, result.output
+    config = run_folder.read_config(tmp_path / "out")
+    assert config["seeds"] == [13, 17] and config["keep"] == "best"
+
+
+def test_import_width_given_twice_is_refused(tmp_path, checkpoints):
+    line = one_error_line(invoke("import", "--model", "small_cnn", "--num-classes", "10", "--data", "digits",
+                                 "--width", "32", "--set", "width=16", tmp_path / "out", *checkpoints))
+    assert "--width" in line
+
+
+@pytest.mark.parametrize("second", ["same", "dotted", "symlink", "hardlink"])
+def test_the_same_checkpoint_twice_is_refused(tmp_path, checkpoints, second):
+    first = checkpoints[0]
+    (tmp_path / "sub").mkdir()
+    other = {"same": first, "dotted": tmp_path / "sub" / ".." / first.name, "symlink": tmp_path / "link.pt",
+             "hardlink": tmp_path / "hard.pt"}[second]
+    if second == "symlink":
+        other.symlink_to(first)
+    if second == "hardlink":
+        os.link(first, other)
+    line = one_error_line(invoke(*import_args(tmp_path / "out", first, checkpoints[1], other)))
+    assert "same checkpoint file" in line and str(other) in line
+    assert not (tmp_path / "out").exists()
+
+
+KILLED_IMPORT = """
+import sys, time
+from ensembles.models import checkpoints
+from ensembles.runs import checkpoint_import
+
+def stall(path):  # the import has made its staging folder: say so, then wait to be killed
+    print("staged", flush=True)
+    time.sleep(3600)
+
+checkpoints.read_checkpoint = stall
+checkpoint_import.import_checkpoints(sys.argv[1], sys.argv[2:], model="small_cnn", num_classes=10, dataset="digits")
+"""
+
+
+def test_the_next_import_removes_the_staging_folder_of_a_killed_one(tmp_path, checkpoints):
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, str(parent / "old"), *map(str, checkpoints)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "staged"
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    (staged,) = parent.iterdir()  # what the killed import left
+    users = parent / ".old.keepme"  # a user's own hidden folder, named like a staging folder of "old"
+    users.mkdir()
+    result = invoke(*import_args(parent / "new", *checkpoints))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in parent.iterdir()) == sorted([users.name, "new"])
+
+
+def test_staging_folders_of_imports_that_may_still_run_are_kept(tmp_path, checkpoints):
+    """Removed only when surely over: on this machine with its process gone, or idle for a day."""
+    from ensembles.runs.checkpoint_import import _host
+
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    alive = parent / f".a.sharpdiv-import-{_host()}-{os.getpid()}-abcd1234"
+    elsewhere_old = parent / f".b.sharpdiv-import-another-machine-{os.getpid()}-abcd1234"
+    elsewhere_new = parent / f".c.sharpdiv-import-another-machine-{os.getpid()}-efgh5678"
+    alive_but_old = parent / f".d.sharpdiv-import-{_host()}-{os.getpid()}-ijkl9012"
+    for folder in (alive, elsewhere_old, elsewhere_new, alive_but_old):
+        folder.mkdir()
+        (folder / "run.json").write_text("{}")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for folder in (elsewhere_old, alive_but_old):  # a pid reused by another process keeps a folder a day at most
+        os.utime(folder, (two_days_ago, two_days_ago))
+    result = invoke(*import_args(parent / "new", *checkpoints))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in parent.iterdir()) == sorted([alive.name, elsewhere_new.name, "new"])
+
+
+def test_a_refused_import_leaves_no_staging_folder(tmp_path, checkpoints):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    one_error_line(invoke(*import_args(tmp_path / "out", *checkpoints, bad)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "m0.pt", "m1.pt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite weights
+
+
+def test_import_refuses_nan_and_inf_weights_naming_file_and_tensor(tmp_path):
+    network = build("small_cnn", 10, width=4)
+    name = next(n for n, t in network.state_dict().items() if t.is_floating_point() and t.dim() == 4)
+    good = tmp_path / "good.pt"
+    torch.save(network.state_dict(), good)
+    for value, kind in ((math.nan, "NaN"), (-math.inf, "inf")):
+        state = {n: t.clone() for n, t in network.state_dict().items()}
+        state[name].view(-1)[5] = value
+        file = tmp_path / f"bad-{kind}.pt"
+        torch.save(state, file)
+        out = tmp_path / f"run-{kind}"
+        result = invoke("import", "--model", "small_cnn", "--width", 4, "--num-classes", 10, "--data", "digits",
+                        out, good, file)
+        refused(result, str(file), repr(name), kind, "1 of")
+        assert not out.exists()  # all or nothing
+    ok = invoke("import", "--model", "small_cnn", "--width", 4, "--num-classes", 10, "--data", "digits",
+                tmp_path / "fine", good)
+    assert ok.exit_code == 0, ok.output

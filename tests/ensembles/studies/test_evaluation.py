@@ -1,4 +1,4 @@
-"""`sharpdiv evaluate` and the logit cache.
+"""`sharpdiv evaluate` (ensembles.studies.evaluation) and the logit cache it fills.
 
 The members are linear models (``mlp`` with no hidden layer) whose first three logits are, by
 hand-set weights, the three channels of pixel [0, 0] after normalization. The CIFAR-10-C fixture
@@ -6,7 +6,8 @@ writes its corruption, severity and row into that pixel, so decoding the cached 
 images a slice really holds. The other seven logits have random weights that differ per member,
 so the members disagree and the diversity metrics are not trivial. Every stored number is
 recomputed here from the cache files, read with safetensors directly, by the landscape functions.
-"""
+Rows are tied to the data and weights they came from, and the data root a run was trained on is
+found again."""
 import shutil
 import threading
 import warnings
@@ -19,12 +20,15 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from disk_layouts import write_cifar10, write_cifar_c
 from ensembles.data import datasets
+from ensembles.models.zoo import MLP, build
 from ensembles.runs import logit_cache, run_folder
 from ensembles.studies import evaluation
-from ensembles.models.zoo import MLP, build
 from landscape import calibration, diversity, ensemble
+from landscape.errors import InputError
+
+from disk_layouts import write_cifar10, write_cifar_c
+from measured_runs import LINEAR_INPUT_SIZE, make_linear_run, member_accuracy, stored_rows
 
 N_CLASSES = 10
 SIDE = 32
@@ -494,3 +498,103 @@ def test_every_run_is_checked_before_the_first_forward_pass(setting, forward_cal
                                            "--corruptions", "fog", "--device", "cpu"])
     assert result.exit_code == 2 and str(root / "CIFAR-100-C") in result.output
     assert forward_calls == [] and not (run / "logits").exists()
+
+
+def test_the_train_split_is_evaluated_only_when_asked_and_without_augmentation():
+    default = evaluation.evaluation_slices("digits", corruptions="none")
+    assert [s.split for s in default] == ["val", "test"]
+    chosen = evaluation.evaluation_slices("digits", corruptions="none", splits="train,val,test")
+    assert [s.split for s in chosen] == ["train", "val", "test"]
+    assert chosen[0].load().augment is False
+    with pytest.raises(InputError, match="--splits"):
+        evaluation.evaluation_slices("digits", corruptions="none", splits="train,holdout")
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
+
+
+# ----------------------------------------------------------------------------------------------
+# data identity
+
+
+def test_digits_c_regenerated_with_another_seed_is_evaluated_again(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for root, seed in ((old, 0), (new, 1)):
+        result = invoke("corrupt", "--data", "digits", "--out", root, "--corruptions", "gaussian_noise", "--seed", seed)
+        assert result.exit_code == 0, result.output
+    run = make_linear_run(tmp_path / "run", "digits")
+    first = invoke("evaluate", run, "--data-path", old, "--corruptions", "gaussian_noise", "--severities", "5")
+    assert first.exit_code == 0, first.output
+
+    second = invoke("evaluate", run, "--data-path", new, "--corruptions", "gaussian_noise", "--severities", "5")
+    assert second.exit_code == 0, second.output
+    # val and test are the same digits: stored; the regenerated corruption is not.
+    assert "1 needed forward passes, 0 came from cached logits, 2 were already stored" in second.output
+
+    images = datasets.load_corrupted("digits", new, "gaussian_noise", 5)
+    digest = datasets.data_digest("digits", new, corruption="gaussian_noise", severity=5)
+    assert digest != datasets.data_digest("digits", old, corruption="gaussian_noise", severity=5)
+    rows = stored_rows(run, scope="member-1", metric="accuracy", corruption="gaussian_noise")
+    assert rows["data"].tolist() == [digest]  # the old data's row is superseded, hence stale
+    assert rows["value"].tolist() == [member_accuracy(run, 1, images)]
+    slice_ = logit_cache.DataSlice("digits", "test", "gaussian_noise", 5)
+    with safetensors.safe_open(str(logit_cache.member_logits_path(run, slice_, 1)), framework="pt") as cached:
+        assert cached.metadata()["data"] == digest
+        model = run_folder.load_run(run).members[1]
+        with torch.no_grad():
+            torch.testing.assert_close(cached.get_tensor("logits"), model(images.batch(np.arange(len(images)))))
+
+
+def test_a_member_replaced_during_an_evaluation_stores_no_rows(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "data", n_train=20, n_test=10, seed=0)
+    run = make_linear_run(tmp_path / "run", "cifar10")
+    original = logit_cache.compute_member_logits
+
+    def replacing(*arguments, **options):
+        torch.manual_seed(99)
+        run_folder.save_member(run, 1, build("mlp", 10, input_size=LINEAR_INPUT_SIZE, hidden=[]))
+        monkeypatch.setattr(logit_cache, "compute_member_logits", original)
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(logit_cache, "compute_member_logits", replacing)
+    result = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
+    assert result.exit_code == 2, result.output
+    assert "changed during the" in result.output and "member-1.safetensors" in result.output
+    assert run_folder.read_results(run).empty
+    # The run is fine afterwards: the new weights are evaluated, the logits of the old ones are not reused.
+    again = invoke("evaluate", run, "--data-path", tmp_path / "data", "--corruptions", "none")
+    assert again.exit_code == 0, again.output
+    test = datasets.load_dataset("cifar10", tmp_path / "data", "test")
+    assert stored_rows(run, scope="member-1", metric="accuracy", split="test")["value"].tolist() == \
+        [member_accuracy(run, 1, test)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the data a run was trained on
+
+
+def test_evaluate_finds_the_data_the_run_was_trained_on(tmp_path, monkeypatch):
+    from disk_layouts import write_cifar10, write_cifar_c
+    from ensembles.models.zoo import build
+
+    root = tmp_path / "own-data"  # like a quickstart folder's data/, not the default root
+    write_cifar10(root, n_train=20, n_test=8)
+    write_cifar_c(root, corruptions=("fog",), n_per_severity=2)
+    monkeypatch.chdir(tmp_path)  # whatever the default root is, it holds no data here
+    monkeypatch.setenv("SHARPDIV_DATA", str(tmp_path / "empty"))
+    run = tmp_path / "run"
+    run_folder.create_run(run, dataset="cifar10", num_classes=10, model="mlp",
+                          model_args={"input_size": 3 * 32 * 32, "hidden": []}, seeds=[0, 1], data_path=str(root))
+    for index in range(2):
+        run_folder.save_member(run, index, build("mlp", 10, input_size=3 * 32 * 32, hidden=[]))
+    result = CliRunner().invoke(cli.main, ["evaluate", str(run), "--device", "cpu", "--severities", "1"])
+    assert result.exit_code == 0, result.output
+    rows = run_folder.read_results(run)
+    assert set(rows["corruption"].dropna()) == {"fog"}
+    # a recorded root that is gone falls back to the default, and says so
+    from ensembles.studies import evaluation
+
+    config = {"dataset": "cifar10", "data_path": str(tmp_path / "moved")}
+    assert run_folder.data_root(config, None, None)[0] is None and "is gone" in run_folder.data_root(config, None, None)[1]
+    assert run_folder.data_root(config, "/given", None) == ("/given", None)

@@ -17,13 +17,13 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from disk_layouts import write_image_folder
 from ensembles.data import datasets
-from ensembles.runs import run_folder
 from ensembles.models.zoo import build
+from ensembles.runs import run_folder
 from landscape import robustness
 from landscape.ensemble import combine as combine_members
-from landscape.errors import InputError
+
+from disk_layouts import write_image_folder
 
 N_CLASSES = 4   # few classes: the targeted attack tries C − 1 targets
 SIDE = 8
@@ -202,15 +202,6 @@ def test_an_l2_radius_is_bounded_by_the_diameter_of_the_input_box(setting, loads
     assert loads != []                            # (so the fixture does see the loads the refusals avoid)
 
 
-def test_check_radius_bounds():
-    robustness.check_radius("Linf", 1.0)
-    robustness.check_radius("L2", 50.0)              # the size of the inputs is not known: no bound
-    robustness.check_radius("L2", 2.0, input_size=4)  # √4 = 2: the diameter itself is allowed
-    for norm, eps, size in (("Linf", 1.0001, None), ("Linf", 8.0, 3072), ("L2", 2.0001, 4)):
-        with pytest.raises(InputError, match="larger than"):
-            robustness.check_radius(norm, eps, size)
-
-
 def test_an_unknown_attack_is_named_with_the_choices(setting, loads):
     run, _ = setting
     result = attack(run, "--attacks", "apgd-ce,pgd")
@@ -218,3 +209,33 @@ def test_an_unknown_attack_is_named_with_the_choices(setting, loads):
     assert "unknown attack 'pgd'; choose from apgd-ce, apgd-t, apgd-dlr, fab, fab-t, square" in result.output
     assert "('apgd-ce'" not in result.output    # no Python tuple
     assert loads == [] and not (run / "results").exists()
+
+
+TINY_TRAINING = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
+
+
+def ok(*arguments):
+    result = invoke(*arguments)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_robustness_feeds_pixels_to_a_model_that_normalises_itself(tmp_path):
+    """AutoAttack's ε is in [0, 1] pixel space: with the normalization inside the model, the
+    attacked model's clean accuracy is the member's own on raw pixels (not normalised twice)."""
+    run = tmp_path / "run"
+    ok("train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", "0.3,0.3,0.3",
+       "--std", "0.2,0.2,0.2", "--out", run, *TINY_TRAINING)
+    ok("robustness", run, "--norm", "linf", "--eps", 0.01, "--n-examples", 16, "--attacks", "apgd-ce",
+       "--device", "cpu")
+    images = datasets.load_dataset("digits", split="test", normalize=False)
+    member = run_folder.load_run(run).members[0]
+    with torch.no_grad():
+        expected = (member(images.batch(range(16))).argmax(1) == images.targets[:16]).float().mean().item()
+    rows = run_folder.read_results(run)
+    clean = rows[(rows["metric"] == "clean_accuracy") & (rows["scope"] == "member-0")]["value"].item()
+    assert clean == pytest.approx(expected)

@@ -1,12 +1,12 @@
-"""The measurement commands end to end on tiny digits runs: the rows they store are the ones the
-landscape functions give on the documented data, repeated calls compute nothing, and bad input
-fails before any row is written.
+"""The measurement commands end to end on tiny digits runs (ensembles.studies.measurements): the
+rows they store are the ones the landscape functions give on the documented data, repeated calls
+compute nothing, bad input fails before any row is written, rows record the data and weights they
+came from, and the reference code's ascent is stored apart.
 
 References: each stored value is compared with a direct call of the landscape function on data
 built here from the documented rules (seeded permutation, first N samples), the summary rows with
 NumPy (mean, std, quantiles, max) and the ensemble rows with the mean and ``std(ddof=1)/√M`` of
-the member rows.
-"""
+the member rows."""
 import json
 import math
 
@@ -21,28 +21,17 @@ import landscape.connectivity
 import landscape.fisher
 import landscape.hessian
 import landscape.sharpness
+from cli import main
 from ensembles.data import datasets
+from ensembles.models.zoo import build
 from ensembles.runs import run_folder
 from ensembles.studies.measurements import fisher_path
-from ensembles.models.zoo import build
+from landscape import sharpness
+from reports.collect import SharpnessSpec, collect, sharpness_per_run
 
-SMALL_CNN = {"width": 4}
-
-
-def make_run(path, n_members=2, model="small_cnn", model_args=SMALL_CNN, seed=0):
-    run_folder.create_run(path, dataset="digits", num_classes=10, model=model, model_args=model_args,
-                    seeds=list(range(n_members)))
-    torch.manual_seed(seed)
-    for index in range(n_members):
-        network = build(model, 10, **model_args)
-        generator = torch.Generator().manual_seed(seed + index)
-        for module in network.modules():  # running statistics a fresh network would not have
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-        run_folder.save_member(path, index, network)
-    return path
-
+from disk_layouts import write_cifar10
+from measured_runs import (LINEAR_INPUT_SIZE, SHARPNESS, counting, documented_batches, first_member, make_linear_run,
+                           make_run, stored_rows)
 
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
@@ -60,19 +49,6 @@ def ok(*arguments):
     return result
 
 
-def counting(monkeypatch, module, name):
-    """Replace ``module.name`` with a wrapper that counts its calls."""
-    calls = []
-    original = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
-
-
 def rows_of(path, metric, **where):
     table = run_folder.read_results(path, current_only=True)
     table = table[table["metric"] == metric]
@@ -85,27 +61,12 @@ def settings_of(row):
     return json.loads(row["settings"])
 
 
-def first_member(path, index=0):
-    run = run_folder.load_run(path)
-    return run.members[run.member_indices.index(index)]
-
-
 def split(name):
     return datasets.load_dataset("digits", split=name)
 
 
 # ----------------------------------------------------------------------------------------------
 # sharpness
-
-SHARPNESS = ("--batch-size", 4, "--n-batches", 3, "--n-iters", 2, "--seed", 5)
-
-
-def documented_batches(m, n_batches, seed):
-    """Batches of the documented draw: order = randperm(N) with a generator seeded by seed."""
-    images = split("train")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:m * n_batches]
-    return [(images.batch(rows.numpy()), images.targets[rows]) for rows in order.reshape(n_batches, m)]
-
 
 def test_sharpness_rows_equal_landscape_and_repeat_computes_nothing(tmp_path, monkeypatch):
     path = make_run(tmp_path / "run")
@@ -322,3 +283,133 @@ def test_lanczos_steps_is_a_setting_of_the_eigenvalue_rows(tmp_path):
     table = run_folder.read_results(tmp_path / "run")
     eigenvalues = table[table["metric"] == "hessian/eigenvalue"]
     assert len(eigenvalues) == 2 and set(eigenvalues["n_iters"]) == {6}
+
+
+_TINY = ["--batch-size", "4", "--n-batches", "3", "--seed", "5", "--n-iters", "2", "--rho", "0.5", "--device", "cpu"]
+
+
+def test_ascent_flag_reaches_the_measurement_and_is_stored_apart(tmp_path, monkeypatch):
+    path = make_run(tmp_path / "run")
+    seen = []
+    original = landscape.sharpness.worst_case_sharpness
+
+    def spy(*arguments, **options):
+        seen.append(options.get("reference_ascent"))
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(landscape.sharpness, "worst_case_sharpness", spy)
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, "--ascent", "reference"])
+    assert result.exit_code == 0, result.output
+    assert seen == [True, True] and "reference code's ascent" in result.output
+    rows = run_folder.read_results(path, current_only=True)
+    member = rows[(rows["metric"] == "sharpness/worst/l2/adaptive") & (rows["scope"] == "member-0")]
+    assert json.loads(member["settings"].iloc[0])["ascent"] == "reference"
+    direct = original(first_member(path), torch.nn.functional.cross_entropy, documented_batches(4, 3, 5), 0.5,
+                      n_iters=2, reference_ascent=True)
+    assert member["value"].iloc[0] == pytest.approx(direct.value, rel=1e-6)
+
+    seen.clear()  # the default ascent is not answered by the reference rows: measured anew, stored without the setting
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY])
+    assert result.exit_code == 0, result.output
+    assert seen == [False, False]
+    rows = run_folder.read_results(path, current_only=True)
+    ours = rows[(rows["metric"] == "sharpness/worst/l2/adaptive") & (rows["scope"] == "ensemble")]
+    assert sorted(json.loads(text).get("ascent", "none") for text in ours["settings"]) == ["none", "reference"]
+
+    seen.clear()
+    again = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, "--ascent", "reference"])
+    assert again.exit_code == 0 and seen == [] and "0 measured now, 2 stored" in again.output
+
+    # reports read one ascent at a time
+    results = collect([path])
+    reference = sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5:reference"))
+    apgd = sharpness_per_run(results, SharpnessSpec.parse("sharpness/worst/l2/adaptive@0.5"))
+    stored = {json.loads(text).get("ascent", "apgd"): value for text, value in zip(ours["settings"], ours["value"])}
+    assert reference.iloc[0] == pytest.approx(stored["reference"]) and apgd.iloc[0] == pytest.approx(stored["apgd"])
+    assert reference.iloc[0] != apgd.iloc[0]
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--kind", "average", "--ascent", "reference"], "worst case only"),
+])
+def test_reference_ascent_of_an_average_case_is_refused(tmp_path, arguments, words):
+    path = make_run(tmp_path / "run")
+    result = CliRunner().invoke(main, ["sharpness", str(path), *_TINY, *arguments])
+    assert result.exit_code == 2 and words in result.stderr
+    assert run_folder.read_results(path).empty
+
+
+def test_measurements_store_and_check_the_data_they_used(tmp_path):
+    write_cifar10(tmp_path / "a", n_train=20, n_test=10, seed=0)
+    write_cifar10(tmp_path / "b", n_train=20, n_test=10, seed=1)
+    run = make_linear_run(tmp_path / "run", "cifar10")
+    options = ["--batch-size", 5, "--n-batches", 2, "--n-iters", 2]
+    first = invoke("sharpness", run, "--data-path", tmp_path / "a", *options)
+    assert first.exit_code == 0 and "2 measured now" in first.output, first.output
+    again = invoke("sharpness", run, "--data-path", tmp_path / "a", *options)
+    assert again.exit_code == 0 and "0 measured now, 2 stored" in again.output, again.output
+    other = invoke("sharpness", run, "--data-path", tmp_path / "b", *options)
+    assert other.exit_code == 0 and "2 measured now" in other.output, other.output
+    rows = stored_rows(run, metric="sharpness/worst/l2/adaptive")
+    assert set(rows["data"]) == {datasets.data_digest("cifar10", tmp_path / "b", "train")}
+    assert len(rows) == 3  # member-0, member-1, ensemble mean: the rows of data a are stale
+
+
+# ----------------------------------------------------------------------------------------------
+# weights read, weights stored
+
+
+def test_a_member_replaced_during_a_measurement_stores_no_rows(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "data", n_train=20, n_test=10, seed=0)
+    run = make_linear_run(tmp_path / "run", "cifar10")
+    original = sharpness.worst_case_sharpness
+
+    def replacing(*arguments, **options):  # someone writes new weights while member 0 is measured
+        torch.manual_seed(99)
+        run_folder.save_member(run, 0, build("mlp", 10, input_size=LINEAR_INPUT_SIZE, hidden=[]))
+        monkeypatch.setattr(sharpness, "worst_case_sharpness", original)
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(sharpness, "worst_case_sharpness", replacing)
+    result = invoke("sharpness", run, "--data-path", tmp_path / "data", "--batch-size", 5, "--n-batches", 2,
+                    "--n-iters", 2)
+    assert result.exit_code == 2, result.output
+    assert "changed during the measurement" in result.output and "member-0.safetensors" in result.output
+    assert sum("changed during the measurement" in line for line in result.output.splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert run_folder.read_results(run).empty
+
+
+def test_measurements_read_the_data_root_the_run_was_trained_on(tmp_path, monkeypatch):
+    """Without --data-path, sharpness reads the run's own data (run.json data_path), as evaluate
+    does, not the default root; --data-path still wins."""
+    monkeypatch.setenv("SHARPDIV_DATA", str(tmp_path / "default"))
+    write_cifar10(tmp_path / "default", n_train=20, n_test=10, seed=1)
+    write_cifar10(tmp_path / "own", n_train=20, n_test=10, seed=0)
+    run = make_linear_run(tmp_path / "run", "cifar10")
+    run_folder.update_config(run, data_path=str(tmp_path / "own"))
+    options = ["--batch-size", 5, "--n-batches", 2, "--n-iters", 2]
+    result = invoke("sharpness", run, *options)
+    assert result.exit_code == 0, result.output
+    assert set(stored_rows(run, metric="sharpness/worst/l2/adaptive")["data"]) == \
+        {datasets.data_digest("cifar10", tmp_path / "own", "train")}
+    result = invoke("sharpness", run, "--data-path", tmp_path / "default", *options)
+    assert result.exit_code == 0 and "2 measured now" in result.output, result.output
+
+
+def test_hessian_prints_every_eigenvalue_it_was_asked_for(tmp_path):
+    from ensembles.models.zoo import build
+
+    run = tmp_path / "run"
+    model_args = {"input_size": 3 * 32 * 32, "hidden": [4]}
+    run_folder.create_run(run, dataset="digits", num_classes=10, model="mlp", model_args=model_args, seeds=[0])
+    run_folder.save_member(run, 0, build("mlp", 10, **model_args))
+    arguments = ["hessian", str(run), "--eigenvalues", "3", "--lanczos-steps", "8", "--n-examples", "16",
+                 "--device", "cpu", "--threads", "1"]
+    for attempt in ("measured", "stored"):
+        result = CliRunner().invoke(cli.main, arguments)
+        assert result.exit_code == 0, result.output
+        line = next(line for line in result.stdout.splitlines() if "member-0" in line)
+        stored = run_folder.read_results(run)
+        values = stored[stored["metric"] == "hessian/eigenvalue"].sort_values("rank")["value"].tolist()
+        assert "3 largest eigenvalues " + ", ".join(f"{value:.4g}" for value in values) in line, (attempt, line)

@@ -1,90 +1,30 @@
-"""Rows on a computed grid are keyed by grid index, never by a computed float, and rows keyed the
-old way still read and are reused.
+"""Measurements on a computed grid reuse rows keyed the old way (ensembles.studies.measurements).
 
 A spectral density's grid spans the Ritz values and a loss plane's coordinates come from the
 members' weights: their last bits are one CPU's. Such rows are keyed by ``grid_index`` (``u_index``,
 ``v_index``) and keep the place in a location column (``eigenvalue``, ``u``, ``v``) that is not part
-of the key. α is ``i/(alphas − 1)``, the same double on every machine. Tables written before (places
-as settings, α from ``torch.linspace``) are reused as they are when whole; a grid is never assembled
-from the two kinds of rows, and figures draw one kind per measurement.
-"""
+of the key (tests/ensembles/runs/test_run_folder.py). α is ``i/(alphas − 1)``, the same double on
+every machine (tests/landscape/test_connectivity.py). Tables written before (places as settings, α
+from ``torch.linspace``) are reused as they are when whole; a grid is never assembled from the two
+kinds of rows."""
 import math
 import shutil
-from fractions import Fraction
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 import landscape.connectivity
 import landscape.hessian
-import results_fixtures as fixtures
 from ensembles.runs import run_folder
 from ensembles.studies import measurements
-from landscape.connectivity import evenly_spaced_alphas
 from reports import plots
 from reports.collect import collect
-from tests.ensembles.studies.test_measurements import counting, make_run
+
+import results_fixtures as fixtures
+from measured_runs import counting, make_run
 
 DENSITY = dict(n_examples=16, batch_size=8, trace=False, density=True, lanczos_steps=4, density_grid=5)
 PATHS = dict(split="val", n_examples=10, bn_reset=False, batch_size=8)
-
-
-# ----------------------------------------------------------------------------------------------
-# the results table: a location is stored, not keyed
-
-
-def density_row(index, eigenvalue, value=0.5):
-    return {"scope": "member-0", "metric": "hessian/density", "value": value, "grid_index": index,
-            "eigenvalue": eigenvalue, "grid": 5, "n_iters": 4, "dataset": "digits", "split": "train",
-            "data": "0123456789abcdef"}
-
-
-def test_the_same_grid_point_placed_an_ulp_apart_is_one_row(tmp_path):
-    # what another CPU computes for the same measurement: the place differs in its last bit
-    path = fixtures.make_run(tmp_path / "run")
-    run_folder.append_results(path, [density_row(3, 0.25, value=0.5)])
-    run_folder.append_results(path, [density_row(3, math.nextafter(0.25, 1.0), value=0.75)])
-    table = run_folder.read_results(path)
-    assert len(table) == 1 and table["value"].tolist() == [0.75]  # the newer replaced it: one key
-    assert table["eigenvalue"].tolist() == [math.nextafter(0.25, 1.0)]  # its place is stored beside it
-    assert "eigenvalue" not in table["settings"].iloc[0] and '"grid_index": 3' in table["settings"].iloc[0]
-
-
-def test_rows_written_before_keep_their_place_as_a_setting_and_still_read(tmp_path):
-    path = fixtures.make_run(tmp_path / "run")
-    old = {key: value for key, value in density_row(3, 0.25).items() if key != "grid_index"}
-    fixtures.append_as_before_grid_indices(path, [old, {**old, "eigenvalue": 0.5}])
-    table = run_folder.read_results(path)
-    assert table["eigenvalue"].tolist() == [0.25, 0.5] and all('"eigenvalue"' in text for text in table["settings"])
-
-
-def test_two_rows_of_one_key_in_one_append_are_refused(tmp_path):
-    # a grid written without its index would collapse into one row per measurement: refused, nothing stored
-    path = fixtures.make_run(tmp_path / "run")
-    rows = [{key: value for key, value in density_row(0, x).items() if key != "grid_index"} for x in (0.1, 0.2)]
-    with pytest.raises(ValueError, match="rows of a grid need their grid index"):
-        run_folder.append_results(path, rows)
-    assert run_folder.read_results(path).empty
-
-
-# ----------------------------------------------------------------------------------------------
-# α: the same double on every machine
-
-
-@pytest.mark.parametrize("count", [2, 3, 7, 11, 21, 41, 100])
-def test_alphas_are_the_doubles_nearest_i_over_count_minus_one(count):
-    alphas = evenly_spaced_alphas(count).tolist()
-    assert alphas == [float(Fraction(i, count - 1)) for i in range(count)]  # correctly rounded: no CPU in it
-    assert alphas == evenly_spaced_alphas(2 * count - 1).tolist()[::2]  # a finer grid shares every point
-    assert landscape.connectivity._alpha_grid(count).tolist() == alphas
-
-
-def test_a_count_below_two_is_refused():
-    for count in (1, 0, True):
-        with pytest.raises(landscape.connectivity.InputError, match="at least 2"):
-            evenly_spaced_alphas(count)
 
 
 @pytest.fixture(scope="module")
@@ -209,24 +149,3 @@ def test_a_whole_old_plane_is_reused_and_a_partial_one_measured_again(members, t
         [(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]
     (third,) = measurements.measure_connectivity([path], **options)
     assert len(calls) == 1 and third.computed == ()
-
-
-def test_plane_figure_draws_the_newest_plane_with_one_kind_of_row(tmp_path):
-    path = fixtures.make_run(tmp_path / "run")
-    old = [row for row in fixtures.plane_rows(indexed=False) if (row["u"], row["v"]) != (1.0, 1.0)]
-    fixtures.append_as_before_grid_indices(path, [{**row, "u": row["u"] + 1e-12} for row in old])  # other bits
-    run_folder.append_results(path, fixtures.plane_rows())
-    results = collect([path])
-    grid = plots._newest_grid(results[results["metric"] == "plane/loss"], ["u_index", "v_index"], ["u", "v"])
-    assert len(grid) == 16 and grid["u_index"].notna().all()  # the 15 old rows are not drawn with it
-    assert plots.plot_plane(results, tmp_path, formats=("png",)).figures
-
-
-def test_density_figure_draws_the_newest_measurement_only(tmp_path):
-    path = fixtures.make_run(tmp_path / "run")
-    for n_iters, grid, shift in ((4, 7, 0.0), (6, 5, 0.1)):  # other settings, other places
-        run_folder.append_results(path, [{**density_row(index, index + shift, value=n_iters), "n_iters": n_iters,
-                                          "grid": grid} for index in range(grid)])
-    figure = plots.plot_density(collect([path]), tmp_path, formats=("png",)).figures[0]
-    (line,) = figure.axes[0].lines
-    np.testing.assert_array_equal(line.get_xydata(), [[index + 0.1, 6] for index in range(5)])

@@ -27,8 +27,9 @@ import landscape.hessian
 import landscape.sharpness
 from ensembles.runs import run_folder
 from ensembles.studies import measurements
+
+from measured_runs import make_run
 from results_fixtures import append_as_before_grid_indices
-from tests.ensembles.studies.test_measurements import make_run
 
 BEFORE = json.loads((Path(__file__).parent / "measurement_rows_before_skeleton.json").read_text())
 

@@ -1,4 +1,5 @@
-"""`sharpdiv quickstart --fast` end to end: digits-C, the sweep, the report, and reuse on a re-run."""
+"""`sharpdiv quickstart --fast` end to end: digits-C, the sweep, the report, and reuse on a re-run;
+the jobs and threads it chooses for the machine."""
 
 import re
 from pathlib import Path
@@ -8,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from ensembles import cpus
+from ensembles.data.corruptions import make_corrupted_split
+from ensembles.data.datasets import load_corrupted, load_dataset
 from ensembles.runs import run_folder
 from ensembles.studies import quickstart, sweep
 from ensembles.training import trainer
-from ensembles.data.corruptions import make_corrupted_split
-from ensembles.data.datasets import load_dataset, load_corrupted
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -194,3 +196,25 @@ def test_every_run_was_trained_measured_and_rerunning_reuses_everything(finished
     assert {step.action for step in steps} == {"kept", "reused"} and sum(s.computed for s in steps) == 0
     assert set(again.corruptions_kept) == set(quickstart.RECIPES["fast"].corruptions)
     assert {p: p.read_bytes() for p in weights} == weights
+
+
+def test_the_quickstart_shares_out_what_the_helper_answers(monkeypatch):
+    from ensembles.studies import quickstart
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
+    assert quickstart.parallelism(None, None, "cpu", 10) == (3, 1)
+
+
+# --- parallelism: chosen for the machine, never more busy threads than cores, same numbers ----------
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+def test_the_quickstart_runs_one_single_threaded_job_per_core(monkeypatch, cores):
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: cores)
+    assert quickstart.parallelism(None, None, "cpu", 5) == (min(cores, 5), 1)
+    for jobs, threads in [(None, 2), (2, None), (1, None), (3, 3)]:
+        chosen_jobs, chosen_threads = quickstart.parallelism(jobs, threads, "cpu", 5)
+        assert chosen_jobs == (jobs or chosen_jobs) and chosen_threads == (threads or chosen_threads)
+        if jobs is None or threads is None:  # what is chosen never oversubscribes the cores
+            assert chosen_jobs * chosen_threads <= max(cores, (jobs or 1) * (threads or 1))
+    assert quickstart.parallelism(None, None, "cuda", 5) == (1, None)

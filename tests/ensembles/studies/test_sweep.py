@@ -1,4 +1,6 @@
-"""Sweeps: planning, bad files, skip-if-stored jobs, interruption and resumption, submitit executors."""
+"""Sweeps: planning, bad files and values, folders that stay inside --out, skip-if-stored jobs,
+interruption and resumption, submitit executors, and numbers that do not depend on the number of
+jobs."""
 import os
 import pickle
 import signal
@@ -8,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import submitit
@@ -16,9 +19,13 @@ from click.testing import CliRunner
 
 import cli
 from ensembles.runs import run_folder
-from ensembles.studies import evaluation, measurements, sweep
+from ensembles.studies import evaluation, measurements, quickstart, sweep
+from ensembles.studies.sweep import read_sweep
 from ensembles.training import trainer
+from ensembles.training.trainer import TrainingSettings
 from landscape.errors import InputError
+
+from cli_results import one_error_line
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -452,3 +459,216 @@ def test_sweep_report_groups_by_the_swept_axes(tiny_root, tmp_path):
     summary = (tmp_path / "report" / "tables" / "summary.csv").read_text()
     assert "method=sam width=4" in summary and "method=sgd width=4" in summary
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_sweep_files_accept_the_ascent(tmp_path):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('[base]\ndataset = "digits"\nmodel = "small_cnn"\n[grid]\nmethod = ["sgd"]\n'
+                          '[[measure.sharpness]]\nrho = [0.5]\nascent = "reference"\n')
+    sweep = read_sweep(sweep_file)
+    assert [dict(m.options) for m in sweep.measurements] == [{"rhos": (0.5,), "ascent": "reference"}]
+
+
+def test_a_sweep_never_reuses_a_folder_trained_with_another_input_stage(tmp_path):
+    """A sweep that asks for small_cnn as the zoo has it (the data pipeline normalises) must not
+    count a folder whose members normalise [0, 1] inputs themselves (--mean/--std) as its own:
+    the keys the sweep left out are not 'anything goes', they resolve to the library's default."""
+    from click.testing import CliRunner
+
+    import cli
+    from ensembles.studies import sweep
+    from ensembles.training.trainer import TrainingSettings
+    from landscape.errors import InputError
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, [str(a) for a in (
+        "train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", "0.5,0.5,0.5",
+        "--std", "0.25,0.25,0.25", "--out", run, "--epochs", 1, "--seeds", 1, "--train-samples", 16,
+        "--batch-size", 8, "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    asked = dict(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(1,), epochs=1,
+                 train_samples=16, batch_size=8)
+    same = TrainingSettings(**asked, model_input={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert sweep._training_state(run, same) == "done"
+    with pytest.raises(InputError, match="model_input"):
+        sweep._training_state(run, TrainingSettings(**asked))
+
+
+# A sweep small enough to train in a second, should anything reach training.
+TINY_BASE = """
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 4
+seeds = [13]
+epochs = 1
+batch_size = 64
+train_samples = 64
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# a sweep file cannot write outside --out; string values in sweep axes
+
+
+@pytest.mark.parametrize("axis, value", [
+    ("prune_epoch", '"../../../ESCAPED"'), ("width", '"../x"'), ("epochs", '"2"'), ("rho", '"0.1"'),
+    ("lr", '"fast"'), ("batch_size", "true"), ("rho", "inf"), ("rho", "-0.1"), ("weight_decay", "nan"),
+    ("method", '"../sgd"'), ("model", '"../../resnet18"'), ("schedule", '"linear"'), ("keep", '"weird"'),
+    ("sparsity", "1.5"), ("train_samples", "0"), ("prune_epoch", "-1"), ("reference_compatible", '"yes"'),
+    ("seeds", '["13"]'), ("seeds", "[-1]"), ("seeds", "[9223372036854775808]"),
+])
+def test_plan_refuses_each_value_of_the_wrong_type_naming_axis_and_value(axis, value):
+    base = '[base]\ndataset = "digits"\n' + ('model = "small_cnn"\n' if axis != "model" else 'epochs = 2\n')
+    text = base + f"[grid]\n{axis} = [{value}]\n"
+    with pytest.raises(InputError) as caught:
+        sweep.parse_sweep(text, source="bad.toml")
+    message = str(caught.value)
+    shown = value.replace('"', "'")  # strings are quoted, so "2" is told apart from 2
+    assert message.startswith(f"bad.toml: [grid] {axis} (line 5): {shown} is not a valid {axis}; it must be ")
+    assert "\n" not in message
+
+
+def test_base_settings_are_checked_like_axes():
+    with pytest.raises(InputError, match=r"\[base\] width \(line 4\): '\.\./x' is not a valid width"):
+        sweep.parse_sweep('[base]\ndataset = "digits"\nmodel = "small_cnn"\nwidth = "../x"\n', source="bad.toml")
+
+
+def test_sweep_plan_and_run_refuse_a_path_in_an_axis_and_write_nothing(tmp_path):
+    file = tmp_path / "escape.toml"
+    file.write_text(TINY_BASE + '[grid]\nprune_epoch = ["../../../ESCAPED", 0]\n')
+    out = tmp_path / "a" / "b" / "out"
+    planned = CliRunner().invoke(cli.main, ["sweep", "plan", str(file)])
+    line = one_error_line(planned)
+    assert "prune_epoch" in line and "'../../../ESCAPED'" in line and "integer >= 0" in line
+    ran = CliRunner().invoke(cli.main, ["sweep", "run", str(file), "--out", str(out), "--device", "cpu"])
+    assert one_error_line(ran) == line  # plan refuses exactly what run refuses
+    assert not list(tmp_path.rglob("*ESCAPED*")) and not (tmp_path / "a").exists()
+
+
+def _tiny_job(name):
+    settings = TrainingSettings(dataset="digits", model="small_cnn", width=4, seeds=(13,), epochs=1, batch_size=64,
+                                train_samples=64)
+    return sweep.Job(name=name, settings=settings)
+
+
+def test_a_job_whose_folder_resolves_outside_the_root_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    for name in ("../escaped", "linked", "..", "a/b"):
+        with pytest.raises(InputError, match="would lie outside the sweep root"):
+            sweep.run_job(_tiny_job(name), root)
+    plan = sweep.Sweep(name="s", base={}, grid={}, jobs=(_tiny_job("../escaped"),), measurements=(), report={})
+    with pytest.raises(InputError, match="would lie outside the sweep root"):
+        sweep.run_sweep(plan, root / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "root"]
+    assert not any(outside.iterdir()) and [p.name for p in root.iterdir()] == ["linked"]
+
+
+def test_folder_names_are_built_from_validated_values_only():
+    text = TINY_BASE.replace('dataset = "digits"\n', "") + \
+        '[grid]\ndataset = ["digits", "folder:../../x y"]\nlr = [0.1, 1e-05]\n'
+    names = [job.name for job in sweep.parse_sweep(text).jobs]
+    assert names == ["sgd-digits-lr0.1-s13", "sgd-digits-lr1e-05-s13", "sgd-folder_x_y-lr0.1-s13",
+                     "sgd-folder_x_y-lr1e-05-s13"]
+    for name in names:
+        assert "/" not in name and ".." not in name
+
+
+def test_a_sweep_sets_and_names_the_augmentation():
+    text = """
+name = "aug"
+[base]
+dataset = "digits"
+model = "small_cnn"
+seeds = [1, 2]
+epochs = 2
+[grid]
+augmentation = ["none", "crop-flip"]
+"""
+    plan = sweep.parse_sweep(text)
+    assert [job.name for job in plan.jobs] == ["sgd-none-s1.2", "sgd-crop_flip-s1.2"]
+    assert [job.settings.augmentation for job in plan.jobs] == ["none", "crop-flip"]
+    with pytest.raises(InputError, match="not a valid augmentation"):
+        sweep.parse_sweep(text.replace('"crop-flip"]', '"mirror"]'))
+    assert all(job.settings.augmentation == "none" for job in quickstart.quickstart_sweep().jobs)
+
+
+TWO_METHOD_SWEEP = """
+name = "same"
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 2
+seeds = [3, 4]
+epochs = 1
+batch_size = 32
+train_samples = 64
+[grid]
+method = ["sgd", "sam"]
+rho = [0.05]
+[[measure.sharpness]]
+rho = [0.5]
+m = 4
+n_batches = 2
+n_iters = 2
+[measure.evaluate]
+corruptions = "none"
+"""
+
+
+def _numbers(root, plan):
+    found = {}
+    for job in plan.jobs:
+        path = root / job.name
+        table = run_folder.read_results(path, current_only=True)
+        table = table.sort_values("key")  # a row's key names its metric, slice, settings, weights and data
+        found[job.name] = ([path.joinpath(f"member-{i}.safetensors").read_bytes() for i in (0, 1)],
+                           (table["key"].tolist(), table["value"].to_numpy()))
+    return found
+
+
+def test_the_numbers_do_not_depend_on_the_number_of_jobs(tmp_path):
+    """One thread each: two jobs in two processes give the weights and results of one job at a time."""
+    plan = sweep.parse_sweep(TWO_METHOD_SWEEP)
+    outside = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep.run_sweep(plan, tmp_path / "serial", executor="local", jobs=1, device="cpu")
+    finally:
+        torch.set_num_threads(outside)
+    result = sweep.run_sweep(plan, tmp_path / "parallel", executor="local", jobs=2, threads=1, device="cpu",
+                             poll_seconds=0.2)
+    assert not result.failures
+    serial, parallel = _numbers(tmp_path / "serial", plan), _numbers(tmp_path / "parallel", plan)
+    for name in serial:
+        assert serial[name][0] == parallel[name][0], name
+        assert serial[name][1][0] == parallel[name][1][0] and len(serial[name][1][0]) > 0
+        np.testing.assert_array_equal(serial[name][1][1], parallel[name][1][1])
+
+
+def test_sweep_accepts_library_models_and_model_args(tmp_path):
+    from ensembles.studies.sweep import read_sweep
+
+    file = tmp_path / "s.toml"
+    file.write_text('[base]\ndataset = "digits"\nmodel = "torchvision:resnet18"\nepochs = 1\n'
+                    '[base.model_args]\nzero_init_residual = true\n[grid]\nmethod = ["sgd"]\n')
+    sweep = read_sweep(file)
+    assert sweep.jobs[0].settings.model_args == {"zero_init_residual": True}
+    file.write_text('[base]\ndataset = "digits"\nmodel = "../evil:x"\n')
+    with pytest.raises(InputError, match="not a valid model"):
+        read_sweep(file)
+
+
+def test_sweep_run_refuses_a_users_report_folder_before_training(tmp_path):
+    file = tmp_path / "tiny.toml"
+    file.write_text(TINY_BASE + '[grid]\nmethod = ["sgd"]\n')
+    out = tmp_path / "root"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "README.md").write_text("mine\n")
+    result = CliRunner().invoke(cli.main, ["sweep", "run", str(file), "--out", str(out), "--device", "cpu"])
+    line = one_error_line(result)
+    assert str(out / "report") in line and "--force" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["README.md", "report"]  # nothing trained

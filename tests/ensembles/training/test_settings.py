@@ -1,24 +1,28 @@
 """Each training setting is declared once (ensembles.training.settings) and four views are derived
 from the declaration: the options of `sharpdiv train`, the sweep's axes with their rules and
 folder-name spelling, the validation of TrainingSettings, and the refusal of a setting the method
-does not use. A field added in a subclass shows up in all four without another edit."""
+does not use. A field added in a subclass shows up in all four without another edit. Then the
+rules themselves: the defaults of each method and the values refused."""
 import dataclasses
 import json
 import math
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import cli
+from cli import main
 from ensembles.studies import sweep
 from ensembles.training import trainer
 from ensembles.training.settings import METHODS, Setting, TrainingSettings, declared, setting
 from landscape.errors import InputError
+
+from cli_results import one_line_refusal
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -245,3 +249,121 @@ def test_a_settings_record_from_before_a_new_field_is_still_this_run(tmp_path):
     with pytest.raises(InputError, match=r"temperature 3\.0 here, 1\.0 there"):
         trainer._require_own_training_state(tmp_path, _settings(method="sharpbalance", seeds=(1, 2), temperature=3.0),
                                             recorded=True)
+
+
+# Two tiny members on 96 digits: three epochs, selections after epochs 1 and 2.
+TINY = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sharpbalance", seeds=(3, 5),
+                        rho=0.1, k=0.3, td=1, reselect_every=1, epochs=3, lr=0.05, batch_size=32,
+                        train_samples=96, score_chunk_size=32)
+
+
+def test_td_not_before_the_last_epoch_is_an_error():
+    with pytest.raises(InputError, match="td"):
+        replace(TINY, td=3, reselect_every=None)
+    with pytest.raises(InputError, match="reference"):
+        replace(TINY, reference_compatible=True)  # it selects once; reselect_every contradicts that
+    with pytest.raises(InputError):
+        replace(TINY, seeds=(3,))
+
+
+# -- settings a method would ignore are refused, not dropped
+
+
+def test_defaults_follow_the_method():
+    assert TrainingSettings(dataset="digits", model="mlp").rho == 0.0
+    assert TrainingSettings(dataset="digits", model="mlp", method="sam").rho == 0.2
+    sharpbalance = TrainingSettings(dataset="digits", model="mlp", method="sharpbalance", epochs=30)
+    assert (sharpbalance.rho, sharpbalance.k, sharpbalance.td) == (0.2, 0.4, 15)
+    # rho = 0 is allowed by design: SAM with a zero radius is exactly SGD
+    assert TrainingSettings(dataset="digits", model="mlp", method="sgd", rho=0.0).rho == 0.0
+    assert TrainingSettings(dataset="digits", model="mlp", method="sam", rho=0.0).rho == 0.0
+    # eta is ASAM's alone: 0.01 (Kwon et al.) unless given, and absent (None in run.json) elsewhere
+    assert TrainingSettings(dataset="digits", model="mlp", method="asam").eta == 0.01
+    assert TrainingSettings(dataset="digits", model="mlp", method="asam", eta=0.0).eta == 0.0
+    for method in ("sgd", "sam", "sharpbalance"):
+        settings = TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10)
+        assert settings.eta is None and settings.run_fields()["eta"] is None
+
+
+@pytest.mark.parametrize("method, given, named", [
+    ("sgd", dict(rho=0.3), "--rho 0.3 has no effect with --method sgd; drop it or use --method sam"),
+    ("sgd", dict(k=0.4), "--k 0.4 has no effect with --method sgd"),
+    ("sam", dict(td=5), "--td 5 has no effect with --method sam"),
+    ("asam", dict(k=0.3, td=2), "--k 0.3 --td 2 have no effect with --method asam"),
+    ("sam", dict(reselect_every=2), "--reselect-every 2 has no effect"),
+    ("sgd", dict(reference_compatible=True), "--reference-compatible has no effect"),
+    ("sam", dict(eta=0.05), "--eta 0.05 has no effect with --method sam (ASAM only); drop it or use --method asam"),
+    ("sgd", dict(eta=0.01), "--eta 0.01 has no effect with --method sgd (ASAM only"),
+    ("sharpbalance", dict(eta=0.2), "--eta 0.2 has no effect with --method sharpbalance (ASAM only"),
+])
+def test_a_setting_the_method_ignores_is_an_error(method, given, named):
+    with pytest.raises(InputError) as error:
+        TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10, **given)
+    assert named in str(error.value)
+
+
+def test_sharpdiv_train_refuses_rho_with_sgd(tmp_path):
+    from cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sgd", "--rho", "0.3",
+                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--rho 0.3 has no effect with --method sgd; drop it or use --method sam" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sharpdiv_train_refuses_eta_outside_asam(tmp_path):
+    from cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sam", "--eta", "0.05",
+                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "sharpdiv: error: --eta 0.05 has no effect with --method sam (ASAM only); drop it or use --method asam"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_asam_scale_is_refused_outside_asam():
+    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "small_cnn", "--method", "sam",
+                                       "--asam-scale", "all", "--out", "unused"])
+    assert result.exit_code == 2 and "--asam-scale all has no effect with --method sam" in result.stderr
+
+
+def test_augmentation_is_a_setting_recorded_for_the_run_and_a_sweep_axis():
+    # one setting, `augmentation` (none | crop | crop-flip); digits' default is none
+    settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="none")
+    assert settings.run_fields()["augmentation"] == "none"
+    assert trainer._load_data(settings).train.augment is False
+    flipped = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="crop-flip")
+    assert trainer._load_data(flipped).train.augment is True
+    with pytest.raises(InputError, match="augmentation"):
+        trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="no")
+    parsed = sweep.parse_sweep('[base]\ndataset = "digits"\nmodel = "small_cnn"\nseeds = [13]\n'
+                               '[grid]\naugmentation = ["crop-flip", "none"]\n')
+    assert [job.name for job in parsed.jobs] == ["sgd-crop_flip-s13", "sgd-none-s13"]
+    assert [job.settings.augmentation for job in parsed.jobs] == ["crop-flip", "none"]
+
+
+# One member whose validation accuracy peaks at epoch 1 of 3 (0.106, 0.067, 0.089 with one thread).
+KEEP_BEST = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(4,), epochs=3,
+                             lr=0.1, batch_size=32, train_samples=64)
+
+
+FLAGS = ["--data", "digits", "--model", "small_cnn", "--width", "4", "--method", "sgd", "--epochs", "3",
+         "--lr", "0.1", "--batch-size", "32", "--train-samples", "64", "--seeds", "4", "--threads", "1"]
+
+
+# -- non-finite hyper-parameters are refused; the largest seed is not
+
+
+@pytest.mark.parametrize("flag, value", [("--weight-decay", "inf"), ("--lr", "inf"), ("--momentum", "nan"),
+                                         ("--lr", "nan")])
+def test_non_finite_hyper_parameters_are_refused_before_any_write(tmp_path, flag, value):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", *FLAGS, flag, value, "--out", str(out)])
+    one_line_refusal(result)
+    assert not out.exists()
+
+
+def test_largest_seed_is_accepted():
+    assert replace(KEEP_BEST, seeds=(0, 2**63 - 1)).seeds == (0, 2**63 - 1)

@@ -1,45 +1,35 @@
 """The trainer on scikit-learn's digits: lockstep phases, kill -9 and resume bit for bit, one
-process vs two, better than chance, pruning, errors, and `sharpdiv train` end to end."""
+process vs two, better than chance, the kept best epoch, the augmentation and the random number
+generators it uses, training states it refuses, and `sharpdiv train` end to end."""
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from click.testing import CliRunner
 
-from ensembles.models import pruning
-from ensembles.training import trainer
+import cli
+from cli import main
+from ensembles.data import datasets
 from ensembles.data.datasets import batches, load_dataset
+from ensembles.runs import run_folder
+from ensembles.runs.files import MARKER_FILE
 from ensembles.runs.run_folder import load_run, read_config
-from ensembles.training.trainer import (TrainingSettings, learning_rate, read_training_log, resume, selection_epochs,
-                             settings_of_run, train)
+from ensembles.training import trainer
+from ensembles.training.trainer import (TrainingSettings, accuracy, learning_rate, read_training_log, resume,
+                                        selection_epochs, settings_of_run, train)
 from landscape.errors import InputError
+
+from cli_results import one_line_refusal
+from killed_training import assert_identical, member_weights, train_until_killed, training_states
 
 # Two tiny members on 96 digits: three epochs, selections after epochs 1 and 2.
 TINY = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sharpbalance", seeds=(3, 5),
                         rho=0.1, k=0.3, td=1, reselect_every=1, epochs=3, lr=0.05, batch_size=32,
                         train_samples=96, score_chunk_size=32)
-
-
-def member_weights(run: Path) -> list[dict]:
-    files = sorted(run.glob("member-*.safetensors"))
-    return [safetensors.torch.load_file(str(f)) for f in files]
-
-
-def training_states(run: Path) -> list[dict]:
-    return [torch.load(f, weights_only=True) for f in sorted((run / "train").glob("member-*.pt"))]
-
-
-def assert_identical(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +85,10 @@ def test_multistep_schedule_and_selection_epochs():
     assert selection_epochs(replace(settings, method="sharpbalance", td=100, reselect_every=40)) == [100, 140, 180]
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, torch
-    torch.set_num_threads(1)
-    from ensembles.training.trainer import train
-    from tests.ensembles.training.test_trainer import TINY
-
-    def die_after_first_epoch(event):
-        if event["event"] == "epoch" and event["member"] == 1 and event["epoch"] == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    train(sys.argv[1], TINY, callback=die_after_first_epoch)
-""")
-
-
 def test_kill_9_and_resume_ends_with_the_same_weights(tiny_run, tmp_path):
     reference, _ = tiny_run
     run = tmp_path / "killed"
-    root = Path(__file__).resolve().parents[3]
-    finished = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run)], cwd=root, capture_output=True, timeout=300)
-    assert finished.returncode == -9, finished.stderr.decode()[-2000:]
+    train_until_killed(run, TINY, member=1, epoch=1)
     assert [s["epoch"] for s in training_states(run)] == [1, 1]
     assert not list(run.glob("member-*.safetensors"))
     events = []
@@ -153,43 +127,6 @@ def test_digits_training_beats_chance(tmp_path):
     assert settings_of_run(tmp_path / "run") == settings
 
 
-def test_td_not_before_the_last_epoch_is_an_error():
-    with pytest.raises(InputError, match="td"):
-        replace(TINY, td=3, reselect_every=None)
-    with pytest.raises(InputError, match="reference"):
-        replace(TINY, reference_compatible=True)  # it selects once; reselect_every contradicts that
-    with pytest.raises(InputError):
-        replace(TINY, seeds=(3,))
-
-
-def test_global_magnitude_masks_remove_the_smallest_weights():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Conv1d(5, 4, 3))
-    masks = pruning.global_magnitude_masks(model, 0.6)
-    weights = torch.cat([model[0].weight.flatten(), model[2].weight.flatten()]).abs()
-    kept = torch.cat([masks["0.weight"].flatten(), masks["2.weight"].flatten()])
-    removed = int(0.6 * weights.numel())
-    assert int((~kept).sum()) == removed
-    assert weights[~kept].max() <= weights[kept].min()  # one global threshold
-    assert set(masks) == {"0.weight", "2.weight"}  # biases stay dense
-
-
-def test_pruned_training_keeps_the_sparsity(tmp_path):
-    settings = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sam", rho=0.1, seeds=(2,),
-                                epochs=2, lr=0.05, batch_size=32, train_samples=64, sparsity=0.7, prune_epoch=1,
-                                keep="last")
-    train(tmp_path / "run", settings)
-    state = training_states(tmp_path / "run")[0]
-    model = load_run(tmp_path / "run").members[0]
-    total = sum(p.numel() for p in pruning.prunable_parameters(model).values())
-    assert pruning.measured_sparsity(model) * total >= int(0.7 * total)  # ⌊0.7 P⌋ weights removed
-    parameters = dict(model.named_parameters())
-    for name, mask in state["masks"].items():
-        assert torch.all(parameters[name][~mask] == 0), name
-        assert bool((parameters[name][mask] != 0).any())
-    assert state["log"][0]["epoch"] == 1
-
-
 def test_sharpdiv_train_end_to_end(tmp_path):
     from cli import main
 
@@ -206,63 +143,6 @@ def test_sharpdiv_train_end_to_end(tmp_path):
     assert again.exit_code == 0, again.output
     bad = CliRunner().invoke(main, arguments[:-4] + ["--td", "2", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "td" in bad.output
-
-
-# -- settings a method would ignore are refused, not dropped
-
-
-def test_defaults_follow_the_method():
-    assert TrainingSettings(dataset="digits", model="mlp").rho == 0.0
-    assert TrainingSettings(dataset="digits", model="mlp", method="sam").rho == 0.2
-    sharpbalance = TrainingSettings(dataset="digits", model="mlp", method="sharpbalance", epochs=30)
-    assert (sharpbalance.rho, sharpbalance.k, sharpbalance.td) == (0.2, 0.4, 15)
-    # rho = 0 is allowed by design: SAM with a zero radius is exactly SGD
-    assert TrainingSettings(dataset="digits", model="mlp", method="sgd", rho=0.0).rho == 0.0
-    assert TrainingSettings(dataset="digits", model="mlp", method="sam", rho=0.0).rho == 0.0
-    # eta is ASAM's alone: 0.01 (Kwon et al.) unless given, and absent (None in run.json) elsewhere
-    assert TrainingSettings(dataset="digits", model="mlp", method="asam").eta == 0.01
-    assert TrainingSettings(dataset="digits", model="mlp", method="asam", eta=0.0).eta == 0.0
-    for method in ("sgd", "sam", "sharpbalance"):
-        settings = TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10)
-        assert settings.eta is None and settings.run_fields()["eta"] is None
-
-
-@pytest.mark.parametrize("method, given, named", [
-    ("sgd", dict(rho=0.3), "--rho 0.3 has no effect with --method sgd; drop it or use --method sam"),
-    ("sgd", dict(k=0.4), "--k 0.4 has no effect with --method sgd"),
-    ("sam", dict(td=5), "--td 5 has no effect with --method sam"),
-    ("asam", dict(k=0.3, td=2), "--k 0.3 --td 2 have no effect with --method asam"),
-    ("sam", dict(reselect_every=2), "--reselect-every 2 has no effect"),
-    ("sgd", dict(reference_compatible=True), "--reference-compatible has no effect"),
-    ("sam", dict(eta=0.05), "--eta 0.05 has no effect with --method sam (ASAM only); drop it or use --method asam"),
-    ("sgd", dict(eta=0.01), "--eta 0.01 has no effect with --method sgd (ASAM only"),
-    ("sharpbalance", dict(eta=0.2), "--eta 0.2 has no effect with --method sharpbalance (ASAM only"),
-])
-def test_a_setting_the_method_ignores_is_an_error(method, given, named):
-    with pytest.raises(InputError) as error:
-        TrainingSettings(dataset="digits", model="mlp", method=method, epochs=10, **given)
-    assert named in str(error.value)
-
-
-def test_sharpdiv_train_refuses_rho_with_sgd(tmp_path):
-    from cli import main
-
-    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sgd", "--rho", "0.3",
-                                       "--epochs", "1", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2
-    assert "--rho 0.3 has no effect with --method sgd; drop it or use --method sam" in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_sharpdiv_train_refuses_eta_outside_asam(tmp_path):
-    from cli import main
-
-    result = CliRunner().invoke(main, ["train", "--data", "digits", "--model", "mlp", "--method", "sam", "--eta", "0.05",
-                                       "--epochs", "1", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [
-        "sharpdiv: error: --eta 0.05 has no effect with --method sam (ASAM only); drop it or use --method asam"]
-    assert not (tmp_path / "run").exists()
 
 
 def test_asam_members_step_with_the_given_eta_and_the_others_without_one():
@@ -331,3 +211,349 @@ def test_sharpdiv_train_resume_says_which_thread_count_it_uses(tiny_run, tmp_pat
     other = CliRunner().invoke(main, ["train", "--resume", str(run), "--device", "cpu", "--threads", "1"])
     assert other.exit_code == 0, other.output
     assert "not be bit-identical" in other.stderr and threads_seen == [2, 1]
+
+
+def test_accuracy_restores_each_submodule_mode():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(3 * 8 * 8, 2))
+    model[1].eval()  # frozen dropout inside a model in training mode
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    data = datasets.ImageDataset(images, np.array([0, 1, 0, 1]), name="toy", split="test", num_classes=2,
+                                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    trainer.accuracy(model, data, torch.device("cpu"), batch_size=2)
+    assert model.training and model[0].training and not model[1].training
+
+
+def test_asam_training_defaults_to_the_official_rule_and_records_it(tmp_path):
+    settings = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="asam", seeds=(4,), epochs=1)
+    assert settings.asam_scale == "weights"
+    member = trainer._Member(0, 4, settings, 10, torch.device("cpu"))
+    scales = {name: member.optimizer._scale(p) for name, p in member.model.named_parameters()}
+    assert all(isinstance(t, torch.Tensor) == ("weight" in name) for name, t in scales.items()), scales
+    assert any("bias" in name for name in scales)
+
+    flags = ["--data", "digits", "--model", "small_cnn", "--width", "4", "--method", "asam", "--epochs", "1",
+             "--batch-size", "32", "--train-samples", "32", "--seeds", "4", "--threads", "1"]
+    for given, recorded in (([], "weights"), (["--asam-scale", "all"], "all")):
+        out = tmp_path / f"run-{recorded}"
+        result = CliRunner().invoke(main, ["train", *flags, *given, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert read_config(out)["asam_scale"] == recorded
+        assert settings_of_run(out).asam_scale == recorded
+
+
+def test_asam_runs_recorded_before_the_option_read_as_all_parameters(tmp_path):
+    out = tmp_path / "old"
+    settings = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="asam", seeds=(4,), epochs=1,
+                                batch_size=32, train_samples=32, asam_scale="all")
+    trainer.train(out, settings)
+    config = json.loads((out / "run.json").read_text())
+    del config["asam_scale"]  # as written before asam_scale existed (ASAM then scaled every parameter)
+    (out / "run.json").write_text(json.dumps(config))
+    record = json.loads((out / "train" / "settings.json").read_text())
+    del record["asam_scale"]
+    (out / "train" / "settings.json").write_text(json.dumps(record))
+    assert settings_of_run(out).asam_scale == "all"
+    trainer._require_own_training_state(out, settings, recorded=True)  # the old state is still its own
+
+
+def _weights(run):
+    import safetensors.torch
+
+    return [safetensors.torch.load_file(str(path)) for path in sorted(run.glob("member-*.safetensors"))]
+
+
+# Two members on 96 digits (augmented: random crops and flips), SAM so both steps see the batch twice.
+SMALL = dict(dataset="digits", model="small_cnn", width=4, method="sam", rho=0.1, seeds=(3, 5), epochs=2, lr=0.05,
+             batch_size=32, train_samples=96)
+
+
+def test_weights_are_bit_identical_to_the_global_rng_swap(tmp_path, monkeypatch):
+    from ensembles.data import datasets
+    from ensembles.training import trainer
+
+    settings = trainer.TrainingSettings(**SMALL)
+    assert datasets.load_dataset("digits", None, "train", augment=True).augment
+    trainer.train(tmp_path / "new", settings)
+
+    # The old path: crops drawn from the global RNG, swapped to the member's stream per epoch.
+    original_crop, original_epoch = datasets.random_crop_and_flip, trainer._Member.train_epoch
+
+    def crop_from_global(images, padding=datasets.CROP_PADDING, generator=None):
+        return original_crop(images, padding)
+
+    def epoch_with_swap(member, data, sets):
+        outside = torch.get_rng_state()
+        torch.set_rng_state(member.augmentation.get_state())
+        try:
+            return original_epoch(member, data, sets)
+        finally:
+            member.augmentation.set_state(torch.get_rng_state())
+            torch.set_rng_state(outside)
+
+    monkeypatch.setattr(datasets, "random_crop_and_flip", crop_from_global)
+    monkeypatch.setattr(trainer._Member, "train_epoch", epoch_with_swap)
+    trainer.train(tmp_path / "old", settings)
+    monkeypatch.undo()
+
+    new, old = _weights(tmp_path / "new"), _weights(tmp_path / "old")
+    assert len(new) == 2
+    for a, b in zip(new, old):
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    for a, b in zip(sorted((tmp_path / "new" / "train").glob("member-*.pt")),
+                    sorted((tmp_path / "old" / "train").glob("member-*.pt"))):  # the streams end alike
+        assert torch.equal(torch.load(a, weights_only=True)["augmentation"],
+                           torch.load(b, weights_only=True)["augmentation"])
+
+
+def test_training_neither_reads_nor_moves_the_global_rng(tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    settings = trainer.TrainingSettings(**{**SMALL, "epochs": 1})
+    original_epoch = trainer._Member.train_epoch
+    touched = []
+
+    def epoch_watched(member, data, sets):
+        with monkeypatch.context() as inside:
+            inside.setattr(torch, "set_rng_state", lambda state: touched.append("set"))
+            inside.setattr(torch, "get_rng_state", lambda: touched.append("get"))
+            before = torch.random.default_generator.get_state()
+            row = original_epoch(member, data, sets)
+            assert torch.equal(before, torch.random.default_generator.get_state()), "the epoch drew globally"
+        return row
+
+    monkeypatch.setattr(trainer._Member, "train_epoch", epoch_watched)
+    trainer.train(tmp_path / "run", settings)
+    assert touched == []
+
+
+def test_a_members_progress_bar_appears_when_that_member_starts(tmp_path, monkeypatch):
+    from ensembles.training import trainer
+
+    events = []
+    original = trainer._progress_bar
+
+    def recorded(member, settings, enabled):
+        events.append(("bar", member.index))
+        return original(member, settings, enabled)
+
+    monkeypatch.setattr(trainer, "_progress_bar", recorded)
+    settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(3, 5),
+                                        epochs=2, lr=0.05, batch_size=32, train_samples=64)
+    trainer.train(tmp_path / "run", settings, progress=False,
+                  callback=lambda event: events.append(("epoch", event["member"])) if event["event"] == "epoch" else None)
+    # member 1's bar (and its clock) starts after member 0 has trained, not before: its ETA is its own
+    assert events == [("bar", 0), ("epoch", 0), ("epoch", 0), ("bar", 1), ("epoch", 1), ("epoch", 1)]
+
+
+def test_the_training_split_gets_the_chosen_augmentation_and_crop_never_mirrors():
+    for choice in ("none", "crop", "crop-flip"):
+        settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation=choice)
+        data = trainer._load_data(settings)
+        assert data.train.augmentation == choice and data.val.augmentation == "none"
+    # A digit's crop is a shifted copy; with crop-flip some images come out mirrored.
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1
+    for flip in (False, True):
+        mirrored = 0
+        for seed in range(20):
+            out = datasets.random_crop_and_flip(images, padding=0, generator=torch.Generator().manual_seed(seed),
+                                                flip=flip)
+            mirrored += int(sum(not torch.equal(out[b], images[b]) for b in range(2)))
+        assert (mirrored > 0) == flip
+
+
+def test_train_records_the_augmentation_and_old_runs_resume_with_crop_flip(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, ["train", "--data", "digits", "--model", "small_cnn", "--width", "2",
+                                           "--epochs", "1", "--seeds", "1", "--batch-size", "32",
+                                           "--train-samples", "32", "--out", str(out), "--device", "cpu",
+                                           "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert run_folder.read_config(out)["augmentation"] == "none"  # digits' default, recorded
+    result = CliRunner().invoke(cli.main, ["train", "--data", "digits", "--model", "small_cnn", "--width", "2",
+                                           "--epochs", "1", "--seeds", "1", "--train-samples", "32",
+                                           "--augmentation", "crop", "--out", str(tmp_path / "crop"),
+                                           "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert run_folder.read_config(tmp_path / "crop")["augmentation"] == "crop"
+    # A run.json from before the setting: every such run was trained with crop-flip.
+    config = json.loads((out / "run.json").read_text())
+    del config["augmentation"]
+    (out / "run.json").write_text(json.dumps(config))
+    assert trainer.settings_of_run(out).augmentation == "crop-flip"
+    # ... and one from the while it was a boolean `augment`
+    (out / "run.json").write_text(json.dumps({**config, "augment": False}))
+    assert trainer.settings_of_run(out).augmentation == "none"
+
+
+# One member whose validation accuracy peaks at epoch 1 of 3 (0.106, 0.067, 0.089 with one thread).
+KEEP_BEST = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sgd", seeds=(4,), epochs=3,
+                             lr=0.1, batch_size=32, train_samples=64)
+
+
+FLAGS = ["--data", "digits", "--model", "small_cnn", "--width", "4", "--method", "sgd", "--epochs", "3",
+         "--lr", "0.1", "--batch-size", "32", "--train-samples", "64", "--seeds", "4", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def best_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("keep-best") / "run"
+    train(run, KEEP_BEST)
+    return run
+
+
+# -- --keep best keeps the best epoch's weights
+
+
+def test_kept_member_is_the_best_epoch_not_the_last(best_run):
+    log = read_training_log(best_run)
+    member = read_config(best_run)["members"][0]
+    assert member["epoch"] == 1 and log["val_accuracy"].iloc[0] > log["val_accuracy"].iloc[-1]  # best is not last
+    model = load_run(best_run).members[0]
+    again = accuracy(model, load_dataset("digits", None, "val"), torch.device("cpu"))
+    assert again == member["val_accuracy"] == log["val_accuracy"].iloc[0]
+    kept = member_weights(best_run)[0]
+    final = training_states(best_run)[0]["model"]
+    assert any(not torch.equal(kept[name], final[name]) for name in kept)
+
+
+def test_kill_and_resume_keeps_the_same_best_weights(best_run, tmp_path):
+    run = tmp_path / "killed"
+    train_until_killed(run, KEEP_BEST, member=0, epoch=2)
+    assert training_states(run)[0]["epoch"] == 2
+    resume(run)
+    assert_identical(member_weights(run)[0], member_weights(best_run)[0])
+    assert_identical(training_states(run)[0]["best"], training_states(best_run)[0]["best"])
+    assert read_config(run)["members"][0]["epoch"] == 1
+
+
+# -- a train/ state of other settings is refused, never adopted
+
+
+def test_foreign_training_state_is_refused(best_run, tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    shutil.copytree(best_run / "train", out / "train")
+    (out / MARKER_FILE).write_text(json.dumps({"made_by": "sharpdiv", "kind": "run"}))
+    sam = [*FLAGS[:7], "sam", *FLAGS[8:]]
+    result = CliRunner().invoke(main, ["train", *sam, "--out", str(out)])
+    one_line_refusal(result, "other settings", "method 'sam' here, 'sgd' there")
+    assert not (out / "run.json").exists() and not list(out.glob("member-*"))
+
+
+def test_training_state_without_settings_is_refused_even_with_force(best_run, tmp_path):
+    out = tmp_path / "unknown"
+    shutil.copytree(best_run / "train", out / "train")
+    (out / "train" / "settings.json").unlink()
+    result = CliRunner().invoke(main, ["train", *FLAGS, "--out", str(out), "--force"])
+    one_line_refusal(result, "unknown settings")
+    assert not (out / "run.json").exists()
+
+
+def test_own_training_state_is_continued_when_run_json_was_lost(best_run, tmp_path):
+    out = tmp_path / "lost"
+    shutil.copytree(best_run, out)
+    (out / "run.json").unlink()
+    (out / "member-0.safetensors").unlink()
+    result = CliRunner().invoke(main, ["train", *FLAGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_identical(member_weights(out)[0], member_weights(best_run)[0])
+
+
+def test_resume_refuses_a_training_state_of_other_settings(best_run, tmp_path):
+    run = tmp_path / "swapped"
+    shutil.copytree(best_run, run)
+    record = json.loads((run / "train" / "settings.json").read_text())
+    (run / "train" / "settings.json").write_text(json.dumps({**record, "lr": 0.5}))
+    with pytest.raises(InputError, match="lr 0.1 here, 0.5 there"):
+        resume(run)
+
+
+@pytest.mark.parametrize("method", ["sgd", "sharpbalance"])
+def test_a_diverged_member_is_marked_failed_with_its_epoch(tmp_path, method):
+    out = tmp_path / "run"
+    flags = [*FLAGS[:7], method, *FLAGS[8:]]
+    flags[flags.index("--seeds") + 1] = "4,5"
+    flags[flags.index("--lr") + 1] = "1e30"
+    result = CliRunner().invoke(main, ["train", *flags, "--out", str(out)])
+    one_line_refusal(result, "member 0 (seed 4) diverged at epoch 1", "member 1 (seed 5) diverged at epoch 1")
+    members = read_config(out)["members"]
+    assert [(m["status"], m["diverged_epoch"]) for m in members] == [("failed", 1), ("failed", 1)]
+    assert not list(out.glob("member-*.safetensors"))
+    with pytest.raises(InputError, match="no finished members"):
+        load_run(out)
+    again = CliRunner().invoke(main, ["train", "--resume", str(out)])  # resuming says the same, trains nothing
+    one_line_refusal(again, "diverged at epoch 1")
+
+
+# -- unrelated files are never overwritten
+
+
+def test_train_refuses_a_folder_with_unrelated_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "member-0.safetensors").write_bytes(b"my own weights")
+    result = CliRunner().invoke(main, ["train", *FLAGS, "--epochs", "1", "--out", str(out)])
+    one_line_refusal(result, "not made by sharpdiv", "member-0.safetensors", "--force")
+    assert (out / "member-0.safetensors").read_bytes() == b"my own weights"
+    assert sorted(p.name for p in out.iterdir()) == ["member-0.safetensors"]
+    forced = CliRunner().invoke(main, ["train", *FLAGS, "--epochs", "1", "--out", str(out), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert len(load_run(out).members) == 1
+
+
+# -- every input is checked before the first write; --resume refuses ignored flags
+
+
+@pytest.mark.parametrize("changes, words", [
+    (["--members-parallel", "5", "--seeds", "4,5"], ["members_parallel = 5", "2 members"]),
+    (["--seeds", "-1,2"], ["seed -1", "0.."]),
+    (["--seeds", str(2**63)], [f"seed {2**63}"]),
+    (["--seeds", str(2**64 + 1)], [f"seed {2**64 + 1}"]),
+])
+def test_refused_settings_leave_nothing_behind(tmp_path, changes, words):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", *FLAGS, *changes, "--out", str(out)])
+    one_line_refusal(result, *words)
+    assert not out.exists()
+
+
+def test_resume_refuses_the_flags_it_would_ignore(best_run):
+    result = CliRunner().invoke(main, ["train", "--resume", str(best_run), "--epochs", "5"])
+    one_line_refusal(result, "--epochs")
+    result = CliRunner().invoke(main, ["train", "--resume", str(best_run), "--method", "sam", "--lr", "0.1",
+                                       "--out", "elsewhere", "--threads", "1", "--device", "cpu"])
+    one_line_refusal(result, "--method", "--lr", "--out")
+    assert "--threads" not in result.stderr and "--device" not in result.stderr
+
+
+TINY_TRAINING = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
+
+
+def ok(*arguments):
+    result = invoke(*arguments)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_resume_rebuilds_the_same_library_model(tmp_path, monkeypatch):
+    """--resume reads model, model_args and model_input back from run.json and finds them equal
+    to the training state's own settings (no 'other settings' refusal)."""
+    (tmp_path / "nets2.py").write_text(
+        "from torch import nn\n"
+        "def make(num_classes, hidden=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    ok("train", "--data", "digits", "--model", "nets2:make", "--model-arg", "hidden=3", "--input-size", 16,
+       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", run, *TINY_TRAINING)
+    result = ok("train", "--resume", run, "--device", "cpu")
+    assert "member 0 (seed 1): 1 epochs" in result.output
+    from ensembles.training.trainer import settings_of_run
+
+    settings = settings_of_run(run)
+    assert settings.model_args == {"hidden": 3}
+    assert settings.model_input == {"size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}

@@ -14,9 +14,9 @@ from ensembles.methods.connected import interpolated_parameters
 from ensembles.runs.files import file_digest
 from ensembles.runs.run_folder import load_run, member_path, read_config
 from ensembles.training.trainer import TrainingSettings, resume, train
-from killed_training import train_until_killed
 from landscape.errors import InputError
-from tests.ensembles.training.test_trainer import assert_identical, member_weights, training_states
+
+from killed_training import assert_identical, member_weights, train_until_killed, training_states
 
 PLAIN = TrainingSettings(dataset="digits", model="small_cnn", width=4, seeds=(3, 5), epochs=6, lr=0.1,
                          batch_size=16, train_samples=192, weight_decay=0, schedule="cosine", keep="last")

@@ -12,9 +12,9 @@ import torch
 from ensembles.runs.run_folder import read_config
 from ensembles.training import single_basin, trainer
 from ensembles.training.trainer import TrainingSettings, read_training_log, resume, train
-from killed_training import train_until_killed
 from landscape.errors import InputError
-from tests.ensembles.training.test_trainer import assert_identical, member_weights, training_states
+
+from killed_training import assert_identical, member_weights, train_until_killed, training_states
 
 SPAWNED = TrainingSettings(dataset="digits", model="small_cnn", width=4, seeds=(3, 5, 7), epochs=4, lr=0.1,
                            batch_size=16, train_samples=128, weight_decay=0, keep="last", spawn_epoch=2)
