@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from landscape.checks import positive_int
 from landscape.errors import InputError
 from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, criterion_counts, per_run
 
@@ -168,8 +169,7 @@ def rank_correlations(points: pd.DataFrame, measures: Sequence[str], targets: Se
         raise InputError("rank_correlations needs at least one measure and one target")
     for names, what in ((measures, "measures"), (targets, "targets"), (axes, "axes")):
         _check_columns(points, names, what)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
-        raise InputError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
+    positive_int("n_bootstrap", n_bootstrap, minimum=0)
     if not 0 < confidence < 1:
         raise InputError(f"confidence must lie in (0, 1), got {confidence!r}")
     numbers = {name: _finite_or_missing(points, name) for name in dict.fromkeys(measures + targets)}

@@ -1,11 +1,11 @@
 """The docstring examples run with the tests, and every measurement module of landscape/ keeps one."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-
-# -- the docstring examples: pytest runs them (setup.cfg: --doctest-modules on the packages) -----------
-
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLED_MODULES = ["checks", "calibration", "connectivity", "diversity", "ensemble", "fisher", "hessian", "hvp",
                     "perturbation", "robustness", "sharpness"]
 
@@ -20,14 +20,12 @@ def test_every_measurement_module_keeps_a_runnable_example(name):
     assert examples > 0, f"landscape/{name}.py lost its runnable example"
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_pytest_runs_the_docstring_examples_of_the_packages():
-    import configparser
-    config = configparser.ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    pytest_section = config["tool:pytest"]
-    assert "--doctest-modules" in pytest_section["addopts"].split()
-    assert {"tests", "landscape", "ensembles", "reports"} <= set(pytest_section["testpaths"].split())
-    assert "benchmarks" not in pytest_section["testpaths"]  # scripts that parse sys.argv when imported
+def test_pytest_runs_the_docstring_examples_of_the_packages(request):
+    # what pytest was configured with, wherever the configuration lives
+    testpaths = set(request.config.getini("testpaths"))
+    assert {"tests", "landscape", "ensembles", "reports"} <= testpaths
+    assert "benchmarks" not in testpaths  # scripts that parse sys.argv when imported
+    # and that configuration really collects a module's docstring examples as tests
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                "landscape/checks.py"], cwd=ROOT, capture_output=True, text=True)
+    assert "landscape/checks.py::landscape.checks" in collected.stdout.splitlines(), collected.stdout[-2000:]

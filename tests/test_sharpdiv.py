@@ -14,26 +14,12 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from landscape.sharpness import worst_case_sharpness
 
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-# ----------------------------------------------------------------------------------------------
-# import sharpdiv, python -m sharpdiv, the README's snippet
-
-
 def test_sharpdiv_reexports_the_real_functions():
-    import sharpdiv
-
-    assert sharpdiv.worst_case_sharpness is worst_case_sharpness
-    assert sharpdiv.read_results is run_folder.read_results
-    for name in ("average_case_sharpness", "hessian_trace", "hessian_eigenvalues", "hessian_spectral_density",
-                 "per_sample_fisher_trace", "disagreement_error_ratio", "expected_calibration_error",
-                 "ensemble_improvement_rate", "loss_barrier", "train", "evaluate", "report"):
-        assert name in sharpdiv.__all__ and callable(getattr(sharpdiv, name))
-
-
-def test_every_sharpdiv_name_is_the_object_of_the_module_that_defines_it():
+    """Every exported name is the very object of the module that defines it, and the entry points a
+    notebook starts from are among them."""
     import importlib
 
     import sharpdiv
@@ -41,6 +27,12 @@ def test_every_sharpdiv_name_is_the_object_of_the_module_that_defines_it():
     for name in sharpdiv.__all__:
         module, attribute = sharpdiv._EXPORTS[name]
         assert getattr(sharpdiv, name) is getattr(importlib.import_module(module), attribute or name), name
+    assert sharpdiv.worst_case_sharpness is worst_case_sharpness
+    assert sharpdiv.read_results is run_folder.read_results
+    for name in ("average_case_sharpness", "hessian_trace", "hessian_eigenvalues", "hessian_spectral_density",
+                 "per_sample_fisher_trace", "disagreement_error_ratio", "expected_calibration_error",
+                 "ensemble_improvement_rate", "loss_barrier", "train", "evaluate", "report"):
+        assert name in sharpdiv.__all__ and callable(getattr(sharpdiv, name))
 
 
 def test_import_sharpdiv_does_not_import_torch_and_python_m_runs_the_cli():

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ensembles.runs.files import file_digest
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -443,9 +444,7 @@ class Batches:
         if not isinstance(dataset, ImageDataset):
             raise InputError(f"batches() needs an ImageDataset, got {type(dataset).__name__}; "
                              "wrap other datasets in torch.utils.data.DataLoader")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.dataset, self.batch_size = dataset, positive_int("batch_size", batch_size)
         self.shuffle, self.generator = shuffle, generator
         self.with_index, self.drop_last, self.device = with_index, drop_last, device
         self.augmentation_generator = augmentation_generator

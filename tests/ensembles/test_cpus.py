@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from ensembles import cpus
-from ensembles.cpus import usable_cpus
 
 V2_MOUNT = "41 31 0:38 / {point} rw,relatime - cgroup2 cgroup2 rw\n"
 V1_MOUNTS = ("32 31 0:29 {root} {point} rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
@@ -97,5 +96,8 @@ def test_unreadable_quota_files_are_no_quota(machine):
     assert cpus.cgroup_cpu_quota() is None
 
 
-def test_usable_cpus_is_at_most_the_machine():
-    assert usable_cpus() in range(1, (os.cpu_count() or 1) + 1)
+def test_the_affinity_mask_counts_its_cpus_not_their_numbers(machine, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9, 12}, raising=False)  # no cgroup files
+    assert cpus.usable_cpus() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(), raising=False)  # never below one
+    assert cpus.usable_cpus() == 1

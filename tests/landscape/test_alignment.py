@@ -1,11 +1,14 @@
 """Checks of landscape.alignment with the zoo's hand-written permutation specs: a model and a
 randomly permuted copy of it (every group, batch norm and residual streams included) compute the
 same function; weight and activation matching find the original again exactly, and the loss barrier
-between them vanishes; on two independently trained MLPs alignment does not raise the barrier; a
-spec that forgets a tensor, permutes a wrong axis or fits another width is refused."""
+between them vanishes; on two independently trained MLPs each group ends at its best assignment and
+the barrier falls to under half; a spec that forgets a tensor, permutes a wrong axis or fits another
+width is refused."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from sklearn.datasets import load_digits
 
 from ensembles.models import zoo
@@ -93,19 +96,48 @@ def test_a_permuted_trained_copy_has_a_barrier_that_alignment_removes(digits):
     assert abs(after) < 1e-10 and abs(by_activations) < 1e-10
 
 
-def test_alignment_does_not_raise_the_barrier_between_independent_members(digits):
+def test_alignment_lowers_the_barrier_between_independent_members_with_each_group_optimal(digits):
     x, y = digits
     a, b = train_mlp(digits, 1), train_mlp(digits, 2)
     data = [(x, y)]
     spec = zoo_permutation_spec(a)
     matching = match_weights(a, b, spec)
     assert matching.converged and matching.iterations >= 2
+    by_weights_model = apply_permutation(b, matching.permutation, spec)
+    by_activations_model = activation_matching(a, b, spec, data)
+
+    # Converged weight matching (Ainsworth et al. 2023, Alg. 1): with every other group in place, each
+    # group's units already are the linear assignment maximizing Σ ⟨W_a, P W_b⟩ over its tensors.
+    reference, aligned = a.state_dict(), by_weights_model.state_dict()
+    for group, size in spec.sizes.items():
+        similarity = sum(reference[name].movedim(axis, 0).reshape(size, -1)
+                         @ aligned[name].movedim(axis, 0).reshape(size, -1).T for name, axis in spec.axes[group])
+        best = linear_sum_assignment(similarity.numpy(), maximize=True)
+        assert similarity.trace().item() == pytest.approx(similarity.numpy()[best].sum(), rel=1e-12), group
+    # Activation matching: each hidden layer's units are an assignment maximizing the summed Pearson
+    # correlation of the two networks' activations on the data (computed here with numpy; units that
+    # never fire correlate with nothing, so the best assignment is unique only up to them).
+    def hidden(model):
+        first = torch.relu(model.layers[0](x))
+        return [first, torch.relu(model.layers[1](first))]
+    def correlation(ours, theirs):
+        size = ours.shape[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nan_to_num(np.corrcoef(ours.T.numpy(), theirs.T.numpy())[:size, size:])
+
+    with torch.no_grad():
+        for ours, aligned_units, unaligned_units in zip(hidden(a), hidden(by_activations_model), hidden(b)):
+            matched = correlation(ours, aligned_units)
+            best = linear_sum_assignment(matched, maximize=True)
+            assert np.trace(matched) == pytest.approx(matched[best].sum(), rel=1e-9)
+            assert np.trace(matched) > np.trace(correlation(ours, unaligned_units)) + 1.0  # it moved units
+
     before = loss_barrier(a, b, F.cross_entropy, data).value
-    by_weights = loss_barrier(a, apply_permutation(b, matching.permutation, spec), F.cross_entropy, data).value
-    by_activations = loss_barrier(a, activation_matching(a, b, spec, data), F.cross_entropy, data).value
-    print(f"\ndigits MLP 64-32-32-10, barrier before {before:.4f}, after weight matching {by_weights:.4f}, "
-          f"after activation matching {by_activations:.4f} ({matching.iterations} sweeps)")
-    assert by_weights <= before and by_activations <= before
+    by_weights = loss_barrier(a, by_weights_model, F.cross_entropy, data).value
+    by_activations = loss_barrier(a, by_activations_model, F.cross_entropy, data).value
+    # 1.92 before, 0.18 and 0.53 after on the machine this was written on: both well under half
+    assert before > 1.0
+    assert by_weights < 0.5 * before and by_activations < 0.5 * before
 
 
 def test_a_spec_that_forgets_a_per_unit_tensor_is_refused():

@@ -2,11 +2,13 @@
 one spelling of norms, the integer and float checks and their one-line refusal everywhere, the
 mode context managers, and no copy of a check outside its home."""
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,8 @@ from landscape.checks import (evaluation_mode, finite_float, frozen_parameters, 
                               positive_int, select_parameters)
 from landscape.errors import InputError
 from landscape.hvp import LossHessian
+from landscape.theory import QuadraticSetting
+from reports.correlation import rank_correlations
 
 
 def tiny_model(seed=0):
@@ -180,6 +184,10 @@ _TINY = trainer.TrainingSettings(dataset="digits", model="small_cnn", width=4, m
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], seed=-1), "seed"),
     (lambda: dataclasses.replace(_TINY, epochs=2.0), "epochs"),
     (lambda: dataclasses.replace(_TINY, td=0), "td"),
+    (lambda: QuadraticSetting(train_samples=2.0), "QuadraticSetting.train_samples"),
+    (lambda: QuadraticSetting(ascent_steps=-1), "QuadraticSetting.ascent_steps"),
+    (lambda: rank_correlations(pd.DataFrame({"m": [1, 2, 3], "e": [1, 3, 2]}), ["m"], ["e"], n_bootstrap=-1),
+     "n_bootstrap"),
 ])
 def test_every_integer_option_gets_the_same_one_line_refusal(call, name):
     with pytest.raises(InputError, match=rf"^{re.escape(name)}.* must be an integer >= [01], got "):
@@ -192,18 +200,64 @@ def test_numpy_integers_are_integers_everywhere():
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 
-def test_no_copy_of_a_shared_check_remains_outside_landscape():
-    copies = {
-        "must be a positive integer": "landscape.checks.positive_int",
-        'startswith("module.")': "ensembles.models.checkpoints.without_data_parallel_prefix",
-        "SEVERITIES = (": "ensembles.data.datasets.SEVERITIES",
-        "was_training = ": "landscape.checks.evaluation_mode",
-    }
-    sources = [ROOT / "cli.py", *sorted((ROOT / "reports").rglob("*.py")), *sorted((ROOT / "ensembles").rglob("*.py"))]
-    allowed = {("must be a positive integer", "datasets.py"),  # Batches: owned by the augmentation change
-               ("SEVERITIES = (", "datasets.py")}
-    found = [f"{path.relative_to(ROOT)}: {text!r} (use {home})" for path in sources
-             for text, home in copies.items()
-             if text in path.read_text() and (text, path.name) not in allowed
-             and path.name != "measurements.py"]  # measurements' checks move with the measurement skeleton
-    assert not found, found
+# The shared checks and their one home: a copy elsewhere is found by what it must contain.
+HOMES = {
+    "integer refusal": "landscape/checks.py",      # a message "... must be a positive integer" / "an integer >="
+    "DataParallel prefix": "ensembles/models/checkpoints.py",  # the string "module."
+    "severities": "ensembles/data/datasets.py",   # an assignment to SEVERITIES
+    "eval mode by hand": "landscape/checks.py",    # a variable was_training (evaluation_mode keeps the flags)
+}
+_INTEGER_REFUSAL = re.compile(r"must be (a (positive|non-negative) integer|an integer >=)")
+
+
+def copies_of_shared_checks(root: Path) -> list[str]:
+    """Each place in cli.py, landscape/, ensembles/ and reports/ that spells out one of the shared
+    checks anywhere but in its home (HOMES)."""
+    sources = [root / "cli.py", *sorted(path for package in ("landscape", "ensembles", "reports")
+                                        for path in (root / package).rglob("*.py"))]
+    found = []
+    for path in sources:
+        where = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            kind = None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if _INTEGER_REFUSAL.search(node.value):
+                    kind = "integer refusal"
+                elif node.value == "module.":
+                    kind = "DataParallel prefix"
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {sub.id for target in targets for sub in ast.walk(target) if isinstance(sub, ast.Name)}
+                if "SEVERITIES" in names:
+                    kind = "severities"
+                elif "was_training" in names:
+                    kind = "eval mode by hand"
+            if kind and where != HOMES[kind]:
+                line = f"{where}:{node.lineno}: a copy of the {kind} check (use {HOMES[kind]})"
+                found.append((where, node.lineno, line))
+    return [line for _, _, line in sorted(found)]
+
+
+def test_no_copy_of_a_shared_check_remains_outside_its_home():
+    found = copies_of_shared_checks(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_every_kind_of_copy_is_found(tmp_path):
+    (tmp_path / "landscape").mkdir()
+    (tmp_path / "landscape" / "checks.py").write_text('SEVERITIES = (1,)\nERROR = "n must be an integer >= 1"\n')
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "copy.py").write_text(
+        'def f(n, key, model):\n'
+        '    if n < 1:\n'
+        '        raise ValueError(f"n must be a positive integer, got {n}")\n'
+        '    was_training = model.training\n'
+        '    return key.startswith("module.")\n')
+    (tmp_path / "cli.py").write_text("SEVERITIES: tuple = (1, 2)\n")
+    assert copies_of_shared_checks(tmp_path) == [
+        "cli.py:1: a copy of the severities check (use ensembles/data/datasets.py)",
+        "landscape/checks.py:1: a copy of the severities check (use ensembles/data/datasets.py)",
+        "reports/copy.py:3: a copy of the integer refusal check (use landscape/checks.py)",
+        "reports/copy.py:4: a copy of the eval mode by hand check (use landscape/checks.py)",
+        "reports/copy.py:5: a copy of the DataParallel prefix check (use ensembles/models/checkpoints.py)",
+    ]

@@ -138,6 +138,17 @@ def test_beta_says_when_it_cannot_tell_a_slope_from_noise():
     assert numbers.set_index("method").loc["sam", "stderr"] == pytest.approx(three.stderr)
 
 
-def test_beta_fits_by_group_needs_no_bootstrap_settings():
-    fits = fits_by_group([0.1, 0.2, 0.4, 1.0, 2.0, 3.0], [0.2, 0.3, 0.4, 1.0, 1.5, 1.0], ["a"] * 3 + ["b"] * 3)
-    assert set(fits) == {"a", "b"} and all(fit.n == 3 for fit in fits.values())
+def test_beta_fits_by_group_fit_each_groups_own_points_as_scipy_does():
+    sharpness = np.array([0.1, 0.2, 0.4, 1.0, 2.0, 3.0, 5.0, 6.0])
+    diversity = np.array([0.2, 0.3, 0.4, 1.0, 1.5, 1.0, 0.7, 0.9])
+    fits = fits_by_group(sharpness, diversity, ["a"] * 3 + ["b"] * 3 + ["c"] * 2)
+    assert list(fits) == ["a", "b", "c"]
+    for group, rows in (("a", slice(0, 3)), ("b", slice(3, 6))):
+        line = stats.linregress(np.log(sharpness[rows]), np.log(diversity[rows]))
+        half = stats.t.ppf(0.975, 3 - 2) * line.stderr
+        fit = fits[group]
+        assert fit.n == 3
+        assert (fit.beta, fit.intercept, fit.stderr, fit.r2) == pytest.approx(
+            (line.slope, line.intercept, line.stderr, line.rvalue ** 2), rel=1e-12)
+        assert (fit.ci_low, fit.ci_high) == pytest.approx((line.slope - half, line.slope + half), rel=1e-12)
+    assert fits["c"] == "needs at least 3 ensembles, has 2"

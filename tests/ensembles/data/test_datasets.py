@@ -476,7 +476,7 @@ def test_unknown_names_splits_corruptions_and_severities(root):
     for severity in (0, 6, 2.5, True, "3", None):
         with pytest.raises(InputError, match=r"severity must be an integer in 1\.\.5"):
             load_corrupted("cifar10", root, "fog", severity)
-    with pytest.raises(InputError, match=r"batch_size must be a positive integer"):
+    with pytest.raises(InputError, match=r"batch_size must be an integer >= 1"):
         batches(load_dataset("digits", split="test"), 0)
 
 

@@ -208,13 +208,21 @@ def test_the_quickstart_shares_out_what_the_helper_answers(monkeypatch):
 # --- parallelism: chosen for the machine, never more busy threads than cores, same numbers ----------
 
 
-@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+# (jobs, threads) chosen for 5 jobs from what is given: given values are kept; jobs = the cores the
+# given threads leave room for (at least 1, at most 5); threads = the cores each job gets (at least 1).
+CHOSEN = {  # cores: {(jobs, threads) given: chosen}
+    1: {(None, None): (1, 1), (None, 2): (1, 2), (2, None): (2, 1), (1, None): (1, 1), (3, 3): (3, 3)},
+    2: {(None, None): (2, 1), (None, 2): (1, 2), (2, None): (2, 1), (1, None): (1, 2), (3, 3): (3, 3)},
+    3: {(None, None): (3, 1), (None, 2): (1, 2), (2, None): (2, 1), (1, None): (1, 3), (3, 3): (3, 3)},
+    8: {(None, None): (5, 1), (None, 2): (4, 2), (2, None): (2, 4), (1, None): (1, 8), (3, 3): (3, 3)},
+}
+
+
+@pytest.mark.parametrize("cores", sorted(CHOSEN))
 def test_the_quickstart_runs_one_single_threaded_job_per_core(monkeypatch, cores):
     monkeypatch.setattr(cpus, "usable_cpus", lambda: cores)
-    assert quickstart.parallelism(None, None, "cpu", 5) == (min(cores, 5), 1)
-    for jobs, threads in [(None, 2), (2, None), (1, None), (3, 3)]:
-        chosen_jobs, chosen_threads = quickstart.parallelism(jobs, threads, "cpu", 5)
-        assert chosen_jobs == (jobs or chosen_jobs) and chosen_threads == (threads or chosen_threads)
+    for (jobs, threads), chosen in CHOSEN[cores].items():
+        assert quickstart.parallelism(jobs, threads, "cpu", 5) == chosen, (jobs, threads)
         if jobs is None or threads is None:  # what is chosen never oversubscribes the cores
-            assert chosen_jobs * chosen_threads <= max(cores, (jobs or 1) * (threads or 1))
+            assert chosen[0] * chosen[1] <= max(cores, (jobs or 1) * (threads or 1))
     assert quickstart.parallelism(None, None, "cuda", 5) == (1, None)
