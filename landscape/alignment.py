@@ -60,7 +60,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from landscape._checks import evaluation_mode, model_dtype_device, positive_int
+from landscape._checks import evaluation_mode, model_dtype_device, positive_int, require_model
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -215,6 +215,7 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     ``forward`` could differ). Anything else raises :class:`InputError` naming the module; a
     derived spec is also checked to permute every per-unit tensor it touches consistently.
     """
+    require_model(model)
     walker = _walkers().get(type(model))
     if walker is None:
         raise InputError(f"cannot derive permutation groups for module {type(model).__name__!r}: alignment knows "
@@ -315,6 +316,7 @@ class WeightMatching:
 
 
 def _checked_pair(reference: nn.Module, model: nn.Module) -> PermutationSpec:
+    require_model(reference, "reference"), require_model(model, "model")
     spec = permutation_spec(reference)
     other = permutation_spec(model)
     if other.axes != spec.axes or other.sizes != spec.sizes:
