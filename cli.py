@@ -210,23 +210,38 @@ def model_options(function):
 
 
 def model_settings(pairs, input_size, mean, std) -> tuple[dict, dict | None]:
-    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults)."""
-    import json
+    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults).
+    Values are ``True``/``False``/``None``, JSON where they parse, else text
+    (:func:`ensembles.models.arguments.parse_value`); the builder checks their types."""
+    from ensembles.models.arguments import parse_value
 
     model_args = {}
     for pair in pairs:
         key, sign, text = pair.partition("=")
         if not sign or not key.strip():
             raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. --model-arg drop_rate=0.1")
-        try:
-            model_args[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            model_args[key.strip()] = text
+        model_args[key.strip()] = parse_value(text)
     if input_size is not None and len(input_size) not in (1, 2):
         raise InputError(f"--input-size takes one size or H,W, got {len(input_size)} numbers")
     size = None if input_size is None else (input_size[0] if len(input_size) == 1 else input_size)
     given = {"size": size, "mean": mean, "std": std}
     return model_args, (given if any(v is not None for v in given.values()) else None)
+
+
+def _trust_callback(ctx, param, value):
+    if value:  # for this command, and the processes it starts (they inherit the environment)
+        from ensembles.models.trust import trusting_model_code
+
+        ctx.with_resource(trusting_model_code())
+    return value
+
+
+def trust_option(function):
+    """``--trust-model-code``: build models that name Python code (``module.path:callable``)."""
+    return click.option("--trust-model-code", is_flag=True, expose_value=False, callback=_trust_callback,
+                        help="Build models that name Python code (module.path:callable): imports and runs it. "
+                             "Only for code you trust; a run folder from elsewhere can name any module "
+                             "(also: SHARPDIV_TRUST_MODEL_CODE=1).")(function)
 
 
 def device_options(function):
@@ -256,18 +271,16 @@ def resolve_device(device: str, threads: int | None = None):
 
 
 def parse_assignments(pairs) -> dict:
-    """``key=value`` pairs from ``--set``; values are read as JSON where they parse (numbers, lists)."""
-    import json
+    """``key=value`` pairs from ``--set``; values are read as ``--model-arg`` values are
+    (``True``/``False``/``None``, JSON where they parse: numbers, lists; else text)."""
+    from ensembles.models.arguments import parse_value
 
     settings = {}
     for pair in pairs:
         if "=" not in pair:
             raise InputError(f"--set {pair!r}: expected key=value, e.g. --set rho=0.2")
         key, text = pair.split("=", 1)
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        value = parse_value(text)
         if key.strip() == "seeds":
             value = _seed_list(text, value)
         settings[key.strip()] = value
@@ -296,6 +309,7 @@ def main():
 @main.command("import")
 @click.option("--model", "model_name", required=True, help="Architecture of the checkpoints: " + MODEL_HELP)
 @model_options
+@trust_option
 @click.option("--num-classes", required=True, type=click.IntRange(min=2))
 @click.option("--data", "dataset", required=True, help="Dataset the members were trained on (cifar10, cifar100, tinyimagenet, digits, folder:<path>).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width, when the model has one.")
@@ -422,6 +436,7 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--splits", default="val,test", show_default=True,
               help="Clean splits to evaluate; add train (without augmentation) for the generalization gap.")
+@trust_option
 @device_options
 def evaluate_command(runs, dataset, data_path, corruptions, severities, combine, n_bins, batch_size, splits, device,
                      threads):
@@ -460,6 +475,7 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--combine", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
               help="How the attacked ensemble combines its members.")
+@trust_option
 @device_options
 def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks, split, batch_size, seed, combine,
                        device, threads):
@@ -519,6 +535,7 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
               help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the perturbed pass).")
 @click.option("--train-samples", type=click.IntRange(min=1), default=None, help="Train on the first N training samples only (smoke tests).")
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
+@trust_option
 @device_options
 @click.pass_context
 def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta,
@@ -560,7 +577,7 @@ def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, me
 
 
 #: What `train --resume` takes from the command line; every other setting comes from run.json.
-_RESUME_OPTIONS = ("resume_run", "members_parallel", "device", "threads")
+_RESUME_OPTIONS = ("resume_run", "members_parallel", "device", "threads", "trust_model_code")
 
 
 def _refuse_flags_resume_ignores(ctx: click.Context) -> None:
@@ -641,6 +658,7 @@ def _sweep_report(sweep, paths, out, force=False):
               help="Write the report into ROOT/report even if it holds files sharpdiv did not write.")
 @click.option("--data-path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the datasets (default: the file's data_path, then $SHARPDIV_DATA).")
+@trust_option
 @device_options
 def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_per_job, cpus_per_job, mem_gb,
                       time_limit, slurm_account, slurm_qos, slurm_constraint, setup, wait, make_report, force,
@@ -791,6 +809,7 @@ def quickstart_command(out, fast, jobs, device, threads):
 @click.option("--ascent", type=click.Choice(["apgd", "reference"]), default="apgd", show_default=True,
               help="Worst case: sharpdiv's APGD in the ball's own metric, or the reference code's update "
                    "(comparable with published values); stored as a setting, the two never mix.")
+@trust_option
 @device_options
 def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
                       n_restarts, n_samples, exclude, chunk_size, ascent, device, threads):
@@ -828,6 +847,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
 @click.option("--lanczos-steps", type=click.IntRange(min=2), default=100, show_default=True,
               help="Lanczos iterations (Hessian-vector products) for --eigenvalues and --density.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples, probes and Lanczos starts.")
+@trust_option
 @device_options
 def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, trace, eigenvalues, density, n_probes,
                     lanczos_steps, method, seed, device, threads):
@@ -853,6 +873,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@trust_option
 @device_options
 def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, device, threads):
     """Per-sample sharpness (trace of each sample's Fisher) of every member of each RUN.
@@ -887,6 +908,7 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
 @click.option("--align", default="none", show_default=True,
               help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
                    "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each.")
+@trust_option
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
                          batch_size, seed, align, device, threads):

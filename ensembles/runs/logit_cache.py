@@ -308,12 +308,10 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     data = data_slice.digest(root)
     labels = read_cached_labels(run_path, data_slice, data)
     dataset = None
-    if labels is None:
+    new_labels = labels is None
+    if new_labels:
         dataset = _load_checked(data_slice, root, n_classes, normalize)
         labels = dataset.targets.clone()
-        _write(labels_path(run_path, data_slice), "labels", labels,
-               {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
-                "labels": _labels_digest(labels, data)})
     elif int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         file = labels_path(run_path, data_slice)
         raise InputError(f"cache file {file} holds labels {int(labels.min())}..{int(labels.max())} but the run "
@@ -325,6 +323,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
             cached[member] = logits
             weights[member] = file_digest(run_folder.member_path(run_path, member))
     missing = [member for member in members if member not in cached]
+    computed = torch.empty(0)
     if missing:
         if dataset is None:
             dataset = _load_checked(data_slice, root, n_classes, normalize)
@@ -336,16 +335,21 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
         if computed.shape[-1] != n_classes:
             raise InputError(f"members {missing} of {run_path} output {computed.shape[-1]} classes but "
                              f"run.json says {n_classes}; fix num_classes in run.json or re-import the members")
-        for member, logits in zip(missing, computed):
-            if not torch.isfinite(logits).all():
-                raise InputError(f"member {member} of {run_path} gives NaN or Inf logits on {data_slice.dataset} "
-                                 f"{data_slice.name}; its weights are broken: retrain or re-import it")
-            cached[member] = logits
-            weights[member] = (member_weights(member) if member_weights is not None
-                               else file_digest(run_folder.member_path(run_path, member)))
-            _write(member_logits_path(run_path, data_slice, member), "logits", logits,
-                   {"weights": weights[member], "member": str(member), "data": data,
-                    "dataset": data_slice.dataset, "slice": data_slice.name})
+    # Written only now, once the members were built and ran: a model that cannot be built leaves nothing.
+    if new_labels:
+        _write(labels_path(run_path, data_slice), "labels", labels,
+               {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
+                "labels": _labels_digest(labels, data)})
+    for member, logits in zip(missing, computed):
+        if not torch.isfinite(logits).all():
+            raise InputError(f"member {member} of {run_path} gives NaN or Inf logits on {data_slice.dataset} "
+                             f"{data_slice.name}; its weights are broken: retrain or re-import it")
+        cached[member] = logits
+        weights[member] = (member_weights(member) if member_weights is not None
+                           else file_digest(run_folder.member_path(run_path, member)))
+        _write(member_logits_path(run_path, data_slice, member), "logits", logits,
+               {"weights": weights[member], "member": str(member), "data": data,
+                "dataset": data_slice.dataset, "slice": data_slice.name})
     dtype = functools.reduce(torch.promote_types, (cached[member].dtype for member in members))
     member_logits = torch.stack([cached[member].to(dtype) for member in members])
     return SliceLogits(data_slice, member_logits, labels, tuple(members), tuple(missing), data, weights)

@@ -434,6 +434,8 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEA
     members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
+    # A model that cannot be built (unknown, untrusted code, bad model_args) is refused before any write.
+    run_folder.check_member_model(config, source=str(path / run_folder.RUN_FILE))
     label = dataset or config["dataset"]
     root, root_note = run_folder.data_root(config, root, dataset)
     slices = evaluation_slices(label, root, corruptions, severities, splits)

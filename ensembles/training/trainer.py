@@ -58,8 +58,8 @@ from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
-                                       save_member)
+from ensembles.runs.run_folder import (TRAIN_DIR, check_member_model, create_run, legacy_asam_scale, member_path,
+                                       read_config, save_member)
 from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from landscape._checks import evaluation_mode, positive_int
@@ -843,6 +843,8 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
     """
     run_path = Path(run_path)
     settings = settings_of_run(run_path)
+    # a model naming code that is not trusted (or not buildable) is refused before anything else
+    check_member_model(read_config(run_path), source=str(run_path / RUN_FILE))
     _require_own_training_state(run_path, settings, recorded=False)
 
     def tell(sentence: str, at_risk: bool = True) -> None:
