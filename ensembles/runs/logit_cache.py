@@ -13,8 +13,12 @@ records in its metadata the digest of the member's weights file as it was read
 (:func:`ensembles.data.datasets.data_digest`, images and labels), so new weights or other data (another
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
-fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
-were written, are read again from the data (with a warning for the edited ones). A member file
+fingerprint and a digest of the labels it holds, and each member file a digest of its logits
+bound to those weights and data; labels of other data are read again from the data, and labels or
+logits edited after they were written are read or computed again with a warning naming the file
+(the digests catch edits and damage, not a forger who recomputes them: the cache is as
+trustworthy as the folder it lies in). A member file written before logits digests existed is
+computed once more, silently. A member file
 without a weights digest (written by another tool or an early version) cannot be matched to any
 weights, so it is computed again with a warning naming it. A file that is unreadable,
 has the wrong shape or holds NaN or Inf is an :class:`InputError` naming the file (delete it and
@@ -174,6 +178,14 @@ def _labels_digest(labels: torch.Tensor, data: str) -> str:
     return hashlib.sha256(data.encode() + labels.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def _logits_digest(logits: torch.Tensor, weights: str, data: str) -> str:
+    """Digest of a logits tensor (dtype, shape, bytes) bound to the weights and data it came from:
+    logits edited after they were written no longer match it."""
+    tensor = logits.detach().to("cpu").contiguous()
+    header = f"{tensor.dtype}|{tuple(tensor.shape)}|{weights}|{data}|".encode()
+    return hashlib.sha256(header + tensor.flatten().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
 def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice,
                        data: str | None = None) -> torch.Tensor | None:
     """The slice's cached labels ``(N,)`` (int64), or None when they are not cached yet, or (when
@@ -227,6 +239,13 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
     if not torch.isfinite(logits).all():
         raise InputError(f"cache file {file} holds NaN or Inf logits; {_fix(file)} (if they come back, "
                          f"member {member}'s weights are broken: check or retrain it)")
+    if "logits" not in metadata:
+        return None  # written before logits digests: computed once more, with one
+    if metadata["logits"] != _logits_digest(logits, metadata["weights"], metadata.get("data", "")):
+        warnings.warn(f"cache file {file} holds logits that differ from those it recorded for member {member} on "
+                      f"{data_slice.dataset} {data_slice.name} (edited after it was written); recomputing them",
+                      stacklevel=2)
+        return None
     return logits
 
 
@@ -349,7 +368,8 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
                            else file_digest(run_folder.member_path(run_path, member)))
         _write(member_logits_path(run_path, data_slice, member), "logits", logits,
                {"weights": weights[member], "member": str(member), "data": data,
-                "dataset": data_slice.dataset, "slice": data_slice.name})
+                "dataset": data_slice.dataset, "slice": data_slice.name,
+                "logits": _logits_digest(logits, weights[member], data)})
     dtype = functools.reduce(torch.promote_types, (cached[member].dtype for member in members))
     member_logits = torch.stack([cached[member].to(dtype) for member in members])
     return SliceLogits(data_slice, member_logits, labels, tuple(members), tuple(missing), data, weights)
