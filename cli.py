@@ -69,20 +69,29 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
     click.echo(f"sharpdiv: note: {message}", err=True)
 
 
-_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_ROOM = {errno.ENOSPC: ("no space left on the device", "free some space"),
+         getattr(errno, "EDQUOT", errno.ENOSPC): ("the disk quota is used up", "free some space or raise the quota"),
+         errno.EFBIG: ("the file would exceed the largest file allowed (the file system's limit, or this process's: "
+                       "ulimit -f)", "raise the limit or write to another file system")}
+_NOTHING_LOST = "Nothing was lost: files are written whole or not at all, and the unfinished ones were removed"
 
 
 def file_system_error(error: BaseException) -> str | None:
-    """One line for a write the file system refused (a read-only folder, a full disk), None for any
-    other error. Libraries that wrap the OS error (torch, safetensors, pyarrow) keep its text, so a
-    full disk is also recognised by its message."""
-    code = getattr(error, "errno", None)
+    """One line for a write the file system refused (a full disk, a quota, a file-size limit, a
+    read-only folder), naming the file where known; None for any other error. Libraries that wrap
+    the OS error (safetensors, pyarrow) keep its number or text, so they are recognised too
+    (:func:`ensembles.runs.files.write_failure`)."""
+    from ensembles.runs.files import write_failure
+
+    code = write_failure(error)
+    if code is None and isinstance(error, PermissionError):
+        code = errno.EACCES
     name = getattr(error, "filename", None) if isinstance(error, OSError) else None
-    if code in _NO_SPACE or os.strerror(errno.ENOSPC) in str(error):
-        where = f" while writing {name}" if name else ""
-        return (f"no space left on the device{where}; free some space and run again. Nothing was lost: "
-                "files are written whole or not at all, and the unfinished ones were removed")
-    if isinstance(error, PermissionError) or code == errno.EROFS:
+    if code in _ROOM:
+        cause, fix = _ROOM[code]
+        where = f"cannot write {name}: " if name else ""
+        return f"{where}{cause}; {fix} and run again. {_NOTHING_LOST}"
+    if code in (errno.EACCES, errno.EROFS):
         why = "a read-only file system" if code == errno.EROFS else "permission denied"
         if not name:
             return f"{why} ({error}); make the folder writable or choose another one"

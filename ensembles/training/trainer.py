@@ -39,6 +39,7 @@ ends with an InputError naming it.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -350,9 +351,7 @@ class _Member:
         }
 
     def save(self, run_path: Path) -> None:
-        target = self.checkpoint_path(run_path)
-        with atomic_path(target) as temporary:
-            torch.save(self.state(), temporary)
+        _save_atomically(self.state(), self.checkpoint_path(run_path))
         lines = "".join(json.dumps(row) + "\n" for row in self.log)
         with atomic_path(run_path / TRAIN_DIR / f"log-member-{self.index}.jsonl") as temporary:
             temporary.write_text(lines)
@@ -451,6 +450,15 @@ class _Member:
         if self.settings.keep == "best" and self.best_state is not None:
             return self.best_state
         return _to_cpu(self.model.state_dict())
+
+
+def _save_atomically(state: dict, target: Path) -> None:
+    """``torch.save`` to ``target`` whole or not at all. Serialized in memory first: torch's zip
+    writer reports a full disk or a file-size limit without its cause, Python's write names both."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
 
 
 def _finite_weights(model: torch.nn.Module) -> bool:
@@ -569,9 +577,8 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
         return None  # sets from non-finite scores would be meaningless: every process stops here
     sets = select_sets(scores, settings.k, settings.reference_compatible, settings.dataset)
     if gang.rank == 0:
-        with atomic_path(path) as temporary:
-            torch.save({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
-                        "reference_compatible": settings.reference_compatible}, temporary)
+        _save_atomically({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
+                          "reference_compatible": settings.reference_compatible}, path)
     if callback is not None:
         callback({"event": "select", "epoch": epoch, "rank": gang.rank})
     return sets
