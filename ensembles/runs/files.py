@@ -129,6 +129,9 @@ def require_writable_folder(path: str | os.PathLike, force: bool = False, what: 
     named = f"{what} {path}" if what else str(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{named} is a file, not a folder; choose a folder path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{parent} is a file, so {named} cannot be made inside it; choose a folder path")
     if force or is_own_folder(path):
         return path
     found = sorted(entry.name for entry in path.iterdir())

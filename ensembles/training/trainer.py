@@ -798,8 +798,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     # Everything is checked before the first write, so a refused command leaves nothing behind.
     _processes(settings, members_parallel, callback)
     if (out / RUN_FILE).exists():
-        raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
-    require_writable_folder(out, force)
+        _refuse_existing_run(out)
+    require_writable_folder(out, force, "--out")
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
     _require_own_training_state(out, settings, recorded=True)
@@ -811,6 +811,18 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
                seeds=settings.seeds, keep=settings.keep,
                **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def _refuse_existing_run(out: Path) -> None:
+    """The refusal to train into a run folder: an interrupted training run is continued with
+    ``--resume``, never discarded by a message that points elsewhere."""
+    config = read_config(out)
+    unfinished = [m["index"] for m in config["members"] if m.get("status") != "done"]
+    if unfinished and config.get("method") in METHODS and "epochs" in config:
+        shown = ", ".join(map(str, unfinished))
+        raise InputError(f"{out} holds a training run that was interrupted (member{'s' if len(unfinished) > 1 else ''} "
+                         f"{shown} unfinished): `sharpdiv train --resume {out}` continues it; or choose another --out")
+    raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
 
 
 def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
