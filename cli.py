@@ -691,7 +691,6 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     cluster = ClusterRequest(partition=slurm_partition, gpus_per_job=gpus_per_job, time=time_limit,
                              cpus_per_job=cpus_per_job, mem_gb=mem_gb, account=slurm_account, qos=slurm_qos,
                              constraint=slurm_constraint, setup=tuple(setup))
-    click.echo(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {out} ({executor} executor, {jobs} at once)", err=True)
     result = run_sweep(sweep, out, executor=executor, jobs=jobs, retries=retries, cluster=cluster,
                        data_path=str(data_path) if data_path else None, device=device, wait=wait, progress=True,
                        echo=lambda message: click.echo(message, err=True))

@@ -77,3 +77,10 @@ def test_declared_types_are_read_from_annotations_of_every_form():
     for bad in ({"flag": 1}, {"sizes": [2, "3"]}, {"rate": "0.1"}, {"kind": 3}, {"layers": [1.5]}):
         with pytest.raises(InputError, match="but the builder declares"):
             check_arguments("b", parameters, bad)
+
+
+def test_a_sweep_file_with_text_for_a_flag_is_refused_when_read():
+    text = ('[base]\ndataset = "digits"\nmodel = "torchvision:resnet18"\n[base.model_args]\n'
+            'zero_init_residual = "False"\n')
+    with pytest.raises(InputError, match="zero_init_residual='False' is text"):
+        parse_sweep(text, source="s.toml")

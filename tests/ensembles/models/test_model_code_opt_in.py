@@ -146,3 +146,40 @@ def test_a_trusted_factory_gets_only_the_arguments_it_names(tmp_path, monkeypatc
     assert zoo.build("loose_factories:make", 3, trust_model_code=True).out_features == 3
     with pytest.raises(InputError, match="has no option 'anything'"):
         zoo.build("loose_factories:make", 3, trust_model_code=True, anything=1)
+
+
+def test_import_and_sweep_run_build_code_only_with_the_opt_in(trained, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    (tmp_path / "evilmod.py").write_text(payload(marker))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "evilmod", raising=False)
+    monkeypatch.delenv("SHARPDIV_TRUST_MODEL_CODE", raising=False)
+    weights = tmp_path / "weights.pt"
+    torch.save(zoo.build("small_cnn", 10).state_dict(), weights)
+    line = one_error_line(invoke("import", "--model", "evilmod:make", "--num-classes", 10, "--data", "digits",
+                                 tmp_path / "imported", weights))
+    assert "--trust-model-code" in line and not (tmp_path / "imported").exists()
+    sweep = tmp_path / "shared.toml"
+    sweep.write_text('[base]\ndataset = "digits"\nmodel = "evilmod:make"\nepochs = 1\nseeds = [1]\n'
+                     '[grid]\nmethod = ["sgd"]\n')
+    line = one_error_line(invoke("sweep", "run", sweep, "--out", tmp_path / "root", "--device", "cpu"))
+    assert "--trust-model-code" in line and not (tmp_path / "root").exists()
+    assert not marker.exists()
+
+
+def test_a_sweep_of_the_users_own_factory_runs_with_the_opt_in(tmp_path, monkeypatch):
+    (tmp_path / "sweep_factories.py").write_text(
+        "from torch import nn\n"
+        "def make(num_classes, hidden: int = 8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "sweep_factories", raising=False)
+    monkeypatch.delenv("SHARPDIV_TRUST_MODEL_CODE", raising=False)
+    sweep = tmp_path / "mine.toml"
+    sweep.write_text('[base]\ndataset = "digits"\nmodel = "sweep_factories:make"\nepochs = 1\nseeds = [1]\n'
+                     'train_samples = 16\nbatch_size = 8\n[base.model_args]\nhidden = 4\n[grid]\nmethod = ["sgd"]\n'
+                     '[measure.evaluate]\ncorruptions = "none"\n')
+    result = invoke("sweep", "run", sweep, "--out", tmp_path / "root", "--device", "cpu", "--no-report",
+                    "--trust-model-code")
+    assert result.exit_code == 0, result.output
+    assert run_folder.read_results(tmp_path / "root" / "sgd-s1")["metric"].eq("accuracy").any()
