@@ -11,6 +11,7 @@ Conventions shared by every command:
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from ensembles import cpus
+from ensembles.training.settings import METHODS, TrainingSettings, declared  # torch-free: options are built at import
 from landscape.errors import InputError
 
 
@@ -160,21 +163,6 @@ def data_options(required: bool = False):
     return decorate
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
 def configure_threads(threads: int | None = None) -> None:
     """Set OpenMP's environment before torch is imported (it is read once, when torch loads).
 
@@ -190,7 +178,7 @@ def configure_threads(threads: int | None = None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
-        os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpus.usable_cpus()))
 
 
 def _threads_option(ctx, param, value):
@@ -333,7 +321,7 @@ def import_command(model_name, model_arg, input_size, mean, std, num_classes, da
     'module.' prefixes and SharpBalance's seed_<s>/model_best.pth.tar, always with
     weights_only=True: a file whose pickle carries code is refused and nothing is written.
     """
-    from ensembles.models.checkpoints import import_checkpoints
+    from ensembles.runs.checkpoint_import import import_checkpoints
 
     settings = parse_assignments(assignments)
     model_args, model_input = model_settings(model_arg, input_size, mean, std)
@@ -499,90 +487,124 @@ def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks,
         click.echo("\n".join(evaluation.summary()))
 
 
-@main.command("train")
-@data_options()
-@click.option("--model", "model_name", default=None, help="Architecture: " + MODEL_HELP)
-@model_options
-@click.option("--width", type=click.IntRange(min=1), default=None, help="Model width (resnet18 k, small_cnn w; Fig. 5a).")
-@click.option("--method", type=click.Choice(["sgd", "sam", "asam", "sharpbalance"]), default="sgd", show_default=True)
-@click.option("--rho", type=click.FloatRange(min=0), default=None,
-              help="SAM radius (sam, asam, sharpbalance only) [default: 0.2].")
-@click.option("--eta", type=click.FloatRange(min=0), default=None,
-              help="ASAM only: η in its scale T = |θ| + η [default: 0.01].")
-@click.option("--asam-scale", type=click.Choice(["weights", "all"]), default=None,
-              help="ASAM only: which parameters T scales; weights = official ASAM (names containing 'weight'; "
-                   "biases and batch-norm shifts unscaled), all = every parameter [default: weights].")
-@click.option("--k", "k", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="SharpBalance: fraction of the training set each member contributes to the others' sets [default: 0.4].")
-@click.option("--td", type=click.IntRange(min=1), default=None,
-              help="SharpBalance: epoch of the (first) selection [default: half the epochs].")
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
-@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default="multistep", show_default=True,
-              help="multistep: x0.1 at 50% and 75% of the epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--augmentation", type=click.Choice(["none", "crop", "crop-flip"]), default=None,
-              help="Training augmentation: crop-flip (CIFAR's padded crop and mirror), crop (no mirror) or none "
-                   "[default: none for digits, crop-flip otherwise]; recorded in run.json.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
-@click.option("--seeds", type=CommaList(int), default="13,17,27", show_default=True, help="One seed per member.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run folder.")
-@click.option("--resume", "resume_run", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Continue this run folder's training (every other setting comes from its run.json).")
-@click.option("--members-parallel", type=click.IntRange(min=1), default=None,
-              help="Train in N processes (torch.distributed), one member per process.")
-@click.option("--sparsity", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
-              help="Global magnitude pruning to this fraction of zero weights (Fig. 5b).")
-@click.option("--prune-epoch", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Dense warm-up epochs before pruning (0: prune at initialization).")
-@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Member weights: best on validation, or the last epoch's.")
-@click.option("--reselect-every", type=click.IntRange(min=1), default=None,
-              help="SharpBalance: select the sets again every E epochs after td.")
-@click.option("--reference-compatible", is_flag=True,
-              help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the perturbed pass).")
-@click.option("--train-samples", type=click.IntRange(min=1), default=None, help="Train on the first N training samples only (smoke tests).")
-@click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
-@trust_option
-@device_options
-@click.pass_context
-def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, width, method, rho, eta,
-                  asam_scale, k, td, epochs, lr, schedule, batch_size,
-                  augmentation, weight_decay, momentum, seeds, out, resume_run, members_parallel, sparsity, prune_epoch, keep,
-                  reselect_every, reference_compatible, train_samples, force, device, threads):
-    """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
+class _ChoiceOwnedElsewhere(click.ParamType):
+    """A declared choice whose values belong to a module that needs torch (the augmentations, ASAM's
+    scales): ``--help`` lists them, and the settings check the value once the command runs, so no
+    option loads torch while the options are parsed (before ``--threads`` is applied)."""
 
-    Checkpoints every epoch into OUT/train; `sharpdiv train --resume OUT` continues after an
-    interruption and ends with the same weights. Progress bars on stderr, a summary on stdout.
-    """
-    if resume_run is not None:
-        _refuse_flags_resume_ignores(ctx)
-    from ensembles.training.trainer import TrainingSettings, resume, train
+    name = "choice"
 
-    chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
-    if resume_run is not None:
-        summaries = resume(resume_run, threads=threads, members_parallel=members_parallel, device=chosen,
-                           progress=True, note=lambda sentence: click.echo(f"sharpdiv: note: {sentence}", err=True))
-        out = resume_run
-    else:
-        missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out)) if value is None]
-        if missing:
-            raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
-        model_args, model_input = model_settings(model_arg, input_size, mean, std)
-        settings = TrainingSettings(
-            dataset=dataset, model=model_name, method=method, seeds=tuple(seeds), rho=rho, eta=eta, asam_scale=asam_scale, k=k, td=td,
-            epochs=epochs, lr=lr, schedule=schedule, augmentation=augmentation,
-            batch_size=batch_size, weight_decay=weight_decay, momentum=momentum, width=width, sparsity=sparsity,
-            prune_epoch=prune_epoch, reselect_every=reselect_every, reference_compatible=reference_compatible,
-            keep=keep, data_path=None if data_path is None else str(data_path), train_samples=train_samples,
-            model_args=model_args or None, model_input=model_input)
-        summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True, force=force)
-    for row in summaries:
-        click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
-                   f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
-                   f"{row.seconds:.0f} s")
-    click.echo(f"run folder: {out}")
+    def __init__(self, declaration):
+        self.declaration = declaration
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(self.declaration.choice_values) + "]"
+
+    def convert(self, value, param, ctx):
+        return value
+
+
+def training_options(settings_class):
+    """One option per setting ``settings_class`` declares for the command line, derived from its
+    declaration (:mod:`ensembles.training.settings`): the flag, the type and range or choices, the
+    default, and the help with the methods that use it and their default."""
+
+    def option(declaration, default):
+        help_text = declaration.help
+        if declaration.methods != METHODS:  # "SAM radius (sam, asam, sharpbalance only)."
+            only = f" ({', '.join(declaration.methods)} only)"
+            help_text = help_text[:-1] + only + "." if help_text.endswith(".") else help_text + only
+        shown = {}
+        if declaration.when_unset is not None:
+            help_text += f" [default: {declaration.shown_default()}]"
+        elif default is not None and declaration.kind != "switch":
+            shown = {"show_default": True}
+        if declaration.kind == "switch":
+            return click.option(declaration.flag, declaration.name, is_flag=True, default=bool(default), help=help_text)
+        bounds = dict(min=declaration.low, max=declaration.high, min_open=declaration.low_open,
+                      max_open=declaration.high_open)
+        if declaration.kind == "integer":
+            kind = click.IntRange(**bounds)
+        elif declaration.kind == "number":
+            kind = click.FloatRange(**bounds)
+        elif declaration.kind == "choice" and callable(declaration.choices):
+            kind = _ChoiceOwnedElsewhere(declaration)
+        elif declaration.kind == "choice":
+            kind = click.Choice(declaration.choices)
+        elif declaration.kind == "seeds":
+            kind, default = CommaList(int), ",".join(str(seed) for seed in default)
+        elif declaration.kind in ("name", "path"):
+            kind = click.STRING  # checked by the settings, as every name is
+        else:
+            raise TypeError(f"{declaration.name}: a {declaration.kind} setting has no command-line form; "
+                            "declare it with command_line=False")
+        return click.option(declaration.flag, declaration.name, type=kind, default=default, help=help_text or None,
+                            **shown)
+
+    def decorate(function):
+        defaults = {field.name: field.default for field in dataclasses.fields(settings_class)}
+        for name, declaration in reversed(declared(settings_class).items()):
+            if declaration.command_line:
+                function = option(declaration, defaults[name])(function)
+        return function
+
+    return decorate
+
+
+def train_command_for(settings_class) -> click.Command:
+    """``sharpdiv train`` for the settings ``settings_class`` declares (its options derived from them)."""
+
+    @click.command("train")
+    @data_options()
+    @click.option("--model", "model_name", default=None, help="Architecture: " + MODEL_HELP)
+    @model_options
+    @training_options(settings_class)
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run folder.")
+    @click.option("--resume", "resume_run", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Continue this run folder's training (every other setting comes from its run.json).")
+    @click.option("--members-parallel", type=click.IntRange(min=1), default=None,
+                  help="Train in N processes (torch.distributed), one member per process.")
+    @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
+    @trust_option
+    @device_options
+    @click.pass_context
+    def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, out, resume_run,
+                      members_parallel, force, device, threads, **given):
+        """Train an ensemble (deep ensemble, SAM, ASAM or SharpBalance) into the run folder OUT.
+
+        Checkpoints every epoch into OUT/train; `sharpdiv train --resume OUT` continues after an
+        interruption and ends with the same weights. Progress bars on stderr, a summary on stdout.
+        """
+        if resume_run is not None:
+            _refuse_flags_resume_ignores(ctx)
+        from ensembles.training.trainer import resume, train
+
+        chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
+        if resume_run is not None:
+            summaries = resume(resume_run, threads=threads, members_parallel=members_parallel, device=chosen,
+                               progress=True, note=lambda sentence: click.echo(f"sharpdiv: note: {sentence}", err=True))
+            out = resume_run
+        else:
+            missing = [flag for flag, value in (("--data", dataset), ("--model", model_name), ("--out", out))
+                       if value is None]
+            if missing:
+                raise InputError(f"sharpdiv train needs {', '.join(missing)} (or --resume RUN)")
+            model_args, model_input = model_settings(model_arg, input_size, mean, std)
+            settings = settings_class(dataset=dataset, model=model_name, model_args=model_args or None,
+                                      model_input=model_input, data_path=None if data_path is None else str(data_path),
+                                      **given)
+            summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True,
+                              force=force)
+        for row in summaries:
+            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
+                       f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
+                       f"{row.seconds:.0f} s")
+        click.echo(f"run folder: {out}")
+
+    return train_command
+
+
+main.add_command(train_command_for(TrainingSettings))
 
 
 #: What `train --resume` takes from the command line; every other setting comes from run.json.
@@ -862,7 +884,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
     """Hessian trace, top eigenvalues and spectral density of every member of each RUN.
 
     Rows: hessian/trace (per member and its mean over members), hessian/eigenvalue (column rank),
-    hessian/density (column eigenvalue, the grid point). Stored rows are reused.
+    hessian/density (column grid_index; the grid point in column eigenvalue). Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_hessian
 
@@ -915,7 +937,8 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw of the BatchNorm samples.")
 @click.option("--align", default="none", show_default=True,
               help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
-                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each.")
+                   "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each. "
+                   "Any model: the zoo's permutation groups are written by hand, others' traced from the graph.")
 @trust_option
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
@@ -923,9 +946,9 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
     Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
-    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u, v).
-    Aligned rows have the settings alignment and aligned_to (the reference, member 0).
-    Stored rows are reused.
+    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
+    Aligned rows have the settings alignment and aligned_to (the reference, member 0), and for a
+    model outside the zoo align_spec (a digest of its traced permutation groups). Stored rows are reused.
     """
     from ensembles.studies.measurements import measure_connectivity
 

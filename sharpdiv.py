@@ -47,9 +47,11 @@ _EXPORTS = {
     "interpolated_model": ("landscape.connectivity", None),
     "plane": ("landscape.connectivity", None),
     "recompute_batchnorm_statistics": ("landscape.connectivity", None),
-    # permutation alignment (before barriers: one basin or many)
+    # permutation alignment (before barriers: one basin or many), with the groups of any model
     "weight_matching": ("landscape.alignment", None),
     "activation_matching": ("landscape.alignment", None),
+    "PermutationSpec": ("landscape.alignment", None),
+    "permutation_spec": ("ensembles.models.permutation_specs", None),
     # robustness
     "robust_accuracy": ("landscape.robustness", None),
     # models
@@ -58,7 +60,7 @@ _EXPORTS = {
     # run folders: train, import, measure, evaluate, read, report
     "TrainingSettings": ("ensembles.training.trainer", None),
     "train": ("ensembles.training.trainer", None),
-    "import_checkpoints": ("ensembles.models.checkpoints", None),
+    "import_checkpoints": ("ensembles.runs.checkpoint_import", None),
     "load_run": ("ensembles.runs.run_folder", None),
     "read_results": ("ensembles.runs.run_folder", None),
     "measure_sharpness": ("ensembles.studies.measurements", None),

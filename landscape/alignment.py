@@ -8,8 +8,15 @@ others, so all of them (and every reader of the stream) share one permutation: p
 *groups* follow the residual stream, not single layers. A network's weights ``θ`` and a
 permutation ``π = (P_g)_g`` (one per group) give ``π(θ)``, computing the same function.
 
-**Weight matching** (Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging Models modulo
-Permutation Symmetries", ICLR 2023, Alg. 1) looks for ``π`` maximizing
+**The groups are data.** Which axes of which tensors move together is a
+:class:`PermutationSpec`, passed into every function here, as Git Re-Basin passes its
+``PermutationSpec`` into weight matching (Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging
+Models modulo Permutation Symmetries", ICLR 2023, §3; their code builds one spec per architecture):
+this module knows no architecture. A spec is written by hand beside a model, or derived from the
+model's graph (:mod:`landscape.permutation_tracing`); :meth:`PermutationSpec.from_axes` checks a
+hand-written one against its model, and :func:`check_preserves_function` proves any spec on data.
+
+**Weight matching** (Ainsworth et al. 2023, §3.2, Alg. 1) looks for ``π`` maximizing
 ``Σ_l ⟨W_l^A, P_l W_l^B P_{l−1}^T⟩`` (the sum running over every parameter tensor, each
 permuted along every axis that belongs to a group). It is a sum of linear assignment problems
 coupled through shared tensors, solved by coordinate descent: visit the groups in random order;
@@ -21,38 +28,36 @@ improved the objective, or after ``n_iters`` sweeps.
 
 **Activation matching** (same paper, §3.1) runs both networks on data and, per group, matches
 units by the cross-correlation ``C_g[i, j] = corr(a^A_i, a^B_j)`` of their activations (summed
-over the points of a residual stream where the group's units are read), one assignment each.
+over the spec's probes: the points where the group's units can be read), one assignment each.
 
 Aligned members are how a loss barrier separates basins from permutations (Entezari, Sedghi,
 Saukh & Neyshabur, "The Role of Permutation Invariance in Linear Mode Connectivity of Neural
-Networks", ICLR 2022): measure the barrier between ``θ_A`` and ``π(θ_B)``.
+Networks", ICLR 2022): measure the barrier between ``θ_A`` and ``π(θ_B)``. Models are compared
+and returned as copies; the given ones are never modified.
 
-Groups are derived by walking the known module structure of every zoo model (``mlp``,
-``small_cnn``, ``resnet18``, ``resnet18_tin`` with its learned per-channel identity shortcut,
-``wrn40_2``); any other model is refused with an :class:`InputError` naming the module, never
-aligned wrongly. Models are compared and returned as copies; the given ones are never modified.
-
-Example (a randomly permuted copy is found again exactly)::
+Example (a hand-written spec; a randomly permuted copy is found again exactly)::
 
     >>> import torch
-    >>> from ensembles.models import zoo
+    >>> from torch import nn
     >>> _ = torch.manual_seed(0)
-    >>> model = zoo.build("mlp", 3, input_size=4, hidden=(8, 8)).double()
-    >>> spec = permutation_spec(model)
-    >>> sorted(spec.sizes.items())
-    [('layers.0', 8), ('layers.1', 8)]
-    >>> shuffled = apply_permutation(model, random_permutation(spec, seed=1))
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    >>> spec = PermutationSpec.from_axes(model, {"hidden": [("0.weight", 0), ("0.bias", 0), ("2.weight", 1)]},
+    ...                                  probes={"hidden": [("2", "input", 1)]}, fixed=["2.bias"])
+    >>> spec.sizes
+    {'hidden': 8}
+    >>> shuffled = apply_permutation(model, random_permutation(spec, seed=1), spec)
     >>> x = torch.randn(5, 4, dtype=torch.float64)
     >>> bool(torch.allclose(shuffled(x), model(x), atol=1e-12))
     True
-    >>> aligned = weight_matching(model, shuffled)
+    >>> aligned = weight_matching(model, shuffled, spec)
     >>> all(torch.equal(a, b) for a, b in zip(aligned.state_dict().values(), model.state_dict().values()))
     True
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,37 +73,57 @@ __all__ = [
     "WeightMatching",
     "activation_matching",
     "apply_permutation",
+    "check_preserves_function",
+    "check_spec",
     "match_activations",
     "match_weights",
-    "permutation_spec",
     "random_permutation",
     "weight_matching",
 ]
 
 Permutation = dict[str, Tensor]
+PROBE_PLACES = ("input", "output")
 
 
 # ------------------------------------------------------------------------------------ the groups
 
 
-@dataclass
+@dataclass(frozen=True)
 class PermutationSpec:
-    """The permutation groups of one architecture.
+    """The permutation groups of one network, as plain data.
 
     ``axes[g]`` lists the ``(state-dict key, axis)`` pairs permuted by group ``g`` (parameters and
-    buffers alike); ``sizes[g]`` is the number of units; ``probes[g]`` lists where the group's
-    units can be read as activations, ``(module name, "input" | "output")``, channels on dim 1.
+    persistent buffers alike) and ``sizes[g]`` its number of units. ``probes[g]`` lists where the
+    group's units can be read as activations for :func:`match_activations`:
+    ``(module name, "input" | "output", dim)``, the units lying along ``dim`` of that module's
+    first input or its output. ``fixed`` names the floating tensors of the state dict that no
+    group permutes (the head's bias, the first layer's input side): listing them makes a spec that
+    forgot a per-unit tensor an error instead of a silently wrong function.
     """
 
-    axes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
-    probes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    axes: Mapping[str, tuple[tuple[str, int], ...]]
+    sizes: Mapping[str, int]
+    probes: Mapping[str, tuple[tuple[str, str, int], ...]] = field(default_factory=dict)
+    fixed: tuple[str, ...] = ()
 
-    def add(self, group: str, *pairs: tuple[str, int]) -> None:
-        self.axes.setdefault(group, []).extend(pairs)
-
-    def probe(self, group: str, module: str, where: str) -> None:
-        self.probes.setdefault(group, []).append((module, where))
+    @classmethod
+    def from_axes(cls, model: nn.Module, axes: Mapping[str, Sequence[tuple[str, int]]],
+                  probes: Mapping[str, Sequence[tuple[str, str, int]]] | None = None,
+                  fixed: Iterable[str] = ()) -> PermutationSpec:
+        """A spec for ``model`` from its groups' axes (sizes read from the model), checked against
+        the model: see :func:`check_spec`."""
+        state = model.state_dict()
+        sizes = {}
+        for group, pairs in axes.items():
+            found = {state[key].shape[axis] for key, axis in pairs if key in state and -1 < axis < state[key].dim()}
+            sizes[group] = found.pop() if len(found) == 1 else -1  # -1: check_spec names the problem
+        spec = cls(axes={group: tuple((str(key), int(axis)) for key, axis in pairs) for group, pairs in axes.items()},
+                   sizes=sizes,
+                   probes={group: tuple((str(m), str(w), int(d)) for m, w, d in places)
+                           for group, places in (probes or {}).items()},
+                   fixed=tuple(fixed))
+        check_spec(spec, model)
+        return spec
 
     def by_key(self) -> dict[str, dict[int, str]]:
         """``key -> {axis: group}``: which group permutes each axis of each tensor."""
@@ -109,159 +134,47 @@ class PermutationSpec:
         return table
 
 
-def _batchnorm(prefix: str) -> list[tuple[str, int]]:
-    return [(f"{prefix}.{name}", 0) for name in ("weight", "bias", "running_mean", "running_var")]
-
-
-def _out(prefix: str, bias: bool = False) -> list[tuple[str, int]]:
-    return [(f"{prefix}.weight", 0)] + ([(f"{prefix}.bias", 0)] if bias else [])
-
-
-def _mlp(model, spec: PermutationSpec) -> None:
-    for i in range(len(model.layers) - 1):
-        group = f"layers.{i}"
-        spec.add(group, *_out(f"layers.{i}", bias=True), (f"layers.{i + 1}.weight", 1))
-        spec.probe(group, f"layers.{i + 1}", "input")
-
-
-def _small_cnn(model, spec: PermutationSpec) -> None:
-    readers = {"conv1": "conv2", "conv2": "conv3", "conv3": "linear"}
-    for conv, reader in readers.items():
-        spec.add(conv, *_out(conv), *_batchnorm("bn" + conv[-1]), (f"{reader}.weight", 1))
-        spec.probe(conv, reader, "input")
-
-
-def _cifar_resnet18(model, spec: PermutationSpec) -> None:
-    stream = "stream.stem"
-    spec.add(stream, *_out("conv1"), *_batchnorm("bn1"))
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        for index, block in enumerate(getattr(model, stage)):
-            name = f"{stage}.{index}"
-            spec.add(stream, (f"{name}.conv1.weight", 1))
-            spec.probe(stream, name, "input")
-            inner = f"{name}.conv1"
-            spec.add(inner, *_out(f"{name}.conv1"), *_batchnorm(f"{name}.bn1"), (f"{name}.conv2.weight", 1))
-            spec.probe(inner, f"{name}.conv2", "input")
-            if len(block.shortcut):  # a 1×1 conv + BN projection starts a new stream
-                spec.add(stream, (f"{name}.shortcut.0.weight", 1))
-                stream = f"stream.{name}"
-                spec.add(stream, *_out(f"{name}.shortcut.0"), *_batchnorm(f"{name}.shortcut.1"))
-            spec.add(stream, *_out(f"{name}.conv2"), *_batchnorm(f"{name}.bn2"))
-            spec.probe(stream, name, "output")
-    spec.add(stream, ("linear.weight", 1))
-
-
-def _tiny_imagenet_resnet18(model, spec: PermutationSpec) -> None:
-    from ensembles.models.zoo import ChannelScale
-
-    stream = "stream.stem"
-    spec.add(stream, *_out("conv1.0"), *_batchnorm("conv1.1"))
-    spec.probe(stream, "conv1", "output")
-    for stage in ("conv2_x", "conv3_x", "conv4_x", "conv5_x"):
-        for index, block in enumerate(getattr(model, stage)):
-            name = f"{stage}.{index}"
-            main = f"{name}.residual_function"
-            spec.add(stream, (f"{main}.0.weight", 1))
-            inner = f"{main}.0"
-            spec.add(inner, *_out(f"{main}.0"), *_batchnorm(f"{main}.1"), (f"{main}.3.weight", 1))
-            spec.probe(inner, f"{main}.3", "input")
-            if isinstance(block.shortcut, ChannelScale):  # x · w per channel: w follows the stream
-                spec.add(stream, (f"{name}.shortcut.weight", 0))
-            else:
-                spec.add(stream, (f"{name}.shortcut.0.weight", 1))
-                stream = f"stream.{name}"
-                spec.add(stream, *_out(f"{name}.shortcut.0"), *_batchnorm(f"{name}.shortcut.1"))
-            spec.add(stream, *_out(f"{main}.3"), *_batchnorm(f"{main}.4"))
-            spec.probe(stream, name, "output")
-    spec.add(stream, ("fc.weight", 1))
-
-
-def _wide_resnet(model, spec: PermutationSpec) -> None:
-    stream = "stream.stem"
-    spec.add(stream, *_out("conv1"))
-    spec.probe(stream, "conv1", "output")
-    for group_index in (1, 2, 3):
-        for index, block in enumerate(getattr(model, f"block{group_index}").layer):
-            name = f"block{group_index}.layer.{index}"
-            # pre-activation: bn1 normalizes the incoming stream, conv1 (and a projection) read it
-            spec.add(stream, *_batchnorm(f"{name}.bn1"), (f"{name}.conv1.weight", 1))
-            inner = f"{name}.conv1"
-            spec.add(inner, *_out(f"{name}.conv1"), *_batchnorm(f"{name}.bn2"), (f"{name}.conv2.weight", 1))
-            spec.probe(inner, f"{name}.conv2", "input")
-            if not block.keeps_shape:
-                spec.add(stream, (f"{name}.convShortcut.weight", 1))
-                stream = f"stream.{name}"
-                spec.add(stream, *_out(f"{name}.convShortcut"))
-            spec.add(stream, *_out(f"{name}.conv2"))
-            spec.probe(stream, name, "output")
-    spec.add(stream, *_batchnorm("bn1"), ("fc.weight", 1))
-
-
-def _walkers() -> dict[type, object]:
-    from ensembles.models import zoo
-
-    return {zoo.MLP: _mlp, zoo.SmallCNN: _small_cnn, zoo.CifarResNet18: _cifar_resnet18,
-            zoo.TinyImageNetResNet18: _tiny_imagenet_resnet18, zoo.WideResNet: _wide_resnet}
-
-
-_KNOWN_LEAVES = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Sequential, nn.ModuleList)
-
-
-def permutation_spec(model: nn.Module) -> PermutationSpec:
-    """The permutation groups of ``model``, derived from its architecture.
-
-    Known: the zoo's :class:`~ensembles.models.zoo.MLP`, ``SmallCNN``, ``CifarResNet18``,
-    ``TinyImageNetResNet18`` and ``WideResNet`` (exactly those classes, not subclasses, whose
-    ``forward`` could differ). Anything else raises :class:`InputError` naming the module; a
-    derived spec is also checked to permute every per-unit tensor it touches consistently.
-    """
+def check_spec(spec: PermutationSpec, model: nn.Module) -> None:
+    """Raise :class:`InputError` unless ``spec`` fits ``model``: every named tensor exists, each axis
+    has its group's size and belongs to one group only, every floating tensor of the state dict is
+    in a group or in ``spec.fixed`` (so no per-unit tensor is left behind), and every probe names a
+    module of the model."""
     require_model(model)
-    walker = _walkers().get(type(model))
-    if walker is None:
-        raise InputError(f"cannot derive permutation groups for module {type(model).__name__!r}: alignment knows "
-                         "only the zoo models (mlp, small_cnn, resnet18, resnet18_tin, wrn40_2); align a zoo model "
-                         "or leave --align none.")
-    from ensembles.models.zoo import ChannelScale
-
-    for name, module in model.named_modules():
-        if name and not isinstance(module, (*_KNOWN_LEAVES, ChannelScale)) and type(module).__module__ != "ensembles.models.zoo":
-            raise InputError(f"cannot derive permutation groups: module {name!r} of type {type(module).__name__} "
-                             f"inside {type(model).__name__} is not part of the zoo architecture; refusing to align.")
-    spec = PermutationSpec()
-    walker(model, spec)
-    _check_spec(model, spec)
-    return spec
-
-
-def _check_spec(model: nn.Module, spec: PermutationSpec) -> None:
-    """Every named tensor exists, every axis of a group has the group's size, and every floating
-    tensor of the model but the head's is in some group (so no per-unit tensor is left behind)."""
+    name = type(model).__name__
     state = model.state_dict()
+    if set(spec.axes) != set(spec.sizes):
+        raise InputError(f"permutation spec for {name}: groups {sorted(set(spec.axes) ^ set(spec.sizes))} "
+                         "have axes but no size, or a size but no axes")
+    owner: dict[tuple[str, int], str] = {}
     for group, pairs in spec.axes.items():
-        sizes = set()
         for key, axis in pairs:
             if key not in state:
-                raise InputError(f"cannot derive permutation groups for {type(model).__name__}: no tensor {key!r}")
-            sizes.add(state[key].shape[axis])
-        if len(sizes) != 1:
-            raise InputError(f"cannot derive permutation groups for {type(model).__name__}: group {group!r} "
-                             f"spans axes of different sizes {sorted(sizes)}")
-        spec.sizes[group] = sizes.pop()
-    covered = spec.by_key()
-    for key, tensor in state.items():
-        if not tensor.is_floating_point():
-            continue
-        if key not in covered and not _is_boundary(key, model):
-            raise InputError(f"cannot derive permutation groups for {type(model).__name__}: tensor {key!r} "
-                             "belongs to no group; refusing to align.")
-
-
-def _is_boundary(key: str, model: nn.Module) -> bool:
-    """The head (class outputs are never permuted; a linear MLP has no hidden unit at all) is the
-    only module whose tensors may lie outside every group."""
-    head = {"MLP": f"layers.{len(getattr(model, 'layers', [])) - 1}", "SmallCNN": "linear",
-            "CifarResNet18": "linear", "TinyImageNetResNet18": "fc", "WideResNet": "fc"}[type(model).__name__]
-    return key in (f"{head}.weight", f"{head}.bias")
+                raise InputError(f"permutation spec for {name}: group {group!r} names {key!r}, which the model "
+                                 "does not have")
+            if not -1 < axis < state[key].dim() or state[key].shape[axis] != spec.sizes[group]:
+                raise InputError(f"permutation spec for {name}: axis {axis} of {key!r} (shape "
+                                 f"{tuple(state[key].shape)}) does not have group {group!r}'s size {spec.sizes[group]}")
+            if owner.setdefault((key, axis), group) != group:
+                raise InputError(f"permutation spec for {name}: axis {axis} of {key!r} is in groups "
+                                 f"{owner[key, axis]!r} and {group!r}; an axis moves with one group")
+    grouped = {key for key, _ in owner}
+    for key in spec.fixed:
+        if key not in state or key in grouped:
+            raise InputError(f"permutation spec for {name}: fixed tensor {key!r} "
+                             + ("does not exist" if key not in state else "is also in a group"))
+    left = [key for key, tensor in state.items()
+            if tensor.is_floating_point() and key not in grouped and key not in spec.fixed]
+    if left:
+        raise InputError(f"permutation spec for {name}: tensor {left[0]!r} is in no group and not declared fixed"
+                         + (f" ({len(left) - 1} more)" if len(left) > 1 else "") + "; refusing to align")
+    modules = dict(model.named_modules())
+    for group, places in spec.probes.items():
+        if group not in spec.sizes:
+            raise InputError(f"permutation spec for {name}: probes for unknown group {group!r}")
+        for module, where, _dim in places:
+            if module not in modules or where not in PROBE_PLACES:
+                raise InputError(f"permutation spec for {name}: probe ({module!r}, {where!r}) of group {group!r} "
+                                 f"is not a module's {' or '.join(PROBE_PLACES)}")
 
 
 # --------------------------------------------------------------------------- applying a permutation
@@ -273,12 +186,23 @@ def random_permutation(spec: PermutationSpec, seed: int = 0) -> Permutation:
     return {group: torch.randperm(size, generator=generator) for group, size in spec.sizes.items()}
 
 
+def _with_metadata(values: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> OrderedDict:
+    """``values`` as a state dict carrying ``state``'s per-module versions (``_metadata``), which
+    modules with versioned loading (torchvision's MNASNet) read back."""
+    out = OrderedDict(values)
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
+
+
 def _permuted_state(state: Mapping[str, Tensor], spec: PermutationSpec, permutation: Permutation,
                     skip: str | None = None) -> dict[str, Tensor]:
     """``state`` with axis ``a`` of every grouped tensor indexed by its group's permutation
     (``new[i] = old[p[i]]``), except the axes of group ``skip``."""
-    out = dict(state)
+    out = _with_metadata(state, state)
     for key, axes in spec.by_key().items():
+        if key not in out:
+            continue
         tensor = out[key]
         for axis, group in axes.items():
             if group != skip:
@@ -287,10 +211,10 @@ def _permuted_state(state: Mapping[str, Tensor], spec: PermutationSpec, permutat
     return out
 
 
-def apply_permutation(model: nn.Module, permutation: Permutation, spec: PermutationSpec | None = None) -> nn.Module:
+def apply_permutation(model: nn.Module, permutation: Permutation, spec: PermutationSpec) -> nn.Module:
     """A copy of ``model`` whose units in group ``g`` are reordered by ``permutation[g]`` (unit
     ``i`` of the copy is unit ``permutation[g][i]`` of ``model``); it computes the same function."""
-    spec = permutation_spec(model) if spec is None else spec
+    check_spec(spec, model)
     for group, size in spec.sizes.items():
         p = permutation.get(group)
         if p is None or sorted(p.tolist()) != list(range(size)):
@@ -298,6 +222,39 @@ def apply_permutation(model: nn.Module, permutation: Permutation, spec: Permutat
     permuted = copy.deepcopy(model)
     permuted.load_state_dict(_permuted_state(model.state_dict(), spec, permutation))
     return permuted
+
+
+def check_preserves_function(model: nn.Module, spec: PermutationSpec, inputs: Tensor, *, seed: int = 0) -> None:
+    """Raise :class:`InputError` unless a random permutation of every group leaves the outputs of
+    ``model`` on ``inputs`` unchanged: the proof, on data, that ``spec`` describes symmetries of the
+    network. Checked on a float64 copy in eval mode whose floating tensors are jittered (each
+    entry by a relative 5%, zeros by ±0.01), so that a tensor the spec permutes wrongly cannot hide
+    behind equal entries (a fresh BatchNorm's ones and zeros)."""
+    check_spec(spec, model)
+    generator = torch.Generator().manual_seed(int(seed))
+    probe = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad(), evaluation_mode(probe):
+        state = probe.state_dict()
+        jittered = _with_metadata({}, state)
+        for key, tensor in state.items():
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device)
+                spread = torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device)
+                tensor = tensor * (1 + 0.05 * noise) + 0.01 * spread * (tensor == 0)
+            jittered[key] = tensor
+        device = model_dtype_device(probe)[1]
+        inputs = inputs.to(device, torch.float64) if inputs.is_floating_point() else inputs.to(device)
+        probe.load_state_dict(jittered)
+        expected = probe(inputs)
+        probe.load_state_dict(_permuted_state(jittered, spec, random_permutation(spec, seed)))
+        found = probe(inputs)
+    if not (isinstance(expected, Tensor) and isinstance(found, Tensor)):
+        raise InputError(f"{type(model).__name__} does not return one tensor; cannot check its permutation groups")
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    error = float((found - expected).abs().max()) if expected.numel() else 0.0
+    if not np.isfinite(scale) or not error <= 1e-7 * (1.0 + scale):
+        raise InputError(f"the permutation groups of {type(model).__name__} do not preserve its function (outputs "
+                         f"moved by {error:.3g} of {scale:.3g}); refusing to align with them")
 
 
 # ---------------------------------------------------------------------------------- weight matching
@@ -315,31 +272,35 @@ class WeightMatching:
     objective: float
 
 
-def _checked_pair(reference: nn.Module, model: nn.Module) -> PermutationSpec:
+def _checked_pair(reference: nn.Module, model: nn.Module, spec: PermutationSpec) -> None:
+    """Both models fit ``spec`` and have the same tensors of the same shapes, all finite."""
     require_model(reference, "reference"), require_model(model, "model")
-    spec = permutation_spec(reference)
-    other = permutation_spec(model)
-    if other.axes != spec.axes or other.sizes != spec.sizes:
+    if not isinstance(spec, PermutationSpec):
+        raise InputError(f"expected a PermutationSpec describing the models' groups, got {type(spec).__name__}")
+    a, b = reference.state_dict(), model.state_dict()
+    if list(a) != list(b) or any(a[key].shape != b[key].shape for key in a):
         raise InputError(f"cannot align {type(model).__name__} to {type(reference).__name__}: the two models "
                          "have different architectures or widths.")
-    for which, net in (("reference", reference), ("model", model)):
-        for key, tensor in net.state_dict().items():
+    check_spec(spec, reference)
+    for which, state in (("reference", a), ("model", b)):
+        for key, tensor in state.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise NonFiniteError(f"the {which} has non-finite values in {key!r}; cannot align it.")
-    return spec
 
 
-def match_weights(reference: nn.Module, model: nn.Module, *, n_iters: int = 100, seed: int = 0) -> WeightMatching:
+def match_weights(reference: nn.Module, model: nn.Module, spec: PermutationSpec, *, n_iters: int = 100,
+                  seed: int = 0) -> WeightMatching:
     """Git Re-Basin weight matching (see the module docstring): the permutation of ``model``'s
-    units that maximizes its inner product with ``reference``'s parameters, by coordinate descent
-    over the groups in an order shuffled by ``seed`` each sweep, at most ``n_iters`` sweeps."""
+    units, grouped by ``spec``, that maximizes its inner product with ``reference``'s parameters,
+    by coordinate descent over the groups in an order shuffled by ``seed`` each sweep, at most
+    ``n_iters`` sweeps."""
     n_iters = positive_int("n_iters", n_iters)
-    spec = _checked_pair(reference, model)
+    _checked_pair(reference, model, spec)
     parameter_keys = {name for name, _ in reference.named_parameters()}
     # Parameters only (BN running statistics follow but do not vote), in float64 on the CPU.
     wa = {k: v.detach().to("cpu", torch.float64) for k, v in reference.state_dict().items() if k in parameter_keys}
     wb = {k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items() if k in parameter_keys}
-    param_spec = PermutationSpec(axes={g: [(k, a) for k, a in pairs if k in parameter_keys]
+    param_spec = PermutationSpec(axes={g: tuple((k, a) for k, a in pairs if k in parameter_keys)
                                        for g, pairs in spec.axes.items()}, sizes=spec.sizes)
     permutation = {group: torch.arange(size) for group, size in spec.sizes.items()}
     groups = list(spec.sizes)
@@ -381,23 +342,29 @@ def _weight_cost(wa: dict[str, Tensor], wb: dict[str, Tensor], spec: Permutation
     return cost.numpy()
 
 
-def weight_matching(reference: nn.Module, model: nn.Module, *, n_iters: int = 100, seed: int = 0) -> nn.Module:
+def weight_matching(reference: nn.Module, model: nn.Module, spec: PermutationSpec, *, n_iters: int = 100,
+                    seed: int = 0) -> nn.Module:
     """A copy of ``model`` with its hidden units permuted to match ``reference`` by weight matching
     (:func:`match_weights`); it computes the same function as ``model``."""
-    return apply_permutation(model, match_weights(reference, model, n_iters=n_iters, seed=seed).permutation)
+    return apply_permutation(model, match_weights(reference, model, spec, n_iters=n_iters, seed=seed).permutation,
+                             spec)
 
 
 # ------------------------------------------------------------------------------ activation matching
 
 
-def match_activations(reference: nn.Module, model: nn.Module, batches: Iterable) -> Permutation:
-    """Per group, the assignment of ``model``'s units to ``reference``'s maximizing the summed
-    Pearson correlation ``corr(a^A_i, a^B_j)`` of their activations over ``batches`` (both models
-    in eval mode, every spatial position a sample), summed over the group's probes (every point
-    where the group's units are read). ``batches`` yields ``(inputs, ...)`` tuples or inputs."""
-    spec = _checked_pair(reference, model)
+def match_activations(reference: nn.Module, model: nn.Module, spec: PermutationSpec, batches: Iterable) -> Permutation:
+    """Per group of ``spec``, the assignment of ``model``'s units to ``reference``'s maximizing the
+    summed Pearson correlation ``corr(a^A_i, a^B_j)`` of their activations over ``batches`` (both
+    models in eval mode, every position other than the units' own dim a sample), summed over the
+    group's probes. ``batches`` yields ``(inputs, ...)`` tuples or inputs."""
+    _checked_pair(reference, model, spec)
+    unprobed = [group for group in spec.sizes if not spec.probes.get(group)]
+    if unprobed:
+        raise InputError(f"group {unprobed[0]!r} has no probe (no place its units can be read), so activation "
+                         "matching cannot match it; use weight matching")
     dtype, device = model_dtype_device(reference)
-    moments: dict[tuple[str, str], list] = {}
+    moments: dict[tuple[str, str, int], list] = {}
     seen = 0
     with torch.no_grad(), evaluation_mode(reference), evaluation_mode(model):
         for batch in batches:
@@ -425,28 +392,32 @@ def match_activations(reference: nn.Module, model: nn.Module, batches: Iterable)
     return permutation
 
 
-def _probe(model: nn.Module, spec: PermutationSpec, inputs: Tensor) -> dict[tuple[str, str], Tensor]:
-    """Activations at every probe as ``(samples, units)`` float64 (channels last, positions as samples)."""
+def _probe(model: nn.Module, spec: PermutationSpec, inputs: Tensor) -> dict[tuple[str, str, int], Tensor]:
+    """Activations at every probe as ``(samples, units)`` float64 (units last, other positions as samples)."""
     modules = dict(model.named_modules())
     wanted = {probe for probes in spec.probes.values() for probe in probes}
-    found: dict[tuple[str, str], Tensor] = {}
+    found: dict[tuple[str, str, int], Tensor] = {}
 
-    def keep(name: str, where: str, value: Tensor) -> None:
-        found[name, where] = value.detach().movedim(1, -1).reshape(-1, value.shape[1]).to("cpu", torch.float64)
+    def keep(probe: tuple[str, str, int], value: Tensor) -> None:
+        dim = probe[2]
+        found[probe] = value.detach().movedim(dim, -1).reshape(-1, value.shape[dim]).to("cpu", torch.float64)
 
     handles = []
-    for name, where in wanted:
-        if where == "input":
-            handles.append(modules[name].register_forward_pre_hook(
-                lambda _m, args, name=name: keep(name, "input", args[0])))
+    for probe in wanted:
+        module = modules[probe[0]]
+        if probe[1] == "input":
+            handles.append(module.register_forward_pre_hook(lambda _m, args, probe=probe: keep(probe, args[0])))
         else:
-            handles.append(modules[name].register_forward_hook(
-                lambda _m, _args, out, name=name: keep(name, "output", out)))
+            handles.append(module.register_forward_hook(lambda _m, _args, out, probe=probe: keep(probe, out)))
     try:
         model(inputs)
     finally:
         for handle in handles:
             handle.remove()
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise InputError(f"probe {missing[0][:2]} was never reached when {type(model).__name__} ran; "
+                         "cannot match activations there")
     return found
 
 
@@ -459,7 +430,7 @@ def _correlation(sum_a, sum_b, sq_a, sq_b, cross, count) -> Tensor:
     return covariance / (std_a[:, None] * std_b[None, :])
 
 
-def activation_matching(reference: nn.Module, model: nn.Module, batches: Iterable) -> nn.Module:
+def activation_matching(reference: nn.Module, model: nn.Module, spec: PermutationSpec, batches: Iterable) -> nn.Module:
     """A copy of ``model`` with its hidden units permuted to match ``reference`` by the correlation
     of their activations on ``batches`` (:func:`match_activations`)."""
-    return apply_permutation(model, match_activations(reference, model, batches))
+    return apply_permutation(model, match_activations(reference, model, spec, batches), spec)

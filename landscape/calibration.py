@@ -15,7 +15,8 @@ With confidence ``ĉ_n = max_c p_nc`` and prediction ``ŷ_n = argmax_c p_nc``:
   The bin is computed arithmetically, ``⌊ĉ·B⌋`` in the dtype of the logits, not by comparing ``ĉ``
   with stored edges. torchmetrics instead uses ``bucketize(ĉ, linspace(0, 1, B + 1), right=True) − 1``
   and gives ``ĉ = 1`` a bin of its own. The two agree except on exact edges: in float32 with
-  ``B = 15``, ``linspace`` edges 3, 6 and 7 lie just above ``float32(k/15)``, so a confidence of
+  ``B = 15``, ``linspace`` edges 3, 6 and 7 lie an ulp above ``float32(k/15)`` (with x86 kernels;
+  linspace's last bits depend on the CPU), so a confidence of
   exactly ``float32(0.2)``, ``float32(0.4)`` or ``float32(7/15)`` goes to bin ``k`` here and to bin
   ``k − 1`` in torchmetrics, and a wrong prediction with confidence 1 is summed with the rest of
   the last bin here but kept apart there (``tests/test_trust_compare.py`` works both cases by hand);

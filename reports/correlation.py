@@ -1,7 +1,7 @@
 """Does sharpness predict generalization? Rank correlations across a zoo of trained models.
 
 The question of Andriushchenko et al. ("A modern look at the relationship between sharpness and
-generalization", ICML 2023), answered with the field's two standard statistics (REFERENCE.md §8):
+generalization", ICML 2023), answered with the field's two standard statistics:
 
 - **Kendall's τ-b** between a measure and a target over all models (ties corrected; equal to
   ``scipy.stats.kendalltau``), with a percentile bootstrap interval over models;

@@ -27,6 +27,7 @@ Figures (SharpBalance, NeurIPS 2024):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -469,6 +470,31 @@ def _latest_by(rows: pd.DataFrame, within: Sequence[str], setting: str, coordina
     return rows.drop_duplicates(["_key", "metric", *coordinates], keep="last")
 
 
+def _newest_grid(rows: pd.DataFrame, index_columns: Sequence[str], location_columns: Sequence[str]) -> pd.DataFrame:
+    """Per scope, the rows of the newest measurement of a computed grid (a spectral density, a loss
+    plane): one settings (the grid columns apart) on one data; in it, one row per metric and grid
+    index, or, for a measurement stored before grids had indices, per place (``location_columns``).
+    The two kinds of rows are never drawn together: a point would appear twice."""
+    if rows.empty:
+        return rows
+    grid = {*index_columns, *location_columns}
+    measurement = pd.Series([json.dumps({k: v for k, v in json.loads(text).items() if k not in grid}, sort_keys=True)
+                             for text in rows["settings"]], index=rows.index)
+    for column in ("data", "dataset", "split"):
+        if column in rows:
+            measurement += "|" + rows[column].astype(object).where(rows[column].notna(), "").astype(str)
+    indexed = rows[index_columns[0]].notna() if index_columns[0] in rows else pd.Series(False, index=rows.index)
+    rows = rows.assign(_measurement=measurement, _indexed=indexed).sort_values("created", kind="stable")
+    chosen = []
+    for _, mine in rows.groupby("scope", sort=True):
+        newest = mine[mine["_measurement"] == mine["_measurement"].iloc[-1]]
+        if newest["_indexed"].any():
+            chosen.append(newest[newest["_indexed"]].drop_duplicates(["metric", *index_columns], keep="last"))
+        else:
+            chosen.append(newest.drop_duplicates(["metric", *location_columns], keep="last"))
+    return pd.concat(chosen).drop(columns=["_measurement", "_indexed"])
+
+
 def _pooled_bins(rows: pd.DataFrame, groups_of_runs: pd.Series) -> pd.DataFrame:
     """Per (group, bin): the total count and the count-weighted sums of accuracy and confidence."""
     slices = rows[["dataset", "split", "corruption", "severity"]].astype(object)
@@ -610,7 +636,9 @@ def plot_interpolation(results: pd.DataFrame, directory: str | os.PathLike, *,
     with alignment rows, each pair keeps its colour and the aligned path is dashed (dotted for
     activation matching) beside the unaligned one."""
     def draw(rows: pd.DataFrame, label: str):
-        rows = _latest_by(with_alignment(rows), ["scope", "alignment"], "bn_mode", ["alpha"])
+        # α to 9 decimals: rows stored before α was computed exactly are an ulp off on some CPUs (one point)
+        rows = with_alignment(rows).assign(alpha=lambda table: table["alpha"].astype(float).round(9))
+        rows = _latest_by(rows, ["scope", "alignment"], "bn_mode", ["alpha"])
         figure, axes = _figure(1, 2, width=4.8)
         colours = dict(zip(sorted(rows["scope"].unique()), sns.color_palette("tab10", rows["scope"].nunique())))
         styles = {"none": "-", "weight": "--", "activation": ":"}
@@ -643,8 +671,8 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
     def draw(rows: pd.DataFrame, label: str):
         rows = with_alignment(rows)
         kind = _alignment_order(rows["alignment"])[0]  # the unaligned plane when it is stored
-        rows = _latest_by(rows[rows["alignment"] == kind], ["scope"], "grid", ["u", "v"])
-        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (stored since issue 15)
+        rows = _newest_grid(rows[rows["alignment"] == kind], ["u_index", "v_index"], ["u", "v"])
+        members = rows[rows["scope"] != "ensemble"]  # the members' own positions (older runs lack them)
         rows = rows[rows["scope"] == "ensemble"]
         figure, axes = _figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
@@ -682,7 +710,7 @@ def plot_density(results: pd.DataFrame, directory: str | os.PathLike, *,
     ``sharpdiv hessian --density``) on a symmetric-log density axis, with the top eigenvalues as
     ticks when they are stored."""
     def draw(rows: pd.DataFrame, label: str):
-        density = _latest_by(rows[rows["metric"] == "hessian/density"], ["scope"], "grid", ["eigenvalue"])
+        density = _newest_grid(rows[rows["metric"] == "hessian/density"], ["grid_index"], ["eigenvalue"])
         if density.empty:
             return None
         figure, axes = _figure(width=6.0, height=4.0)

@@ -84,7 +84,8 @@ def _as_positive_vector(values, name: str) -> np.ndarray:
 
 
 def fit_beta(sharpness, diversity) -> BetaFit:
-    """Fit ``log diversity = α + β · log sharpness`` by least squares, with the 95% t interval of β.
+    """Fit ``log diversity = α + β · log sharpness`` by least squares (``scipy.stats.linregress``),
+    with the 95% t interval of β from its standard error.
 
     ``sharpness`` and ``diversity`` are matched sequences (one pair per ensemble) of positive
     numbers; at least 3 pairs with at least 2 distinct sharpness values are needed.
@@ -97,21 +98,19 @@ def fit_beta(sharpness, diversity) -> BetaFit:
     if n < 3:
         raise InputError(f"β needs at least 3 ensembles in a group, got {n}; add runs to the group "
                          "(e.g. more SAM radii) or group by a coarser field")
-    centred_x = x - x.mean()
-    spread = float((centred_x ** 2).sum())
-    if np.ptp(x) == 0 or spread <= 0:
+    if np.ptp(x) == 0:
         raise InputError("every ensemble has the same sharpness, so the slope β is undefined; "
                          "vary the sharpness (e.g. the SAM radius) across the group")
-    beta = float((centred_x * (y - y.mean())).sum() / spread)
-    intercept = float(y.mean() - beta * x.mean())
-    residual = y - intercept - beta * x
-    squared = float((residual ** 2).sum())
-    total = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - squared / total if total > 0 else float("nan")
-    stderr = math.sqrt(squared / (n - 2) / spread)
+    line = stats.linregress(x, y)
+    # Equal diversities: the slope is exactly 0 with no scatter about it, but linregress leaves the
+    # correlation (and with it R² and the slope's standard error) undefined.
+    scatter = bool(np.ptp(y) > 0)
+    beta = float(line.slope) if scatter else 0.0
+    stderr = float(line.stderr) if scatter else 0.0
+    r2 = float(line.rvalue) ** 2 if scatter else math.nan
     half = float(stats.t.ppf(0.975, n - 2)) * stderr
-    return BetaFit(beta=beta, ci_low=beta - half, ci_high=beta + half, r2=r2, n=int(n), intercept=intercept,
-                   stderr=stderr)
+    return BetaFit(beta=beta, ci_low=beta - half, ci_high=beta + half, r2=r2, n=int(n),
+                   intercept=float(line.intercept), stderr=stderr)
 
 
 def fits_by_group(sharpness, diversity, groups) -> dict:

@@ -1,4 +1,4 @@
-"""Tiny datasets written in the exact on-disk layouts users have (REFERENCE.md §5).
+"""Tiny datasets written in the exact on-disk layouts users have (as each dataset's publishers distribute it).
 
 Each writer builds a miniature copy of a real dataset's folder, with seeded content, and returns
 what it wrote, so a test can compare what a loader reads against what is on disk. Images are

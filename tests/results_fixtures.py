@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ensembles.runs import run_folder
 
 CORRUPTIONS = ("fog", "contrast")
@@ -22,6 +24,14 @@ def make_run(path, *, method="sam", rho=None, model_args=None, seeds=(13, 17, 27
                     model_args=model_args or {"input_size": 4, "hidden": [2]},
                     method=method, seeds=list(seeds), **extra, **settings)
     return Path(path)
+
+
+def append_as_before_grid_indices(path, rows, **options):
+    """``append_results`` as it was before location columns: ``eigenvalue``, ``u`` and ``v`` are
+    settings and part of the key, as in tables written then."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "LOCATION_COLUMNS", ())
+        return run_folder.append_results(path, rows, **options)
 
 
 def slice_columns(corruption=None, severity=None) -> dict:
@@ -83,15 +93,18 @@ def connectivity_rows(n_members=3, alphas=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[d
     return rows
 
 
-def plane_rows(grid=4) -> list[dict]:
+def plane_rows(grid=4, indexed=True) -> list[dict]:
+    """A loss plane's rows as the connectivity command writes them (keyed by grid index, ``u``, ``v``
+    as location columns); ``indexed=False``: as it wrote them before grid indices (keyed by ``u``, ``v``)."""
     rows = []
     for a in range(grid):
         for b in range(grid):
             u, v = a / (grid - 1), b / (grid - 1)
+            place = {"u": u, "v": v, **({"u_index": a, "v_index": b} if indexed else {})}
             rows.append({"scope": "ensemble", "metric": "plane/loss", "value": 0.3 + (u - 0.5) ** 2 + v ** 2,
-                         "u": u, "v": v, "grid": grid, "dataset": "cifar10", "split": "test"})
+                         **place, "grid": grid, "dataset": "cifar10", "split": "test"})
             rows.append({"scope": "ensemble", "metric": "plane/accuracy", "value": 0.9 - v / 10,
-                         "u": u, "v": v, "grid": grid, "dataset": "cifar10", "split": "test"})
+                         **place, "grid": grid, "dataset": "cifar10", "split": "test"})
     return rows
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import cli
 from ensembles.runs import run_folder
-from ensembles.models.checkpoints import import_checkpoints
+from ensembles.runs.checkpoint_import import import_checkpoints
 from ensembles.models.zoo import build
 from landscape.errors import InputError
 

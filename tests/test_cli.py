@@ -119,6 +119,13 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     for line in test_block.strip().splitlines():
         assert line.strip() in ci_lines, f"README line missing from .ci/run: {line}"
+    readme_lines = [line.strip() for line in test_block.strip().splitlines()]
+    start = ci_lines.index(readme_lines[0])
+    assert ci_lines[start:start + len(readme_lines)] == readme_lines  # the same block, in the same order
+    assert ci_lines[start + len(readme_lines):] in ([], [""])  # and nothing run after it
+    # the suite runs twice, the second time on another float path (tests/test_float_paths.py)
+    assert [line for line in readme_lines if line.endswith("pytest")] == \
+        ["pytest", "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 pytest"]
     assert any("sharpdiv quickstart" in block or "sharpdiv --help" in block for block in blocks)
 
 

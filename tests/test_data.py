@@ -225,7 +225,7 @@ def test_corrupted_folder_table(tmp_path):
 
 def test_available_corruptions_lists_what_is_on_disk(root, tmp_path):
     root, _ = root
-    assert available_corruptions("cifar10", root) == ["gaussian_noise", "fog"]  # REFERENCE order
+    assert available_corruptions("cifar10", root) == ["gaussian_noise", "fog"]  # Hendrycks & Dietterich's order
     assert available_corruptions("cifar100", root) == ["snow"]
     assert available_corruptions("digits", root) == []
     write_cifar_c(tmp_path, corruptions=("my_blur", "saturate", "frost"), n_per_severity=1)

@@ -44,3 +44,19 @@ def test_named_repository_files_exist_and_nothing_outside_it_is_cited(document):
 def test_the_link_pattern_finds_links():
     assert MARKDOWN_LINK.findall("see [the docs](docs/a.md#x) and [web](https://x.org \"t\")") == \
         ["docs/a.md#x", "https://x.org"]
+
+
+#: What a reader cannot follow: the project's own notes, or a past issue or review item of it.
+UNFOLLOWABLE = re.compile(r"\bREFERENCE\b|\b[Ii]ssues? #?\d{1,4}\b|^\s*#( --)? items? \d", re.MULTILINE)
+SOURCES = sorted({*ROOT.glob("*.py"), *ROOT.glob("*.md"), *ROOT.glob("*.cfg"),
+                  *(path for folder in ("landscape", "ensembles", "reports", "tests", "benchmarks", "examples", "docs")
+                    for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".md", ".toml", ".txt"))}
+                 - {Path(__file__).resolve()})
+
+
+def test_code_and_docs_cite_papers_not_notes_or_issues():
+    """Docstrings and comments cite the paper, equation or section, or give the reason themselves."""
+    found = [f"{path.relative_to(ROOT)}:{text[:match.start()].count(chr(10)) + 1}: {match.group()!r}"
+             for path in SOURCES for text in [path.read_text(encoding="utf-8", errors="replace")]
+             for match in UNFOLLOWABLE.finditer(text)]
+    assert not found, "\n".join(found)

@@ -1,11 +1,17 @@
-"""The measurement skeleton (issue 16 item 2) keeps the rows of the code before it.
+"""The measurement skeleton (one shared loop for every ``measure_*``) keeps the rows of the code before it.
 
 ``measurement_rows_before_skeleton.json`` holds, for each call in ``CALLS``, the rows (every column
 but ``value`` and ``stderr``) that the four ``measure_*`` functions wrote at commit d4e9826, before
-they shared one skeleton, on a three-member digits run. The new code must write rows with exactly
-those keys (so tables written before still match), and rows with those keys stored in a run
-must be reused: nothing is computed again, no landscape function is called.
+they shared one skeleton, on a three-member digits run. The new code must write rows with those
+keys (so tables written before still match), and rows with those keys stored in a run must be
+reused: nothing is computed again, no landscape function is called.
+
+Since then, the rows of a computed grid are keyed by grid index, with their place (a density's
+``eigenvalue``, a plane's ``u``, ``v``) in a location column: those places are computed from the
+weights, so their last bits are one CPU's (the fixture's are those of the machine that wrote it)
+and are compared nowhere here. Both kinds of rows are still reused.
 """
+import itertools
 import json
 import math
 from pathlib import Path
@@ -19,6 +25,7 @@ import landscape.hessian
 import landscape.sharpness
 from ensembles.runs import run_folder
 from ensembles.studies import measurements
+from results_fixtures import append_as_before_grid_indices
 from test_measurements import make_run
 
 BEFORE = json.loads((Path(__file__).parent / "measurement_rows_before_skeleton.json").read_text())
@@ -47,8 +54,33 @@ LANDSCAPE = [(landscape.sharpness, "worst_case_sharpness"), (landscape.sharpness
              (landscape.connectivity, "loss_barrier"), (landscape.connectivity, "plane")]
 
 
+#: What a row measured rather than what identifies it, and the grid indices the rows have since.
+MEASURED = ("value", "stderr", *run_folder.LOCATION_COLUMNS)
+GRID_INDICES = ("grid_index", "u_index", "v_index")
+
+
 def keys(rows):
-    return [{name: value for name, value in row.items() if name not in ("value", "stderr")} for row in rows]
+    return [{name: value for name, value in row.items() if name not in MEASURED + GRID_INDICES} for row in rows]
+
+
+def grid_indices(rows):
+    """Per row, its grid indices (an empty tuple for a row off any computed grid)."""
+    return [tuple(row[name] for name in GRID_INDICES if name in row) for row in rows]
+
+
+def expected_grid_indices(rows, options):
+    """Density rows count 0..G-1 per member; the plane's ensemble rows run over its grid in the
+    order computed (loss, then accuracy, at each point); no other row has an index."""
+    density = itertools.cycle((index,) for index in range(options.get("density_grid", 1)))
+    grid = range(options.get("grid", 1))
+    plane = itertools.cycle([(a, b) for a in grid for b in grid for _ in ("loss", "accuracy")])
+    return [next(density) if row["metric"] == "hessian/density" else
+            next(plane) if row["metric"].startswith("plane/") and row["scope"] == "ensemble" else ()
+            for row in rows]
+
+
+#: The location columns each metric on a computed grid has.
+PLACES = {"hessian/density": ("eigenvalue",), "plane/loss": ("u", "v"), "plane/accuracy": ("u", "v")}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +95,11 @@ def test_rows_have_the_keys_the_code_before_the_skeleton_wrote(name, run_path):
     measure, options = CALLS[name]
     (measurement,) = measure([run_path], **options)
     written = keys(measurement.rows)
-    assert [row for row in written if row in BEFORE[name]] == BEFORE[name]
-    # Since then the plane also stores its value at each member's position (issue 15): new rows only.
-    added = [row for row in written if row not in BEFORE[name]]
+    assert [row for row in written if row in keys(BEFORE[name])] == keys(BEFORE[name])
+    assert grid_indices(measurement.rows) == expected_grid_indices(measurement.rows, options)
+    assert all(math.isfinite(row[column]) for row in measurement.rows for column in PLACES.get(row["metric"], ()))
+    # Since then the plane also stores its value at each member's position: new rows only.
+    added = [row for row in written if row not in keys(BEFORE[name])]
     assert all(row["metric"].startswith("plane/") and row["scope"].startswith("member-") for row in added)
     assert len(added) == (6 if options.get("plane") else 0)  # loss and accuracy at 3 members
     assert all(math.isfinite(row["value"]) for row in measurement.rows)
@@ -77,7 +111,7 @@ def store_rows_of_the_code_before(path, name):
     """The rows the code before the skeleton wrote, with the current weights and placeholder values
     (1.0: a Fisher array of ones then matches its stored mean)."""
     rows = [{**row, "value": 1.0} for row in BEFORE[name]]
-    run_folder.append_results(path, rows, weights=run_folder.load_run(path).weights)
+    append_as_before_grid_indices(path, rows, weights=run_folder.load_run(path).weights)
     if name == "fisher":
         for index in range(3):
             file = measurements.fisher_path(path, index, "train")

@@ -53,6 +53,29 @@ def test_beta_recovers_the_exponent_inside_its_interval_and_matches_scipy():
     assert fit.ci_high - fit.ci_low == pytest.approx(2 * stats.t.ppf(0.975, 38) * reference.stderr, rel=1e-9)
 
 
+def test_beta_and_its_interval_are_the_least_squares_slope_and_its_t_interval():
+    # A small group, where the t quantile (2.78 at n = 6) matters, against linregress and against
+    # the closed form of the module text computed here independently.
+    sharpness, diversity = power_law(6, 0.3, seed=7, noise=0.3)
+    x, y = np.log(sharpness), np.log(diversity)
+    fit = fit_beta(sharpness, diversity)
+    reference = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, 4) * reference.stderr
+    assert (fit.beta, fit.ci_low, fit.ci_high) == pytest.approx(
+        (reference.slope, reference.slope - half, reference.slope + half), rel=1e-12)
+    centred = x - x.mean()
+    slope = (centred * (y - y.mean())).sum() / (centred ** 2).sum()
+    residual = y - (y.mean() - slope * x.mean()) - slope * x
+    assert fit.beta == pytest.approx(slope, rel=1e-10)
+    assert fit.stderr == pytest.approx(np.sqrt((residual ** 2).sum() / 4 / (centred ** 2).sum()), rel=1e-10)
+
+
+def test_beta_of_equal_diversities_is_exactly_zero_and_not_told_from_noise():
+    fit = fit_beta([0.1, 0.2, 0.3, 0.5, 1.0], [0.5] * 5)
+    assert (fit.beta, fit.ci_low, fit.ci_high, fit.stderr) == (0.0, 0.0, 0.0, 0.0) and np.isnan(fit.r2)
+    assert "interval contains 0" in fit.verdict
+
+
 def test_beta_interval_shrinks_with_more_points():
     widths = {}
     for n in (12, 300):

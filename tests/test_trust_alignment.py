@@ -14,6 +14,7 @@ import cli
 import landscape.alignment
 import landscape.connectivity
 from ensembles.data import datasets
+from ensembles.models.permutation_specs import zoo_permutation_spec
 from ensembles.models.zoo import build
 from ensembles.runs import run_folder
 
@@ -72,7 +73,8 @@ def test_connectivity_align_weight_and_none_stores_both_and_states_the_reference
     loader, bn_loader = loaders()
     run = run_folder.load_run(path)
     m0, m1, m2 = run.members
-    a1, a2 = (landscape.alignment.weight_matching(m0, m, seed=2) for m in (m1, m2))
+    spec = zoo_permutation_spec(m0)
+    a1, a2 = (landscape.alignment.weight_matching(m0, m, spec, seed=2) for m in (m1, m2))
     for scope, a, b in (("pair-0-1", m0, a1), ("pair-1-2", a1, a2)):
         expected = landscape.connectivity.loss_barrier(a, b, F.cross_entropy, loader, alphas=3,
                                                        bn_batches=bn_loader).value
@@ -104,7 +106,8 @@ def test_activation_alignment_rows_name_their_samples(tmp_path):
     loader, bn_loader = loaders()
     m0, m1 = run_folder.load_run(path).members
     expected = landscape.connectivity.loss_barrier(
-        m0, landscape.alignment.activation_matching(m0, m1, bn_loader), F.cross_entropy, loader, alphas=3,
+        m0, landscape.alignment.activation_matching(m0, m1, zoo_permutation_spec(m0), bn_loader), F.cross_entropy,
+        loader, alphas=3,
         bn_batches=bn_loader).value
     assert rows["value"].item() == pytest.approx(expected, abs=1e-6)
 

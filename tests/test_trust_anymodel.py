@@ -1,4 +1,4 @@
-"""Issue 17: any model by name (torchvision, timm, a user's factory), its own input size and
+"""Any model by name (torchvision, timm, a user's factory), its own input size and
 normalization inside the model, checkpoints of these models, and ``import sharpdiv``."""
 import functools
 import math

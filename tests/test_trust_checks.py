@@ -1,4 +1,4 @@
-"""Issue 16, item 4 outside ``landscape/``: one home for each small check (the integer check, the
+"""Outside ``landscape/``, one home for each small check (the integer check, the
 corruption severities, DataParallel prefix stripping, eval mode, dtype and device)."""
 import dataclasses
 import re
@@ -33,8 +33,8 @@ def test_an_integer_is_an_integral_type_and_whole_floats_are_refused():
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], chunk_size=0),
      "chunk_size"),
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], seed=-1), "seed"),
-    (lambda: trainer._validate(dataclasses.replace(_TINY, epochs=2.0)), "epochs"),
-    (lambda: trainer._validate(dataclasses.replace(_TINY, td=0)), "td"),
+    (lambda: dataclasses.replace(_TINY, epochs=2.0), "epochs"),
+    (lambda: dataclasses.replace(_TINY, td=0), "td"),
 ])
 def test_every_integer_option_gets_the_same_one_line_refusal(call, name):
     with pytest.raises(InputError, match=rf"^{re.escape(name)}.* must be an integer >= [01], got "):

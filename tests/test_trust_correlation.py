@@ -20,7 +20,7 @@ def test_the_train_split_is_evaluated_only_when_asked_and_without_augmentation()
 
 
 def test_augmentation_is_a_setting_recorded_for_the_run_and_a_sweep_axis():
-    # one setting, issue 15's `augmentation` (none | crop | crop-flip); digits' default is none
+    # one setting, `augmentation` (none | crop | crop-flip); digits' default is none
     settings = trainer.TrainingSettings(dataset="digits", model="small_cnn", augmentation="none")
     assert settings.run_fields()["augmentation"] == "none"
     assert trainer._load_data(settings).train.augment is False

@@ -1,4 +1,4 @@
-"""Issue 14, items 9 and 11: damaged inputs, a bad `import` and what the file system refuses end in
+"""Damaged inputs, a bad `import` and what the file system refuses end in
 one line on stderr and exit status 2, never a traceback, and leave nothing half-written behind."""
 import errno
 import json
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import cli
 from ensembles.runs import run_folder
-from ensembles.models.checkpoints import import_checkpoints
+from ensembles.runs.checkpoint_import import import_checkpoints
 from ensembles.runs.logit_cache import DataSlice, cache_folder
 from ensembles.models.zoo import build
 
@@ -187,13 +187,14 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, checkpoints, second):
 KILLED_IMPORT = """
 import sys, time
 from ensembles.models import checkpoints
+from ensembles.runs import checkpoint_import
 
 def stall(path):  # the import has made its staging folder: say so, then wait to be killed
     print("staged", flush=True)
     time.sleep(3600)
 
 checkpoints.read_checkpoint = stall
-checkpoints.import_checkpoints(sys.argv[1], sys.argv[2:], model="small_cnn", num_classes=10, dataset="digits")
+checkpoint_import.import_checkpoints(sys.argv[1], sys.argv[2:], model="small_cnn", num_classes=10, dataset="digits")
 """
 
 
@@ -216,7 +217,7 @@ def test_the_next_import_removes_the_staging_folder_of_a_killed_one(tmp_path, ch
 
 def test_staging_folders_of_imports_that_may_still_run_are_kept(tmp_path, checkpoints):
     """Removed only when surely over: on this machine with its process gone, or idle for a day."""
-    from ensembles.models.checkpoints import _host
+    from ensembles.runs.checkpoint_import import _host
 
     parent = tmp_path / "runs"
     parent.mkdir()

@@ -1,5 +1,4 @@
-"""Issue 14, items 2, 3 and 11 (one part): every stored number is tied to the data and the weights
-it came from.
+"""Every stored number is tied to the data and the weights it came from.
 
 - Rows and cached logits carry the fingerprint of their data: data regenerated with another seed
   (under another --data-path) is measured again, never answered from the old rows or logits, and
@@ -60,7 +59,7 @@ def stored(run, **where):
 
 
 # ----------------------------------------------------------------------------------------------
-# item 2: data identity
+# data identity
 
 
 def test_digits_c_regenerated_with_another_seed_is_evaluated_again(tmp_path):
@@ -172,7 +171,7 @@ def test_data_digests_tell_apart_what_differs_and_only_that(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# item 3: weights read, weights stored
+# weights read, weights stored
 
 
 def test_a_member_replaced_during_a_measurement_stores_no_rows(tmp_path, monkeypatch):
@@ -237,7 +236,7 @@ def test_rows_carry_the_digest_taken_when_the_weights_were_read(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# item 11 (one part): one generation per -C folder
+# one generation per -C folder
 
 
 def test_corrupt_refuses_to_mix_seeds_in_one_folder(tmp_path):

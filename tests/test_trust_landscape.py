@@ -1,4 +1,4 @@
-"""Issue 16, landscape part: one calling convention, one parameter-selection rule, one spelling of
+"""landscape/: one calling convention, one parameter-selection rule, one spelling of
 norms, one home for the checks, and the old spellings still working (with a DeprecationWarning)
 for one release, giving exactly the result of the new spelling."""
 import warnings

@@ -1,4 +1,4 @@
-"""Issue 14, items 5 and 6 (and --rho 1e300 of item 11): non-finite numbers are refused, never stored,
+"""Non-finite numbers (and --rho 1e300) are refused, never stored,
 never reported as 0 and never averaged away.
 
 - weights holding NaN/inf are refused at import and whenever a run's members are loaded;

@@ -1,4 +1,4 @@
-"""Review of issues 14/16/19: numbers that could belong to other weights, data or settings."""
+"""Numbers that could belong to other weights, data or settings are not taken for current ones."""
 from __future__ import annotations
 
 import os
@@ -72,6 +72,7 @@ def test_aligned_pair_rows_follow_the_reference_members_weights(tmp_path):
 
     import landscape.alignment
     import landscape.connectivity
+    from ensembles.models.permutation_specs import zoo_permutation_spec
     from ensembles.models.zoo import build
     from ensembles.runs import run_folder
     from test_trust_alignment import OPTIONS, invoke, loaders, make_run
@@ -89,7 +90,8 @@ def test_aligned_pair_rows_follow_the_reference_members_weights(tmp_path):
     rows = rows[[json.loads(text).get("alignment") == "weight" for text in rows["settings"]]]
     loader, bn_loader = loaders()
     m0, m1, m2 = run_folder.load_run(path).members
-    a1, a2 = (landscape.alignment.weight_matching(m0, m, seed=2) for m in (m1, m2))
+    spec = zoo_permutation_spec(m0)
+    a1, a2 = (landscape.alignment.weight_matching(m0, m, spec, seed=2) for m in (m1, m2))
     expected = landscape.connectivity.loss_barrier(a1, a2, F.cross_entropy, loader, alphas=3,
                                                    bn_batches=bn_loader).value
     newest = rows.sort_values("created")["value"].iloc[-1]

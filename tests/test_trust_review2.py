@@ -1,4 +1,4 @@
-"""Regression tests of the second review of issues 15, 17 and 20 (merged views, any model, ascents)."""
+"""Regression tests: merged report views, any model by name, and the sharpness ascents."""
 from __future__ import annotations
 
 import math

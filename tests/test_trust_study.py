@@ -1,4 +1,4 @@
-"""Issue 15, the quickstart as a study: augmentation per dataset, digits-C checked against an
+"""The quickstart as a study: augmentation per dataset, digits-C checked against an
 independent reference classifier, and parallelism that never changes the numbers."""
 
 import json
@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import cli
+from ensembles import cpus
 from ensembles.data import corruptions, datasets
 from ensembles.runs import run_folder
 from ensembles.studies import quickstart, sweep
@@ -155,7 +156,7 @@ def test_digits_c_is_written_with_its_own_table_and_records_it(tmp_path):
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 8])
 def test_the_quickstart_runs_one_single_threaded_job_per_core(monkeypatch, cores):
-    monkeypatch.setattr(sweep, "usable_cores", lambda: cores)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: cores)
     assert quickstart.parallelism(None, None, "cpu", 5) == (min(cores, 5), 1)
     for jobs, threads in [(None, 2), (2, None), (1, None), (3, 3)]:
         chosen_jobs, chosen_threads = quickstart.parallelism(jobs, threads, "cpu", 5)

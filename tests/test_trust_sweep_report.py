@@ -1,6 +1,6 @@
-"""Issue 14, sweeps and reports: sweep files cannot write outside --out (7), reports never replace a
-user's files (8), never pool runs on different data (10), and one bad results part neither breaks a
-run nor goes unnamed (11)."""
+"""Sweeps and reports: sweep files cannot write outside --out, reports never replace a user's
+files, never pool runs on different data, and one bad results part neither breaks a run nor goes
+unnamed."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Issue 16 item 5: the theory simulation lives in ensembles/studies, the report only reads its table;
+"""The theory simulation lives in ensembles/studies, the report only reads its table;
 the quickstart summary's β fit lives in reports; the augmentation draws from the member's generator."""
 import ast
 from pathlib import Path
@@ -145,7 +145,7 @@ def test_weights_are_bit_identical_to_the_global_rng_swap(tmp_path, monkeypatch)
     assert datasets.load_dataset("digits", None, "train", augment=True).augment
     trainer.train(tmp_path / "new", settings)
 
-    # The path before issue 16: crops drawn from the global RNG, swapped to the member's stream per epoch.
+    # The old path: crops drawn from the global RNG, swapped to the member's stream per epoch.
     original_crop, original_epoch = datasets.random_crop_and_flip, trainer._Member.train_epoch
 
     def crop_from_global(images, padding=datasets.CROP_PADDING, generator=None):

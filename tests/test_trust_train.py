@@ -1,4 +1,4 @@
-"""Issue 14, the trainer's part: kept best weights are the best epoch's, foreign training state and
+"""The trainer: kept best weights are the best epoch's, foreign training state and
 unrelated files are refused, non-finite hyper-parameters and diverged members fail loudly, nothing
 is written before every input is checked, and `train --resume` refuses flags it would ignore."""
 import json
@@ -45,7 +45,7 @@ def one_line_refusal(result, *words):
         assert word in refusals[0], (word, refusals[0])
 
 
-# -- item 1: --keep best keeps the best epoch's weights
+# -- --keep best keeps the best epoch's weights
 
 
 def test_kept_member_is_the_best_epoch_not_the_last(best_run):
@@ -87,7 +87,7 @@ def test_kill_and_resume_keeps_the_same_best_weights(best_run, tmp_path):
     assert read_config(run)["members"][0]["epoch"] == 1
 
 
-# -- item 4: a train/ state of other settings is refused, never adopted
+# -- a train/ state of other settings is refused, never adopted
 
 
 def test_foreign_training_state_is_refused(best_run, tmp_path):
@@ -129,7 +129,7 @@ def test_resume_refuses_a_training_state_of_other_settings(best_run, tmp_path):
         resume(run)
 
 
-# -- item 5: non-finite hyper-parameters are refused; a diverged member is failed, not done
+# -- non-finite hyper-parameters are refused; a diverged member is failed, not done
 
 
 @pytest.mark.parametrize("flag, value", [("--weight-decay", "inf"), ("--lr", "inf"), ("--momentum", "nan"),
@@ -158,7 +158,7 @@ def test_a_diverged_member_is_marked_failed_with_its_epoch(tmp_path, method):
     one_line_refusal(again, "diverged at epoch 1")
 
 
-# -- item 8: unrelated files are never overwritten
+# -- unrelated files are never overwritten
 
 
 def test_train_refuses_a_folder_with_unrelated_files(tmp_path):
@@ -192,7 +192,7 @@ def test_writable_folder_rules(tmp_path):
     require_writable_folder(used)
 
 
-# -- items 9 and 11: every input is checked before the first write; --resume refuses ignored flags
+# -- every input is checked before the first write; --resume refuses ignored flags
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -1,4 +1,4 @@
-"""Issue 15, items 4–6: an honest interval for β at small n, the report views a researcher expects
+"""An honest interval for β at small n, the report views a researcher expects
 (per corruption, ρ labels, bars from 0, Hessian trace, budgets), ``--group-by`` lists, globs holding
 non-run files, and the rough edges of a first run."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from reports.tables import beta_table, corruption_table
 from reports.tradeoff import MIN_ENSEMBLES, fit_beta, fits_by_group
 
 # ----------------------------------------------------------------------------------------------
-# item 4: β's interval is valid at small n
+# β's interval is valid at small n
 
 
 def _coverage(n: int, fits: int = 2000, beta: float = 0.5, noise: float = 0.3) -> float:
@@ -62,7 +62,7 @@ def test_beta_fits_by_group_needs_no_bootstrap_settings():
 
 
 # ----------------------------------------------------------------------------------------------
-# item 5: report views
+# report views
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_density_figure_and_member_positions_on_the_plane(tmp_path):
     path = fixtures.make_run(tmp_path / "run", method="sgd")
     where = {"dataset": "cifar10", "split": "train", "n_iters": 20, "n_runs": 1, "grid": 5}
     rows = [{"scope": f"member-{i}", "metric": "hessian/density", "value": float(np.exp(-x * x)),
-             "eigenvalue": x, **where} for i in range(3) for x in np.linspace(-1, 3, 5)]
+             "grid_index": k, "eigenvalue": x, **where} for i in range(3) for k, x in enumerate(np.linspace(-1, 3, 5))]
     rows += fixtures.plane_rows()
     rows += [{"scope": f"member-{i}", "metric": metric, "value": 0.5, "u": u, "v": v, "grid": 4,
               "dataset": "cifar10", "split": "test"}
@@ -197,7 +197,7 @@ def test_report_of_a_glob_skips_entries_that_are_not_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# item 6: rough edges
+# rough edges
 
 
 def test_evaluate_finds_the_data_the_run_was_trained_on(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The logit cache: each member's logits on each dataset slice, computed once and kept in the run folder.
 
 Every evaluation metric (accuracy, calibration, diversity, ensemble gains) is a function of the
-member logits ``L`` ``(M, N, C)`` and the labels ``y`` ``(N,)`` of one slice (REFERENCE.md §1), so
+member logits ``L`` ``(M, N, C)`` and the labels ``y`` ``(N,)`` of one slice (the convention of every
+metric in :mod:`landscape`), so
 the forward passes are done once and stored::
 
     <run>/logits/<dataset>/<slice>/member-<i>.safetensors   tensor "logits" (N, C), model dtype

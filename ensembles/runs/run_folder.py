@@ -11,7 +11,8 @@ A run folder holds::
 The results table is the one store every measurement writes to. A row is one number: ``run``,
 ``scope`` (``member-<i>``, ``ensemble``, ``ensemble@<k>``, ``pair-<i>-<j>``), ``metric``, ``value``,
 ``stderr``, ``dataset``, ``split``, ``corruption``, ``severity``, and the settings that produced it
-as further columns. Each row also carries ``weights``, a digest of the member files its scope
+as further columns (a point of a computed grid is keyed by its index, its place is a location
+column beside the value). Each row also carries ``weights``, a digest of the member files its scope
 reads (taken when the weights were read, and checked again when the row is written), so new weights
 make old rows stale instead of wrong; ``data``, the fingerprint of the data it was measured on
 (:func:`ensembles.data.datasets.data_digest`), so other data never passes for the same; and ``key``, which
@@ -40,8 +41,10 @@ import safetensors.torch
 import torch
 from filelock import FileLock
 
-from landscape.errors import InputError
+from ensembles.models import checkpoints, inputs, zoo
+from ensembles.models.trust import UntrustedModelCode
 from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
+from landscape.errors import InputError
 
 RESULTS_DIR = "results"
 TRAIN_DIR = "train"
@@ -51,6 +54,11 @@ FORMAT_VERSION = 1
 RESULT_COLUMNS = ("run", "scope", "metric", "value", "stderr", "dataset", "split", "corruption", "severity")
 #: Columns the table adds itself; they are never settings.
 BOOKKEEPING_COLUMNS = ("weights", "data", "settings", "key", "created", "sharpdiv_version", "torch_version")
+#: Where a row's value lies when the measurement itself computes that place (the eigenvalue of a
+#: spectral density's grid point, a loss plane point's coordinates): stored with the value, like
+#: ``stderr``, never a setting and never in the key, since its last bits differ between CPUs. The row
+#: is keyed by its grid index instead. (Rows written before held these as settings; they still read.)
+LOCATION_COLUMNS = ("eigenvalue", "u", "v")
 _SLICE_COLUMNS = ("dataset", "split", "corruption", "severity")
 _COMPACT_AFTER_PARTS = 64
 
@@ -256,9 +264,7 @@ def legacy_asam_scale(record: Mapping) -> dict:
 def data_normalized(config: Mapping) -> bool:
     """Whether the run's members take images normalised by the data pipeline (the zoo's way),
     rather than ``[0, 1]`` pixels they normalise themselves (run.json ``model_input``)."""
-    from ensembles.models.inputs import normalizes
-
-    return not normalizes(config.get("model_input"))
+    return not inputs.normalizes(config.get("model_input"))
 
 
 def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | None, str | None]:
@@ -279,9 +285,6 @@ def build_member_model(config: Mapping, *, trust_model_code: bool | None = None,
     ``model_input``). A model naming Python code (``module.path:callable``) is built only when
     trusted (``trust_model_code``, else ``SHARPDIV_TRUST_MODEL_CODE``): a run folder from someone
     else must not run code by being read. ``source`` names run.json in messages."""
-    from ensembles.models import zoo
-    from ensembles.models.trust import UntrustedModelCode
-
     recorded = (config.get("versions") or {}) if isinstance(config.get("versions"), dict) else {}
     for library, installed in model_library_version(str(config["model"])).items():
         if recorded.get(library) not in (None, installed):
@@ -304,9 +307,6 @@ def build_member_model(config: Mapping, *, trust_model_code: bool | None = None,
 def check_member_model(config: Mapping, *, trust_model_code: bool | None = None, source: str = RUN_FILE) -> None:
     """The refusal :func:`build_member_model` would raise, without building the model: a command
     calls it before it writes anything (:func:`ensembles.models.zoo.check_model`)."""
-    from ensembles.models import zoo
-    from ensembles.models.trust import UntrustedModelCode
-
     try:
         zoo.check_model(config["model"], config.get("model_args"), trust_model_code=trust_model_code)
     except UntrustedModelCode as error:
@@ -319,9 +319,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None, *, trust_model_code: bool | None = None) -> Run:
     """Load a run folder's finished members as modules in eval mode on ``device``; a model that
     names Python code only with ``trust_model_code`` (see :func:`build_member_model`)."""
-    from ensembles.models import zoo
-    from ensembles.models.checkpoints import require_finite_weights
-
     path = Path(path)
     config = read_config(path)
     indices = finished_members(config)
@@ -334,7 +331,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
         state = load_member_state(path, index)
         if _member_digest(path, index) != digests[index]:
             raise InputError(f"{member_path(path, index)} changed while it was being read; run the command again")
-        require_finite_weights(state, str(member_path(path, index)))
+        checkpoints.require_finite_weights(state, str(member_path(path, index)))
         try:
             zoo.load_weights(model, state)
         except InputError as error:
@@ -388,6 +385,12 @@ def _check_unchanged(path: Path, read: Mapping[int, str]) -> None:
                              "the ones measured); no rows were stored: run the command again")
 
 
+def settings_of(record: Mapping) -> dict:
+    """The fields of a results row that are settings: all but the fixed, bookkeeping and location columns."""
+    return {k: v for k, v in record.items()
+            if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS and k not in LOCATION_COLUMNS}
+
+
 def canonical_settings(settings: Mapping) -> str:
     """One string per settings dict, independent of key order and of int/float spelling."""
     return json.dumps({k: _plain(v) for k, v in sorted(settings.items())}, sort_keys=True, default=str)
@@ -427,8 +430,9 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
 
     Each row needs ``scope``, ``metric`` and ``value``; ``stderr``, the slice columns (``dataset``,
     ``split``, ``corruption``, ``severity``) and ``data`` (the :func:`ensembles.data.datasets.data_digest`
-    of the data measured; rows without it are never reused) are optional; every other field is a
-    setting and becomes a column. NaN values are allowed (an undefined metric is a result).
+    of the data measured; rows without it are never reused) are optional, and so are the location
+    columns (``LOCATION_COLUMNS``, stored but not part of the key); every other field is a setting
+    and becomes a column. NaN values are allowed (an undefined metric is a result).
 
     ``weights`` maps member indices to the digests of their files taken when they were read (a
     :class:`Run` brings its own); the rows carry those, and if a file differs now nothing is
@@ -450,8 +454,7 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
         for required in ("scope", "metric", "value"):
             if required not in record:
                 raise ValueError(f"results row without {required!r}: {record}")
-        settings = {k: v for k, v in record.items()
-                    if k not in RESULT_COLUMNS and k not in BOOKKEEPING_COLUMNS}
+        settings = settings_of(record)
         scope = str(record["scope"])
         if scope not in digests:
             digests[scope] = weights_digest(path, scope, config, read)
@@ -462,12 +465,18 @@ def append_results(run: Run | str | os.PathLike, rows: Iterable[Mapping] | pd.Da
         for column in _SLICE_COLUMNS:
             row[column] = None if _missing(record.get(column)) else _plain(record.get(column))
         row.update({k: _column_value(v) for k, v in settings.items()})
+        row.update({k: float(record[k]) for k in LOCATION_COLUMNS if not _missing(record.get(k))})
         data = None if _missing(record.get("data")) else str(record["data"])
         row.update(weights=digests[scope], data=data, settings=settings_text,
                    key=_row_key(scope, row["metric"], [row[c] for c in _SLICE_COLUMNS], settings_text,
                                 digests[scope], data),
                    created=created, sharpdiv_version=versions["sharpdiv"], torch_version=versions["torch"])
         prepared.append(row)
+    keys = [row["key"] for row in prepared]
+    if len(set(keys)) < len(keys):  # one would silently replace the other
+        twice = next(row for row in prepared if keys.count(row["key"]) > 1)
+        raise ValueError(f"two results rows measure the same thing ({twice['scope']}, {twice['metric']}, "
+                         f"settings {twice['settings']}); rows of a grid need their grid index")
     frame = _uniform_columns(pd.DataFrame(prepared))
     # Last, just before the write: rows of weights replaced since they were read store nothing.
     used = {index for scope in digests for index in scope_members(scope, config)}

@@ -2,7 +2,8 @@
 
 ``sharpdiv evaluate`` and ``sharpdiv robustness`` are thin layers over :func:`evaluate_runs` and
 :func:`evaluate_robustness`. Every number comes from a function of :mod:`landscape` applied to the
-member logits ``L`` ``(M, N, C)`` and labels ``y`` of one data slice (REFERENCE.md §1), which
+member logits ``L`` ``(M, N, C)`` and labels ``y`` ``(N,)`` of one data slice (the convention of
+every metric in :mod:`landscape`), which
 :mod:`ensembles.runs.logit_cache` computes once per slice and member and keeps in the run folder.
 
 Rows follow ``docs/results-table.md``. For each slice (``val``, clean ``test``, and each corruption
@@ -307,9 +308,7 @@ def _stored_measurements(table: pd.DataFrame) -> dict[tuple, float]:
 
 
 def _row_measurement(row: Mapping) -> tuple:
-    settings = {k: v for k, v in row.items()
-                if k not in run_folder.RESULT_COLUMNS and k not in run_folder.BOOKKEEPING_COLUMNS}
-    return _measurement(row["scope"], row["metric"], row, run_folder.canonical_settings(settings))
+    return _measurement(row["scope"], row["metric"], row, run_folder.canonical_settings(run_folder.settings_of(row)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ensembles.data import datasets
+from ensembles.models import permutation_specs
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
@@ -85,8 +86,13 @@ __all__ = [
 
 #: The loss of every measurement: mean cross-entropy of logits and integer labels.
 LOSS = F.cross_entropy
-#: Columns that place one row on an axis (a curve, a grid, a spectrum) rather than set the measurement.
-AXIS_COLUMNS = ("alpha", "u", "v", "rank", "eigenvalue")
+#: Columns that place one row on an axis (a curve, a grid, a spectrum) rather than set the measurement:
+#: ``alpha``, ``rank`` and the grid indices of densities and planes, and the computed places that rows
+#: written before the indices were keyed by (``eigenvalue``, ``u``, ``v``; now location columns).
+AXIS_COLUMNS = ("alpha", "rank", "grid_index", "u_index", "v_index", "eigenvalue", "u", "v")
+#: Two α closer than this are one point of a path: rows written before α was computed exactly hold
+#: ``torch.linspace``'s values, an ulp off on some CPUs; grid points are ≥ 1e-6 apart up to a million α.
+ALPHA_TOLERANCE = 1e-9
 HESSIAN_EXAMPLES = 1024  # the first 1024 training points of Andriushchenko et al.'s measurements
 FISHER_DIR = "fisher"
 FISHER_QUANTILES = (50, 90, 99)
@@ -146,6 +152,29 @@ class _StoredRows:
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
         rows = self.get(scope, metric, where, settings)
         return rows[-1][1] if rows else None
+
+
+def _whole_grid(rows: Sequence[tuple[dict, float, float]], index_columns: Sequence[str],
+                location_columns: Sequence[str], shape: Sequence[int]) -> bool:
+    """Whether stored ``rows`` (of one measurement) hold every point of a grid of ``shape``: rows
+    keyed by grid index (``index_columns``, one per axis) cover every index, or rows written before
+    those existed, keyed by the computed place (``location_columns``), hold as many distinct places
+    as the grid has points. The two kinds are never added up: a grid is taken whole from one of
+    them, or measured again."""
+    indexed = {tuple(int(axes[c]) for c in index_columns) for axes, _, _ in rows if index_columns[0] in axes}
+    if indexed >= set(itertools.product(*map(range, shape))):
+        return True
+    placed = {tuple(float(axes[c]) for c in location_columns) for axes, _, _ in rows
+              if index_columns[0] not in axes and all(c in axes for c in location_columns)}
+    return len(placed) == math.prod(shape)
+
+
+def _covers(stored: Sequence[float], wanted: np.ndarray) -> bool:
+    """Whether every wanted α has a stored row within :data:`ALPHA_TOLERANCE`."""
+    if not len(stored):
+        return False
+    distance = np.abs(wanted[:, None] - np.asarray(stored, dtype=np.float64)[None, :]).min(axis=1)
+    return bool((distance <= ALPHA_TOLERANCE).all())
 
 
 class _Members:
@@ -597,7 +626,9 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
       not a setting: asking for fewer reuses stored ranks (each is within Lanczos' tolerance);
     - ``density``: stochastic Lanczos quadrature (:func:`~landscape.hessian.hessian_spectral_density`,
       ``density_runs`` starts of ``lanczos_steps`` steps) on ``density_grid`` points; rows
-      ``hessian/density`` with the grid point in ``eigenvalue``.
+      ``hessian/density`` keyed by ``grid_index`` (0 … ``density_grid`` − 1), with the grid point in
+      the location column ``eigenvalue`` (computed from the spectrum, so not part of the key). Rows
+      written before, keyed by their ``eigenvalue``, are reused as they are.
 
     Samples: the first ``n_examples`` (default ``min(1024, N)``) of a permutation seeded by
     ``seed``, which also seeds the probes and the Lanczos starts.
@@ -660,7 +691,7 @@ class _Hessian(_Study):
             return tuple(ranks[rank] for rank in wanted) if set(ranks) >= set(wanted) else None
         if metric == "hessian/trace":
             return rows[-1][1:] if len(rows) == 1 else None
-        return True if len(rows) == self.density_grid else None
+        return True if _whole_grid(rows, ("grid_index",), ("eigenvalue",), (self.density_grid,)) else None
 
     def compute(self, models: _Members, task):
         index, metric = task
@@ -681,8 +712,9 @@ class _Hessian(_Study):
         spectrum = hessian.hessian_spectral_density(model, LOSS, self.samples, n_iters=self.lanczos_steps,
                                                     n_runs=self.density_runs, grid=self.density_grid,
                                                     generator=generator)
-        return [{**row, "value": float(value), "eigenvalue": float(point), **self.where, **self.wanted[metric]}
-                for point, value in zip(spectrum.grid.tolist(), spectrum.density.tolist())], True
+        return [{**row, "value": float(value), "grid_index": index, "eigenvalue": float(point), **self.where,
+                 **self.wanted[metric]}
+                for index, (point, value) in enumerate(zip(spectrum.grid.tolist(), spectrum.density.tolist()))], True
 
     def means(self) -> list[_Mean]:
         if not self.trace:
@@ -833,8 +865,10 @@ class _AlignedMembers:
     """Members permuted to match member ``reference`` (:mod:`landscape.alignment`), each aligned
     on first use; the reference itself is returned unchanged."""
 
-    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches):
+    def __init__(self, members: _Members, kind: str, reference: int, seed: int, batches,
+                 spec: alignment.PermutationSpec):
         self.members, self.kind, self.reference, self.seed, self.batches = members, kind, reference, seed, batches
+        self.spec = spec
         self.aligned: dict[int, torch.nn.Module] = {}
 
     def __getitem__(self, index: int) -> torch.nn.Module:
@@ -842,9 +876,9 @@ class _AlignedMembers:
             return self.members[index]
         if index not in self.aligned:
             reference, member = self.members[self.reference], self.members[index]
-            self.aligned[index] = (alignment.weight_matching(reference, member, seed=self.seed)
+            self.aligned[index] = (alignment.weight_matching(reference, member, self.spec, seed=self.seed)
                                    if self.kind == "weight" else
-                                   alignment.activation_matching(reference, member, self.batches))
+                                   alignment.activation_matching(reference, member, self.spec, self.batches))
         return self.aligned[index]
 
 
@@ -861,8 +895,10 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     Per pair ``i < j`` (scope ``pair-<i>-<j>``): ``connectivity/loss`` and ``connectivity/accuracy``
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
     and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
-    ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (columns ``u``,
-    ``v``; scope ``ensemble``; scope ``member-<i>`` at each member's own position). BatchNorm
+    ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (scope
+    ``ensemble``, keyed by ``u_index``, ``v_index``; scope ``member-<i>`` at each member's own
+    position), with the coordinates, computed from the members' weights, in the location columns
+    ``u``, ``v`` (rows written before, keyed by ``u``, ``v``, are reused as they are). BatchNorm
     statistics: with ``bn_reset`` every evaluated network gets statistics recomputed from
     ``bn_examples`` training samples without augmentation (drawn with ``seed``; ``bn_mode="reset"``),
     otherwise they are interpolated like the weights
@@ -874,8 +910,12 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     before paths, barriers and the plane are measured. Aligned rows have the settings
     ``alignment``, ``aligned_to`` (the reference member), ``reference_weights`` (the digest of its
     weights file, so new reference weights make the pair rows stale) and ``align_seed`` (and
-    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they always were. A model whose permutation groups cannot be
-    derived is refused before anything is measured.
+    ``align_examples`` for activation matching); rows without ``alignment`` are unaligned, as they
+    always were. The permutation groups are the zoo's hand-written ones, or for any other model
+    traced from its graph (:mod:`ensembles.models.permutation_specs`), whose rows also carry
+    ``align_spec``, a digest of the traced groups. Either kind is proven on two samples of ``split``
+    (a random permutation must leave the outputs unchanged), and a model whose groups cannot be
+    derived is refused, before anything is measured.
     """
     _check_measure_options("connectivity", locals())
     alignments = _alignments(align)
@@ -885,8 +925,11 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
         _check_member_count(run, plane)
         count = _example_count("--n-examples", n_examples, run.images)
         architecture = run_folder.build_member_model(run.config)
-        if alignments != ["none"]:
-            alignment.permutation_spec(architecture)  # refuses what it cannot align, before any write
+        spec = spec_digest = None
+        if alignments != ["none"]:  # refuses what it cannot align, before any write
+            spec = permutation_specs.permutation_spec(architecture, run.images.batch(np.arange(min(2, count))))
+            if permutation_specs.zoo_permutation_spec(architecture) is None:
+                spec_digest = permutation_specs.spec_digest(spec)
         has_batchnorm = _has_batchnorm(architecture)
         bn_mode = "reset" if bn_reset and has_batchnorm else ("interpolated" if has_batchnorm else "none")
         training = splits.get(run.label, "train", int(run.config["num_classes"]), run_folder.data_normalized(run.config), run.root) \
@@ -895,7 +938,7 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
             read = training if bn_mode == "reset" or kind == "activation" else None  # training data this study reads
             studies.append(_Connectivity(run.path, run.members, _connectivity_where(splits, run, split, read),
                                          run.images, count, alphas, plane, grid, bn_mode, read, bn_examples,
-                                         batch_size, seed, chunk_size, device, kind))
+                                         batch_size, seed, chunk_size, device, kind, spec, spec_digest))
     return _measure(studies, device, dtype, progress)
 
 
@@ -932,6 +975,8 @@ class _Connectivity(_Study):
     chunk_size: int
     device: torch.device | str
     alignment: str = "none"
+    spec: alignment.PermutationSpec | None = None
+    spec_digest: str | None = None  # of a traced spec; the zoo's hand-written groups are as they always were
     unit: ClassVar[str] = "path"
 
     def __post_init__(self):
@@ -953,6 +998,8 @@ class _Connectivity(_Study):
             reference = run_folder.member_path(self.path, self.members[0])
             self.curve_settings.update(alignment=self.alignment, aligned_to=self.members[0], align_seed=self.seed,
                                        reference_weights=file_digest(reference))
+            if self.spec_digest is not None:
+                self.curve_settings.update(align_spec=self.spec_digest)
         self.barrier_settings = {**self.curve_settings, "alphas": self.alphas}
         self.plane_settings = {**self.curve_settings, "grid": self.grid}
         self.batches = _Samples(self.images, torch.arange(self.count), self.batch_size, self.device)
@@ -966,16 +1013,17 @@ class _Connectivity(_Study):
 
     def lookup(self, stored: _StoredRows, task):
         if task == "plane":
-            complete = all(len(stored.get("ensemble", metric, self.where, self.plane_settings)) == self.grid ** 2
+            complete = all(_whole_grid(stored.get("ensemble", metric, self.where, self.plane_settings),
+                                       ("u_index", "v_index"), ("u", "v"), (self.grid, self.grid))
                            for metric in ("plane/loss", "plane/accuracy"))
             return True if complete else None
         scope = self.name(task)
         ends = [stored.value(scope, metric, self.where, self.barrier_settings)
                 for metric in ("connectivity/barrier", "connectivity/barrier_alpha")]
-        grid_points = set(torch.linspace(0.0, 1.0, self.alphas, dtype=torch.float64).tolist())
-        curves = [{float(axes["alpha"]) for axes, _, _ in stored.get(scope, metric, self.where, self.curve_settings)}
+        wanted = connectivity.evenly_spaced_alphas(self.alphas).numpy()
+        curves = [[float(axes["alpha"]) for axes, _, _ in stored.get(scope, metric, self.where, self.curve_settings)]
                   for metric in ("connectivity/loss", "connectivity/accuracy")]
-        return tuple(ends) if None not in ends and all(curve >= grid_points for curve in curves) else None
+        return tuple(ends) if None not in ends and all(_covers(curve, wanted) for curve in curves) else None
 
     def _members(self, models: _Members):
         if self.alignment == "none":
@@ -985,7 +1033,8 @@ class _Connectivity(_Study):
             if models.weights[self.members[0]] != self.curve_settings["reference_weights"]:
                 raise InputError(f"{run_folder.member_path(self.path, self.members[0])} changed during the measurement "
                                  "(the alignment's reference is not the one planned); no rows were stored: run it again")
-            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches)
+            self.aligned = _AlignedMembers(models, self.alignment, self.members[0], self.seed, self.align_batches,
+                                           self.spec)
         return self.aligned
 
     def compute(self, models: _Members, task):
@@ -1013,10 +1062,11 @@ class _Connectivity(_Study):
         rows = []
         for a, u in enumerate(surface.u.tolist()):
             for b, v in enumerate(surface.v.tolist()):
+                place = {"u_index": a, "v_index": b, "u": u, "v": v}
                 rows += [{"scope": "ensemble", "metric": "plane/loss", "value": float(surface.loss[a, b]),
-                          "u": u, "v": v, **self.where, **self.plane_settings},
+                          **place, **self.where, **self.plane_settings},
                          {"scope": "ensemble", "metric": "plane/accuracy", "value": float(surface.accuracy[a, b]),
-                          "u": u, "v": v, **self.where, **self.plane_settings}]
+                          **place, **self.where, **self.plane_settings}]
         # Where the members sit on the plane, so the figure can mark them (scope member-<i>).
         for index, (u, v), loss, accuracy in zip(self.members[:3], surface.member_coordinates.tolist(),
                                                  surface.member_loss.tolist(), surface.member_accuracy.tolist()):

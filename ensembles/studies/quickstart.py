@@ -15,10 +15,10 @@ same folder reuses everything, and an interrupted one continues where it stopped
 
 The report (``DIR/report``) is written by the CLI with :mod:`reports`, grouped by method.
 
-Recipe, measured (issue 15; numbers in the README). With width 8, 8 epochs and CIFAR's crop-and-flip the
-members reached 65-76% clean test accuracy, still rising; without the augmentation (a mirrored digit is
-another glyph, a 4-pixel crop moves an 8x8 glyph by a whole source pixel) 91-94%; width 16 and 12
-epochs give 96-98%, with the validation accuracy level over the last epochs. Digits' default
+Recipe, measured on this project's 2-core CPU (numbers in the README). With width 8, 8 epochs and
+CIFAR's crop-and-flip the members reached 65-76% clean test accuracy, still rising; without the
+augmentation (a mirrored digit is another glyph, a 4-pixel crop moves an 8x8 glyph by a whole
+source pixel) 91-94%; width 16 and 12 epochs give 96-98%, with the validation accuracy level over the last epochs. Digits' default
 augmentation is therefore ``none`` (:func:`ensembles.data.datasets.default_augmentation`). At ρ = 0.5 the
 worst-case perturbation costs these members 70-90 points of training accuracy (saturated, a uniform
 guess errs 90%); at ρ = 0.1 a few points.
@@ -174,7 +174,7 @@ def parallelism(jobs: int | None, threads: int | None, device: str, count: int) 
     never outnumber the usable cores. On a CPU, small models gain nothing from several threads (a
     step is mostly per-operation overhead, and idle OpenMP threads spin), so by default every core
     runs one job with one thread; on a GPU one job at a time, torch's thread choice."""
-    from ensembles.studies.sweep import usable_cores
+    from ensembles import cpus
     from landscape._checks import positive_int
 
     positive_int("--jobs", jobs, optional=True)
@@ -185,7 +185,7 @@ def parallelism(jobs: int | None, threads: int | None, device: str, count: int) 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda"):
         return jobs or 1, threads
-    cores = usable_cores()
+    cores = cpus.usable_cpus()
     if jobs is None:
         jobs = max(1, min(count, cores // (threads or 1)))
     return jobs, threads or max(1, cores // jobs)

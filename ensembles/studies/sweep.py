@@ -32,17 +32,18 @@ that follow training and how the closing report groups the runs::
     group_by = "width"               # or a list of axes: ["width", "method"]
 
 **Grid.** The jobs are the cross product of the axes, in file order (the last axis varies fastest).
-An axis that does not apply to a method (``rho`` for SGD; ``k``, ``td``, ``reference_compatible``
-and ``reselect_every`` outside SharpBalance; ``eta`` and ``asam_scale`` outside ASAM) is dropped from that job, and
+An axis that does not apply to a method (its declaration in :mod:`ensembles.training.settings` names
+the methods that use it: ``rho`` is not SGD's; ``k``, ``td``, ``reference_compatible`` and
+``reselect_every`` are SharpBalance's; ``eta`` and ``asam_scale`` ASAM's) is dropped from that job, and
 jobs that then train the same ensemble are one job: crossing ``method = ["sgd", "sam"]`` with two
 radii gives three jobs, not four.
 
 **Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and its swept values
-(``sam-rho0.2-w16-s13.17.27``): readable, and unique within the sweep (checked). Every value of
-``[base]`` and ``[grid]`` is checked for its type and range when the file is read (``width`` a
-positive integer, ``rho`` a finite number >= 0, ``method`` a known one ...), so ``sweep plan``
-refuses what ``sweep run`` would; names are built from checked values only, and every run folder
-must resolve inside ROOT.
+(``sam-rho0.2-w16-s13.17.27``, each value spelled as its declaration says): readable, and unique
+within the sweep (checked). Every value of ``[base]`` and ``[grid]`` is checked against its
+declared rule when the file is read (``width`` an integer >= 1, ``rho`` a finite number >= 0,
+``method`` a known one ...), so ``sweep plan`` refuses what ``sweep run`` would; names are built
+from checked values only, and every run folder must resolve inside ROOT.
 
 **Jobs.** :func:`run_job` trains (:func:`ensembles.training.trainer.train`; an interrupted run is continued
 with :func:`ensembles.training.trainer.resume`, a finished one is kept) and then runs every measurement
@@ -77,6 +78,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from ensembles import cpus
+from ensembles.training.settings import declared
 from landscape._checks import positive_int
 from landscape.errors import InputError
 
@@ -124,102 +127,33 @@ _TOP_LEVEL = ("name", "data_path", "base", "grid", "measure", "report")
 _REPORT_KEYS = ("group_by", "sharpness", "diversity", "diversity_on", "baseline", "combine")
 #: Keyword arguments of the measurement functions that a sweep sets itself.
 _SET_BY_SWEEP = ("paths", "dataset", "root", "device", "dtype", "progress")
-#: Fields that say where or how fast, not which ensemble: not compared with an existing run folder.
-_NOT_IDENTITY = ("data_path", "score_chunk_size")
-#: How each axis is spelled in a folder name (value appended; booleans by their words).
-_SHORT = {"rho": "rho", "k": "k", "td": "td", "width": "w", "sparsity": "sp", "epochs": "e", "lr": "lr",
-          "prune_epoch": "pe", "reselect_every": "re", "eta": "eta", "batch_size": "b", "weight_decay": "wd",
-          "momentum": "mom", "train_samples": "n", "asam_scale": "scale-"}
-_BOOLEAN_WORDS = {"reference_compatible": ("ref", "paper")}
 
 
-#: Every TrainingSettings field may be a base setting or an axis, except where the data lies.
-AXES = ("method", "rho", "k", "td", "width", "sparsity", "seeds", "dataset", "model", "reference_compatible",
-        "epochs", "lr", "schedule", "batch_size", "weight_decay", "momentum", "prune_epoch", "reselect_every",
-        "keep", "eta", "asam_scale", "train_samples", "model_args", "model_input", "augmentation")
+def axis_names(settings_class: type | None = None) -> tuple[str, ...]:
+    """The settings a sweep may set, in [base] or as an axis of [grid]: the fields of
+    ``settings_class`` (default TrainingSettings) declared as axes, i.e. all but where the data
+    lies and how fast (:mod:`ensembles.training.settings`)."""
+    return tuple(name for name, declaration in declared(settings_class).items() if declaration.axis)
 
 
-#: Seeds are stored as 64-bit signed integers (torch and numpy generators take them).
-_SEED_LIMIT = 2 ** 63
+AXES = axis_names()
 
 
-def _whole(low: int):
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+def _not_identity(settings) -> tuple[str, ...]:
+    """Fields that say where or how fast, not which ensemble (declared not an axis): never compared
+    with an existing run folder."""
+    return tuple(name for name, declaration in declared(type(settings)).items() if not declaration.axis)
 
 
-def _real(low: float, *, above: bool = False, high: float | None = None, high_open: bool = True):
-    def check(value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if value < low or (above and value == low):
-            return False
-        return high is None or value < high or (not high_open and value == high)
-    return check
-
-
-def _dataset_name(value) -> bool:
-    from ensembles.data.datasets import _parse_name
-
-    if not isinstance(value, str) or not value.strip():
-        return False
-    try:
-        _parse_name(value)
-    except InputError:
-        return False
-    return True
-
-
-def _axis_rules() -> dict[str, tuple[Callable[[object], bool], str]]:
-    """Per setting: the check every value must pass at parse time, and what it must be (for the
-    message). Values reach folder names, so only these types are ever let through."""
-    from ensembles.models.zoo import MODEL_NAMES
-    from ensembles.data.datasets import AUGMENTATIONS
-    from ensembles.methods.sam import ASAM_SCALES
-    from ensembles.training.trainer import METHODS, SCHEDULES
-
-    def one_of(choices):
-        return (lambda value: isinstance(value, str) and value in choices), f"one of {', '.join(choices)}"
-
-    positive = (_whole(1), "a positive integer")
-    def model_name(value) -> bool:  # a zoo name, or torchvision:/timm:/module.path:callable
-        return isinstance(value, str) and (value in MODEL_NAMES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value)
-                                           is not None)
-
-    def table(keys=None):
-        return lambda value: isinstance(value, dict) and all(isinstance(k, str) and (keys is None or k in keys)
-                                                             for k in value)
-
-    return {
-        "method": one_of(METHODS), "schedule": one_of(SCHEDULES), "augmentation": one_of(AUGMENTATIONS),
-        "model": (model_name, f"one of {', '.join(MODEL_NAMES)}, or torchvision:<name>, timm:<name> or "
-                              "module.path:callable"),
-        "model_args": (table(), "a table of the model builder's keyword arguments"),
-        "model_input": (table(("size", "mean", "std")), "a table with size, mean and std (any of them)"),
-        "keep": one_of(("best", "last")), "asam_scale": one_of(ASAM_SCALES),
-        "dataset": (_dataset_name, "a dataset name (cifar10, cifar100, tinyimagenet, digits or folder:<path>)"),
-        "rho": (_real(0), "a finite number >= 0"), "eta": (_real(0), "a finite number >= 0"),
-        "k": (_real(0, above=True, high=1, high_open=False), "a fraction in (0, 1]"),
-        "sparsity": (_real(0, high=1), "a fraction in [0, 1)"),
-        "lr": (_real(0, above=True), "a finite number > 0"),
-        "weight_decay": (_real(0), "a finite number >= 0"), "momentum": (_real(0), "a finite number >= 0"),
-        "td": positive, "width": positive, "epochs": positive, "batch_size": positive,
-        "reselect_every": positive, "train_samples": positive,
-        "prune_epoch": (_whole(0), "an integer >= 0"),
-        "reference_compatible": (lambda value: isinstance(value, bool), "true or false"),
-        "seeds": (lambda value: isinstance(value, (list, tuple)) and bool(value)
-                  and all(_whole(0)(seed) and seed < _SEED_LIMIT for seed in value),
-                  f"a list of integer seeds in 0..{_SEED_LIMIT - 1}, one per member"),
-    }
-
-
-def _check_values(section: str, setting: str, values: Sequence, source: str, text: str) -> None:
-    """One InputError naming the setting and the first value of the wrong type or range."""
-    check, wanted = _axis_rules()[setting]
+def _check_values(section: str, setting: str, values: Sequence, source: str, text: str,
+                  settings_class: type | None = None) -> None:
+    """One InputError naming the setting and the first value of the wrong type or range (the rule
+    of its declaration). Values reach folder names, so only declared types are ever let through."""
+    declaration = declared(settings_class)[setting]
     for value in values:
-        if not check(value):
-            shown = _shown(value)
-            raise InputError(f"{_where(source, text, section, setting)}: {shown} is not a valid {setting}; "
-                             f"it must be {wanted}")
+        if declaration.problem(value) is not None:
+            raise InputError(f"{_where(source, text, section, setting)}: {_shown(value)} is not a valid {setting}; "
+                             f"it must be {declaration.wanted}")
 
 
 def _shown(value) -> str:
@@ -231,15 +165,10 @@ def _shown(value) -> str:
     return _text(value)
 
 
-def applies(axis: str, method: str) -> bool:
-    """Whether a setting changes the ensemble a method trains (REFERENCE.md §4)."""
-    if axis == "rho":
-        return method != "sgd"
-    if axis in ("eta", "asam_scale"):
-        return method == "asam"
-    if axis in ("k", "td", "reselect_every", "reference_compatible"):
-        return method == "sharpbalance"
-    return True
+def applies(axis: str, method: str, settings_class: type | None = None) -> bool:
+    """Whether a setting changes the ensemble a method trains (its declaration's ``methods``)."""
+    declaration = declared(settings_class).get(axis)
+    return declaration is None or declaration.used_by(method)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +258,10 @@ def read_sweep(path: str | os.PathLike) -> Sweep:
     return parse_sweep(path.read_text(), source=str(path), default_name=path.stem)
 
 
-def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep") -> Sweep:
-    """A :class:`Sweep` from the TOML ``text`` (see the module docstring for the format)."""
+def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep",
+                settings_class: type | None = None) -> Sweep:
+    """A :class:`Sweep` from the TOML ``text`` (see the module docstring for the format), over the
+    settings ``settings_class`` declares (default TrainingSettings)."""
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -353,16 +284,16 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
         if not isinstance(values, dict):
             raise InputError(f"{source}: [{section}] must be a table of settings")
         for key in values:
-            if key not in AXES:
+            if key not in axis_names(settings_class):
                 what = "axis" if section == "grid" else "setting"
                 hint = " (the data folder is the top-level data_path)" if key == "data_path" else ""
                 raise InputError(f"{_where(source, text, section, key)}: unknown {what} {key!r}{hint}; "
-                                 f"choose from {', '.join(AXES)}")
+                                 f"choose from {', '.join(axis_names(settings_class))}")
     for key in base:
         if key in grid:
             raise InputError(f"{_where(source, text, 'base', key)} and {_where(source, text, 'grid', key)} "
                              f"conflict: {key!r} is both fixed and swept; keep it in one of them")
-    axes: dict[str, tuple] = {}
+    grid_axes: dict[str, tuple] = {}
     for axis, values in grid.items():
         where = _where(source, text, "grid", axis)
         if not isinstance(values, list):
@@ -373,20 +304,20 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
         if axis == "seeds" and not all(isinstance(v, tuple) for v in values):
             raise InputError(f"{where}: seeds is a list of seed lists, one per ensemble, e.g. "
                              "seeds = [[13, 17, 27], [113, 117, 127]]")
-        _check_values("grid", axis, values, source, text)
+        _check_values("grid", axis, values, source, text, settings_class)
         repeated = [v for i, v in enumerate(values) if v in values[:i]]
         if repeated:
             raise InputError(f"{where} lists {_text(repeated[0])} twice; each value once")
-        axes[axis] = tuple(values)
+        grid_axes[axis] = tuple(values)
     if "seeds" in base:
         if not isinstance(base["seeds"], list) or not all(isinstance(s, int) for s in base["seeds"]):
             raise InputError(f"{_where(source, text, 'base', 'seeds')}: seeds is one list of integers, "
                              "one per member, e.g. seeds = [13, 17, 27]")
         base = {**base, "seeds": tuple(base["seeds"])}
     for setting, value in base.items():
-        _check_values("base", setting, [value], source, text)
+        _check_values("base", setting, [value], source, text, settings_class)
     for required in ("dataset", "model"):
-        if required not in base and required not in axes:
+        if required not in base and required not in grid_axes:
             raise InputError(f"{source}: no {required!r}; set it in [base] (or sweep it in [grid])")
 
     measurements = _parse_measurements(table.get("measure", {}), source, text)
@@ -402,13 +333,13 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
         chosen = [group_by] if isinstance(group_by, str) else group_by
         if not isinstance(chosen, list) or not chosen or not all(isinstance(a, str) for a in chosen):
             raise InputError(f"{_where(source, text, 'report', 'group_by')}: an axis name or a list of them")
-        unknown = [a for a in chosen if a not in AXES]
+        unknown = [a for a in chosen if a not in axis_names(settings_class)]
         if unknown:
             raise InputError(f"{_where(source, text, 'report', 'group_by')}: unknown axis {unknown[0]!r}; "
-                             f"choose from {', '.join(AXES)}")
+                             f"choose from {', '.join(axis_names(settings_class))}")
 
-    jobs = expand_grid(base, axes, source=source, text=text)
-    return Sweep(name=name, base=base, grid=axes, jobs=tuple(jobs), measurements=tuple(measurements),
+    jobs = expand_grid(base, grid_axes, source=source, text=text, settings_class=settings_class)
+    return Sweep(name=name, base=base, grid=grid_axes, jobs=tuple(jobs), measurements=tuple(measurements),
                  report=report, data_path=data_path, source=source)
 
 
@@ -491,19 +422,22 @@ def _text(value) -> str:
 
 def run_name(settings, axes: Sequence[str]) -> str:
     """The run folder name of a grid point: its method, then each swept axis that applies to the
-    method (``rho0.2``, ``w16``, ``k0.4``, ``ref``/``paper``), the seeds last (``s13.17.27``)."""
+    method as its declaration spells it (``rho0.2``, ``w16``, ``k0.4``, ``ref``/``paper``, ``cifar10``),
+    the seeds last (``s13.17.27``)."""
     parts = [settings.method]
     for axis in axes:
-        if axis in ("method", "seeds") or not applies(axis, settings.method):
+        declaration = declared(type(settings))[axis]
+        if axis in ("method", "seeds") or not declaration.used_by(settings.method):
             continue
         value = getattr(settings, axis)
-        if axis in _BOOLEAN_WORDS:
-            parts.append(_BOOLEAN_WORDS[axis][0 if value else 1])
-        elif axis in ("dataset", "model", "schedule", "keep", "augmentation"):
+        if declaration.words:
+            parts.append(declaration.words[0 if value else 1])
+        elif declaration.short == "":
             # A name ("folder:../data") keeps letters, digits and single dots only: never a path.
             parts.append(re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+|\.{2,}", "_", str(value))).strip("_."))
         else:
-            parts.append(f"{_SHORT.get(axis, axis)}{'none' if value is None else _text(value)}")
+            short = axis if declaration.short is None else declaration.short
+            parts.append(f"{short}{'none' if value is None else _text(value)}")
     parts.append("s" + ".".join(str(seed) for seed in settings.seeds))
     # Values are validated at parse time; this keeps any name one plain path component regardless.
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).lstrip(".") or "run"
@@ -524,18 +458,21 @@ def job_folder(root: str | os.PathLike, name: str) -> Path:
 def _identity(settings) -> tuple:
     """What makes two settings the same ensemble: the trainer's own normalized fields."""
     values = settings.run_fields()
-    for name in _NOT_IDENTITY:
+    for name in _not_identity(settings):
         values.pop(name, None)
     return (settings.dataset, settings.model, settings.method, tuple(settings.seeds), settings.keep,
             tuple(sorted((k, _text(v)) for k, v in values.items())),
             json.dumps(settings.model_args or {}, sort_keys=True))
 
 
-def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "") -> list[Job]:
+def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "",
+                settings_class: type | None = None) -> list[Job]:
     """The jobs of the cross product of ``grid`` over ``base``: axes that do not apply to a job's
     method are dropped from it, jobs that train the same ensemble are merged, names are checked
     unique. Settings a job cannot have (``td >= epochs`` ...) are an InputError naming the job."""
-    from ensembles.training.trainer import TrainingSettings
+    from ensembles.training.settings import TrainingSettings
+
+    settings_class = settings_class or TrainingSettings
 
     axes = list(grid)
     jobs: list[Job] = []
@@ -547,9 +484,9 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
         # A setting the job's method does not use (rho for sgd, eta outside asam, k and td outside
         # sharpbalance) is dropped here: the trainer refuses it, rightly, when a user passes it by hand.
         method = merged.get("method", "sgd")
-        merged = {name: value for name, value in merged.items() if applies(name, method)}
+        merged = {name: value for name, value in merged.items() if applies(name, method, settings_class)}
         try:
-            settings = TrainingSettings(**merged)
+            settings = settings_class(**merged)
             _check_model_options(settings)
         except InputError as error:
             shown = ", ".join(f"{axis}={_text(value)}" for axis, value in point.items()) or "the [base] settings"
@@ -562,7 +499,7 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
             raise InputError(f"{source}: two grid points would share the run folder {name!r} "
                              f"({_text(list(names[name].point.values()))} and {_text(list(point.values()))}); "
                              "their values differ only in spelling — make them distinct")
-        applicable = {axis: value for axis, value in point.items() if applies(axis, settings.method)}
+        applicable = {axis: value for axis, value in point.items() if applies(axis, settings.method, settings_class)}
         job = Job(name=name, settings=settings, point=applicable)
         seen[identity] = names[name] = job
         jobs.append(job)
@@ -592,7 +529,7 @@ def plan_table(sweep: Sweep):
         row = {"run": job.name}
         for axis in sweep.grid:
             value = getattr(job.settings, axis)
-            row[axis] = _text(value) if applies(axis, job.settings.method) else "-"
+            row[axis] = _text(value) if applies(axis, job.settings.method, type(job.settings)) else "-"
         row.update(members=len(job.settings.seeds), epochs=job.settings.epochs)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -650,7 +587,7 @@ def _training_state(path: Path, settings) -> str:
         return "new"
     stored = settings_of_run(path)
     if _identity(stored) != _identity(settings):
-        differences = [name for name in settings.run_fields() if name not in _NOT_IDENTITY
+        differences = [name for name in settings.run_fields() if name not in _not_identity(settings)
                        and _text(stored.run_fields().get(name)) != _text(settings.run_fields().get(name))]
         differences += [name for name in ("dataset", "model", "method", "seeds", "keep", "model_args")
                         if getattr(stored, name) != getattr(settings, name)]
@@ -993,14 +930,6 @@ def _run_here(todo, root, sweep, data_path, device, progress, say, trusted=False
     return finished
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
                          threads=None, trusted=False) -> dict:
     """At most ``jobs`` submitit local processes at once; process slot ``i`` sees only GPU ``i``
@@ -1009,7 +938,7 @@ def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_second
 
     gpus = _visible_gpus() if _device(device).startswith("cuda") else []
     executor = submitit.LocalExecutor(folder=root / SUBMITIT_DIR / sweep.name)
-    threads = None if gpus else threads or max(1, usable_cores() // jobs)
+    threads = None if gpus else threads or max(1, cpus.usable_cpus() // jobs)
     free = list(range(jobs))
     pending = list(todo)
     running: list[_Attempt] = []

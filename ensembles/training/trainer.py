@@ -1,7 +1,8 @@
 """Training ensembles: deep ensembles (SGD), SAM, ASAM and SharpBalance, resumable.
 
 Every member is trained from its own seed with SGD (lr 0.1, momentum 0.9, weight decay 5e-4,
-batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; REFERENCE.md §4), wrapped in
+batch 128, 200 epochs, ×0.1 at 50% and 75% of the epochs or cosine; SharpBalance, Lu et al.,
+NeurIPS 2024, App. D.3), wrapped in
 :class:`ensembles.methods.sam.SAM` for ``sam`` (ρ-ball), ``asam`` (adaptive) and ``sharpbalance``. For
 SharpBalance (:mod:`ensembles.methods.sharpbalance`) all members train with SAM until epoch T_d, then
 each scores every training sample by per-sample Fisher trace, the sets are selected from all
@@ -57,12 +58,13 @@ import torch.nn.functional as F
 
 from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
-from ensembles.data.datasets import ImageDataset, batches, check_augmentation, default_augmentation, load_dataset
+from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import (TRAIN_DIR, check_member_model, create_run, legacy_asam_scale, member_path,
                                        read_config, save_member)
-from ensembles.methods.sam import ASAM_SCALES, SAM, asam_scaled_parameters
+from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
+from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings
 from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
@@ -78,20 +80,9 @@ __all__ = [
     "read_training_log",
 ]
 
-METHODS = ("sgd", "sam", "asam", "sharpbalance")
-#: The SAM radius and SharpBalance's set fraction when not given (REFERENCE.md §4).
-DEFAULT_RHO = 0.2
-DEFAULT_K = 0.4
-#: ASAM's η in ``T = |θ| + η`` when not given (Kwon et al. 2021).
-DEFAULT_ETA = 0.01
-#: Which parameters ASAM scales when not given: official ASAM's "weight"-named ones only.
-DEFAULT_ASAM_SCALE = "weights"
-SCHEDULES = ("multistep", "cosine")
 #: Multistep decay: ×0.1 at these fractions of the epochs (100 and 150 of 200).
 MILESTONE_FRACTIONS = (0.5, 0.75)
 DECAY = 0.1
-#: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
-MAX_SEED = 2**63 - 1
 #: The augmentation of every run made before it was a setting (run.json without ``augmentation``).
 LEGACY_AUGMENTATION = "crop-flip"
 
@@ -108,171 +99,6 @@ def legacy_augmentation(record: dict) -> dict:
 
 #: train/settings.json: the settings the training state in train/ belongs to.
 SETTINGS_FILE = "settings.json"
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """Everything that defines a trained ensemble; stored flat in run.json.
-
-    ``k``, ``td``, ``reselect_every`` and ``reference_compatible`` concern SharpBalance only,
-    ``rho`` every SAM method, ``eta`` and ``asam_scale`` ASAM (its ``T = |θ| + η`` on the parameters
-    named "weight" when "weights", the official rule, or on all of them when "all"; see
-    :mod:`ensembles.methods.sam`). Left at None, ``rho`` is 0.2 for the SAM methods and 0 for SGD,
-    ``eta`` 0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs
-    for SharpBalance (None for the other methods); giving one to a method that does not use it is
-    an InputError, never silently dropped (``rho = 0`` stays allowed: SAM with ρ = 0 is SGD exactly).
-    ``prune_epoch`` is the dense warm-up before pruning to
-    ``sparsity`` (0: at initialization). ``train_samples`` trains on the first n samples of the
-    training split only (smoke tests, quick looks); ``score_chunk_size`` bounds how many
-    per-sample gradients exist at once while scoring. ``augmentation`` is the training augmentation,
-    one setting recorded in run.json (:func:`legacy_augmentation` reads folders from before it).
-    """
-
-    dataset: str
-    model: str
-    method: str = "sgd"
-    seeds: tuple[int, ...] = (13, 17, 27)
-    rho: float | None = None
-    k: float | None = None
-    td: int | None = None
-    epochs: int = 200
-    lr: float = 0.1
-    schedule: str = "multistep"
-    batch_size: int = 128
-    #: the training augmentation (datasets.AUGMENTATIONS); None: the dataset's default
-    #: (``none`` for digits, ``crop-flip`` for CIFAR, TinyImageNet and folders)
-    augmentation: str | None = None
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    width: int | None = None
-    sparsity: float = 0.0
-    prune_epoch: int = 0
-    reselect_every: int | None = None
-    reference_compatible: bool = False
-    keep: str = "best"
-    eta: float | None = None
-    asam_scale: str | None = None
-    data_path: str | None = None
-    train_samples: int | None = None
-    score_chunk_size: int = 128
-    #: keyword arguments of the model's builder besides width (``--model-arg KEY=VALUE``)
-    model_args: dict | None = None
-    #: the model's own input size and normalization, ``{"size", "mean", "std"}`` (any may be None;
-    #: :func:`ensembles.models.inputs.resolve_input`); train() fills in the library's defaults
-    model_input: dict | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        for name in ("model_args", "model_input"):  # {} and None say the same: keep one spelling for resume
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, dict):
-                raise InputError(f"{name} must be a dict or None, got {type(value).__name__}")
-            object.__setattr__(self, name, dict(value) if value else None)
-        if self.data_path is not None:
-            object.__setattr__(self, "data_path", str(self.data_path))
-        if self.augmentation is None and isinstance(self.dataset, str):
-            object.__setattr__(self, "augmentation", default_augmentation(self.dataset))
-        _refuse_settings_the_method_ignores(self)
-        if self.rho is None:
-            object.__setattr__(self, "rho", DEFAULT_RHO if self.sharpness_aware else 0.0)
-        if self.method == "asam" and self.eta is None:
-            object.__setattr__(self, "eta", DEFAULT_ETA)
-        if self.method == "asam" and self.asam_scale is None:
-            object.__setattr__(self, "asam_scale", DEFAULT_ASAM_SCALE)
-        if self.method == "sharpbalance":
-            if self.k is None:
-                object.__setattr__(self, "k", DEFAULT_K)
-            if self.td is None and isinstance(self.epochs, (int, np.integer)):
-                object.__setattr__(self, "td", max(int(self.epochs) // 2, 1))
-        _validate(self)
-
-    @property
-    def sharpness_aware(self) -> bool:
-        return self.method != "sgd"
-
-    def run_fields(self) -> dict:
-        """The flat hyper-parameters for run.json (fields that do not apply are None)."""
-        values = asdict(self)
-        for name in ("dataset", "model", "method", "seeds", "keep", "model_args", "model_input"):
-            values.pop(name)
-        if self.method == "sgd":
-            values["rho"] = 0.0
-        if self.method != "sharpbalance":
-            values.update(k=None, td=None, reselect_every=None, reference_compatible=False)
-        return values
-
-
-def _refuse_settings_the_method_ignores(settings: TrainingSettings) -> None:
-    """An InputError for a SharpBalance or SAM setting given to a method that would ignore it."""
-    method = settings.method
-    if method == "sgd" and settings.rho not in (None, 0):
-        raise InputError(f"--rho {settings.rho} has no effect with --method sgd; drop it or use --method sam")
-    if method in METHODS and method != "asam" and settings.eta is not None:
-        raise InputError(f"--eta {settings.eta} has no effect with --method {method} (ASAM only, its T = |θ| + η); "
-                         "drop it or use --method asam")
-    if method in METHODS and method != "asam" and settings.asam_scale is not None:
-        raise InputError(f"--asam-scale {settings.asam_scale} has no effect with --method {method} (ASAM only); "
-                         "drop it or use --method asam")
-    if method in ("sgd", "sam", "asam"):
-        given = [(flag, value) for flag, value in (("--k", settings.k), ("--td", settings.td),
-                                                    ("--reselect-every", settings.reselect_every))
-                 if value is not None]
-        if settings.reference_compatible:
-            given.append(("--reference-compatible", None))
-        if given:
-            shown = " ".join(flag if value is None else f"{flag} {value}" for flag, value in given)
-            raise InputError(f"{shown} {'has' if len(given) == 1 else 'have'} no effect with --method {method} "
-                             "(SharpBalance only); drop it or use --method sharpbalance")
-
-
-def _validate(settings: TrainingSettings) -> None:
-    if settings.method not in METHODS:
-        raise InputError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
-    if settings.schedule not in SCHEDULES:
-        raise InputError(f"unknown schedule {settings.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    check_augmentation(settings.augmentation)
-    if settings.keep not in ("best", "last"):
-        raise InputError(f"keep must be 'best' (on validation) or 'last', got {settings.keep!r}")
-    for name in ("epochs", "batch_size", "score_chunk_size"):
-        positive_int(name, getattr(settings, name))
-    positive_int("train_samples", settings.train_samples, optional=True)
-    if not settings.seeds:
-        raise InputError("no seeds: give one seed per member, e.g. --seeds 13,17,27")
-    outside = [seed for seed in settings.seeds if not 0 <= seed <= MAX_SEED]
-    if outside:
-        raise InputError(f"seed {outside[0]} is outside 0..{MAX_SEED} (2^63 - 1); give seeds in that range")
-    infinite = [name for name in ("rho", "eta", "k", "lr", "momentum", "weight_decay", "sparsity")
-                if isinstance(getattr(settings, name), float) and not math.isfinite(getattr(settings, name))]
-    if infinite:
-        raise InputError(f"{infinite[0]} must be a finite number, got {getattr(settings, infinite[0])!r}")
-    if len(set(settings.seeds)) != len(settings.seeds):
-        raise InputError(f"seeds repeat ({settings.seeds}); identical seeds give identical members")
-    if not settings.rho >= 0:
-        raise InputError(f"rho must be >= 0, got {settings.rho!r}")
-    if settings.method == "asam" and not settings.eta >= 0:
-        raise InputError(f"eta must be >= 0, got {settings.eta!r}")
-    if settings.method == "asam" and settings.asam_scale not in ASAM_SCALES:
-        raise InputError(f"unknown asam_scale {settings.asam_scale!r}; choose one of {', '.join(ASAM_SCALES)} "
-                         "(weights: official ASAM, biases and batch-norm shifts unscaled)")
-    if not settings.lr > 0 or not settings.momentum >= 0 or not settings.weight_decay >= 0:
-        raise InputError("lr must be > 0, momentum and weight decay >= 0")
-    if not 0 <= settings.sparsity < 1:
-        raise InputError(f"sparsity is the fraction of weights removed, in [0, 1), got {settings.sparsity!r}")
-    if settings.sparsity and not 0 <= settings.prune_epoch < settings.epochs:
-        raise InputError(f"prune_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), got {settings.prune_epoch}")
-    if settings.method == "sharpbalance":
-        if len(settings.seeds) < 2:
-            raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
-        if not 0 < settings.k <= 1:
-            raise InputError(f"k is a fraction of the training set in (0, 1], got {settings.k!r}")
-        positive_int("td (T_d, the epoch of the first selection)", settings.td)
-        if settings.td >= settings.epochs:
-            raise InputError(f"td = {settings.td} >= epochs = {settings.epochs}: the sets would never be used and this "
-                             "would be plain SAM; choose td < epochs (the paper uses td = epochs / 2), or --method sam")
-        if settings.reselect_every is not None:
-            positive_int("reselect_every", settings.reselect_every)
-            if settings.reference_compatible:
-                raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
 
 
 def learning_rate(settings: TrainingSettings, epoch: int) -> float:
@@ -710,6 +536,20 @@ def _settings_record(settings: TrainingSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
 
 
+def _with_declared_defaults(record: dict, settings_class: type) -> dict:
+    """``record`` (a stored settings.json) with each setting it lacks, one added to the settings after
+    it was written, at the value its declaration gives it (the field's default, or the method's), as
+    :func:`settings_of_run` reads a run.json; a record that is not valid settings is left as it is."""
+    names = [field.name for field in fields(settings_class)]
+    if all(name in record for name in names):
+        return record
+    try:
+        settled = _settings_record(settings_class(**{name: record[name] for name in names if name in record}))
+    except (InputError, TypeError):
+        return record
+    return {**{name: settled[name] for name in names if name not in record}, **record}
+
+
 def _require_own_training_state(run_path: Path, settings: TrainingSettings, recorded: bool) -> None:
     """An InputError when ``run_path/train`` holds training state of other settings than ``settings``
     (``recorded``: a state whose settings are not recorded is refused too — without a run.json
@@ -728,10 +568,9 @@ def _require_own_training_state(run_path: Path, settings: TrainingSettings, reco
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {file} ({error}); remove {folder} to train from scratch") from None
     if isinstance(stored, dict):
-        stored = {**stored, **legacy_asam_scale(stored)}
+        stored = _with_declared_defaults({**stored, **legacy_asam_scale(stored), **legacy_augmentation(stored)},
+                                         type(settings))
     ours = _settings_record(settings)
-    if isinstance(stored, dict):
-        stored = {**stored, **legacy_augmentation(stored)}
     differing = [name for name in ours if not isinstance(stored, dict) or stored.get(name) != ours[name]]
     if differing:
         shown = ", ".join(f"{name} {ours[name]!r} here, {stored.get(name)!r} there" if isinstance(stored, dict)

@@ -14,6 +14,7 @@ NET = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
 INPUTS, TARGETS = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
 PAIRS = [(INPUTS, TARGETS)]
 DICTS = [{"x": INPUTS, "y": TARGETS}]
+NO_GROUPS = alignment.PermutationSpec(axes={}, sizes={})
 
 MODEL_FIRST = {
     "worst_case_sharpness": (lambda m, b: sharpness.worst_case_sharpness(m, F.cross_entropy, b, rho=0.1, n_iters=1),
@@ -33,8 +34,10 @@ MODEL_FIRST = {
     "random_directions": (lambda m, b: connectivity.random_directions(m), "model"),
     "interpolated_model": (lambda m, b: connectivity.interpolated_model(m, NET, 0.5), "model_a"),
     "recompute_batchnorm_statistics": (lambda m, b: connectivity.recompute_batchnorm_statistics(m, b), "model"),
-    "permutation_spec": (lambda m, b: alignment.permutation_spec(m), "model"),
-    "weight_matching": (lambda m, b: alignment.weight_matching(m, NET), "reference"),
+    "check_spec": (lambda m, b: alignment.check_spec(NO_GROUPS, m), "model"),
+    "apply_permutation": (lambda m, b: alignment.apply_permutation(m, {}, NO_GROUPS), "model"),
+    "weight_matching": (lambda m, b: alignment.weight_matching(m, NET, NO_GROUPS), "reference"),
+    "match_activations": (lambda m, b: alignment.match_activations(m, NET, NO_GROUPS, b), "reference"),
     "robust_accuracy": (lambda m, b: robustness.robust_accuracy(m, INPUTS, TARGETS, eps=0.01, norm="linf"), "model"),
 }
 READS_PAIRS = ["worst_case_sharpness", "average_case_sharpness", "hessian_trace", "hessian_eigenvalues",
