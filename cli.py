@@ -635,9 +635,10 @@ def sweep_group():
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def sweep_plan_command(file):
     """Print the jobs FILE expands to: one run folder per grid point, and what follows training."""
-    from ensembles.studies.sweep import plan_table, read_sweep
+    from ensembles.studies.sweep import check_library_models, plan_table, read_sweep
 
     sweep = read_sweep(file)
+    check_library_models(sweep)  # as training would: a model's options, before anything is planned
     click.echo(plan_table(sweep).to_string(index=False))
     click.echo(f"{len(sweep.jobs)} jobs; after training: "
                + ("; ".join(measure.describe() for measure in sweep.measurements) or "nothing"))

@@ -104,6 +104,7 @@ __all__ = [
     "group_runs",
     "parse_sweep",
     "check_before_running",
+    "check_library_models",
     "plan_table",
     "read_log",
     "read_sweep",
@@ -487,7 +488,6 @@ def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<
         merged = {name: value for name, value in merged.items() if applies(name, method, settings_class)}
         try:
             settings = settings_class(**merged)
-            _check_model_options(settings)
         except InputError as error:
             shown = ", ".join(f"{axis}={_text(value)}" for axis, value in point.items()) or "the [base] settings"
             raise InputError(f"{source}: grid point {shown}: {error}") from None
@@ -511,13 +511,19 @@ def _model_options(settings) -> dict:
     return {**(settings.model_args or {}), **({} if settings.width is None else {"width": settings.width})}
 
 
-def _check_model_options(settings) -> None:
-    """A zoo, torchvision or timm model's name and options, checked as the file is read; a model
-    that names Python code is checked when the sweep runs, where the user can trust it."""
+def check_library_models(sweep: Sweep) -> None:
+    """Every job's zoo, torchvision or timm model and its options (names, types), checked without
+    data or trust, so ``sweep plan`` refuses what training would; a model that names Python code
+    is checked when the sweep runs, where the user can trust it (:func:`check_before_running`)."""
     from ensembles.models import external, zoo
 
-    if ":" not in settings.model or settings.model.partition(":")[0] in external.ROUTES:
-        zoo.check_model(settings.model, _model_options(settings))
+    for job in sweep.jobs:
+        model = job.settings.model
+        if ":" not in model or model.partition(":")[0] in external.ROUTES:
+            try:
+                zoo.check_model(model, _model_options(job.settings))
+            except InputError as error:
+                raise InputError(f"{sweep.source}: job {job.name}: {error}") from None
 
 
 def plan_table(sweep: Sweep):

@@ -8,7 +8,6 @@ import torch
 
 import cli
 from ensembles.models import zoo
-from ensembles.studies.sweep import parse_sweep
 from landscape.errors import InputError
 from tiny_runs import SMALL_BUDGETS, copy_run, files_under, invoke, one_error_line, train_tiny
 
@@ -79,8 +78,11 @@ def test_declared_types_are_read_from_annotations_of_every_form():
             check_arguments("b", parameters, bad)
 
 
-def test_a_sweep_file_with_text_for_a_flag_is_refused_when_read():
-    text = ('[base]\ndataset = "digits"\nmodel = "torchvision:resnet18"\n[base.model_args]\n'
-            'zero_init_residual = "False"\n')
-    with pytest.raises(InputError, match="zero_init_residual='False' is text"):
-        parse_sweep(text, source="s.toml")
+def test_a_sweep_file_with_text_for_a_flag_is_refused_by_plan_and_run(tmp_path):
+    file = tmp_path / "s.toml"
+    file.write_text('[base]\ndataset = "digits"\nmodel = "torchvision:resnet18"\nepochs = 1\nseeds = [1]\n'
+                    '[base.model_args]\nzero_init_residual = "False"\n')
+    for command in (("sweep", "plan", file), ("sweep", "run", file, "--out", tmp_path / "root", "--device", "cpu")):
+        line = one_error_line(invoke(*command))
+        assert f"{file}: job sgd-s1: model 'torchvision:resnet18': zero_init_residual='False' is text" in line
+    assert not (tmp_path / "root").exists()
