@@ -520,7 +520,8 @@ def training_options(settings_class):
         elif default is not None and declaration.kind != "switch":
             shown = {"show_default": True}
         if declaration.kind == "switch":
-            return click.option(declaration.flag, declaration.name, is_flag=True, default=bool(default), help=help_text)
+            return click.option(declaration.flag, *declaration.aliases, declaration.name, is_flag=True,
+                                default=bool(default), help=help_text)
         bounds = dict(min=declaration.low, max=declaration.high, min_open=declaration.low_open,
                       max_open=declaration.high_open)
         if declaration.kind == "integer":
@@ -538,8 +539,8 @@ def training_options(settings_class):
         else:
             raise TypeError(f"{declaration.name}: a {declaration.kind} setting has no command-line form; "
                             "declare it with command_line=False")
-        return click.option(declaration.flag, declaration.name, type=kind, default=default, help=help_text or None,
-                            **shown)
+        return click.option(declaration.flag, *declaration.aliases, declaration.name, type=kind, default=default,
+                            help=help_text or None, **shown)
 
     def decorate(function):
         defaults = {field.name: field.default for field in dataclasses.fields(settings_class)}
@@ -577,7 +578,7 @@ def train_command_for(settings_class) -> click.Command:
         """
         if resume_run is not None:
             _refuse_flags_resume_ignores(ctx)
-        from ensembles.training.trainer import resume, train
+        from ensembles.training.trainer import missed_criterion, resume, train
 
         chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
         if resume_run is not None:
@@ -596,9 +597,12 @@ def train_command_for(settings_class) -> click.Command:
             summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True,
                               force=force)
         for row in summaries:
-            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
+            stopped = {True: " (criterion met)", False: " (cap, criterion not met)"}.get(row.reached_criterion, "")
+            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs{stopped}, best val accuracy "
                        f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
                        f"{row.seconds:.0f} s")
+        for sentence in missed_criterion(out) if any(row.reached_criterion is False for row in summaries) else []:
+            click.echo(f"sharpdiv: warning: {sentence}", err=True)
         click.echo(f"run folder: {out}")
 
     return train_command
@@ -634,14 +638,17 @@ def sweep_group():
 @sweep_group.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def sweep_plan_command(file):
-    """Print the jobs FILE expands to: one run folder per grid point, and what follows training."""
-    from ensembles.studies.sweep import check_library_models, plan_table, read_sweep
+    """Print the jobs FILE expands to: one run folder per grid point, the runs each reads, and what
+    follows training."""
+    from ensembles.studies.sweep import check_library_models, plan_notes, plan_table, read_sweep
 
     sweep = read_sweep(file)
     check_library_models(sweep)  # as training would: a model's options, before anything is planned
     click.echo(plan_table(sweep).to_string(index=False))
     click.echo(f"{len(sweep.jobs)} jobs; after training: "
                + ("; ".join(measure.describe() for measure in sweep.measurements) or "nothing"))
+    for note in plan_notes(sweep):
+        click.echo(note)
     click.echo(f"report grouped by {', '.join(sweep.group_by)}")
 
 
@@ -701,10 +708,13 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     measurements, which reuse stored rows: stop it any time and run it again. The dataset is a
     setting of the file; --data-path overrides the file's data_path.
     """
-    from ensembles.studies.sweep import ClusterRequest, read_sweep, run_sweep, sweep_runs, timeout_minutes
+    from ensembles.studies.sweep import (ClusterRequest, check_before_running, read_sweep, run_sweep, sweep_runs,
+                                         timeout_minutes)
 
     sweep = read_sweep(file)
     timeout_minutes(time_limit)  # checked before anything is submitted
+    # every job's data, model (code only with --trust-model-code) and corrupted data, before anything is made
+    check_before_running(sweep, str(data_path) if data_path else sweep.data_path)
     if make_report:  # refused now, not after hours of training
         from reports.site import check_report_folder
 
@@ -719,20 +729,25 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
                        echo=lambda message: click.echo(message, err=True))
     if not result.waited:
         click.echo(f"submitted {len(result.job_ids)} jobs; follow them with: sharpdiv sweep status {file} --root {out}")
+        if result.waiting:
+            click.echo(f"{len(result.waiting)} jobs read runs not finished yet; run this command again once they are")
         return
     for outcome in result.outcomes:
         click.echo(outcome.line())
     trained = sum(outcome.trained for outcome in result.outcomes)
     click.echo(f"{len(result.outcomes)} of {len(sweep.jobs)} jobs done ({trained} trained now, "
-               f"{len(result.outcomes) - trained} already trained); {len(result.failures)} failed")
+               f"{len(result.outcomes) - trained} already trained); {len(result.failures)} failed"
+               + (f", {len(result.skipped)} skipped" if result.skipped else ""))
     for name, error in result.failures.items():
         click.echo(f"sharpdiv: job {name} failed: {error}", err=True)
+    for name, reason in result.skipped.items():
+        click.echo(f"sharpdiv: job {name} {reason}", err=True)
     if make_report:
         paths = sweep_runs(sweep, out)
         if paths:
             report = _sweep_report(sweep, paths, Path(out) / "report", force=force)
             click.echo(f"report: {report.index}")
-    if result.failures:
+    if result.failures or result.skipped:
         raise SystemExit(1)
 
 

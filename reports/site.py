@@ -24,8 +24,8 @@ from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.correlation import CorrelationSection, check_target, write_correlations
-from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
-                             diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
+from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, criterion_counts,
+                             diversity_description, diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
                              partial_corruptions, run_table, tradeoff_points)
 from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
                             summary_table, write_group_table,
@@ -116,7 +116,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
-    notes = skipped + ([split_note] if split_note else [])
+    notes = skipped + ([split_note] if split_note else []) + criterion_counts(runs)
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
     notes += mixed_settings(results, groups, spec)

@@ -1,8 +1,14 @@
 """Shared test settings: one thread per test process, so results are reproducible bit for bit
-and the suite does not fight itself for the machine's two cores."""
+and the suite does not fight itself for the machine's two cores; the helper modules of tests/
+importable by name from every test folder."""
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# tests/ is a package (its subfolders mirror the source tree: tests/ensembles/studies/...), so pytest
+# puts the repository root on the path; the shared helper modules here are imported by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 

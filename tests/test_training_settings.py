@@ -98,7 +98,7 @@ def test_every_option_of_sharpdiv_train_for_a_setting_is_its_declaration():
         if not declaration.command_line:  # --data, --model ...: options shared with other commands
             continue
         option = options[name]
-        assert option.opts == [declaration.flag]
+        assert option.opts == [declaration.flag, *declaration.aliases]
         if declaration.kind in ("integer", "number"):
             assert (option.type.min, option.type.max, option.type.min_open, option.type.max_open) == (
                 declaration.low, declaration.high, declaration.low_open, declaration.high_open), name
@@ -182,7 +182,7 @@ def _bad_value(declaration: Setting):
         return declaration.low - 1
     if declaration.kind == "number":
         return declaration.high + 1 if declaration.high is not None else declaration.low - 1
-    return {"choice": "nonsense", "switch": "yes", "seeds": [-1], "table": "x=1", "name": "../x"}[declaration.kind]
+    return {"choice": "nonsense", "switch": "yes", "seeds": [-1], "table": "x=1", "name": "../x", "path": ""}[declaration.kind]
 
 
 @pytest.mark.parametrize("name", sweep.AXES)

@@ -357,6 +357,20 @@ def scope_members(scope: str, config: Mapping) -> list[int]:
     return done
 
 
+def stopping(config: Mapping, scope: str) -> dict:
+    """How the members a scope reads stopped training to a criterion: ``stop_epoch`` (the largest
+    of them) and ``reached_criterion`` (whether all of them met it), as run.json records each member;
+    ``{}`` when a member of the scope has no such record (a run trained without a criterion, an
+    imported or older run), so its rows read as they always did."""
+    entries = {member.get("index"): member for member in config.get("members", [])}
+    chosen = [entries.get(index, {}) for index in scope_members(scope, config)]
+    if not chosen or any(entry.get("stop_epoch") is None or entry.get("reached_criterion") is None
+                         for entry in chosen):
+        return {}
+    return {"stop_epoch": max(int(entry["stop_epoch"]) for entry in chosen),
+            "reached_criterion": all(bool(entry["reached_criterion"]) for entry in chosen)}
+
+
 def _member_digest(path: Path, index: int) -> str:
     file = member_path(path, index)
     return file_digest(file) if file.is_file() else "missing"

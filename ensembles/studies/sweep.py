@@ -13,7 +13,7 @@ that follow training and how the closing report groups the runs::
     [base.model_args]                # optional: the builder's keyword arguments (--model-arg)
     [base.model_input]               # optional: size, mean, std the model applies itself
 
-    [grid]                           # axes to cross (a list of values each)
+    [grid]                           # axes to cross (a list of values each); or [[grid]] tables
     method = ["sgd", "sam", "sharpbalance"]
     rho = [0.05, 0.2]
     width = [16, 32, 64]
@@ -36,21 +36,56 @@ An axis that does not apply to a method (its declaration in :mod:`ensembles.trai
 the methods that use it: ``rho`` is not SGD's; ``k``, ``td``, ``reference_compatible`` and
 ``reselect_every`` are SharpBalance's; ``eta`` and ``asam_scale`` ASAM's) is dropped from that job, and
 jobs that then train the same ensemble are one job: crossing ``method = ["sgd", "sam"]`` with two
-radii gives three jobs, not four.
+radii gives three jobs, not four. Settings that differ only in spelling train the same ensemble
+(``model_input = {size = 32}`` and ``{size = [32, 32]}``, as ``train`` records both); settings that
+differ in any value, ``model_input`` included, are different jobs.
 
-**Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and its swept values
-(``sam-rho0.2-w16-s13.17.27``, each value spelled as its declaration says): readable, and unique
-within the sweep (checked). Every value of ``[base]`` and ``[grid]`` is checked against its
-declared rule when the file is read (``width`` an integer >= 1, ``rho`` a finite number >= 0,
-``method`` a known one ...), so ``sweep plan`` refuses what ``sweep run`` would; names are built
-from checked values only, and every run folder must resolve inside ROOT.
+**Several grids.** ``[[grid]]`` tables instead of the one ``[grid]``: the jobs are the union of
+each grid's cross product over ``[base]``, in file order, merged as above. What is not one grid's
+axis is the ``[base]`` value or the default, so each grid is a construction of its own::
+
+    [[grid]]                         # deep ensembles
+    seeds = [[13, 17, 27], [113, 117, 127]]
+    [[grid]]                         # SAM at two radii, on the same seeds
+    method = ["sam"]
+    rho = [0.05, 0.2]
+    seeds = [[13, 17, 27], [113, 117, 127]]
+
+**Folders.** Each job is the run folder ``ROOT/<name>``, named from its method and the values of
+its grid's axes (``sam-rho0.2-w16-s13.17.27``, each value spelled as its declaration says; with
+several grids the parts keep the order in which the file first names the axes, and a job leaves
+out the axes of other grids, where it holds the default: ``sgd-s13.17.27`` beside
+``sam-rho0.2-s13.17.27``): readable, and unique within the sweep (checked). Every value of
+``[base]`` and the grids is checked against its declared rule when the file is read (``width`` an
+integer >= 1, ``rho`` a finite number >= 0, ``method`` a known one ...), so ``sweep plan`` refuses
+what ``sweep run`` would; names are built from checked values only, and every run folder must
+resolve inside ROOT. A ``[grid]`` file names its runs as it did before ``[[grid]]`` existed.
+
+**Runs that read runs.** A setting declared as a reference (:class:`~ensembles.training.settings.Setting`
+``reference``, e.g. a teacher to distill from) names another run folder, relative to ROOT, and may
+hold ``{field}`` placeholders filled with the job's own values as its folder name spells them::
+
+    [[grid]]
+    seeds = [[13, 17, 27], [113, 117, 127]]
+    distill_from = ["sgd-s{seeds}"]  # each student reads the deep ensemble of its own seeds
+
+When the file is read, each reference must name a folder under ROOT (no ``..``, not absolute); one
+that names another job of the sweep makes this job wait for it, and one that names no job must be a
+finished run folder under ROOT when the sweep runs (``sweep plan`` says so, ``sweep run`` checks it
+before anything starts). A job that reads itself, or jobs that read each other in a cycle, are
+refused in one line naming them. ``sweep plan`` shows each job's wave and the folders it reads.
 
 **Jobs.** :func:`run_job` trains (:func:`ensembles.training.trainer.train`; an interrupted run is continued
 with :func:`ensembles.training.trainer.resume`, a finished one is kept) and then runs every measurement
 through its own ``ensembles`` function, which reuses the rows the run's results table already
 holds. So a sweep can be stopped at any moment and run again: only the missing work happens. A run
 folder that holds a different ensemble than the job describes (say ``epochs`` changed in the file)
-is an error, never silently reused. Every finished step is appended to ``ROOT/sweep-log.jsonl``.
+is an error, never silently reused. That includes what it read: a run records, under its
+reference's role (``teacher = {"members": [...], ...}`` in run.json), the digests of the member
+weights it read; when the folder it read holds other weights now (the teacher was retrained), the
+run is refused ("changed since this run was trained; remove it to retrain"). References are handed
+to the trainer as absolute paths under ROOT and compared as such, so a moved ROOT is refused too.
+Every finished step is appended to ``ROOT/sweep-log.jsonl``.
 
 **Executors** (submitit, :func:`run_sweep`): ``local`` runs the jobs in this process (``jobs=1``) or
 N at a time in submitit's local processes, each pinned to its own GPU through
@@ -58,8 +93,13 @@ N at a time in submitit's local processes, each pinned to its own GPU through
 grid point, with the GPU and time requests of :class:`ClusterRequest`; a preempted or timed-out task
 is requeued by submitit's checkpointing (:class:`SweepJob` is ``Checkpointable``) and resumes from
 its run folder; ``debug`` is submitit's in-process executor. Failed jobs are submitted again up to
-``retries`` times. Reports are not made here (``ensembles`` does not depend on ``reports``): the
-CLI builds them over :func:`sweep_runs`.
+``retries`` times. Jobs that read other jobs' runs run in dependency waves (:attr:`Sweep.waves`):
+each wave as above (slurm: one array per wave) once the one before has ended; a job whose run to
+read failed (after its retries) is not run, but reported and logged as "skipped: its teacher X
+failed". Without waiting (``--no-wait``), only the jobs whose runs to read are finished are
+submitted; run the sweep again for the rest. ``sweep status`` shows a job not started as
+``waiting for`` the runs it reads, or as skipped. Reports are not made here (``ensembles`` does not
+depend on ``reports``): the CLI builds them over :func:`sweep_runs`.
 """
 from __future__ import annotations
 
@@ -147,14 +187,17 @@ def _not_identity(settings) -> tuple[str, ...]:
 
 
 def _check_values(section: str, setting: str, values: Sequence, source: str, text: str,
-                  settings_class: type | None = None) -> None:
+                  settings_class: type | None = None, index: int | None = None) -> None:
     """One InputError naming the setting and the first value of the wrong type or range (the rule
-    of its declaration). Values reach folder names, so only declared types are ever let through."""
+    of its declaration). Values reach folder names, so only declared types are ever let through. A
+    reference with ``{field}`` placeholders is a string here; its rule is checked once they are filled."""
     declaration = declared(settings_class)[setting]
     for value in values:
+        if declaration.reference and isinstance(value, str) and re.search(r"[{}]", value):
+            continue
         if declaration.problem(value) is not None:
-            raise InputError(f"{_where(source, text, section, setting)}: {_shown(value)} is not a valid {setting}; "
-                             f"it must be {declaration.wanted}")
+            raise InputError(f"{_where(source, text, section, setting, index)}: {_shown(value)} is not a valid "
+                             f"{setting}; it must be {declaration.wanted}")
 
 
 def _shown(value) -> str:
@@ -191,16 +234,30 @@ class Measure:
 
 @dataclass(frozen=True)
 class Job:
-    """One grid point: its run folder name, the ensemble it trains, and its swept values."""
+    """One grid point: its run folder name, the ensemble it trains, and its swept values.
+
+    ``references`` maps each reference setting the job sets to the run folder it names, relative to
+    the sweep root (placeholders filled); ``needs`` are the jobs of the sweep among them, which are
+    trained first."""
 
     name: str
     settings: object  # ensembles.training.trainer.TrainingSettings
     point: Mapping = field(default_factory=dict)
+    references: Mapping[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+    @property
+    def outside(self) -> tuple[str, ...]:
+        """The run folders it reads that no job of the sweep trains: they must exist under the root."""
+        return tuple(dict.fromkeys(folder for folder in self.references.values() if folder not in self.needs))
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """A parsed sweep file: the jobs of the grid and what follows their training."""
+    """A parsed sweep file: the jobs of the grid and what follows their training.
+
+    ``grids`` holds each grid of the file (one for ``[grid]``, one per ``[[grid]]``); ``grid`` is
+    every axis of them with all its values, in file order."""
 
     name: str
     base: Mapping
@@ -210,11 +267,29 @@ class Sweep:
     report: Mapping
     data_path: str | None = None
     source: str = "<sweep>"
+    grids: tuple[Mapping[str, tuple], ...] = ()
 
     @property
     def swept(self) -> tuple[str, ...]:
         """Axes with more than one value (the ones that tell the runs apart)."""
         return tuple(axis for axis, values in self.grid.items() if len(values) > 1)
+
+    @property
+    def waves(self) -> tuple[tuple[Job, ...], ...]:
+        """The jobs in dependency waves, each in file order: a job runs one wave after the last of
+        the jobs it reads (wave 1: those that read none of the sweep's runs)."""
+        level: dict[str, int] = {}
+        remaining = list(self.jobs)
+        while remaining:
+            ready = [job for job in remaining if all(need in level for need in job.needs)]
+            if not ready:  # parse_sweep refuses cycles; a Sweep built by hand may still hold one
+                raise InputError(f"{self.source}: runs {', '.join(job.name for job in remaining)} read each "
+                                 "other in a cycle; a run can only read runs trained before it")
+            for job in ready:
+                level[job.name] = 1 + max((level[need] for need in job.needs), default=-1)
+            remaining = [job for job in remaining if job.name not in level]
+        count = 1 + max(level.values(), default=-1)
+        return tuple(tuple(job for job in self.jobs if level[job.name] == number) for number in range(count))
 
     @property
     def group_by(self) -> tuple[str, ...]:
@@ -229,25 +304,29 @@ class Sweep:
         return (others[0],) if others else ("method",)
 
 
-def _line_of(text: str, section: str, key: str) -> int | None:
-    """Line (1-based) where ``key`` is assigned inside the table ``section`` ("" = top level)."""
-    current = ""
+def _line_of(text: str, section: str, key: str, index: int | None = None) -> int | None:
+    """Line (1-based) where ``key`` is assigned inside the table ``section`` ("" = top level); with
+    ``index``, inside the ``index``-th (from 0) of the tables of that name (``[[grid]]``)."""
+    current, count = "", -1
     assignment = re.compile(rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
     for number, line in enumerate(text.splitlines(), start=1):
         header = re.match(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", line)
         if header:
             current = header.group(1).replace(" ", "").replace('"', "")
-            if current == section and not key:
+            count += current == section
+            if current == section and not key and index in (None, count):
                 return number
             continue
-        if current == section and assignment.match(line):
+        if current == section and index in (None, count) and assignment.match(line):
             return number
     return None
 
 
-def _where(source: str, text: str, section: str, key: str) -> str:
-    line = _line_of(text, section, key) if text else None
-    place = f"[{section}] " if section else ""
+def _where(source: str, text: str, section: str, key: str, index: int | None = None) -> str:
+    """Where ``key`` of table ``section`` is set, as messages name it: ``file: [grid] rho (line 5)``,
+    or ``file: [[grid]] #2 rho (line 12)`` for the second of several grids."""
+    line = _line_of(text, section, key, index) if text else None
+    place = f"[[{section}]] #{index + 1} " if index is not None else f"[{section}] " if section else ""
     return f"{source}: {place}{key}" + (f" (line {line})" if line else "")
 
 
@@ -280,36 +359,32 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep",
         raise InputError(f"{_where(source, text, '', 'data_path')}: must be a folder path in quotes")
 
     base = table.get("base", {})
-    grid = table.get("grid", {})
-    for section, values in (("base", base), ("grid", grid)):
+    # [grid] is one table of axes; [[grid]] several, whose jobs are united
+    several = isinstance(table.get("grid"), list)
+    grids = table["grid"] if several else [table.get("grid", {})]
+    if several and not grids:
+        raise InputError(f"{_where(source, text, '', 'grid')}: an empty list of grids has no jobs; give [[grid]] tables")
+    indices = list(range(len(grids))) if several else [None]
+    for section, values, index in [("base", base, None)] + [("grid", g, i) for g, i in zip(grids, indices)]:
         if not isinstance(values, dict):
-            raise InputError(f"{source}: [{section}] must be a table of settings")
+            raise InputError(f"{source}: [{section}] must be a table of settings"
+                             + (" ([[grid]]: one table of axes each)" if several else ""))
         for key in values:
             if key not in axis_names(settings_class):
                 what = "axis" if section == "grid" else "setting"
                 hint = " (the data folder is the top-level data_path)" if key == "data_path" else ""
-                raise InputError(f"{_where(source, text, section, key)}: unknown {what} {key!r}{hint}; "
+                raise InputError(f"{_where(source, text, section, key, index)}: unknown {what} {key!r}{hint}; "
                                  f"choose from {', '.join(axis_names(settings_class))}")
-    for key in base:
-        if key in grid:
-            raise InputError(f"{_where(source, text, 'base', key)} and {_where(source, text, 'grid', key)} "
-                             f"conflict: {key!r} is both fixed and swept; keep it in one of them")
-    grid_axes: dict[str, tuple] = {}
-    for axis, values in grid.items():
-        where = _where(source, text, "grid", axis)
-        if not isinstance(values, list):
-            raise InputError(f"{where}: an axis is a list of values, e.g. {axis} = [{_text(values)}]")
-        if not values:
-            raise InputError(f"{where} has no values, so the grid is empty; give at least one value or remove it")
-        values = [tuple(v) if isinstance(v, list) else v for v in values]
-        if axis == "seeds" and not all(isinstance(v, tuple) for v in values):
-            raise InputError(f"{where}: seeds is a list of seed lists, one per ensemble, e.g. "
-                             "seeds = [[13, 17, 27], [113, 117, 127]]")
-        _check_values("grid", axis, values, source, text, settings_class)
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if repeated:
-            raise InputError(f"{where} lists {_text(repeated[0])} twice; each value once")
-        grid_axes[axis] = tuple(values)
+    for grid, index in zip(grids, indices):
+        for key in base:
+            if key in grid:
+                raise InputError(f"{_where(source, text, 'base', key)} and {_where(source, text, 'grid', key, index)} "
+                                 f"conflict: {key!r} is both fixed and swept; keep it in one of them")
+    grid_tables = tuple(_grid_axes(grid, index, source, text, settings_class) for grid, index in zip(grids, indices))
+    grid_axes: dict[str, tuple] = {}  # every axis with all its values, in file order
+    for grid in grid_tables:
+        for axis, values in grid.items():
+            grid_axes[axis] = grid_axes.get(axis, ()) + tuple(v for v in values if v not in grid_axes.get(axis, ()))
     if "seeds" in base:
         if not isinstance(base["seeds"], list) or not all(isinstance(s, int) for s in base["seeds"]):
             raise InputError(f"{_where(source, text, 'base', 'seeds')}: seeds is one list of integers, "
@@ -318,8 +393,10 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep",
     for setting, value in base.items():
         _check_values("base", setting, [value], source, text, settings_class)
     for required in ("dataset", "model"):
-        if required not in base and required not in grid_axes:
-            raise InputError(f"{source}: no {required!r}; set it in [base] (or sweep it in [grid])")
+        for grid, index in zip(grid_tables, indices):
+            if required not in base and required not in grid:
+                raise InputError(f"{source}: no {required!r}" + (f" in [[grid]] #{index + 1}" if several else "")
+                                 + f"; set it in [base] (or sweep it in {'that grid' if several else '[grid]'})")
 
     measurements = _parse_measurements(table.get("measure", {}), source, text)
     report = table.get("report", {})
@@ -339,9 +416,31 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep",
             raise InputError(f"{_where(source, text, 'report', 'group_by')}: unknown axis {unknown[0]!r}; "
                              f"choose from {', '.join(axis_names(settings_class))}")
 
-    jobs = expand_grid(base, grid_axes, source=source, text=text, settings_class=settings_class)
+    jobs = expand_grid(base, grid_tables, source=source, text=text, settings_class=settings_class)
     return Sweep(name=name, base=base, grid=grid_axes, jobs=tuple(jobs), measurements=tuple(measurements),
-                 report=report, data_path=data_path, source=source)
+                 report=report, data_path=data_path, source=source, grids=grid_tables)
+
+
+def _grid_axes(grid: Mapping, index: int | None, source: str, text: str,
+               settings_class: type | None) -> dict[str, tuple]:
+    """One grid's axes, each a checked tuple of values (``index``: which [[grid]], None for [grid])."""
+    axes: dict[str, tuple] = {}
+    for axis, values in grid.items():
+        where = _where(source, text, "grid", axis, index)
+        if not isinstance(values, list):
+            raise InputError(f"{where}: an axis is a list of values, e.g. {axis} = [{_text(values)}]")
+        if not values:
+            raise InputError(f"{where} has no values, so the grid is empty; give at least one value or remove it")
+        values = [tuple(v) if isinstance(v, list) else v for v in values]
+        if axis == "seeds" and not all(isinstance(v, tuple) for v in values):
+            raise InputError(f"{where}: seeds is a list of seed lists, one per ensemble, e.g. "
+                             "seeds = [[13, 17, 27], [113, 117, 127]]")
+        _check_values("grid", axis, values, source, text, settings_class, index)
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise InputError(f"{where} lists {_text(repeated[0])} twice; each value once")
+        axes[axis] = tuple(values)
+    return axes
 
 
 def _measurement_function(command: str) -> Callable:
@@ -391,6 +490,7 @@ def _check_measure_options(command: str, options: Mapping, source: str, text: st
 
     section = f"measure.{command}"
     rules = evaluation.OPTION_RULES if command == "evaluate" else measurements.OPTION_RULES[command]
+
     def key(name: str) -> str:
         return "rho" if (command, name) == ("sharpness", "rhos") else name
 
@@ -421,6 +521,19 @@ def _text(value) -> str:
 # the grid
 
 
+def _spelled(declaration, value) -> str:
+    """A setting's value as a run folder name spells it, without its prefix: ``0.2``, ``16``,
+    ``ref``/``paper`` for a switch, ``13.17.27`` for seeds, a name (``folder:../data``) path-safe."""
+    if declaration.kind == "seeds":
+        return ".".join(str(seed) for seed in value)
+    if declaration.words:
+        return declaration.words[0 if value else 1]
+    if declaration.short == "":
+        # A name ("folder:../data") keeps letters, digits and single dots only: never a path.
+        return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+|\.{2,}", "_", str(value))).strip("_.")
+    return "none" if value is None else _text(value)
+
+
 def run_name(settings, axes: Sequence[str]) -> str:
     """The run folder name of a grid point: its method, then each swept axis that applies to the
     method as its declaration spells it (``rho0.2``, ``w16``, ``k0.4``, ``ref``/``paper``, ``cifar10``),
@@ -431,15 +544,12 @@ def run_name(settings, axes: Sequence[str]) -> str:
         if axis in ("method", "seeds") or not declaration.used_by(settings.method):
             continue
         value = getattr(settings, axis)
-        if declaration.words:
-            parts.append(declaration.words[0 if value else 1])
-        elif declaration.short == "":
-            # A name ("folder:../data") keeps letters, digits and single dots only: never a path.
-            parts.append(re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+|\.{2,}", "_", str(value))).strip("_."))
+        if declaration.words or declaration.short == "":
+            parts.append(_spelled(declaration, value))
         else:
             short = axis if declaration.short is None else declaration.short
-            parts.append(f"{short}{'none' if value is None else _text(value)}")
-    parts.append("s" + ".".join(str(seed) for seed in settings.seeds))
+            parts.append(f"{short}{_spelled(declaration, value)}")
+    parts.append("s" + _spelled(declared(type(settings))["seeds"], settings.seeds))
     # Values are validated at parse time; this keeps any name one plain path component regardless.
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).lstrip(".") or "run"
 
@@ -456,54 +566,149 @@ def job_folder(root: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def _references(settings_class: type | None) -> dict:
+    """The settings whose value names another run folder (declared with a ``reference`` role)."""
+    return {name: declaration for name, declaration in declared(settings_class).items() if declaration.reference}
+
+
 def _identity(settings) -> tuple:
-    """What makes two settings the same ensemble: the trainer's own normalized fields."""
-    values = settings.run_fields()
+    """What makes two settings the same ensemble: the trainer's own normalized fields (a reference
+    as the folder it resolves to). The model's input is compared apart (:func:`_input_identity`)."""
+    table = declared(type(settings))
+    values = {name: value for name, value in settings.run_fields().items() if name in table}
     for name in _not_identity(settings):
         values.pop(name, None)
+    for name in _references(type(settings)):
+        if values.get(name) is not None:
+            values[name] = str(Path(values[name]).resolve())
     return (settings.dataset, settings.model, settings.method, tuple(settings.seeds), settings.keep,
             tuple(sorted((k, _text(v)) for k, v in values.items())),
             json.dumps(settings.model_args or {}, sort_keys=True))
 
 
-def expand_grid(base: Mapping, grid: Mapping[str, Sequence], *, source: str = "<sweep>", text: str = "",
-                settings_class: type | None = None) -> list[Job]:
-    """The jobs of the cross product of ``grid`` over ``base``: axes that do not apply to a job's
-    method are dropped from it, jobs that train the same ensemble are merged, names are checked
-    unique. Settings a job cannot have (``td >= epochs`` ...) are an InputError naming the job."""
+def _input_identity(settings, library_default: bool) -> str:
+    """``model_input`` as train() records it: the values given in one spelling (size 32 is [32, 32])
+    and, with ``library_default``, what a timm model's own data config fills in for the rest
+    (:func:`ensembles.training.trainer.with_resolved_input`; that builds the model, so it is done
+    only when a sweep varies model_input). Grid points that differ in it are different ensembles."""
+    if library_default and settings.model.startswith("timm:"):
+        from ensembles.training.trainer import with_resolved_input
+
+        resolved = with_resolved_input(settings, num_classes=10).model_input  # the head never changes the input
+    else:
+        from ensembles.models.inputs import resolve_input
+
+        resolved = resolve_input(**(settings.model_input or {}))
+    return json.dumps(resolved, sort_keys=True)
+
+
+def _filled(template: str, setting: str, settings) -> str:
+    """A reference's ``{field}`` placeholders filled with the job's own values as its folder name
+    spells them (``"sgd-s{seeds}"`` -> ``"sgd-s13.17.27"``), checked to name a folder under the root."""
+    table = declared(type(settings))
+
+    def value(match) -> str:
+        name = match.group(1)
+        if name not in table or table[name].reference:
+            raise InputError(f"{setting} {template!r}: {{{name}}} is not a setting to fill in; use a setting's "
+                             "name, e.g. {seeds}")
+        # spelled as in the folder name, whose characters outside [A-Za-z0-9._+-] become '_'
+        return re.sub(r"[^A-Za-z0-9._+-]+", "_", _spelled(table[name], getattr(settings, name)))
+
+    folder = re.sub(r"\{([^{}]*)\}", value, template)
+    if re.search(r"[{}]", folder):
+        raise InputError(f"{setting} {template!r} has an unmatched brace; a placeholder is {{field}}, e.g. {{seeds}}")
+    folder = os.path.normpath(folder) if folder else folder
+    if not folder or os.path.isabs(folder) or ".." in Path(folder).parts or folder == ".":
+        raise InputError(f"{setting} {folder!r} is not a run folder under the sweep root; name one relative to "
+                         "the root, e.g. \"sgd-s{seeds}\"")
+    return folder
+
+
+def _settings_of(settings_class: type, merged: Mapping) -> tuple[object, dict[str, str]]:
+    """The settings of one grid point and the run folders its references name (placeholders
+    filled from the point's own settings, which are first made with the references as written)."""
+    references = {name: merged[name] for name in _references(settings_class) if isinstance(merged.get(name), str)}
+    settings = settings_class(**merged)
+    if not references:
+        return settings, {}
+    folders = {name: _filled(template, name, settings) for name, template in references.items()}
+    return settings_class(**{**merged, **folders}), folders
+
+
+def expand_grid(base: Mapping, grid: Mapping[str, Sequence] | Sequence[Mapping[str, Sequence]], *,
+                source: str = "<sweep>", text: str = "", settings_class: type | None = None) -> list[Job]:
+    """The jobs of the cross product of ``grid`` over ``base`` (several grids: the union of their
+    cross products, in order): axes that do not apply to a job's method are dropped from it, jobs
+    that train the same ensemble are merged, names are checked unique, references are filled in
+    and linked (:func:`_linked`). Settings a job cannot have (``td >= epochs`` ...) are an
+    InputError naming the job."""
     from ensembles.training.settings import TrainingSettings
 
     settings_class = settings_class or TrainingSettings
-
-    axes = list(grid)
+    grids = [grid] if isinstance(grid, Mapping) else list(grid)
+    every_axis = list(dict.fromkeys(axis for one in grids for axis in one))
+    library_input = "model_input" in every_axis
     jobs: list[Job] = []
     seen: dict[tuple, Job] = {}
     names: dict[str, Job] = {}
-    for values in itertools.product(*(grid[axis] for axis in axes)):
-        point = dict(zip(axes, values))
-        merged = {**base, **point}
-        # A setting the job's method does not use (rho for sgd, eta outside asam, k and td outside
-        # sharpbalance) is dropped here: the trainer refuses it, rightly, when a user passes it by hand.
-        method = merged.get("method", "sgd")
-        merged = {name: value for name, value in merged.items() if applies(name, method, settings_class)}
-        try:
-            settings = settings_class(**merged)
-        except InputError as error:
-            shown = ", ".join(f"{axis}={_text(value)}" for axis, value in point.items()) or "the [base] settings"
-            raise InputError(f"{source}: grid point {shown}: {error}") from None
-        identity = _identity(settings)
-        if identity in seen:
-            continue
-        name = run_name(settings, axes)
-        if name in names:
-            raise InputError(f"{source}: two grid points would share the run folder {name!r} "
-                             f"({_text(list(names[name].point.values()))} and {_text(list(point.values()))}); "
-                             "their values differ only in spelling — make them distinct")
-        applicable = {axis: value for axis, value in point.items() if applies(axis, settings.method, settings_class)}
-        job = Job(name=name, settings=settings, point=applicable)
-        seen[identity] = names[name] = job
-        jobs.append(job)
-    return jobs
+    for one in grids:
+        axes = list(one)
+        named = [axis for axis in every_axis if axis in one]  # one order of name parts across grids
+        for values in itertools.product(*(one[axis] for axis in axes)):
+            point = dict(zip(axes, values))
+            merged = {**base, **point}
+            # A setting the job's method does not use (rho for sgd, eta outside asam, k and td outside
+            # sharpbalance) is dropped here: the trainer refuses it, rightly, when a user passes it by hand.
+            method = merged.get("method", "sgd")
+            merged = {name: value for name, value in merged.items() if applies(name, method, settings_class)}
+            try:
+                settings, references = _settings_of(settings_class, merged)
+                identity = (_identity(settings), _input_identity(settings, library_input))
+            except InputError as error:
+                shown = ", ".join(f"{axis}={_text(value)}" for axis, value in point.items()) or "the [base] settings"
+                raise InputError(f"{source}: grid point {shown}: {error}") from None
+            if identity in seen:
+                continue
+            name = run_name(settings, named)
+            if name in names:
+                raise InputError(f"{source}: two grid points would share the run folder {name!r} "
+                                 f"({_text(list(names[name].point.values()))} and {_text(list(point.values()))}); "
+                                 "their values differ only in spelling — make them distinct")
+            applicable = {axis: value for axis, value in point.items() if applies(axis, settings.method, settings_class)}
+            job = Job(name=name, settings=settings, point=applicable, references=references)
+            seen[identity] = names[name] = job
+            jobs.append(job)
+    return _linked(jobs, source)
+
+
+def _linked(jobs: Sequence[Job], source: str) -> list[Job]:
+    """``jobs`` with ``needs`` set: the jobs of the sweep each one reads. A job that reads itself, or
+    jobs that read each other in a cycle, are an InputError naming them."""
+    names = {job.name for job in jobs}
+    linked = []
+    for job in jobs:
+        for setting, folder in job.references.items():
+            if folder == job.name:
+                raise InputError(f"{source}: run {job.name} reads itself ({setting} = {folder!r}); a run can "
+                                 "only read runs trained before it")
+        linked.append(replace(job, needs=tuple(dict.fromkeys(f for f in job.references.values() if f in names))))
+    needs = {job.name: job.needs for job in linked}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise InputError(f"{source}: runs {' -> '.join(cycle)} read each other in a cycle; a run can only "
+                             "read runs trained before it")
+        if name not in done:
+            for need in needs[name]:
+                visit(need, path + [name])
+            done.add(name)
+
+    for job in linked:
+        visit(job.name, [])
+    return linked
 
 
 def _model_options(settings) -> dict:
@@ -527,9 +732,13 @@ def check_library_models(sweep: Sweep) -> None:
 
 
 def plan_table(sweep: Sweep):
-    """The jobs as a DataFrame: run folder, each axis value, members and epochs."""
+    """The jobs as a DataFrame: run folder, each axis value, members and epochs; when runs read
+    other runs, also each job's wave and the run folders it reads (``(under ROOT)``: not a job of
+    the sweep, so it must exist when the sweep runs)."""
     import pandas as pd
 
+    linked = any(job.references for job in sweep.jobs)
+    wave_of = {job.name: number for number, wave in enumerate(sweep.waves, 1) for job in wave} if linked else {}
     rows = []
     for job in sweep.jobs:
         row = {"run": job.name}
@@ -537,8 +746,24 @@ def plan_table(sweep: Sweep):
             value = getattr(job.settings, axis)
             row[axis] = _text(value) if applies(axis, job.settings.method, type(job.settings)) else "-"
         row.update(members=len(job.settings.seeds), epochs=job.settings.epochs)
+        if linked:
+            row.update(wave=wave_of[job.name],
+                       reads=", ".join(job.needs + tuple(f"{folder} (under ROOT)" for folder in job.outside)) or "-")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def plan_notes(sweep: Sweep) -> list[str]:
+    """What ``sweep plan`` adds under the table: how many waves the jobs run in, and each run
+    folder a job reads that no job of the sweep trains."""
+    notes = []
+    if len(sweep.waves) > 1:
+        notes.append(f"{len(sweep.waves)} waves: a run is trained after the runs it reads, and skipped if one fails")
+    for job in sweep.jobs:
+        for folder in job.outside:
+            notes.append(f"{job.name} reads {folder}, which is not a job of this sweep: it must be a finished run "
+                         "folder under ROOT when the sweep runs")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,13 +812,14 @@ def _training_state(path: Path, settings) -> str:
     """``new`` (no run folder), ``partial`` (members unfinished) or ``done``; a folder holding another
     ensemble than ``settings`` is an InputError."""
     from ensembles.runs import run_folder
-    from ensembles.training.trainer import settings_of_run, with_resolved_input
+    from ensembles.training.trainer import with_resolved_input
 
     if not (path / run_folder.RUN_FILE).is_file():
         return "new"
-    stored = settings_of_run(path)
+    stored = _stored_settings(path, type(settings))
     if _identity(stored) != _identity(settings):
-        differences = [name for name in settings.run_fields() if name not in _not_identity(settings)
+        table = declared(type(settings))
+        differences = [name for name in settings.run_fields() if name in table and name not in _not_identity(settings)
                        and _text(stored.run_fields().get(name)) != _text(settings.run_fields().get(name))]
         differences += [name for name in ("dataset", "model", "method", "seeds", "keep", "model_args")
                         if getattr(stored, name) != getattr(settings, name)]
@@ -609,7 +835,64 @@ def _training_state(path: Path, settings) -> str:
                          f"there vs {asked} here); give the sweep another --out or remove that folder")
     members = config.get("members", [])
     done = len(members) == len(settings.seeds) and all(m.get("status") == "done" for m in members)
+    _check_references(path, config, settings, done)
     return "done" if done else "partial"
+
+
+def _stored_settings(path: Path, settings_class: type):
+    """The settings ``path`` was trained with (:func:`ensembles.training.trainer.settings_of_run`), as
+    ``settings_class``: a subclass's own fields are read from run.json too."""
+    from ensembles.runs import run_folder
+    from ensembles.training.trainer import settings_of_run
+
+    stored = settings_of_run(path)
+    extra = [name for name in declared(settings_class) if name not in declared(type(stored))]
+    if not extra:
+        return stored
+    config = run_folder.read_config(path)
+    values = {name: getattr(stored, name) for name in declared(type(stored))}
+    return settings_class(**values, **{name: config[name] for name in extra if config.get(name) is not None})
+
+
+def reference_content(folder: str | os.PathLike) -> list[str]:
+    """What a run folder holds now, as a run that read it records it: the digest of each member's
+    weights file in member order (:func:`ensembles.runs.files.file_digest`; ``missing`` for a member
+    without one). An empty list when ``folder`` is no run folder."""
+    from ensembles.runs import run_folder
+    from ensembles.runs.files import file_digest
+
+    folder = Path(folder)
+    if not (folder / run_folder.RUN_FILE).is_file():
+        return []
+    members = sorted(run_folder.read_config(folder).get("members", []), key=lambda member: member["index"])
+    files = [run_folder.member_path(folder, member["index"]) for member in members]
+    return [file_digest(file) if file.is_file() else "missing" for file in files]
+
+
+def _check_references(path: Path, config: Mapping, settings, done: bool) -> None:
+    """The hook that makes a referenced run's content part of a job's identity: a run trained from
+    another run folder records, under the reference's role (``teacher``), the member digests it read
+    (``{"members": [...], ...}``); when they differ from what that folder holds now, the run was
+    trained from something else and is refused. A finished run that records nothing cannot be
+    checked and is refused too; an unfinished one is left to the trainer's resume, which checks it."""
+    for name, declaration in _references(type(settings)).items():
+        folder = getattr(settings, name)
+        if folder is None:
+            continue
+        role = declaration.reference
+        record = config.get(role)
+        recorded = record.get("members") if isinstance(record, Mapping) else None
+        if recorded is None:
+            if done:
+                raise InputError(f"{path} records no {role} digests in its run.json, so it cannot be told apart from "
+                                 f"a run of another {role}; remove it to retrain")
+            continue
+        current = reference_content(folder)
+        if not current:
+            raise InputError(f"{path} was trained from the {role} {folder}, which is no run folder now; restore it, "
+                             "or remove this run to retrain it")
+        if list(recorded) != current:
+            raise InputError(f"{path}: its {role} {folder} changed since this run was trained; remove it to retrain")
 
 
 def _log(root: Path, record: Mapping) -> None:
@@ -627,20 +910,58 @@ def _counts(command: str, result) -> tuple[int, int]:
     return len(result.computed), len(result.reused)
 
 
+def job_settings(job: Job, root: str | os.PathLike, data_path=None):
+    """The settings ``job`` trains with under ``root``: each reference as the absolute path of the
+    run folder it names under the root (so a job in any working directory reads the same folder),
+    and ``data_path`` when given."""
+    changes = {setting: str(Path(root).resolve() / folder) for setting, folder in job.references.items()}
+    if data_path is not None:
+        changes["data_path"] = str(data_path)
+    return replace(job.settings, **changes) if changes else job.settings
+
+
+def _finished(path: Path) -> bool:
+    """Whether ``path`` is a run folder whose members all finished training."""
+    from ensembles.runs import run_folder
+
+    if not (path / run_folder.RUN_FILE).is_file():
+        return False
+    members = run_folder.read_config(path).get("members", [])
+    return bool(members) and all(member.get("status") == "done" for member in members)
+
+
+def _role(job: Job, folder: str) -> str:
+    """What ``folder`` is to ``job`` (its reference's role, e.g. ``teacher``)."""
+    table = _references(type(job.settings))
+    return next((table[setting].reference for setting, named in job.references.items() if named == folder),
+                "reference")
+
+
+def _require_finished_references(job: Job, root: Path) -> None:
+    """An InputError unless every run folder ``job`` reads is a finished run under ``root``."""
+    for folder in dict.fromkeys(job.references.values()):
+        if not _finished(root / folder):
+            where = "a job of this sweep that has not finished" if folder in job.needs else "not a job of this sweep"
+            raise InputError(f"{job.name} reads its {_role(job, folder)} {root / folder}, which is no finished run "
+                             f"folder ({where}); train it first")
+
+
 def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] = (), *, data_path=None,
             device: str | None = "auto", progress: bool = False,
             echo: Callable[[str], None] | None = None) -> JobOutcome:
     """Train ``job`` into ``root/<job.name>`` and measure it; each step skips what is stored.
 
-    Training: a new folder is trained, an unfinished one resumed, a finished one kept. Then every
-    measurement in ``measurements`` is run through its ``ensembles`` function, which computes only
-    the rows the results table lacks. Each step is appended to ``root/sweep-log.jsonl``.
+    Training: a new folder is trained, an unfinished one resumed, a finished one kept; a job that
+    reads other run folders (its references, resolved under ``root``) trains only once they are
+    finished. Then every measurement in ``measurements`` is run through its ``ensembles`` function,
+    which computes only the rows the results table lacks. Each step is appended to
+    ``root/sweep-log.jsonl``.
     """
     from ensembles.training import trainer
 
     root = Path(root)
     path = job_folder(root, job.name)
-    settings = job.settings if data_path is None else replace(job.settings, data_path=str(data_path))
+    settings = job_settings(job, root, data_path)
     chosen = _device(device)
     say = echo or (lambda message: None)
     started = time.perf_counter()
@@ -653,6 +974,8 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
                     "pid": os.getpid(), "time": datetime.datetime.now().isoformat(timespec="seconds")})
 
     state = _training_state(path, settings)
+    if state != "done":
+        _require_finished_references(job, root)
     clock = time.perf_counter()
     if state == "new":
         say(f"{job.name}: training {len(settings.seeds)} members for {settings.epochs} epochs")
@@ -801,6 +1124,13 @@ def _collect(handle) -> tuple[JobOutcome | None, str | None]:
 
 
 def _error_text(error: BaseException) -> str:
+    """An error as one line: its type and last line; for a job that failed in its own process
+    (submitit's FailedJobError, whose text ends with log paths), the last line of the job's traceback."""
+    trace = re.search(r"\n-{10,}\n(.*?)\n-{10,}\n", str(error), re.S)
+    if trace:
+        lines = [line for line in trace.group(1).splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
@@ -809,12 +1139,16 @@ def _error_text(error: BaseException) -> str:
 @dataclass(frozen=True)
 class SweepResult:
     """What :func:`run_sweep` did: one outcome per finished job, the error of each failed one, the
-    submitted job ids (cluster executors) and whether it waited for them."""
+    submitted job ids (cluster executors) and whether it waited for them; the jobs not run because a
+    run they read failed (``skipped``, with the reason), and, without waiting, the jobs not submitted
+    because runs they read are not finished yet (``waiting``, with those runs)."""
 
     outcomes: tuple[JobOutcome, ...]
     failures: Mapping[str, str]
     job_ids: Mapping[str, str]
     waited: bool = True
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def check_before_running(sweep: Sweep, data_path=None, *, trust_model_code: bool | None = None) -> None:
@@ -854,10 +1188,14 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     ``jobs`` bounds how many run at once (local: processes, each on its own GPU when there are
     several; slurm: the array's parallelism). ``threads``: torch threads of each local process on a CPU
     (default: the usable cores shared out, ``cores // jobs``). Jobs that fail are submitted again up to ``retries``
-    times; each attempt redoes only the missing work. ``wait=False`` (slurm) submits and returns.
+    times; each attempt redoes only the missing work. Jobs that read other jobs' run folders run in
+    dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a job
+    whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
+    runs to read are finished and returns; the others wait for the next call.
     ``trust_model_code`` (None: ``SHARPDIV_TRUST_MODEL_CODE``) lets models that name Python code be
-    built, here and in every job. Nothing is created under ``root`` before every job's dataset,
-    model and evaluation data are found (:func:`check_before_running`).
+    built, here and in every job. ``sharpdiv sweep run`` calls :func:`check_before_running` first,
+    so a sweep whose data or models are missing creates nothing; here a job that lacks them fails
+    alone, and its dependents are skipped.
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -867,50 +1205,75 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     if not sweep.jobs:
         raise InputError(f"{sweep.source}: the grid has no jobs")
     root = Path(root)
-    for job in sweep.jobs:  # a folder outside the root or holding another ensemble fails now
-        _training_state(job_folder(root, job.name), job.settings)
+    # A folder outside the root, holding another ensemble or trained from a run that changed since
+    # fails now, as does a run folder to read that no job trains and that is not there.
+    for job in sweep.jobs:
+        _training_state(job_folder(root, job.name), job_settings(job, root))
+        for folder in job.outside:
+            if not _finished(root / folder):
+                raise InputError(f"{job.name} reads its {_role(job, folder)} {root / folder}, which no job of this "
+                                 "sweep trains and which is no finished run folder; train it there first")
     data_path = data_path if data_path is not None else sweep.data_path
     from ensembles.models.trust import model_code_trusted
 
     trusted = model_code_trusted(trust_model_code)
-    check_before_running(sweep, data_path, trust_model_code=trusted)
     root.mkdir(parents=True, exist_ok=True)
     say = echo or (lambda message: None)
     say(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {root} ({executor} executor, {jobs} at once)")
 
     outcomes: dict[str, JobOutcome] = {}
     failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     job_ids: dict[str, str] = {}
-    todo = list(sweep.jobs)
-    for attempt in range(retries + 1):
-        if not todo:
-            break
-        if attempt:
-            say(f"retrying {len(todo)} failed job(s) (attempt {attempt + 1} of {retries + 1})")
-        if executor == "local" and jobs == 1:
-            finished = _run_here(todo, root, sweep, data_path, device, progress, say, trusted)
-        elif executor == "local":
-            finished = _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
-                                            threads, trusted)
-        else:
-            finished = _run_submitit(todo, root, sweep, data_path, device, executor, jobs, cluster, wait, say,
-                                     job_ids, trusted)
-            if finished is None:  # submitted without waiting
-                return SweepResult(outcomes=(), failures={}, job_ids=dict(job_ids), waited=False)
+    if not wait and executor != "local":
+        ready = [job for job in sweep.jobs if all(_finished(root / need) for need in job.needs)]
+        waiting = {job.name: tuple(need for need in job.needs if not _finished(root / need))
+                   for job in sweep.jobs if job not in ready}
+        _run_submitit(ready, root, sweep, data_path, device, executor, jobs, cluster, wait, say, job_ids,
+                      trusted)
+        return SweepResult(outcomes=(), failures={}, job_ids=dict(job_ids), waited=False, waiting=waiting)
+    waves = sweep.waves
+    for number, wave in enumerate(waves, start=1):
         todo = []
-        for job in sweep.jobs:
-            if job.name not in finished:
-                continue
-            outcome, error = finished[job.name]
-            if error is None:
-                outcomes[job.name] = outcome
-                failures.pop(job.name, None)
-            else:
-                failures[job.name] = error
+        for job in wave:
+            blocked = next((need for need in job.needs if need in failures or need in skipped), None)
+            if blocked is None:
                 todo.append(job)
-                say(f"{job.name}: failed: {error}")
+                continue
+            skipped[job.name] = (f"skipped: its {_role(job, blocked)} {blocked} "
+                                 + ("failed" if blocked in failures else "was skipped"))
+            say(f"{job.name}: {skipped[job.name]}")
+            _log(root, {"job": job.name, "step": "train", "action": "skipped", "reason": skipped[job.name],
+                        "time": datetime.datetime.now().isoformat(timespec="seconds")})
+        if len(waves) > 1 and todo:
+            say(f"wave {number} of {len(waves)}: {len(todo)} job(s)")
+        for attempt in range(retries + 1):
+            if not todo:
+                break
+            if attempt:
+                say(f"retrying {len(todo)} failed job(s) (attempt {attempt + 1} of {retries + 1})")
+            if executor == "local" and jobs == 1:
+                finished = _run_here(todo, root, sweep, data_path, device, progress, say, trusted)
+            elif executor == "local":
+                finished = _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say,
+                                                job_ids, threads, trusted)
+            else:
+                finished = _run_submitit(todo, root, sweep, data_path, device, executor, jobs, cluster, wait, say,
+                                         job_ids, trusted)
+            todo = []
+            for job in wave:
+                if job.name not in finished:
+                    continue
+                outcome, error = finished[job.name]
+                if error is None:
+                    outcomes[job.name] = outcome
+                    failures.pop(job.name, None)
+                else:
+                    failures[job.name] = error
+                    todo.append(job)
+                    say(f"{job.name}: failed: {error}")
     ordered = tuple(outcomes[job.name] for job in sweep.jobs if job.name in outcomes)
-    return SweepResult(outcomes=ordered, failures=failures, job_ids=job_ids)
+    return SweepResult(outcomes=ordered, failures=failures, job_ids=job_ids, skipped=skipped)
 
 
 def _run_here(todo, root, sweep, data_path, device, progress, say, trusted=False) -> dict:
@@ -1025,20 +1388,32 @@ def sweep_runs(sweep: Sweep, root: str | os.PathLike) -> list[Path]:
 
 
 def sweep_status(sweep: Sweep, root: str | os.PathLike):
-    """One row per job: its training state (new, partial, done) and the last action of each step."""
+    """One row per job: its training state (not started, unfinished, done, conflict; a job not
+    started that reads runs of the sweep: ``waiting for`` those not finished, or ``skipped`` with the
+    reason when its last run skipped it) and the last action of each step."""
     import pandas as pd
 
     last: dict[tuple[str, str], str] = {}
+    reasons: dict[str, str] = {}
     for record in read_log(root):
         last[record["job"], record["step"]] = record["action"]
+        if record["action"] == "skipped":
+            reasons[record["job"]] = record.get("reason", "skipped")
+    states = {}
+    for job in sweep.jobs:
+        try:
+            states[job.name] = _training_state(job_folder(root, job.name), job_settings(job, root))
+        except InputError:
+            states[job.name] = "conflict"
     rows = []
     for job in sweep.jobs:
-        path = job_folder(root, job.name)
-        try:
-            state = _training_state(path, job.settings)
-        except InputError:
-            state = "conflict"
-        row = {"run": job.name, "training": {"new": "not started", "partial": "unfinished"}.get(state, state)}
+        state = states[job.name]
+        training = {"new": "not started", "partial": "unfinished"}.get(state, state)
+        if state == "new" and last.get((job.name, "train")) == "skipped":
+            training = reasons[job.name]
+        elif state == "new" and any(states[need] != "done" for need in job.needs):
+            training = "waiting for " + ", ".join(need for need in job.needs if states[need] != "done")
+        row = {"run": job.name, "training": training}
         for measure in dict.fromkeys(m.command for m in sweep.measurements):
             row[measure] = last.get((job.name, measure), "-")
         rows.append(row)

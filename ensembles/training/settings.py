@@ -20,10 +20,13 @@ Four views are derived from these declarations and from nothing else:
 3. the options of ``sharpdiv train`` (``cli.training_options``);
 4. the sweep's axes, their rules and their spelling in run folder names (:mod:`ensembles.studies.sweep`).
 
-The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, and for
-SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``) are
-written out once, in :func:`check_across_settings`. A new hyper-parameter is one field below, plus the
-trainer code that uses it.
+The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, ``keep = best``
+against a training criterion, for SharpBalance two members, ``td < epochs`` and ``reselect_every``
+against ``reference_compatible``, for single-basin ensembles two members, ``spawn_epoch < epochs``,
+the distillation settings only with a teacher and the constraint not with distillation, and a training
+criterion not with a spawned or constrained ensemble) are written out once, in
+:func:`check_across_settings`. A new hyper-parameter is one field below, plus the trainer code that
+uses it.
 
 This module imports nothing heavy: the command line reads it before torch is loaded. The vocabularies
 owned by modules that need torch (augmentations, ASAM's scales, the zoo's models, dataset names) are
@@ -43,15 +46,20 @@ from typing import Callable
 from landscape.errors import InputError
 
 __all__ = ["METHODS", "SCHEDULES", "MAX_SEED", "Setting", "TrainingSettings", "declared", "settle",
-           "check_across_settings"]
+           "check_across_settings", "criterion_text", "has_criterion"]
 
 METHODS = ("sgd", "sam", "asam", "sharpbalance")
 #: The methods as prose names them (messages).
 METHOD_NAMES = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "sharpbalance": "SharpBalance"}
 #: The methods that take a SAM step (ρ-ball ascent), so use ρ.
 SHARPNESS_AWARE = ("sam", "asam", "sharpbalance")
-SCHEDULES = ("multistep", "cosine")
+SCHEDULES = ("multistep", "cosine", "constant")
 KEEP = ("best", "last")
+#: Whom a distilled member learns from: its own teacher member, or the teacher ensemble's mean.
+DISTILL_TARGETS = ("member", "ensemble")
+#: The methods that build single-basin ensembles (spawning, the connectivity constraint, distillation):
+#: SharpBalance is not among them, its set selection needs every member in lockstep from the start.
+SINGLE_BASIN = ("sgd", "sam", "asam")
 #: Seeds go to torch.manual_seed and numpy's SeedSequence: non-negative and within int64.
 MAX_SEED = 2**63 - 1
 #: A torchvision:/timm:/module.path:callable model name; a sweep puts it in a folder name.
@@ -72,7 +80,9 @@ class Setting:
     width). ``when_unset`` (and ``when_unset_text`` for ``--help`` when it is a function of the
     settings) fills a setting a method uses when it is None. ``short`` is the prefix before the value
     in a run folder name (None: the setting's name; "": the value alone, made path-safe); ``words`` the
-    two words of a switch (on, off).
+    two words of a switch (on, off). ``reference`` marks a value that names another run folder and says
+    what that run is to this one ("teacher"): a sweep trains it first, and run.json's record of that
+    name (``{"members": [weight digests], ...}``) ties this run to its content.
     """
 
     kind: str
@@ -91,10 +101,12 @@ class Setting:
     when_unset_text: str = ""
     unused: object = None
     flag: str = ""
+    aliases: tuple[str, ...] = ()  # further flags of the same option (--max-epochs for --epochs)
     command_line: bool = True
     axis: bool = True
     short: str | None = None
     words: tuple[str, str] | None = None
+    reference: str = ""
     name: str = ""  # filled in from the field by declared()
 
     def used_by(self, method: str) -> bool:
@@ -279,6 +291,44 @@ def _half_the_epochs(settings) -> int:
     return max(settings.epochs // 2, 1)
 
 
+def _with_a_teacher(value):
+    """The default of a distillation setting: ``value`` when a teacher is named, else unset."""
+    return lambda settings: value if settings.distill_from is not None else None
+
+
+def _check_teacher_path(value) -> None:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise InputError(f"distill_from must be the path of a teacher run folder, got {value!r}")
+
+
+def has_criterion(settings) -> bool:
+    """Whether the members train until a criterion on the training split (``epochs`` is then the cap)."""
+    return settings.until_train_loss is not None or settings.until_train_accuracy is not None
+
+
+def criterion_text(until_train_loss=None, until_train_accuracy=None) -> str:
+    """The criterion as prose names it: "train loss <= 0.01", "train loss <= 0.01 and train accuracy >= 1"
+    (both must hold); "" for none."""
+    parts = []
+    if until_train_loss is not None:
+        parts.append(f"train loss <= {until_train_loss:g}")
+    if until_train_accuracy is not None:
+        parts.append(f"train accuracy >= {until_train_accuracy:g}")
+    return " and ".join(parts)
+
+
+def _kept_weights(settings) -> str:
+    # best-on-validation weights need not meet the criterion: with one, the stopping epoch's are kept
+    return "last" if has_criterion(settings) else "best"
+
+
+#: The methods that can stop a member on its own: SharpBalance selects its sets at T_d from every
+#: member's scores, so its members train in lockstep for a fixed number of epochs (as the paper's do).
+_STOPPING_METHODS = ("sgd", "sam", "asam")
+_CRITERION_HELP = ("(un-augmented, eval mode, checked after every epoch); --epochs is then the cap. With both "
+                   "criteria both must hold. SharpBalance trains its members in lockstep, so it cannot stop one.")
+
+
 # ----------------------------------------------------------------------------------------------
 # the settings
 
@@ -291,7 +341,8 @@ class TrainingSettings:
     that use it and the default they give it. A setting given to a method that does not use it is an
     InputError, never silently dropped (``rho = 0`` stays allowed for SGD: SAM with ρ = 0 is SGD
     exactly); one a method uses but that is not given gets the method's default (``rho`` 0.2, ``eta``
-    0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs for SharpBalance).
+    0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs for SharpBalance,
+    ``keep`` "best", or "last" with a training criterion).
     """
 
     dataset: str = setting(kind="name", check=_check_dataset, wanted_text=_DATASET_NAMES, flag="--data",
@@ -309,10 +360,20 @@ class TrainingSettings:
                               help="Fraction of the training set each member contributes to the others' sets.")
     td: int | None = setting(None, kind="integer", low=1, methods=("sharpbalance",), when_unset=_half_the_epochs,
                              when_unset_text="half the epochs", help="Epoch of the (first) selection, T_d.")
-    epochs: int = setting(200, kind="integer", low=1, short="e")
+    epochs: int = setting(200, kind="integer", low=1, short="e", aliases=("--max-epochs",),
+                          help="Epochs to train; with --until-train-loss or --until-train-accuracy, the most a member "
+                               "trains (--max-epochs is the same setting).")
+    until_train_loss: float | None = setting(
+        None, kind="number", low=0, low_open=True, optional=True, methods=_STOPPING_METHODS, short="ul",
+        help="Stop each member once its mean cross-entropy on the training split is <= X " + _CRITERION_HELP)
+    until_train_accuracy: float | None = setting(
+        None, kind="number", low=0, low_open=True, high=1, optional=True, methods=_STOPPING_METHODS, short="ua",
+        help="Stop each member once its accuracy on the training split is >= A " + _CRITERION_HELP)
     lr: float = setting(0.1, kind="number", low=0, low_open=True)
     schedule: str = setting("multistep", kind="choice", choices=SCHEDULES, short="",
-                            help="multistep: x0.1 at 50% and 75% of the epochs.")
+                            help="multistep: x0.1 at 50% and 75% of the epochs; cosine: to 0 over the epochs; "
+                                 "constant: the lr throughout. With a criterion the epochs are the cap, so "
+                                 "multistep and cosine follow the cap; constant suits an open-ended run.")
     batch_size: int = setting(128, kind="integer", low=1, short="b")
     augmentation: str | None = setting(
         None, kind="choice", choices=_augmentations, when_unset=_dataset_augmentation,
@@ -333,8 +394,10 @@ class TrainingSettings:
         False, kind="switch", methods=("sharpbalance",), unused=False, words=("ref", "paper"),
         help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the "
              "perturbed pass).")
-    keep: str = setting("best", kind="choice", choices=KEEP, short="",
-                        help="Member weights: best on validation, or the last epoch's.")
+    keep: str | None = setting(None, kind="choice", choices=KEEP, short="", when_unset=_kept_weights,
+                               when_unset_text="best; last with a criterion",
+                               help="Member weights: best on validation, or the last epoch's (with a criterion: the "
+                                    "stopping epoch's; best is refused there).")
     eta: float | None = setting(None, kind="number", low=0, methods=("asam",), when_unset=0.01,
                                 help="η in ASAM's scale T = |θ| + η (Kwon et al. 2021).")
     asam_scale: str | None = setting(
@@ -355,6 +418,32 @@ class TrainingSettings:
         wanted_text="a table with size, mean and std (any of them)",
         help="The model's own input size and normalization (ensembles.models.inputs.resolve_input); "
              "train() fills in the library's defaults.")
+    # Single-basin ensembles (Lion et al. 2024): ensembles/training/trainer.py says how each is trained.
+    spawn_epoch: int | None = setting(
+        None, kind="integer", low=0, optional=True, methods=SINGLE_BASIN, short="spawn",
+        help="Spawn members 1..M-1 from member 0's complete training state after this many epochs (0: a shared "
+             "initialization); each continues with its own data order and augmentation.")
+    connect_strength: float | None = setting(
+        None, kind="number", low=0, optional=True, methods=SINGLE_BASIN, short="connect",
+        help="λ of the connectivity constraint: member 0 (the anchor) trains first; members 1..M-1 minimise "
+             "L(θ) + λ·L((1-α)·θ_anchor + α·θ), α ~ U(0, 1) per step; 0 is plain training.")
+    distill_from: str | None = setting(
+        None, kind="path", check=_check_teacher_path, optional=True, methods=SINGLE_BASIN, reference="teacher",
+        wanted_text="the path of a teacher run folder", short="from-",
+        help="Distil from this teacher run folder's predictions on the training split, read from its logit cache.")
+    distill_weight: float | None = setting(
+        None, kind="number", low=0, high=1, optional=True, methods=SINGLE_BASIN, when_unset=_with_a_teacher(0.5),
+        when_unset_text="0.5 with --distill-from", short="dw",
+        help="w in the distillation loss (1 - w)·CE + w·τ²·KL(teacher || student).")
+    distill_temperature: float | None = setting(
+        None, kind="number", low=0, low_open=True, optional=True, methods=SINGLE_BASIN,
+        when_unset=_with_a_teacher(2.0), when_unset_text="2 with --distill-from", short="tau",
+        help="Temperature τ of the distillation loss (Hinton et al. 2015).")
+    distill_target: str | None = setting(
+        None, kind="choice", choices=DISTILL_TARGETS, optional=True, methods=SINGLE_BASIN,
+        when_unset=_with_a_teacher("member"), when_unset_text="member with --distill-from", short="to-",
+        help="member: member i learns from teacher member i (equal member counts); ensemble: from the teacher "
+             "ensemble's mean probabilities.")
 
     def __post_init__(self):
         settle(self)
@@ -440,6 +529,10 @@ def check_across_settings(settings) -> None:
     if settings.sparsity and not settings.prune_epoch < settings.epochs:
         raise InputError(f"prune_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), "
                          f"got {settings.prune_epoch}")
+    if has_criterion(settings) and settings.keep == "best":
+        criterion = criterion_text(settings.until_train_loss, settings.until_train_accuracy)
+        raise InputError(f"keep best is refused with a criterion ({criterion}): the best-on-validation weights need "
+                         "not meet it; drop --keep best to keep the weights of the epoch each member stopped at")
     if settings.method == "sharpbalance":
         if len(settings.seeds) < 2:
             raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
@@ -449,3 +542,34 @@ def check_across_settings(settings) -> None:
                              "--method sam")
         if settings.reselect_every is not None and settings.reference_compatible:
             raise InputError("--reference-compatible selects once, as the released code does; drop --reselect-every")
+    _check_single_basin(settings)
+
+
+def _check_single_basin(settings) -> None:
+    """The rules of spawning, the connectivity constraint and distillation across settings."""
+    members = len(settings.seeds)
+    if settings.spawn_epoch is not None:
+        if members < 2:
+            raise InputError("--spawn-epoch needs at least 2 members: members 1..M-1 are spawned from member 0")
+        if not settings.spawn_epoch < settings.epochs:
+            raise InputError(f"spawn_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), "
+                             f"got {settings.spawn_epoch}")
+    if settings.connect_strength and members < 2:
+        raise InputError("--connect-strength needs at least 2 members: members 1..M-1 stay connected to member 0")
+    if has_criterion(settings) and (settings.spawn_epoch is not None or settings.connect_strength):
+        # member 0 is the parent or the anchor: stopped early, it could leave the others nothing to start from
+        which = "--spawn-epoch" if settings.spawn_epoch is not None else "--connect-strength"
+        raise InputError(f"{which} is not offered with a training criterion: member 0, the parent or the anchor of the "
+                         "others, would stop on its own; train the construction for a fixed number of epochs")
+    if settings.distill_from is None:
+        given = [flag for name, flag in (("distill_weight", "--distill-weight"),
+                                         ("distill_temperature", "--distill-temperature"),
+                                         ("distill_target", "--distill-target"))
+                 if getattr(settings, name) is not None]
+        if given:
+            raise InputError(f"{' '.join(given)} {'has' if len(given) == 1 else 'have'} no effect without "
+                             "--distill-from; name a teacher run folder or drop "
+                             f"{'it' if len(given) == 1 else 'them'}")
+    elif settings.connect_strength:
+        raise InputError("--connect-strength and --distill-from are two constructions; choose one "
+                         "(combine --distill-from with --spawn-epoch to distil inside one basin)")

@@ -9,11 +9,50 @@ each scores every training sample by per-sample Fisher trace, the sets are selec
 members' scores, and every member continues on its mixed objective (new sets every
 ``reselect_every`` epochs when asked).
 
+To a criterion (``until_train_loss`` and/or ``until_train_accuracy``; not SharpBalance): after every
+epoch each member's mean cross-entropy and accuracy on the whole training split, without
+augmentation and in eval mode (BatchNorm's running statistics), are logged
+(``train_eval_loss``, ``train_eval_accuracy``), and a member that meets the criterion (both, when
+both are given) stops there while the others continue, as generalization-measure studies stop
+every model at the same training cross-entropy (Jiang et al., "Fantastic Generalization Measures
+and Where to Find Them", ICLR 2020). ``epochs`` is the cap: a
+member that reaches it without meeting the criterion is kept (status ``done``) and recorded as
+``reached_criterion: false``. The kept weights are the stopping epoch's (``keep="last"``); the
+learning-rate schedules ``multistep`` and ``cosine`` are defined over the cap; ``constant`` (a fixed
+lr) suits an open-ended run.
+
 Members advance in lockstep **phases** separated by the selection epochs: every member trains
 to the end of a phase, then all score, then all continue. In one process (the default) members
 take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
 gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
 and exchange their scores with ``all_gather``.
+
+Single-basin ensembles (Lion et al., "How good is a single basin?", AISTATS 2024; the run-folder
+records are :mod:`ensembles.training.single_basin`'s) are built inside one run folder, member 0 being
+the parent or the anchor:
+
+- ``spawn_epoch = T``: member 0 trains alone for T epochs; its complete training state (weights and
+  buffers, optimizer state with momentum, epoch and so the schedule's position, best weights, pruning
+  masks) becomes the parent, and members 1..M-1 continue from it with their own data-order and
+  augmentation generators (from their own seeds). T = 0 is a shared initialization. With
+  ``keep = best`` a spawned member whose validation accuracy never beats the parent's keeps the
+  parent's best weights: read the kept epoch in run.json.
+- ``connect_strength = λ``: member 0, the anchor, trains plainly to the end first; members 1..M-1
+  then train from their own initialization (from the parent, when spawned) on
+  :func:`ensembles.methods.connected.constrained_loss` against the anchor's kept weights, α drawn per
+  step from a generator of their own. λ = 0 is plain training: nothing is computed or drawn.
+- ``distill_from``: every member trains on :func:`ensembles.methods.distillation.distillation_loss`
+  against its teacher member (or the teacher ensemble), from the spawn epoch on when spawning (the
+  parent phase is plain training, so spawned and distilled runs with the same first seed and T share
+  one parent). The teacher's logits on the whole training split come from its logit cache, computed
+  once; an augmented image's target is the teacher's prediction on the image before augmentation.
+
+Members advance in lockstep **phases** separated by the selection epochs (and the spawn epoch):
+every member trains to the end of a phase, then all score, then all continue. In one process (the
+default) members take turns within a phase; with ``members_parallel=N``, ``N`` processes
+(torch.distributed, gloo on CPU; NCCL with one GPU per process, unverified here) each train members
+``r, r+N, ...`` and exchange their scores with ``all_gather`` (and wait at a barrier for a parent or
+an anchor written by the process training member 0).
 
 Randomness is per member and never global: the initialization comes from ``torch.manual_seed(seed)``
 inside a forked RNG (as the released code seeds each member), the data order from a
@@ -26,12 +65,15 @@ was trained with, and :func:`resume` trains with that thread count again unless 
 
 The run folder (:mod:`ensembles.runs.run_folder`): ``run.json`` holds every hyper-parameter flat, and the
 torch thread count (``threads``) and device (``device``) of the training;
-``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
+``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones), and
+with a criterion each member's ``stop_epoch`` and ``reached_criterion`` in its run.json entry;
+``train/parent.pt`` the parent of spawned members;
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
-accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
-logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
-val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
+accuracy, pruning masks, whether the criterion stopped it, log), the SharpBalance sets
+(``sets-epoch-<b>.pt``) and per-epoch logs as JSON lines (``log-member-<i>.jsonl``: epoch, member,
+train_loss, train_accuracy, val_accuracy, lr, seconds; with a criterion train_eval_loss and
+train_eval_accuracy), and ``settings.json``, the settings that state belongs to (a ``train/``
 of other settings is refused, never continued). :func:`train` writes only into a new, empty or
 sharpdiv-made folder (:func:`ensembles.runs.files.require_writable_folder`) and checks every input
 before its first write. A member whose loss or weights go non-finite stops training, gets no
@@ -40,6 +82,8 @@ ends with an InputError naming it.
 """
 from __future__ import annotations
 
+import copy
+import datetime
 import io
 import json
 import math
@@ -62,9 +106,12 @@ from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
 from ensembles.runs.run_folder import (TRAIN_DIR, check_member_model, create_run, legacy_asam_scale, member_path,
                                        read_config, save_member)
+from ensembles.methods.connected import constrained_loss
+from ensembles.methods.distillation import distillation_loss, ensemble_soft_targets, soft_targets
 from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
-from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings
+from ensembles.training import single_basin
+from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings, criterion_text, has_criterion
 from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
@@ -73,7 +120,9 @@ __all__ = [
     "SCHEDULES",
     "TrainingSettings",
     "MemberSummary",
+    "evaluate_loss_and_accuracy",
     "learning_rate",
+    "missed_criterion",
     "selection_epochs",
     "train",
     "resume",
@@ -103,7 +152,10 @@ SETTINGS_FILE = "settings.json"
 
 def learning_rate(settings: TrainingSettings, epoch: int) -> float:
     """The learning rate of (0-based) ``epoch``: multistep ``lr · 0.1^{#milestones ≤ epoch}`` with
-    milestones ``⌊0.5 E⌋, ⌊0.75 E⌋``, or cosine ``lr · (1 + cos(π epoch / E)) / 2``."""
+    milestones ``⌊0.5 E⌋, ⌊0.75 E⌋``, cosine ``lr · (1 + cos(π epoch / E)) / 2``, or constant ``lr``
+    (E = ``epochs``, the cap of a run to a criterion)."""
+    if settings.schedule == "constant":
+        return settings.lr
     if settings.schedule == "cosine":
         return settings.lr * (1 + math.cos(math.pi * epoch / settings.epochs)) / 2
     milestones = [int(settings.epochs * fraction) for fraction in MILESTONE_FRACTIONS]
@@ -129,6 +181,11 @@ def _stream_seeds(seed: int) -> tuple[int, int]:
     return int(order), int(augmentation)
 
 
+def _interpolation_seed(seed: int) -> int:
+    """The seed of a member's α stream (the connectivity constraint), independent of the other two."""
+    return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1, dtype=np.uint64)[0])
+
+
 class _Member:
     """A member in training: model, optimizer, its random streams, best weights and log."""
 
@@ -150,11 +207,17 @@ class _Member:
         order_seed, augmentation_seed = _stream_seeds(seed)
         self.order = torch.Generator().manual_seed(order_seed)
         self.augmentation = torch.Generator().manual_seed(augmentation_seed)
+        # α of the connectivity constraint; none is drawn (nor stored) without the constraint
+        self.interpolation = (torch.Generator().manual_seed(_interpolation_seed(seed))
+                              if settings.connect_strength else None)
+        self.teacher = None  # (N, C) soft targets of this member's teacher on the training split
+        self.anchor = None  # the anchor's parameters, for the connectivity constraint
         self.epoch = 0
         self.best_state = None
         self.best_accuracy = -1.0
         self.best_epoch = -1
         self.diverged_epoch = None  # the first epoch that ended with a non-finite loss or weights
+        self.reached_criterion = None  # with a criterion: True once met, False at the cap without it
         self.log: list[dict] = []
         self.masks = None
         self._hooks = []
@@ -165,16 +228,19 @@ class _Member:
         return run_path / TRAIN_DIR / f"member-{self.index}.pt"
 
     def state(self) -> dict:
-        return {
+        state = {
             "epoch": self.epoch, "seed": self.seed,
             "model": _to_cpu(self.model.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "order": self.order.get_state(), "augmentation": self.augmentation.get_state(),
             "best": self.best_state, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
-            "diverged_epoch": self.diverged_epoch,
+            "diverged_epoch": self.diverged_epoch, "reached_criterion": self.reached_criterion,
             "masks": None if self.masks is None else _to_cpu(self.masks),
             "log": self.log,
         }
+        if self.interpolation is not None:
+            state["interpolation"] = self.interpolation.get_state()
+        return state
 
     def save(self, run_path: Path) -> None:
         _save_atomically(self.state(), self.checkpoint_path(run_path))
@@ -194,17 +260,31 @@ class _Member:
                              "remove the member's file to retrain it from scratch") from None
         if state["seed"] != self.seed:
             raise InputError(f"{path} belongs to seed {state['seed']}, not {self.seed}; the run folder was altered")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._continue_from(state)
         self.order.set_state(state["order"])
         self.augmentation.set_state(state["augmentation"])
+        if self.interpolation is not None:
+            self.interpolation.set_state(state["interpolation"])
+        self.diverged_epoch = state.get("diverged_epoch")  # absent in older checkpoints
+        self.reached_criterion = state.get("reached_criterion")
+        self.log = list(state["log"])
+        return True
+
+    def _continue_from(self, state: dict) -> None:
+        """Take the training state's weights and buffers, optimizer state (momentum), epoch (the
+        schedule's position), best weights and pruning masks."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.best_state, self.best_accuracy, self.best_epoch = state["best"], state["best_accuracy"], state["best_epoch"]
-        self.diverged_epoch = state.get("diverged_epoch")  # absent in older checkpoints
-        self.log = list(state["log"])
         if state["masks"] is not None:
             self._set_masks({name: mask.to(self.device) for name, mask in state["masks"].items()})
-        return True
+
+    def spawn_from(self, parent: dict) -> None:
+        """Continue from the parent's complete training state (member 0's at the spawn epoch), with
+        this member's own data-order, augmentation and α generators, from its seed; its log starts
+        at the spawn epoch."""
+        self._continue_from(copy.deepcopy(parent))
 
     # -- pruning
 
@@ -244,6 +324,7 @@ class _Member:
                                               augmentation_generator=self.augmentation):
             in_sam_set = None if membership is None else membership[index]
             outcome = training_step(self.model, self.optimizer, inputs, targets, in_sam_set,
+                                    loss_fn=self.objective(inputs, index),
                                     freeze_batch_norm=not settings.reference_compatible)
             if self.masks is not None:
                 pruning.apply_masks(self.model, self.masks)
@@ -259,10 +340,52 @@ class _Member:
             self.best_state = _to_cpu(self.model.state_dict(), clone=True)
         row = {"epoch": self.epoch, "member": self.index, "seed": self.seed,
                "train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen,
-               "val_accuracy": val_accuracy, "lr": rate, "sharpbalance_sets": sets is not None,
-               "seconds": time.perf_counter() - started}
+               "val_accuracy": val_accuracy, "lr": rate, "sharpbalance_sets": sets is not None}
+        if has_criterion(settings) and self.diverged_epoch is None:
+            row.update(self.check_criterion(data.unaugmented_train))
+        row["seconds"] = time.perf_counter() - started
         self.log.append(row)
         return row
+
+    def objective(self, inputs: torch.Tensor, index: torch.Tensor) -> Callable:
+        """The batch's loss ``L(outputs, targets)``: the cross-entropy; Hinton et al.'s distillation
+        loss against this member's teacher (from the spawn epoch on when spawning); or the
+        connectivity constraint to the anchor, with α drawn now from this member's generator."""
+        settings = self.settings
+        if self.teacher is not None and self.epoch >= (settings.spawn_epoch or 0):
+            teacher = self.teacher[index]
+            return lambda outputs, targets: distillation_loss(outputs, targets, teacher, settings.distill_weight,
+                                                              settings.distill_temperature)
+        if self.anchor is not None:
+            alpha = float(torch.rand((), generator=self.interpolation))
+            return lambda outputs, targets: constrained_loss(outputs, targets, self.model, self.anchor, inputs,
+                                                             settings.connect_strength, alpha)
+        return F.cross_entropy
+
+    # -- training to a criterion
+
+    def check_criterion(self, dataset) -> dict:
+        """The eval-mode loss and accuracy on the un-augmented training split after this epoch, and
+        whether the member stops here: it met the criterion (``reached_criterion`` True), or it is
+        at the cap without it (False)."""
+        settings = self.settings
+        loss, correct = evaluate_loss_and_accuracy(self.model, dataset, self.device)
+        met = ((settings.until_train_loss is None or loss <= settings.until_train_loss)
+               and (settings.until_train_accuracy is None or correct >= settings.until_train_accuracy))
+        if met:
+            self.reached_criterion = True
+        elif self.epoch >= settings.epochs:
+            self.reached_criterion = False
+        return {"train_eval_loss": loss, "train_eval_accuracy": correct}
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the criterion stopped this member before the cap."""
+        return self.reached_criterion is True
+
+    def finished(self) -> bool:
+        """Trained to the end: the criterion met, or the cap reached."""
+        return self.stopped or self.epoch >= self.settings.epochs
 
     def scores(self, data: "_Data") -> torch.Tensor:
         """Per-sample Fisher trace of every training sample (eval mode, no augmentation)."""
@@ -313,6 +436,22 @@ def _to_cpu(value, clone: bool = False):
 
 
 @torch.no_grad()
+def evaluate_loss_and_accuracy(model: torch.nn.Module, dataset, device: torch.device,
+                               batch_size: int = 64) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy over the whole ``dataset`` in eval mode, one batched
+    pass without gradients (the model's mode is restored). Batches of 64: on a CPU larger ones ran
+    up to twice as slow per image for a width-32 small_cnn (benchmarks/README.md, bench_criterion)."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with evaluation_mode(model):
+        for inputs, targets in batches(dataset, batch_size, device=device):
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += (logits.argmax(1) == targets).sum()
+    return float(loss_sum) / len(dataset), int(correct) / len(dataset)
+
+
+@torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
     """Top-1 accuracy in eval mode (the model's mode is restored)."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -328,6 +467,7 @@ class _Data:
     val: object
     scoring: object | None
     num_classes: int
+    unaugmented_train: object | None = None  # what a criterion is checked on
 
 
 def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
@@ -350,7 +490,10 @@ def _load_data(settings: TrainingSettings) -> _Data:
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
-    return _Data(train=train, val=val, scoring=scoring, num_classes=train.num_classes)
+    unaugmented = None
+    if has_criterion(settings):
+        unaugmented = train if train.augmentation == "none" else first_samples(split("train"), settings.train_samples)
+    return _Data(train=train, val=val, scoring=scoring, num_classes=train.num_classes, unaugmented_train=unaugmented)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +508,13 @@ class _Gang:
 
     def own(self, count: int) -> list[int]:
         return list(range(self.rank, count, self.world))
+
+    def barrier(self) -> None:
+        """Wait until every process is here (a parent or an anchor written by process 0)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def gather_scores(self, local: dict[int, torch.Tensor], count: int) -> torch.Tensor:
         """All members' scores ``(M, N)`` from each process's own members' rows."""
@@ -410,27 +560,91 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
     return sets
 
 
+def _spawn(run_path: Path, members: list[_Member], restored: dict[int, bool], gang: _Gang,
+           settings: TrainingSettings) -> None:
+    """At the spawn epoch: member 0's complete training state becomes the parent (written once by
+    the process training member 0, checked by every process) and each member 1..M-1 not restored
+    from its own checkpoint continues from it."""
+    for member in members:
+        if member.index == 0 and member.diverged_epoch is not None:
+            _mark_failed(run_path, member)  # no parent: the members to spawn from it never start
+        elif member.index == 0:
+            single_basin.save_parent(run_path, member.state(), settings)
+    gang.barrier()
+    parent = single_basin.read_parent(run_path, settings)
+    for member in members:
+        if parent is not None and member.index != 0 and not restored[member.index]:
+            member.spawn_from(parent)
+
+
+def _share_anchor(run_path: Path, members: list[_Member], gang: _Gang, settings: TrainingSettings) -> dict | None:
+    """Member 0's kept weights once it has finished: saved and recorded as the anchor by the process
+    training it, checked and read by every process (None when member 0 diverged)."""
+    for member in members:
+        if member.index == 0 and member.diverged_epoch is None:
+            _save_finished(run_path, member, settings)
+            single_basin.record_anchor(run_path)
+        elif member.index == 0:
+            _mark_failed(run_path, member)
+    gang.barrier()
+    anchor = single_basin.read_anchor(run_path)
+    return None if anchor is None else {name: tensor.to(members[0].device) for name, tensor in anchor.items()}
+
+
+def _training_order(members: list[_Member], start: int, end: int, run_path: Path, gang: _Gang,
+                    settings: TrainingSettings):
+    """The members of this process that train in the phase ``[start, end)``, in order. Members
+    1..M-1 of a spawned run wait for the parent (from the spawn epoch on); with the connectivity
+    constraint, member 0, the anchor, trains to the end first, then the anchor is shared, then the
+    others train against it. The caller trains each member to ``end`` before asking for the next."""
+    spawning = settings.spawn_epoch is not None
+    ready = [m for m in members if not (spawning and m.index != 0 and m.epoch < settings.spawn_epoch)]
+    if not settings.connect_strength or end != settings.epochs:
+        yield from ready
+        return
+    yield from [m for m in ready if m.index == 0]
+    anchor = _share_anchor(run_path, members, gang, settings)
+    for member in ready:
+        if member.index != 0 and anchor is not None:
+            member.anchor = anchor
+            yield member
+
+
+def _teacher_targets(teacher: torch.Tensor | None, index: int, settings: TrainingSettings,
+                     device: torch.device) -> torch.Tensor | None:
+    """Member ``index``'s soft targets ``(N, C)``: its own teacher member's, or the teacher ensemble's."""
+    if teacher is None:
+        return None
+    if settings.distill_target == "ensemble":
+        return ensemble_soft_targets(teacher, settings.distill_temperature).to(device)
+    return soft_targets(teacher[index], settings.distill_temperature).to(device)
+
+
 def _train_members(run_path: Path, settings: TrainingSettings, device: torch.device, gang: _Gang,
-                   progress: bool, callback: Callable[[dict], None] | None) -> None:
+                   progress: bool, callback: Callable[[dict], None] | None,
+                   teacher: torch.Tensor | None = None) -> None:
     data = _load_data(settings)
     members = [_Member(i, settings.seeds[i], settings, data.num_classes, device) for i in gang.own(len(settings.seeds))]
+    restored = {member.index: member.load(run_path) for member in members}
     for member in members:
-        member.load(run_path)
+        member.teacher = _teacher_targets(teacher, member.index, settings, device)
     bars = {}  # a member's bar appears when it starts training, so its clock and ETA are its own
     boundaries = selection_epochs(settings)
     sets, start = None, 0
-    for end in [*boundaries, settings.epochs]:
+    for end in _phase_ends(settings):
         if start in boundaries:
             sets = _sets_at(start, run_path, members, data, gang, settings, callback)
             if sets is None:
                 break
-        for member in members:
+        if start == settings.spawn_epoch:
+            _spawn(run_path, members, restored, gang, settings)
+        for member in _training_order(members, start, end, run_path, gang, settings):
             if member.epoch < end and member.diverged_epoch is None:
                 if member.index not in bars:
                     bars[member.index] = _progress_bar(member, settings, progress)
                 bar = bars[member.index]
                 bar.unpause()  # the time spent on the other members is not this member's
-            while member.epoch < end and member.diverged_epoch is None:
+            while member.epoch < end and member.diverged_epoch is None and not member.stopped:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
                 bar.update(1)
@@ -443,10 +657,25 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
             bars[member.index].close()
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
-        elif member.epoch >= settings.epochs:
-            save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
-                        kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
-                        val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+        elif member.finished():
+            _save_finished(run_path, member, settings)
+
+
+def _phase_ends(settings: TrainingSettings) -> list[int]:
+    """The epochs at which every member pauses: SharpBalance's selections, the spawn epoch, the end."""
+    spawn = [settings.spawn_epoch] if settings.spawn_epoch else []
+    return sorted({*selection_epochs(settings), *spawn, settings.epochs})
+
+
+def _save_finished(run_path: Path, member: _Member, settings: TrainingSettings) -> None:
+    """Write a finished member's kept weights and mark it done in run.json (with a criterion, its
+    stopping epoch and whether it met the criterion)."""
+    stopping = ({"stop_epoch": member.epoch, "reached_criterion": member.reached_criterion}
+                if has_criterion(settings) else {})
+    save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
+                kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
+                val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"],
+                **stopping)
 
 
 def _mark_failed(run_path: Path, member: _Member) -> None:
@@ -469,7 +698,9 @@ def _refuse_diverged(run_path: Path, settings: TrainingSettings) -> None:
     unfinished = [m["index"] for m in members if m.get("status") not in ("done", "failed")]
     if not failed and not unfinished:
         return
-    rest = f"; members {unfinished} stopped unfinished (SharpBalance's sets need every member)" if unfinished else ""
+    reason = ("SharpBalance's sets need every member" if settings.method == "sharpbalance"
+              else "they start from or train against member 0")
+    rest = f"; members {unfinished} stopped unfinished ({reason})" if unfinished else ""
     if not failed:
         raise InputError(f"training of {run_path} stopped: the SharpBalance scores are not finite{rest}")
     named = "; ".join(f"member {m['index']} (seed {m['seed']}) diverged at epoch {m['diverged_epoch']}" for m in failed)
@@ -485,7 +716,7 @@ def _progress_bar(member: _Member, settings: TrainingSettings, enabled: bool):
 
 
 def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettings, device: str, threads: int,
-                  progress: bool, rendezvous: str) -> None:
+                  progress: bool, rendezvous: str, teacher: torch.Tensor | None = None) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
@@ -493,10 +724,12 @@ def _process_main(rank: int, world: int, run_path: str, settings: TrainingSettin
     if chosen.type == "cuda":
         chosen = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(chosen)
+    # Processes wait at a barrier while member 0 trains alone (a spawn parent, an anchor): no timeout
+    # shorter than a training; a process that fails ends them all (torch.multiprocessing.spawn).
     dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo", init_method=rendezvous,
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, timeout=datetime.timedelta(days=30))
     try:
-        _train_members(Path(run_path), settings, chosen, _Gang(rank, world), progress, callback=None)
+        _train_members(Path(run_path), settings, chosen, _Gang(rank, world), progress, callback=None, teacher=teacher)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -506,8 +739,9 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
          callback) -> list["MemberSummary"]:
     device = torch.device(device or "cpu")
     world = _processes(settings, members_parallel, callback)
+    teacher = _teacher(run_path, settings, device)
     if world == 1:
-        _train_members(run_path, settings, device, _Gang(), progress, callback)
+        _train_members(run_path, settings, device, _Gang(), progress, callback, teacher)
     else:
         import torch.multiprocessing as multiprocessing
 
@@ -515,9 +749,24 @@ def _run(run_path: Path, settings: TrainingSettings, members_parallel: int | Non
             rendezvous = f"file://{Path(folder) / 'store'}"
             multiprocessing.spawn(_process_main, nprocs=world, join=True,
                                   args=(world, str(run_path), settings, str(device), torch.get_num_threads(),
-                                        progress, rendezvous))
+                                        progress, rendezvous, teacher))
     _refuse_diverged(run_path, settings)
     return summarize(run_path)
+
+
+def _teacher(run_path: Path, settings: TrainingSettings, device: torch.device) -> torch.Tensor | None:
+    """The teacher's member logits ``(M, N, C)`` on the un-augmented training split (None without
+    distillation), from its logit cache, after checking it is the teacher run.json records. An
+    augmented image's target is the teacher's prediction on the image before augmentation."""
+    if settings.distill_from is None:
+        return None
+    num_classes = int(read_config(run_path)["num_classes"])
+    logits, labels = single_basin.teacher_logits(run_path, settings, num_classes, device)
+    train = first_samples(load_dataset(settings.dataset, settings.data_path, "train"), settings.train_samples)
+    if not torch.equal(labels[:len(train)], train.targets):
+        raise InputError(f"the teacher's training labels differ from those of {settings.dataset}'s training split "
+                         "here; distil on the data the teacher's logits were computed on")
+    return logits[:, :len(train)].cpu()
 
 
 def _processes(settings: TrainingSettings, members_parallel: int | None, callback) -> int:
@@ -592,24 +841,55 @@ class MemberSummary:
     best_val_accuracy: float
     last_val_accuracy: float
     seconds: float
+    #: With a criterion: whether the member met it (False: it stopped at the cap without), else None.
+    reached_criterion: bool | None = None
+    #: With a criterion: the last epoch's loss on the un-augmented training split (eval mode).
+    train_eval_loss: float | None = None
 
 
 def summarize(run_path: str | os.PathLike) -> list[MemberSummary]:
-    """One line per member from its training log."""
+    """One line per member from its training log (and run.json's record of the criterion)."""
     table = read_training_log(run_path)
+    entries = {entry["index"]: entry for entry in read_config(run_path).get("members", [])}
     rows = []
     for member, log in table.groupby("member", sort=True) if len(table) else []:
         best = log.loc[log["val_accuracy"].idxmax()]
+        last = log.iloc[-1]
+        checked = "train_eval_loss" in log and not _missing(last["train_eval_loss"])
         rows.append(MemberSummary(member=int(member), seed=int(log["seed"].iloc[0]), epochs=int(log["epoch"].max()),
                                   best_epoch=int(best["epoch"]), best_val_accuracy=float(best["val_accuracy"]),
                                   last_val_accuracy=float(log["val_accuracy"].iloc[-1]),
-                                  seconds=float(log["seconds"].sum())))
+                                  seconds=float(log["seconds"].sum()),
+                                  reached_criterion=entries.get(int(member), {}).get("reached_criterion"),
+                                  train_eval_loss=float(last["train_eval_loss"]) if checked else None))
     return rows
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def missed_criterion(run_path: str | os.PathLike) -> list[str]:
+    """One sentence per member of the run that stopped at the cap without meeting its criterion
+    (run.json ``reached_criterion: false``); none for a run without a criterion."""
+    config = read_config(run_path)
+    criterion = criterion_text(config.get("until_train_loss"), config.get("until_train_accuracy"))
+    losses = {row.member: row.train_eval_loss for row in summarize(run_path)}
+    sentences = []
+    for entry in config.get("members", []):
+        if entry.get("reached_criterion") is False:
+            loss = losses.get(entry["index"])
+            shown = f" (train loss {loss:.4g} at its last epoch)" if loss is not None else ""
+            sentences.append(f"member {entry['index']} (seed {entry.get('seed')}) did not reach {criterion} within "
+                             f"{config.get('epochs')} epochs{shown}; it is kept, marked reached_criterion: false "
+                             f"in {Path(run_path) / RUN_FILE}")
+    return sentences
 
 
 def read_training_log(run_path: str | os.PathLike):
     """All members' per-epoch rows as a DataFrame (epoch, member, seed, train_loss, train_accuracy,
-    val_accuracy, lr, sharpbalance_sets, seconds)."""
+    val_accuracy, lr, sharpbalance_sets, seconds; a run to a criterion also train_eval_loss and
+    train_eval_accuracy)."""
     import pandas as pd
 
     rows = []
@@ -641,6 +921,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     require_writable_folder(out, force, "--out")
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
+    teacher = ({"teacher": single_basin.teacher_record(settings.distill_from, settings, train_data.num_classes)}
+               if settings.distill_from is not None else {})
     _require_own_training_state(out, settings, recorded=True)
     mark_folder(out, "run")
     write_json(out / TRAIN_DIR / SETTINGS_FILE, _settings_record(settings))
@@ -648,7 +930,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     create_run(out, dataset=settings.dataset, num_classes=train_data.num_classes, model=settings.model,
                model_args=_model_args(settings), model_input=settings.model_input, method=settings.method,
                seeds=settings.seeds, keep=settings.keep,
-               **settings.run_fields(), threads=torch.get_num_threads(), device=str(torch.device(device or "cpu")))
+               **settings.run_fields(), **teacher, threads=torch.get_num_threads(),
+               device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
 
 
