@@ -961,8 +961,11 @@ def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, pl
                          batch_size, seed, align, device, threads):
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
-    Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
-    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
+    Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier,
+    connectivity/barrier_alpha and the pair connectivity connectivity/q and q_loss (our reconstruction of
+    Lion et al. 2024's q_pair: the worst fraction of the chord between the ends' accuracies, or losses,
+    the path keeps); per ensemble connectivity/q_bar and q_loss_bar, their means over the pairs; with
+    --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
     Aligned rows have the settings alignment and aligned_to (the reference, member 0), and for a
     model outside the zoo align_spec (a digest of its traced permutation groups). Stored rows are reused.
     """

@@ -21,6 +21,15 @@ over every batch of ``batches`` (``loss_fn(outputs, targets)`` returns the batch
   is ``w₁ + x u + y v``, so the members sit at ``(0, 0)``, ``(‖w₂ − w₁‖, 0)`` and
   ``(⟨w₃ − w₁, u⟩, ‖w₃ − w₁ − ⟨w₃ − w₁, u⟩ u‖)`` (:func:`plane`; Lion et al. 2024, "How good is a
   single basin?", Fig. 4, draws ensembles this way).
+- **Pair connectivity q** (our reconstruction of the per-pair connectivity ``q_pair`` that Lion et
+  al. 2024, Figs. 2–3, average into an ensemble's ``q̄``; their exact formula could not be recovered
+  from the text available to us, so this is a stated stand-in, not their definition): with the chord
+  ``c(α) = (1 − α) acc(θ_a) + α acc(θ_b)``, ``q = min_α min(1, acc(θ(α)) / c(α))`` over the path's
+  ``α``, the worst fraction of the straight line between the endpoints' accuracies that the path
+  keeps; and the loss form ``q_loss = min_α min(1, [(1 − α) L(θ_a) + α L(θ_b)] / L(θ(α)))``
+  (:func:`pair_connectivity`). Both lie in ``[0, 1]``, are 1 when no point of the path is worse than
+  the chord (identical members, one basin) and fall towards chance / endpoint accuracy when the path
+  crosses a barrier.
 - **Random slice** (Li et al. 2018, "Visualizing the loss landscape of neural nets"):
   ``θ + x d₁ + y d₂`` with Gaussian directions whose every filter is rescaled to the norm of the
   corresponding filter of ``θ`` (:func:`random_directions`, :func:`random_directions_slice`).
@@ -95,6 +104,7 @@ __all__ = [
     "Barrier",
     "BarrierMatrix",
     "Interpolation",
+    "PairConnectivity",
     "Plane",
     "PlaneBasis",
     "barrier_matrix",
@@ -102,6 +112,7 @@ __all__ = [
     "interpolate",
     "interpolated_model",
     "loss_barrier",
+    "pair_connectivity",
     "plane",
     "random_directions",
     "random_directions_slice",
@@ -137,6 +148,18 @@ class Barrier:
     value: float
     alpha: float
     interpolation: Interpolation
+
+
+@dataclass(frozen=True)
+class PairConnectivity:
+    """How much of the chord between two members' accuracies (``q``) and losses (``q_loss``) the
+    linear path between them keeps at its worst point, reached at ``alpha`` and ``loss_alpha``
+    (see :func:`pair_connectivity`); NaN where the path holds a non-finite value."""
+
+    q: float
+    alpha: float
+    q_loss: float
+    loss_alpha: float
 
 
 @dataclass(frozen=True)
@@ -245,6 +268,72 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, 
     path = interpolate(model_a, model_b, loss_fn, batches, alphas=coefficients, bn_batches=bn_batches,
                        chunk_size=chunk_size)
     return _barrier_along(path)
+
+
+def pair_connectivity(path: Interpolation) -> PairConnectivity:
+    """The connectivity ``q`` of the linear path between two members, from its accuracies and losses.
+
+    Our reconstruction of Lion et al. 2024's per-pair connectivity ``q_pair`` ("How good is a single
+    basin?", AISTATS; Fig. 2 approximates it "through lines" of the linear path, Fig. 3 plots its mean
+    ``q̄`` over pairs against accuracy). Their exact formula could not be recovered from the text
+    available to us; this one is well defined, 1 for members of one basin and low across a barrier,
+    and is ours. On the path's grid of ``α`` (which must hold 0 and 1):
+
+    - ``q = min_α min(1, acc(θ(α)) / [(1 − α) acc(θ_a) + α acc(θ_b)])``: the worst fraction of the
+      chord between the endpoints' accuracies that the path keeps (``alpha``: where);
+    - ``q_loss = min_α min(1, [(1 − α) L(θ_a) + α L(θ_b)] / L(θ(α)))``: the same with the loss, whose
+      excess over its chord is the barrier of Entezari et al. 2022 (``loss_alpha``: where).
+
+    A point no worse than the chord counts 1, so ``0 ≤ q ≤ 1`` without a division by zero (an endpoint
+    of accuracy 0 makes the chord 0 there, and no accuracy is worse); the endpoints themselves count
+    1, so ``q = 1`` exactly when no point of the path is worse than the chord, e.g. between identical
+    members. Between a trained network and a permuted copy of it the path passes near chance accuracy,
+    so ``q`` is about chance / the network's accuracy. The chord's ends are the path's own endpoint
+    values, so BatchNorm statistics count as the path handled them (``bn_mode``: recomputed at every
+    point, endpoints included, or interpolated). Computed in float64; NaN when a value of the path is
+    not finite (accuracy is NaN for outputs that are not class scores). Losses must be non-negative
+    (cross-entropy, squared error).
+
+    >>> import torch
+    >>> path = Interpolation(alphas=torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
+    ...                      loss=torch.tensor([0.2, 0.5, 0.4], dtype=torch.float64),
+    ...                      accuracy=torch.tensor([0.9, 0.6, 0.8], dtype=torch.float64), bn_mode="none")
+    >>> result = pair_connectivity(path)  # the chords are 0.85 and 0.3 at α = 0.5
+    >>> round(result.q, 6), result.alpha, round(result.q_loss, 6), result.loss_alpha
+    (0.705882, 0.5, 0.6, 0.5)
+    """
+    if not isinstance(path, Interpolation):
+        raise InputError(f"pair_connectivity needs an Interpolation (the result of interpolate), got "
+                         f"{type(path).__name__}.")
+    alphas = torch.as_tensor(path.alphas).detach().cpu().to(torch.float64)
+    loss = torch.as_tensor(path.loss).detach().cpu().to(torch.float64)
+    accuracy = torch.as_tensor(path.accuracy).detach().cpu().to(torch.float64)
+    if not (alphas.dim() == 1 and alphas.shape == loss.shape == accuracy.shape):
+        raise InputError(f"the path's alphas, loss and accuracy must be 1-d and of one length, got shapes "
+                         f"{tuple(alphas.shape)}, {tuple(loss.shape)} and {tuple(accuracy.shape)}.")
+    if not ((alphas == 0.0).any() and (alphas == 1.0).any()) or (alphas < 0).any() or (alphas > 1).any():
+        raise InputError("the path's alphas must lie in [0, 1] and include both ends, 0 and 1, whose values "
+                         "make the chord; measure it with loss_barrier or interpolate(alphas=count).")
+    if (loss < 0).any():
+        raise InputError(f"q_loss needs non-negative losses, got {float(loss.min())}; use a loss such as "
+                         "cross-entropy or squared error.")
+    q, alpha = _kept_fraction(alphas, accuracy, higher_is_better=True)
+    q_loss, loss_alpha = _kept_fraction(alphas, loss, higher_is_better=False)
+    return PairConnectivity(q=q, alpha=alpha, q_loss=q_loss, loss_alpha=loss_alpha)
+
+
+def _kept_fraction(alphas: Tensor, values: Tensor, higher_is_better: bool) -> tuple[float, float]:
+    """``min_α min(1, path/chord)`` (accuracy) or ``min_α min(1, chord/path)`` (loss), and the first
+    ``α`` where it is reached; NaNs when a value is not finite."""
+    if not torch.isfinite(values).all():
+        return math.nan, math.nan
+    chord = (1.0 - alphas) * values[alphas == 0.0][0] + alphas * values[alphas == 1.0][0]
+    better, worse = (values, chord) if higher_is_better else (chord, values)
+    # where the path is worse than the chord, worse > better >= 0: the division is by a positive number
+    below = better < worse
+    kept = torch.where(below, better / torch.where(below, worse, torch.ones_like(worse)), torch.ones_like(worse))
+    index = int(torch.argmin(kept))
+    return float(kept[index]), float(alphas[index])
 
 
 @_deprecated_alias(loader="batches", bn_loader="bn_batches")

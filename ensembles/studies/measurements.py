@@ -38,11 +38,16 @@ error of that mean over members, ``std(values, ddof=1)/√M`` (NaN for one membe
 spread of the members, the quantity an ensemble-level comparison needs; the members' own
 (batch or probe) standard errors are not propagated, since all members share the batches and their
 errors are not independent.
+Connectivity's ``connectivity/q_bar`` is the same over member pairs: the mean of the pairs' ``q``
+with ``std(ddof=1)/√P`` over the ``P`` pairs.
 
 Shape. Each ``measure_*`` checks its input for every run and plans one ``_Study`` per run (its
 tasks, how a stored result is found, how one task is computed, its ensemble means and summary);
 ``_measure_run`` is the one skeleton they share: reuse stored results → compute the missing tasks
-→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize.
+→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize. A
+stored result may come with rows that a newer version of the measurement adds and that follow from
+the stored rows alone (``_Derived``: connectivity's ``q`` of a stored path); those are stored first,
+tied to the digests of the files the stored rows were measured on.
 """
 from __future__ import annotations
 
@@ -90,6 +95,8 @@ LOSS = F.cross_entropy
 #: ``alpha``, ``rank`` and the grid indices of densities and planes, and the computed places that rows
 #: written before the indices were keyed by (``eigenvalue``, ``u``, ``v``; now location columns).
 AXIS_COLUMNS = ("alpha", "rank", "grid_index", "u_index", "v_index", "eigenvalue", "u", "v")
+#: The pair connectivity of a path (:func:`landscape.connectivity.pair_connectivity`): accuracy and loss form.
+Q_METRICS = ("connectivity/q", "connectivity/q_loss")
 #: Two α closer than this are one point of a path: rows written before α was computed exactly hold
 #: ``torch.linspace``'s values, an ulp off on some CPUs; grid points are ≥ 1e-6 apart up to a million α.
 ALPHA_TOLERANCE = 1e-9
@@ -126,11 +133,13 @@ class _StoredRows:
 
     def __init__(self, path: Path):
         table = run_folder.read_results(path, current_only=True)
-        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr"]
+        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr",
+                   "weights"]
         self._rows: dict[tuple, list[tuple[dict, float, float]]] = defaultdict(list)
+        self._weights: dict[str, str] = {}
         if table.empty:
             return
-        for scope, metric, dataset, split, corruption, text, data, value, stderr in \
+        for scope, metric, dataset, split, corruption, text, data, value, stderr, weights in \
                 table.reindex(columns=columns).itertuples(index=False):
             if isinstance(corruption, str):
                 continue  # these measurements are on clean splits only
@@ -141,6 +150,7 @@ class _StoredRows:
             key = (scope, metric, dataset, split, run_folder.canonical_settings(settings),
                    data if isinstance(data, str) else None)
             self._rows[key].append((axes, float(value), float(stderr)))
+            self._weights[scope] = weights  # current rows: the digest of the scope's files when read
 
     def get(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> list[tuple[dict, float, float]]:
         """``[(axes, value, stderr), ...]`` of the stored rows of one measurement."""
@@ -152,6 +162,10 @@ class _StoredRows:
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
         rows = self.get(scope, metric, where, settings)
         return rows[-1][1] if rows else None
+
+    def weights(self, scope: str) -> str | None:
+        """The weights digest (:func:`run_folder.weights_digest`) the scope's stored rows belong to."""
+        return self._weights.get(scope)
 
 
 def _whole_grid(rows: Sequence[tuple[dict, float, float]], index_columns: Sequence[str],
@@ -167,6 +181,11 @@ def _whole_grid(rows: Sequence[tuple[dict, float, float]], index_columns: Sequen
     placed = {tuple(float(axes[c]) for c in location_columns) for axes, _, _ in rows
               if index_columns[0] not in axes and all(c in axes for c in location_columns)}
     return len(placed) == math.prod(shape)
+
+
+def _point(rows: Sequence[tuple[dict, float, float]], alpha: float) -> float:
+    """The value of the newest stored row at ``alpha`` (within :data:`ALPHA_TOLERANCE`)."""
+    return [value for axes, value, _ in rows if abs(float(axes["alpha"]) - alpha) <= ALPHA_TOLERANCE][-1]
 
 
 def _covers(stored: Sequence[float], wanted: np.ndarray) -> bool:
@@ -339,6 +358,18 @@ def _where(splits: _Splits, run: _RunInput, split: str) -> dict:
 # the skeleton every measurement shares
 
 
+@dataclass(frozen=True)
+class _Derived:
+    """A task found stored, with rows a newer version of the measurement adds, computed from the
+    stored rows alone (no model is loaded): ``rows``, the task's ``result``, and ``weights``, the
+    digests of the member files those stored rows belong to (the new rows are stored with them, and
+    not at all if a file has changed since)."""
+
+    rows: list[dict]
+    result: Any
+    weights: Mapping[int, str]
+
+
 class _Refused(Exception):
     """A task's result is not finite; ``row`` names it (scope, metric, settings), ``reason`` says why."""
 
@@ -380,7 +411,8 @@ class _Study:
         raise NotImplementedError
 
     def lookup(self, stored: _StoredRows, task):
-        """The task's stored result, or ``None``: measure it."""
+        """The task's stored result, or ``None``: measure it (or a :class:`_Derived`: stored, with rows
+        to add that are computed from the stored ones)."""
         raise NotImplementedError
 
     def compute(self, models: _Members, task) -> tuple[list[dict], Any]:
@@ -404,12 +436,18 @@ def _measure(studies: Sequence[_Study], device, dtype, progress: bool) -> list[M
 
 
 def _measure_run(study: _Study, models: _Members, progress: bool) -> Measurement:
-    """Reuse stored results → compute the missing tasks → store each group's rows (finite, with the
-    digests of the weights as read) → store the ensemble means → summarize."""
+    """Reuse stored results (storing the rows derived from them) → compute the missing tasks → store
+    each group's rows (finite, with the digests of the weights as read) → store the ensemble means →
+    summarize."""
     stored, tasks = _StoredRows(study.path), study.tasks()
     results = {task: study.lookup(stored, task) for task in tasks}
+    derived = {task: found for task, found in results.items() if isinstance(found, _Derived)}
+    results.update({task: found.result for task, found in derived.items()})
     missing = [task for task in tasks if results[task] is None]
     written: list[dict] = []
+    derived_from = _same_weights(found.weights for found in derived.values())
+    if derived:
+        _append_finite(study.path, [row for found in derived.values() for row in found.rows], written, derived_from)
     with _progress(len(missing), study.path.name, study.unit, progress) as bar:
         for _, group in itertools.groupby(missing, key=study.group):
             rows = []
@@ -425,10 +463,21 @@ def _measure_run(study: _Study, models: _Members, progress: bool) -> Measurement
              if any(task in missing for task in mean.tasks)
              or not stored.get("ensemble", mean.metric, study.where, {**mean.settings, "aggregate": "mean"})]
     if means:
-        _append_finite(study.path, means, written, models.weights)
+        _append_finite(study.path, means, written, _same_weights([derived_from, models.weights or {}]) or None)
     return Measurement(study.path, tuple(map(study.name, missing)),
                        tuple(study.name(task) for task in tasks if task not in missing), written,
                        tuple(study.summary(results, missing)))
+
+
+def _same_weights(digests: Iterable[Mapping[int, str]]) -> dict[int, str]:
+    """One map of member digests from several reads, refused when a member was read as two files."""
+    merged: dict[int, str] = {}
+    for read in digests:
+        for index, digest in read.items():
+            if merged.setdefault(index, digest) != digest:
+                raise InputError(f"member {index} changed during the measurement (its stored rows and the weights "
+                                 "loaded now differ); no rows of it were stored: run the command again")
+    return merged
 
 
 def _mean_row(where: Mapping, mean: _Mean, results: Mapping) -> dict:
@@ -894,7 +943,15 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
 
     Per pair ``i < j`` (scope ``pair-<i>-<j>``): ``connectivity/loss`` and ``connectivity/accuracy``
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
-    and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
+    and ``connectivity/barrier_alpha``, and the pair connectivity ``connectivity/q`` and
+    ``connectivity/q_loss`` of that path (:func:`landscape.connectivity.pair_connectivity`: our
+    reconstruction of Lion et al. 2024's ``q_pair``, whose exact formula could not be recovered),
+    all with the setting ``alphas``; per ensemble (scope ``ensemble``, ``aggregate="mean"``)
+    ``connectivity/q_bar`` and ``connectivity/q_loss_bar``, their means over the pairs, with
+    ``stderr = std(ddof=1)/√P`` over the ``P`` pairs (a spread: pairs share members, so it is no
+    sampling error). Every row has ``bn_mode``. Tables stored before ``q`` existed keep their
+    paths and barriers: their ``q`` rows are computed from the stored path rows (the ``alphas`` points
+    of the same settings, data and weights) when those are whole, else the pair is measured again. With
     ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (scope
     ``ensemble``, keyed by ``u_index``, ``v_index``; scope ``member-<i>`` at each member's own
     position), with the coordinates, computed from the members' weights, in the location columns
@@ -992,6 +1049,7 @@ class _Connectivity(_Study):
             if self.alignment == "activation":
                 self.curve_settings.update(align_examples=bn_count)
                 self.align_batches = samples
+        self._digests: dict[int, str] = {}  # member files digested to tie rows derived from stored ones
         if self.alignment != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
             # (unaligned rows keep the settings they always had, so stored ones are still reused)
             # an aligned pair's numbers depend on the reference's weights too, which its scope does not read
@@ -1021,9 +1079,38 @@ class _Connectivity(_Study):
         ends = [stored.value(scope, metric, self.where, self.barrier_settings)
                 for metric in ("connectivity/barrier", "connectivity/barrier_alpha")]
         wanted = connectivity.evenly_spaced_alphas(self.alphas).numpy()
-        curves = [[float(axes["alpha"]) for axes, _, _ in stored.get(scope, metric, self.where, self.curve_settings)]
+        curves = [stored.get(scope, metric, self.where, self.curve_settings)
                   for metric in ("connectivity/loss", "connectivity/accuracy")]
-        return tuple(ends) if None not in ends and all(_covers(curve, wanted) for curve in curves) else None
+        if None in ends or not all(_covers([float(axes["alpha"]) for axes, _, _ in curve], wanted) for curve in curves):
+            return None
+        qs = [stored.value(scope, metric, self.where, self.barrier_settings) for metric in Q_METRICS]
+        if None not in qs:
+            return (*ends, *qs)
+        return self._q_of_stored_path(stored, task, tuple(ends), curves, wanted)
+
+    def _q_of_stored_path(self, stored: _StoredRows, task, ends: tuple, curves, wanted: np.ndarray):
+        """The q rows of a pair whose path and barrier are stored without them (a table written before
+        q existed): computed from the stored points at exactly the ``alphas`` grid, tied to the files
+        those rows were measured on; ``None`` (measure it) when the files have changed since."""
+        scope = self.name(task)
+        read = {index: self._digest(index) for index in task}
+        if run_folder.weights_digest(self.path, scope, None, read) != stored.weights(scope):
+            return None
+        loss, accuracy = (torch.tensor([_point(curve, alpha) for alpha in wanted], dtype=torch.float64)
+                          for curve in curves)
+        path = connectivity.Interpolation(alphas=torch.from_numpy(wanted), loss=loss, accuracy=accuracy,
+                                          bn_mode=self.bn_mode)
+        pair = connectivity.pair_connectivity(path)
+        return _Derived(self._q_rows(scope, pair), (*ends, pair.q, pair.q_loss), read)
+
+    def _digest(self, index: int) -> str:
+        if index not in self._digests:
+            self._digests[index] = file_digest(run_folder.member_path(self.path, index))
+        return self._digests[index]
+
+    def _q_rows(self, scope: str, pair: connectivity.PairConnectivity) -> list[dict]:
+        return [{"scope": scope, "metric": metric, "value": value, **self.where, **self.barrier_settings}
+                for metric, value in zip(Q_METRICS, (pair.q, pair.q_loss))]
 
     def _members(self, models: _Members):
         if self.alignment == "none":
@@ -1054,7 +1141,13 @@ class _Connectivity(_Study):
                   **self.where, **self.barrier_settings},
                  {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
                   **self.where, **self.barrier_settings}]
-        return rows, (barrier.value, barrier.alpha)
+        pair = connectivity.pair_connectivity(curve)
+        return rows + self._q_rows(scope, pair), (barrier.value, barrier.alpha, pair.q, pair.q_loss)
+
+    def means(self) -> list[_Mean]:
+        pairs = [task for task in self.tasks() if task != "plane"]
+        return [_Mean(metric, self.barrier_settings, pairs, operator.itemgetter(position))
+                for metric, position in (("connectivity/q_bar", 2), ("connectivity/q_loss_bar", 3))]
 
     def _plane(self, models: _Members) -> list[dict]:
         surface = connectivity.plane([models[i] for i in self.members[:3]], LOSS, self.batches, grid=self.grid,
@@ -1082,8 +1175,12 @@ class _Connectivity(_Study):
                  f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}, alignment {self.alignment}"
                  + (f" (to member {self.members[0]})" if self.alignment != "none" else "") + ": "
                  f"{len(measured)} pairs measured now, {len(pairs) - len(measured)} stored",
-                 f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
-        lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}" for i, j in pairs]
+                 f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}{'q':>10}{'q_loss':>10}"]
+        lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}{results[i, j][2]:>10.4g}"
+                  f"{results[i, j][3]:>10.4g}" for i, j in pairs]
+        q_bar, spread = _mean_over_members([results[pair][2] for pair in pairs])
+        lines.append(f"  q̄ = {_format(q_bar, spread)} over {len(pairs)} pairs (q: the worst fraction of the chord "
+                     "between the ends' accuracies the path keeps; our reconstruction of Lion et al. 2024's q_pair)")
         if self.plane:
             lines.append(f"  plane through members {', '.join(map(str, self.members[:3]))}: {self.grid}x{self.grid} "
                          "grid " + ("measured now" if "plane" in missing else "stored"))
