@@ -95,7 +95,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape.checks import callable_loss, finite_float, model_dtype_device, positive_int
+from landscape.checks import (batch_pair, callable_loss, finite_float, model_dtype_device, positive_int,
+                              require_model)
 from landscape.errors import InputError
 
 __all__ = [
@@ -232,6 +233,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, b
     forward pass (see the module docstring for when that pays; ignored in ``"reset"`` mode, where
     each point needs its own statistics pass).
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     loss_fn = callable_loss(loss_fn)
     coefficients = _alpha_grid(alphas)
     anchors = _anchors([model_a, model_b])
@@ -250,6 +252,7 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, 
     chord needs the endpoint losses. In ``"reset"`` mode the endpoints get recomputed statistics
     too, so the chord and the path are measured alike. See :func:`interpolate` for the arguments.
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     loss_fn = callable_loss(loss_fn)
     coefficients = _alpha_grid(alphas)
     if (coefficients < 0).any() or (coefficients > 1).any():
@@ -336,6 +339,8 @@ def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches:
     ``value[i, j] = value[j, i]`` is the barrier of the path between members ``i`` and ``j``,
     measured once from ``i`` to ``j`` (``i < j``); see :func:`loss_barrier`.
     """
+    for index, member in enumerate(members):
+        require_model(member, f"members[{index}]")
     loss_fn = callable_loss(loss_fn)
     members = list(members)
     if len(members) < 2:
@@ -368,6 +373,8 @@ def plane(models: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, 
     point ``w₁ + a(w₂ − w₁) + b(w₃ − w₁)`` gets the same affine combination of the members'
     buffers (``"interpolated"``), or recomputed statistics with a ``bn_batches`` (``"reset"``).
     """
+    for index, model in enumerate(models):
+        require_model(model, f"models[{index}]")
     loss_fn = callable_loss(loss_fn)
     models = list(models)
     if len(models) != 3:
@@ -436,6 +443,7 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
     Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in the model's dtype, so the
     directions do not depend on the device.
     """
+    require_model(model)
     count = positive_int("count", count)
     model_dtype_device(model, purpose="to move along")
     generator = torch.Generator().manual_seed(seed)
@@ -469,6 +477,7 @@ def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Ba
     when the number of points is odd; always measured as ``member_loss``). BatchNorm statistics stay
     the member's own (``"fixed"``) unless a ``bn_batches`` is given (``"reset"``).
     """
+    require_model(model)
     loss_fn = callable_loss(loss_fn)
     span = finite_float("span", span, minimum=0, exclusive=True)
     columns, rows = _grid_shape(grid)
@@ -506,6 +515,7 @@ def interpolated_model(model_a: nn.Module, model_b: nn.Module, alpha: float,
     BatchNorm statistics are then recomputed (:func:`recompute_batchnorm_statistics`). This is the
     network :func:`interpolate` measures at ``alpha``.
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     alpha = finite_float("alpha", alpha)
     anchors = _anchors([model_a, model_b])
     point = _combine(anchors, torch.tensor([[1.0 - alpha, alpha]], dtype=torch.float64))
@@ -530,6 +540,7 @@ def recompute_batchnorm_statistics(model: nn.Module, bn_batches: Batches) -> nn.
     variances and so drops the spread between batch means, and it weighs batches equally whatever
     their size. ``bn_batches`` yields ``(inputs, targets)`` pairs or bare inputs.
     """
+    require_model(model)
     _require_reiterable(bn_batches, "bn_batches")
     model_dtype_device(model, purpose="to measure")
     network = copy.deepcopy(model)
@@ -617,7 +628,7 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], batches: Batche
     classifies = True
     with torch.no_grad():
         for batch in batches:
-            inputs, targets = _inputs_and_targets(batch, "batches")
+            inputs, targets = batch_pair(batch, "batches")
             inputs, targets = _to_model(inputs, dtype, device), targets.to(device)
             outputs = forward(inputs)
             if outputs.shape[0] == 1:  # vmap would route loss_fn through slow decompositions
@@ -706,9 +717,7 @@ def _anchors(models: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
     """Every member's parameters and floating buffers, by name, on the first member's device;
     raise :class:`InputError` unless all members share names, shapes and dtypes."""
     for index, model in enumerate(models):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"member {index} is a {type(model).__name__}, not a torch.nn.Module; "
-                             "pass the networks themselves (load checkpoints into models first).")
+        require_model(model, f"members[{index}]")
     _, device = model_dtype_device(models[0], purpose="to measure")
 
     def tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -833,11 +842,6 @@ def _require_reiterable(batches: Batches, name: str) -> None:
                          "pass a DataLoader or a list of batches instead.")
 
 
-def _inputs_and_targets(batch: object, name: str) -> tuple[object, Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[1], Tensor):
-        raise InputError(f"{name} must yield (inputs, targets) pairs with tensor targets, got a "
-                         f"{type(batch).__name__}.")
-    return batch[0], batch[1]
 
 
 def _to_model(inputs: object, dtype: torch.dtype, device: torch.device) -> object:

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from landscape.checks import Patterns, callable_loss, differentiable_parameters, evaluation_mode, positive_int
+from landscape.checks import (Patterns, callable_loss, differentiable_parameters, evaluation_mode, positive_int,
+                              require_model)
 from landscape.errors import InputError
 from landscape.hvp import as_batches, move_batch
 
@@ -81,6 +82,7 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, batches, 
     ``"vmap"`` or ``"auto"`` (layerwise where it applies, see the module docstring). The model's
     own mode is restored afterwards.
     """
+    require_model(model)
     chunk_size = positive_int("chunk_size", chunk_size, optional=True)
     loss_fn = callable_loss(loss_fn)
     if method not in METHODS:

@@ -18,7 +18,7 @@ from ensembles.cpus import usable_cpus
 from ensembles.runs import run_folder
 from landscape.errors import InputError
 
-from cli_results import one_error_line
+from tiny_runs import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 import cli
 from ensembles.runs.checkpoint_import import import_checkpoints
 
-from cli_results import one_error_line
 from imported_runs import checkpoint, evaluate, import_args
+from tiny_runs import files_under, one_error_line
 
 
 @pytest.fixture
@@ -32,10 +32,6 @@ def invoke(*args):
 
 # ----------------------------------------------------------------------------------------------
 # what the file system refuses: a read-only folder, a full disk
-
-
-def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def refuse_inside(monkeypatch, folder: Path, error_number: int):

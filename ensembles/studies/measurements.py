@@ -74,6 +74,7 @@ from ensembles.models import permutation_specs
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
+from ensembles.studies import options
 from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape.checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
@@ -525,13 +526,8 @@ def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int
 
 
 def _radii(rhos) -> list[float]:
-    """The distinct radii, in order, each finite and > 0."""
+    """The distinct radii, in order (checked by the rule of ``rhos``: each finite and > 0)."""
     rhos = [rhos] if isinstance(rhos, (int, float)) else list(rhos)
-    if not rhos:
-        raise InputError("no radius given; pass --rho R or a comma list R1,R2")
-    for rho in rhos:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
-            raise InputError(f"--rho must be finite and > 0, got {rho!r}; e.g. --rho 0.5 or --rho 0.25,0.5")
     return list(dict.fromkeys(float(rho) for rho in rhos))
 
 
@@ -558,22 +554,9 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     ``benchmarks/bench_ascent.py``), so reference rows carry the setting ``ascent=reference`` and
     are never read as APGD's.
     """
-    if kind not in ("worst", "average"):
-        raise InputError(f"unknown --kind {kind!r}; choose worst or average")
-    if norm not in ("l2", "linf"):
-        raise InputError(f"unknown --norm {norm!r}; choose l2 or linf")
-    if ascent not in ASCENTS:
-        raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
-    if ascent == "reference" and kind != "worst":
-        raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
-    rhos = _radii(rhos)
-    m, n_batches = positive_int("--batch-size", m), positive_int("--n-batches", n_batches)
-    n_iters, n_restarts = positive_int("--n-iters", n_iters), positive_int("--n-restarts", n_restarts)
-    n_draws = positive_int("--n-samples", n_samples)
-    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
-    exclude = tuple(exclude or ())
-    for rho in rhos:  # a radius the models' dtype cannot hold is refused before any work
-        sharpness.check_radius(rho, norm, kind, dtype or torch.get_default_dtype())
+    _check_measure_options("sharpness", locals())
+    rhos, n_draws = _radii(rhos), n_samples
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
     splits = _Splits(root)
     runs = []
     for run in _run_inputs(paths, dataset, split, splits):
@@ -638,13 +621,13 @@ class _Sharpness(_Study):
         model, settings = models[index], self.settings(rho)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.seed)
         if self.kind == "worst":
-            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
+            measure, extra = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
                                                                 "reference_ascent": self.ascent == "reference"}
         else:
-            measure, options = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
+            measure, extra = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
         try:
             result = measure(model, LOSS, self.batches, rho, self.norm, self.adaptive, exclude=self.exclude or None,
-                             chunk_size=self.chunk_size, generator=generator, **options)
+                             chunk_size=self.chunk_size, generator=generator, **extra)
         except NonFiniteError as error:
             raise _Refused({"scope": scope, "metric": self.metric, **settings}, str(error)) from None
         rows = [{"scope": scope, "metric": self.metric, "value": result.value, "stderr": result.stderr,
@@ -699,18 +682,8 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
     Samples: the first ``n_examples`` (default ``min(1024, N)``) of a permutation seeded by
     ``seed``, which also seeds the probes and the Lanczos starts.
     """
-    if method not in hessian.TRACE_METHODS:
-        raise InputError(f"unknown --method {method!r}; choose {' or '.join(hessian.TRACE_METHODS)}")
-    eigenvalues = positive_int("--eigenvalues", eigenvalues, minimum=0)
-    trace = (not eigenvalues and not density) if trace is None else bool(trace)
-    if not (trace or eigenvalues or density):
-        raise InputError("nothing to measure; pass --trace, --eigenvalues K and/or --density")
-    n_probes = positive_int("--n-probes", n_probes, minimum=3 if method == "hutch++" else 1)
-    batch_size = positive_int("--batch-size", batch_size)
-    lanczos_steps = positive_int("lanczos_steps", lanczos_steps, minimum=max(eigenvalues, 1))
-    density_runs = positive_int("density_runs", density_runs)
-    density_grid = positive_int("density_grid", density_grid, minimum=2)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
+    _check_measure_options("hessian", locals())
+    trace = _hessian_trace_asked(trace, eigenvalues, density)
     splits = _Splits(root)
     runs = [(run, _example_count("--n-examples", n_examples, run.images, HESSIAN_EXAMPLES))
             for run in _run_inputs(paths, dataset, split, splits)]
@@ -855,9 +828,7 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
     default) and ``fisher/max``, setting ``n_examples``. A member is measured again when its rows
     or its array are missing, or when the array does not match the stored mean.
     """
-    batch_size = positive_int("--batch-size", batch_size)
-    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
+    _check_measure_options("fisher", locals())
     splits = _Splits(root)
     runs = [(run, _example_count("--n-examples", n_examples, run.images))
             for run in _run_inputs(paths, dataset, split, splits)]
@@ -929,12 +900,12 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 ALIGNMENTS = ("none", "weight", "activation")
 
 
-def _alignments(align: str | Sequence[str]) -> list[str]:
+def _alignments(align: str | Sequence[str], name: str = "--align") -> list[str]:
     kinds = [align] if isinstance(align, str) else list(align)
     kinds = [part.strip() for kind in kinds for part in str(kind).split(",") if part.strip()]
     unknown = [kind for kind in kinds if kind not in ALIGNMENTS]
     if unknown or not kinds:
-        raise InputError(f"--align {','.join(unknown) or repr(align)}: use none, weight or activation "
+        raise InputError(f"{name} {','.join(unknown) or repr(align)}: use none, weight or activation "
                          "(a comma list such as weight,none measures each)")
     return list(dict.fromkeys(kinds))
 
@@ -1003,11 +974,8 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     (a random permutation must leave the outputs unchanged), and a model whose groups cannot be
     derived is refused, before anything is measured.
     """
+    _check_measure_options("connectivity", locals())
     alignments = _alignments(align)
-    alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
-    batch_size, chunk_size = positive_int("--batch-size", batch_size), positive_int("--chunk-size", chunk_size)
-    bn_examples = positive_int("--bn-examples", bn_examples, minimum=2)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
     splits = _Splits(root)
     studies = []
     for run in _run_inputs(paths, dataset, split, splits):
@@ -1217,3 +1185,75 @@ class _Connectivity(_Study):
             lines.append(f"  plane through members {', '.join(map(str, self.members[:3]))}: {self.grid}x{self.grid} "
                          "grid " + ("measured now" if "plane" in missing else "stored"))
         return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# options: one rule each, for the command line, Python and sweep files alike
+
+
+def _option_rules() -> dict[str, dict[str, options.Rule]]:
+    """Every option of each ``measure_*`` function and the rule its value must meet
+    (:mod:`ensembles.studies.options`); cross-option checks are :func:`check_combinations`."""
+    split = options.choice(datasets.SPLITS)
+    examples = options.whole(1).optional()
+    return {
+        "sharpness": {"split": split, "kind": options.choice(("worst", "average")),
+                      "norm": options.choice(("l2", "linf")), "adaptive": options.boolean(), "rhos": options.radii(),
+                      "m": options.whole(1), "n_batches": options.whole(1), "seed": options.integer(),
+                      "n_iters": options.whole(1), "n_restarts": options.whole(1), "n_samples": options.whole(1),
+                      "exclude": options.patterns().optional(), "chunk_size": options.whole(1).optional(),
+                      "ascent": options.choice(ASCENTS)},
+        "hessian": {"split": split, "n_examples": examples, "batch_size": options.whole(1),
+                    "trace": options.boolean().optional(), "eigenvalues": options.whole(0),
+                    "density": options.boolean(), "n_probes": options.whole(1),
+                    "method": options.choice(hessian.TRACE_METHODS), "seed": options.integer(),
+                    "lanczos_steps": options.whole(1), "density_runs": options.whole(1),
+                    "density_grid": options.whole(2)},
+        "fisher": {"split": split, "n_examples": examples, "batch_size": options.whole(1),
+                   "chunk_size": options.whole(1).optional()},
+        "connectivity": {"split": split, "n_examples": examples, "alphas": options.whole(2),
+                         "plane": options.boolean(), "grid": options.whole(2), "bn_reset": options.boolean(),
+                         "bn_examples": options.whole(2), "batch_size": options.whole(1), "seed": options.integer(),
+                         "chunk_size": options.whole(1), "align": options.names("alignment kinds")},
+    }
+
+
+OPTION_RULES = _option_rules()
+#: Options whose command-line flag is not ``--`` + their name.
+_FLAGS = {"m": "--batch-size", "rhos": "--rho"}
+
+
+def check_combinations(command: str, chosen: Mapping, dtype: torch.dtype | None = None,
+                       name: Callable[[str], str] = functools.partial(options.flag, renamed=_FLAGS)) -> None:
+    """The checks of a measurement that involve more than one option (each option already meets
+    its rule); ``chosen`` holds every option (:data:`OPTION_RULES`), ``name(option)`` spells one
+    in messages (default: its command-line flag)."""
+    if command == "sharpness":
+        if chosen["ascent"] == "reference" and chosen["kind"] != "worst":
+            raise InputError(f"{name('ascent')} reference applies to the worst case only; drop it or use "
+                             f"{name('kind')} worst")
+        for rho in _radii(chosen["rhos"]):  # a radius the models' dtype cannot hold is refused before any work
+            sharpness.check_radius(rho, chosen["norm"], chosen["kind"], dtype or torch.get_default_dtype())
+    elif command == "hessian":
+        eigenvalues = chosen["eigenvalues"]
+        if not (_hessian_trace_asked(chosen["trace"], eigenvalues, chosen["density"]) or eigenvalues
+                or chosen["density"]):
+            raise InputError(f"nothing to measure; ask for {name('trace')}, {name('eigenvalues')} K and/or "
+                             f"{name('density')}")
+        positive_int(name("n_probes"), chosen["n_probes"], minimum=3 if chosen["method"] == "hutch++" else 1)
+        positive_int(name("lanczos_steps"), chosen["lanczos_steps"], minimum=max(eigenvalues, 1))
+    elif command == "connectivity":
+        _alignments(chosen["align"], name("align"))
+
+
+def _check_measure_options(command: str, given: Mapping) -> None:
+    """The options among ``given`` (a ``measure_*`` function's arguments), each by its rule, named
+    by its command-line flag; then their combinations."""
+    chosen = {name: given[name] for name in OPTION_RULES[command]}
+    options.check_options(OPTION_RULES[command], chosen, lambda name: options.flag(name, _FLAGS))
+    check_combinations(command, chosen, given.get("dtype"))
+
+
+def _hessian_trace_asked(trace: bool | None, eigenvalues: int, density: bool) -> bool:
+    """``trace`` when given, else True when nothing else is asked (the trace is the default)."""
+    return (not eigenvalues and not density) if trace is None else bool(trace)

@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import io
 import json
 import math
 import os
@@ -103,8 +104,8 @@ from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
-                                       save_member)
+from ensembles.runs.run_folder import (TRAIN_DIR, check_member_model, create_run, legacy_asam_scale, member_path,
+                                       read_config, save_member)
 from ensembles.methods.connected import constrained_loss
 from ensembles.methods.distillation import distillation_loss, ensemble_soft_targets, soft_targets
 from ensembles.methods.sam import SAM, asam_scaled_parameters
@@ -242,9 +243,7 @@ class _Member:
         return state
 
     def save(self, run_path: Path) -> None:
-        target = self.checkpoint_path(run_path)
-        with atomic_path(target) as temporary:
-            torch.save(self.state(), temporary)
+        _save_atomically(self.state(), self.checkpoint_path(run_path))
         lines = "".join(json.dumps(row) + "\n" for row in self.log)
         with atomic_path(run_path / TRAIN_DIR / f"log-member-{self.index}.jsonl") as temporary:
             temporary.write_text(lines)
@@ -402,6 +401,15 @@ class _Member:
         return _to_cpu(self.model.state_dict())
 
 
+def _save_atomically(state: dict, target: Path) -> None:
+    """``torch.save`` to ``target`` whole or not at all. Serialized in memory first: torch's zip
+    writer reports a full disk or a file-size limit without its cause, Python's write names both."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
+
+
 def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
                if tensor.is_floating_point())
@@ -545,9 +553,8 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
         return None  # sets from non-finite scores would be meaningless: every process stops here
     sets = select_sets(scores, settings.k, settings.reference_compatible, settings.dataset)
     if gang.rank == 0:
-        with atomic_path(path) as temporary:
-            torch.save({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
-                        "reference_compatible": settings.reference_compatible}, temporary)
+        _save_atomically({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
+                          "reference_compatible": settings.reference_compatible}, path)
     if callback is not None:
         callback({"event": "select", "epoch": epoch, "rank": gang.rank})
     return sets
@@ -910,8 +917,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     # Everything is checked before the first write, so a refused command leaves nothing behind.
     _processes(settings, members_parallel, callback)
     if (out / RUN_FILE).exists():
-        raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
-    require_writable_folder(out, force)
+        _refuse_existing_run(out)
+    require_writable_folder(out, force, "--out")
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
     teacher = ({"teacher": single_basin.teacher_record(settings.distill_from, settings, train_data.num_classes)}
@@ -926,6 +933,18 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
                **settings.run_fields(), **teacher, threads=torch.get_num_threads(),
                device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def _refuse_existing_run(out: Path) -> None:
+    """The refusal to train into a run folder: an interrupted training run is continued with
+    ``--resume``, never discarded by a message that points elsewhere."""
+    config = read_config(out)
+    unfinished = [m["index"] for m in config["members"] if m.get("status") != "done"]
+    if unfinished and config.get("method") in METHODS and "epochs" in config:
+        shown = ", ".join(map(str, unfinished))
+        raise InputError(f"{out} holds a training run that was interrupted (member{'s' if len(unfinished) > 1 else ''} "
+                         f"{shown} unfinished): `sharpdiv train --resume {out}` continues it; or choose another --out")
+    raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
 
 
 def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
@@ -965,6 +984,8 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
     """
     run_path = Path(run_path)
     settings = settings_of_run(run_path)
+    # a model naming code that is not trusted (or not buildable) is refused before anything else
+    check_member_model(read_config(run_path), source=str(run_path / RUN_FILE))
     _require_own_training_state(run_path, settings, recorded=False)
 
     def tell(sentence: str, at_risk: bool = True) -> None:

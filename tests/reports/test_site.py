@@ -16,8 +16,8 @@ from ensembles.runs.files import MARKER_FILE as MARKER
 from reports.site import write_report
 
 import results_fixtures as fixtures
-from cli_results import one_error_line
 from measured_runs import CONNECTIVITY, barrier_rows, make_seeded_run
+from tiny_runs import one_error_line
 
 
 # ----------------------------------------------------------------------------------------------

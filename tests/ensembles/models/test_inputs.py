@@ -13,7 +13,7 @@ from ensembles.models.inputs import ModelInput
 from ensembles.runs import run_folder
 
 
-TINY_TRAINING = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
+ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
 
 
 def invoke(*arguments):
@@ -53,7 +53,7 @@ def test_a_run_that_normalises_inside_the_model_gets_pixels_once(tmp_path):
     mean, std = ["0.3,0.3,0.3", "0.2,0.2,0.2"]
     run = tmp_path / "run"
     ok("train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", mean, "--std", std,
-       "--out", run, *TINY_TRAINING)
+       "--out", run, *ONE_TINY_EPOCH)
     assert run_folder.read_config(run)["model_input"] == {"size": None, "mean": [0.3] * 3, "std": [0.2] * 3}
     assert not run_folder.data_normalized(run_folder.read_config(run))
     ok("hessian", run, "--n-examples", 8, "--batch-size", 4, "--n-probes", 2, "--seed", 3, "--device", "cpu")

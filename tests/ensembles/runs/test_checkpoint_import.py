@@ -19,8 +19,8 @@ from ensembles.runs import run_folder
 from ensembles.runs.checkpoint_import import import_checkpoints
 from landscape.errors import InputError
 
-from cli_results import one_error_line, refused
 from imported_runs import checkpoint, import_args
+from tiny_runs import one_error_line, refused
 
 
 def reference_network(seed):

@@ -14,10 +14,10 @@ from ensembles.runs import logit_cache
 from ensembles.runs.checkpoint_import import import_checkpoints
 from ensembles.runs.logit_cache import DataSlice, cache_folder
 
-from cli_results import one_error_line
 from disk_layouts import write_cifar10
 from imported_runs import checkpoint, evaluate
 from measured_runs import make_linear_run, member_accuracy, stored_rows
+from tiny_runs import one_error_line
 
 
 @pytest.fixture

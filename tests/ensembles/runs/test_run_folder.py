@@ -21,9 +21,9 @@ from ensembles.runs.checkpoint_import import import_checkpoints
 from landscape.errors import InputError
 
 import results_fixtures as fixtures
-from cli_results import one_error_line, refused
 from imported_runs import checkpoint, evaluate
 from measured_runs import LINEAR_INPUT_SIZE, SHARPNESS, make_linear_run, make_run as make_digits_run
+from tiny_runs import one_error_line, refused
 
 MLP_ARGS = {"input_size": 12, "hidden": [8]}
 

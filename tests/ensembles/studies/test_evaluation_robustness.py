@@ -211,7 +211,7 @@ def test_an_unknown_attack_is_named_with_the_choices(setting, loads):
     assert loads == [] and not (run / "results").exists()
 
 
-TINY_TRAINING = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
+ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
 
 
 def invoke(*arguments):
@@ -229,7 +229,7 @@ def test_robustness_feeds_pixels_to_a_model_that_normalises_itself(tmp_path):
     attacked model's clean accuracy is the member's own on raw pixels (not normalised twice)."""
     run = tmp_path / "run"
     ok("train", "--data", "digits", "--model", "small_cnn", "--width", 4, "--mean", "0.3,0.3,0.3",
-       "--std", "0.2,0.2,0.2", "--out", run, *TINY_TRAINING)
+       "--std", "0.2,0.2,0.2", "--out", run, *ONE_TINY_EPOCH)
     ok("robustness", run, "--norm", "linf", "--eps", 0.01, "--n-examples", 16, "--attacks", "apgd-ce",
        "--device", "cpu")
     images = datasets.load_dataset("digits", split="test", normalize=False)

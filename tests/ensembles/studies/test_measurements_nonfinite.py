@@ -16,8 +16,8 @@ import landscape.sharpness
 from ensembles.runs import run_folder
 from ensembles.studies.measurements import fisher_path
 
-from cli_results import refused
 from measured_runs import SHARPNESS, make_run
+from tiny_runs import refused
 
 
 MLP = {"input_size": 3 * 32 * 32, "hidden": [6]}

@@ -25,7 +25,7 @@ from ensembles.training import trainer
 from ensembles.training.trainer import TrainingSettings
 from landscape.errors import InputError
 
-from cli_results import one_error_line
+from tiny_runs import one_error_line
 
 ROOT = Path(__file__).resolve().parents[3]
 

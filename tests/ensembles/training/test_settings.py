@@ -22,7 +22,7 @@ from ensembles.training import trainer
 from ensembles.training.settings import METHODS, Setting, TrainingSettings, declared, setting
 from landscape.errors import InputError
 
-from cli_results import one_line_refusal
+from tiny_runs import one_line_refusal
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -23,8 +23,8 @@ from ensembles.training.trainer import (TrainingSettings, accuracy, learning_rat
                                         selection_epochs, settings_of_run, train)
 from landscape.errors import InputError
 
-from cli_results import one_line_refusal
 from killed_training import assert_identical, member_weights, train_until_killed, training_states
+from tiny_runs import one_line_refusal
 
 # Two tiny members on 96 digits: three epochs, selections after epochs 1 and 2.
 TINY = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sharpbalance", seeds=(3, 5),
@@ -526,7 +526,7 @@ def test_resume_refuses_the_flags_it_would_ignore(best_run):
     assert "--threads" not in result.stderr and "--device" not in result.stderr
 
 
-TINY_TRAINING = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
+ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
 
 
 def invoke(*arguments):
@@ -549,8 +549,8 @@ def test_resume_rebuilds_the_same_library_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     ok("train", "--data", "digits", "--model", "nets2:make", "--model-arg", "hidden=3", "--input-size", 16,
-       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", run, *TINY_TRAINING)
-    result = ok("train", "--resume", run, "--device", "cpu")
+       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", run, *ONE_TINY_EPOCH, "--trust-model-code")
+    result = ok("train", "--resume", run, "--device", "cpu", "--trust-model-code")
     assert "member 0 (seed 1): 1 epochs" in result.output
     from ensembles.training.trainer import settings_of_run
 
