@@ -65,7 +65,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from landscape._checks import evaluation_mode, model_dtype_device, positive_int, require_model
+from landscape.checks import evaluation_mode, model_dtype_device, positive_int, require_model
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [

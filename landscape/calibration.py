@@ -19,7 +19,8 @@ With confidence ``ĉ_n = max_c p_nc`` and prediction ``ŷ_n = argmax_c p_nc``:
   linspace's last bits depend on the CPU), so a confidence of
   exactly ``float32(0.2)``, ``float32(0.4)`` or ``float32(7/15)`` goes to bin ``k`` here and to bin
   ``k − 1`` in torchmetrics, and a wrong prediction with confidence 1 is summed with the rest of
-  the last bin here but kept apart there (``tests/test_trust_compare.py`` works both cases by hand);
+  the last bin here but kept apart there (``tests/landscape/test_calibration.py`` works both cases
+  by hand);
 - negative log-likelihood = ``−(1/N) Σ_n log p_{n y_n}``;
 - Brier score (Brier 1950) = ``(1/N) Σ_n Σ_c (p_nc − 1[c = y_n])²``, in ``[0, 2]``.
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [

@@ -66,8 +66,7 @@ Results are small tensors on the CPU: coordinates in float64, losses and accurac
 dtype. Accuracy is NaN when the outputs are not ``(N, C)`` class scores for integer targets.
 
 Calling convention: ``f(model_a, model_b, loss_fn, batches, *, ...)`` (members first, then the loss,
-then the data); the older order ``(model_a, model_b, loader, loss_fn)`` and the keywords ``loader``
-and ``bn_loader`` still work for one release, with a ``DeprecationWarning``.
+then the data; the settings by keyword).
 
 Example (least squares, whose loss at a point of the path is known exactly, and convex in the
 weights, so the barrier is 0)::
@@ -96,8 +95,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape._checks import (_deprecated_alias, batch_pair, check_loss_and_batches_order, finite_float, legacy_positionals,
-                               model_dtype_device, positive_int, require_model)
+from landscape.checks import (batch_pair, callable_loss, finite_float, model_dtype_device, positive_int,
+                              require_model)
 from landscape.errors import InputError
 
 __all__ = [
@@ -222,8 +221,6 @@ class Plane:
 # -------------------------------------------------------------------------------------- public API
 
 
-@_deprecated_alias(loader="batches", bn_loader="bn_batches")
-@legacy_positionals("alphas", "bn_batches", "chunk_size")
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, batches: Batches, *,
                 alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                 chunk_size: int = 1) -> Interpolation:
@@ -237,7 +234,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, b
     each point needs its own statistics pass).
     """
     require_model(model_a, "model_a"), require_model(model_b, "model_b")
-    loss_fn, batches = check_loss_and_batches_order("interpolate", loss_fn, batches)
+    loss_fn = callable_loss(loss_fn)
     coefficients = _alpha_grid(alphas)
     anchors = _anchors([model_a, model_b])
     weights = torch.stack([1.0 - coefficients, coefficients], dim=1)
@@ -246,8 +243,6 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, b
     return Interpolation(alphas=coefficients, loss=loss, accuracy=accuracy, bn_mode=bn_mode)
 
 
-@_deprecated_alias(loader="batches", bn_loader="bn_batches")
-@legacy_positionals("alphas", "bn_batches", "chunk_size")
 def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, batches: Batches, *,
                  alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                  chunk_size: int = 1) -> Barrier:
@@ -258,7 +253,7 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, 
     too, so the chord and the path are measured alike. See :func:`interpolate` for the arguments.
     """
     require_model(model_a, "model_a"), require_model(model_b, "model_b")
-    loss_fn, batches = check_loss_and_batches_order("loss_barrier", loss_fn, batches)
+    loss_fn = callable_loss(loss_fn)
     coefficients = _alpha_grid(alphas)
     if (coefficients < 0).any() or (coefficients > 1).any():
         raise InputError(f"alphas for a loss barrier must lie in [0, 1], got values from "
@@ -336,8 +331,6 @@ def _kept_fraction(alphas: Tensor, values: Tensor, higher_is_better: bool) -> tu
     return float(kept[index]), float(alphas[index])
 
 
-@_deprecated_alias(loader="batches", bn_loader="bn_batches")
-@legacy_positionals("alphas", "bn_batches", "chunk_size")
 def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, *,
                    alphas: int | Sequence[float] | Tensor = 21, bn_batches: Batches | None = None,
                    chunk_size: int = 1) -> BarrierMatrix:
@@ -348,7 +341,7 @@ def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches:
     """
     for index, member in enumerate(members):
         require_model(member, f"members[{index}]")
-    loss_fn, batches = check_loss_and_batches_order("barrier_matrix", loss_fn, batches)
+    loss_fn = callable_loss(loss_fn)
     members = list(members)
     if len(members) < 2:
         raise InputError(f"barrier_matrix needs at least two members, got {len(members)}; "
@@ -368,8 +361,6 @@ def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches:
     return BarrierMatrix(value=value, alpha=alpha, interpolations=interpolations)
 
 
-@_deprecated_alias(loader="batches", bn_loader="bn_batches")
-@legacy_positionals("grid", "margin", "bn_batches", "chunk_size")
 def plane(models: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, *,
           grid: int | tuple[int, int] = 21, margin: float = 0.2, bn_batches: Batches | None = None,
           chunk_size: int = 1) -> Plane:
@@ -384,7 +375,7 @@ def plane(models: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, 
     """
     for index, model in enumerate(models):
         require_model(model, f"models[{index}]")
-    loss_fn, batches = check_loss_and_batches_order("plane", loss_fn, batches)
+    loss_fn = callable_loss(loss_fn)
     models = list(models)
     if len(models) != 3:
         raise InputError(f"a plane is spanned by exactly three members, got {len(models)}; "
@@ -475,8 +466,6 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
     return directions
 
 
-@_deprecated_alias(loader="batches", bn_loader="bn_batches")
-@legacy_positionals("grid", "span", "seed", "filter_normalized", "bn_batches", "chunk_size")
 def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Batches, *,
                             grid: int | tuple[int, int] = 21, span: float = 1.0, seed: int = 0,
                             filter_normalized: bool = True, bn_batches: Batches | None = None,
@@ -489,7 +478,7 @@ def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Ba
     the member's own (``"fixed"``) unless a ``bn_batches`` is given (``"reset"``).
     """
     require_model(model)
-    loss_fn, batches = check_loss_and_batches_order("random_directions_slice", loss_fn, batches)
+    loss_fn = callable_loss(loss_fn)
     span = finite_float("span", span, minimum=0, exclusive=True)
     columns, rows = _grid_shape(grid)
     (member,) = _anchors([model])
@@ -518,7 +507,6 @@ def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Ba
                  bn_mode=bn_mode)
 
 
-@_deprecated_alias(bn_loader="bn_batches")
 def interpolated_model(model_a: nn.Module, model_b: nn.Module, alpha: float,
                        bn_batches: Batches | None = None) -> nn.Module:
     """A new network (eval mode) with weights ``(1 − α) θ_a + α θ_b``, for measurements beyond loss.
@@ -539,7 +527,6 @@ def interpolated_model(model_a: nn.Module, model_b: nn.Module, alpha: float,
     return network
 
 
-@_deprecated_alias(bn_loader="bn_batches")
 def recompute_batchnorm_statistics(model: nn.Module, bn_batches: Batches) -> nn.Module:
     """A copy of ``model`` (eval mode) whose BatchNorm running statistics are those of ``bn_batches``.
 

@@ -36,8 +36,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from landscape._checks import positive_int
-from landscape.ensemble import _mean_member_error, divide_by_mean_member_error, validate_member_logits
+from landscape.checks import positive_int
+from landscape.ensemble import divide_by_mean_member_error, mean_member_error_from_predictions, validate_member_logits
 from landscape.errors import InputError
 
 __all__ = [
@@ -73,7 +73,7 @@ def disagreement_error_ratio(member_logits: torch.Tensor, labels: torch.Tensor) 
     predictions = member_logits.argmax(dim=-1)
     # Dis is symmetric, so the mean over unordered pairs equals the mean over ordered ones.
     mean_disagreement = _mean_off_diagonal(_disagreement_matrix(predictions, member_logits.dtype))
-    mean_error = _mean_member_error(predictions, labels, member_logits.dtype)
+    mean_error = mean_member_error_from_predictions(predictions, labels, member_logits.dtype)
     return divide_by_mean_member_error(mean_disagreement, mean_error, "The disagreement-error ratio")
 
 

@@ -46,11 +46,13 @@ from landscape.errors import InputError
 __all__ = [
     "UndefinedMetricWarning",
     "combine",
+    "combined_log_probabilities",
     "divide_by_mean_member_error",
     "ensemble_error",
     "ensemble_improvement_rate",
     "ensemble_predictions",
     "mean_member_error",
+    "mean_member_error_from_predictions",
     "member_errors",
     "member_predictions",
     "validate_member_logits",
@@ -97,10 +99,11 @@ def member_errors(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def mean_member_error(member_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The mean member error ``Ē = (1/M) Σ_i E_i``, the denominator of both DER and EIR."""
     validate_member_logits(member_logits, labels)
-    return _mean_member_error(member_logits.argmax(dim=-1), labels, member_logits.dtype)
+    return mean_member_error_from_predictions(member_logits.argmax(dim=-1), labels, member_logits.dtype)
 
 
-def _mean_member_error(predictions: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def mean_member_error_from_predictions(predictions: torch.Tensor, labels: torch.Tensor,
+                                       dtype: torch.dtype) -> torch.Tensor:
     """``Ē`` from member predictions ``(M, N)``: the one place DER (landscape.diversity) and EIR get it,
     taking predictions so that callers that already have them do not repeat the argmax."""
     return (predictions != labels).to(dtype).mean()
@@ -120,7 +123,7 @@ def divide_by_mean_member_error(quantity: torch.Tensor, mean_error: torch.Tensor
     return quantity / mean_error
 
 
-def _combine_log_probabilities(member_logits: torch.Tensor, mode: str) -> torch.Tensor:
+def combined_log_probabilities(member_logits: torch.Tensor, mode: str) -> torch.Tensor:
     """The ensemble's log-probabilities without input checks (shared with the attack wrapper, whose
     forward must stay cheap and differentiable)."""
     if mode == "probs":
@@ -141,7 +144,7 @@ def _majority_vote(predictions: torch.Tensor, n_classes: int) -> torch.Tensor:
 def _combine(member_logits: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "vote":
         return _majority_vote(member_logits.argmax(dim=-1), member_logits.shape[-1])
-    return _combine_log_probabilities(member_logits, mode)
+    return combined_log_probabilities(member_logits, mode)
 
 
 def _ensemble_predictions(member_logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -180,6 +183,6 @@ def ensemble_improvement_rate(member_logits: torch.Tensor, labels: torch.Tensor,
     """``EIR = (Ē − E_ens) / Ē`` (Theisen et al. 2023; SharpBalance eq. 4); at most 1, NaN if ``Ē = 0``."""
     validate_member_logits(member_logits, labels)
     _check_combine(combine)
-    mean_error = _mean_member_error(member_logits.argmax(dim=-1), labels, member_logits.dtype)
+    mean_error = mean_member_error_from_predictions(member_logits.argmax(dim=-1), labels, member_logits.dtype)
     improvement = mean_error - _ensemble_error(member_logits, labels, combine)
     return divide_by_mean_member_error(improvement, mean_error, "The ensemble improvement rate")

@@ -58,9 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from landscape.checks import (Patterns, callable_loss, differentiable_parameters, evaluation_mode, positive_int,
+                              require_model)
 from landscape.errors import InputError
-from landscape._checks import (Patterns, _deprecated_alias, differentiable_parameters, evaluation_mode,
-                               legacy_positionals, positive_int, require_model)
 from landscape.hvp import as_batches, move_batch
 
 __all__ = ["per_sample_fisher_trace", "METHODS"]
@@ -68,8 +68,6 @@ __all__ = ["per_sample_fisher_trace", "METHODS"]
 METHODS = ("auto", "layerwise", "vmap")
 
 
-@_deprecated_alias(inputs_or_batches="batches")
-@legacy_positionals("chunk_size", "params", "method")
 def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
                             exclude: Patterns = None, chunk_size: int | None = 64,
                             method: str = "auto") -> torch.Tensor:
@@ -79,15 +77,14 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, batches, 
     concatenated in order). ``loss_fn(outputs, targets)`` is called on a one-sample batch
     (``outputs`` of shape ``(1, ...)``), so any mean-reduced loss gives the per-sample loss. ``θ`` is
     every parameter requiring grad, or those matching the ``params`` globs and no ``exclude`` glob
-    (:func:`landscape._checks.select_parameters`). ``chunk_size`` bounds how
+    (:func:`landscape.checks.select_parameters`). ``chunk_size`` bounds how
     many samples are processed at once (``None``: a whole batch). ``method`` is ``"layerwise"``,
     ``"vmap"`` or ``"auto"`` (layerwise where it applies, see the module docstring). The model's
     own mode is restored afterwards.
     """
     require_model(model)
     chunk_size = positive_int("chunk_size", chunk_size, optional=True)
-    if not callable(loss_fn):
-        raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
+    loss_fn = callable_loss(loss_fn)
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
     names, tensors = differentiable_parameters(model, params, exclude)

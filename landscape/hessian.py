@@ -83,8 +83,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape.errors import InputError
-from landscape._checks import (Patterns, evaluation_mode, finite_float, legacy_positionals, positive_int,
-                               require_model)
+from landscape.checks import Patterns, evaluation_mode, finite_float, positive_int, require_model
 from landscape.hvp import LossHessian, default_chunks, rademacher_rows, seed_from
 
 __all__ = [
@@ -115,12 +114,6 @@ class Estimate:
     n_examples: int
     dimension: int
     per_layer: Mapping[str, Estimate] | None = None
-
-    @property
-    def n_samples(self) -> int:
-        """Deprecated name of :attr:`n_examples` (data points, not Monte Carlo draws)."""
-        warnings.warn("Estimate.n_samples is deprecated; use Estimate.n_examples.", DeprecationWarning, stacklevel=2)
-        return self.n_examples
 
 
 @dataclass(frozen=True)
@@ -157,7 +150,6 @@ def _estimate(samples: torch.Tensor, **settings) -> Estimate:
     return Estimate(value=value, stderr=stderr, samples=samples, **settings)
 
 
-@legacy_positionals("n_probes", "method", "per_layer", "generator", "progress", "params", "probe_chunk_size")
 def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
                   exclude: Patterns = None, n_probes: int = 100, method: str = "hutchinson",
                   per_layer: bool = False, generator: torch.Generator | None = None, progress: bool = False,
@@ -168,7 +160,7 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params:
     each batch's graph) or ``"hutch++"`` (Meyer et al. 2021; two passes, ``n_probes ≥ 3``); see the
     module docstring for both and for the meaning of ``stderr``. ``per_layer=True`` adds
     ``per_layer``: one estimate per parameter tensor, ``tr`` of its diagonal block. ``params`` and ``exclude``
-    (name globs, :func:`landscape._checks.select_parameters`) restrict θ; ``probe_chunk_size`` probes share one vmapped backward pass (memory
+    (name globs, :func:`landscape.checks.select_parameters`) restrict θ; ``probe_chunk_size`` probes share one vmapped backward pass (memory
     grows with it); ``generator`` makes the probes reproducible.
     """
     require_model(model)
@@ -270,7 +262,6 @@ def tridiagonal(alphas: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     return torch.diag(alphas) + torch.diag(off, 1) + torch.diag(off, -1)
 
 
-@legacy_positionals("k", "n_iters", "tol", "generator", "params", "keep_graphs")
 def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
                         exclude: Patterns = None, k: int = 1, n_iters: int = 100, tol: float = 1e-6,
                         generator: torch.Generator | None = None, keep_graphs: bool | None = None) -> Eigenpairs:
@@ -314,7 +305,7 @@ def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, *, p
     if not bool((residuals <= tol * values.abs().max()).all()) and basis.shape[1] < hessian.dim:
         warnings.warn(f"Lanczos did not reach tol={tol} within n_iters={n_iters} "
                       f"(largest relative residual {(residuals / values.abs().max()).max().item():.2e}); "
-                      "raise n_iters.", RuntimeWarning, stacklevel=3)  # past legacy_positionals
+                      "raise n_iters.", RuntimeWarning, stacklevel=2)
     return Eigenpairs(eigenvalues=eigenvalues, eigenvectors=ritz, residual_norms=residuals,
                       parameter_names=hessian.names, n_products=hessian.n_products)
 
@@ -328,7 +319,6 @@ def gaussian_smoothing(grid: torch.Tensor, nodes: torch.Tensor, weights: torch.T
     return (kernel * weights[None]).sum(dim=2).mean(dim=1)
 
 
-@legacy_positionals("n_iters", "n_runs", "grid", "sigma", "generator", "params", "keep_graphs")
 def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches, *, params: Patterns = None,
                              exclude: Patterns = None, n_iters: int = 100, n_runs: int = 1,
                              grid: int | torch.Tensor = 1000, sigma: float | None = None,

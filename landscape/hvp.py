@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from landscape._checks import Patterns, batch_pair, differentiable_parameters, positive_int, require_model
+from landscape.checks import Patterns, batch_pair, differentiable_parameters, positive_int, require_model
 from landscape.errors import InputError
 
 __all__ = [

@@ -69,7 +69,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.fx import Node
 
-from landscape._checks import evaluation_mode
+from landscape.checks import evaluation_mode
 from landscape.alignment import PermutationSpec
 from landscape.errors import InputError
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape._checks import finite_float, norm_name
+from landscape.checks import finite_float, norm_name
 
 Perturbation = dict[str, torch.Tensor]
 

@@ -47,9 +47,9 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from landscape.ensemble import _combine_log_probabilities
-from landscape._checks import (evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name,
-                               positive_int, require_model)
+from landscape.checks import (evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name,
+                              positive_int, require_model)
+from landscape.ensemble import combined_log_probabilities
 from landscape.errors import InputError
 
 __all__ = ["EnsembleClassifier", "Normalized", "RobustnessResult", "check_attacks", "check_radius", "robust_accuracy"]
@@ -135,7 +135,7 @@ class EnsembleClassifier(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         normalized = _normalize(self, inputs)
         member_logits = torch.stack([member(normalized) for member in self.members])
-        return _combine_log_probabilities(member_logits, self.combine)
+        return combined_log_probabilities(member_logits, self.combine)
 
 
 class _AttackView(nn.Module):

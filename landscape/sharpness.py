@@ -12,7 +12,7 @@ with ``T = diag(|θ|)`` (adaptive) or ``T = I`` (standard), ``p ∈ {2, ∞}``. 
 batches of size ``m``; every batch gets its own perturbation and the result is the mean over
 batches, with its standard error. The model is in eval mode throughout: BatchNorm uses its
 running statistics, which are shared and never perturbed. All trainable parameters are perturbed
-unless ``params``/``exclude`` name globs say otherwise (:func:`landscape._checks.select_parameters`,
+unless ``params``/``exclude`` name globs say otherwise (:func:`landscape.checks.select_parameters`,
 the rule of every module here). Adaptive ``T = |θ|`` scales every perturbed parameter, biases and
 BatchNorm affine included — the reference sharpness code's rule; official ASAM *training* scales
 only parameters named "weight" (:mod:`ensembles.methods.sam`), so the two differ on purpose.
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
@@ -65,9 +64,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from landscape._checks import (Patterns, _deprecated_alias, batch_pair, evaluation_mode, finite_float, legacy_positionals,
-                               model_dtype_device, norm_name, patterns, positive_int, require_model,
-                               select_parameters)
+from landscape.checks import (Patterns, batch_pair, evaluation_mode, finite_float, model_dtype_device, norm_name,
+                              patterns, positive_int, require_model, select_parameters)
 from landscape.errors import InputError, NonFiniteError
 from landscape.hvp import BatchNormAsAffine
 from landscape.perturbation import Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
@@ -134,18 +132,6 @@ class SharpnessResult:
         if self.kind != "worst":
             raise AttributeError("average-case sharpness has no worst point; use perturbed_loss")
         return self.perturbed_loss
-
-    @property
-    def include(self) -> tuple[str, ...] | None:
-        """Deprecated name of :attr:`params`."""
-        warnings.warn("SharpnessResult.include is deprecated; use .params.", DeprecationWarning, stacklevel=2)
-        return self.params
-
-    @property
-    def n_samples(self) -> int | None:
-        """Deprecated name of :attr:`n_draws` (Monte Carlo draws per batch)."""
-        warnings.warn("SharpnessResult.n_samples is deprecated; use .n_draws.", DeprecationWarning, stacklevel=2)
-        return self.n_draws
 
     @property
     def metric(self) -> str:
@@ -487,9 +473,6 @@ def _summarize(per_batch_perturbed, per_batch_clean, per_batch_error_increase, *
         error_increase=per_batch_error_increase.mean().item(), n_batches=n_batches, **settings)
 
 
-@_deprecated_alias(include="params")
-@legacy_positionals("n_iters", "n_restarts", "init", "step_size", "momentum", "params", "exclude",
-                    "logit_normalization", "reference_ascent", "chunk_size", "generator", "progress")
 def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
                          adaptive: bool = True, *, params: Patterns = None, exclude: Patterns = None,
                          n_iters: int = 20, n_restarts: int = 1, init: str = "zero", step_size: float | None = None,
@@ -505,7 +488,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     generalization, m = the whole set is the classical sharpness). ``n_batches`` takes only the
     first that many (an endless or long DataLoader is fine). Batches wait on the host and reach
     the model's device one chunk at a time. ``loss_fn(outputs, targets)`` returns the mean loss. ``params`` and ``exclude``
-    (name globs, :func:`landscape._checks.select_parameters`) choose the perturbed weights (default:
+    (name globs, :func:`landscape.checks.select_parameters`) choose the perturbed weights (default:
     every trainable parameter, biases and BatchNorm affine included; ``adaptive`` scales each of them
     by ``|θ|``, the reference code's rule, not official ASAM's "weight"-only one);
     ``norm`` is ``"l2"`` or ``"linf"`` (any case). ``init="zero"`` starts at
@@ -607,8 +590,6 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     return result
 
 
-@_deprecated_alias(include="params", n_samples="n_draws")
-@legacy_positionals("n_draws", "params", "exclude", "logit_normalization", "chunk_size", "generator")
 def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable, rho: float, norm: str = "l2",
                            adaptive: bool = True, *, params: Patterns = None, exclude: Patterns = None,
                            n_draws: int = 100, logit_normalization: bool = False, chunk_size: int | None = None,

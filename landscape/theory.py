@@ -44,6 +44,7 @@ from typing import Literal
 
 import torch
 
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -99,8 +100,7 @@ def wishart_moment(m: int, ratio) -> Fraction:
     These are the moments of the Marchenko-Pastur law; the finite-``d_in`` factor ``O(1 + 1/d_in)``
     of the paper is taken as 1. ``m = 0`` gives 1 (``E[I] = I``).
     """
-    if not isinstance(m, int) or m < 0:
-        raise InputError(f"the moment order m must be a non-negative integer, got {m!r}")
+    m = positive_int("the moment order m", m, minimum=0)
     return _wishart_moment(m, _exact(ratio, "ratio"))
 
 
@@ -139,9 +139,7 @@ def phi(i: int, j: int, *, eta, rho, ratio) -> Fraction:
     with the Wishart moments of :func:`wishart_moment` at ``ratio`` (``n_tr/d_in`` for Theorem 1,
     ``r = n_tr/(S d_in)`` for Theorem 2's ``φ′``).
     """
-    for name, value in (("i", i), ("j", j)):
-        if not isinstance(value, int) or value < 0:
-            raise InputError(f"phi: {name} must be a non-negative integer, got {value!r}")
+    i, j = positive_int("phi: i", i, minimum=0), positive_int("phi: j", j, minimum=0)
     return _phi(i, j, _exact(eta, "eta"), _exact(rho, "rho"), _exact(ratio, "ratio"))
 
 
@@ -168,11 +166,8 @@ class QuadraticSetting:
 
     def __post_init__(self):
         for name in ("train_samples", "test_samples", "input_dim", "datasets", "initializations", "partitions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"QuadraticSetting.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.ascent_steps, int) or self.ascent_steps < 0:
-            raise InputError(f"QuadraticSetting.ascent_steps must be a non-negative integer, got {self.ascent_steps!r}")
+            positive_int(f"QuadraticSetting.{name}", getattr(self, name))
+        positive_int("QuadraticSetting.ascent_steps", self.ascent_steps, minimum=0)
         for name in ("init_std", "teacher_norm", "sharpness_radius", "ascent_step"):
             value = getattr(self, name)
             if not isinstance(value, Real) or not math.isfinite(value) or value < 0:
@@ -203,8 +198,7 @@ class TheoremPrediction:
 
 
 def _check_training(iterations, eta, rho) -> tuple[Fraction, Fraction]:
-    if not isinstance(iterations, int) or iterations < 0:
-        raise InputError(f"iterations must be a non-negative integer, got {iterations!r}")
+    positive_int("iterations", iterations, minimum=0)
     eta, rho = _exact(eta, "eta"), _exact(rho, "rho")
     if eta < 0 or rho < 0:
         raise InputError(f"eta and rho must be non-negative, got eta={float(eta)}, rho={float(rho)}")
@@ -324,8 +318,7 @@ def draw_problems(setting: QuadraticSetting, *, seed: int | torch.Generator = 0,
     random partition. Only ``chunk_size`` data matrices ``A`` are held at a time (they are reduced to
     ``A_sᵀA_s`` at once); the draws depend on ``seed`` and ``chunk_size``.
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if isinstance(seed, torch.Generator):
         generator = seed

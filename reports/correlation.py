@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from landscape.checks import positive_int
 from landscape.errors import InputError
 from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, criterion_counts, per_run
 
@@ -168,8 +169,7 @@ def rank_correlations(points: pd.DataFrame, measures: Sequence[str], targets: Se
         raise InputError("rank_correlations needs at least one measure and one target")
     for names, what in ((measures, "measures"), (targets, "targets"), (axes, "axes")):
         _check_columns(points, names, what)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
-        raise InputError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
+    positive_int("n_bootstrap", n_bootstrap, minimum=0)
     if not 0 < confidence < 1:
         raise InputError(f"confidence must lie in (0, 1), got {confidence!r}")
     numbers = {name: _finite_or_missing(points, name) for name in dict.fromkeys(measures + targets)}
@@ -397,21 +397,21 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
     from reports import plots
 
     if target not in zoo.points.columns:
-        return plots._skip(f"no point has the target {target!r}; the targets here are {', '.join(zoo.targets)}")
+        return plots.skipped(f"no point has the target {target!r}; the targets here are {', '.join(zoo.targets)}")
     rows = table[table["target"] == target].set_index("measure")
     measures = [m for m in zoo.measures if m in rows.index and rows.loc[m, "n"] >= 2]
     if not measures:
-        return plots._skip(f"no measure has two or more models with {target}")
+        return plots.skipped(f"no measure has two or more models with {target}")
     if colour_by is None and zoo.axes:
         colour_by = max(zoo.axes, key=lambda axis: zoo.points[axis].nunique())
     columns = min(3, len(measures))
     panel_rows = math.ceil(len(measures) / columns)
-    with plots._style():
-        figure, axes = plots._figure(panel_rows, columns, width=4.2, height=3.6)
+    with plots.plot_style():
+        figure, axes = plots.new_figure(panel_rows, columns, width=4.2, height=3.6)
         labels = (zoo.points[colour_by].map(lambda v: "(unset)" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
                   if colour_by else pd.Series("all", index=zoo.points.index))
         order = _ordered(labels)
-        palette = plots._palette(order)
+        palette = plots.group_palette(order)
         for position, measure in enumerate(measures):
             axis = axes.flat[position]
             both = zoo.points[measure].notna() & zoo.points[target].notna()
@@ -428,10 +428,10 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
                 axis.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="hollow: criterion not reached")
             if (x > 0).all() and len(x):
                 axis.set_xscale("log")
-                plots._label_log_axis(axis.xaxis, (x.min(), x.max()))
+                plots.label_log_axis(axis.xaxis, (x.min(), x.max()))
             if (y > 0).all() and len(y):
                 axis.set_yscale("log")
-                plots._label_log_axis(axis.yaxis, (y.min(), y.max()))
+                plots.label_log_axis(axis.yaxis, (y.min(), y.max()))
             axis.set_xlabel(_short(measure))
             axis.set_ylabel(target)
             axis.set_title(_title(pd.concat([rows.loc[measure], pd.Series({"measure": measure})])), fontsize=9)
@@ -439,7 +439,7 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
             axis.set_visible(False)
         if colour_by or _missed_criterion(zoo.points).any():
             axes.flat[0].legend(title=colour_by, fontsize=7, title_fontsize=8, loc="best")
-        paths = plots._save(figure, Path(directory), stem, formats)
+        paths = plots.save_figure(figure, Path(directory), stem, formats)
     return plots.Figures(paths=tuple(paths), figures=(figure,))
 
 

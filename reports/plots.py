@@ -61,10 +61,18 @@ __all__ = [
     "plot_reliability",
     "plot_severity",
     "plot_tradeoff",
+    # shared by the report's other figures
+    "MARKERS",
+    "group_palette",
+    "label_log_axis",
+    "new_figure",
+    "plot_style",
+    "save_figure",
+    "skipped",
 ]
 
 FORMATS = ("png", "svg")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 _WHERE = {"test": "clean test data", "ood": "corrupted data"}
 
 
@@ -78,23 +86,30 @@ class Figures:
     reason: str | None = None
 
 
-def _skip(reason: str) -> Figures:
+# -- helpers every figure of the report uses (reports.correlation and reports.single_basin too) -----
+
+def skipped(reason: str) -> Figures:
+    """What a plot function returns when it draws nothing: no paths, and the ``reason``."""
     return Figures(reason=reason)
 
 
 @contextlib.contextmanager
-def _style():
+def plot_style():
+    """The report's seaborn style (white grid, notebook context) inside the block."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         yield
 
 
-def _figure(rows: int = 1, columns: int = 1, width: float = 5.5, height: float = 4.2, **options):
+def new_figure(rows: int = 1, columns: int = 1, width: float = 5.5, height: float = 4.2, **options):
+    """A figure (object API, no pyplot state) and its ``(rows, columns)`` array of axes, each panel
+    ``width`` × ``height`` inches."""
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False, **options)
     return figure, axes
 
 
-def _save(figure: Figure, directory: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+def save_figure(figure: Figure, directory: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    """``figure`` as ``directory/stem.<format>`` for each format (atomic writes); the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for extension in formats:
@@ -109,7 +124,8 @@ def _file_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
-def _palette(groups: Sequence[str]) -> dict[str, tuple]:
+def group_palette(groups: Sequence[str]) -> dict[str, tuple]:
+    """One colour-blind-safe colour per group, in the given order."""
     return dict(zip(groups, sns.color_palette("colorblind", max(len(groups), 1))))
 
 
@@ -130,7 +146,7 @@ def _has(results: pd.DataFrame, metric_pattern: str) -> bool:
 # the trade-off
 
 
-def _label_log_axis(axis, limits) -> None:
+def label_log_axis(axis, limits) -> None:
     """Major ticks a reader can read off a log axis whose view spans ``limits``: 1, 2, 5 per decade
     when that gives at least three ticks, else (a range narrower than about a factor of five, where
     a log axis is nearly linear) evenly spaced round numbers; labels in plain ``%g`` notation."""
@@ -160,7 +176,7 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
     metric = diversity_metric(diversity)
     points = tradeoff_points(results, sharpness=spec, diversity=diversity, on=on, combine=combine, group_by=group_by)
     if points.empty:
-        return _skip(f"no run has both {spec} and {metric} on {_WHERE[on]}")
+        return skipped(f"no run has both {spec} and {metric} on {_WHERE[on]}")
     if colour not in ("eir", "member_accuracy", "ensemble_accuracy"):
         raise ValueError(f"colour {colour!r}: use eir, member_accuracy or ensemble_accuracy")
     scale = 1 if colour == "eir" else 100
@@ -173,20 +189,20 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
     rhos = pd.to_numeric(runs["run.rho"], errors="coerce").reindex(points.index) if "run.rho" in runs else \
         pd.Series(np.nan, index=points.index)
     groups = group_order(points["group"])
-    palette = _palette(groups)
+    palette = group_palette(groups)
     colour_map = matplotlib.colormaps["coolwarm"].with_extremes(bad="lightgrey")
     finite = colour_values[np.isfinite(colour_values)]
     norm = matplotlib.colors.Normalize(*(finite.min(), finite.max())) if len(finite) else None
     if norm is not None and norm.vmin == norm.vmax:
         norm = matplotlib.colors.Normalize(norm.vmin - 0.5 * (abs(norm.vmin) or 1) * 0.01,
                                            norm.vmax + 0.5 * (abs(norm.vmax) or 1) * 0.01)
-    with _style():
-        figure, axes = _figure(width=6.5, height=4.8)
+    with plot_style():
+        figure, axes = new_figure(width=6.5, height=4.8)
         ax = axes[0, 0]
         handles = []
         for index, group in enumerate(groups):
             chosen = points["group"] == group
-            marker = _MARKERS[index % len(_MARKERS)]
+            marker = MARKERS[index % len(MARKERS)]
             ax.scatter(points.loc[chosen, "sharpness"], points.loc[chosen, "diversity"],
                                     c=colour_values[chosen] if norm is not None else [palette[group]],
                                     cmap=colour_map if norm is not None else None, norm=norm, marker=marker,
@@ -210,8 +226,8 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
                                   markersize=8, label=text))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _label_log_axis(ax.xaxis, ax.get_xlim())
-        _label_log_axis(ax.yaxis, ax.get_ylim())
+        label_log_axis(ax.xaxis, ax.get_xlim())
+        label_log_axis(ax.yaxis, ax.get_ylim())
         ax.set_xlabel(f"Sharpness, members' mean (log scale)\n{spec.description}")
         ax.set_ylabel(f"Diversity (log scale)\n{diversity_description(metric, on)}")
         ax.set_title("Sharpness–diversity trade-off")
@@ -222,7 +238,7 @@ def plot_tradeoff(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         if norm is not None:
             figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=colour_map), ax=ax, label=colour_label)
     stem = name or f"tradeoff-{colour.replace('_', '-')}"
-    return Figures(paths=tuple(_save(figure, Path(directory), stem, formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), stem, formats)), figures=(figure,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,15 +264,15 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
         if not both.empty:
             panels.append((on, both))
     if not panels:
-        return _skip("no run has member and ensemble accuracy rows: run `sharpdiv evaluate RUN`")
+        return skipped("no run has member and ensemble accuracy rows: run `sharpdiv evaluate RUN`")
     groups_of_runs = _run_groups(results, group_by)
-    with _style():
-        figure, axes = _figure(1, len(panels), width=4.8)
+    with plot_style():
+        figure, axes = new_figure(1, len(panels), width=4.8)
         for ax, (on, both) in zip(axes[0], panels):
             mean, std = _mean_and_std(both, groups_of_runs)
             order = [g for g in group_order(groups_of_runs) if g in mean.index]
             mean, std = mean.reindex(order), std.reindex(order)
-            palette = _palette(order)
+            palette = group_palette(order)
             positions = np.arange(len(order))
             colours = [palette[g] for g in order]
             improvement = mean["ensemble"] - mean["members"]
@@ -285,7 +301,7 @@ def plot_method_comparison(results: pd.DataFrame, directory: str | os.PathLike, 
             ax.set_ylabel(f"Accuracy on {_WHERE[on]} (%)")
             ax.set_title(f"{'ID' if on == 'test' else 'OOD'}: members and ensemble change")
             ax.legend(loc="lower right", fontsize="small")
-    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), name, formats)), figures=(figure,))
 
 
 def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
@@ -295,7 +311,7 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
     being clean test data; group means over runs with one-std bars."""
     ensemble = per_run(results, "accuracy", on="ood", combine=combine, by_severity=True)
     if ensemble.empty:
-        return _skip("no run has corrupted-data accuracy rows: run `sharpdiv evaluate RUN --corruptions all`")
+        return skipped("no run has corrupted-data accuracy rows: run `sharpdiv evaluate RUN --corruptions all`")
     members = per_run(results, "accuracy", scope="members", on="ood", combine=combine, by_severity=True)
     eir = per_run(results, "eir", on="ood", combine=combine, by_severity=True)
 
@@ -310,9 +326,9 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
     }
     groups_of_runs = _run_groups(results, group_by)
     order = group_order(groups_of_runs)
-    palette = _palette(order)
-    with _style():
-        figure, axes = _figure(1, 2, width=5.2)
+    palette = group_palette(order)
+    with plot_style():
+        figure, axes = new_figure(1, 2, width=5.2)
         accuracy_ax, eir_ax = axes[0]
         for curve, ax, style in (("ensemble", accuracy_ax, "-"), ("mean member", accuracy_ax, "--"),
                                  ("eir", eir_ax, "-")):
@@ -333,7 +349,7 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         accuracy_ax.set_title("Accuracy against corruption severity")
         eir_ax.set_ylabel("Ensemble improvement rate (EIR)")
         eir_ax.set_title("EIR against corruption severity")
-    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), name, formats)), figures=(figure,))
 
 
 def plot_corruptions(results: pd.DataFrame, directory: str | os.PathLike, *, group_by: str = "method",
@@ -345,7 +361,7 @@ def plot_corruptions(results: pd.DataFrame, directory: str | os.PathLike, *, gro
     severity to chance is visible at once, where the mean over corruptions hides it."""
     groups_of_runs = _run_groups(results, group_by)
     order = group_order(groups_of_runs)
-    palette = _palette(order)
+    palette = group_palette(order)
     firsts = results.drop_duplicates("path").set_index("path") if not results.empty else results
     classes = firsts["run.num_classes"].dropna().unique() if "run.num_classes" in firsts else []
     paths = []
@@ -359,8 +375,8 @@ def plot_corruptions(results: pd.DataFrame, directory: str | os.PathLike, *, gro
         corruptions = sorted(values["corruption"].unique())
         columns = min(5, len(corruptions))
         rows = -(-len(corruptions) // columns)
-        with _style():
-            figure, axes = _figure(rows, columns, width=3.2, height=2.8, sharex=True, sharey=True)
+        with plot_style():
+            figure, axes = new_figure(rows, columns, width=3.2, height=2.8, sharex=True, sharey=True)
             for ax in axes.flat[len(corruptions):]:
                 ax.set_visible(False)
             for ax, corruption in zip(axes.flat, corruptions):
@@ -385,10 +401,10 @@ def plot_corruptions(results: pd.DataFrame, directory: str | os.PathLike, *, gro
             figure.legend(handles, labels, title=group_by, loc="outside lower center", ncols=min(len(labels), 5),
                           fontsize="small")
             figure.suptitle(f"{label} per corruption against severity (mean ± std over runs)")
-        paths += _save(figure, Path(directory), f"{name}-{metric}", formats)
+        paths += save_figure(figure, Path(directory), f"{name}-{metric}", formats)
         figures.append(figure)
     if not figures:
-        return _skip("no run has corrupted-data rows: run `sharpdiv evaluate RUN --corruptions all`")
+        return skipped("no run has corrupted-data rows: run `sharpdiv evaluate RUN --corruptions all`")
     return Figures(paths=tuple(paths), figures=tuple(figures))
 
 
@@ -424,15 +440,15 @@ def plot_ensemble_size(results: pd.DataFrame, directory: str | os.PathLike, *, g
     (SharpBalance Fig. 8), starting at k = 1, the mean member; columns ID and OOD, group means over
     runs with one-std bars."""
     if results.empty or not results["scope"].str.fullmatch(r"ensemble@\d+").any():
-        return _skip("no run has sub-ensemble (ensemble@<k>) rows: run `sharpdiv evaluate RUN`")
+        return skipped("no run has sub-ensemble (ensemble@<k>) rows: run `sharpdiv evaluate RUN`")
     panels = [(on, metric, _sizes(results, metric, on, combine)) for on in ("test", "ood")
               for metric in ("accuracy", "eir")]
     used = [on for on in ("test", "ood") if any(not t.dropna(how="all").empty for o, _, t in panels if o == on)]
     groups_of_runs = _run_groups(results, group_by)
     order = group_order(groups_of_runs)
-    palette = _palette(order)
-    with _style():
-        figure, axes = _figure(2, len(used), width=4.8, height=3.6)
+    palette = group_palette(order)
+    with plot_style():
+        figure, axes = new_figure(2, len(used), width=4.8, height=3.6)
         for column, on in enumerate(used):
             for row, metric in enumerate(("accuracy", "eir")):
                 ax = axes[row, column]
@@ -450,7 +466,7 @@ def plot_ensemble_size(results: pd.DataFrame, directory: str | os.PathLike, *, g
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_ylabel("Ensemble accuracy (%)" if metric == "accuracy" else "Ensemble improvement rate (EIR)")
                 ax.set_title(f"{'Accuracy' if metric == 'accuracy' else 'EIR'} against ensemble size, {_WHERE[on]}")
-    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), name, formats)), figures=(figure,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,19 +543,19 @@ def plot_reliability(results: pd.DataFrame, directory: str | os.PathLike, *, gro
     if combine is not None and "combine" in rows:
         rows = rows[rows["combine"].isna() | (rows["combine"] == combine)]
     if rows.empty or "bin" not in rows:
-        return _skip("no run has reliability-bin rows: run `sharpdiv evaluate RUN`")
+        return skipped("no run has reliability-bin rows: run `sharpdiv evaluate RUN`")
     rows = _latest_by(rows, ["path", "dataset", "split", "corruption", "severity"], "n_bins", ["bin"])
     corrupted = rows["corruption"].notna()
     slices = {"test": rows[(rows["split"] == "test") & ~corrupted], "ood": rows[corrupted]}
     slices = {on: part for on, part in slices.items() if not part.empty}
     if not slices:
-        return _skip("no reliability-bin rows on clean test or corrupted data")
+        return skipped("no reliability-bin rows on clean test or corrupted data")
     groups_of_runs = _run_groups(results, group_by)
     order = [g for g in group_order(groups_of_runs)
              if any(groups_of_runs.reindex(part["path"].unique()).eq(g).any() for part in slices.values())]
-    palette = _palette(order)
-    with _style():
-        figure, axes = _figure(len(slices), len(order), width=3.8, height=3.8)
+    palette = group_palette(order)
+    with plot_style():
+        figure, axes = new_figure(len(slices), len(order), width=3.8, height=3.8)
         for row, (on, part) in enumerate(slices.items()):
             pooled = _pooled_bins(part, groups_of_runs)
             ece = per_run(results, "ece", on=on, combine=combine)
@@ -565,7 +581,7 @@ def plot_reliability(results: pd.DataFrame, directory: str | os.PathLike, *, gro
                 ax.set_xlabel("Confidence (max. probability)")
                 ax.set_ylabel("Accuracy")
                 ax.legend(loc="upper left", fontsize="x-small")
-    return Figures(paths=tuple(_save(figure, Path(directory), name, formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), name, formats)), figures=(figure,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,18 +596,18 @@ def _pairs(scopes: pd.Series) -> pd.DataFrame:
 
 def _per_run_figures(results, metrics: str, reason: str, draw, directory, prefix, formats) -> Figures:
     if not _has(results, metrics):
-        return _skip(reason)
+        return skipped(reason)
     rows = results[results["metric"].str.fullmatch(metrics)]
     paths, figures = [], []
     for path, mine in rows.groupby("path", sort=True):
         label = str(mine["run_label"].iloc[0]) if "run_label" in mine else Path(path).name
-        with _style():
+        with plot_style():
             figure = draw(mine, label)
         if figure is not None:
             figures.append(figure)
-            paths += _save(figure, Path(directory), f"{prefix}-{_file_stem(label)}", formats)
+            paths += save_figure(figure, Path(directory), f"{prefix}-{_file_stem(label)}", formats)
     if not paths:
-        return _skip(reason)
+        return skipped(reason)
     return Figures(paths=tuple(paths), figures=tuple(figures))
 
 
@@ -605,7 +621,7 @@ def plot_barriers(results: pd.DataFrame, directory: str | os.PathLike, *,
         kinds = _alignment_order(rows["alignment"])
         pairs = _pairs(rows["scope"])
         size = int(max(pairs["i"].max(), pairs["j"].max())) + 1
-        figure, axes = _figure(1, len(kinds), width=1.2 * size + 3, height=1.1 * size + 2)
+        figure, axes = new_figure(1, len(kinds), width=1.2 * size + 3, height=1.1 * size + 2)
         top = float(np.nanmax(rows["value"].to_numpy(dtype=float), initial=0.0))
         for ax, kind in zip(axes[0], kinds):
             mine = rows[rows["alignment"] == kind]
@@ -639,7 +655,7 @@ def plot_interpolation(results: pd.DataFrame, directory: str | os.PathLike, *,
         # α to 9 decimals: rows stored before α was computed exactly are an ulp off on some CPUs (one point)
         rows = with_alignment(rows).assign(alpha=lambda table: table["alpha"].astype(float).round(9))
         rows = _latest_by(rows, ["scope", "alignment"], "bn_mode", ["alpha"])
-        figure, axes = _figure(1, 2, width=4.8)
+        figure, axes = new_figure(1, 2, width=4.8)
         colours = dict(zip(sorted(rows["scope"].unique()), sns.color_palette("tab10", rows["scope"].nunique())))
         styles = {"none": "-", "weight": "--", "activation": ":"}
         for ax, metric, unit in ((axes[0, 0], "connectivity/loss", "Loss (cross-entropy)"),
@@ -674,7 +690,7 @@ def plot_plane(results: pd.DataFrame, directory: str | os.PathLike, *,
         rows = _newest_grid(rows[rows["alignment"] == kind], ["u_index", "v_index"], ["u", "v"])
         members = rows[rows["scope"] != "ensemble"]  # the members' own positions (older runs lack them)
         rows = rows[rows["scope"] == "ensemble"]
-        figure, axes = _figure(1, 2, width=5.0)
+        figure, axes = new_figure(1, 2, width=5.0)
         for ax, metric, unit, colours in ((axes[0, 0], "plane/loss", "Loss (cross-entropy)", "viridis"),
                                           (axes[0, 1], "plane/accuracy", "Accuracy (%)", "magma")):
             surface = rows[rows["metric"] == metric]
@@ -713,9 +729,9 @@ def plot_density(results: pd.DataFrame, directory: str | os.PathLike, *,
         density = _newest_grid(rows[rows["metric"] == "hessian/density"], ["grid_index"], ["eigenvalue"])
         if density.empty:
             return None
-        figure, axes = _figure(width=6.0, height=4.0)
+        figure, axes = new_figure(width=6.0, height=4.0)
         ax = axes[0, 0]
-        palette = _palette(sorted(density["scope"].unique()))
+        palette = group_palette(sorted(density["scope"].unique()))
         for scope, curve in density.sort_values("eigenvalue").groupby("scope", sort=True):
             ax.plot(curve["eigenvalue"].astype(float), curve["value"].astype(float), color=palette[scope], label=scope)
         top = _latest_by(rows[rows["metric"] == "hessian/eigenvalue"], ["scope"], "n_iters", ["rank"])
@@ -754,11 +770,11 @@ def plot_barrier_vs_eir(results: pd.DataFrame, directory: str | os.PathLike, *, 
     eir = per_run(results, "eir", on="test", combine=combine)
     barriers = barriers[barriers.index.isin(eir.dropna().index)]
     if barriers.empty:
-        return _skip("needs connectivity barriers (`sharpdiv connectivity RUN --align weight,none`) and EIR "
+        return skipped("needs connectivity barriers (`sharpdiv connectivity RUN --align weight,none`) and EIR "
                      "(`sharpdiv evaluate RUN`) of the same runs")
     markers = {"none": "o", "weight": "s", "activation": "^"}
-    with _style():
-        figure, axes = _figure(width=6.0, height=4.5)
+    with plot_style():
+        figure, axes = new_figure(width=6.0, height=4.5)
         ax = axes[0, 0]
         for path, values in barriers.iterrows():
             finite = values.dropna()
@@ -771,4 +787,4 @@ def plot_barrier_vs_eir(results: pd.DataFrame, directory: str | os.PathLike, *, 
         ax.set_ylabel("Ensemble improvement rate (EIR)")
         ax.set_title("Connectivity against ensemble gain (one marker per run)")
         ax.legend(fontsize="small")
-    return Figures(paths=tuple(_save(figure, Path(directory), "barrier-eir", formats)), figures=(figure,))
+    return Figures(paths=tuple(save_figure(figure, Path(directory), "barrier-eir", formats)), figures=(figure,))

@@ -355,15 +355,15 @@ def plot_single_basin(points: pd.DataFrame, directory: str | os.PathLike, *, for
 
     drawn = points[points[Q_BAR].notna() & points["accuracy ID (%)"].notna()]
     if drawn.empty:
-        return plots._skip("no ensemble has both q̄ (`sharpdiv connectivity RUN`) and a clean test accuracy "
+        return plots.skipped("no ensemble has both q̄ (`sharpdiv connectivity RUN`) and a clean test accuracy "
                            "(`sharpdiv evaluate RUN`)")
     order = [label for label in _construction_order(points) if label in set(drawn["construction"])]
     kinds = list(dict.fromkeys(points.set_index("construction").loc[order, "kind"]))
-    palette = plots._palette(kinds)
-    markers = {kind: plots._MARKERS[i % len(plots._MARKERS)] for i, kind in enumerate(kinds)}
+    palette = plots.group_palette(kinds)
+    markers = {kind: plots.MARKERS[i % len(plots.MARKERS)] for i, kind in enumerate(kinds)}
     bases = list(dict.fromkeys(drawn.sort_values("order", key=lambda s: s.map(_sortable))["basis"]))
-    with plots._style():
-        figure, axes = plots._figure(1, len(bases), width=8.5, height=4.6)
+    with plots.plot_style():
+        figure, axes = plots.new_figure(1, len(bases), width=8.5, height=4.6)
         for axis, basis in zip(axes[0], bases):
             mine = drawn[drawn["basis"] == basis]
             for label in order:
@@ -391,7 +391,7 @@ def plot_single_basin(points: pd.DataFrame, directory: str | os.PathLike, *, for
             where = shown[shown.rfind("(") + 1:-1] if len(bases) > 1 and shown.endswith(")") else ""
             axis.set_title(f"Connectivity against accuracy{', ' + where if where else ''}")
             axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        paths = plots._save(figure, Path(directory), stem, formats)
+        paths = plots.save_figure(figure, Path(directory), stem, formats)
     return plots.Figures(paths=tuple(paths), figures=(figure,))
 
 

@@ -19,7 +19,7 @@ we add the 95% t interval of the least-squares slope,
 which is exact at any n ≥ 3 when the scatter about the line is Gaussian (Weisberg, *Applied Linear
 Regression*, §2.6). A percentile bootstrap of the pairs is not: with 3 ensembles it has only a
 handful of distinct slopes and its "95%" interval covers the true slope far less often (about
-7 times in 10 on Gaussian data, 9 in 10 at 5 and 12 ensembles; ``tests/test_trust_views.py``).
+7 times in 10 on Gaussian data, 9 in 10 at 5 and 12 ensembles; ``tests/reports/test_tradeoff.py``).
 
 An interval alone does not say whether a slope was told from noise, so :attr:`BetaFit.verdict`
 does: a group with fewer than :data:`MIN_ENSEMBLES` ensembles, or whose interval contains 0, has

@@ -1,6 +1,7 @@
 """Train in a child process that kills itself (SIGKILL, as `kill -9`) right after a chosen member's
-epoch checkpoint, for the resume-is-bit-identical tests. Test modules import it by name
-(``from killed_training import train_until_killed``): pytest puts tests/ on the path."""
+epoch checkpoint, and read a run's members and training states to compare them bit for bit, for the
+resume-is-bit-identical tests. Test modules import it by name (``from killed_training import
+train_until_killed``): pytest puts tests/ on the path."""
 import dataclasses
 import json
 import signal
@@ -8,6 +9,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import safetensors.torch
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +36,18 @@ def train_until_killed(run: Path, settings, member: int, epoch: int) -> None:
     finished = subprocess.run([sys.executable, "-c", _SCRIPT, str(run), given, str(member), str(epoch)], cwd=ROOT,
                               capture_output=True, timeout=600)
     assert finished.returncode == -signal.SIGKILL, finished.stderr.decode()[-2000:]
+
+
+def member_weights(run: Path) -> list[dict]:
+    files = sorted(run.glob("member-*.safetensors"))
+    return [safetensors.torch.load_file(str(f)) for f in files]
+
+
+def training_states(run: Path) -> list[dict]:
+    return [torch.load(f, weights_only=True) for f in sorted((run / "train").glob("member-*.pt"))]
+
+
+def assert_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

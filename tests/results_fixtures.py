@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ensembles.runs import run_folder
@@ -153,3 +154,48 @@ def write_study(root) -> list[Path]:
             run_folder.append_results(path, rows)
             paths.append(path)
     return paths
+
+
+def measured_run(path, *, dataset="cifar10", num_classes=10, method="sam", accuracy=0.8):
+    """A run folder with evaluation rows only: members at ``accuracy``, the ensemble 0.05 above."""
+    run_folder.create_run(path, dataset=dataset, num_classes=num_classes, model="mlp",
+                          model_args={"input_size": 4, "hidden": [2]}, method=method, seeds=[13, 17, 27])
+    run_folder.append_results(path, evaluation_rows([accuracy] * 3, {"accuracy": accuracy + 0.05}))
+    return Path(path)
+
+
+def write_two_methods(root):
+    """Three runs, sgd and sam at two radii, with evaluation rows."""
+    paths = []
+    for method, rho in (("sgd", None), ("sam", 0.05), ("sam", 0.1)):
+        path = make_run(root / f"{method}-{rho}", method=method, rho=rho)
+        run_folder.append_results(path, evaluation_rows([0.8, 0.82, 0.81], {"accuracy": 0.85, "der": 0.3}))
+        paths.append(path)
+    return paths
+
+
+def density_row(index, eigenvalue, value=0.5):
+    """A row of a Hessian spectral density at grid point ``index``, placed at ``eigenvalue``."""
+    return {"scope": "member-0", "metric": "hessian/density", "value": value, "grid_index": index,
+            "eigenvalue": eigenvalue, "grid": 5, "n_iters": 4, "dataset": "digits", "split": "train",
+            "data": "0123456789abcdef"}
+
+
+def clean_and_corrupted(path, *, members, ensemble, eir, der, corrupted, combine="probs"):
+    """Clean test rows plus corrupted rows; ``corrupted`` maps (corruption, severity) to
+    (member accuracies, ensemble accuracy)."""
+    rows = evaluation_rows(members, {"accuracy": ensemble, "eir": eir, "der": der}, combine=combine)
+    for (corruption, severity), (member_values, ensemble_value) in corrupted.items():
+        rows += evaluation_rows(member_values, {"accuracy": ensemble_value, "der": der},
+                                         corruption=corruption, severity=severity, combine=combine)
+    run_folder.append_results(path, rows)
+
+
+def bad_results_parts(run):
+    """A corrupt and a foreign parquet part written into ``run``'s results table."""
+    results = run / run_folder.RESULTS_DIR
+    corrupt = results / "part-00000000T000000000000-corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    foreign = results / "part-00000000T000000000001-foreign.parquet"
+    pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}).to_parquet(foreign)
+    return corrupt, foreign

@@ -1,7 +1,12 @@
-"""CLI conventions every command shares, and the promise that CI installs as the README says."""
+"""CLI conventions every command shares (cli.py): lists and ranges, device and thread choice (set
+before torch loads), one-line errors and library notes, and the promise that CI installs as the
+README says."""
+import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -9,7 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from ensembles.cpus import usable_cpus
+from ensembles.runs import run_folder
 from landscape.errors import InputError
+
+from tiny_runs import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,20 +155,6 @@ def test_help_and_version_still_exit_0():
     assert CliRunner().invoke(cli.main, ["train", "--help"]).exit_code == 0
 
 
-def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
-    (tmp_path / "readme.txt").write_text("not a checkpoint")
-    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "digits",
-                                           str(tmp_path / "run"), str(tmp_path / "readme.txt")])
-    assert result.exit_code == 2 and "is not a checkpoint" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "run").exists()
-
-
-def test_import_refuses_an_unknown_dataset(tmp_path):
-    result = CliRunner().invoke(cli.main, ["import", "--model", "small_cnn", "--num-classes", "10", "--data", "imagenet",
-                                           str(tmp_path / "run"), str(tmp_path / "x.pt")])
-    assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output
-
-
 def test_a_missing_or_foreign_run_folder_is_refused_before_torch_is_imported(tmp_path):
     # the check runs when click parses the arguments: no command waits seconds for torch to say so
     (tmp_path / "not-a-run").mkdir()
@@ -178,3 +173,98 @@ def test_a_missing_or_foreign_run_folder_is_refused_before_torch_is_imported(tmp
         "print('ok')\n")
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0 and completed.stdout.strip() == "ok", completed.stderr
+
+
+# -- every command sets OpenMP's wait policy and thread count before torch is imported
+
+_SPY = textwrap.dedent("""
+    import json, os, sys
+    seen = {}
+
+    class Spy:  # records the environment at the moment torch is first imported
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" and not seen:
+                seen.update(policy=os.environ.get("OMP_WAIT_POLICY"), threads=os.environ.get("OMP_NUM_THREADS"))
+            return None
+
+    sys.meta_path.insert(0, Spy())
+    from cli import main
+    try:
+        main(sys.argv[1:], standalone_mode=False)
+    except SystemExit:
+        pass
+    import torch
+    print(json.dumps({**seen, "torch_threads": torch.get_num_threads()}))
+""")
+
+
+# Imports torch, then refuses the settings (exit 2): fast, and nothing is written.
+_TRAIN = ["train", "--data", "digits", "--model", "small_cnn", "--method", "sam", "--asam-scale", "all",
+          "--out", "unused"]
+
+
+def _spy(arguments, tmp_path, **environment):
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("OMP_", "MKL_"))}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), **environment)
+    result = subprocess.run([sys.executable, "-c", _SPY, *arguments], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_commands_set_a_passive_wait_policy_and_threads_before_torch_loads(tmp_path):
+    seen = _spy(_TRAIN, tmp_path)
+    assert seen["policy"] == "PASSIVE"
+    assert seen["threads"] == str(usable_cpus()) and seen["torch_threads"] == usable_cpus()
+    assert not (tmp_path / "unused").exists()
+
+
+def test_threads_flag_reaches_openmp_before_torch_loads(tmp_path):
+    seen = _spy([*_TRAIN, "--threads", "1"], tmp_path, OMP_NUM_THREADS="2")
+    assert seen == {"policy": "PASSIVE", "threads": "1", "torch_threads": 1}
+
+
+def test_the_users_openmp_settings_are_kept(tmp_path):
+    seen = _spy(_TRAIN, tmp_path, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
+    assert seen == {"policy": "ACTIVE", "threads": "1", "torch_threads": 1}
+
+
+@pytest.mark.parametrize("make", ["missing", "plain folder", "file"])
+def test_report_on_a_path_that_is_not_a_run_folder_is_one_line(tmp_path, make):
+    path = tmp_path / "thing"
+    if make == "plain folder":
+        path.mkdir()
+    elif make == "file":
+        path.write_text("x")
+    result = CliRunner().invoke(cli.main, ["report", str(path), "--out", str(tmp_path / "out")])
+    assert str(path) in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
+# --- the quickstart summary is a report; cli.py only prints it ---------------------------------------
+
+def test_cli_fits_nothing():
+    source = (ROOT / "cli.py").read_text()
+    assert "fits_by_group" not in source and "fit_beta" not in source and "tradeoff_points" not in source
+
+
+def test_a_library_warning_reads_as_a_note_not_as_an_error(tmp_path):
+    from ensembles.models.zoo import build
+
+    run = tmp_path / "run"
+    model_args = {"input_size": 3 * 32 * 32, "hidden": [4]}
+    run_folder.create_run(run, dataset="digits", num_classes=10, model="mlp", model_args=model_args, seeds=[0])
+    run_folder.save_member(run, 0, build("mlp", 10, **model_args))
+    # 3 Lanczos steps cannot reach the tolerance: the eigenvalue is stored, with a remark
+    result = CliRunner().invoke(cli.main, ["hessian", str(run), "--eigenvalues", "1", "--lanczos-steps", "3",
+                                           "--n-examples", "8", "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "sharpdiv: note: Lanczos did not reach" in result.stderr
+    assert "RuntimeWarning" not in result.stderr and ".py:" not in result.stderr
+
+
+def test_model_arg_values_parse_as_json():
+    assert cli.model_settings(("a=1", "b=[2, 3]", "c=text", "d=0.5"), None, None, None) == (
+        {"a": 1, "b": [2, 3], "c": "text", "d": 0.5}, None)
+    with pytest.raises(InputError, match="expected KEY=VALUE"):
+        cli.model_settings(("novalue",), None, None, None)

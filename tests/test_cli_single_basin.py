@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from cli import main
 from ensembles.runs.run_folder import read_config
-from test_trust_train import one_line_refusal
+
+from tiny_runs import one_line_refusal
 
 FLAGS = ["--data", "digits", "--model", "small_cnn", "--width", "4", "--epochs", "2", "--lr", "0.05",
          "--batch-size", "32", "--train-samples", "64", "--seeds", "3,5", "--keep", "last", "--threads", "1"]

@@ -192,3 +192,72 @@ def test_landscape_speaks_python_not_the_command_line():
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and pattern.search(node.value)]
     assert not found, "\n".join(found)
+
+
+# ------------------------------------------------------------- names used across modules are public
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_used_elsewhere(root: Path) -> list[str]:
+    """Every use, in one module of the layers, of another module's leading-underscore name: ``from
+    m import _name``, ``m._name`` on an imported module ``m``, or importing a module whose own name
+    starts with ``_``. A leading underscore promises the name can change without looking elsewhere."""
+    modules = project_modules(root)
+    found = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported_modules: dict[str, str] = {}  # local name → project module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in RANK:
+                if any(_private(part) for part in node.module.split(".")):
+                    found.append(f"{module} (line {node.lineno}) imports the private module {node.module}")
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    if target in modules:
+                        imported_modules[alias.asname or alias.name] = target
+                        if _private(alias.name):
+                            found.append(f"{module} (line {node.lineno}) imports the private module {target}")
+                    elif _private(alias.name):
+                        found.append(f"{module} (line {node.lineno}) imports {alias.name} from {node.module}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in RANK:
+                        if any(_private(part) for part in alias.name.split(".")):
+                            found.append(f"{module} (line {node.lineno}) imports the private module {alias.name}")
+                        if alias.asname:
+                            imported_modules[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                chain, base = [node.attr], node.value
+                while isinstance(base, ast.Attribute):
+                    chain.append(base.attr)
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in imported_modules | {package: package for package in RANK}:
+                    owner = ".".join([imported_modules.get(base.id, base.id), *reversed(chain[1:])])
+                    if owner in modules and owner != module:
+                        found.append(f"{module} (line {node.lineno}) uses {node.attr} of {owner}")
+    return sorted(set(found))
+
+
+def test_a_name_used_by_another_module_is_public():
+    found = private_names_used_elsewhere(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_every_spelling_of_a_private_name_from_elsewhere_is_caught(tmp_path):
+    root = write(tmp_path, {
+        "landscape/_helpers.py": "def check():\n    pass\n",
+        "landscape/maths.py": "def _inner():\n    pass\n\ndef outer():\n    _inner()\n",
+        "ensembles/models/__init__.py": "",
+        "ensembles/models/zoo.py": "from landscape.maths import _inner\nfrom landscape import _helpers\n",
+        "ensembles/models/build.py": "from landscape import maths\nimport landscape.maths\n\n"
+                                     "def f():\n    return maths._inner, landscape.maths._inner, maths.outer\n",
+    })
+    assert private_names_used_elsewhere(root) == [
+        "ensembles.models.build (line 5) uses _inner of landscape.maths",
+        "ensembles.models.zoo (line 1) imports _inner from landscape.maths",
+        "ensembles.models.zoo (line 2) imports the private module landscape._helpers",
+    ]

@@ -1,6 +1,7 @@
-"""End-to-end helpers: a tiny trained run folder, the ``sharpdiv`` command run in-process, and
-what it left on disk. Test files in any folder under tests/ import them by module name
-(``from tiny_runs import invoke, one_error_line``): tests/conftest.py puts tests/ on the path.
+"""End-to-end helpers: a tiny trained run folder, the ``sharpdiv`` command run in-process, what it
+printed (one error line, a refusal naming given words) and what it left on disk. Test files in any
+folder under tests/ import them by module name (``from tiny_runs import invoke, one_error_line``):
+tests/conftest.py puts tests/ on the path.
 """
 from __future__ import annotations
 
@@ -61,3 +62,23 @@ def copy_run(source: Path, target: Path, **changes) -> Path:
     config.update(changes)
     (target / "run.json").write_text(json.dumps(config))
     return target
+
+
+def one_line_refusal(result, *words):
+    """Exit 2 and one error line: the whole of stderr, or its last line after progress bars."""
+    assert result.exit_code == 2, result.output
+    refusals = [line for line in result.stderr.splitlines() if "sharpdiv: error" in line]
+    assert len(refusals) == 1 and result.stderr.endswith(refusals[0] + "\n"), result.stderr
+    assert refusals[0].startswith("sharpdiv: error: ") and "Traceback" not in result.stderr
+    for word in words:
+        assert word in refusals[0], (word, refusals[0])
+
+
+def refused(result, *fragments):
+    """Exit 2 with one line on stderr holding every fragment, and no traceback."""
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sharpdiv: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

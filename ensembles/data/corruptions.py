@@ -95,7 +95,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ensembles.data.datasets import SEVERITIES, check_severity
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -172,9 +172,9 @@ TINY_IMAGENET_PARAMETERS: dict[str, tuple] = {
 
 # digits-C: CIFAR-10-C's table wherever it makes sense on scikit-learn's digits, which are 8x8 glyphs on a
 # flat black background, upscaled 4x to 32x32 (a source pixel is 4 pixels here). Each change, and why, is
-# below; everything else is CIFAR-10-C's. Checked by tests/test_trust_study.py with a logistic regression
-# fitted on the clean digits: every corruption at severity 1 leaves it far above chance, and its accuracy
-# does not rise with the severity (within noise).
+# below; everything else is CIFAR-10-C's. Checked by tests/ensembles/data/test_corruptions.py with a
+# logistic regression fitted on the clean digits: every corruption at severity 1 leaves it far above
+# chance, and its accuracy does not rise with the severity (within noise).
 # - jpeg_compression keeps CIFAR's qualities but does almost nothing here: JPEG's 8x8 blocks of a smooth,
 #   upscaled glyph survive even quality 5 (reference accuracy unchanged), so the quickstart leaves it out;
 #   so do gaussian_blur, saturate (grey images have no saturation) and, nearly, shot and speckle noise.

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ensembles.runs.files import file_digest
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -78,7 +79,7 @@ _NORMALIZATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.480, 0.448, 0.397), (0.276, 0.269, 0.282)),
     # Computed once, offline, over all pixels of digits' train split as built below (float64);
-    # the three channels are copies of one grey image. tests/test_data.py recomputes them.
+    # the three channels are copies of one grey image. tests/ensembles/data/test_datasets.py recomputes them.
     "digits": ((0.3048, 0.3048, 0.3048), (0.3234, 0.3234, 0.3234)),
     # A user's own photos: ImageNet's statistics, the usual stand-in for natural images.
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -90,7 +91,8 @@ _CORRUPTED_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C", "tinyi
 _IMAGE_SIZES = {"cifar10": (32, 32), "cifar100": (32, 32), "tinyimagenet": (64, 64), "digits": (32, 32)}
 _ALIASES = {"cifar10": "cifar10", "cifar100": "cifar100", "tinyimagenet": "tinyimagenet",
             "tinyimgnet": "tinyimagenet", "digits": "digits"}
-_WHERE_TO_GET = {
+# Where each dataset comes from, for the one-line error of a missing one (ensembles.studies.evaluation too).
+WHERE_TO_GET = {
     "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
     "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
     "tinyimagenet": "download http://cs231n.stanford.edu/tiny-imagenet-200.zip",
@@ -107,7 +109,7 @@ _PASS_ROOT = "and pass --data-path (or set SHARPDIV_DATA)"
 # Names, roots and constants
 
 
-def _parse_name(name: str) -> tuple[str, Path | None, bool]:
+def parse_name(name: str) -> tuple[str, Path | None, bool]:
     """``(kind, folder path or None, corrupted)`` for a dataset name such as ``cifar10``,
     ``CIFAR-10-C``, ``tiny_imgnet`` or ``folder:~/photos``."""
     if not isinstance(name, str):
@@ -143,7 +145,7 @@ def _locate(root, folder_name: str) -> Path:
 
 def normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """``(mean, std)`` per channel of the dataset's training images; a ``-C`` dataset uses its clean one's."""
-    kind, _, _ = _parse_name(name)
+    kind, _, _ = parse_name(name)
     return _NORMALIZATION[kind]
 
 
@@ -265,7 +267,7 @@ def _image_size_of(path: str) -> tuple[int, int]:
 def default_augmentation(name: str) -> str:
     """The training augmentation of dataset ``name`` when none is chosen: ``none`` for digits,
     ``crop-flip`` (CIFAR's padded crop and mirror) for CIFAR, TinyImageNet and image folders."""
-    kind, _, _ = _parse_name(name)
+    kind, _, _ = parse_name(name)
     return _DEFAULT_AUGMENTATION.get(kind, "crop-flip")
 
 
@@ -442,9 +444,7 @@ class Batches:
         if not isinstance(dataset, ImageDataset):
             raise InputError(f"batches() needs an ImageDataset, got {type(dataset).__name__}; "
                              "wrap other datasets in torch.utils.data.DataLoader")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.dataset, self.batch_size = dataset, positive_int("batch_size", batch_size)
         self.shuffle, self.generator = shuffle, generator
         self.with_index, self.drop_last, self.device = with_index, drop_last, device
         self.augmentation_generator = augmentation_generator
@@ -554,7 +554,7 @@ def _load_cifar(kind: str, root, split: str):
     missing = [name for name in files if not (folder / name).is_file()]
     if missing:
         raise InputError(f"{title} not found at {folder}: expected torchvision's python-pickle folder ({layout}), "
-                         f"missing {', '.join(missing)}; {_WHERE_TO_GET[kind]}, extract it {_PASS_ROOT}")
+                         f"missing {', '.join(missing)}; {WHERE_TO_GET[kind]}, extract it {_PASS_ROOT}")
     parts = [_cifar_arrays(folder / name, label_key) for name in files]
     images = np.concatenate([part[0] for part in parts])
     labels = np.concatenate([part[1] for part in parts])
@@ -645,7 +645,7 @@ def _load_tinyimagenet(root, split: str):
     missing = [part for part in needed if not (folder / part).exists()]
     if missing:
         raise InputError(f"TinyImageNet not found at {folder}: expected {layout}, missing {', '.join(missing)}; "
-                         f"{_WHERE_TO_GET['tinyimagenet']}, unzip it {_PASS_ROOT}")
+                         f"{WHERE_TO_GET['tinyimagenet']}, unzip it {_PASS_ROOT}")
     classes = _tinyimagenet_classes(folder)
     if split == "test":
         position = {wnid: k for k, wnid in enumerate(classes)}
@@ -725,7 +725,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     for the datasets, their layouts and their fixed splits. ``root`` holds the dataset folders
     (default ``$SHARPDIV_DATA``, then ``~/.cache/sharpdiv/data``); digits needs none, and
     ``folder:<path>`` names its own folder."""
-    kind, path, corrupted = _parse_name(name)
+    kind, path, corrupted = parse_name(name)
     if corrupted:
         raise InputError(f"{name!r} is a corrupted dataset: read it with load_corrupted(name, root, corruption, severity)")
     _check_split(split)
@@ -748,7 +748,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 def corrupted_folder(name: str, root: str | os.PathLike | None = None) -> Path:
     """Where the ``-C`` version of ``name`` lives: ``<root>/CIFAR-10-C``, ``<root>/CIFAR-100-C``,
     ``<root>/Tiny-ImageNet-C``, ``<root>/digits-C``, or ``<root>/<basename of path>-C`` for ``folder:<path>``."""
-    kind, path, _ = _parse_name(name)
+    kind, path, _ = parse_name(name)
     folder_name = f"{path.resolve().name}-C" if kind == "folder" else _CORRUPTED_FOLDERS[kind]
     return _locate(root, folder_name)
 
@@ -761,7 +761,7 @@ def _order_corruptions(names) -> list[str]:
 def available_corruptions(name: str, root: str | os.PathLike | None = None) -> list[str]:
     """The corruptions of ``name`` present on disk: the 15 standard ones first, in the order of
     Hendrycks & Dietterich (ICLR 2019, Fig. 1), then the 4 extra ones of their release."""
-    kind, _, _ = _parse_name(name)
+    kind, _, _ = parse_name(name)
     folder = corrupted_folder(name, root)
     if not folder.is_dir():
         return []
@@ -825,10 +825,10 @@ def load_corrupted(name: str, root: str | os.PathLike | None = None, corruption:
     TinyImageNet-C JPEGs are decoded on demand, class ``k`` being the ``k``-th wnid in sorted
     order, as in :func:`load_dataset`. ``split`` is ``"test"``.
     """
-    kind, path, _ = _parse_name(name)
+    kind, path, _ = parse_name(name)
     folder = corrupted_folder(name, root)
     title = f"{path.resolve().name}-C" if kind == "folder" else _CORRUPTED_FOLDERS[kind]
-    source = _WHERE_TO_GET["folder-c" if kind == "folder" else f"{kind}-c"]
+    source = WHERE_TO_GET["folder-c" if kind == "folder" else f"{kind}-c"]
     layout = ("<corruption>/<severity 1..5>/<wnid>/*.JPEG" if kind == "tinyimagenet"
               else "<corruption>.npy (uint8 (N, H, W, 3), severity s in the s-th fifth of the rows) and labels.npy")
     if not folder.is_dir():
@@ -893,7 +893,7 @@ def data_digest(name: str, root: str | os.PathLike | None = None, split: str = "
     so it is cheap to ask for again. Stored rows and cached logits carry it: data regenerated with
     another seed, or other files under another ``--data-path``, give another fingerprint.
     """
-    kind, _, _ = _parse_name(name)
+    kind, _, _ = parse_name(name)
     if corruption is not None:
         severity = check_severity(severity)
         folder = corrupted_folder(name, root)

@@ -36,7 +36,7 @@ from torch import nn
 
 from ensembles.models.arguments import check_arguments, keyword_parameters
 from ensembles.models.checkpoints import without_data_parallel_prefix
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [

@@ -50,7 +50,7 @@ import torch
 from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
-from landscape._checks import model_dtype_device
+from landscape.checks import model_dtype_device
 from landscape.errors import InputError
 
 __all__ = [
@@ -73,7 +73,7 @@ CACHE_FORMAT = "1"
 def dataset_label(name: str) -> str:
     """The one name of a dataset in results rows and cache folders: ``cifar10`` for ``CIFAR-10``,
     ``cifar10-c`` or ``cifar_10``; ``folder:<path>`` for a user's folder (as ``ImageDataset.name``)."""
-    kind, path, _ = datasets._parse_name(name)
+    kind, path, _ = datasets.parse_name(name)
     return f"folder:{path}" if kind == "folder" else kind
 
 

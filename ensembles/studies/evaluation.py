@@ -43,7 +43,7 @@ from ensembles.runs import run_folder
 from ensembles.runs.logit_cache import DataSlice, dataset_label, slice_logits
 from ensembles.studies import options
 from landscape import calibration, diversity, ensemble
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 __all__ = [
@@ -117,12 +117,12 @@ def evaluation_slices(dataset: str, root=None, corruptions: str | Sequence[str] 
 def _how_to_get_corruptions(label: str, root, folder: Path) -> str:
     """How to put a ``-C`` dataset at ``folder``: download the published one (CIFAR, TinyImageNet)
     or write it with ``sharpdiv corrupt`` (every dataset; the only way for digits and folders)."""
-    kind, _, _ = datasets._parse_name(label)
+    kind, _, _ = datasets.parse_name(label)
     clean = "" if root is None else f" --data-path {root}"   # where `corrupt` reads the clean test split
     write = f"`sharpdiv corrupt --data {label}{clean} --out {folder.parent}`"
     if kind in ("digits", "folder"):
         return f"write it with {write}"
-    return f"{datasets._WHERE_TO_GET[f'{kind}-c']} and extract it into {folder.parent} (or write one with {write})"
+    return f"{datasets.WHERE_TO_GET[f'{kind}-c']} and extract it into {folder.parent} (or write one with {write})"
 
 
 def _check_named_corruptions(label: str, root, chosen: Sequence[str]) -> None:

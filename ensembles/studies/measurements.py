@@ -76,7 +76,7 @@ from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
 from ensembles.studies import options
 from landscape import alignment, connectivity, fisher, hessian, sharpness
-from landscape._checks import positive_int, select_parameters
+from landscape.checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [

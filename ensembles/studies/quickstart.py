@@ -175,7 +175,7 @@ def parallelism(jobs: int | None, threads: int | None, device: str, count: int) 
     step is mostly per-operation overhead, and idle OpenMP threads spin), so by default every core
     runs one job with one thread; on a GPU one job at a time, torch's thread choice."""
     from ensembles import cpus
-    from landscape._checks import positive_int
+    from landscape.checks import positive_int
 
     positive_int("--jobs", jobs, optional=True)
     positive_int("--threads", threads, optional=True)

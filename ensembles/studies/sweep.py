@@ -120,7 +120,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from ensembles import cpus
 from ensembles.training.settings import declared
-from landscape._checks import positive_int
+from landscape.checks import positive_int
 from landscape.errors import InputError
 
 if sys.version_info >= (3, 11):

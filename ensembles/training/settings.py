@@ -267,11 +267,11 @@ def _model_names() -> str:
 
 
 def _check_dataset(value) -> None:
-    from ensembles.data.datasets import _parse_name
+    from ensembles.data.datasets import parse_name
 
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"dataset must be {_DATASET_NAMES}, got {value!r}")
-    _parse_name(value)
+    parse_name(value)
 
 
 def _check_model(value) -> None:

@@ -112,7 +112,7 @@ from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from ensembles.training import single_basin
 from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings, criterion_text, has_criterion
-from landscape._checks import evaluation_mode, positive_int
+from landscape.checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
 __all__ = [
