@@ -269,20 +269,42 @@ def zoo_measures(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def correlation_axes(runs: pd.DataFrame) -> tuple[str, ...]:
     """The run.json settings that vary across ``runs`` (:func:`reports.collect.run_table`), as axes.
 
-    Seeds, paths and bookkeeping are not axes. Two settings that always change together (``method``
-    sgd/sam with ``rho`` 0/0.05) are one axis, named by the first: apart they never vary alone.
+    Seeds, paths and bookkeeping are not axes, nor how training ended (the stopping epoch). Two
+    settings that always change together (``method`` sgd/sam with ``rho`` 0/0.05) are one axis, named
+    by the first: apart they never vary alone. The ``epochs`` of a run trained to a criterion is its
+    cap, not how long it trained (:func:`_axis_settings`).
     """
+    settings = _axis_settings(runs)
     axes: list[str] = []
-    for column in runs.columns:
+    for column in settings.columns:
         if not column.startswith(RUN_PREFIX) or column[len(RUN_PREFIX):] in _NOT_AXES:
             continue
-        values = runs[column].astype(object).where(runs[column].notna(), "(unset)").astype(str)
+        values = settings[column].astype(object).where(settings[column].notna(), "(unset)").astype(str)
         if values.nunique() < 2:
             continue
-        twin = next((axis for axis in axes if _same_partition(values, runs[RUN_PREFIX + axis])), None)
+        twin = next((axis for axis in axes if _same_partition(values, settings[RUN_PREFIX + axis])), None)
         if twin is None:
             axes.append(column[len(RUN_PREFIX):])
     return tuple(axes)
+
+
+#: The ``epochs`` of every run trained to a criterion, as an axis sees it: one value, whatever the cap.
+TO_A_CRITERION = "(to a criterion)"
+
+
+def _axis_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the ``epochs`` of each run trained to a criterion (``until_train_loss`` or
+    ``until_train_accuracy`` set) read as :data:`TO_A_CRITERION`. Such a run stops at its criterion and
+    ``epochs`` only caps it (Jiang et al., ICLR 2020, stop every model at one training cross-entropy):
+    two caps are not two training lengths, and a cap that a sweep sets per learning rate would otherwise
+    be the learning rate's twin. Whether a model reached its criterion is an outcome, marked on its point.
+    Fixed-length runs keep their epochs, an axis among themselves."""
+    criteria = [RUN_PREFIX + name for name in ("until_train_loss", "until_train_accuracy") if RUN_PREFIX + name in runs]
+    if not criteria or RUN_PREFIX + "epochs" not in runs:
+        return runs
+    to_a_criterion = runs[criteria].notna().any(axis=1)
+    epochs = runs[RUN_PREFIX + "epochs"].astype(object).where(~to_a_criterion, TO_A_CRITERION)
+    return runs.assign(**{RUN_PREFIX + "epochs": epochs})
 
 
 def _same_partition(values: pd.Series, other: pd.Series) -> bool:
@@ -334,7 +356,7 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
                           | results["metric"].str.startswith("sharpness/")]
         results = results[~results["scope"].str.startswith("ensemble@")]
     measures = zoo_measures(results)
-    settings = runs.set_index("path")
+    settings = _axis_settings(runs).set_index("path")
     largest = int(settings[RUN_PREFIX + "n_members"].max()) if len(settings) else 0
     frames = []
     for member in range(largest) if of == "members" else [-1]:
