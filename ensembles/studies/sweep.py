@@ -724,13 +724,16 @@ def plan_notes(sweep: Sweep) -> list[str]:
 @dataclass(frozen=True)
 class Step:
     """One step of a job: ``name`` (train, sharpness, ...), what happened (``action``: trained,
-    resumed, kept; measured, reused), how many measurements were computed and reused, seconds."""
+    resumed, kept; measured, reused), how many measurements were computed and reused, wall seconds
+    and the CPU seconds of the job's process (all its threads; what a study's cost on an idle
+    machine is estimated from, where wall seconds also count the other work of a shared machine)."""
 
     name: str
     action: str
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -921,25 +924,28 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
     def record(step: Step) -> None:
         steps.append(step)
         _log(root, {"job": job.name, "step": step.name, "action": step.action, "computed": step.computed,
-                    "reused": step.reused, "seconds": round(step.seconds, 3), "host": socket.gethostname(),
+                    "reused": step.reused, "seconds": round(step.seconds, 3),
+                    "cpu_seconds": round(step.cpu_seconds, 3), "host": socket.gethostname(),
                     "pid": os.getpid(), "time": datetime.datetime.now().isoformat(timespec="seconds")})
 
     state = _training_state(path, settings)
     if state != "done":
         _require_finished_references(job, root)
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     if state == "new":
         say(f"{job.name}: training {len(settings.seeds)} members for {settings.epochs} epochs")
         trainer.train(path, settings, device=chosen, progress=progress)
-        record(Step("train", "trained", computed=len(settings.seeds), seconds=time.perf_counter() - clock))
+        record(Step("train", "trained", computed=len(settings.seeds), seconds=time.perf_counter() - clock,
+                    cpu_seconds=time.process_time() - cpu))
     elif state == "partial":
         say(f"{job.name}: resuming the interrupted training")
         trainer.resume(path, device=chosen, progress=progress)
-        record(Step("train", "resumed", computed=len(settings.seeds), seconds=time.perf_counter() - clock))
+        record(Step("train", "resumed", computed=len(settings.seeds), seconds=time.perf_counter() - clock,
+                    cpu_seconds=time.process_time() - cpu))
     else:
         record(Step("train", "kept", reused=len(settings.seeds)))
     for measure in measurements:
-        clock = time.perf_counter()
+        clock, cpu = time.perf_counter(), time.process_time()
         function = _measurement_function(measure.command)
         options = dict(measure.options)
         if measure.command == "evaluate":
@@ -948,7 +954,7 @@ def run_job(job: Job, root: str | os.PathLike, measurements: Sequence[Measure] =
         results = function([path], root=settings.data_path, device=chosen, progress=progress, **options)
         computed, reused = map(sum, zip(*(_counts(measure.command, result) for result in results)))
         record(Step(measure.command, "measured" if computed else "reused", computed=computed, reused=reused,
-                    seconds=time.perf_counter() - clock))
+                    seconds=time.perf_counter() - clock, cpu_seconds=time.process_time() - cpu))
     return JobOutcome(job=job.name, path=path, steps=tuple(steps), seconds=time.perf_counter() - started)
 
 
