@@ -2,8 +2,8 @@
 
 On a CPU, PyTorch's kernels for 2-D convolution and max pooling run faster on channels-last
 tensors (N, H, W, C in memory) than on the default (N, C, H, W) for the convolutional networks of
-this project: an eval-mode forward pass of the small CNN took about half the time, a CIFAR
-ResNet-18's 0.76-0.83 of it (``benchmarks/bench_layout.py``). The layout is how the numbers lie in
+this project: an eval-mode forward pass of the small CNN took 0.47-0.66 of the time, a CIFAR
+ResNet-18's 0.76-0.85 of it (``benchmarks/bench_layout.py``). The layout is how the numbers lie in
 memory, not which numbers they are: a network computes the same function in either, and its
 outputs agree to float rounding (the sums run in another order; a prediction exactly on the edge
 between two classes can fall the other way).
