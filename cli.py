@@ -391,9 +391,10 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
               help="Corrupted data (mean over slices) or the clean test split.")
 @click.option("--group-by", default="method", show_default=True,
               help="run.json field that groups runs (method, rho, width, sparsity ...), or a comma list "
-                   "(method,rho) as in sweeps.")
+                   "(method,rho) as in sweeps; construction: deep ensemble, spawned, constrained, distilled.")
 @click.option("--baseline", default=None,
-              help="Group the severity tables compare with (default: sgd if it has data, else the first that has).")
+              help="Group the severity tables compare with (default: the deep ensemble when grouped by "
+                   "construction, else sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
               help="Which stored ensemble rows to read.")
 @click.option("--correlate-with", default="test_error", show_default=True, metavar="TARGET",

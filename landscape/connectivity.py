@@ -97,6 +97,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from landscape.checks import (batch_pair, callable_loss, finite_float, model_dtype_device, positive_int,
                               require_model)
+from landscape.layout import evaluation_layout_
 from landscape.errors import InputError
 
 __all__ = [
@@ -565,7 +566,7 @@ def _evaluate_combinations(model: nn.Module, anchors: list[dict[str, Tensor]], w
     positive_int("chunk_size (points per batched forward pass)", chunk_size)
     _require_reiterable(batches, "batches")
     dtype, device = model_dtype_device(model, purpose="to measure")
-    network = copy.deepcopy(model).eval()
+    network = evaluation_layout_(copy.deepcopy(model).eval(), device)
     batchnorm_layers = _batchnorm_layers(network)
     has_batchnorm = bool(batchnorm_layers)
     weights = weights.to(device=device, dtype=dtype)

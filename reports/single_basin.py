@@ -48,10 +48,12 @@ from scipy import stats
 
 from reports.collect import RUN_PREFIX, per_run, with_alignment
 
-__all__ = ["DEEP", "SingleBasinSection", "construction_of", "plot_single_basin", "single_basin_points",
-           "single_basin_tables", "write_single_basin"]
+__all__ = ["CONSTRUCTION", "DEEP", "SingleBasinSection", "construction_of", "plot_single_basin",
+           "single_basin_points", "single_basin_tables", "with_constructions", "write_single_basin"]
 
 DEEP = "deep ensemble"
+#: The grouping by construction (``--group-by construction``): a label derived from run.json, not a field of it.
+CONSTRUCTION = "construction"
 TITLE = "How good is a single basin?"
 #: run.json fields two runs must share for their numbers to be compared (a construction with its deep ensemble).
 BASIS_FIELDS = ("dataset", "num_classes", "model", "width", "method", "rho")
@@ -123,6 +125,17 @@ def construction_of(settings) -> Construction:
     return Construction(label, tuple(order))
 
 
+def with_constructions(runs: pd.DataFrame, group_by: str) -> pd.DataFrame:
+    """``runs`` (:func:`reports.collect.run_table`) with the field ``run.construction``, each run's
+    :func:`construction_of` label, when ``group_by`` (a field or a comma list of them) names
+    ``construction``; unchanged otherwise. In memory only: the run folders are not touched."""
+    fields = [field.strip().removeprefix(RUN_PREFIX) for field in group_by.split(",")]
+    if CONSTRUCTION not in fields:
+        return runs
+    labels = [construction_of(row).label for row in runs.to_dict("records")]
+    return runs.assign(**{RUN_PREFIX + CONSTRUCTION: labels})
+
+
 def _aligned_label(kind: str) -> str:
     return f"deep ensemble aligned to member 0 ({kind} matching)"
 
@@ -180,8 +193,8 @@ def _aligned_kinds(results: pd.DataFrame) -> pd.DataFrame:
 def single_basin_points(results: pd.DataFrame, runs: pd.DataFrame, *, combine: str | None = "probs") -> pd.DataFrame:
     """One row per ensemble and construction (a deep ensemble with aligned rows appears twice: as
     itself and aligned): ``path``, ``run_label``, ``construction``, ``order``, ``basis``, ``seeds``
-    and the :data:`QUANTITIES` (NaN where a run lacks the rows), plus ``member accuracy ID (%)`` for
-    the figure's dotted line. Read from stored rows only."""
+    and the :data:`QUANTITIES` (NaN where a run lacks the rows), plus ``member accuracy ID (%)`` and
+    ``member accuracy OOD (%)`` for the figure's dotted lines. Read from stored rows only."""
     frame = runs.set_index("path")
     basis, basis_text = _basis(frame)
     values = pd.DataFrame(index=frame.index)
@@ -193,6 +206,7 @@ def single_basin_points(results: pd.DataFrame, runs: pd.DataFrame, *, combine: s
         ensemble = values["accuracy ID (%)" if on == "test" else "accuracy OOD (%)"]
         values[column] = ensemble - members[on]
     values["member accuracy ID (%)"] = members["test"]
+    values["member accuracy OOD (%)"] = members["ood"]
     q_bar = _q_bar(results)
     unaligned = q_bar[q_bar["alignment"] == "none"].set_index("path")
     seeds = (frame[RUN_PREFIX + "seeds"].astype(str) if RUN_PREFIX + "seeds" in frame
@@ -220,7 +234,7 @@ def single_basin_points(results: pd.DataFrame, runs: pd.DataFrame, *, combine: s
                        Q_BAR: found["value"].iloc[0] if len(found) else math.nan,
                        "q measured": found["measured"].iloc[0] if len(found) else None})
     columns = ["path", "run_label", "construction", "kind", "order", "basis", "seeds", *QUANTITIES,
-               "member accuracy ID (%)", "q measured"]
+               "member accuracy ID (%)", "member accuracy OOD (%)", "q measured"]
     return pd.DataFrame(points, columns=columns)
 
 
@@ -345,54 +359,70 @@ def _cell(value, low, high, count, total, percent, signed=False) -> str:
 # the figure
 
 
+#: The figure's rows: accuracy on clean test data (the paper's Fig. 3), then on corrupted data when
+#: the runs were evaluated there: (ensemble column, mean member column, what the data is).
+_FIGURE_ROWS = (("accuracy ID (%)", "member accuracy ID (%)", "clean test data"),
+                ("accuracy OOD (%)", "member accuracy OOD (%)", "corrupted data (mean over slices)"))
+
+
 def plot_single_basin(points: pd.DataFrame, directory: str | os.PathLike, *, formats: Sequence[str] = ("png", "svg"),
                       stem: str = "single-basin"):
     """q̄ (x) against ensemble accuracy on clean test data (y), one marker per ensemble, colour and
     shape by construction, a grey segment joining a deep ensemble to itself aligned; per basis (one
     panel each) the deep ensembles' mean accuracy dashed and their mean member accuracy dotted (Lion
-    et al. 2024, Fig. 3). Returns :class:`reports.plots.Figures`."""
+    et al. 2024, Fig. 3). When the ensembles were evaluated on corrupted data, a second row shows the
+    same against their accuracy there (mean over the slices), where a small clean test split leaves
+    little to tell apart. Returns :class:`reports.plots.Figures`."""
     from reports import plots
 
     drawn = points[points[Q_BAR].notna() & points["accuracy ID (%)"].notna()]
     if drawn.empty:
         return plots.skipped("no ensemble has both q̄ (`sharpdiv connectivity RUN`) and a clean test accuracy "
                            "(`sharpdiv evaluate RUN`)")
+    rows = [row for row in _FIGURE_ROWS if drawn[row[0]].notna().any()]
     order = [label for label in _construction_order(points) if label in set(drawn["construction"])]
     kinds = list(dict.fromkeys(points.set_index("construction").loc[order, "kind"]))
     palette = plots.group_palette(kinds)
     markers = {kind: plots.MARKERS[i % len(plots.MARKERS)] for i, kind in enumerate(kinds)}
     bases = list(dict.fromkeys(drawn.sort_values("order", key=lambda s: s.map(_sortable))["basis"]))
     with plots.plot_style():
-        figure, axes = plots.new_figure(1, len(bases), width=8.5, height=4.6)
-        for axis, basis in zip(axes[0], bases):
-            mine = drawn[drawn["basis"] == basis]
-            for label in order:
-                chosen = mine[mine["construction"] == label]
-                if chosen.empty:
-                    continue
-                kind = chosen["kind"].iloc[0]
-                axis.scatter(chosen[Q_BAR], chosen["accuracy ID (%)"], s=40, color=palette[kind], marker=markers[kind],
-                             label=label, edgecolor="white", linewidth=0.5, zorder=3)
-            for _, run in mine.groupby("path"):  # a deep ensemble before and after alignment: one ensemble
-                if len(run) > 1:
-                    run = run.sort_values(Q_BAR)
-                    axis.plot(run[Q_BAR], run["accuracy ID (%)"], color="0.75", linewidth=0.8, zorder=1)
-            deep = points[(points["basis"] == basis) & (points["kind"] == DEEP)]
-            for column, style, text in (("accuracy ID (%)", "--", "deep ensemble accuracy"),
-                                        ("member accuracy ID (%)", ":", "deep ensemble members' mean accuracy")):
-                level = deep[column].mean()
-                if np.isfinite(level):
-                    axis.axhline(level, color="0.3", linestyle=style, linewidth=1.2, label=f"{text} ({level:.2f}%)",
-                                 zorder=2)
-            axis.set_xlim(-0.02, 1.02)
-            axis.set_xlabel("Connectivity q̄ (mean over member pairs; 1 = one basin)")
-            axis.set_ylabel("Ensemble accuracy on clean test data (%)")
-            shown = mine["construction"].iloc[0]
-            where = shown[shown.rfind("(") + 1:-1] if len(bases) > 1 and shown.endswith(")") else ""
-            axis.set_title(f"Connectivity against accuracy{', ' + where if where else ''}")
-            axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        figure, axes = plots.new_figure(len(rows), len(bases), width=8.5, height=4.6)
+        for (accuracy, member_accuracy, data), panels in zip(rows, axes):
+            for axis, basis in zip(panels, bases):
+                _draw_panel(axis, points, drawn[drawn["basis"] == basis], basis, order, palette, markers,
+                            accuracy, member_accuracy, data, several=len(bases) > 1)
         paths = plots.save_figure(figure, Path(directory), stem, formats)
     return plots.Figures(paths=tuple(paths), figures=(figure,))
+
+
+def _draw_panel(axis, points: pd.DataFrame, mine: pd.DataFrame, basis: str, order: list[str], palette: dict,
+                markers: dict, accuracy: str, member_accuracy: str, data: str, several: bool) -> None:
+    """One panel of :func:`plot_single_basin`: the ensembles of one basis against ``accuracy``."""
+    mine = mine[mine[accuracy].notna()]
+    for label in order:
+        chosen = mine[mine["construction"] == label]
+        if chosen.empty:
+            continue
+        kind = chosen["kind"].iloc[0]
+        axis.scatter(chosen[Q_BAR], chosen[accuracy], s=40, color=palette[kind], marker=markers[kind],
+                     label=label, edgecolor="white", linewidth=0.5, zorder=3)
+    for _, run in mine.groupby("path"):  # a deep ensemble before and after alignment: one ensemble
+        if len(run) > 1:
+            run = run.sort_values(Q_BAR)
+            axis.plot(run[Q_BAR], run[accuracy], color="0.75", linewidth=0.8, zorder=1)
+    deep = points[(points["basis"] == basis) & (points["kind"] == DEEP)]
+    for column, style, text in ((accuracy, "--", "deep ensemble accuracy"),
+                                (member_accuracy, ":", "deep ensemble members' mean accuracy")):
+        level = deep[column].mean()
+        if np.isfinite(level):
+            axis.axhline(level, color="0.3", linestyle=style, linewidth=1.2, label=f"{text} ({level:.2f}%)", zorder=2)
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_xlabel("Connectivity q̄ (mean over member pairs; 1 = one basin)")
+    axis.set_ylabel(f"Ensemble accuracy on {data.split(' (')[0]} (%)")
+    shown = mine["construction"].iloc[0] if len(mine) else ""
+    where = shown[shown.rfind("(") + 1:-1] if several and shown.endswith(")") else ""
+    axis.set_title(f"Connectivity against accuracy on {data}{', ' + where if where else ''}")
+    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +447,8 @@ class SingleBasinSection:
 
 CAPTION = ("Connectivity q̄ against ensemble accuracy on clean test data, one marker per ensemble, by construction; "
            "dashed: the deep ensembles' mean accuracy, dotted: their members' mean accuracy (Lion et al. 2024, "
-           "Fig. 3, on these runs). q̄ is the mean over member pairs of our connectivity q, a stated reconstruction "
+           "Fig. 3, on these runs); below, when the runs were evaluated on corrupted data, the same there (mean over "
+           "the slices). q̄ is the mean over member pairs of our connectivity q, a stated reconstruction "
            "of the paper's q_pair (whose exact formula could not be recovered): the worst fraction of the chord "
            "between two members' accuracies that the linear path between them keeps.")
 

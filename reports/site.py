@@ -25,7 +25,7 @@ from landscape.errors import InputError
 from reports import plots
 from reports.correlation import CorrelationSection, check_target, write_correlations
 from reports.single_basin import TITLE as SINGLE_BASIN_TITLE
-from reports.single_basin import SingleBasinSection, write_single_basin
+from reports.single_basin import DEEP, SingleBasinSection, with_constructions, write_single_basin
 from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, criterion_counts,
                              diversity_description, diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
                              partial_corruptions, run_table, tradeoff_points)
@@ -92,9 +92,10 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
 
     ``sharpness`` is ``METRIC@RHO`` (the members' mean); ``diversity`` is der, variance or kl, read on
     corrupted data (``diversity_on="ood"``, mean over slices) or the clean test split (``"test"``);
-    runs are grouped by the run.json field ``group_by`` (or a comma list of fields, ``"method,rho"``);
-    the severity tables show differences to
-    the group ``baseline`` (default: sgd when it has data, else the first group that has data).
+    runs are grouped by the run.json field ``group_by`` (or a comma list of fields, ``"method,rho"``;
+    ``construction`` is each run's single-basin construction, :func:`reports.single_basin.construction_of`);
+    the severity tables show differences to the group ``baseline`` (default: the deep ensemble when
+    grouped by construction, else sgd when it has data, else the first group that has data).
     ``out`` must be new, empty or a folder sharpdiv wrote (its ``.sharpdiv`` marker); ``force=True``
     writes into any folder, replacing same-named files. ``correlate_with`` is the target of the
     "Does sharpness predict generalization?" figure (:mod:`reports.correlation`).
@@ -109,11 +110,13 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--out {out} is a file; give a folder for the report")
     check_report_folder(out, force)
     paths, skipped = _run_folders(paths)
-    runs = run_table(paths)
+    runs = with_constructions(run_table(paths), group_by)  # --group-by construction: a label from run.json
     runs, group_by = combined_grouping(runs, group_by)
     # Runs on different data are never pooled: the groups are split by dataset when they span several.
     runs, group_by, split_note = comparable_grouping(runs, group_by)
     groups = group_labels(runs.set_index("path"), group_by)  # fails early, naming the fields there are
+    if baseline is None and DEEP in set(groups):
+        baseline = DEEP  # grouped by construction, the others are compared with the deep ensemble
     if baseline is not None and baseline not in set(groups):
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")

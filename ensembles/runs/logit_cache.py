@@ -30,7 +30,8 @@ complete copy.
 Forward passes run in eval mode under ``torch.inference_mode``; each batch is read once and every
 member that needs it sees it once. On a GPU, members run in ``channels_last`` memory format under
 float16 autocast (logits stored in float32); that path is written for GPUs but was only run on
-CPUs here.
+CPUs here. On a CPU, convolutional members run in channels-last layout too
+(:func:`landscape.layout.evaluation_layout_`: faster there, the same function).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
 from landscape.checks import model_dtype_device
+from landscape.layout import evaluation_layout_
 from landscape.errors import InputError
 
 __all__ = [
@@ -264,15 +266,17 @@ def compute_member_logits(members: Sequence[torch.nn.Module], dataset: datasets.
                           batch_size: int = 512, device: torch.device | str | None = None) -> torch.Tensor:
     """``L[i, n] = f_i(x_n)``, shape ``(M, N, C)``, on the CPU in the members' dtype (float32 under
     autocast): each batch is gathered once and passed once through every member, in eval mode under
-    ``torch.inference_mode``."""
+    ``torch.inference_mode``. The members are put in eval mode and in the faster memory layout in
+    place (channels-last; see the module text)."""
     dtype, own_device = model_dtype_device(members[0])
     device = torch.device(device) if device is not None else own_device
     outputs: list[list[torch.Tensor]] = [[] for _ in members]
     on_gpu = device.type == "cuda"
-    if on_gpu:
-        for member in members:
-            member.to(memory_format=torch.channels_last)
     for member in members:
+        if on_gpu:
+            member.to(memory_format=torch.channels_last)
+        else:
+            evaluation_layout_(member, device)
         member.eval()
     with torch.inference_mode(), _autocast(device):
         for inputs, _ in datasets.batches(dataset, batch_size, device=device):

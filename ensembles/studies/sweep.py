@@ -29,7 +29,7 @@ that follow training and how the closing report groups the runs::
     [measure.fisher]                 # options of measure_fisher
 
     [report]                         # what `sharpdiv sweep report` passes to reports.site.write_report
-    group_by = "width"               # or a list of axes: ["width", "method"]
+    group_by = "width"               # or a list of axes: ["width", "method"]; or "construction"
 
 **Grid.** The jobs are the cross product of the axes, in file order (the last axis varies fastest).
 An axis that does not apply to a method (its declaration in :mod:`ensembles.training.settings` names
@@ -168,6 +168,9 @@ MEASUREMENTS = ("sharpness", "hessian", "fisher", "evaluate", "connectivity")
 #: Sections and top-level keys of a sweep file.
 _TOP_LEVEL = ("name", "data_path", "base", "grid", "measure", "report")
 _REPORT_KEYS = ("group_by", "sharpness", "diversity", "diversity_on", "baseline", "combine")
+#: Groupings the report derives from each run.json itself rather than one field of it: ``construction``,
+#: a run's single-basin construction (deep ensemble, spawned at T, constrained at λ, distilled).
+DERIVED_GROUPS = ("construction",)
 #: Keyword arguments of the measurement functions that a sweep sets itself.
 _SET_BY_SWEEP = ("paths", "dataset", "root", "device", "dtype", "progress")
 
@@ -413,10 +416,11 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep",
         chosen = [group_by] if isinstance(group_by, str) else group_by
         if not isinstance(chosen, list) or not chosen or not all(isinstance(a, str) for a in chosen):
             raise InputError(f"{_where(source, text, 'report', 'group_by')}: an axis name or a list of them")
-        unknown = [a for a in chosen if a not in axis_names(settings_class)]
+        known = axis_names(settings_class) + DERIVED_GROUPS
+        unknown = [a for a in chosen if a not in known]
         if unknown:
             raise InputError(f"{_where(source, text, 'report', 'group_by')}: unknown axis {unknown[0]!r}; "
-                             f"choose from {', '.join(axis_names(settings_class))}")
+                             f"choose from {', '.join(known)}")
 
     jobs = expand_grid(base, grid_tables, source=source, text=text, settings_class=settings_class)
     return Sweep(name=name, base=base, grid=grid_axes, jobs=tuple(jobs), measurements=tuple(measurements),
@@ -776,7 +780,8 @@ def plan_notes(sweep: Sweep) -> list[str]:
 class Step:
     """One step of a job: ``name`` (train, sharpness, ...), what happened (``action``: trained,
     resumed, kept; measured, reused), how many measurements were computed and reused, wall seconds
-    and the CPU seconds of the job's process (user + system, every thread)."""
+    and the CPU seconds of the job's process (all its threads; what a study's cost on an idle
+    machine is estimated from, where wall seconds also count the other work of a shared machine)."""
 
     name: str
     action: str
@@ -1432,16 +1437,18 @@ def group_runs(sweep: Sweep, paths: Iterable[str | os.PathLike], group_by: Seque
 
     One axis is a field of every run already. Several (``["width", "method"]``) are joined into one
     label, ``width=16 method=sam``, stored as ``sweep_group`` in each run.json (via
-    :func:`ensembles.runs.run_folder.update_config`), and ``"sweep_group"`` is returned.
+    :func:`ensembles.runs.run_folder.update_config`), and ``"sweep_group"`` is returned. A grouping
+    the report derives itself (:data:`DERIVED_GROUPS`), alone or with axes, is handed over as the
+    comma list of the axes (``"construction"``, ``"construction,width"``), and nothing is stored.
     """
     from ensembles.runs import run_folder
 
     axes = tuple(group_by or sweep.group_by)
-    unknown = [axis for axis in axes if axis not in AXES]
+    unknown = [axis for axis in axes if axis not in AXES + DERIVED_GROUPS]
     if unknown:
-        raise InputError(f"cannot group by {unknown[0]!r}; choose from {', '.join(AXES)}")
-    if len(axes) == 1:
-        return axes[0]
+        raise InputError(f"cannot group by {unknown[0]!r}; choose from {', '.join(AXES + DERIVED_GROUPS)}")
+    if len(axes) == 1 or any(axis in DERIVED_GROUPS for axis in axes):
+        return ",".join(axes)
     for path in paths:
         config = run_folder.read_config(path)
         label = " ".join(f"{axis}={_text(config.get(axis))}" for axis in axes)
