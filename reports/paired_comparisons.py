@@ -15,14 +15,14 @@ the order sgd, sam, asam, sharpbalance. A setting that varies among the paired r
 seeds, splits the pairs into rows (``rho=0.05``); two pairs on one seed set and row make the
 comparison ambiguous, and it is left out with a note.
 
-**The statistical unit.** A paired t interval treats its differences as independent draws. Three
-rows are given per comparison and quantity:
+**The statistical unit.** A paired t interval treats its differences as independent draws. Up to
+three rows are given per comparison and quantity:
 
-- per row (per ρ): the differences over seed sets, ``n`` = seed sets;
-- over all pairs: the differences of every pair, ``n`` = pairs (radii × seed sets), only when no
-  run is in two pairs. SharpBalance − SAM qualifies (each run has one partner); this unit assumes
-  that two radii of one seed set give independent differences, which their shared seeds may not
-  quite make true — the next row does not need it;
+- per row (per ρ), when there are several: the differences over seed sets, ``n`` = seed sets;
+- over all pairs, when there are several rows and no run is in two pairs: ``n`` = pairs (radii ×
+  seed sets). SharpBalance − SAM qualifies (each run has one partner); this unit assumes that two
+  radii of one seed set give independent differences, which their shared seeds may not quite make
+  true — the next row does not need it;
 - by seed set: per seed set the mean of its differences over the rows, ``n`` = seed sets. This is
   the honest unit whenever a run is shared: the deep ensemble of a seed set is the partner of the
   SharpBalance (or SAM) run at every ρ, so its differences at the four radii share one deep
@@ -181,8 +181,8 @@ def _pairs(configs: dict[str, dict], first: str, second: str, labels: pd.Series)
         shown = ", ".join(dict.fromkeys(labels.get(path, path) for path in [*twice["later"], *twice["earlier"]][:4]))
         return (pd.DataFrame(columns=pairs.columns),
                 f"paired comparison {second} − {first} left out: several pairs on seeds {twice['seeds'].iloc[0]}"
-                f"{'' if twice['over'].iloc[0] == 'all' else ' at ' + twice['over'].iloc[0]} ({shown}); they differ "
-                "in a setting neither run's method records as an axis: report them separately")
+                f"{'' if twice['over'].iloc[0] == 'all' else ' at ' + twice['over'].iloc[0]} ({shown}): they differ "
+                "in no training setting run.json records (copies of one run?); report them separately")
     return pairs, None
 
 
@@ -229,7 +229,7 @@ def paired_comparisons(results: pd.DataFrame, runs: pd.DataFrame, *, combine: st
                 finite = diff[np.isfinite(diff["difference"].astype(float))]
                 rows = [(over, "seed set", Difference.of(finite.loc[finite["over"] == over, "difference"]))
                         for over in order] if len(order) > 1 else []
-                if not shared:
+                if not shared and len(order) > 1:  # (with one row, the pairs are the seed sets: the next row)
                     rows.append((ALL_PAIRS, "pair", Difference.of(finite["difference"])))
                 by_seed_set, incomplete = _seed_set_means(diff, order)
                 if incomplete:

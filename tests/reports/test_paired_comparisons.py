@@ -174,3 +174,15 @@ def test_the_report_has_the_section_only_when_methods_share_seed_sets(tmp_path):
     report = write_report(unpaired, tmp_path / "without", formats=("png",))
     assert not list((tmp_path / "without" / "tables").glob("paired-comparisons*"))
     assert "Paired comparisons" not in report.readme.read_text() + report.index.read_text()
+
+
+def test_at_one_radius_the_pairs_are_the_seed_sets_one_row(tmp_path):
+    paths = {(method, s): _run(tmp_path, method, s, 0.05) for method in ("sam", "sharpbalance") for s in range(3)}
+    numbers = _comparisons(paths).numbers
+    assert numbers["over"].unique().tolist() == [BY_SEED_SET]
+    quantity = "EIR OOD"
+    reference = stats.ttest_rel([_per_run("sharpbalance", s, 0.05, quantity) for s in range(3)],
+                                [_per_run("sam", s, 0.05, quantity) for s in range(3)])
+    row = _row(numbers, "sharpbalance − sam", quantity, BY_SEED_SET)
+    assert (row["n"], row["ci_low"], row["ci_high"], row["p"]) == pytest.approx(
+        (3, *reference.confidence_interval(0.95), reference.pvalue), rel=1e-9)
