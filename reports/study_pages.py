@@ -57,6 +57,7 @@ _BLOCK_KEYS = ("sweep", "keep", "scopes", "splits", "figures")
 _SWEEP_REPORT_KEYS = ("sharpness", "diversity", "diversity_on", "baseline", "combine")
 _BLOCK = re.compile(r"<!--\s*study\s*\n(.*?)-->", re.DOTALL)
 _TABLE = re.compile(r"(<!--\s*table:\s*(\S+?)\s*-->)(.*?)(<!--\s*end table\s*-->)", re.DOTALL)
+_TABLE_FILE = re.compile(r"tables/[A-Za-z0-9_.-]+\.md")
 RUNS_DIR = "runs"
 
 
@@ -147,6 +148,9 @@ def read_page(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
 
     options = {key: value for key, value in entries.items() if key in REPORT_OPTIONS}
     tables = tuple(match.group(2) for match in _TABLE.finditer(text))
+    outside = [table for table in tables if not _TABLE_FILE.fullmatch(table)]
+    if outside:  # only the report's own tables are embedded, never another file
+        raise InputError(f"{path}: <!-- table: {outside[0]} -->: name a table of the report, tables/<name>.md")
     return StudyPage(path=path, root=root, sweep=root / entries["sweep"], keep=listed(entries["keep"]),
                      figures=listed(entries.get("figures", "")), options=options, tables=tables,
                      scopes=listed(entries.get("scopes", "")), splits=listed(entries.get("splits", "")))

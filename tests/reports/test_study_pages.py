@@ -189,3 +189,11 @@ def test_a_page_without_a_study_block_or_with_an_unknown_key_is_refused(tmp_path
     page.write_text("<!-- study\nsweep: a.toml\nkeep: accuracy\ncolour: red\n-->\n")
     with pytest.raises(InputError, match="colour"):
         read_page(page, tmp_path)
+
+
+def test_a_page_embeds_only_the_reports_tables(tmp_path):
+    page = tmp_path / "docs" / "studies" / "x.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!-- study\nsweep: a.toml\nkeep: accuracy\n-->\n<!-- table: ../../../etc/passwd -->\n<!-- end table -->\n")
+    with pytest.raises(InputError, match="tables/<name>.md"):
+        read_page(page, tmp_path)
