@@ -242,10 +242,10 @@ def paired_comparisons(results: pd.DataFrame, runs: pd.DataFrame, *, combine: st
                                     "over": over, "unit": unit, "n": result.n, "mean_difference": result.mean,
                                     "stderr": result.stderr, "ci_low": result.ci_low, "ci_high": result.ci_high,
                                     "p": result.p, "verdict": verdict})
-                    digits = "{:+.2f}" if scale == 100 else "{:+.4f}"
-                    shown = "—" if result.n == 0 else digits.format(result.mean)
+                    decimals = 2 if scale == 100 else 4
+                    shown = "—" if result.n == 0 else _signed(result.mean, decimals)
                     interval = ("—" if result.n < 2 else
-                                f"[{digits.format(result.ci_low)}, {digits.format(result.ci_high)}]")
+                                f"[{_signed(result.ci_low, decimals)}, {_signed(result.ci_high, decimals)}]")
                     text.append({"comparison": name, "quantity": label, "over": over, "n": f"{result.n} {unit}s"
                                  if result.n != 1 else f"1 {unit}", "mean difference": shown,
                                  "95% t interval": interval, "verdict": verdict})
@@ -264,6 +264,12 @@ def paired_comparisons(results: pd.DataFrame, runs: pd.DataFrame, *, combine: st
              "ID = clean test data, OOD = mean over corrupted slices")
     return PairedComparisons(numbers=pd.DataFrame(numbers, columns=columns), text=text_frame, title=title,
                              pairs=pairs_frame, notes=tuple(notes))
+
+
+def _signed(value: float, decimals: int) -> str:
+    """``value`` with its sign, never "-0.00" for what rounds to zero."""
+    rounded = round(value, decimals)
+    return f"{rounded + 0.0 if rounded != 0 else 0.0:+.{decimals}f}"
 
 
 def _seed_set_means(diff: pd.DataFrame, order: list[str]) -> tuple[list[float], list[str]]:

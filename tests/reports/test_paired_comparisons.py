@@ -186,3 +186,10 @@ def test_at_one_radius_the_pairs_are_the_seed_sets_one_row(tmp_path):
     row = _row(numbers, "sharpbalance − sam", quantity, BY_SEED_SET)
     assert (row["n"], row["ci_low"], row["ci_high"], row["p"]) == pytest.approx(
         (3, *reference.confidence_interval(0.95), reference.pvalue), rel=1e-9)
+
+
+def test_differences_that_round_to_zero_show_no_minus_sign():
+    from reports.paired_comparisons import _signed
+
+    assert (_signed(-0.004, 2), _signed(-0.006, 2), _signed(0.5, 2), _signed(-1.23456, 4)) == \
+        ("+0.00", "-0.01", "+0.50", "-1.2346")
