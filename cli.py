@@ -72,20 +72,29 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
     click.echo(f"sharpdiv: note: {message}", err=True)
 
 
-_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_ROOM = {errno.ENOSPC: ("no space left on the device", "free some space"),
+         getattr(errno, "EDQUOT", errno.ENOSPC): ("the disk quota is used up", "free some space or raise the quota"),
+         errno.EFBIG: ("the file would exceed the largest file allowed (the file system's limit, or this process's: "
+                       "ulimit -f)", "raise the limit or write to another file system")}
+_NOTHING_LOST = "Nothing was lost: files are written whole or not at all, and the unfinished ones were removed"
 
 
 def file_system_error(error: BaseException) -> str | None:
-    """One line for a write the file system refused (a read-only folder, a full disk), None for any
-    other error. Libraries that wrap the OS error (torch, safetensors, pyarrow) keep its text, so a
-    full disk is also recognised by its message."""
-    code = getattr(error, "errno", None)
+    """One line for a write the file system refused (a full disk, a quota, a file-size limit, a
+    read-only folder), naming the file where known; None for any other error. Libraries that wrap
+    the OS error (safetensors, pyarrow) keep its number or text, so they are recognised too
+    (:func:`ensembles.runs.files.write_failure`)."""
+    from ensembles.runs.files import write_failure
+
+    code = write_failure(error)
+    if code is None and isinstance(error, PermissionError):
+        code = errno.EACCES
     name = getattr(error, "filename", None) if isinstance(error, OSError) else None
-    if code in _NO_SPACE or os.strerror(errno.ENOSPC) in str(error):
-        where = f" while writing {name}" if name else ""
-        return (f"no space left on the device{where}; free some space and run again. Nothing was lost: "
-                "files are written whole or not at all, and the unfinished ones were removed")
-    if isinstance(error, PermissionError) or code == errno.EROFS:
+    if code in _ROOM:
+        cause, fix = _ROOM[code]
+        where = f"cannot write {name}: " if name else ""
+        return f"{where}{cause}; {fix} and run again. {_NOTHING_LOST}"
+    if code in (errno.EACCES, errno.EROFS):
         why = "a read-only file system" if code == errno.EROFS else "permission denied"
         if not name:
             return f"{why} ({error}); make the folder writable or choose another one"
@@ -198,23 +207,38 @@ def model_options(function):
 
 
 def model_settings(pairs, input_size, mean, std) -> tuple[dict, dict | None]:
-    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults)."""
-    import json
+    """The builder's keyword arguments and the requested ``model_input`` (None: library defaults).
+    Values are ``True``/``False``/``None``, JSON where they parse, else text
+    (:func:`ensembles.models.arguments.parse_value`); the builder checks their types."""
+    from ensembles.models.arguments import parse_value
 
     model_args = {}
     for pair in pairs:
         key, sign, text = pair.partition("=")
         if not sign or not key.strip():
             raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. --model-arg drop_rate=0.1")
-        try:
-            model_args[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            model_args[key.strip()] = text
+        model_args[key.strip()] = parse_value(text)
     if input_size is not None and len(input_size) not in (1, 2):
         raise InputError(f"--input-size takes one size or H,W, got {len(input_size)} numbers")
     size = None if input_size is None else (input_size[0] if len(input_size) == 1 else input_size)
     given = {"size": size, "mean": mean, "std": std}
     return model_args, (given if any(v is not None for v in given.values()) else None)
+
+
+def _trust_callback(ctx, param, value):
+    if value:  # for this command, and the processes it starts (they inherit the environment)
+        from ensembles.models.trust import trusting_model_code
+
+        ctx.with_resource(trusting_model_code())
+    return value
+
+
+def trust_option(function):
+    """``--trust-model-code``: build models that name Python code (``module.path:callable``)."""
+    return click.option("--trust-model-code", is_flag=True, expose_value=False, callback=_trust_callback,
+                        help="Build models that name Python code (module.path:callable): imports and runs it. "
+                             "Only for code you trust; a run folder from elsewhere can name any module "
+                             "(also: SHARPDIV_TRUST_MODEL_CODE=1).")(function)
 
 
 def device_options(function):
@@ -244,18 +268,16 @@ def resolve_device(device: str, threads: int | None = None):
 
 
 def parse_assignments(pairs) -> dict:
-    """``key=value`` pairs from ``--set``; values are read as JSON where they parse (numbers, lists)."""
-    import json
+    """``key=value`` pairs from ``--set``; values are read as ``--model-arg`` values are
+    (``True``/``False``/``None``, JSON where they parse: numbers, lists; else text)."""
+    from ensembles.models.arguments import parse_value
 
     settings = {}
     for pair in pairs:
         if "=" not in pair:
             raise InputError(f"--set {pair!r}: expected key=value, e.g. --set rho=0.2")
         key, text = pair.split("=", 1)
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        value = parse_value(text)
         if key.strip() == "seeds":
             value = _seed_list(text, value)
         settings[key.strip()] = value
@@ -284,6 +306,7 @@ def main():
 @main.command("import")
 @click.option("--model", "model_name", required=True, help="Architecture of the checkpoints: " + MODEL_HELP)
 @model_options
+@trust_option
 @click.option("--num-classes", required=True, type=click.IntRange(min=2))
 @click.option("--data", "dataset", required=True, help="Dataset the members were trained on (cifar10, cifar100, tinyimagenet, digits, folder:<path>).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Model width, when the model has one.")
@@ -410,6 +433,7 @@ def report_command(runs, out, sharpness, diversity, diversity_on, group_by, base
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--splits", default="val,test", show_default=True,
               help="Clean splits to evaluate; add train (without augmentation) for the generalization gap.")
+@trust_option
 @device_options
 def evaluate_command(runs, dataset, data_path, corruptions, severities, combine, n_bins, batch_size, splits, device,
                      threads):
@@ -448,6 +472,7 @@ def evaluate_command(runs, dataset, data_path, corruptions, severities, combine,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--combine", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
               help="How the attacked ensemble combines its members.")
+@trust_option
 @device_options
 def robustness_command(runs, dataset, data_path, norm, eps, n_examples, attacks, split, batch_size, seed, combine,
                        device, threads):
@@ -495,7 +520,8 @@ def training_options(settings_class):
         elif default is not None and declaration.kind != "switch":
             shown = {"show_default": True}
         if declaration.kind == "switch":
-            return click.option(declaration.flag, declaration.name, is_flag=True, default=bool(default), help=help_text)
+            return click.option(declaration.flag, *declaration.aliases, declaration.name, is_flag=True,
+                                default=bool(default), help=help_text)
         bounds = dict(min=declaration.low, max=declaration.high, min_open=declaration.low_open,
                       max_open=declaration.high_open)
         if declaration.kind == "integer":
@@ -513,8 +539,8 @@ def training_options(settings_class):
         else:
             raise TypeError(f"{declaration.name}: a {declaration.kind} setting has no command-line form; "
                             "declare it with command_line=False")
-        return click.option(declaration.flag, declaration.name, type=kind, default=default, help=help_text or None,
-                            **shown)
+        return click.option(declaration.flag, *declaration.aliases, declaration.name, type=kind, default=default,
+                            help=help_text or None, **shown)
 
     def decorate(function):
         defaults = {field.name: field.default for field in dataclasses.fields(settings_class)}
@@ -540,6 +566,7 @@ def train_command_for(settings_class) -> click.Command:
     @click.option("--members-parallel", type=click.IntRange(min=1), default=None,
                   help="Train in N processes (torch.distributed), one member per process.")
     @click.option("--force", is_flag=True, help="Write into --out even if it holds files sharpdiv did not make.")
+    @trust_option
     @device_options
     @click.pass_context
     def train_command(ctx, dataset, data_path, model_name, model_arg, input_size, mean, std, out, resume_run,
@@ -551,7 +578,7 @@ def train_command_for(settings_class) -> click.Command:
         """
         if resume_run is not None:
             _refuse_flags_resume_ignores(ctx)
-        from ensembles.training.trainer import resume, train
+        from ensembles.training.trainer import missed_criterion, resume, train
 
         chosen = resolve_device(device, threads if resume_run is None else None)  # resume sets the run's own
         if resume_run is not None:
@@ -570,9 +597,12 @@ def train_command_for(settings_class) -> click.Command:
             summaries = train(out, settings, members_parallel=members_parallel, device=chosen, progress=True,
                               force=force)
         for row in summaries:
-            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs, best val accuracy "
+            stopped = {True: " (criterion met)", False: " (cap, criterion not met)"}.get(row.reached_criterion, "")
+            click.echo(f"member {row.member} (seed {row.seed}): {row.epochs} epochs{stopped}, best val accuracy "
                        f"{row.best_val_accuracy:.4f} at epoch {row.best_epoch}, last {row.last_val_accuracy:.4f}, "
                        f"{row.seconds:.0f} s")
+        for sentence in missed_criterion(out) if any(row.reached_criterion is False for row in summaries) else []:
+            click.echo(f"sharpdiv: warning: {sentence}", err=True)
         click.echo(f"run folder: {out}")
 
     return train_command
@@ -582,7 +612,7 @@ main.add_command(train_command_for(TrainingSettings))
 
 
 #: What `train --resume` takes from the command line; every other setting comes from run.json.
-_RESUME_OPTIONS = ("resume_run", "members_parallel", "device", "threads")
+_RESUME_OPTIONS = ("resume_run", "members_parallel", "device", "threads", "trust_model_code")
 
 
 def _refuse_flags_resume_ignores(ctx: click.Context) -> None:
@@ -610,9 +640,10 @@ def sweep_group():
 def sweep_plan_command(file):
     """Print the jobs FILE expands to: one run folder per grid point, the runs each reads, and what
     follows training."""
-    from ensembles.studies.sweep import plan_notes, plan_table, read_sweep
+    from ensembles.studies.sweep import check_library_models, plan_notes, plan_table, read_sweep
 
     sweep = read_sweep(file)
+    check_library_models(sweep)  # as training would: a model's options, before anything is planned
     click.echo(plan_table(sweep).to_string(index=False))
     click.echo(f"{len(sweep.jobs)} jobs; after training: "
                + ("; ".join(measure.describe() for measure in sweep.measurements) or "nothing"))
@@ -666,6 +697,7 @@ def _sweep_report(sweep, paths, out, force=False):
               help="Write the report into ROOT/report even if it holds files sharpdiv did not write.")
 @click.option("--data-path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the datasets (default: the file's data_path, then $SHARPDIV_DATA).")
+@trust_option
 @device_options
 def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_per_job, cpus_per_job, mem_gb,
                       time_limit, slurm_account, slurm_qos, slurm_constraint, setup, wait, make_report, force,
@@ -676,10 +708,13 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     measurements, which reuse stored rows: stop it any time and run it again. The dataset is a
     setting of the file; --data-path overrides the file's data_path.
     """
-    from ensembles.studies.sweep import ClusterRequest, read_sweep, run_sweep, sweep_runs, timeout_minutes
+    from ensembles.studies.sweep import (ClusterRequest, check_before_running, read_sweep, run_sweep, sweep_runs,
+                                         timeout_minutes)
 
     sweep = read_sweep(file)
     timeout_minutes(time_limit)  # checked before anything is submitted
+    # every job's data, model (code only with --trust-model-code) and corrupted data, before anything is made
+    check_before_running(sweep, str(data_path) if data_path else sweep.data_path)
     if make_report:  # refused now, not after hours of training
         from reports.site import check_report_folder
 
@@ -689,7 +724,6 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     cluster = ClusterRequest(partition=slurm_partition, gpus_per_job=gpus_per_job, time=time_limit,
                              cpus_per_job=cpus_per_job, mem_gb=mem_gb, account=slurm_account, qos=slurm_qos,
                              constraint=slurm_constraint, setup=tuple(setup))
-    click.echo(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {out} ({executor} executor, {jobs} at once)", err=True)
     result = run_sweep(sweep, out, executor=executor, jobs=jobs, retries=retries, cluster=cluster,
                        data_path=str(data_path) if data_path else None, device=device, wait=wait, progress=True,
                        echo=lambda message: click.echo(message, err=True))
@@ -821,6 +855,7 @@ def quickstart_command(out, fast, jobs, device, threads):
 @click.option("--ascent", type=click.Choice(["apgd", "reference"]), default="apgd", show_default=True,
               help="Worst case: sharpdiv's APGD in the ball's own metric, or the reference code's update "
                    "(comparable with published values); stored as a setting, the two never mix.")
+@trust_option
 @device_options
 def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rhos, m, n_batches, seed, n_iters,
                       n_restarts, n_samples, exclude, chunk_size, ascent, device, threads):
@@ -858,6 +893,7 @@ def sharpness_command(runs, dataset, data_path, split, kind, norm, adaptive, rho
 @click.option("--lanczos-steps", type=click.IntRange(min=2), default=100, show_default=True,
               help="Lanczos iterations (Hessian-vector products) for --eigenvalues and --density.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples, probes and Lanczos starts.")
+@trust_option
 @device_options
 def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, trace, eigenvalues, density, n_probes,
                     lanczos_steps, method, seed, device, threads):
@@ -883,6 +919,7 @@ def hessian_command(runs, dataset, data_path, split, n_examples, batch_size, tra
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=1), default=None, help="The first N samples (default all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@trust_option
 @device_options
 def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, device, threads):
     """Per-sample sharpness (trace of each sample's Fisher) of every member of each RUN.
@@ -918,13 +955,17 @@ def fisher_command(runs, dataset, data_path, split, n_examples, batch_size, devi
               help="Permute members to match member 0 first: none, weight (Git Re-Basin weight matching) or "
                    "activation (matching on the BatchNorm samples); a comma list such as weight,none measures each. "
                    "Any model: the zoo's permutation groups are written by hand, others' traced from the graph.")
+@trust_option
 @device_options
 def connectivity_command(runs, dataset, data_path, split, n_examples, alphas, plane, grid, bn_reset, bn_examples,
                          batch_size, seed, align, device, threads):
     """Linear paths and loss barriers between every pair of members of each RUN (and the plane).
 
-    Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier
-    and connectivity/barrier_alpha; with --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
+    Rows per pair: connectivity/loss and connectivity/accuracy (column alpha), connectivity/barrier,
+    connectivity/barrier_alpha and the pair connectivity connectivity/q and q_loss (our reconstruction of
+    Lion et al. 2024's q_pair: the worst fraction of the chord between the ends' accuracies, or losses,
+    the path keeps); per ensemble connectivity/q_bar and q_loss_bar, their means over the pairs; with
+    --plane, plane/loss and plane/accuracy (columns u_index, v_index, u, v).
     Aligned rows have the settings alignment and aligned_to (the reference, member 0), and for a
     model outside the zoo align_spec (a digest of its traced permutation groups). Stored rows are reused.
     """

@@ -43,6 +43,7 @@ _EXPORTS = {
     # connectivity between members
     "loss_barrier": ("landscape.connectivity", None),
     "barrier_matrix": ("landscape.connectivity", None),
+    "pair_connectivity": ("landscape.connectivity", None),
     "interpolate": ("landscape.connectivity", None),
     "interpolated_model": ("landscape.connectivity", None),
     "plane": ("landscape.connectivity", None),

@@ -4,7 +4,8 @@ One home for each: the eval-mode context manager, the parameter-selection rule (
 ``exclude`` globs), the model's dtype and device, the integer and float checks, the spelling of
 norms, and the deprecation shims that keep old keyword names and argument orders working for one
 release. Every check raises :class:`landscape.errors.InputError` with one line naming the problem
-and the fix, so the CLI can print it and exit with status 2.
+and the fix, so the CLI can print it and exit with status 2; every public function checks the
+network it is given with :func:`require_model` and reads its batches with :func:`batch_pair`.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -27,6 +28,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +37,7 @@ from landscape.errors import InputError
 __all__ = [
     "NORMS",
     "Patterns",
+    "batch_pair",
     "check_loss_and_batches_order",
     "differentiable_parameters",
     "evaluation_mode",
@@ -45,6 +48,7 @@ __all__ = [
     "norm_name",
     "patterns",
     "positive_int",
+    "require_model",
     "select_parameters",
 ]
 
@@ -78,6 +82,47 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for parameter, required in flags:
             parameter.requires_grad_(required)
+
+
+# -- what a measurement is given --------------------------------------------------------------------
+
+def require_model(model, name: str = "model") -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``, else an :class:`InputError` naming the argument
+    ``name``: every public function that takes a network checks it here first."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{name} must be a torch.nn.Module (the network itself), got {_described(model)}; "
+                         "build the model and load its weights first.")
+    return model
+
+
+def batch_pair(batch, name: str = "batches", index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(inputs, targets)`` tensors of one batch (NumPy arrays become tensors; items after
+    the second, such as sample indices, are ignored), else an :class:`InputError` naming the
+    argument ``name`` and the batch: every function that reads batches reads them here."""
+    which = f"batch {index}" if index is not None else "a batch"
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise InputError(f"{name} must yield (inputs, targets) pairs of tensors, but {which} is "
+                         f"{_described(batch)}; pass a DataLoader yielding (x, y) or a list of such tuples.")
+    pair = []
+    for role, item in zip(("inputs", "targets"), batch):
+        if isinstance(item, np.ndarray):
+            item = torch.as_tensor(item)
+        if not isinstance(item, torch.Tensor):
+            raise InputError(f"{name} must yield (inputs, targets) pairs of tensors, but the {role} of {which} "
+                             f"are {_described(item)}.")
+        pair.append(item)
+    return pair[0], pair[1]
+
+
+def _described(value) -> str:
+    """``a str ('resnet')``, ``a dict with keys 'x', 'y'``: what was passed, briefly."""
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if isinstance(value, dict):
+        return f"{article} {kind} with keys {', '.join(map(repr, list(value)[:4]))}"
+    if isinstance(value, (str, int, float)) or value is None:
+        return f"{article} {kind} ({value!r})" if value is not None else "None"
+    return f"{article} {kind}"
 
 
 # -- which parameters ------------------------------------------------------------------------------

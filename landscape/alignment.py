@@ -65,7 +65,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from landscape._checks import evaluation_mode, model_dtype_device, positive_int
+from landscape._checks import evaluation_mode, model_dtype_device, positive_int, require_model
 from landscape.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -139,6 +139,7 @@ def check_spec(spec: PermutationSpec, model: nn.Module) -> None:
     has its group's size and belongs to one group only, every floating tensor of the state dict is
     in a group or in ``spec.fixed`` (so no per-unit tensor is left behind), and every probe names a
     module of the model."""
+    require_model(model)
     name = type(model).__name__
     state = model.state_dict()
     if set(spec.axes) != set(spec.sizes):
@@ -273,6 +274,7 @@ class WeightMatching:
 
 def _checked_pair(reference: nn.Module, model: nn.Module, spec: PermutationSpec) -> None:
     """Both models fit ``spec`` and have the same tensors of the same shapes, all finite."""
+    require_model(reference, "reference"), require_model(model, "model")
     if not isinstance(spec, PermutationSpec):
         raise InputError(f"expected a PermutationSpec describing the models' groups, got {type(spec).__name__}")
     a, b = reference.state_dict(), model.state_dict()

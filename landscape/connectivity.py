@@ -21,6 +21,15 @@ over every batch of ``batches`` (``loss_fn(outputs, targets)`` returns the batch
   is ``w₁ + x u + y v``, so the members sit at ``(0, 0)``, ``(‖w₂ − w₁‖, 0)`` and
   ``(⟨w₃ − w₁, u⟩, ‖w₃ − w₁ − ⟨w₃ − w₁, u⟩ u‖)`` (:func:`plane`; Lion et al. 2024, "How good is a
   single basin?", Fig. 4, draws ensembles this way).
+- **Pair connectivity q** (our reconstruction of the per-pair connectivity ``q_pair`` that Lion et
+  al. 2024, Figs. 2–3, average into an ensemble's ``q̄``; their exact formula could not be recovered
+  from the text available to us, so this is a stated stand-in, not their definition): with the chord
+  ``c(α) = (1 − α) acc(θ_a) + α acc(θ_b)``, ``q = min_α min(1, acc(θ(α)) / c(α))`` over the path's
+  ``α``, the worst fraction of the straight line between the endpoints' accuracies that the path
+  keeps; and the loss form ``q_loss = min_α min(1, [(1 − α) L(θ_a) + α L(θ_b)] / L(θ(α)))``
+  (:func:`pair_connectivity`). Both lie in ``[0, 1]``, are 1 when no point of the path is worse than
+  the chord (identical members, one basin) and fall towards chance / endpoint accuracy when the path
+  crosses a barrier.
 - **Random slice** (Li et al. 2018, "Visualizing the loss landscape of neural nets"):
   ``θ + x d₁ + y d₂`` with Gaussian directions whose every filter is rescaled to the norm of the
   corresponding filter of ``θ`` (:func:`random_directions`, :func:`random_directions_slice`).
@@ -87,14 +96,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape._checks import (_deprecated_alias, check_loss_and_batches_order, finite_float, legacy_positionals,
-                               model_dtype_device, positive_int)
+from landscape._checks import (_deprecated_alias, batch_pair, check_loss_and_batches_order, finite_float, legacy_positionals,
+                               model_dtype_device, positive_int, require_model)
 from landscape.errors import InputError
 
 __all__ = [
     "Barrier",
     "BarrierMatrix",
     "Interpolation",
+    "PairConnectivity",
     "Plane",
     "PlaneBasis",
     "barrier_matrix",
@@ -102,6 +112,7 @@ __all__ = [
     "interpolate",
     "interpolated_model",
     "loss_barrier",
+    "pair_connectivity",
     "plane",
     "random_directions",
     "random_directions_slice",
@@ -137,6 +148,18 @@ class Barrier:
     value: float
     alpha: float
     interpolation: Interpolation
+
+
+@dataclass(frozen=True)
+class PairConnectivity:
+    """How much of the chord between two members' accuracies (``q``) and losses (``q_loss``) the
+    linear path between them keeps at its worst point, reached at ``alpha`` and ``loss_alpha``
+    (see :func:`pair_connectivity`); NaN where the path holds a non-finite value."""
+
+    q: float
+    alpha: float
+    q_loss: float
+    loss_alpha: float
 
 
 @dataclass(frozen=True)
@@ -213,6 +236,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, b
     forward pass (see the module docstring for when that pays; ignored in ``"reset"`` mode, where
     each point needs its own statistics pass).
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     loss_fn, batches = check_loss_and_batches_order("interpolate", loss_fn, batches)
     coefficients = _alpha_grid(alphas)
     anchors = _anchors([model_a, model_b])
@@ -233,6 +257,7 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, 
     chord needs the endpoint losses. In ``"reset"`` mode the endpoints get recomputed statistics
     too, so the chord and the path are measured alike. See :func:`interpolate` for the arguments.
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     loss_fn, batches = check_loss_and_batches_order("loss_barrier", loss_fn, batches)
     coefficients = _alpha_grid(alphas)
     if (coefficients < 0).any() or (coefficients > 1).any():
@@ -245,6 +270,72 @@ def loss_barrier(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFunction, 
     return _barrier_along(path)
 
 
+def pair_connectivity(path: Interpolation) -> PairConnectivity:
+    """The connectivity ``q`` of the linear path between two members, from its accuracies and losses.
+
+    Our reconstruction of Lion et al. 2024's per-pair connectivity ``q_pair`` ("How good is a single
+    basin?", AISTATS; Fig. 2 approximates it "through lines" of the linear path, Fig. 3 plots its mean
+    ``q̄`` over pairs against accuracy). Their exact formula could not be recovered from the text
+    available to us; this one is well defined, 1 for members of one basin and low across a barrier,
+    and is ours. On the path's grid of ``α`` (which must hold 0 and 1):
+
+    - ``q = min_α min(1, acc(θ(α)) / [(1 − α) acc(θ_a) + α acc(θ_b)])``: the worst fraction of the
+      chord between the endpoints' accuracies that the path keeps (``alpha``: where);
+    - ``q_loss = min_α min(1, [(1 − α) L(θ_a) + α L(θ_b)] / L(θ(α)))``: the same with the loss, whose
+      excess over its chord is the barrier of Entezari et al. 2022 (``loss_alpha``: where).
+
+    A point no worse than the chord counts 1, so ``0 ≤ q ≤ 1`` without a division by zero (an endpoint
+    of accuracy 0 makes the chord 0 there, and no accuracy is worse); the endpoints themselves count
+    1, so ``q = 1`` exactly when no point of the path is worse than the chord, e.g. between identical
+    members. Between a trained network and a permuted copy of it the path passes near chance accuracy,
+    so ``q`` is about chance / the network's accuracy. The chord's ends are the path's own endpoint
+    values, so BatchNorm statistics count as the path handled them (``bn_mode``: recomputed at every
+    point, endpoints included, or interpolated). Computed in float64; NaN when a value of the path is
+    not finite (accuracy is NaN for outputs that are not class scores). Losses must be non-negative
+    (cross-entropy, squared error).
+
+    >>> import torch
+    >>> path = Interpolation(alphas=torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
+    ...                      loss=torch.tensor([0.2, 0.5, 0.4], dtype=torch.float64),
+    ...                      accuracy=torch.tensor([0.9, 0.6, 0.8], dtype=torch.float64), bn_mode="none")
+    >>> result = pair_connectivity(path)  # the chords are 0.85 and 0.3 at α = 0.5
+    >>> round(result.q, 6), result.alpha, round(result.q_loss, 6), result.loss_alpha
+    (0.705882, 0.5, 0.6, 0.5)
+    """
+    if not isinstance(path, Interpolation):
+        raise InputError(f"pair_connectivity needs an Interpolation (the result of interpolate), got "
+                         f"{type(path).__name__}.")
+    alphas = torch.as_tensor(path.alphas).detach().cpu().to(torch.float64)
+    loss = torch.as_tensor(path.loss).detach().cpu().to(torch.float64)
+    accuracy = torch.as_tensor(path.accuracy).detach().cpu().to(torch.float64)
+    if not (alphas.dim() == 1 and alphas.shape == loss.shape == accuracy.shape):
+        raise InputError(f"the path's alphas, loss and accuracy must be 1-d and of one length, got shapes "
+                         f"{tuple(alphas.shape)}, {tuple(loss.shape)} and {tuple(accuracy.shape)}.")
+    if not ((alphas == 0.0).any() and (alphas == 1.0).any()) or (alphas < 0).any() or (alphas > 1).any():
+        raise InputError("the path's alphas must lie in [0, 1] and include both ends, 0 and 1, whose values "
+                         "make the chord; measure it with loss_barrier or interpolate(alphas=count).")
+    if (loss < 0).any():
+        raise InputError(f"q_loss needs non-negative losses, got {float(loss.min())}; use a loss such as "
+                         "cross-entropy or squared error.")
+    q, alpha = _kept_fraction(alphas, accuracy, higher_is_better=True)
+    q_loss, loss_alpha = _kept_fraction(alphas, loss, higher_is_better=False)
+    return PairConnectivity(q=q, alpha=alpha, q_loss=q_loss, loss_alpha=loss_alpha)
+
+
+def _kept_fraction(alphas: Tensor, values: Tensor, higher_is_better: bool) -> tuple[float, float]:
+    """``min_α min(1, path/chord)`` (accuracy) or ``min_α min(1, chord/path)`` (loss), and the first
+    ``α`` where it is reached; NaNs when a value is not finite."""
+    if not torch.isfinite(values).all():
+        return math.nan, math.nan
+    chord = (1.0 - alphas) * values[alphas == 0.0][0] + alphas * values[alphas == 1.0][0]
+    better, worse = (values, chord) if higher_is_better else (chord, values)
+    # where the path is worse than the chord, worse > better >= 0: the division is by a positive number
+    below = better < worse
+    kept = torch.where(below, better / torch.where(below, worse, torch.ones_like(worse)), torch.ones_like(worse))
+    index = int(torch.argmin(kept))
+    return float(kept[index]), float(alphas[index])
+
+
 @_deprecated_alias(loader="batches", bn_loader="bn_batches")
 @legacy_positionals("alphas", "bn_batches", "chunk_size")
 def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, *,
@@ -255,6 +346,8 @@ def barrier_matrix(members: Sequence[nn.Module], loss_fn: LossFunction, batches:
     ``value[i, j] = value[j, i]`` is the barrier of the path between members ``i`` and ``j``,
     measured once from ``i`` to ``j`` (``i < j``); see :func:`loss_barrier`.
     """
+    for index, member in enumerate(members):
+        require_model(member, f"members[{index}]")
     loss_fn, batches = check_loss_and_batches_order("barrier_matrix", loss_fn, batches)
     members = list(members)
     if len(members) < 2:
@@ -289,6 +382,8 @@ def plane(models: Sequence[nn.Module], loss_fn: LossFunction, batches: Batches, 
     point ``w₁ + a(w₂ − w₁) + b(w₃ − w₁)`` gets the same affine combination of the members'
     buffers (``"interpolated"``), or recomputed statistics with a ``bn_batches`` (``"reset"``).
     """
+    for index, model in enumerate(models):
+        require_model(model, f"models[{index}]")
     loss_fn, batches = check_loss_and_batches_order("plane", loss_fn, batches)
     models = list(models)
     if len(models) != 3:
@@ -357,6 +452,7 @@ def random_directions(model: nn.Module, count: int = 2, seed: int = 0,
     Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in the model's dtype, so the
     directions do not depend on the device.
     """
+    require_model(model)
     count = positive_int("count", count)
     model_dtype_device(model, purpose="to move along")
     generator = torch.Generator().manual_seed(seed)
@@ -392,6 +488,7 @@ def random_directions_slice(model: nn.Module, loss_fn: LossFunction, batches: Ba
     when the number of points is odd; always measured as ``member_loss``). BatchNorm statistics stay
     the member's own (``"fixed"``) unless a ``bn_batches`` is given (``"reset"``).
     """
+    require_model(model)
     loss_fn, batches = check_loss_and_batches_order("random_directions_slice", loss_fn, batches)
     span = finite_float("span", span, minimum=0, exclusive=True)
     columns, rows = _grid_shape(grid)
@@ -430,6 +527,7 @@ def interpolated_model(model_a: nn.Module, model_b: nn.Module, alpha: float,
     BatchNorm statistics are then recomputed (:func:`recompute_batchnorm_statistics`). This is the
     network :func:`interpolate` measures at ``alpha``.
     """
+    require_model(model_a, "model_a"), require_model(model_b, "model_b")
     alpha = finite_float("alpha", alpha)
     anchors = _anchors([model_a, model_b])
     point = _combine(anchors, torch.tensor([[1.0 - alpha, alpha]], dtype=torch.float64))
@@ -455,6 +553,7 @@ def recompute_batchnorm_statistics(model: nn.Module, bn_batches: Batches) -> nn.
     variances and so drops the spread between batch means, and it weighs batches equally whatever
     their size. ``bn_batches`` yields ``(inputs, targets)`` pairs or bare inputs.
     """
+    require_model(model)
     _require_reiterable(bn_batches, "bn_batches")
     model_dtype_device(model, purpose="to measure")
     network = copy.deepcopy(model)
@@ -542,7 +641,7 @@ def _mean_loss_and_accuracy(forward: Callable[[Tensor], Tensor], batches: Batche
     classifies = True
     with torch.no_grad():
         for batch in batches:
-            inputs, targets = _inputs_and_targets(batch, "batches")
+            inputs, targets = batch_pair(batch, "batches")
             inputs, targets = _to_model(inputs, dtype, device), targets.to(device)
             outputs = forward(inputs)
             if outputs.shape[0] == 1:  # vmap would route loss_fn through slow decompositions
@@ -631,9 +730,7 @@ def _anchors(models: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
     """Every member's parameters and floating buffers, by name, on the first member's device;
     raise :class:`InputError` unless all members share names, shapes and dtypes."""
     for index, model in enumerate(models):
-        if not isinstance(model, nn.Module):
-            raise InputError(f"member {index} is a {type(model).__name__}, not a torch.nn.Module; "
-                             "pass the networks themselves (load checkpoints into models first).")
+        require_model(model, f"members[{index}]")
     _, device = model_dtype_device(models[0], purpose="to measure")
 
     def tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -758,11 +855,6 @@ def _require_reiterable(batches: Batches, name: str) -> None:
                          "pass a DataLoader or a list of batches instead.")
 
 
-def _inputs_and_targets(batch: object, name: str) -> tuple[object, Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[1], Tensor):
-        raise InputError(f"{name} must yield (inputs, targets) pairs with tensor targets, got a "
-                         f"{type(batch).__name__}.")
-    return batch[0], batch[1]
 
 
 def _to_model(inputs: object, dtype: torch.dtype, device: torch.device) -> object:

@@ -60,7 +60,7 @@ from torch.func import functional_call, grad, vmap
 
 from landscape.errors import InputError
 from landscape._checks import (Patterns, _deprecated_alias, differentiable_parameters, evaluation_mode,
-                               legacy_positionals, positive_int)
+                               legacy_positionals, positive_int, require_model)
 from landscape.hvp import as_batches, move_batch
 
 __all__ = ["per_sample_fisher_trace", "METHODS"]
@@ -84,6 +84,7 @@ def per_sample_fisher_trace(model: torch.nn.Module, loss_fn: Callable, batches, 
     ``"vmap"`` or ``"auto"`` (layerwise where it applies, see the module docstring). The model's
     own mode is restored afterwards.
     """
+    require_model(model)
     chunk_size = positive_int("chunk_size", chunk_size, optional=True)
     if not callable(loss_fn):
         raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")

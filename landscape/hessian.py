@@ -83,7 +83,8 @@ from dataclasses import dataclass
 import torch
 
 from landscape.errors import InputError
-from landscape._checks import Patterns, evaluation_mode, finite_float, legacy_positionals, positive_int
+from landscape._checks import (Patterns, evaluation_mode, finite_float, legacy_positionals, positive_int,
+                               require_model)
 from landscape.hvp import LossHessian, default_chunks, rademacher_rows, seed_from
 
 __all__ = [
@@ -170,6 +171,7 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches, *, params:
     (name globs, :func:`landscape._checks.select_parameters`) restrict θ; ``probe_chunk_size`` probes share one vmapped backward pass (memory
     grows with it); ``generator`` makes the probes reproducible.
     """
+    require_model(model)
     n_probes = positive_int("n_probes", n_probes, minimum=3 if method == "hutch++" else 1)
     if method not in TRACE_METHODS:
         raise InputError(f"method must be one of {TRACE_METHODS}, got {method!r}.")
@@ -281,6 +283,7 @@ def hessian_eigenvalues(model: torch.nn.Module, loss_fn: Callable, batches, *, p
     batch's graph between products (fast, memory for all batches at once); by default only a
     single batch's graph is kept.
     """
+    require_model(model)
     k = positive_int("k", k)
     n_iters = positive_int("n_iters", n_iters)
     tol = finite_float("tol", tol, minimum=0, exclusive=True)
@@ -339,6 +342,7 @@ def hessian_spectral_density(model: torch.nn.Module, loss_fn: Callable, batches,
     over ``[min node − 5σ, max node + 5σ]``, so that the density integrates to 1 over it.
     ``keep_graphs`` as in :func:`hessian_eigenvalues`.
     """
+    require_model(model)
     n_iters = positive_int("n_iters", n_iters)
     n_runs = positive_int("n_runs", n_runs)
     if sigma is not None:

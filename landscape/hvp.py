@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from landscape._checks import Patterns, differentiable_parameters, positive_int
+from landscape._checks import Patterns, batch_pair, differentiable_parameters, positive_int, require_model
 from landscape.errors import InputError
 
 __all__ = [
@@ -97,15 +97,9 @@ def as_batches(batches) -> Iterable:
 def move_batch(batch, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Check that ``batch`` is an ``(inputs, targets)`` pair and move it to the model: floating
     tensors to ``dtype`` on ``device``, others (class labels) to ``device`` only."""
-    try:
-        inputs, targets = batch
-    except (TypeError, ValueError):
-        raise InputError("every batch must be an (inputs, targets) pair; got "
-                         f"{type(batch).__name__}. Wrap a single batch as [(inputs, targets)].") from None
+    inputs, targets = batch_pair(batch, "batches")
 
     def move(tensor):
-        if not isinstance(tensor, torch.Tensor):
-            return tensor
         return tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
 
     return move(inputs), move(targets)
@@ -206,7 +200,7 @@ class LossHessian:
         if not callable(loss_fn):
             raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
         probe_chunk_size = positive_int("probe_chunk_size", probe_chunk_size)
-        self.model = model
+        self.model = require_model(model)
         self.loss_fn = loss_fn
         self.names, self.parameters = differentiable_parameters(model, params, exclude)
         self.shapes = tuple(parameter.shape for parameter in self.parameters)

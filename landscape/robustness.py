@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from landscape.ensemble import _combine_log_probabilities
-from landscape._checks import evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name, positive_int
+from landscape._checks import (evaluation_mode, finite_float, frozen_parameters, model_dtype_device, norm_name,
+                               positive_int, require_model)
 from landscape.errors import InputError
 
 __all__ = ["EnsembleClassifier", "Normalized", "RobustnessResult", "check_attacks", "check_radius", "robust_accuracy"]
@@ -332,6 +333,7 @@ def robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     input box (:func:`check_radius`: 1 for l∞, ``√d`` for l2). The model runs in eval mode on its own
     device and dtype; torch's global random state is left as it was.
     """
+    require_model(model)
     _validate_inputs(inputs, labels)
     norm = norm_name(norm)
     _validate_settings(norm, eps, batch_size, version, attacks, iterations, restarts, target_classes, seed)

@@ -65,8 +65,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from landscape._checks import (Patterns, _deprecated_alias, evaluation_mode, finite_float, legacy_positionals,
-                               model_dtype_device, norm_name, patterns, positive_int, select_parameters)
+from landscape._checks import (Patterns, _deprecated_alias, batch_pair, evaluation_mode, finite_float, legacy_positionals,
+                               model_dtype_device, norm_name, patterns, positive_int, require_model,
+                               select_parameters)
 from landscape.errors import InputError, NonFiniteError
 from landscape.hvp import BatchNormAsAffine
 from landscape.perturbation import Perturbation, PerturbationBall, batched_where, per_batch, squared_norm
@@ -183,10 +184,7 @@ def _stack_batches(batches: Iterable, device: torch.device, dtype: torch.dtype, 
         batches = itertools.islice(batches, positive_int("n_batches", n_batches))
     inputs, targets = [], []
     for index, batch in enumerate(batches):
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise InputError(f"batch {index} is not an (inputs, targets) pair; pass an iterable of such pairs "
-                             "(a DataLoader yielding (x, y) or a list of tuples)")
-        x, y = (torch.as_tensor(item) for item in batch)
+        x, y = batch_pair(batch, "batches", index)
         if inputs and (x.shape != inputs[0].shape or y.shape != targets[0].shape):
             raise InputError(f"batch {index} has inputs {tuple(x.shape)} and targets {tuple(y.shape)} but batch 0 has "
                              f"{tuple(inputs[0].shape)} and {tuple(targets[0].shape)}; m-sharpness needs batches of "
@@ -534,6 +532,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterable,
     Cost per restart: ``n_iters`` forward+backward passes and one forward pass of every batch
     (plus one forward for the clean loss with random starts).
     """
+    require_model(model)
     rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
     n_iters = positive_int("n_iters", n_iters, minimum=0)
     n_restarts = positive_int("n_restarts", n_restarts)
@@ -623,6 +622,7 @@ def average_case_sharpness(model: nn.Module, loss_fn: Callable, batches: Iterabl
     on ``chunk_size``. Cost: ``n_draws + 1`` forward passes of every batch. ``params``, ``exclude``
     ``norm``, ``n_batches`` and what m means as in :func:`worst_case_sharpness`.
     """
+    require_model(model)
     rho, norm, chunk_size = _check_common(rho, norm, chunk_size)
     n_draws = positive_int("n_draws", n_draws)
     dtype, device = model_dtype_device(model, purpose="to perturb")

@@ -13,6 +13,11 @@ each folder's ``run.json``, into one long table:
   run happens to have. ``model_args`` entries are lifted to ``run.<key>`` (``run.width``) unless
   run.json has the same key at the top level; lists become comma text (``run.seeds`` = "13,17,27");
   ``run.n_members`` is the number of members run.json lists;
+- a run trained to a criterion (``run.until_train_loss``, ``run.until_train_accuracy``) also has
+  ``run.stop_epoch`` and ``run.reached_criterion`` of the members each row's scope reads (a member's
+  own; for an ensemble or pair the largest stop epoch, and whether all met the criterion:
+  :func:`ensembles.runs.run_folder.stopping`), and in :func:`run_table` ``run.n_reached`` of its
+  ``run.n_stopped`` finished members met it; other runs have none of these columns filled;
 - ``path`` is the run folder as given, ``run_label`` a short unique name for legends and files.
 
 The readers below turn that table into one number per run. Their conventions:
@@ -54,6 +59,7 @@ __all__ = [
     "collect",
     "combined_grouping",
     "comparable_grouping",
+    "criterion_counts",
     "diversity_metric",
     "group_labels",
     "group_order",
@@ -101,6 +107,11 @@ def _settings(config: dict) -> dict:
     for key, value in (config.get("model_args") or {}).items():
         flat.setdefault(key, _text(value))  # a top-level field wins over the model's argument
     flat["n_members"] = len(config.get("members", []))
+    stopped = [member for member in config.get("members", []) if member.get("status") == "done"
+               and member.get("reached_criterion") is not None]
+    if stopped:
+        flat.update(run_folder.stopping(config, "ensemble"), n_stopped=len(stopped),
+                    n_reached=sum(bool(member["reached_criterion"]) for member in stopped))
     return {RUN_PREFIX + key: value for key, value in flat.items()}
 
 
@@ -149,7 +160,22 @@ def collect(paths: Iterable, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=[*run_folder.RESULT_COLUMNS, *runs.columns])
     results = pd.concat(frames, ignore_index=True, sort=False)
-    return results.merge(runs, on="path", how="left", validate="many_to_one")
+    return _stopping_of_scopes(results.merge(runs, on="path", how="left", validate="many_to_one"))
+
+
+def _stopping_of_scopes(results: pd.DataFrame) -> pd.DataFrame:
+    """``run.stop_epoch`` and ``run.reached_criterion`` of each row's own scope (a member row: that
+    member's, not the ensemble's); rows of runs without a criterion keep what they had (nothing)."""
+    if RUN_PREFIX + "stop_epoch" not in results:
+        return results
+    configs = {path: run_folder.read_config(path) for path in results.loc[results[RUN_PREFIX + "stop_epoch"].notna(),
+                                                                          "path"].unique()}
+    scopes = {(path, scope): run_folder.stopping(configs[path], scope) if path in configs else {}
+              for path, scope in results[["path", "scope"]].drop_duplicates().itertuples(index=False)}
+    of_row = [scopes[key] for key in zip(results["path"], results["scope"])]
+    results[RUN_PREFIX + "stop_epoch"] = [values.get("stop_epoch") for values in of_row]
+    results[RUN_PREFIX + "reached_criterion"] = [values.get("reached_criterion") for values in of_row]
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +268,32 @@ def comparable_grouping(runs: pd.DataFrame, group_by: str) -> tuple[pd.DataFrame
             f"{split_name}), so numbers from different data are never averaged together; to report one "
             "dataset, pass only its runs")
     return runs.assign(**{RUN_PREFIX + split_name: composite.values}), split_name, note
+
+
+def criterion_counts(runs: pd.DataFrame) -> list[str]:
+    """How many models reached their training criterion, one sentence per criterion and cap among
+    ``runs`` (:func:`run_table`): "5 of 6 models reached train loss <= 0.01 within 100 epochs";
+    none when no run was trained to a criterion."""
+    from ensembles.training.settings import criterion_text
+
+    if RUN_PREFIX + "n_stopped" not in runs:
+        return []
+    trained = runs[runs[RUN_PREFIX + "n_stopped"].notna()]
+    counts: dict[tuple, list[int]] = {}
+    for _, run in trained.iterrows():
+        key = tuple(None if pd.isna(run.get(RUN_PREFIX + name)) else run.get(RUN_PREFIX + name)
+                    for name in ("until_train_loss", "until_train_accuracy", "epochs"))
+        tally = counts.setdefault(key, [0, 0])
+        tally[0] += int(run[RUN_PREFIX + "n_reached"])
+        tally[1] += int(run[RUN_PREFIX + "n_stopped"])
+    sentences = []
+    for (loss, accuracy, cap), (reached, total) in counts.items():
+        cap = "" if cap is None else f" within {int(cap)} epochs"
+        sentences.append(f"{reached} of {total} models reached {criterion_text(loss, accuracy)}{cap}"
+                         + ("" if reached == total else " (the others stopped at the cap; marked in the runs "
+                                                       "table by run.n_reached and in the correlation figure by "
+                                                       "hollow markers)"))
+    return sentences
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from landscape.errors import InputError
-from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, per_run
+from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, criterion_counts, per_run
 
 __all__ = ["CorrelationSection", "MIN_MODELS", "TARGETS", "Zoo", "correlation_axes", "kendall_tau_b", "plot_correlations", "rank_correlations",
            "check_target", "reading", "write_correlations", "zoo_measures", "zoo_points"]
@@ -224,7 +224,8 @@ def reading(table: pd.DataFrame, target: str) -> str:
 #: Sharpness definitions the zoo correlates (loss increase; the 0-1 error increase is left out).
 _SHARPNESS = re.compile(r"sharpness/(worst|average)/(l2|linf)/(adaptive|standard)")
 #: run.json fields that say where, how fast or which seed, never which hyper-parameters: not axes.
-_NOT_AXES = {"seeds", "data_path", "score_chunk_size", "threads", "device", "sweep_group", "n_members", "keep"}
+_NOT_AXES = {"seeds", "data_path", "score_chunk_size", "threads", "device", "sweep_group", "n_members", "keep",
+             "stop_epoch", "reached_criterion", "n_reached", "n_stopped"}  # how training ended: outcomes
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,8 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
     (test error − error on the training split, evaluated without augmentation: ``sharpdiv evaluate
     --splits train,val,test``), ``ood_error`` (mean over every stored corruption and severity) and
     ``ood_error/s<k>`` (mean over corruptions at severity k), ``test_nll`` and ``ece`` (clean test);
-    axes are :func:`correlation_axes`. A number a run lacks is NaN, never filled in.
+    axes are :func:`correlation_axes`. A number a run lacks is NaN, never filled in. Points of runs
+    trained to a criterion say whether they met it (``reached_criterion``; None for other runs).
     """
     if of not in ("members", "ensembles"):
         raise InputError(f"points of {of!r}: use members or ensembles")
@@ -344,6 +346,7 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
             else:
                 frame[name] = per_run(rows, rows["metric"].iloc[0], scope="members", on="any", combine=None)
         frame = frame[frame.index.map(lambda path: member < int(settings.loc[path, RUN_PREFIX + "n_members"]))]
+        frame["reached_criterion"] = _reached(results, scope).reindex(frame.index)
         frames.append(frame.assign(member=member))
     points = pd.concat(frames) if frames else pd.DataFrame()
     points.index.name = "path"
@@ -352,6 +355,16 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
         points[axis] = points["path"].map(settings[RUN_PREFIX + axis])
     targets = [name for name in points.columns if name in TARGETS or name.startswith("ood_error/s")]
     return Zoo(points=points, measures=tuple(measures), targets=tuple(targets), axes=axes)
+
+
+def _reached(results: pd.DataFrame, scope: str) -> pd.Series:
+    """Whether the model of ``scope`` met its run's training criterion, per run (index ``path``; None
+    for runs trained without one), from the rows' ``run.reached_criterion``."""
+    column = RUN_PREFIX + "reached_criterion"
+    if results.empty or column not in results:
+        return pd.Series(dtype=object)
+    rows = results[results["scope"] == scope]
+    return rows.groupby("path")[column].first().astype(object).where(lambda values: values.notna(), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +392,8 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
                       colour_by: str | None = None, formats: Sequence[str] = ("png", "svg"), stem: str = "correlation"):
     """One panel per measure: the measure against ``target`` over the zoo's points, on log axes
     where every value is positive, coloured by the axis ``colour_by`` (default: the axis with the
-    most values), with τ [bootstrap interval] and ψ in the panel's title. Returns plots.Figures."""
+    most values), with τ [bootstrap interval] and ψ in the panel's title; a model that did not reach
+    its training criterion is a hollow marker. Returns plots.Figures."""
     from reports import plots
 
     if target not in zoo.points.columns:
@@ -402,10 +416,16 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
             axis = axes.flat[position]
             both = zoo.points[measure].notna() & zoo.points[target].notna()
             x, y = zoo.points.loc[both, measure], zoo.points.loc[both, target]
+            missed = _missed_criterion(zoo.points)[both]
             for label in order:
-                chosen = labels[both] == label
+                chosen = (labels[both] == label) & ~missed
                 axis.scatter(x[chosen], y[chosen], s=22, color=palette[label], label=label, alpha=0.85,
                              edgecolor="white", linewidth=0.4)
+                hollow = (labels[both] == label) & missed
+                if hollow.any():
+                    axis.scatter(x[hollow], y[hollow], s=22, facecolors="none", edgecolors=palette[label], linewidth=1.0)
+            if position == 0 and missed.any():  # one legend entry for the marking, whatever the colour
+                axis.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="hollow: criterion not reached")
             if (x > 0).all() and len(x):
                 axis.set_xscale("log")
                 plots._label_log_axis(axis.xaxis, (x.min(), x.max()))
@@ -417,10 +437,19 @@ def plot_correlations(zoo: Zoo, table: pd.DataFrame, target: str, directory: str
             axis.set_title(_title(pd.concat([rows.loc[measure], pd.Series({"measure": measure})])), fontsize=9)
         for axis in list(axes.flat)[len(measures):]:
             axis.set_visible(False)
-        if colour_by:
+        if colour_by or _missed_criterion(zoo.points).any():
             axes.flat[0].legend(title=colour_by, fontsize=7, title_fontsize=8, loc="best")
         paths = plots._save(figure, Path(directory), stem, formats)
     return plots.Figures(paths=tuple(paths), figures=(figure,))
+
+
+def _missed_criterion(points: pd.DataFrame) -> pd.Series:
+    """True for the points that stopped at the cap without their training criterion (a run without a
+    criterion, None, misses nothing)."""
+    if "reached_criterion" not in points:
+        return pd.Series(False, index=points.index)
+    return points["reached_criterion"].map(lambda value: value is not None and not pd.isna(value)
+                                           and not bool(value)).astype(bool)
 
 
 def _ordered(labels: pd.Series) -> list[str]:
@@ -510,5 +539,8 @@ def write_correlations(results: pd.DataFrame, runs: pd.DataFrame, tables_dir: st
                                stem=f"correlation-{target.replace('/', '-')}")
     if figure.reason:
         notes.append(f"correlation figure skipped: {figure.reason}")
+    counted = " ".join(sentence + "." for sentence in criterion_counts(runs))
     return CorrelationSection(tables=tuple(files), text=text, figures=figure.paths,
-                              reading=reading(table[table["points"] == "members"], target), notes=tuple(notes))
+                              reading=" ".join(filter(None, [reading(table[table["points"] == "members"], target),
+                                                             counted])),
+                              notes=tuple(notes))

@@ -25,8 +25,10 @@ from landscape.errors import InputError
 from reports import plots
 from reports.correlation import CorrelationSection, check_target, write_correlations
 from reports.paired_comparisons import write_paired_comparisons
-from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, diversity_description,
-                             diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
+from reports.single_basin import TITLE as SINGLE_BASIN_TITLE
+from reports.single_basin import SingleBasinSection, write_single_basin
+from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, criterion_counts,
+                             diversity_description, diversity_metric, group_labels, group_order, missing_measurements, mixed_settings,
                              partial_corruptions, run_table, tradeoff_points)
 from reports.tables import (CORRUPTION_QUANTITIES, beta_table, connectivity_table, corruption_table, severity_table,
                             summary_table, write_group_table,
@@ -117,7 +119,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         raise InputError(f"--baseline {baseline!r} is not a {group_by} of these runs; "
                          f"choose one of: {', '.join(group_order(groups))}")
     results = collect(runs["path"], runs)
-    notes = skipped + ([split_note] if split_note else [])
+    notes = skipped + ([split_note] if split_note else []) + criterion_counts(runs)
     notes += [str(missing) for missing in missing_measurements(results, runs, sharpness=spec, diversity=diversity,
                                                                on=diversity_on, combine=combine)]
     notes += mixed_settings(results, groups, spec)
@@ -185,6 +187,9 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     correlation = write_correlations(results, runs, tables_dir, figures_dir, target=correlate_with, combine=combine,
                                      formats=formats)
     notes += correlation.notes
+    # "How good is a single basin?": only when the runs hold a construction besides plain deep ensembles
+    single_basin = write_single_basin(results, runs, tables_dir, figures_dir, combine=combine, formats=formats)
+    notes += single_basin.notes
     figure_sections = []
     for name, figures in rendered.items():
         if figures.reason:
@@ -199,11 +204,13 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
                 "written": datetime.datetime.now().isoformat(timespec="seconds")}
     index = out / "index.html"
     readme = out / "README.md"
-    _write_text(readme, _readme(out, settings, sections, figure_sections, notes, correlation))
-    _write_text(index, _index(out, settings, sections, figure_sections, notes, readme, correlation))
+    _write_text(readme, _readme(out, settings, sections, figure_sections, notes, correlation, single_basin))
+    _write_text(index, _index(out, settings, sections, figure_sections, notes, readme, correlation, single_basin))
     return Report(directory=out, index=index, readme=readme,
-                  tables=tuple(path for section in sections for path in section.files) + correlation.tables,
-                  figures=tuple(path for section in figure_sections for path in section.files) + correlation.figures,
+                  tables=tuple(path for section in sections for path in section.files) + correlation.tables
+                  + single_basin.tables,
+                  figures=tuple(path for section in figure_sections for path in section.files) + correlation.figures
+                  + single_basin.figures,
                   notes=tuple(notes), rendered=rendered)
 
 
@@ -265,12 +272,16 @@ def _kind(path: Path) -> str:
 CORRELATION_TITLE = "Does sharpness predict generalization?"
 
 
-def _readme(out, settings, sections, figure_sections, notes, correlation: CorrelationSection | None = None) -> str:
+def _readme(out, settings, sections, figure_sections, notes, correlation: CorrelationSection | None = None,
+            single_basin: SingleBasinSection | None = None) -> str:
     lines = ["# sharpdiv report", "", "Open `index.html` for everything on one page.", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
     if correlation is not None and correlation.tables:
         links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in correlation.tables + correlation.figures)
         lines += ["", f"## {CORRELATION_TITLE}", "", correlation.reading, "", links]
+    if single_basin is not None and single_basin.written:
+        links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in single_basin.tables + single_basin.figures)
+        lines += ["", f"## {SINGLE_BASIN_TITLE}", "", single_basin.caption, "", links]
     lines += ["", "## Tables", ""]
     for section in sections:
         links = ", ".join(f"[{_kind(p)}]({_relative(p, out)})" for p in section.files)
@@ -311,7 +322,24 @@ def _correlation_html(out, correlation: CorrelationSection) -> list[str]:
     return parts
 
 
-def _index(out, settings, sections, figure_sections, notes, readme, correlation: CorrelationSection | None = None) -> str:
+def _single_basin_html(out, section: SingleBasinSection) -> list[str]:
+    """The figure and the two tables of :mod:`reports.single_basin`, under their question."""
+    e = html.escape
+    parts = [f"<h2>{e(SINGLE_BASIN_TITLE)}</h2>"]
+    png = next((p for p in section.figures if p.suffix == ".png"), None)
+    if png is not None:
+        parts.append(f'<figure><img src="{e(_relative(png, out))}" alt="{e(SINGLE_BASIN_TITLE)}">'
+                     f"<figcaption>{e(section.caption)}</figcaption></figure>")
+    links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in section.tables + section.figures)
+    parts.append(f"<p>{links}</p>")
+    for title, text in section.texts:
+        parts.append(f"<p>{e(title)}</p>")
+        parts.append('<div class="scroll">' + text.to_html(escape=True, border=0, na_rep="") + "</div>")
+    return parts
+
+
+def _index(out, settings, sections, figure_sections, notes, readme, correlation: CorrelationSection | None = None,
+           single_basin: SingleBasinSection | None = None) -> str:
     e = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>sharpdiv report</title>", f"<style>{_STYLE}</style></head><body>",
@@ -327,6 +355,8 @@ def _index(out, settings, sections, figure_sections, notes, readme, correlation:
         parts.append("</ul>")
     if correlation is not None and correlation.tables:
         parts += _correlation_html(out, correlation)
+    if single_basin is not None and single_basin.written:
+        parts += _single_basin_html(out, single_basin)
     parts.append("<h2>Tables</h2>")
     for section in sections:
         links = " · ".join(f'<a href="{e(_relative(p, out))}">{e(_kind(p))}</a>' for p in section.files)

@@ -204,7 +204,8 @@ def test_a_whole_old_plane_is_reused_and_a_partial_one_measured_again(members, t
     store(path, plane[2:], before_grid_indices=True)  # the first point's loss and accuracy missing
     (again,) = measurements.measure_connectivity([path], **options)
     assert len(calls) == 1 and "plane" in again.computed
-    assert [(row["u_index"], row["v_index"]) for row in again.rows if row["scope"] == "ensemble"] == \
+    assert [(row["u_index"], row["v_index"]) for row in again.rows
+            if row["scope"] == "ensemble" and row["metric"].startswith("plane/")] == \
         [(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]
     (third,) = measurements.measure_connectivity([path], **options)
     assert len(calls) == 1 and third.computed == ()

@@ -6,7 +6,9 @@ they shared one skeleton, on a three-member digits run. The new code must write 
 keys (so tables written before still match), and rows with those keys stored in a run must be
 reused: nothing is computed again, no landscape function is called.
 
-Since then, the rows of a computed grid are keyed by grid index, with their place (a density's
+Since then, connectivity also stores the pair connectivity q of each path and its mean over the
+pairs: in a table written before, those rows are computed from the stored paths (no path is
+measured again). And the rows of a computed grid are keyed by grid index, with their place (a density's
 ``eigenvalue``, a plane's ``u``, ``v``) in a location column: those places are computed from the
 weights, so their last bits are one CPU's (the fixture's are those of the machine that wrote it)
 and are compared nowhere here. Both kinds of rows are still reused.
@@ -98,13 +100,22 @@ def test_rows_have_the_keys_the_code_before_the_skeleton_wrote(name, run_path):
     assert [row for row in written if row in keys(BEFORE[name])] == keys(BEFORE[name])
     assert grid_indices(measurement.rows) == expected_grid_indices(measurement.rows, options)
     assert all(math.isfinite(row[column]) for row in measurement.rows for column in PLACES.get(row["metric"], ()))
-    # Since then the plane also stores its value at each member's position: new rows only.
+    # Since then the plane also stores its value at each member's position, and connectivity the q of
+    # each pair and their means: new rows only.
     added = [row for row in written if row not in keys(BEFORE[name])]
-    assert all(row["metric"].startswith("plane/") and row["scope"].startswith("member-") for row in added)
-    assert len(added) == (6 if options.get("plane") else 0)  # loss and accuracy at 3 members
+    plane = [row for row in added if row["metric"].startswith("plane/") and row["scope"].startswith("member-")]
+    assert len(plane) == (6 if options.get("plane") else 0)  # loss and accuracy at 3 members
+    assert [(row["scope"], row["metric"]) for row in added if row not in plane] == \
+        (Q_ROWS if name.startswith("connectivity") else [])
     assert all(math.isfinite(row["value"]) for row in measurement.rows)
     (again,) = measure([run_path], **options)  # and the new code reuses what it wrote
     assert again.rows == [] and again.computed == () and again.reused == measurement.computed
+
+
+#: The q rows connectivity adds on this three-member run: per pair, then the means over the pairs.
+Q_ROWS = [(scope, metric) for scope in ("pair-0-1", "pair-0-2", "pair-1-2")
+          for metric in ("connectivity/q", "connectivity/q_loss")] + \
+         [("ensemble", "connectivity/q_bar"), ("ensemble", "connectivity/q_loss_bar")]
 
 
 def store_rows_of_the_code_before(path, name):
@@ -127,6 +138,12 @@ def test_rows_written_before_the_skeleton_are_reused_without_computing(name, tmp
         monkeypatch.setattr(module, function, lambda *args, **kwargs: pytest.fail("a stored row was recomputed"))
     measure, options = CALLS[name]
     (measurement,) = measure([path], **options)
-    assert measurement.computed == () and measurement.rows == []
+    assert measurement.computed == ()
     assert len(measurement.reused) == REUSED[name]
     assert measurement.summary()[0].startswith(f"{path.name}: ")
+    # connectivity adds q from the stored paths (all 1.0 here: the path keeps its whole chord)
+    added = [(row["scope"], row["metric"]) for row in measurement.rows]
+    assert added == (Q_ROWS if name.startswith("connectivity") else [])
+    assert all(row["value"] == 1.0 for row in measurement.rows)
+    (again,) = measure([path], **options)
+    assert again.rows == [] and again.computed == ()

@@ -11,7 +11,7 @@ stopped in its second member, both members' training state on disk).
 """
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -37,15 +37,6 @@ MERGED_THEN = {"model-tables": [
     "sgd-model_args_hidden_64_act_relu_-model_input_size_28_mean_0.5_0.5_0.5_std_0.25_0.25_0.25_-s13.17.27"]}
 
 
-def _with_later_settings_off(record: dict, settings) -> dict:
-    """``record`` (written before some settings were declared) plus each setting declared since, as
-    ``settings`` holds it; every one of those must be off (None), so what was stored reads unchanged."""
-    now = trainer._settings_record(settings)
-    added = {name: value for name, value in now.items() if name not in record}
-    assert all(value is None for value in added.values()), f"a setting added later is on: {added}"
-    return {**record, **added}
-
-
 @pytest.mark.parametrize("grid", sorted(_stored("sweep_folder_names.json")))
 def test_sweep_run_folder_names_are_byte_identical_to_the_stored_ones(grid):
     stored = _stored("sweep_folder_names.json")[grid]
@@ -65,6 +56,15 @@ def _write_stored_runs(root: Path) -> dict:
     return stored
 
 
+def assert_as_stored(now: dict, stored: dict) -> None:
+    """``now`` (settings as a JSON record) holds every stored setting unchanged, and each setting
+    added since the record was written at its default, which leaves it off."""
+    assert {name: now.get(name) for name in stored} == stored
+    defaults = {field.name: field.default for field in fields(trainer.TrainingSettings)}
+    added = {name: value for name, value in now.items() if name not in stored}
+    assert added == {name: defaults[name] for name in added}
+
+
 def test_the_run_folders_of_a_stored_sweep_are_kept_and_read_back_as_the_same_settings(tmp_path):
     stored = _write_stored_runs(tmp_path)
     plan = sweep.parse_sweep(stored["sweep"], source="stored.toml")
@@ -75,8 +75,7 @@ def test_the_run_folders_of_a_stored_sweep_are_kept_and_read_back_as_the_same_se
         assert trainer.settings_of_run(folder) == job.settings
         # the gate `train --resume` passes through: the stored train/settings.json is these settings
         trainer._require_own_training_state(folder, trainer.settings_of_run(folder), recorded=True)
-        record = stored["runs"][job.name]["train/settings.json"]
-        assert trainer._settings_record(job.settings) == _with_later_settings_off(record, job.settings)
+        assert_as_stored(trainer._settings_record(job.settings), stored["runs"][job.name]["train/settings.json"])
 
 
 def test_a_stored_sweep_run_of_other_settings_is_still_refused(tmp_path):
@@ -108,4 +107,4 @@ def test_train_command_lines_build_the_same_settings_as_before(record, monkeypat
     arguments = record["command"].split()[2:]
     result = CliRunner().invoke(cli.main, ["train"] + arguments)
     assert result.exit_code == 0, result.output
-    assert json.loads(json.dumps(asdict(seen[0]))) == _with_later_settings_off(record["settings"], seen[0])
+    assert_as_stored(json.loads(json.dumps(asdict(seen[0]))), record["settings"])

@@ -98,7 +98,7 @@ def test_every_option_of_sharpdiv_train_for_a_setting_is_its_declaration():
         if not declaration.command_line:  # --data, --model ...: options shared with other commands
             continue
         option = options[name]
-        assert option.opts == [declaration.flag]
+        assert option.opts == [declaration.flag, *declaration.aliases]
         if declaration.kind in ("integer", "number"):
             assert (option.type.min, option.type.max, option.type.min_open, option.type.max_open) == (
                 declaration.low, declaration.high, declaration.low_open, declaration.high_open), name

@@ -28,8 +28,8 @@ def test_an_integer_is_an_integral_type_and_whole_floats_are_refused():
 @pytest.mark.parametrize("call, name", [
     (lambda: zoo.build("small_cnn", 10, width=0), "width"),
     (lambda: zoo.build("mlp", 0), "num_classes"),
-    (lambda: evaluation._check_options("probs", 0, 8), "n_bins"),
-    (lambda: evaluation._check_options("probs", 15, 2.0), "batch_size"),
+    (lambda: evaluation.evaluate_runs([], combine="probs", n_bins=0, batch_size=8), "n_bins"),
+    (lambda: evaluation.evaluate_runs([], combine="probs", n_bins=15, batch_size=2.0), "batch_size"),
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], chunk_size=0),
      "chunk_size"),
     (lambda: corruptions.make_corrupted_split(np.zeros((1, 32, 32, 3), np.uint8), [0], ["fog"], seed=-1), "seed"),

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensembles.models.arguments import check_arguments, keyword_parameters
 from ensembles.models.checkpoints import without_data_parallel_prefix
 from landscape._checks import positive_int
 from landscape.errors import InputError
@@ -41,6 +42,7 @@ from landscape.errors import InputError
 __all__ = [
     "MODEL_NAMES",
     "build",
+    "check_model",
     "load_weights",
     "parameter_count",
     "CifarResNet18",
@@ -410,50 +412,59 @@ _SIGNATURE_KEYS = {
 }
 
 
-def _options(name: str) -> dict:
-    """Keyword options of an architecture with their defaults."""
-    signature = inspect.signature(_ARCHITECTURES[name])
-    return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+def _zoo_parameters(name: str) -> dict:
+    """Keyword options of an architecture (the parameters after ``*``), annotations evaluated."""
+    return keyword_parameters(_ARCHITECTURES[name], keyword_only=True)
 
 
-def build(name: str, num_classes: int, *, model_input: Mapping | None = None, **options) -> nn.Module:
+def build(name: str, num_classes: int, *, model_input: Mapping | None = None,
+          trust_model_code: bool | None = None, **options) -> nn.Module:
     """A freshly initialized model ``name`` with ``num_classes`` outputs; never downloads weights.
 
-    ``name`` is one of :data:`MODEL_NAMES`, or ``torchvision:<builder>`` (any
-    ``torchvision.models`` builder, built with ``weights=None``), ``timm:<name>`` (any
-    ``timm.create_model`` name, ``pretrained=False``; needs ``pip install 'sharpdiv[timm]'``) or
+    ``name`` is one of :data:`MODEL_NAMES`, or ``torchvision:<builder>`` (a
+    ``torchvision.models`` classification builder, built with ``weights=None``), ``timm:<name>``
+    (a ``timm.create_model`` name, ``pretrained=False``; needs ``pip install 'sharpdiv[timm]'``) or
     ``package.module:callable`` (a factory or class importable from the current folder or
-    ``PYTHONPATH``, called as ``callable(num_classes=num_classes, **options)``).
+    ``PYTHONPATH``, called as ``callable(num_classes=num_classes, **options)``). The last runs
+    Python code, so it is built only when trusted: ``trust_model_code=True``, or (None) the
+    environment variable ``SHARPDIV_TRUST_MODEL_CODE=1`` (see :mod:`ensembles.models.external`).
 
     Zoo options: resnet18, resnet18_tin ``width=64``; wrn40_2 ``dropout=0.0``; small_cnn
-    ``width=32``; mlp ``input_size=3072, hidden=(256,)``; the other routes take their builder's
-    keyword arguments. ``model_input`` (see :func:`resolve_input`) adds the model's own input
-    resizing and normalization (:func:`attach_input`). The model is float32 on the CPU; move it
-    with ``.to``. An unknown name or option raises :class:`InputError` saying what is allowed.
+    ``width=32``; mlp ``input_size=3072, hidden=(256,)``; the other routes take the keyword
+    arguments of the network their builder makes. Every option must be a named parameter, of the
+    type it declares (:func:`ensembles.models.arguments.check_arguments`). ``model_input`` (see
+    :func:`resolve_input`) adds the model's own input resizing and normalization
+    (:func:`attach_input`). The model is float32 on the CPU; move it with ``.to``. An unknown
+    name or option raises :class:`InputError` saying what is allowed.
     """
     if ":" in name:
-        model = _build_external(name, num_classes, options)
+        from ensembles.models import external
+
+        model = external.build_external(name, num_classes, options, trust_model_code=trust_model_code)
     else:
-        model = _build_zoo(name, num_classes, options)
+        _check_zoo(name, options)
+        model = _ARCHITECTURES[name](num_classes, **options)
     return attach_input(model, model_input) if model_input else model
 
 
-def _build_zoo(name: str, num_classes: int, options: dict) -> nn.Module:
+def check_model(name: str, options: Mapping | None = None, *, trust_model_code: bool | None = None) -> None:
+    """An :class:`InputError` unless :func:`build` would accept ``name`` and ``options`` (a known
+    name, trusted code, named options of the declared types); builds nothing, so a command can
+    refuse a model before it writes anything."""
+    options = dict(options or {})
+    if ":" in name:
+        from ensembles.models import external
+
+        external.check_external(name, options, trust_model_code=trust_model_code)
+    else:
+        _check_zoo(name, options)
+
+
+def _check_zoo(name: str, options: Mapping) -> None:
     if name not in _ARCHITECTURES:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
                          "torchvision:<name>, timm:<name> or module.path:callable")
-    allowed = _options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
-        raise InputError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {listed}")
-    return _ARCHITECTURES[name](num_classes, **options)
-
-
-def _build_external(name: str, num_classes: int, options: dict) -> nn.Module:
-    from ensembles.models import external
-
-    return external.build_external(name, num_classes, options)
+    check_arguments(name, _zoo_parameters(name), options)
 
 
 def resolve_input(name: str, model: nn.Module, size=None, mean=None, std=None) -> dict | None:

@@ -4,9 +4,11 @@ Also what makes a folder a run folder (its ``run.json``), checkable without impo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +18,40 @@ from landscape.errors import InputError
 RUN_FILE = "run.json"  # what makes a folder a run folder
 
 
+#: What the file system says when it refuses a write for want of room or rights, by errno.
+WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large",
+                  errno.EROFS: "read-only file system", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+# Libraries that wrap the OS error keep its number in their text: safetensors (Rust) "(os error 27)",
+# pyarrow "[errno 27]"; else its standard message.
+_ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
+
+
+def write_failure(error: BaseException) -> int | None:
+    """The errno of :data:`WRITE_FAILURES` behind ``error`` (an OSError, or a library's error that
+    wraps one and keeps its number or message), else None."""
+    code = getattr(error, "errno", None)
+    if code in WRITE_FAILURES:
+        return code
+    text = str(error)
+    for match in _ERRNO_IN_TEXT.finditer(text):
+        number = int(match.group(1) or match.group(2))
+        if number in WRITE_FAILURES:
+            return number
+    for number in WRITE_FAILURES:
+        if os.strerror(number) in text:
+            return number
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target`` atomically.
 
-    On an exception the temporary file is removed and ``target`` is left as it was.
+    On an exception the temporary file is removed and ``target`` is left as it was. A write the
+    file system refused (:data:`WRITE_FAILURES`: a full disk, a file-size limit, a read-only file
+    system, a quota), however the writing library reported it, is raised as the ``OSError`` of
+    that errno naming ``target``, so the command line can say in one line which file and why.
+    Writers that bury the cause (torch's zip writer) should write bytes made in memory instead.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +63,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, target)
+    except Exception as error:
+        code = write_failure(error)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(target)) from error
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -93,6 +129,9 @@ def require_writable_folder(path: str | os.PathLike, force: bool = False, what: 
     named = f"{what} {path}" if what else str(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{named} is a file, not a folder; choose a folder path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{parent} is a file, so {named} cannot be made inside it; choose a folder path")
     if force or is_own_folder(path):
         return path
     found = sorted(entry.name for entry in path.iterdir())

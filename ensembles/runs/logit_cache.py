@@ -14,8 +14,12 @@ records in its metadata the digest of the member's weights file as it was read
 (:func:`ensembles.data.datasets.data_digest`, images and labels), so new weights or other data (another
 ``--data-path``, a ``-C`` folder regenerated with another seed) make the cached logits stale and
 they are computed again (silently: that is the cache working). The labels file records the data's
-fingerprint and a digest of the labels it holds; labels of other data, or labels edited after they
-were written, are read again from the data (with a warning for the edited ones). A member file
+fingerprint and a digest of the labels it holds, and each member file a digest of its logits
+bound to those weights and data; labels of other data are read again from the data, and labels or
+logits edited after they were written are read or computed again with a warning naming the file
+(the digests catch edits and damage, not a forger who recomputes them: the cache is as
+trustworthy as the folder it lies in). A member file written before logits digests existed is
+computed once more, silently. A member file
 without a weights digest (written by another tool or an early version) cannot be matched to any
 weights, so it is computed again with a warning naming it. A file that is unreadable,
 has the wrong shape or holds NaN or Inf is an :class:`InputError` naming the file (delete it and
@@ -175,6 +179,14 @@ def _labels_digest(labels: torch.Tensor, data: str) -> str:
     return hashlib.sha256(data.encode() + labels.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def _logits_digest(logits: torch.Tensor, weights: str, data: str) -> str:
+    """Digest of a logits tensor (dtype, shape, bytes) bound to the weights and data it came from:
+    logits edited after they were written no longer match it."""
+    tensor = logits.detach().to("cpu").contiguous()
+    header = f"{tensor.dtype}|{tuple(tensor.shape)}|{weights}|{data}|".encode()
+    return hashlib.sha256(header + tensor.flatten().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
 def read_cached_labels(run_path: str | os.PathLike, data_slice: DataSlice,
                        data: str | None = None) -> torch.Tensor | None:
     """The slice's cached labels ``(N,)`` (int64), or None when they are not cached yet, or (when
@@ -228,6 +240,13 @@ def read_cached_logits(run_path: str | os.PathLike, data_slice: DataSlice, membe
     if not torch.isfinite(logits).all():
         raise InputError(f"cache file {file} holds NaN or Inf logits; {_fix(file)} (if they come back, "
                          f"member {member}'s weights are broken: check or retrain it)")
+    if "logits" not in metadata:
+        return None  # written before logits digests: computed once more, with one
+    if metadata["logits"] != _logits_digest(logits, metadata["weights"], metadata.get("data", "")):
+        warnings.warn(f"cache file {file} holds logits that differ from those it recorded for member {member} on "
+                      f"{data_slice.dataset} {data_slice.name} (edited after it was written); recomputing them",
+                      stacklevel=2)
+        return None
     return logits
 
 
@@ -309,12 +328,10 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
     data = data_slice.digest(root)
     labels = read_cached_labels(run_path, data_slice, data)
     dataset = None
-    if labels is None:
+    new_labels = labels is None
+    if new_labels:
         dataset = _load_checked(data_slice, root, n_classes, normalize)
         labels = dataset.targets.clone()
-        _write(labels_path(run_path, data_slice), "labels", labels,
-               {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
-                "labels": _labels_digest(labels, data)})
     elif int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         file = labels_path(run_path, data_slice)
         raise InputError(f"cache file {file} holds labels {int(labels.min())}..{int(labels.max())} but the run "
@@ -326,6 +343,7 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
             cached[member] = logits
             weights[member] = file_digest(run_folder.member_path(run_path, member))
     missing = [member for member in members if member not in cached]
+    computed = torch.empty(0)
     if missing:
         if dataset is None:
             dataset = _load_checked(data_slice, root, n_classes, normalize)
@@ -337,16 +355,22 @@ def slice_logits(run_path: str | os.PathLike, data_slice: DataSlice, *, members:
         if computed.shape[-1] != n_classes:
             raise InputError(f"members {missing} of {run_path} output {computed.shape[-1]} classes but "
                              f"run.json says {n_classes}; fix num_classes in run.json or re-import the members")
-        for member, logits in zip(missing, computed):
-            if not torch.isfinite(logits).all():
-                raise InputError(f"member {member} of {run_path} gives NaN or Inf logits on {data_slice.dataset} "
-                                 f"{data_slice.name}; its weights are broken: retrain or re-import it")
-            cached[member] = logits
-            weights[member] = (member_weights(member) if member_weights is not None
-                               else file_digest(run_folder.member_path(run_path, member)))
-            _write(member_logits_path(run_path, data_slice, member), "logits", logits,
-                   {"weights": weights[member], "member": str(member), "data": data,
-                    "dataset": data_slice.dataset, "slice": data_slice.name})
+    # Written only now, once the members were built and ran: a model that cannot be built leaves nothing.
+    if new_labels:
+        _write(labels_path(run_path, data_slice), "labels", labels,
+               {"dataset": data_slice.dataset, "slice": data_slice.name, "data": data,
+                "labels": _labels_digest(labels, data)})
+    for member, logits in zip(missing, computed):
+        if not torch.isfinite(logits).all():
+            raise InputError(f"member {member} of {run_path} gives NaN or Inf logits on {data_slice.dataset} "
+                             f"{data_slice.name}; its weights are broken: retrain or re-import it")
+        cached[member] = logits
+        weights[member] = (member_weights(member) if member_weights is not None
+                           else file_digest(run_folder.member_path(run_path, member)))
+        _write(member_logits_path(run_path, data_slice, member), "logits", logits,
+               {"weights": weights[member], "member": str(member), "data": data,
+                "dataset": data_slice.dataset, "slice": data_slice.name,
+                "logits": _logits_digest(logits, weights[member], data)})
     dtype = functools.reduce(torch.promote_types, (cached[member].dtype for member in members))
     member_logits = torch.stack([cached[member].to(dtype) for member in members])
     return SliceLogits(data_slice, member_logits, labels, tuple(members), tuple(missing), data, weights)

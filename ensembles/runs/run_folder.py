@@ -42,6 +42,7 @@ import torch
 from filelock import FileLock
 
 from ensembles.models import checkpoints, inputs, zoo
+from ensembles.models.trust import UntrustedModelCode
 from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run_folder, write_json
 from landscape.errors import InputError
 
@@ -281,7 +282,12 @@ def data_root(config: Mapping, root, dataset: str | None = None) -> tuple[str | 
     return None, f"the data root the run was trained on ({recorded}, run.json data_path) is gone; the default is used"
 
 
-def build_member_model(config: Mapping) -> torch.nn.Module:
+def build_member_model(config: Mapping, *, trust_model_code: bool | None = None,
+                       source: str = RUN_FILE) -> torch.nn.Module:
+    """A fresh module of the run's architecture (run.json ``model``, ``model_args``,
+    ``model_input``). A model naming Python code (``module.path:callable``) is built only when
+    trusted (``trust_model_code``, else ``SHARPDIV_TRUST_MODEL_CODE``): a run folder from someone
+    else must not run code by being read. ``source`` names run.json in messages."""
     recorded = (config.get("versions") or {}) if isinstance(config.get("versions"), dict) else {}
     for library, installed in model_library_version(str(config["model"])).items():
         if recorded.get(library) not in (None, installed):
@@ -291,17 +297,31 @@ def build_member_model(config: Mapping) -> torch.nn.Module:
                           stacklevel=2)
     try:
         return zoo.build(config["model"], int(config["num_classes"]), model_input=config.get("model_input"),
-                         **config.get("model_args", {}))
+                         trust_model_code=trust_model_code, **config.get("model_args", {}))
+    except UntrustedModelCode as error:
+        raise UntrustedModelCode(f"{source}: {error}") from None
     except InputError as error:
-        raise InputError(f"run.json: {error}; fix model/model_args in run.json or recreate the run") from None
+        raise InputError(f"{source}: {error}; fix model/model_args in run.json or recreate the run") from None
     except (TypeError, ValueError) as error:  # an option of the right name but a wrong value
-        raise InputError(f"run.json: model {config['model']!r} cannot be built with model_args "
+        raise InputError(f"{source}: model {config['model']!r} cannot be built with model_args "
                          f"{config.get('model_args')} ({error}); fix model_args in run.json or recreate the run") from None
 
 
+def check_member_model(config: Mapping, *, trust_model_code: bool | None = None, source: str = RUN_FILE) -> None:
+    """The refusal :func:`build_member_model` would raise, without building the model: a command
+    calls it before it writes anything (:func:`ensembles.models.zoo.check_model`)."""
+    try:
+        zoo.check_model(config["model"], config.get("model_args"), trust_model_code=trust_model_code)
+    except UntrustedModelCode as error:
+        raise UntrustedModelCode(f"{source}: {error}") from None
+    except InputError as error:
+        raise InputError(f"{source}: {error}; fix model/model_args in run.json or recreate the run") from None
+
+
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None) -> Run:
-    """Load a run folder's finished members as modules in eval mode on ``device``."""
+             dtype: torch.dtype | None = None, *, trust_model_code: bool | None = None) -> Run:
+    """Load a run folder's finished members as modules in eval mode on ``device``; a model that
+    names Python code only with ``trust_model_code`` (see :func:`build_member_model`)."""
     path = Path(path)
     config = read_config(path)
     indices = finished_members(config)
@@ -312,7 +332,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
                          "weights were left out, so nothing can be measured on it; measure the original run folder")
     members, digests = [], {}
     for index in indices:
-        model = build_member_model(config)
+        model = build_member_model(config, trust_model_code=trust_model_code, source=str(path / RUN_FILE))
         digests[index] = _member_digest(path, index)
         state = load_member_state(path, index)
         if _member_digest(path, index) != digests[index]:
@@ -341,6 +361,20 @@ def scope_members(scope: str, config: Mapping) -> list[int]:
     if match := re.fullmatch(r"pair-(\d+)-(\d+)", scope):
         return [int(match.group(1)), int(match.group(2))]
     return done
+
+
+def stopping(config: Mapping, scope: str) -> dict:
+    """How the members a scope reads stopped training to a criterion: ``stop_epoch`` (the largest
+    of them) and ``reached_criterion`` (whether all of them met it), as run.json records each member;
+    ``{}`` when a member of the scope has no such record (a run trained without a criterion, an
+    imported or older run), so its rows read as they always did."""
+    entries = {member.get("index"): member for member in config.get("members", [])}
+    chosen = [entries.get(index, {}) for index in scope_members(scope, config)]
+    if not chosen or any(entry.get("stop_epoch") is None or entry.get("reached_criterion") is None
+                         for entry in chosen):
+        return {}
+    return {"stop_epoch": max(int(entry["stop_epoch"]) for entry in chosen),
+            "reached_criterion": all(bool(entry["reached_criterion"]) for entry in chosen)}
 
 
 def _member_digest(path: Path, index: int, config: Mapping | None = None) -> str:

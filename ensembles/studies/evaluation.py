@@ -41,6 +41,7 @@ from tqdm import tqdm
 from ensembles.data import datasets
 from ensembles.runs import run_folder
 from ensembles.runs.logit_cache import DataSlice, dataset_label, slice_logits
+from ensembles.studies import options
 from landscape import calibration, diversity, ensemble
 from landscape._checks import positive_int
 from landscape.errors import InputError
@@ -408,11 +409,33 @@ def _same_weights(path: Path, seen: dict[int, str], new: Mapping[int, str]) -> N
                              "come from other weights than those just read); no rows were stored: run it again")
 
 
-def _check_options(combine: str, n_bins: int, batch_size: int) -> None:
-    if combine not in COMBINE_MODES:
-        raise InputError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    positive_int("n_bins", n_bins)
-    positive_int("batch_size", batch_size)
+def _fits(check, value) -> bool:
+    try:
+        check(value)
+    except (InputError, TypeError):
+        return False
+    return True
+
+
+def _severities(value) -> bool:
+    """Whether ``value`` is a non-empty list of severities (:func:`ensembles.data.datasets.check_severity`)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return False
+    chosen = list(value)
+    return bool(chosen) and all(_fits(datasets.check_severity, severity) for severity in chosen)
+
+
+#: Every option of :func:`evaluate_runs` and the rule its value must meet
+#: (:mod:`ensembles.studies.options`); which corruptions a ``-C`` folder holds is checked on the disk.
+OPTION_RULES = {
+    "corruptions": options.names("corruption names, or all or none"),
+    "severities": options.Rule(lambda value: _severities(value), "a list of integers in 1..5, each a corruption severity"),
+    "combine": options.choice(COMBINE_MODES),
+    "n_bins": options.whole(1),
+    "batch_size": options.whole(1),
+    "splits": options.Rule(lambda value: _fits(_clean_splits, value),
+                           f"a list of clean splits ({', '.join(datasets.SPLITS)}) or a comma-separated text"),
+}
 
 
 @dataclass(frozen=True)
@@ -433,6 +456,8 @@ def _plan_run(path: Path, *, dataset, root, corruptions, severities, splits=CLEA
     members = run_folder.finished_members(config)
     if not members:
         raise InputError(f"{path} has no finished members yet; train or import them first")
+    # A model that cannot be built (unknown, untrusted code, bad model_args) is refused before any write.
+    run_folder.check_member_model(config, source=str(path / run_folder.RUN_FILE))
     label = dataset or config["dataset"]
     root, root_note = run_folder.data_root(config, root, dataset)
     slices = evaluation_slices(label, root, corruptions, severities, splits)
@@ -484,7 +509,8 @@ def evaluate_runs(paths: Iterable[str | os.PathLike], *, dataset: str | None = N
     checked (severities, corruption names, the ``-C`` folder) before the first forward pass, and rows
     are written only after every run succeeded.
     """
-    _check_options(combine, n_bins, batch_size)
+    options.check_options(OPTION_RULES, {name: value for name, value in locals().items() if name in OPTION_RULES},
+                          str)
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no run folders given; pass at least one RUN folder")

@@ -38,11 +38,16 @@ error of that mean over members, ``std(values, ddof=1)/√M`` (NaN for one membe
 spread of the members, the quantity an ensemble-level comparison needs; the members' own
 (batch or probe) standard errors are not propagated, since all members share the batches and their
 errors are not independent.
+Connectivity's ``connectivity/q_bar`` is the same over member pairs: the mean of the pairs' ``q``
+with ``std(ddof=1)/√P`` over the ``P`` pairs.
 
 Shape. Each ``measure_*`` checks its input for every run and plans one ``_Study`` per run (its
 tasks, how a stored result is found, how one task is computed, its ensemble means and summary);
 ``_measure_run`` is the one skeleton they share: reuse stored results → compute the missing tasks
-→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize.
+→ store their rows (finite, with the weights' digests) → store the ensemble means → summarize. A
+stored result may come with rows that a newer version of the measurement adds and that follow from
+the stored rows alone (``_Derived``: connectivity's ``q`` of a stored path); those are stored first,
+tied to the digests of the files the stored rows were measured on.
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ from ensembles.models import permutation_specs
 from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path, file_digest
 from ensembles.runs.logit_cache import dataset_label
+from ensembles.studies import options
 from landscape import alignment, connectivity, fisher, hessian, sharpness
 from landscape._checks import positive_int, select_parameters
 from landscape.errors import InputError, NonFiniteError
@@ -89,6 +95,8 @@ LOSS = F.cross_entropy
 #: ``alpha``, ``rank`` and the grid indices of densities and planes, and the computed places that rows
 #: written before the indices were keyed by (``eigenvalue``, ``u``, ``v``; now location columns).
 AXIS_COLUMNS = ("alpha", "rank", "grid_index", "u_index", "v_index", "eigenvalue", "u", "v")
+#: The pair connectivity of a path (:func:`landscape.connectivity.pair_connectivity`): accuracy and loss form.
+Q_METRICS = ("connectivity/q", "connectivity/q_loss")
 #: Two α closer than this are one point of a path: rows written before α was computed exactly hold
 #: ``torch.linspace``'s values, an ulp off on some CPUs; grid points are ≥ 1e-6 apart up to a million α.
 ALPHA_TOLERANCE = 1e-9
@@ -125,11 +133,13 @@ class _StoredRows:
 
     def __init__(self, path: Path):
         table = run_folder.read_results(path, current_only=True)
-        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr"]
+        columns = ["scope", "metric", "dataset", "split", "corruption", "settings", "data", "value", "stderr",
+                   "weights"]
         self._rows: dict[tuple, list[tuple[dict, float, float]]] = defaultdict(list)
+        self._weights: dict[str, str] = {}
         if table.empty:
             return
-        for scope, metric, dataset, split, corruption, text, data, value, stderr in \
+        for scope, metric, dataset, split, corruption, text, data, value, stderr, weights in \
                 table.reindex(columns=columns).itertuples(index=False):
             if isinstance(corruption, str):
                 continue  # these measurements are on clean splits only
@@ -140,6 +150,7 @@ class _StoredRows:
             key = (scope, metric, dataset, split, run_folder.canonical_settings(settings),
                    data if isinstance(data, str) else None)
             self._rows[key].append((axes, float(value), float(stderr)))
+            self._weights[scope] = weights  # current rows: the digest of the scope's files when read
 
     def get(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> list[tuple[dict, float, float]]:
         """``[(axes, value, stderr), ...]`` of the stored rows of one measurement."""
@@ -151,6 +162,10 @@ class _StoredRows:
     def value(self, scope: str, metric: str, where: Mapping, settings: Mapping) -> float | None:
         rows = self.get(scope, metric, where, settings)
         return rows[-1][1] if rows else None
+
+    def weights(self, scope: str) -> str | None:
+        """The weights digest (:func:`run_folder.weights_digest`) the scope's stored rows belong to."""
+        return self._weights.get(scope)
 
 
 def _whole_grid(rows: Sequence[tuple[dict, float, float]], index_columns: Sequence[str],
@@ -166,6 +181,11 @@ def _whole_grid(rows: Sequence[tuple[dict, float, float]], index_columns: Sequen
     placed = {tuple(float(axes[c]) for c in location_columns) for axes, _, _ in rows
               if index_columns[0] not in axes and all(c in axes for c in location_columns)}
     return len(placed) == math.prod(shape)
+
+
+def _point(rows: Sequence[tuple[dict, float, float]], alpha: float) -> float:
+    """The value of the newest stored row at ``alpha`` (within :data:`ALPHA_TOLERANCE`)."""
+    return [value for axes, value, _ in rows if abs(float(axes["alpha"]) - alpha) <= ALPHA_TOLERANCE][-1]
 
 
 def _covers(stored: Sequence[float], wanted: np.ndarray) -> bool:
@@ -338,6 +358,18 @@ def _where(splits: _Splits, run: _RunInput, split: str) -> dict:
 # the skeleton every measurement shares
 
 
+@dataclass(frozen=True)
+class _Derived:
+    """A task found stored, with rows a newer version of the measurement adds, computed from the
+    stored rows alone (no model is loaded): ``rows``, the task's ``result``, and ``weights``, the
+    digests of the member files those stored rows belong to (the new rows are stored with them, and
+    not at all if a file has changed since)."""
+
+    rows: list[dict]
+    result: Any
+    weights: Mapping[int, str]
+
+
 class _Refused(Exception):
     """A task's result is not finite; ``row`` names it (scope, metric, settings), ``reason`` says why."""
 
@@ -379,7 +411,8 @@ class _Study:
         raise NotImplementedError
 
     def lookup(self, stored: _StoredRows, task):
-        """The task's stored result, or ``None``: measure it."""
+        """The task's stored result, or ``None``: measure it (or a :class:`_Derived`: stored, with rows
+        to add that are computed from the stored ones)."""
         raise NotImplementedError
 
     def compute(self, models: _Members, task) -> tuple[list[dict], Any]:
@@ -403,12 +436,18 @@ def _measure(studies: Sequence[_Study], device, dtype, progress: bool) -> list[M
 
 
 def _measure_run(study: _Study, models: _Members, progress: bool) -> Measurement:
-    """Reuse stored results → compute the missing tasks → store each group's rows (finite, with the
-    digests of the weights as read) → store the ensemble means → summarize."""
+    """Reuse stored results (storing the rows derived from them) → compute the missing tasks → store
+    each group's rows (finite, with the digests of the weights as read) → store the ensemble means →
+    summarize."""
     stored, tasks = _StoredRows(study.path), study.tasks()
     results = {task: study.lookup(stored, task) for task in tasks}
+    derived = {task: found for task, found in results.items() if isinstance(found, _Derived)}
+    results.update({task: found.result for task, found in derived.items()})
     missing = [task for task in tasks if results[task] is None]
     written: list[dict] = []
+    derived_from = _same_weights(found.weights for found in derived.values())
+    if derived:
+        _append_finite(study.path, [row for found in derived.values() for row in found.rows], written, derived_from)
     with _progress(len(missing), study.path.name, study.unit, progress) as bar:
         for _, group in itertools.groupby(missing, key=study.group):
             rows = []
@@ -424,10 +463,21 @@ def _measure_run(study: _Study, models: _Members, progress: bool) -> Measurement
              if any(task in missing for task in mean.tasks)
              or not stored.get("ensemble", mean.metric, study.where, {**mean.settings, "aggregate": "mean"})]
     if means:
-        _append_finite(study.path, means, written, models.weights)
+        _append_finite(study.path, means, written, _same_weights([derived_from, models.weights or {}]) or None)
     return Measurement(study.path, tuple(map(study.name, missing)),
                        tuple(study.name(task) for task in tasks if task not in missing), written,
                        tuple(study.summary(results, missing)))
+
+
+def _same_weights(digests: Iterable[Mapping[int, str]]) -> dict[int, str]:
+    """One map of member digests from several reads, refused when a member was read as two files."""
+    merged: dict[int, str] = {}
+    for read in digests:
+        for index, digest in read.items():
+            if merged.setdefault(index, digest) != digest:
+                raise InputError(f"member {index} changed during the measurement (its stored rows and the weights "
+                                 "loaded now differ); no rows of it were stored: run the command again")
+    return merged
 
 
 def _mean_row(where: Mapping, mean: _Mean, results: Mapping) -> dict:
@@ -476,13 +526,8 @@ def _sharpness_settings(kind: str, rho: float, m: int, n_batches: int, seed: int
 
 
 def _radii(rhos) -> list[float]:
-    """The distinct radii, in order, each finite and > 0."""
+    """The distinct radii, in order (checked by the rule of ``rhos``: each finite and > 0)."""
     rhos = [rhos] if isinstance(rhos, (int, float)) else list(rhos)
-    if not rhos:
-        raise InputError("no radius given; pass --rho R or a comma list R1,R2")
-    for rho in rhos:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
-            raise InputError(f"--rho must be finite and > 0, got {rho!r}; e.g. --rho 0.5 or --rho 0.25,0.5")
     return list(dict.fromkeys(float(rho) for rho in rhos))
 
 
@@ -509,22 +554,9 @@ def measure_sharpness(paths: Iterable[str | os.PathLike], *, dataset: str | None
     ``benchmarks/bench_ascent.py``), so reference rows carry the setting ``ascent=reference`` and
     are never read as APGD's.
     """
-    if kind not in ("worst", "average"):
-        raise InputError(f"unknown --kind {kind!r}; choose worst or average")
-    if norm not in ("l2", "linf"):
-        raise InputError(f"unknown --norm {norm!r}; choose l2 or linf")
-    if ascent not in ASCENTS:
-        raise InputError(f"unknown --ascent {ascent!r}; choose apgd or reference")
-    if ascent == "reference" and kind != "worst":
-        raise InputError("--ascent reference applies to the worst case only; drop it or use --kind worst")
-    rhos = _radii(rhos)
-    m, n_batches = positive_int("--batch-size", m), positive_int("--n-batches", n_batches)
-    n_iters, n_restarts = positive_int("--n-iters", n_iters), positive_int("--n-restarts", n_restarts)
-    n_draws = positive_int("--n-samples", n_samples)
-    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
-    exclude = tuple(exclude or ())
-    for rho in rhos:  # a radius the models' dtype cannot hold is refused before any work
-        sharpness.check_radius(rho, norm, kind, dtype or torch.get_default_dtype())
+    _check_measure_options("sharpness", locals())
+    rhos, n_draws = _radii(rhos), n_samples
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
     splits = _Splits(root)
     runs = []
     for run in _run_inputs(paths, dataset, split, splits):
@@ -589,13 +621,13 @@ class _Sharpness(_Study):
         model, settings = models[index], self.settings(rho)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.seed)
         if self.kind == "worst":
-            measure, options = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
+            measure, extra = sharpness.worst_case_sharpness, {"n_iters": self.n_iters, "n_restarts": self.n_restarts,
                                                                 "reference_ascent": self.ascent == "reference"}
         else:
-            measure, options = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
+            measure, extra = sharpness.average_case_sharpness, {"n_draws": self.n_draws}
         try:
             result = measure(model, LOSS, self.batches, rho, self.norm, self.adaptive, exclude=self.exclude or None,
-                             chunk_size=self.chunk_size, generator=generator, **options)
+                             chunk_size=self.chunk_size, generator=generator, **extra)
         except NonFiniteError as error:
             raise _Refused({"scope": scope, "metric": self.metric, **settings}, str(error)) from None
         rows = [{"scope": scope, "metric": self.metric, "value": result.value, "stderr": result.stderr,
@@ -650,18 +682,8 @@ def measure_hessian(paths: Iterable[str | os.PathLike], *, dataset: str | None =
     Samples: the first ``n_examples`` (default ``min(1024, N)``) of a permutation seeded by
     ``seed``, which also seeds the probes and the Lanczos starts.
     """
-    if method not in hessian.TRACE_METHODS:
-        raise InputError(f"unknown --method {method!r}; choose {' or '.join(hessian.TRACE_METHODS)}")
-    eigenvalues = positive_int("--eigenvalues", eigenvalues, minimum=0)
-    trace = (not eigenvalues and not density) if trace is None else bool(trace)
-    if not (trace or eigenvalues or density):
-        raise InputError("nothing to measure; pass --trace, --eigenvalues K and/or --density")
-    n_probes = positive_int("--n-probes", n_probes, minimum=3 if method == "hutch++" else 1)
-    batch_size = positive_int("--batch-size", batch_size)
-    lanczos_steps = positive_int("lanczos_steps", lanczos_steps, minimum=max(eigenvalues, 1))
-    density_runs = positive_int("density_runs", density_runs)
-    density_grid = positive_int("density_grid", density_grid, minimum=2)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
+    _check_measure_options("hessian", locals())
+    trace = _hessian_trace_asked(trace, eigenvalues, density)
     splits = _Splits(root)
     runs = [(run, _example_count("--n-examples", n_examples, run.images, HESSIAN_EXAMPLES))
             for run in _run_inputs(paths, dataset, split, splits)]
@@ -806,9 +828,7 @@ def measure_fisher(paths: Iterable[str | os.PathLike], *, dataset: str | None = 
     default) and ``fisher/max``, setting ``n_examples``. A member is measured again when its rows
     or its array are missing, or when the array does not match the stored mean.
     """
-    batch_size = positive_int("--batch-size", batch_size)
-    chunk_size = positive_int("--chunk-size", chunk_size, optional=True)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
+    _check_measure_options("fisher", locals())
     splits = _Splits(root)
     runs = [(run, _example_count("--n-examples", n_examples, run.images))
             for run in _run_inputs(paths, dataset, split, splits)]
@@ -880,12 +900,12 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 ALIGNMENTS = ("none", "weight", "activation")
 
 
-def _alignments(align: str | Sequence[str]) -> list[str]:
+def _alignments(align: str | Sequence[str], name: str = "--align") -> list[str]:
     kinds = [align] if isinstance(align, str) else list(align)
     kinds = [part.strip() for kind in kinds for part in str(kind).split(",") if part.strip()]
     unknown = [kind for kind in kinds if kind not in ALIGNMENTS]
     if unknown or not kinds:
-        raise InputError(f"--align {','.join(unknown) or repr(align)}: use none, weight or activation "
+        raise InputError(f"{name} {','.join(unknown) or repr(align)}: use none, weight or activation "
                          "(a comma list such as weight,none measures each)")
     return list(dict.fromkeys(kinds))
 
@@ -923,7 +943,15 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
 
     Per pair ``i < j`` (scope ``pair-<i>-<j>``): ``connectivity/loss`` and ``connectivity/accuracy``
     at each of ``alphas`` evenly spaced ``α`` in [0, 1] (column ``alpha``), ``connectivity/barrier``
-    and ``connectivity/barrier_alpha`` (setting ``alphas``); every row has ``bn_mode``. With
+    and ``connectivity/barrier_alpha``, and the pair connectivity ``connectivity/q`` and
+    ``connectivity/q_loss`` of that path (:func:`landscape.connectivity.pair_connectivity`: our
+    reconstruction of Lion et al. 2024's ``q_pair``, whose exact formula could not be recovered),
+    all with the setting ``alphas``; per ensemble (scope ``ensemble``, ``aggregate="mean"``)
+    ``connectivity/q_bar`` and ``connectivity/q_loss_bar``, their means over the pairs, with
+    ``stderr = std(ddof=1)/√P`` over the ``P`` pairs (a spread: pairs share members, so it is no
+    sampling error). Every row has ``bn_mode``. Tables stored before ``q`` existed keep their
+    paths and barriers: their ``q`` rows are computed from the stored path rows (the ``alphas`` points
+    of the same settings, data and weights) when those are whole, else the pair is measured again. With
     ``plane``: ``plane/loss`` and ``plane/accuracy`` on a ``grid`` x ``grid`` grid (scope
     ``ensemble``, keyed by ``u_index``, ``v_index``; scope ``member-<i>`` at each member's own
     position), with the coordinates, computed from the members' weights, in the location columns
@@ -946,11 +974,8 @@ def measure_connectivity(paths: Iterable[str | os.PathLike], *, dataset: str | N
     (a random permutation must leave the outputs unchanged), and a model whose groups cannot be
     derived is refused, before anything is measured.
     """
+    _check_measure_options("connectivity", locals())
     alignments = _alignments(align)
-    alphas, grid = positive_int("--alphas", alphas, minimum=2), positive_int("--grid", grid, minimum=2)
-    batch_size, chunk_size = positive_int("--batch-size", batch_size), positive_int("--chunk-size", chunk_size)
-    bn_examples = positive_int("--bn-examples", bn_examples, minimum=2)
-    n_examples = positive_int("--n-examples", n_examples, optional=True)
     splits = _Splits(root)
     studies = []
     for run in _run_inputs(paths, dataset, split, splits):
@@ -1024,6 +1049,7 @@ class _Connectivity(_Study):
             if self.alignment == "activation":
                 self.curve_settings.update(align_examples=bn_count)
                 self.align_batches = samples
+        self._digests: dict[int, str] = {}  # member files digested to tie rows derived from stored ones
         if self.alignment != "none":  # pairs are aligned to member 0: one reference for the whole ensemble
             # (unaligned rows keep the settings they always had, so stored ones are still reused)
             # an aligned pair's numbers depend on the reference's weights too, which its scope does not read
@@ -1053,9 +1079,38 @@ class _Connectivity(_Study):
         ends = [stored.value(scope, metric, self.where, self.barrier_settings)
                 for metric in ("connectivity/barrier", "connectivity/barrier_alpha")]
         wanted = connectivity.evenly_spaced_alphas(self.alphas).numpy()
-        curves = [[float(axes["alpha"]) for axes, _, _ in stored.get(scope, metric, self.where, self.curve_settings)]
+        curves = [stored.get(scope, metric, self.where, self.curve_settings)
                   for metric in ("connectivity/loss", "connectivity/accuracy")]
-        return tuple(ends) if None not in ends and all(_covers(curve, wanted) for curve in curves) else None
+        if None in ends or not all(_covers([float(axes["alpha"]) for axes, _, _ in curve], wanted) for curve in curves):
+            return None
+        qs = [stored.value(scope, metric, self.where, self.barrier_settings) for metric in Q_METRICS]
+        if None not in qs:
+            return (*ends, *qs)
+        return self._q_of_stored_path(stored, task, tuple(ends), curves, wanted)
+
+    def _q_of_stored_path(self, stored: _StoredRows, task, ends: tuple, curves, wanted: np.ndarray):
+        """The q rows of a pair whose path and barrier are stored without them (a table written before
+        q existed): computed from the stored points at exactly the ``alphas`` grid, tied to the files
+        those rows were measured on; ``None`` (measure it) when the files have changed since."""
+        scope = self.name(task)
+        read = {index: self._digest(index) for index in task}
+        if run_folder.weights_digest(self.path, scope, None, read) != stored.weights(scope):
+            return None
+        loss, accuracy = (torch.tensor([_point(curve, alpha) for alpha in wanted], dtype=torch.float64)
+                          for curve in curves)
+        path = connectivity.Interpolation(alphas=torch.from_numpy(wanted), loss=loss, accuracy=accuracy,
+                                          bn_mode=self.bn_mode)
+        pair = connectivity.pair_connectivity(path)
+        return _Derived(self._q_rows(scope, pair), (*ends, pair.q, pair.q_loss), read)
+
+    def _digest(self, index: int) -> str:
+        if index not in self._digests:
+            self._digests[index] = file_digest(run_folder.member_path(self.path, index))
+        return self._digests[index]
+
+    def _q_rows(self, scope: str, pair: connectivity.PairConnectivity) -> list[dict]:
+        return [{"scope": scope, "metric": metric, "value": value, **self.where, **self.barrier_settings}
+                for metric, value in zip(Q_METRICS, (pair.q, pair.q_loss))]
 
     def _members(self, models: _Members):
         if self.alignment == "none":
@@ -1086,7 +1141,13 @@ class _Connectivity(_Study):
                   **self.where, **self.barrier_settings},
                  {"scope": scope, "metric": "connectivity/barrier_alpha", "value": barrier.alpha,
                   **self.where, **self.barrier_settings}]
-        return rows, (barrier.value, barrier.alpha)
+        pair = connectivity.pair_connectivity(curve)
+        return rows + self._q_rows(scope, pair), (barrier.value, barrier.alpha, pair.q, pair.q_loss)
+
+    def means(self) -> list[_Mean]:
+        pairs = [task for task in self.tasks() if task != "plane"]
+        return [_Mean(metric, self.barrier_settings, pairs, operator.itemgetter(position))
+                for metric, position in (("connectivity/q_bar", 2), ("connectivity/q_loss_bar", 3))]
 
     def _plane(self, models: _Members) -> list[dict]:
         surface = connectivity.plane([models[i] for i in self.members[:3]], LOSS, self.batches, grid=self.grid,
@@ -1114,9 +1175,85 @@ class _Connectivity(_Study):
                  f"{self.count} samples, {self.alphas} alphas, BatchNorm {self.bn_mode}, alignment {self.alignment}"
                  + (f" (to member {self.members[0]})" if self.alignment != "none" else "") + ": "
                  f"{len(measured)} pairs measured now, {len(pairs) - len(measured)} stored",
-                 f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}"]
-        lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}" for i, j in pairs]
+                 f"  {'pair':<12}{'barrier':>12}{'at alpha':>10}{'q':>10}{'q_loss':>10}"]
+        lines += [f"  {f'{i}-{j}':<12}{results[i, j][0]:>12.4g}{results[i, j][1]:>10.3g}{results[i, j][2]:>10.4g}"
+                  f"{results[i, j][3]:>10.4g}" for i, j in pairs]
+        q_bar, spread = _mean_over_members([results[pair][2] for pair in pairs])
+        lines.append(f"  q̄ = {_format(q_bar, spread)} over {len(pairs)} pairs (q: the worst fraction of the chord "
+                     "between the ends' accuracies the path keeps; our reconstruction of Lion et al. 2024's q_pair)")
         if self.plane:
             lines.append(f"  plane through members {', '.join(map(str, self.members[:3]))}: {self.grid}x{self.grid} "
                          "grid " + ("measured now" if "plane" in missing else "stored"))
         return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# options: one rule each, for the command line, Python and sweep files alike
+
+
+def _option_rules() -> dict[str, dict[str, options.Rule]]:
+    """Every option of each ``measure_*`` function and the rule its value must meet
+    (:mod:`ensembles.studies.options`); cross-option checks are :func:`check_combinations`."""
+    split = options.choice(datasets.SPLITS)
+    examples = options.whole(1).optional()
+    return {
+        "sharpness": {"split": split, "kind": options.choice(("worst", "average")),
+                      "norm": options.choice(("l2", "linf")), "adaptive": options.boolean(), "rhos": options.radii(),
+                      "m": options.whole(1), "n_batches": options.whole(1), "seed": options.integer(),
+                      "n_iters": options.whole(1), "n_restarts": options.whole(1), "n_samples": options.whole(1),
+                      "exclude": options.patterns().optional(), "chunk_size": options.whole(1).optional(),
+                      "ascent": options.choice(ASCENTS)},
+        "hessian": {"split": split, "n_examples": examples, "batch_size": options.whole(1),
+                    "trace": options.boolean().optional(), "eigenvalues": options.whole(0),
+                    "density": options.boolean(), "n_probes": options.whole(1),
+                    "method": options.choice(hessian.TRACE_METHODS), "seed": options.integer(),
+                    "lanczos_steps": options.whole(1), "density_runs": options.whole(1),
+                    "density_grid": options.whole(2)},
+        "fisher": {"split": split, "n_examples": examples, "batch_size": options.whole(1),
+                   "chunk_size": options.whole(1).optional()},
+        "connectivity": {"split": split, "n_examples": examples, "alphas": options.whole(2),
+                         "plane": options.boolean(), "grid": options.whole(2), "bn_reset": options.boolean(),
+                         "bn_examples": options.whole(2), "batch_size": options.whole(1), "seed": options.integer(),
+                         "chunk_size": options.whole(1), "align": options.names("alignment kinds")},
+    }
+
+
+OPTION_RULES = _option_rules()
+#: Options whose command-line flag is not ``--`` + their name.
+_FLAGS = {"m": "--batch-size", "rhos": "--rho"}
+
+
+def check_combinations(command: str, chosen: Mapping, dtype: torch.dtype | None = None,
+                       name: Callable[[str], str] = functools.partial(options.flag, renamed=_FLAGS)) -> None:
+    """The checks of a measurement that involve more than one option (each option already meets
+    its rule); ``chosen`` holds every option (:data:`OPTION_RULES`), ``name(option)`` spells one
+    in messages (default: its command-line flag)."""
+    if command == "sharpness":
+        if chosen["ascent"] == "reference" and chosen["kind"] != "worst":
+            raise InputError(f"{name('ascent')} reference applies to the worst case only; drop it or use "
+                             f"{name('kind')} worst")
+        for rho in _radii(chosen["rhos"]):  # a radius the models' dtype cannot hold is refused before any work
+            sharpness.check_radius(rho, chosen["norm"], chosen["kind"], dtype or torch.get_default_dtype())
+    elif command == "hessian":
+        eigenvalues = chosen["eigenvalues"]
+        if not (_hessian_trace_asked(chosen["trace"], eigenvalues, chosen["density"]) or eigenvalues
+                or chosen["density"]):
+            raise InputError(f"nothing to measure; ask for {name('trace')}, {name('eigenvalues')} K and/or "
+                             f"{name('density')}")
+        positive_int(name("n_probes"), chosen["n_probes"], minimum=3 if chosen["method"] == "hutch++" else 1)
+        positive_int(name("lanczos_steps"), chosen["lanczos_steps"], minimum=max(eigenvalues, 1))
+    elif command == "connectivity":
+        _alignments(chosen["align"], name("align"))
+
+
+def _check_measure_options(command: str, given: Mapping) -> None:
+    """The options among ``given`` (a ``measure_*`` function's arguments), each by its rule, named
+    by its command-line flag; then their combinations."""
+    chosen = {name: given[name] for name in OPTION_RULES[command]}
+    options.check_options(OPTION_RULES[command], chosen, lambda name: options.flag(name, _FLAGS))
+    check_combinations(command, chosen, given.get("dtype"))
+
+
+def _hessian_trace_asked(trace: bool | None, eigenvalues: int, density: bool) -> bool:
+    """``trace`` when given, else True when nothing else is asked (the trace is the default)."""
+    return (not eigenvalues and not density) if trace is None else bool(trace)

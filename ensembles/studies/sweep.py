@@ -103,6 +103,7 @@ depend on ``reports``): the CLI builds them over :func:`sweep_runs`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import itertools
@@ -142,6 +143,8 @@ __all__ = [
     "expand_grid",
     "group_runs",
     "parse_sweep",
+    "check_before_running",
+    "check_library_models",
     "plan_table",
     "read_log",
     "read_sweep",
@@ -472,9 +475,35 @@ def _parse_measurements(section, source: str, text: str) -> list[Measure]:
                     raise InputError(f"{_where(source, text, 'measure.' + command, key)}: unknown option {key!r} of "
                                      f"{command}; choose from {', '.join(shown)}")
                 options[name] = tuple(value) if isinstance(value, list) else value
+            _check_measure_options(command, options, source, text)
             chosen.append(Measure(command, options))
     order = {command: position for position, command in enumerate(MEASUREMENTS)}
     return sorted(chosen, key=lambda measure: order[measure.command])
+
+
+def _check_measure_options(command: str, options: Mapping, source: str, text: str) -> None:
+    """Each option by the rule the measurement itself applies (:mod:`ensembles.studies.options`),
+    named by the sweep file's own key and line; then their combinations, named by the table. So
+    ``sweep plan`` refuses what the measurement would refuse after the training."""
+    from ensembles.studies import evaluation, measurements
+    from ensembles.studies.options import check_options
+
+    section = f"measure.{command}"
+    rules = evaluation.OPTION_RULES if command == "evaluate" else measurements.OPTION_RULES[command]
+
+    def key(name: str) -> str:
+        return "rho" if (command, name) == ("sharpness", "rhos") else name
+
+    check_options(rules, options, lambda name: _where(source, text, section, key(name)), _shown)
+    if command == "evaluate":
+        return
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(_measurement_function(command)).parameters.items() if name in rules}
+    try:
+        measurements.check_combinations(command, {**defaults, **options}, name=key)
+    except InputError as error:
+        line = _line_of(text, section, "") if text else None
+        raise InputError(f"{source}: [{section}]{f' (line {line})' if line else ''}: {error}") from None
 
 
 def _text(value) -> str:
@@ -680,6 +709,26 @@ def _linked(jobs: Sequence[Job], source: str) -> list[Job]:
     for job in linked:
         visit(job.name, [])
     return linked
+
+
+def _model_options(settings) -> dict:
+    """The keyword arguments the trainer builds the job's model with (``width`` is one of them)."""
+    return {**(settings.model_args or {}), **({} if settings.width is None else {"width": settings.width})}
+
+
+def check_library_models(sweep: Sweep) -> None:
+    """Every job's zoo, torchvision or timm model and its options (names, types), checked without
+    data or trust, so ``sweep plan`` refuses what training would; a model that names Python code
+    is checked when the sweep runs, where the user can trust it (:func:`check_before_running`)."""
+    from ensembles.models import external, zoo
+
+    for job in sweep.jobs:
+        model = job.settings.model
+        if ":" not in model or model.partition(":")[0] in external.ROUTES:
+            try:
+                zoo.check_model(model, _model_options(job.settings))
+            except InputError as error:
+                raise InputError(f"{sweep.source}: job {job.name}: {error}") from None
 
 
 def plan_table(sweep: Sweep):
@@ -964,16 +1013,21 @@ class SweepJob(_Checkpointable):
     checkpoints each epoch, measurements keep their rows), the requeued job continues the work."""
 
     def __init__(self, job: Job, root: str, measurements: Sequence[Measure], data_path=None, device="auto",
-                 threads: int | None = None):
+                 threads: int | None = None, trust_model_code: bool = False):
         self.job, self.root, self.measurements = job, str(root), tuple(measurements)
         self.data_path, self.device, self.threads = data_path, device, threads
+        # the user's opt-in travels with the job: a cluster node need not share the environment
+        self.trust_model_code = trust_model_code
 
     def __call__(self) -> JobOutcome:
+        from ensembles.models.trust import trusting_model_code
+
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        return run_job(self.job, self.root, self.measurements, data_path=self.data_path, device=self.device)
+        with trusting_model_code() if self.trust_model_code else contextlib.nullcontext():
+            return run_job(self.job, self.root, self.measurements, data_path=self.data_path, device=self.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1097,10 +1151,38 @@ class SweepResult:
     waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+def check_before_running(sweep: Sweep, data_path=None, *, trust_model_code: bool | None = None) -> None:
+    """What would stop a job after it started, checked before anything is created: each job's
+    dataset is on disk (under ``data_path``), its model can be built (a known name, options of
+    the builder's types; code a model names only when trusted) and the corrupted data its
+    evaluation names is there. What the sweep file alone decides was checked when it was read."""
+    from ensembles.data import datasets
+    from ensembles.models import zoo
+    from ensembles.studies.evaluation import evaluation_slices
+
+    checked = set()
+    for job in sweep.jobs:
+        settings = job.settings
+        root = data_path if data_path is not None else settings.data_path
+        try:
+            if (settings.dataset, root) not in checked:
+                checked.add((settings.dataset, root))
+                datasets.load_dataset(settings.dataset, root, "train")  # as training starts: its message if missing
+                for measure in sweep.measurements:
+                    if measure.command == "evaluate":
+                        evaluation_slices(settings.dataset, root, **{key: value for key, value in
+                                                                     measure.options.items()
+                                                                     if key in ("corruptions", "severities", "splits")})
+            zoo.check_model(settings.model, _model_options(settings), trust_model_code=trust_model_code)
+        except InputError as error:
+            raise InputError(f"{sweep.source}: job {job.name}: {error}") from None
+
+
 def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local", jobs: int = 1, retries: int = 1,
               cluster: ClusterRequest | None = None, data_path=None, device: str = "auto", wait: bool = True,
               progress: bool = False, echo: Callable[[str], None] | None = None,
-              poll_seconds: float = 2.0, threads: int | None = None) -> SweepResult:
+              poll_seconds: float = 2.0, threads: int | None = None,
+              trust_model_code: bool | None = None) -> SweepResult:
     """Run every job of ``sweep`` into ``root`` with ``executor`` (local, slurm or debug).
 
     ``jobs`` bounds how many run at once (local: processes, each on its own GPU when there are
@@ -1110,6 +1192,10 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a job
     whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
     runs to read are finished and returns; the others wait for the next call.
+    ``trust_model_code`` (None: ``SHARPDIV_TRUST_MODEL_CODE``) lets models that name Python code be
+    built, here and in every job. ``sharpdiv sweep run`` calls :func:`check_before_running` first,
+    so a sweep whose data or models are missing creates nothing; here a job that lacks them fails
+    alone, and its dependents are skipped.
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -1127,9 +1213,13 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
             if not _finished(root / folder):
                 raise InputError(f"{job.name} reads its {_role(job, folder)} {root / folder}, which no job of this "
                                  "sweep trains and which is no finished run folder; train it there first")
-    root.mkdir(parents=True, exist_ok=True)
     data_path = data_path if data_path is not None else sweep.data_path
+    from ensembles.models.trust import model_code_trusted
+
+    trusted = model_code_trusted(trust_model_code)
+    root.mkdir(parents=True, exist_ok=True)
     say = echo or (lambda message: None)
+    say(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {root} ({executor} executor, {jobs} at once)")
 
     outcomes: dict[str, JobOutcome] = {}
     failures: dict[str, str] = {}
@@ -1139,7 +1229,8 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
         ready = [job for job in sweep.jobs if all(_finished(root / need) for need in job.needs)]
         waiting = {job.name: tuple(need for need in job.needs if not _finished(root / need))
                    for job in sweep.jobs if job not in ready}
-        _run_submitit(ready, root, sweep, data_path, device, executor, jobs, cluster, wait, say, job_ids)
+        _run_submitit(ready, root, sweep, data_path, device, executor, jobs, cluster, wait, say, job_ids,
+                      trusted)
         return SweepResult(outcomes=(), failures={}, job_ids=dict(job_ids), waited=False, waiting=waiting)
     waves = sweep.waves
     for number, wave in enumerate(waves, start=1):
@@ -1162,13 +1253,13 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
             if attempt:
                 say(f"retrying {len(todo)} failed job(s) (attempt {attempt + 1} of {retries + 1})")
             if executor == "local" and jobs == 1:
-                finished = _run_here(todo, root, sweep, data_path, device, progress, say)
+                finished = _run_here(todo, root, sweep, data_path, device, progress, say, trusted)
             elif executor == "local":
                 finished = _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say,
-                                                job_ids, threads)
+                                                job_ids, threads, trusted)
             else:
                 finished = _run_submitit(todo, root, sweep, data_path, device, executor, jobs, cluster, wait, say,
-                                         job_ids)
+                                         job_ids, trusted)
             todo = []
             for job in wave:
                 if job.name not in finished:
@@ -1185,14 +1276,17 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     return SweepResult(outcomes=ordered, failures=failures, job_ids=job_ids, skipped=skipped)
 
 
-def _run_here(todo, root, sweep, data_path, device, progress, say) -> dict:
+def _run_here(todo, root, sweep, data_path, device, progress, say, trusted=False) -> dict:
     """The jobs one after another in this process (``--executor local --jobs 1``)."""
+    from ensembles.models.trust import trusting_model_code
+
     finished = {}
     for position, job in enumerate(todo, start=1):
         say(f"[{position}/{len(todo)}] {job.name}")
         try:
-            outcome = run_job(job, root, sweep.measurements, data_path=data_path, device=device, progress=progress,
-                              echo=say)
+            with trusting_model_code() if trusted else contextlib.nullcontext():
+                outcome = run_job(job, root, sweep.measurements, data_path=data_path, device=device,
+                                  progress=progress, echo=say)
         except (KeyboardInterrupt, SystemExit):
             raise
         except InputError:
@@ -1206,7 +1300,7 @@ def _run_here(todo, root, sweep, data_path, device, progress, say) -> dict:
 
 
 def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_seconds, say, job_ids,
-                         threads=None) -> dict:
+                         threads=None, trusted=False) -> dict:
     """At most ``jobs`` submitit local processes at once; process slot ``i`` sees only GPU ``i``
     (``CUDA_VISIBLE_DEVICES``) when there are GPUs, else the CPU threads are shared out."""
     import submitit
@@ -1227,7 +1321,7 @@ def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_second
                                            visible_gpus=(gpus[slot % len(gpus)],))
             else:
                 executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=0)
-            handle = executor.submit(SweepJob(job, str(root), sweep.measurements, data_path, device, threads))
+            handle = executor.submit(SweepJob(job, str(root), sweep.measurements, data_path, device, threads, trusted))
             job_ids[job.name] = str(handle.job_id)
             say(f"started {job.name} (process {handle.job_id}" + (f", GPU {gpus[slot % len(gpus)]})" if gpus else ")"))
             running.append(_Attempt(job, handle, slot))
@@ -1241,7 +1335,8 @@ def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_second
     return finished
 
 
-def _run_submitit(todo, root, sweep, data_path, device, executor_name, jobs, cluster, wait, say, job_ids):
+def _run_submitit(todo, root, sweep, data_path, device, executor_name, jobs, cluster, wait, say, job_ids,
+                  trusted=False):
     """One submitit array over ``todo`` (SLURM), or submitit's debug executor in this process."""
     import submitit
 
@@ -1251,7 +1346,8 @@ def _run_submitit(todo, root, sweep, data_path, device, executor_name, jobs, clu
     handles = []
     with executor.batch():
         for job in todo:
-            handles.append((job, executor.submit(SweepJob(job, str(root), sweep.measurements, data_path, device))))
+            handles.append((job, executor.submit(SweepJob(job, str(root), sweep.measurements, data_path, device,
+                                                          trust_model_code=trusted))))
     for job, handle in handles:
         job_ids[job.name] = str(handle.job_id)
     if executor_name == "slurm":

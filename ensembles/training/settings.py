@@ -20,10 +20,11 @@ Four views are derived from these declarations and from nothing else:
 3. the options of ``sharpdiv train`` (``cli.training_options``);
 4. the sweep's axes, their rules and their spelling in run folder names (:mod:`ensembles.studies.sweep`).
 
-The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, for
-SharpBalance two members, ``td < epochs`` and ``reselect_every`` against ``reference_compatible``, and
-for single-basin ensembles two members, ``spawn_epoch < epochs``, the distillation settings only with
-a teacher and the constraint not with distillation) are written out once, in
+The checks that tie two settings together (distinct seeds, ``prune_epoch < epochs``, ``keep = best``
+against a training criterion, for SharpBalance two members, ``td < epochs`` and ``reselect_every``
+against ``reference_compatible``, for single-basin ensembles two members, ``spawn_epoch < epochs``,
+the distillation settings only with a teacher and the constraint not with distillation, and a training
+criterion not with a spawned or constrained ensemble) are written out once, in
 :func:`check_across_settings`. A new hyper-parameter is one field below, plus the trainer code that
 uses it.
 
@@ -45,14 +46,14 @@ from typing import Callable
 from landscape.errors import InputError
 
 __all__ = ["METHODS", "SCHEDULES", "MAX_SEED", "Setting", "TrainingSettings", "declared", "settle",
-           "check_across_settings"]
+           "check_across_settings", "criterion_text", "has_criterion"]
 
 METHODS = ("sgd", "sam", "asam", "sharpbalance")
 #: The methods as prose names them (messages).
 METHOD_NAMES = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "sharpbalance": "SharpBalance"}
 #: The methods that take a SAM step (ρ-ball ascent), so use ρ.
 SHARPNESS_AWARE = ("sam", "asam", "sharpbalance")
-SCHEDULES = ("multistep", "cosine")
+SCHEDULES = ("multistep", "cosine", "constant")
 KEEP = ("best", "last")
 #: Whom a distilled member learns from: its own teacher member, or the teacher ensemble's mean.
 DISTILL_TARGETS = ("member", "ensemble")
@@ -100,6 +101,7 @@ class Setting:
     when_unset_text: str = ""
     unused: object = None
     flag: str = ""
+    aliases: tuple[str, ...] = ()  # further flags of the same option (--max-epochs for --epochs)
     command_line: bool = True
     axis: bool = True
     short: str | None = None
@@ -299,6 +301,34 @@ def _check_teacher_path(value) -> None:
         raise InputError(f"distill_from must be the path of a teacher run folder, got {value!r}")
 
 
+def has_criterion(settings) -> bool:
+    """Whether the members train until a criterion on the training split (``epochs`` is then the cap)."""
+    return settings.until_train_loss is not None or settings.until_train_accuracy is not None
+
+
+def criterion_text(until_train_loss=None, until_train_accuracy=None) -> str:
+    """The criterion as prose names it: "train loss <= 0.01", "train loss <= 0.01 and train accuracy >= 1"
+    (both must hold); "" for none."""
+    parts = []
+    if until_train_loss is not None:
+        parts.append(f"train loss <= {until_train_loss:g}")
+    if until_train_accuracy is not None:
+        parts.append(f"train accuracy >= {until_train_accuracy:g}")
+    return " and ".join(parts)
+
+
+def _kept_weights(settings) -> str:
+    # best-on-validation weights need not meet the criterion: with one, the stopping epoch's are kept
+    return "last" if has_criterion(settings) else "best"
+
+
+#: The methods that can stop a member on its own: SharpBalance selects its sets at T_d from every
+#: member's scores, so its members train in lockstep for a fixed number of epochs (as the paper's do).
+_STOPPING_METHODS = ("sgd", "sam", "asam")
+_CRITERION_HELP = ("(un-augmented, eval mode, checked after every epoch); --epochs is then the cap. With both "
+                   "criteria both must hold. SharpBalance trains its members in lockstep, so it cannot stop one.")
+
+
 # ----------------------------------------------------------------------------------------------
 # the settings
 
@@ -311,7 +341,8 @@ class TrainingSettings:
     that use it and the default they give it. A setting given to a method that does not use it is an
     InputError, never silently dropped (``rho = 0`` stays allowed for SGD: SAM with ρ = 0 is SGD
     exactly); one a method uses but that is not given gets the method's default (``rho`` 0.2, ``eta``
-    0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs for SharpBalance).
+    0.01 and ``asam_scale`` "weights" for ASAM, ``k`` 0.4 and ``td`` half the epochs for SharpBalance,
+    ``keep`` "best", or "last" with a training criterion).
     """
 
     dataset: str = setting(kind="name", check=_check_dataset, wanted_text=_DATASET_NAMES, flag="--data",
@@ -329,10 +360,20 @@ class TrainingSettings:
                               help="Fraction of the training set each member contributes to the others' sets.")
     td: int | None = setting(None, kind="integer", low=1, methods=("sharpbalance",), when_unset=_half_the_epochs,
                              when_unset_text="half the epochs", help="Epoch of the (first) selection, T_d.")
-    epochs: int = setting(200, kind="integer", low=1, short="e")
+    epochs: int = setting(200, kind="integer", low=1, short="e", aliases=("--max-epochs",),
+                          help="Epochs to train; with --until-train-loss or --until-train-accuracy, the most a member "
+                               "trains (--max-epochs is the same setting).")
+    until_train_loss: float | None = setting(
+        None, kind="number", low=0, low_open=True, optional=True, methods=_STOPPING_METHODS, short="ul",
+        help="Stop each member once its mean cross-entropy on the training split is <= X " + _CRITERION_HELP)
+    until_train_accuracy: float | None = setting(
+        None, kind="number", low=0, low_open=True, high=1, optional=True, methods=_STOPPING_METHODS, short="ua",
+        help="Stop each member once its accuracy on the training split is >= A " + _CRITERION_HELP)
     lr: float = setting(0.1, kind="number", low=0, low_open=True)
     schedule: str = setting("multistep", kind="choice", choices=SCHEDULES, short="",
-                            help="multistep: x0.1 at 50% and 75% of the epochs.")
+                            help="multistep: x0.1 at 50% and 75% of the epochs; cosine: to 0 over the epochs; "
+                                 "constant: the lr throughout. With a criterion the epochs are the cap, so "
+                                 "multistep and cosine follow the cap; constant suits an open-ended run.")
     batch_size: int = setting(128, kind="integer", low=1, short="b")
     augmentation: str | None = setting(
         None, kind="choice", choices=_augmentations, when_unset=_dataset_augmentation,
@@ -353,8 +394,10 @@ class TrainingSettings:
         False, kind="switch", methods=("sharpbalance",), unused=False, words=("ref", "paper"),
         help="SharpBalance as the released code does it (lowest k, its leftovers, one selection, BN on the "
              "perturbed pass).")
-    keep: str = setting("best", kind="choice", choices=KEEP, short="",
-                        help="Member weights: best on validation, or the last epoch's.")
+    keep: str | None = setting(None, kind="choice", choices=KEEP, short="", when_unset=_kept_weights,
+                               when_unset_text="best; last with a criterion",
+                               help="Member weights: best on validation, or the last epoch's (with a criterion: the "
+                                    "stopping epoch's; best is refused there).")
     eta: float | None = setting(None, kind="number", low=0, methods=("asam",), when_unset=0.01,
                                 help="η in ASAM's scale T = |θ| + η (Kwon et al. 2021).")
     asam_scale: str | None = setting(
@@ -486,6 +529,10 @@ def check_across_settings(settings) -> None:
     if settings.sparsity and not settings.prune_epoch < settings.epochs:
         raise InputError(f"prune_epoch must lie in 0..{settings.epochs - 1} (before the last epoch), "
                          f"got {settings.prune_epoch}")
+    if has_criterion(settings) and settings.keep == "best":
+        criterion = criterion_text(settings.until_train_loss, settings.until_train_accuracy)
+        raise InputError(f"keep best is refused with a criterion ({criterion}): the best-on-validation weights need "
+                         "not meet it; drop --keep best to keep the weights of the epoch each member stopped at")
     if settings.method == "sharpbalance":
         if len(settings.seeds) < 2:
             raise InputError("SharpBalance needs at least 2 members: a member's set comes from the others' scores")
@@ -509,6 +556,11 @@ def _check_single_basin(settings) -> None:
                              f"got {settings.spawn_epoch}")
     if settings.connect_strength and members < 2:
         raise InputError("--connect-strength needs at least 2 members: members 1..M-1 stay connected to member 0")
+    if has_criterion(settings) and (settings.spawn_epoch is not None or settings.connect_strength):
+        # member 0 is the parent or the anchor: stopped early, it could leave the others nothing to start from
+        which = "--spawn-epoch" if settings.spawn_epoch is not None else "--connect-strength"
+        raise InputError(f"{which} is not offered with a training criterion: member 0, the parent or the anchor of the "
+                         "others, would stop on its own; train the construction for a fixed number of epochs")
     if settings.distill_from is None:
         given = [flag for name, flag in (("distill_weight", "--distill-weight"),
                                          ("distill_temperature", "--distill-temperature"),

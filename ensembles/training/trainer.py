@@ -9,6 +9,24 @@ each scores every training sample by per-sample Fisher trace, the sets are selec
 members' scores, and every member continues on its mixed objective (new sets every
 ``reselect_every`` epochs when asked).
 
+To a criterion (``until_train_loss`` and/or ``until_train_accuracy``; not SharpBalance): after every
+epoch each member's mean cross-entropy and accuracy on the whole training split, without
+augmentation and in eval mode (BatchNorm's running statistics), are logged
+(``train_eval_loss``, ``train_eval_accuracy``), and a member that meets the criterion (both, when
+both are given) stops there while the others continue, as generalization-measure studies stop
+every model at the same training cross-entropy (Jiang et al., "Fantastic Generalization Measures
+and Where to Find Them", ICLR 2020). ``epochs`` is the cap: a
+member that reaches it without meeting the criterion is kept (status ``done``) and recorded as
+``reached_criterion: false``. The kept weights are the stopping epoch's (``keep="last"``); the
+learning-rate schedules ``multistep`` and ``cosine`` are defined over the cap; ``constant`` (a fixed
+lr) suits an open-ended run.
+
+Members advance in lockstep **phases** separated by the selection epochs: every member trains
+to the end of a phase, then all score, then all continue. In one process (the default) members
+take turns within a phase; with ``members_parallel=N``, ``N`` processes (torch.distributed,
+gloo on CPU; NCCL with one GPU per process, unverified here) each train members ``r, r+N, ...``
+and exchange their scores with ``all_gather``.
+
 Single-basin ensembles (Lion et al., "How good is a single basin?", AISTATS 2024; the run-folder
 records are :mod:`ensembles.training.single_basin`'s) are built inside one run folder, member 0 being
 the parent or the anchor:
@@ -47,13 +65,15 @@ was trained with, and :func:`resume` trains with that thread count again unless 
 
 The run folder (:mod:`ensembles.runs.run_folder`): ``run.json`` holds every hyper-parameter flat, and the
 torch thread count (``threads``) and device (``device``) of the training;
-``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones);
+``member-<i>.safetensors`` the best-on-validation weights (``keep="last"``: the final ones), and
+with a criterion each member's ``stop_epoch`` and ``reached_criterion`` in its run.json entry;
 ``train/parent.pt`` the parent of spawned members;
 ``train/`` the state to resume from, rewritten atomically after every epoch of every member
 (``member-<i>.pt``: weights, optimizer state, epoch, both generators, best weights and
-accuracy, pruning masks, log), the SharpBalance sets (``sets-epoch-<b>.pt``) and per-epoch
-logs as JSON lines (``log-member-<i>.jsonl``: epoch, member, train_loss, train_accuracy,
-val_accuracy, lr, seconds), and ``settings.json``, the settings that state belongs to (a ``train/``
+accuracy, pruning masks, whether the criterion stopped it, log), the SharpBalance sets
+(``sets-epoch-<b>.pt``) and per-epoch logs as JSON lines (``log-member-<i>.jsonl``: epoch, member,
+train_loss, train_accuracy, val_accuracy, lr, seconds; with a criterion train_eval_loss and
+train_eval_accuracy), and ``settings.json``, the settings that state belongs to (a ``train/``
 of other settings is refused, never continued). :func:`train` writes only into a new, empty or
 sharpdiv-made folder (:func:`ensembles.runs.files.require_writable_folder`) and checks every input
 before its first write. A member whose loss or weights go non-finite stops training, gets no
@@ -64,6 +84,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import io
 import json
 import math
 import os
@@ -83,14 +104,14 @@ from ensembles.models import pruning, zoo
 from ensembles.models.inputs import normalizes
 from ensembles.data.datasets import ImageDataset, batches, load_dataset
 from ensembles.runs.files import RUN_FILE, atomic_path, mark_folder, require_writable_folder, write_json
-from ensembles.runs.run_folder import (TRAIN_DIR, create_run, legacy_asam_scale, member_path, read_config,
-                                       save_member)
+from ensembles.runs.run_folder import (TRAIN_DIR, check_member_model, create_run, legacy_asam_scale, member_path,
+                                       read_config, save_member)
 from ensembles.methods.connected import constrained_loss
 from ensembles.methods.distillation import distillation_loss, ensemble_soft_targets, soft_targets
 from ensembles.methods.sam import SAM, asam_scaled_parameters
 from ensembles.methods.sharpbalance import select_sets, training_step
 from ensembles.training import single_basin
-from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings
+from ensembles.training.settings import METHODS, SCHEDULES, TrainingSettings, criterion_text, has_criterion
 from landscape._checks import evaluation_mode, positive_int
 from landscape.errors import InputError
 
@@ -99,7 +120,9 @@ __all__ = [
     "SCHEDULES",
     "TrainingSettings",
     "MemberSummary",
+    "evaluate_loss_and_accuracy",
     "learning_rate",
+    "missed_criterion",
     "selection_epochs",
     "train",
     "resume",
@@ -129,7 +152,10 @@ SETTINGS_FILE = "settings.json"
 
 def learning_rate(settings: TrainingSettings, epoch: int) -> float:
     """The learning rate of (0-based) ``epoch``: multistep ``lr · 0.1^{#milestones ≤ epoch}`` with
-    milestones ``⌊0.5 E⌋, ⌊0.75 E⌋``, or cosine ``lr · (1 + cos(π epoch / E)) / 2``."""
+    milestones ``⌊0.5 E⌋, ⌊0.75 E⌋``, cosine ``lr · (1 + cos(π epoch / E)) / 2``, or constant ``lr``
+    (E = ``epochs``, the cap of a run to a criterion)."""
+    if settings.schedule == "constant":
+        return settings.lr
     if settings.schedule == "cosine":
         return settings.lr * (1 + math.cos(math.pi * epoch / settings.epochs)) / 2
     milestones = [int(settings.epochs * fraction) for fraction in MILESTONE_FRACTIONS]
@@ -191,6 +217,7 @@ class _Member:
         self.best_accuracy = -1.0
         self.best_epoch = -1
         self.diverged_epoch = None  # the first epoch that ended with a non-finite loss or weights
+        self.reached_criterion = None  # with a criterion: True once met, False at the cap without it
         self.log: list[dict] = []
         self.masks = None
         self._hooks = []
@@ -207,7 +234,7 @@ class _Member:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "order": self.order.get_state(), "augmentation": self.augmentation.get_state(),
             "best": self.best_state, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
-            "diverged_epoch": self.diverged_epoch,
+            "diverged_epoch": self.diverged_epoch, "reached_criterion": self.reached_criterion,
             "masks": None if self.masks is None else _to_cpu(self.masks),
             "log": self.log,
         }
@@ -216,9 +243,7 @@ class _Member:
         return state
 
     def save(self, run_path: Path) -> None:
-        target = self.checkpoint_path(run_path)
-        with atomic_path(target) as temporary:
-            torch.save(self.state(), temporary)
+        _save_atomically(self.state(), self.checkpoint_path(run_path))
         lines = "".join(json.dumps(row) + "\n" for row in self.log)
         with atomic_path(run_path / TRAIN_DIR / f"log-member-{self.index}.jsonl") as temporary:
             temporary.write_text(lines)
@@ -241,6 +266,7 @@ class _Member:
         if self.interpolation is not None:
             self.interpolation.set_state(state["interpolation"])
         self.diverged_epoch = state.get("diverged_epoch")  # absent in older checkpoints
+        self.reached_criterion = state.get("reached_criterion")
         self.log = list(state["log"])
         return True
 
@@ -314,8 +340,10 @@ class _Member:
             self.best_state = _to_cpu(self.model.state_dict(), clone=True)
         row = {"epoch": self.epoch, "member": self.index, "seed": self.seed,
                "train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen,
-               "val_accuracy": val_accuracy, "lr": rate, "sharpbalance_sets": sets is not None,
-               "seconds": time.perf_counter() - started}
+               "val_accuracy": val_accuracy, "lr": rate, "sharpbalance_sets": sets is not None}
+        if has_criterion(settings) and self.diverged_epoch is None:
+            row.update(self.check_criterion(data.unaugmented_train))
+        row["seconds"] = time.perf_counter() - started
         self.log.append(row)
         return row
 
@@ -334,6 +362,31 @@ class _Member:
                                                              settings.connect_strength, alpha)
         return F.cross_entropy
 
+    # -- training to a criterion
+
+    def check_criterion(self, dataset) -> dict:
+        """The eval-mode loss and accuracy on the un-augmented training split after this epoch, and
+        whether the member stops here: it met the criterion (``reached_criterion`` True), or it is
+        at the cap without it (False)."""
+        settings = self.settings
+        loss, correct = evaluate_loss_and_accuracy(self.model, dataset, self.device)
+        met = ((settings.until_train_loss is None or loss <= settings.until_train_loss)
+               and (settings.until_train_accuracy is None or correct >= settings.until_train_accuracy))
+        if met:
+            self.reached_criterion = True
+        elif self.epoch >= settings.epochs:
+            self.reached_criterion = False
+        return {"train_eval_loss": loss, "train_eval_accuracy": correct}
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the criterion stopped this member before the cap."""
+        return self.reached_criterion is True
+
+    def finished(self) -> bool:
+        """Trained to the end: the criterion met, or the cap reached."""
+        return self.stopped or self.epoch >= self.settings.epochs
+
     def scores(self, data: "_Data") -> torch.Tensor:
         """Per-sample Fisher trace of every training sample (eval mode, no augmentation)."""
         from landscape.fisher import per_sample_fisher_trace
@@ -346,6 +399,15 @@ class _Member:
         if self.settings.keep == "best" and self.best_state is not None:
             return self.best_state
         return _to_cpu(self.model.state_dict())
+
+
+def _save_atomically(state: dict, target: Path) -> None:
+    """``torch.save`` to ``target`` whole or not at all. Serialized in memory first: torch's zip
+    writer reports a full disk or a file-size limit without its cause, Python's write names both."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
 
 
 def _finite_weights(model: torch.nn.Module) -> bool:
@@ -374,6 +436,22 @@ def _to_cpu(value, clone: bool = False):
 
 
 @torch.no_grad()
+def evaluate_loss_and_accuracy(model: torch.nn.Module, dataset, device: torch.device,
+                               batch_size: int = 64) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy over the whole ``dataset`` in eval mode, one batched
+    pass without gradients (the model's mode is restored). Batches of 64: on a CPU larger ones ran
+    up to twice as slow per image for a width-32 small_cnn (benchmarks/README.md, bench_criterion)."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with evaluation_mode(model):
+        for inputs, targets in batches(dataset, batch_size, device=device):
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += (logits.argmax(1) == targets).sum()
+    return float(loss_sum) / len(dataset), int(correct) / len(dataset)
+
+
+@torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
     """Top-1 accuracy in eval mode (the model's mode is restored)."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -389,6 +467,7 @@ class _Data:
     val: object
     scoring: object | None
     num_classes: int
+    unaugmented_train: object | None = None  # what a criterion is checked on
 
 
 def first_samples(dataset: ImageDataset, count: int | None) -> ImageDataset:
@@ -411,7 +490,10 @@ def _load_data(settings: TrainingSettings) -> _Data:
     val = split("val")
     scoring = (first_samples(split("train"), settings.train_samples)
                if settings.method == "sharpbalance" else None)
-    return _Data(train=train, val=val, scoring=scoring, num_classes=train.num_classes)
+    unaugmented = None
+    if has_criterion(settings):
+        unaugmented = train if train.augmentation == "none" else first_samples(split("train"), settings.train_samples)
+    return _Data(train=train, val=val, scoring=scoring, num_classes=train.num_classes, unaugmented_train=unaugmented)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,9 +553,8 @@ def _sets_at(epoch: int, run_path: Path, members: list[_Member], data: _Data, ga
         return None  # sets from non-finite scores would be meaningless: every process stops here
     sets = select_sets(scores, settings.k, settings.reference_compatible, settings.dataset)
     if gang.rank == 0:
-        with atomic_path(path) as temporary:
-            torch.save({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
-                        "reference_compatible": settings.reference_compatible}, temporary)
+        _save_atomically({"epoch": epoch, "sets": sets, "scores": scores, "k": settings.k,
+                          "reference_compatible": settings.reference_compatible}, path)
     if callback is not None:
         callback({"event": "select", "epoch": epoch, "rank": gang.rank})
     return sets
@@ -563,7 +644,7 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
                     bars[member.index] = _progress_bar(member, settings, progress)
                 bar = bars[member.index]
                 bar.unpause()  # the time spent on the other members is not this member's
-            while member.epoch < end and member.diverged_epoch is None:
+            while member.epoch < end and member.diverged_epoch is None and not member.stopped:
                 row = member.train_epoch(data, sets)
                 member.save(run_path)
                 bar.update(1)
@@ -576,7 +657,7 @@ def _train_members(run_path: Path, settings: TrainingSettings, device: torch.dev
             bars[member.index].close()
         if member.diverged_epoch is not None:
             _mark_failed(run_path, member)
-        elif member.epoch >= settings.epochs:
+        elif member.finished():
             _save_finished(run_path, member, settings)
 
 
@@ -587,10 +668,14 @@ def _phase_ends(settings: TrainingSettings) -> list[int]:
 
 
 def _save_finished(run_path: Path, member: _Member, settings: TrainingSettings) -> None:
-    """Write a finished member's kept weights and mark it done in run.json."""
+    """Write a finished member's kept weights and mark it done in run.json (with a criterion, its
+    stopping epoch and whether it met the criterion)."""
+    stopping = ({"stop_epoch": member.epoch, "reached_criterion": member.reached_criterion}
+                if has_criterion(settings) else {})
     save_member(run_path, member.index, member.kept_weights(), status="done", seed=member.seed,
                 kept=settings.keep, epoch=member.best_epoch if settings.keep == "best" else member.epoch,
-                val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"])
+                val_accuracy=member.best_accuracy if settings.keep == "best" else member.log[-1]["val_accuracy"],
+                **stopping)
 
 
 def _mark_failed(run_path: Path, member: _Member) -> None:
@@ -756,24 +841,55 @@ class MemberSummary:
     best_val_accuracy: float
     last_val_accuracy: float
     seconds: float
+    #: With a criterion: whether the member met it (False: it stopped at the cap without), else None.
+    reached_criterion: bool | None = None
+    #: With a criterion: the last epoch's loss on the un-augmented training split (eval mode).
+    train_eval_loss: float | None = None
 
 
 def summarize(run_path: str | os.PathLike) -> list[MemberSummary]:
-    """One line per member from its training log."""
+    """One line per member from its training log (and run.json's record of the criterion)."""
     table = read_training_log(run_path)
+    entries = {entry["index"]: entry for entry in read_config(run_path).get("members", [])}
     rows = []
     for member, log in table.groupby("member", sort=True) if len(table) else []:
         best = log.loc[log["val_accuracy"].idxmax()]
+        last = log.iloc[-1]
+        checked = "train_eval_loss" in log and not _missing(last["train_eval_loss"])
         rows.append(MemberSummary(member=int(member), seed=int(log["seed"].iloc[0]), epochs=int(log["epoch"].max()),
                                   best_epoch=int(best["epoch"]), best_val_accuracy=float(best["val_accuracy"]),
                                   last_val_accuracy=float(log["val_accuracy"].iloc[-1]),
-                                  seconds=float(log["seconds"].sum())))
+                                  seconds=float(log["seconds"].sum()),
+                                  reached_criterion=entries.get(int(member), {}).get("reached_criterion"),
+                                  train_eval_loss=float(last["train_eval_loss"]) if checked else None))
     return rows
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def missed_criterion(run_path: str | os.PathLike) -> list[str]:
+    """One sentence per member of the run that stopped at the cap without meeting its criterion
+    (run.json ``reached_criterion: false``); none for a run without a criterion."""
+    config = read_config(run_path)
+    criterion = criterion_text(config.get("until_train_loss"), config.get("until_train_accuracy"))
+    losses = {row.member: row.train_eval_loss for row in summarize(run_path)}
+    sentences = []
+    for entry in config.get("members", []):
+        if entry.get("reached_criterion") is False:
+            loss = losses.get(entry["index"])
+            shown = f" (train loss {loss:.4g} at its last epoch)" if loss is not None else ""
+            sentences.append(f"member {entry['index']} (seed {entry.get('seed')}) did not reach {criterion} within "
+                             f"{config.get('epochs')} epochs{shown}; it is kept, marked reached_criterion: false "
+                             f"in {Path(run_path) / RUN_FILE}")
+    return sentences
 
 
 def read_training_log(run_path: str | os.PathLike):
     """All members' per-epoch rows as a DataFrame (epoch, member, seed, train_loss, train_accuracy,
-    val_accuracy, lr, sharpbalance_sets, seconds)."""
+    val_accuracy, lr, sharpbalance_sets, seconds; a run to a criterion also train_eval_loss and
+    train_eval_accuracy)."""
     import pandas as pd
 
     rows = []
@@ -801,8 +917,8 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
     # Everything is checked before the first write, so a refused command leaves nothing behind.
     _processes(settings, members_parallel, callback)
     if (out / RUN_FILE).exists():
-        raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
-    require_writable_folder(out, force)
+        _refuse_existing_run(out)
+    require_writable_folder(out, force, "--out")
     train_data = load_dataset(settings.dataset, settings.data_path, "train")  # fails early on a missing dataset
     settings = with_resolved_input(settings, train_data.num_classes)  # fails early on a bad model
     teacher = ({"teacher": single_basin.teacher_record(settings.distill_from, settings, train_data.num_classes)}
@@ -817,6 +933,18 @@ def train(out: str | os.PathLike, settings: TrainingSettings, *, members_paralle
                **settings.run_fields(), **teacher, threads=torch.get_num_threads(),
                device=str(torch.device(device or "cpu")))
     return _run(out, settings, members_parallel, device, progress, callback)
+
+
+def _refuse_existing_run(out: Path) -> None:
+    """The refusal to train into a run folder: an interrupted training run is continued with
+    ``--resume``, never discarded by a message that points elsewhere."""
+    config = read_config(out)
+    unfinished = [m["index"] for m in config["members"] if m.get("status") != "done"]
+    if unfinished and config.get("method") in METHODS and "epochs" in config:
+        shown = ", ".join(map(str, unfinished))
+        raise InputError(f"{out} holds a training run that was interrupted (member{'s' if len(unfinished) > 1 else ''} "
+                         f"{shown} unfinished): `sharpdiv train --resume {out}` continues it; or choose another --out")
+    raise InputError(f"{out} already holds a run (run.json exists); choose another folder or remove it")
 
 
 def with_resolved_input(settings: TrainingSettings, num_classes: int) -> TrainingSettings:
@@ -856,6 +984,8 @@ def resume(run_path: str | os.PathLike, *, threads: int | None = None, members_p
     """
     run_path = Path(run_path)
     settings = settings_of_run(run_path)
+    # a model naming code that is not trusted (or not buildable) is refused before anything else
+    check_member_model(read_config(run_path), source=str(run_path / RUN_FILE))
     _require_own_training_state(run_path, settings, recorded=False)
 
     def tell(sentence: str, at_risk: bool = True) -> None:
