@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 RUN_PREFIX = "run."
-_NOT_SETTINGS = {"format", "members", "versions", "created", "model_args"}
+_NOT_SETTINGS = {"format", "members", "versions", "created", "model_args", "results_only"}
 _SLICE = ["dataset", "split", "corruption", "severity"]
 UNSET = "(unset)"
 

@@ -24,6 +24,7 @@ from ensembles.runs.files import RUN_FILE, mark_folder, require_writable_folder
 from landscape.errors import InputError
 from reports import plots
 from reports.correlation import CorrelationSection, check_target, write_correlations
+from reports.paired_comparisons import write_paired_comparisons
 from reports.single_basin import TITLE as SINGLE_BASIN_TITLE
 from reports.single_basin import DEEP, SingleBasinSection, with_constructions, write_single_basin
 from reports.collect import (SharpnessSpec, collect, combined_grouping, comparable_grouping, criterion_counts,
@@ -161,6 +162,10 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         sections.append(_Section(title, write_table(tables_dir, "tradeoff-beta", numbers, text, title), text))
     else:
         notes.append(f"β table skipped: no run has both {spec} and {metric} with positive values")
+    paired = write_paired_comparisons(results, runs, tables_dir, combine=combine)  # methods on the same seed sets
+    if paired is not None:
+        sections.append(_Section(paired.title, paired.files, paired.text))
+        notes += paired.notes
     numbers, text, title = connectivity_table(results, runs, combine=combine)
     if not numbers.empty:
         sections.append(_Section(title, write_table(tables_dir, "connectivity", numbers, text, title), text))

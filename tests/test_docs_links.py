@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
+DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"),
                     *(path for path in (ROOT / "examples").rglob("*") if path.is_file())])
 # [text](target) in Markdown; the target ends at whitespace or ")" (an optional "title" follows)
 MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

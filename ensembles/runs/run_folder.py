@@ -47,6 +47,9 @@ from ensembles.runs.files import RUN_FILE, atomic_path, file_digest, require_run
 from landscape.errors import InputError
 
 RESULTS_DIR = "results"
+#: run.json's mark of a results-only copy of a run (:func:`write_results_only_copy`): its member
+#: weights were left out, and each member records the digest of the weights file it had.
+RESULTS_ONLY = "results_only"
 TRAIN_DIR = "train"
 FORMAT_VERSION = 1
 
@@ -324,6 +327,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu",
     indices = finished_members(config)
     if not indices:
         raise InputError(f"{path} has no finished members yet; train or import them first")
+    if config.get(RESULTS_ONLY):
+        raise InputError(f"{path} is a results-only copy of the run {config[RESULTS_ONLY].get('from')!r}: its member "
+                         "weights were left out, so nothing can be measured on it; measure the original run folder")
     members, digests = [], {}
     for index in indices:
         model = build_member_model(config, trust_model_code=trust_model_code, source=str(path / RUN_FILE))
@@ -371,9 +377,22 @@ def stopping(config: Mapping, scope: str) -> dict:
             "reached_criterion": all(bool(entry["reached_criterion"]) for entry in chosen)}
 
 
-def _member_digest(path: Path, index: int) -> str:
+def _member_digest(path: Path, index: int, config: Mapping | None = None) -> str:
     file = member_path(path, index)
-    return file_digest(file) if file.is_file() else "missing"
+    if file.is_file():
+        return file_digest(file)
+    return recorded_digest(config, index) or "missing"
+
+
+def recorded_digest(config: Mapping | None, index: int) -> str | None:
+    """The digest a results-only copy (:func:`write_results_only_copy`) records for member ``index``,
+    whose weights file it left out; None for any other run folder."""
+    if not config or not config.get(RESULTS_ONLY):
+        return None
+    for member in config.get("members", []):
+        if member.get("index") == index and isinstance(member.get("digest"), str):
+            return member["digest"]
+    return None
 
 
 def weights_digest(path: str | os.PathLike, scope: str, config: Mapping | None = None,
@@ -386,7 +405,7 @@ def weights_digest(path: str | os.PathLike, scope: str, config: Mapping | None =
     path = Path(path)
     config = read_config(path) if config is None else config
     read = read or {}
-    parts = [f"{index}:{read[index] if index in read else _member_digest(path, index)}"
+    parts = [f"{index}:{read[index] if index in read else _member_digest(path, index, config)}"
              for index in scope_members(scope, config)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -603,8 +622,8 @@ def read_results(run: Run | str | os.PathLike, current_only: bool = False) -> pd
     # member they were aligned to) are stale once that member's file changed.
     if {"aligned_to", "reference_weights"} <= set(table.columns):
         tied = table["reference_weights"].notna() & table["aligned_to"].notna()
-        current = {int(m): file_digest(member_path(path, int(m))) if member_path(path, int(m)).is_file() else None
-                   for m in table.loc[tied, "aligned_to"].unique()}
+        current = {int(m): file_digest(member_path(path, int(m))) if member_path(path, int(m)).is_file()
+                   else recorded_digest(config, int(m)) for m in table.loc[tied, "aligned_to"].unique()}
         table.loc[tied, "stale"] |= table.loc[tied, "reference_weights"] != table.loc[tied, "aligned_to"].map(
             lambda member: current[int(member)])
     if current_only:
@@ -635,6 +654,39 @@ def find_results(run: Run | str | os.PathLike, settings: Mapping, data: str | No
         else:
             mask &= table[column] == _plain(wanted)
     return table[mask].reset_index(drop=True)
+
+
+def write_results_only_copy(source: str | os.PathLike, destination: str | os.PathLike,
+                            rows: pd.DataFrame | None = None) -> Path:
+    """A copy of the run folder ``source`` at ``destination`` (new or empty) without its weights:
+    run.json, marked as a results-only copy (``results_only = {"from": <source folder name>}``) with
+    each finished member's weights digest, and one results part holding ``rows`` (default: every
+    current row of ``source``; pass a subset of them, as :func:`read_results` returns them, to keep
+    fewer). Reports read the copy as they read the source: its rows stay current, since the digests
+    of the weights they were measured on are recorded; measuring on it is refused (:func:`load_run`).
+    A member file put into the copy later is digested itself, so rows of other weights go stale."""
+    source, destination = Path(source), Path(destination)
+    config = read_config(source)
+    origin = (config.get(RESULTS_ONLY) or {}).get("from") or source.resolve().name  # a copy of a copy keeps it
+    current = read_results(source, current_only=True)
+    rows = current if rows is None else rows
+    if not set(rows.get("key", pd.Series(dtype=object))) <= set(current["key"]):
+        raise InputError(f"rows to copy from {source} must be current rows of its results table (read_results)")
+    if destination.exists() and any(destination.iterdir()):
+        raise InputError(f"{destination} is not empty; give a new or empty folder for the results-only copy")
+    members = []
+    for member in config.get("members", []):
+        digest = _member_digest(source, member["index"], config) if member.get("status") == "done" else "missing"
+        members.append({**member, **({"digest": digest} if digest != "missing" else {})})
+    config = {**config, "members": members, RESULTS_ONLY: {"from": origin}}
+    destination.mkdir(parents=True, exist_ok=True)
+    write_json(destination / RUN_FILE, config)
+    if not rows.empty:
+        (destination / RESULTS_DIR).mkdir()
+        frame = rows.drop(columns=["stale"], errors="ignore").reset_index(drop=True)
+        with atomic_path(destination / RESULTS_DIR / "part-results-only-copy.parquet") as temporary:
+            frame.to_parquet(temporary, index=False, compression="zstd")  # copies are kept in repositories: small
+    return destination
 
 
 def compact_results(run: Run | str | os.PathLike) -> None:
