@@ -223,11 +223,13 @@ def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_pat
 
     paths = _zoo(tmp_path / "runs")[:4]
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out)])
+    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out), "--correlate-with", "test_error"])
     assert result.exit_code == 0, result.output
     assert "4 model(s)" in result.output and "fewer than 5" in result.output
     assert not (out / "tables" / "correlation.csv").exists()
     assert "Does sharpness predict generalization?" not in (out / "index.html").read_text()
+    unasked = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(tmp_path / "unasked")])
+    assert unasked.exit_code == 0 and "correlation" not in unasked.output  # no zoo, not asked: nothing to explain
 
 
 def test_an_unknown_correlation_target_is_one_line_and_writes_nothing(tmp_path):
