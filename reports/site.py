@@ -22,6 +22,7 @@ A section appears when the runs answer it. ``index.html`` and ``README.md`` link
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -72,6 +73,9 @@ _CAPTIONS = {
     "barrier-eir": "Mean loss barrier between members against EIR, one marker per run and alignment (members "
                    "permuted to match member 0); grey segments join a run's barriers before and after alignment.",
 }
+#: The headline section's title when its question is the page's.
+_HEADLINE_TITLES = {"correlation": "Rank correlations of each measure with each target",
+                    "single-basin": "Connectivity and accuracy by construction"}
 #: Fewest ensembles a trade-off relates: one point is no trade-off.
 MIN_TRADEOFF_POINTS = 2
 
@@ -190,7 +194,7 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
         if shown[1]:
             blocks.append(pages.Block(figures=tuple(shown[1])))
         sections.append(pages.Section("tradeoff", "Sharpness–diversity trade-off", tuple(blocks)))
-    else:
+    elif (runs[RUN_PREFIX + "n_members"] > 1).sum() >= MIN_TRADEOFF_POINTS:  # ensembles that could have had one
         notes.append(f"no trade-off: {len(points)} ensemble(s) have both {spec} and {metric} with positive values, "
                      f"and a trade-off relates {MIN_TRADEOFF_POINTS} or more")
 
@@ -233,8 +237,11 @@ def write_report(paths: Iterable, out: str | os.PathLike, *,
     facts = (("sharpness", f"{spec} — {spec.description}"), ("diversity", diversity_description(metric, diversity_on)),
              ("ensemble combination", str(combine)), ("grouped by", group_by),
              ("written", datetime.datetime.now().isoformat(timespec="seconds")))
-    page = pages.Page(title=_question(runs, groups, group_by, correlation, single_basin),
-                      lede=_lede(runs, groups, group_by), facts=facts, sections=tuple(sections),
+    question = _question(runs, groups, group_by, correlation, single_basin)
+    # the section that asks the page's question answers it under a name of what it shows
+    sections = [dataclasses.replace(section, title=_HEADLINE_TITLES.get(section.key, section.title))
+                if section.title == question else section for section in sections]
+    page = pages.Page(title=question, lede=_lede(runs, groups, group_by), facts=facts, sections=tuple(sections),
                       notes=tuple(notes), not_measured=tuple(not_measured))
     index_text, readme_text = pages.render(page)
     index, readme = out / "index.html", out / "README.md"
@@ -448,16 +455,20 @@ def _lede(runs: pd.DataFrame, groups: pd.Series, group_by: str) -> str:
         return " and ".join(found) if found else "unknown"
 
     members = sorted({int(n) for n in runs[RUN_PREFIX + "n_members"].dropna()}) if RUN_PREFIX + "n_members" in runs else []
+    one = len(runs) == 1
     if members == [1]:
-        size = "one model each"
+        size = "one model" + ("" if one else " each")
     elif members:
-        size = "ensembles of " + "–".join(map(str, dict.fromkeys([members[0], members[-1]]))) + " members"
+        size = ("an ensemble" if one else "ensembles") + " of " + "–".join(
+            map(str, dict.fromkeys([members[0], members[-1]]))) + " members"
     else:
         size = "no members"
+    what = f"{len(runs)} run{'' if one else 's'} ({size}) of {values('model')} on {values('dataset')}"
+    if one:
+        return what + "."
     counts = groups.value_counts()
     listed = ", ".join(f"{group} ({counts[group]})" for group in group_order(groups))
-    return (f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({size}) of {values('model')} on {values('dataset')}, "
-            f"grouped by {group_by}: {listed}.")
+    return f"{what}, grouped by {group_by}: {listed}."
 
 
 def _run_folders(paths: Iterable) -> tuple[list[Path], list[str]]:

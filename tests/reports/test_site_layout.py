@@ -173,7 +173,9 @@ def test_a_zoo_leads_with_the_rank_correlations_of_its_members(tmp_path):
     assert "strongest rank correlation" in blocks[0].text and blocks[0].figures
     member_tables = [table for block in blocks for table in block.tables]
     assert len(member_tables) == 1 and "one point per member" in member_tables[0].title
-    assert "tradeoff" not in _keys(report)  # one-member runs have no diversity
+    assert "tradeoff" not in _keys(report)  # one-member runs have no diversity, and nothing asks for one
+    assert not any("der" in note or "trade-off" in note for note in report.page.notes + report.page.not_measured)
+    assert _section(report, "correlation").title != report.page.title  # the question once, as the page's title
 
 
 def test_fewer_models_than_a_zoo_needs_get_no_correlation_section_unasked(tmp_path):
@@ -189,8 +191,9 @@ def test_one_imported_run_gets_its_numbers_without_a_trade_off(tmp_path):
     _evaluated(path, accuracy=0.93, sharpness=0.2, der=0.7, eir=0.1)
     report = write_report([path], tmp_path / "report", sharpness="sharpness/worst/l2/adaptive@0.1", formats=("png",))
     assert report.page.title == "Accuracy, diversity and sharpness of sam-0.2"
+    assert report.page.lede == "1 run (an ensemble of 3 members) of mlp on cifar10."
     assert _keys(report) == ["summary", "corruptions", "quantities", "runs"]
-    assert any(note.startswith("no trade-off: 1 ensemble(s)") for note in report.page.notes)
+    assert not any("trade-off" in note for note in report.page.notes)  # one ensemble never has one
     assert not (report.directory / "tables" / "tradeoff-beta.csv").exists()
     settings = _section(report, "runs").blocks[0]
     assert settings.tables[0].header == ("run",) and "method sam" in settings.text
