@@ -106,7 +106,8 @@ def test_the_report_states_how_many_models_reached_the_criterion_and_marks_the_o
     report = write_report(paths, tmp_path / "report", formats=("png",), correlate_with="test_error")
     assert line in report.notes
     readme = report.readme.read_text()
-    section = readme[readme.index("## Does sharpness predict generalization?"):]
+    assert "**Does sharpness predict generalization?**" in readme  # the report's question, its first section:
+    section = readme[readme.index("## Rank correlations of each measure with each target"):]
     section = section[:section.index("\n## ", 1)]
     assert "strongest rank correlation" in section and line + "." in section
     assert html.escape(line) in (tmp_path / "report" / "index.html").read_text()
