@@ -52,8 +52,9 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure: the PNG shown (``image``, empty when none was written) at ``width`` × ``height``
-    CSS pixels, what the image links to (its SVG, else the PNG), every file of it, and its caption."""
+    """One figure: the image shown (its PNG, else its SVG; empty when neither was written) at
+    ``width`` × ``height`` CSS pixels (0 × 0: its own size), what the image links to (its SVG, else
+    the PNG), every file of it, and its caption."""
 
     name: str
     image: str
@@ -166,7 +167,8 @@ def figure(paths: Sequence[Path], out: Path, caption: str = "", name: str = "") 
         with Image.open(png) as image:
             width, height = (max(1, round(side / 2)) for side in image.size)
     relative = {path: path.relative_to(out).as_posix() for path in paths}
-    return Figure(name=name or paths[0].stem, image=relative[png] if png else "", width=width, height=height,
+    shown = png or svg  # an SVG alone is shown as it is, at its own size
+    return Figure(name=name or paths[0].stem, image=relative[shown] if shown else "", width=width, height=height,
                   target=relative[svg or png or paths[0]], links=links(paths, out), caption=caption)
 
 

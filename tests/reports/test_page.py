@@ -57,6 +57,8 @@ def test_a_figure_is_shown_at_half_its_pixels_and_links_its_svg(tmp_path):
     assert not pages.Block(figures=(figure,), tables=(table,)).wide
     assert pages.Block(figures=(figure, alone), tables=(table,)).wide
     assert pages.Block(figures=(figure, alone)).figure_width == 728
+    svg_only = pages.figure([svg], tmp_path)  # sharpdiv report with formats=("svg",)
+    assert (svg_only.image, svg_only.target, svg_only.width) == ("tradeoff-eir.svg", "tradeoff-eir.svg", 0)
 
 
 def test_the_page_escapes_what_runs_name_and_shows_commands_as_code():
