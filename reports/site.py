@@ -322,6 +322,11 @@ def _correlation_html(out, correlation: CorrelationSection) -> list[str]:
     parts.append(f"<p>{links}</p>")
     parts.append('<div class="scroll">' + correlation.text.to_html(escape=True, border=0, na_rep="", index=False)
                  + "</div>")
+    if correlation.settings_text is not None:
+        parts.append("<p>How each measure and target moves with each setting (mean τ with the setting's value over "
+                     "the groups of models that differ only in it):</p>")
+        parts.append('<div class="scroll">' + correlation.settings_text.to_html(escape=True, border=0, na_rep="",
+                                                                              index=False) + "</div>")
     return parts
 
 
