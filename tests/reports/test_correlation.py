@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from pathlib import Path
 import scipy.stats
 
 from landscape.errors import InputError
@@ -244,6 +245,19 @@ def test_report_writes_the_correlation_table_figure_and_section(tmp_path):
     assert "correlation-generalization_gap.png" in page
     moves = pd.read_csv(out / "tables" / "correlation-settings.csv")
     assert {"lr", "weight_decay"} <= set(moves["axis"]) and "τ with the setting" in page
+
+
+def test_the_points_do_not_depend_on_the_order_or_the_folder_of_the_runs(tmp_path):
+    # the bootstrap resamples points by position: the same runs in another order, or copied into
+    # another folder (a study page's fixture), must give the same points in the same order
+    import shutil
+
+    paths = _zoo(tmp_path / "runs")
+    moved = [Path(shutil.copytree(path, tmp_path / "elsewhere" / path.name)) for path in reversed(paths)]
+    given = zoo_points(collect(paths), run_table(paths)).points
+    other = zoo_points(collect(moved), run_table(moved)).points
+    assert [Path(p).name for p in given["path"]] == [Path(p).name for p in other["path"]]
+    pd.testing.assert_frame_equal(given.drop(columns="path"), other.drop(columns="path"))
 
 
 def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_path):
