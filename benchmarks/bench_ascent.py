@@ -16,7 +16,7 @@ with everything else equal (same weights, same batches, same radius, 20 iteratio
 Printed per row: the mean over batches of both ascents (± standard error), their ratio, on how many
 batches APGD found the higher value, and the seconds of each. Not a timing benchmark.
 
-    PYTHONPATH=$PWD python benchmarks/bench_ascent.py [--quick] [--models small_cnn,resnet18] [--threads 1]
+    PYTHONPATH=$PWD python benchmarks/bench_ascent.py [--quick] [--models small_cnn,resnet18] [--threads 1] [--seed 13]
 """
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ SETTINGS = (("l2", True, 0.5), ("l2", False, 0.1), ("linf", True, 0.002))
 BATCHES = {"small_cnn": 100, "resnet18": 20}
 
 
-def trained_member(model: str, epochs: int, work: Path) -> torch.nn.Module:
+def trained_member(model: str, epochs: int, work: Path, seed: int = 13) -> torch.nn.Module:
     """One SGD member of ``model`` (width 16) trained on digits, trained once and then reused."""
-    run = work / f"digits-{model}-w16-e{epochs}"
+    run = work / f"digits-{model}-w16-e{epochs}" if seed == 13 else work / f"digits-{model}-w16-e{epochs}-s{seed}"
     if not (run / RUN_FILE).exists():
-        train(run, TrainingSettings(dataset="digits", model=model, width=16, method="sgd", seeds=(13,),
+        train(run, TrainingSettings(dataset="digits", model=model, width=16, method="sgd", seeds=(seed,),
                                     epochs=epochs, lr=0.05, batch_size=64))
     return load_run(run).members[0]
 
@@ -59,19 +59,21 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sharpdiv-bench-ascent",
                         help="where the trained members are kept")
+    parser.add_argument("--seed", type=int, default=13,
+                        help="the member's training seed (default 13): members of other seeds give the ratio's spread")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 4 batches, 5 iterations: a smoke run")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     epochs, n_iters = (2, 5) if arguments.quick else (arguments.epochs, arguments.n_iters)
     images = load_dataset("digits", split="train")
     print(f"worst-case sharpness, sharpdiv's APGD vs the reference code's ascent; {n_iters} iterations, zero start, "
-          f"m = 5, seed 13, digits train; members: SGD, {epochs} epochs; {torch.get_num_threads()} threads")
+          f"m = 5, batch seed 13, digits train; members: SGD, {epochs} epochs, seed {arguments.seed}; {torch.get_num_threads()} threads")
     header = (f"{'model':<21}{'setting':<22}{'B':>4} | {'apgd':>16}{'reference':>16}{'ratio':>7}"
               f"{'apgd higher':>13} | {'seconds':>12}")
     print(header)
     print("-" * len(header))
     for model_name in arguments.models.split(","):
-        model = trained_member(model_name, epochs, arguments.work)
+        model = trained_member(model_name, epochs, arguments.work, arguments.seed)
         n_batches = 4 if arguments.quick else arguments.n_batches or BATCHES.get(model_name, 20)
         batches = sharpness_batches(images, 5, n_batches, 13)
         for norm, adaptive, rho in SETTINGS:

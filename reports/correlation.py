@@ -33,7 +33,7 @@ from landscape.errors import InputError
 from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, criterion_counts, per_run
 
 __all__ = ["CorrelationSection", "MIN_MODELS", "MIN_RANKED", "TARGETS", "Zoo", "correlation_axes", "forms_a_zoo",
-           "kendall_tau_b", "plot_correlations", "rank_correlations", "check_target", "reading", "write_correlations",
+           "kendall_tau_b", "plot_correlations", "rank_correlations", "check_target", "reading", "setting_correlations", "write_correlations",
            "zoo_axes", "zoo_measures", "zoo_points"]
 
 #: Targets :func:`zoo_points` builds (``ood_error/s<k>``: mean over the corruptions at severity k).
@@ -133,6 +133,41 @@ def _psi(per_axis: dict[str, float], axes: Sequence[str]) -> tuple[float, str]:
     note = "" if not missing else (f"mean over {', '.join(defined)} only: {', '.join(missing)} never varies alone "
                                    "(or τ is undefined in every group where it does)")
     return float(np.mean([per_axis[axis] for axis in defined])), note
+
+
+def setting_correlations(points: pd.DataFrame, columns: Sequence[str], axes: Sequence[str], n_bootstrap: int = 2000,
+                         seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+    """How each column (a measure or a target) moves with each numeric hyper-parameter: the mean τ
+    between the column and the axis's value over the groups of models that differ only in that axis
+    (Jiang et al.'s granulation, with the axis itself as the other variable), so +1 means the column
+    rises with the axis in every such group. Andriushchenko et al. (ICML 2023, §4) find sharpness
+    tracking training settings such as the learning rate rather than generalization; this is that
+    question on a zoo. One row per (column, axis): ``tau`` (the mean), ``tau_low``/``tau_high`` (a
+    percentile bootstrap over the groups) and ``groups``; an axis whose values are not all numbers
+    (a method name) has no order and is left out."""
+    numeric = [axis for axis in axes if pd.to_numeric(points[axis], errors="coerce").notna().all()]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for column in columns:
+        values = _finite_or_missing(points, column)
+        for axis in numeric:
+            frame = pd.DataFrame({column: values, axis: pd.to_numeric(points[axis]).astype(float)})
+            frame = pd.concat([frame, points[[a for a in numeric if a != axis]]], axis=1)[values.notna()]
+            others = [a for a in numeric if a != axis]
+            taus = []
+            for _, group in frame.groupby(_axis_key(frame[others]), sort=False):
+                if len(group) >= 2 and group[axis].nunique() >= 2:
+                    tau = kendall_tau_b(group[column], group[axis])
+                    if math.isfinite(tau):
+                        taus.append(tau)
+            taus = np.asarray(taus)
+            low = high = math.nan
+            if len(taus) >= 2 and n_bootstrap:
+                means = rng.choice(taus, size=(int(n_bootstrap), len(taus))).mean(axis=1)
+                low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+            rows.append({"measure": column, "axis": axis, "tau": float(taus.mean()) if len(taus) else math.nan,
+                         "tau_low": float(low), "tau_high": float(high), "groups": len(taus)})
+    return pd.DataFrame(rows, columns=["measure", "axis", "tau", "tau_low", "tau_high", "groups"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,7 +437,11 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
         frames.append(frame.assign(member=member))
     points = pd.concat(frames) if frames else pd.DataFrame()
     points.index.name = "path"
+    # in the order of the runs' folder names, not of the paths given: the bootstrap resamples by
+    # position, so its interval must not depend on the order (or the parent folder) of the runs
     points = points.reset_index()
+    points = (points.assign(order=points["path"].map(lambda path: Path(str(path)).name))
+              .sort_values(["order", "member"], kind="stable").drop(columns="order").reset_index(drop=True))
     for axis in axes:
         points[axis] = points["path"].map(settings[RUN_PREFIX + axis])
     targets = [name for name in points.columns if name in TARGETS or name.startswith("ood_error/s")]
@@ -521,14 +560,18 @@ class CorrelationSection:
 
     tables: tuple[Path, ...] = ()
     text: pd.DataFrame | None = None
+    settings_text: pd.DataFrame | None = None
     figures: tuple[Path, ...] = ()
     reading: str = ""
     notes: tuple[str, ...] = ()
 
 
+def _number(value, digits=2) -> str:
+    return "" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def _formatted(table: pd.DataFrame) -> pd.DataFrame:
-    def number(value, digits=2):
-        return "" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.{digits}f}"
+    number = _number
 
     text = pd.DataFrame({
         "points": table["points"], "measure": table["measure"].map(_short), "target": table["target"],
@@ -593,12 +636,24 @@ def write_correlations(results: pd.DataFrame, runs: pd.DataFrame, tables_dir: st
     text = _formatted(table)
     title = "Rank correlation (Kendall τ-b, 95% bootstrap interval) and Jiang et al.'s ψ of each measure with each target"
     files = write_table(tables_dir, "correlation", table, text.set_index("measure"), title)
+    moves = setting_correlations(members.points, [*members.measures, *targets], members.axes, n_bootstrap, seed)
+    settings_text = None
+    if not moves.empty:
+        settings_text = pd.DataFrame({
+            "measure": moves["measure"].map(_short), "setting": moves["axis"],
+            "τ with the setting [95% CI]": [f"{_number(r.tau)} [{_number(r.tau_low)}, {_number(r.tau_high)}]"
+                                            for r in moves.itertuples()],
+            "groups": moves["groups"].astype(int).astype(str)})
+        files = files + write_table(tables_dir, "correlation-settings", moves, settings_text.set_index("measure"),
+                                    "How each measure and target moves with each setting: the mean Kendall τ between it "
+                                    "and the setting's value over the groups of models that differ only in that setting "
+                                    "(+1: it rises with the setting in every group; 95% bootstrap interval over groups)")
     figure = plot_correlations(members, table[table["points"] == "members"], target, figures_dir, formats=formats,
                                stem=f"correlation-{target.replace('/', '-')}")
     if figure.reason:
         notes.append(f"correlation figure skipped: {figure.reason}")
     counted = " ".join(sentence + "." for sentence in criterion_counts(runs))
-    return CorrelationSection(tables=tuple(files), text=text, figures=figure.paths,
+    return CorrelationSection(tables=tuple(files), text=text, settings_text=settings_text, figures=figure.paths,
                               reading=" ".join(filter(None, [reading(table[table["points"] == "members"], target),
                                                              counted])),
                               notes=tuple(notes))

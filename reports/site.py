@@ -305,6 +305,11 @@ class _Writer:
         if correlation.figures:
             figures = (pages.figure(correlation.figures, self.out, "Each measure against the target, one marker "
                                     "per member; τ [bootstrap interval] and ψ in each panel's title."),)
+        if correlation.settings_text is not None:
+            tables.append(pages.table(correlation.settings_text,
+                                      "How each measure and target moves with each setting alone: the mean Kendall τ "
+                                      "with the setting's value over the groups of models that differ only in it "
+                                      "[95% bootstrap interval over groups]", (), self.out, index=False))
         blocks = [pages.Block(figures=figures, text=correlation.reading)]
         blocks += [pages.Block(tables=(table,)) for table in tables]
         return pages.Section("correlation", CORRELATION_TITLE, tuple(blocks))

@@ -47,8 +47,8 @@ from ensembles.runs import run_folder
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
 
-__all__ = ["REPORT_OPTIONS", "StudyPage", "TableDifference", "check_page", "read_page", "refresh_page",
-           "write_fixture"]
+__all__ = ["REPORT_OPTIONS", "StudyPage", "TableDifference", "check_copies", "check_page", "read_page",
+           "refresh_copies", "refresh_page", "write_fixture"]
 
 #: Options of :func:`reports.site.write_report` a study block may set (the sweep file's [report]
 #: gives the rest; ``group_by`` is a comma list of the sweep's axes).
@@ -59,6 +59,10 @@ _BLOCK = re.compile(r"<!--\s*study\s*\n(.*?)-->", re.DOTALL)
 _TABLE = re.compile(r"(<!--\s*table:\s*(\S+?)\s*-->)(.*?)(<!--\s*end table\s*-->)", re.DOTALL)
 _TABLE_FILE = re.compile(r"tables/[A-Za-z0-9_.-]+\.md")
 RUNS_DIR = "runs"
+#: A copy of a study page's embedded table in another document (the README): ``<!-- table:
+#: <page>:tables/<name>.md -->`` ... ``<!-- end table -->``, the same text as in docs/studies/<page>.md.
+_COPY = re.compile(r"(<!--\s*table:\s*([A-Za-z0-9_-]+):(tables/[A-Za-z0-9_.-]+\.md)\s*-->)(.*?)(<!--\s*end table\s*-->)",
+                   re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -293,3 +297,34 @@ def refresh_page(path: str | os.PathLike, sweep_root: str | os.PathLike | None =
         if remaining:
             raise InputError("; ".join(str(difference) for difference in remaining))
     return done
+
+
+def _page_table(pages: Path, document: Path, page: str, table: str) -> str:
+    source = pages / f"{page}.md"
+    embedded = _embedded(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    if table not in embedded:
+        raise InputError(f"{document}: <!-- table: {page}:{table} --> copies a table {source} does not embed")
+    return embedded[table]
+
+
+def check_copies(path: str | os.PathLike, pages: str | os.PathLike) -> list[TableDifference]:
+    """Every copy in the document ``path`` (the README) of a study page's table (``<!-- table:
+    <page>:tables/<name>.md -->``) that is not the text the page under ``pages`` embeds now; the
+    page itself is checked against its fixture by :func:`check_page`, so a copy is as current as it."""
+    path, pages = Path(path), Path(pages)
+    return [TableDifference(path, f"{match.group(2)}:{match.group(3)}", f"differs from {pages / match.group(2)}.md")
+            for match in _COPY.finditer(path.read_text(encoding="utf-8"))
+            if match.group(4).strip() != _page_table(pages, path, match.group(2), match.group(3)).strip()]
+
+
+def refresh_copies(path: str | os.PathLike, pages: str | os.PathLike) -> list[str]:
+    """Replace each copy of a study page's table in the document ``path`` with the page's current text."""
+    path, pages = Path(path), Path(pages)
+    text = path.read_text(encoding="utf-8")
+    copies = list(_COPY.finditer(text))
+    updated = _COPY.sub(lambda match: f"{match.group(1)}\n"
+                        f"{_page_table(pages, path, match.group(2), match.group(3)).strip()}\n{match.group(5)}", text)
+    if updated != text:
+        with atomic_path(path) as temporary:
+            temporary.write_text(updated, encoding="utf-8")
+    return [f"copies: {len(copies)} tables of study pages in {path}" + ("" if updated != text else " (unchanged)")]

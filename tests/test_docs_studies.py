@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.study_pages import check_page, read_page
+from reports.study_pages import check_copies, check_page, read_page
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs" / "studies").glob("*.md"))
@@ -24,6 +24,11 @@ def test_embedded_tables_are_what_the_report_writes_from_the_fixture(page):
     differences = check_page(page, ROOT)
     assert not differences, "; ".join(map(str, differences)) + " (run python docs/studies/refresh.py " \
         f"{page.relative_to(ROOT)})"
+
+
+def test_the_readme_copies_the_study_pages_tables_as_they_are():
+    differences = check_copies(ROOT / "README.md", ROOT / "docs" / "studies")
+    assert not differences, "; ".join(map(str, differences)) + " (run python docs/studies/refresh.py docs/studies/*.md)"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)

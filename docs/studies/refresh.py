@@ -5,7 +5,8 @@
 makes the page's fixture anew from the runs of its sweep found under ``--root`` (results-only
 copies: run.json and the rows its tables read, no weights), checks that the report of the fixture
 has the same tables as the report of the runs, then embeds those tables in the page and copies its
-figures beside it. Without ``--root`` it re-embeds the tables and figures from the committed
+figures beside it, and copies the README's tables of study pages (``<!-- table:
+<page>:tables/<name>.md -->``) from the pages. Without ``--root`` it re-embeds the tables and figures from the committed
 fixture (after a change to the report's code). ``tests/test_docs_studies.py`` fails while a page
 embeds a table the report would not write now. How pages, fixtures and the study block work:
 ``reports/study_pages.py``.
@@ -23,7 +24,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPOSITORY))  # this checkout's reports/, not an installed copy's
 
 from landscape.errors import InputError  # noqa: E402
-from reports.study_pages import refresh_page  # noqa: E402
+from reports.study_pages import refresh_copies, refresh_page  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
         for page in arguments.pages:
             for line in refresh_page(page, arguments.root, root=REPOSITORY):
                 print(line)
+        for line in refresh_copies(REPOSITORY / "README.md", REPOSITORY / "docs" / "studies"):
+            print(line)
     except InputError as error:
         print(f"refresh: error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from pathlib import Path
 import scipy.stats
 
 from landscape.errors import InputError
@@ -65,6 +66,32 @@ def test_psi_and_pooled_tau_have_opposite_signs_in_a_simpsons_paradox():
     assert row["psi"] == pytest.approx(-1.0)
     assert row["psi_note"] == ""
     assert row["n"] == 8
+
+
+def test_setting_correlations_give_each_measures_direction_along_each_setting_alone():
+    from reports.correlation import setting_correlations
+
+    # In SIMPSON, m = k + 1.2·(−1)^k: along lr alone (models 1→2, 3→4, 5→6, Δm = 1 + 2.4) m rises, along
+    # wd alone (0→1, 2→3, 4→5, 6→7, Δm = 1 − 2.4) it falls; e = k + 2 − 1.2·(−1)^k the other way round.
+    # A text axis has no order: left out.
+    table = setting_correlations(SIMPSON.assign(method="sgd"), ["m", "e"], ["lr", "wd", "method"], n_bootstrap=200)
+    by = table.set_index(["measure", "axis"])
+    assert set(table["axis"]) == {"lr", "wd"}
+    assert by.loc[("m", "lr"), "tau"] == 1.0 and by.loc[("m", "lr"), "groups"] == 3
+    assert by.loc[("m", "wd"), "tau"] == -1.0 and by.loc[("m", "wd"), "groups"] == 4
+    assert by.loc[("e", "lr"), "tau"] == -1.0 and by.loc[("e", "wd"), "tau"] == 1.0
+    assert by.loc[("m", "lr"), "tau_low"] == by.loc[("m", "lr"), "tau_high"] == 1.0  # every group agrees
+
+
+def test_setting_correlations_average_the_groups_and_match_scipy_inside_one():
+    from reports.correlation import setting_correlations
+
+    # two groups (b = 0, 1) along a; inside the first, m against a is scipy's τ; in the second, −1
+    points = pd.DataFrame({"a": [1, 2, 3, 1, 2, 3], "b": [0, 0, 0, 1, 1, 1], "m": [0.3, 0.1, 0.2, 3.0, 2.0, 1.0]})
+    row = setting_correlations(points, ["m"], ["a", "b"], n_bootstrap=0).set_index("axis").loc["a"]
+    first = scipy.stats.kendalltau([0.3, 0.1, 0.2], [1, 2, 3]).statistic
+    assert row["tau"] == pytest.approx((first - 1.0) / 2) and row["groups"] == 2
+    assert np.isnan(row["tau_low"])  # no bootstrap asked
 
 
 def test_psi_is_nan_with_a_reason_when_no_axis_varies_alone():
@@ -216,6 +243,21 @@ def test_report_writes_the_correlation_table_figure_and_section(tmp_path):
     page = (out / "index.html").read_text()
     assert "Does sharpness predict generalization?" in page and "strongest rank correlation" in page
     assert "correlation-generalization_gap.png" in page
+    moves = pd.read_csv(out / "tables" / "correlation-settings.csv")
+    assert {"lr", "weight_decay"} <= set(moves["axis"]) and "τ with the setting" in page
+
+
+def test_the_points_do_not_depend_on_the_order_or_the_folder_of_the_runs(tmp_path):
+    # the bootstrap resamples points by position: the same runs in another order, or copied into
+    # another folder (a study page's fixture), must give the same points in the same order
+    import shutil
+
+    paths = _zoo(tmp_path / "runs")
+    moved = [Path(shutil.copytree(path, tmp_path / "elsewhere" / path.name)) for path in reversed(paths)]
+    given = zoo_points(collect(paths), run_table(paths)).points
+    other = zoo_points(collect(moved), run_table(moved)).points
+    assert [Path(p).name for p in given["path"]] == [Path(p).name for p in other["path"]]
+    pd.testing.assert_frame_equal(given.drop(columns="path"), other.drop(columns="path"))
 
 
 def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_path):

@@ -197,3 +197,21 @@ def test_a_page_embeds_only_the_reports_tables(tmp_path):
     page.write_text("<!-- study\nsweep: a.toml\nkeep: accuracy\n-->\n<!-- table: ../../../etc/passwd -->\n<!-- end table -->\n")
     with pytest.raises(InputError, match="tables/<name>.md"):
         read_page(page, tmp_path)
+
+
+def test_a_readme_copy_of_a_pages_table_is_checked_and_refreshed_from_the_page(tmp_path):
+    from reports.study_pages import check_copies, refresh_copies
+
+    pages = tmp_path / "studies"
+    pages.mkdir()
+    (pages / "zoo.md").write_text("<!-- table: tables/correlation.md -->\n| a |\n|---|\n| 1 |\n<!-- end table -->\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table: zoo:tables/correlation.md -->\n| a |\n|---|\n| 2 |\n<!-- end table -->\nend\n")
+    (difference,) = check_copies(readme, pages)
+    assert difference.table == "zoo:tables/correlation.md"
+    refresh_copies(readme, pages)
+    assert readme.read_text() == "intro\n<!-- table: zoo:tables/correlation.md -->\n| a |\n|---|\n| 1 |\n<!-- end table -->\nend\n"
+    assert check_copies(readme, pages) == []
+    readme.write_text("<!-- table: zoo:tables/nothing.md -->\n<!-- end table -->\n")
+    with pytest.raises(InputError, match="does not embed"):
+        check_copies(readme, pages)
