@@ -397,9 +397,11 @@ def corrupt_command(dataset, data_path, out, corruptions, seed, force):
                    "construction, else sgd if it has data, else the first that has).")
 @click.option("--combine", type=click.Choice(["probs", "logits", "vote"]), default="probs", show_default=True,
               help="Which stored ensemble rows to read.")
-@click.option("--correlate-with", default="test_error", show_default=True, metavar="TARGET",
-              help="Target of the correlation figure: test_error, generalization_gap, ood_error, ood_error/s<k>, "
-                   "test_nll or ece.")
+@click.option("--correlate-with", default=None, metavar="TARGET",
+              help="Show the section \"Does sharpness predict generalization?\" against this target: test_error, "
+                   "generalization_gap, ood_error, ood_error/s<k>, test_nll or ece. Without it the section "
+                   "appears (against test_error) when the runs form a zoo: 8 or more models whose training "
+                   "hyper-parameters vary besides the method and the grouping.")
 @click.option("--force", is_flag=True,
               help="Write into --out even if it holds files sharpdiv did not write (same-named ones are replaced).")
 def report_command(runs, out, sharpness, diversity, diversity_on, group_by, baseline, combine, correlate_with, force):

@@ -702,8 +702,11 @@ class Missing:
 
 def missing_measurements(results: pd.DataFrame, runs: pd.DataFrame, *, sharpness: SharpnessSpec,
                          diversity: str = "der", on: str = "ood", combine: str | None = "probs") -> list[Missing]:
-    """For every run, the measurements this report reads that its results table does not hold."""
+    """For every run, the measurements this report reads that its results table does not hold (no
+    diversity of a one-member run: there is no ensemble to be diverse)."""
     metric = diversity_metric(diversity)
+    column = RUN_PREFIX + "n_members"
+    members = runs.set_index("path")[column] if column in runs else pd.Series(dtype=float)
     # a NaN value (some member lacks the number, or it is NaN) counts as missing
     clean = set(per_run(results, "accuracy", scope="members", on="test", combine=None).dropna().index)
     corrupted = set(per_run(results, "accuracy", scope="members", on="ood", combine=None).dropna().index)
@@ -722,7 +725,8 @@ def missing_measurements(results: pd.DataFrame, runs: pd.DataFrame, *, sharpness
         if evaluated and combine is not None and path not in combined:
             found.append(Missing(path, f"ensemble rows with combine={combine}",
                                  f"sharpdiv evaluate {quoted} --combine {combine}"))
-        elif evaluated and not (on == "ood" and path not in corrupted) and path not in diverse:
+        elif (evaluated and not (on == "ood" and path not in corrupted) and path not in diverse
+              and not members.get(path, 2) < 2):
             found.append(Missing(path, f"{metric} on {'corrupted' if on == 'ood' else 'clean test'} data",
                                  f"sharpdiv evaluate {quoted}" + (" --corruptions all" if on == "ood" else "")))
         if path in sharpness_values.index and path not in sharp:

@@ -32,13 +32,19 @@ from landscape.checks import positive_int
 from landscape.errors import InputError
 from reports.collect import CURVATURE_METRICS, RUN_PREFIX, ascent_of, criterion_counts, per_run
 
-__all__ = ["CorrelationSection", "MIN_MODELS", "TARGETS", "Zoo", "correlation_axes", "kendall_tau_b", "plot_correlations", "rank_correlations",
-           "check_target", "reading", "setting_correlations", "write_correlations", "zoo_measures", "zoo_points"]
+__all__ = ["CorrelationSection", "MIN_MODELS", "MIN_RANKED", "TARGETS", "Zoo", "correlation_axes", "forms_a_zoo",
+           "kendall_tau_b", "plot_correlations", "rank_correlations", "check_target", "reading", "setting_correlations", "write_correlations",
+           "zoo_axes", "zoo_measures", "zoo_points"]
 
 #: Targets :func:`zoo_points` builds (``ood_error/s<k>``: mean over the corruptions at severity k).
 TARGETS = ("test_error", "generalization_gap", "ood_error", "test_nll", "ece")
 #: Fewer models than this and a correlation says nothing: reports skip the section and say why.
 MIN_MODELS = 5
+#: Fewer models than this and a rank correlation is not shown as informative: the bootstrap interval
+#: of τ over 5-7 points spans most of [−1, 1] (over 5 ensembles it was [−1.00, 1.00]). The report
+#: leaves out ensemble-level rows over fewer ensembles, and shows the section unasked only for a zoo
+#: of at least this many models.
+MIN_RANKED = 8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +329,30 @@ def correlation_axes(runs: pd.DataFrame) -> tuple[str, ...]:
     return tuple(axes)
 
 
+def zoo_axes(runs: pd.DataFrame, group_by: str = "method") -> tuple[str, ...]:
+    """The axes (:func:`correlation_axes`) that make ``runs`` a zoo rather than a comparison of groups:
+    all but the method, the settings only sharpness-aware methods use (ρ, k, T_d ...: a method
+    comparison varies them with the method), and the fields of the grouping ``group_by`` (a comma
+    list; ``construction`` is the single-basin settings). A zoo varies how one kind of model is
+    trained (learning rate, batch size, width, weight decay ...), as Jiang et al. (ICLR 2020, §2)
+    build theirs."""
+    from ensembles.training.settings import SINGLE_BASIN, declared
+
+    grouping = {field.strip() for field in str(group_by).split(",")}
+    left_out = {"method"} | grouping
+    for name, declaration in declared().items():
+        if not declaration.used_by("sgd") or ("construction" in grouping and declaration.methods == SINGLE_BASIN):
+            left_out.add(name)
+    return tuple(axis for axis in correlation_axes(runs) if axis not in left_out)
+
+
+def forms_a_zoo(runs: pd.DataFrame, group_by: str = "method") -> bool:
+    """Whether ``runs`` (:func:`reports.collect.run_table`) form a zoo whose rank correlations the
+    report shows unasked: at least :data:`MIN_RANKED` models (members) and a :func:`zoo_axes` axis."""
+    models = int(runs[RUN_PREFIX + "n_members"].sum()) if RUN_PREFIX + "n_members" in runs else 0
+    return models >= MIN_RANKED and bool(zoo_axes(runs, group_by))
+
+
 #: The ``epochs`` of every run trained to a criterion, as an axis sees it: one value, whatever the cap.
 TO_A_CRITERION = "(to a criterion)"
 
@@ -565,8 +595,9 @@ def write_correlations(results: pd.DataFrame, runs: pd.DataFrame, tables_dir: st
                        figures_dir: str | os.PathLike, *, target: str = "test_error", combine: str | None = "probs",
                        n_bootstrap: int = 2000, seed: int = 0, formats: Sequence[str] = ("png", "svg")) -> CorrelationSection:
     """``tables/correlation.{csv,md,tex}`` (per-member points; per-ensemble ones too when a run has
-    several members) and the figure ``correlation-<target>`` of the per-member points. With fewer than
-    :data:`MIN_MODELS` models, or no measure or target stored, nothing is written and a note says why."""
+    several members, each over at least :data:`MIN_RANKED` ensembles) and the figure
+    ``correlation-<target>`` of the per-member points. With fewer than :data:`MIN_MODELS` models, or no
+    measure or target stored, nothing is written and a note says why."""
     from reports.tables import write_table
 
     if RUN_PREFIX + "dataset" in runs and runs[RUN_PREFIX + "dataset"].nunique() > 1:
@@ -589,12 +620,17 @@ def write_correlations(results: pd.DataFrame, runs: pd.DataFrame, tables_dir: st
                      "`sharpdiv evaluate RUN --splits train,val,test`")
     parts = [rank_correlations(members.points, members.measures, targets, members.axes, n_bootstrap, seed)
              .assign(points="members")]
-    if len(runs) >= MIN_MODELS and (runs[RUN_PREFIX + "n_members"] > 1).any():
+    if (runs[RUN_PREFIX + "n_members"] > 1).any():
         ensembles = zoo_points(results, runs, of="ensembles", combine=combine)
         measured = [t for t in ensembles.targets if ensembles.points[t].notna().sum() >= 2]
-        if measured:
-            parts.append(rank_correlations(ensembles.points, ensembles.measures, measured, ensembles.axes,
-                                           n_bootstrap, seed).assign(points="ensembles"))
+        ranked = (rank_correlations(ensembles.points, ensembles.measures, measured, ensembles.axes, n_bootstrap,
+                                    seed).assign(points="ensembles") if measured and ensembles.measures else None)
+        if ranked is not None and (ranked["n"] < MIN_RANKED).any():
+            notes.append(f"ensemble-level rank correlations over fewer than {MIN_RANKED} ensembles left out "
+                         f"({int(ranked['n'].max())} ensembles at most): their τ intervals span most of [−1, 1]")
+            ranked = ranked[ranked["n"] >= MIN_RANKED]
+        if ranked is not None and not ranked.empty:
+            parts.append(ranked)
     table = pd.concat(parts, ignore_index=True)
     table = table[["points", *[c for c in table.columns if c != "points"]]]
     text = _formatted(table)

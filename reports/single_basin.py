@@ -44,9 +44,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from reports.collect import RUN_PREFIX, per_run, with_alignment
+from reports.tables import t_interval
 
 __all__ = ["CONSTRUCTION", "DEEP", "SingleBasinSection", "construction_of", "plot_single_basin",
            "single_basin_points", "single_basin_tables", "with_constructions", "write_single_basin"]
@@ -245,20 +245,6 @@ def has_constructions(points: pd.DataFrame) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # the table
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float, float, int]:
-    """``(mean, low, high, n)`` of the finite values: ``mean ± t(0.975, n−1)·s/√n`` (no interval for
-    n < 2)."""
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, 1
-    half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
 
 
 def _construction_order(points: pd.DataFrame) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ensembles.runs.files import atomic_path
 from landscape.errors import InputError
@@ -36,8 +37,54 @@ from reports.collect import (COMPARABILITY_FIELDS, RUN_PREFIX, SharpnessSpec, ba
                              group_labels, group_order, per_corruption, per_run, run_table, sharpness_per_run, tradeoff_points)
 from reports.tradeoff import MIN_ENSEMBLES, BetaFit, fits_by_group
 
-__all__ = ["GroupTable", "beta_table", "connectivity_table", "corruption_table", "default_baseline", "latex", "markdown",
-           "quickstart_summary", "severity_table", "summary_table", "write_group_table", "write_table"]
+__all__ = ["GroupTable", "beta_table", "column_decimals", "connectivity_table", "corruption_table", "default_baseline",
+           "fixed_decimals", "headline_table", "joined", "latex", "provenance_table", "markdown", "quickstart_summary", "severity_table",
+           "summary_table", "t_interval", "write_group_table", "write_table"]
+
+#: Significant digits of a column's largest value when every number of the column gets one decimal count.
+SIGNIFICANT = 4
+
+
+def column_decimals(values, percent: bool = False) -> int:
+    """The decimals every number of a column gets so that the column reads alike: 2 for percentages,
+    else enough for :data:`SIGNIFICANT` digits of its largest magnitude (``0.8064``, ``12.31``,
+    ``0.01100`` beside ``0.00822``).
+
+    >>> column_decimals([0.8064, 1.11]), column_decimals([0.011, 0.00822]), column_decimals([97.25], percent=True)
+    (3, 5, 2)
+    """
+    if percent:
+        return 2
+    finite = np.abs(np.asarray(values, dtype=float))
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not finite.size:
+        return SIGNIFICANT - 1
+    return max(0, SIGNIFICANT - 1 - math.floor(math.log10(finite.max())))
+
+
+def fixed_decimals(numbers: pd.DataFrame) -> pd.DataFrame:
+    """``numbers`` as text, each numeric column with one decimal count (:func:`column_decimals`);
+    blank where a value is missing; other columns as they are."""
+    text = numbers.copy().astype(object)
+    for column in numbers.columns:
+        if pd.api.types.is_numeric_dtype(numbers[column]) and not pd.api.types.is_bool_dtype(numbers[column]):
+            decimals = column_decimals(numbers[column])
+            text[column] = ["" if pd.isna(value) else f"{value:.{decimals}f}" for value in numbers[column]]
+    return text
+
+
+def t_interval(values) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)`` of the finite values: ``mean ± t(0.975, n−1)·s/√n`` (no interval for
+    n < 2)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(values.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, 1
+    half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
 
 
 @dataclass(frozen=True)
@@ -73,22 +120,31 @@ class GroupTable:
         long["count"] = long["count"].astype(int)
         return long
 
-    def text(self) -> pd.DataFrame:
+    def text(self, decimals: dict[str, int] | None = None) -> pd.DataFrame:
         """Formatted cells: ``mean ± std``, ``(+diff)`` against the baseline, ``[n=k]`` where fewer
-        runs than the group has carry the quantity; ``—`` where none does."""
+        runs than the group has carry the quantity; ``—`` where none does. Numbers have 4 significant
+        digits (2 decimals in percent), or the ``decimals`` given per quantity (:meth:`decimals`)."""
         cells = pd.DataFrame(index=self.mean.index, columns=self.mean.columns, dtype=object)
         for group in self.mean.index:
             for quantity in self.mean.columns:
-                cells.loc[group, quantity] = self._cell(group, quantity)
+                cells.loc[group, quantity] = self._cell(group, quantity, decimals)
         cells.insert(0, "runs", self.runs.reindex(self.mean.index).astype(int).astype(str))
         cells.index.name = self.group_by
         return cells
 
-    def _cell(self, group, quantity) -> str:
+    def decimals(self) -> dict[str, int]:
+        """One decimal count per quantity, so that a column reads alike (:func:`column_decimals`)."""
+        return {quantity: column_decimals(self.mean[quantity], quantity in self.percent)
+                for quantity in self.mean.columns}
+
+    def _cell(self, group, quantity, decimals: dict[str, int] | None = None) -> str:
         count = int(self.count.loc[group, quantity])
         if count == 0:
             return "—"
-        digits = (lambda x: f"{x:.2f}") if quantity in self.percent else (lambda x: f"{x:.4g}")
+        if decimals is not None:
+            digits = (lambda x: f"{x:.{decimals[quantity]}f}")
+        else:
+            digits = (lambda x: f"{x:.2f}") if quantity in self.percent else (lambda x: f"{x:.4g}")
         text = digits(self.mean.loc[group, quantity])
         spread = self.std.loc[group, quantity]
         if np.isfinite(spread):
@@ -180,6 +236,46 @@ def summary_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, gr
     return _group_statistics(name, title, group_by, values, groups, percent=percent)
 
 
+#: The summary's quantities the report leads with (SharpBalance, Fig. 7 and Tables 2–4), then the sharpness.
+HEADLINE = ("member accuracy ID (%)", "ensemble accuracy ID (%)", "member accuracy OOD (%)", "ensemble accuracy OOD (%)",
+            "DER ID", "DER OOD", "EIR ID", "EIR OOD")
+
+
+def headline_table(summary: GroupTable, sharpness: SharpnessSpec | str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The headline quantities of ``summary`` per group as the mean over runs with its 95% t interval:
+    ``(numbers, cells, title)``. ``numbers`` is tidy (group, quantity, mean, ci_low, ci_high, n);
+    ``cells`` holds ``(mean, "[low, high]")`` text pairs (one decimal count per column; no interval
+    from one run, ``[n=k]`` where fewer runs than the group has carry the quantity, ``("—", "")``
+    where none does), with the group's run count first; :func:`joined` makes them one text."""
+    quantities = [q for q in (*HEADLINE, f"sharpness {sharpness}") if q in summary.mean.columns]
+    cells = pd.DataFrame(index=summary.mean.index, columns=["runs", *quantities], dtype=object)
+    rows = []
+    for group in summary.mean.index:
+        runs = int(summary.runs.get(group, 0))
+        cells.at[group, "runs"] = (str(runs), "")
+        mine = summary.per_run[summary.per_run["group"] == group]
+        for quantity in quantities:
+            mean, low, high, n = t_interval(mine[quantity].astype(float))
+            rows.append({summary.group_by: group, "quantity": quantity, "mean": mean, "ci_low": low,
+                         "ci_high": high, "n": n})
+            d = column_decimals(summary.mean[quantity], quantity in summary.percent)
+            interval = f"[{low:.{d}f}, {high:.{d}f}]" if n > 1 else ""
+            if 0 < n < runs:
+                interval = f"{interval} [n={n}]".strip()
+            cells.at[group, quantity] = ("—", "") if n == 0 else (f"{mean:.{d}f}", interval)
+    cells = cells.rename(columns={f"sharpness {sharpness}": "sharpness"})  # the title says which
+    cells.index.name = summary.group_by
+    title = (f"Summary by {summary.group_by}: mean over runs [95% t interval, mean ± t(0.975, n−1)·s/√n]; "
+             f"ID = clean test data, OOD = mean over corrupted slices; accuracies in %; members' mean sharpness "
+             f"{sharpness}")
+    return pd.DataFrame(rows, columns=[summary.group_by, "quantity", "mean", "ci_low", "ci_high", "n"]), cells, title
+
+
+def joined(cells: pd.DataFrame) -> pd.DataFrame:
+    """Text pairs of :func:`headline_table` as one text per cell (``97.25 [96.51, 97.99]``)."""
+    return cells.map(lambda pair: " ".join(part for part in pair if part))
+
+
 def connectivity_table(results: pd.DataFrame, runs: pd.DataFrame, *,
                        combine: str | None = "probs") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Per run with barrier rows: the mean pairwise loss barrier without and with each stored
@@ -241,8 +337,8 @@ CORRUPTION_QUANTITIES = (("accuracy", "ensemble accuracy (%)", True), ("der", "D
 
 
 def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *, group_by: str = "method",
-                     metric: str = "accuracy", combine: str | None = "probs",
-                     name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                     metric: str = "accuracy", combine: str | None = "probs", name: str | None = None,
+                     same_decimals: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The ensemble's ``metric`` per corruption at each severity, per group: ``(numbers, text, title)``.
 
     A mean over corruptions hides a corruption that destroys the task at every severity (or one
@@ -250,7 +346,8 @@ def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *,
     and ``mean`` (over that corruption's severities); cells are the mean ± std over the group's runs,
     with ``[n=k]`` where fewer runs than the group has carry the slice. ``numbers`` is tidy: one row
     per group, corruption and severity with ``mean``, ``std`` and ``count``. Empty when no run has
-    corrupted-data rows of ``metric``.
+    corrupted-data rows of ``metric``. Numbers have 4 significant digits (2 decimals in percent), or
+    with ``same_decimals`` one decimal count for the whole table (:func:`column_decimals`).
     """
     label, percent = next(((text, pct) for m, text, pct in CORRUPTION_QUANTITIES if m == metric), (metric, False))
     groups = _groups(results, runs, group_by)
@@ -271,6 +368,9 @@ def corruption_table(results: pd.DataFrame, runs: pd.DataFrame | None = None, *,
     stats_ = stats_.sort_values(["_order", "corruption", "_severity"]).drop(columns=["_order", "_severity"])
     runs_of_group = groups.value_counts()
     digits = (lambda x: f"{x:.2f}") if percent else (lambda x: f"{x:.4g}")
+    if same_decimals:
+        decimals = column_decimals(stats_["mean"], percent)
+        digits = (lambda x: f"{x:.{decimals}f}")
 
     def cell(row) -> str:
         if row["count"] == 0 or not np.isfinite(row["mean"]):
@@ -337,6 +437,38 @@ def beta_table(fits: dict[str, BetaFit | str], group_by: str, *, sharpness: str,
              f"β ± t(n−2)·SE; a β from fewer than {MIN_ENSEMBLES} ensembles or whose interval contains 0 "
              "is not told from noise)")
     return numbers, shown, title
+
+
+def provenance_table(results: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Where each run's numbers come from, as ``(numbers, text, title)``: the run folder, when its
+    run.json was written and the library versions it records, the digest of the member files its
+    ensemble rows read (each member's when it has no ensemble rows), how many current result rows it
+    holds and the sharpdiv versions that measured them."""
+    from ensembles.runs import run_folder
+
+    rows = []
+    for path, label in zip(runs["path"], runs["run_label"]):
+        config = run_folder.read_config(path)
+        mine = results[results["path"] == path] if "path" in results else results.iloc[0:0]
+        digests = []
+        if "weights" in mine and not mine.empty:
+            scopes = mine["scope"].astype(str)
+            digests = sorted(set(mine.loc[scopes == "ensemble", "weights"].dropna()))
+            if not digests:  # no ensemble rows: the members' own digests, in member order
+                members = mine[scopes.str.fullmatch(r"member-\d+")]
+                order = members["scope"].str.removeprefix("member-").astype(int)
+                digests = list(dict.fromkeys(members.assign(_order=order).sort_values("_order")["weights"].dropna()))
+        measured = (sorted(set(mine["sharpdiv_version"].dropna().astype(str))) if "sharpdiv_version" in mine else [])
+        rows.append({"run": label, "path": str(path), "created": str(config.get("created", "")),
+                     **{f"{name} (run.json)": str(version) for name, version in (config.get("versions") or {}).items()},
+                     "weights digest": " ".join(map(str, digests)), "result rows": len(mine),
+                     "measured with sharpdiv": ", ".join(measured)})
+    numbers = pd.DataFrame(rows)
+    text = numbers.astype(str).set_index("run")
+    title = ("Provenance per run: the folder, when run.json was written and the versions it records, the digest of "
+             "the weights its ensemble rows read (each member's when it has none), its current result rows and the "
+             "sharpdiv versions that measured them")
+    return numbers, text, title
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # puts the repository root on the path; the shared helper modules here are imported by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def fast_quickstart(tmp_path_factory):
+    """``sharpdiv quickstart --fast`` run once for the session (its tests and the browser test of its
+    report read it, never change it): the output folder and the click result."""
+    from click.testing import CliRunner
+
+    import cli
+
+    out = tmp_path_factory.mktemp("quickstart")
+    return out, CliRunner().invoke(cli.main, ["quickstart", "--fast", "--out", str(out), "--device", "cpu"])

@@ -128,6 +128,19 @@ def test_a_run_with_a_member_lacking_the_value_is_nan_and_named(tmp_path, member
     assert any("sharpness/worst/l2/adaptive@0.5 for every member" in note and path in note for note in notes), notes
 
 
+def test_a_one_member_run_is_not_asked_for_diversity_but_an_ensemble_is(tmp_path):
+    """A model of a zoo has no ensemble to be diverse: no command would store its DER."""
+    single = fixtures.make_run(tmp_path / "single", seeds=(13,))
+    ensemble = fixtures.make_run(tmp_path / "ensemble")
+    run_folder.append_results(single, fixtures.evaluation_rows([0.8], {"accuracy": 0.8}))
+    run_folder.append_results(ensemble, fixtures.evaluation_rows([0.8, 0.7, 0.6], {"accuracy": 0.85}))
+    table = run_table([single, ensemble])
+    notes = [str(note) for note in missing_measurements(collect([single, ensemble], table), table, sharpness=SPEC,
+                                                        on="test")]
+    assert [note for note in notes if "der on" in note] == [
+        f"run {ensemble} has no der on clean test data: run `sharpdiv evaluate {ensemble}`"]
+
+
 def test_member_accuracy_with_a_nan_member_is_nan_not_the_others_mean(tmp_path):
     path, table, results = report_inputs(tmp_path, [1.0, 2.0, 3.0], True)
     assert math.isnan(per_run(results, "accuracy", scope="members", on="test")[path])

@@ -265,11 +265,13 @@ def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_pat
 
     paths = _zoo(tmp_path / "runs")[:4]
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out)])
+    result = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(out), "--correlate-with", "test_error"])
     assert result.exit_code == 0, result.output
     assert "4 model(s)" in result.output and "fewer than 5" in result.output
     assert not (out / "tables" / "correlation.csv").exists()
     assert "Does sharpness predict generalization?" not in (out / "index.html").read_text()
+    unasked = CliRunner().invoke(main, ["report", *map(str, paths), "--out", str(tmp_path / "unasked")])
+    assert unasked.exit_code == 0 and "correlation" not in unasked.output  # no zoo, not asked: nothing to explain
 
 
 def test_an_unknown_correlation_target_is_one_line_and_writes_nothing(tmp_path):
@@ -293,3 +295,52 @@ def test_rows_of_the_reference_ascent_are_a_definition_of_their_own(tmp_path):
     assert measures["sharpness/worst/l2/adaptive@0.5:reference m=128"]["value"].tolist() == [9.0]
     assert 9.0 not in measures["sharpness/worst/l2/adaptive@0.5 m=128"]["value"].tolist()
     assert _short("sharpness/worst/l2/adaptive@0.5:reference m=128") == "worst ℓ2 adaptive ρ=0.5 (reference ascent) m=128"
+
+
+# ----------------------------------------------------------------------------------------------
+# when the runs form a zoo, and ensemble-level rows over too few ensembles
+
+
+def _runs(rows, n_members=3):
+    """A run table (reports.collect.run_table's columns) of the given run.json settings."""
+    table = pd.DataFrame([{f"run.{name}": value for name, value in row.items()} for row in rows])
+    return table.assign(path=[f"r{i}" for i in range(len(rows))], **{"run.n_members": n_members})
+
+
+QUICKSTART = [{"method": "sgd", "rho": 0.0}, {"method": "sam", "rho": 0.02}, {"method": "sam", "rho": 0.05},
+              {"method": "sam", "rho": 0.1}, {"method": "sharpbalance", "rho": 0.05, "k": 0.4, "td": 6}]
+
+
+def test_a_method_comparison_is_no_zoo_and_a_hyper_parameter_grid_is():
+    from reports.correlation import forms_a_zoo, zoo_axes
+
+    quickstart = _runs(QUICKSTART)  # 15 models, but only the method and its own settings vary
+    assert zoo_axes(quickstart) == () and not forms_a_zoo(quickstart)
+    assert not forms_a_zoo(quickstart, group_by="rho")  # grouped otherwise: still the methods' comparison
+    width_study = _runs([{"method": "sam", "rho": rho, "width": width} for rho in (0.01, 0.1) for width in (8, 16)])
+    assert zoo_axes(width_study, "width") == () and zoo_axes(width_study) == ("width",)
+    grid = _runs([{"method": "sam", "rho": rho, "lr": lr, "batch_size": batch} for rho, lr, batch in
+                  ((0.0, 0.1, 32), (0.0, 0.02, 64), (0.1, 0.1, 64), (0.1, 0.02, 32))], n_members=1)
+    assert zoo_axes(grid, "lr") == ("batch_size",)
+    assert not forms_a_zoo(grid, "lr")  # 4 models: too few to rank unasked
+    eight = _runs([{"method": "sgd", "lr": 0.1 / (1 + i), "seeds": str(i)} for i in range(8)], n_members=1)
+    assert forms_a_zoo(eight) and not forms_a_zoo(eight, group_by="lr") and not forms_a_zoo(eight.iloc[:7])
+    single_basin = _runs([{"method": "sgd", "spawn_epoch": epoch} for epoch in (None, 0, 5)] * 3)
+    assert forms_a_zoo(single_basin) and not forms_a_zoo(single_basin, group_by="construction")
+
+
+@pytest.mark.parametrize("n_runs, shown", [(6, False), (8, True)])
+def test_ensemble_level_rows_need_eight_ensembles(tmp_path, n_runs, shown):
+    from reports.collect import collect, run_table
+    from reports.correlation import MIN_RANKED, write_correlations
+
+    grid = [(lr, wd) for wd in (0.0, 5e-4) for lr in (0.1, 0.05, 0.02, 0.01)][:n_runs]
+    paths = [_zoo_run(tmp_path / "runs", i, lr, wd, sharpness=1 + i, test_accuracy=0.9 - 0.02 * i,
+                      train_accuracy=0.99, n_members=2) for i, (lr, wd) in enumerate(grid)]
+    runs = run_table(paths)
+    section = write_correlations(collect(paths, runs), runs, tmp_path / "tables", tmp_path / "figures",
+                                 n_bootstrap=50, formats=("png",))
+    table = pd.read_csv(tmp_path / "tables" / "correlation.csv")
+    assert set(table["points"]) == ({"members", "ensembles"} if shown else {"members"})
+    assert (table.loc[table["points"] == "ensembles", "n"] >= MIN_RANKED).all()
+    assert any("fewer than 8 ensembles left out" in note for note in section.notes) != shown

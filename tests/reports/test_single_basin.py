@@ -194,7 +194,8 @@ def test_the_report_holds_the_section_with_its_tables_and_figure(study, tmp_path
     assert all(path.is_file() for path in report.tables + report.figures)
     index = (tmp_path / "report" / "index.html").read_text()
     assert "How good is a single basin?" in index and "figures/single-basin.png" in index
-    assert "## How good is a single basin?" in (tmp_path / "report" / "README.md").read_text()
+    readme = (tmp_path / "report" / "README.md").read_text()  # the report's question, then the section answering it
+    assert "**How good is a single basin?**" in readme and "## Connectivity and accuracy by construction" in readme
     stored = pd.read_csv(tmp_path / "report" / "tables" / "single-basin.csv")
     computed, _, _, _ = single_basin_tables(single_basin_points(results, runs))
     pd.testing.assert_frame_equal(stored, computed, check_dtype=False)

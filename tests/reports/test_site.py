@@ -29,8 +29,9 @@ class Links(HTMLParser):
         super().__init__()
         self.targets = []
 
-    def handle_starttag(self, tag, attributes):
-        self.targets += [value for name, value in attributes if name in ("href", "src")]
+    def handle_starttag(self, tag, attributes):  # files, not the page's #section anchors nor its empty data: icon
+        self.targets += [value for name, value in attributes
+                         if name in ("href", "src") and not value.startswith(("#", "data:"))]
 
 
 def test_index_links_every_written_file_and_nothing_else(study_report):

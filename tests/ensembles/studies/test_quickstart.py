@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli
 from ensembles import cpus
 from ensembles.data.corruptions import make_corrupted_split
 from ensembles.data.datasets import load_corrupted, load_dataset
@@ -20,10 +18,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quickstart")
-    result = CliRunner().invoke(cli.main, ["quickstart", "--fast", "--out", str(out), "--device", "cpu"])
-    return out, result
+def finished(fast_quickstart):
+    return fast_quickstart  # tests/conftest.py: run once, its report is also opened in a browser
 
 
 def _readme_quickstart() -> str:
