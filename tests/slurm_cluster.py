@@ -4,7 +4,9 @@ hand as root in a temporary folder and stopped by PID, and the SLURM commands ru
 Nothing outside the folder is used: munged listens on its own socket with a key made for it,
 slurmctld and slurmd on free local ports, with the configuration :data:`SLURM_CONF` (no cgroups,
 no accounting). Every command the tests and the sweep run finds it through ``SLURM_CONF`` in
-:attr:`Cluster.env`. Test modules import it by name (``from slurm_cluster import one_node_cluster``).
+:attr:`Cluster.env`; :func:`task_process` finds the Python process of a task, to stop, signal or
+kill it. Test modules import it by name (``import slurm_cluster``), benchmarks/bench_slurm.py from
+tests/.
 """
 from __future__ import annotations
 
@@ -71,6 +73,19 @@ def unavailable() -> str | None:
     if missing:
         return f"{', '.join(missing)} not installed"
     return None
+
+
+def require_cluster() -> None:
+    """Skip the calling test when no cluster can be started here, saying why and how to run it; under
+    CI (``CI=true``), which installs the packages, fail instead."""
+    import pytest
+
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI runs the SLURM cluster tests, but {reason}: .ci/run installs slurm-wlm and munge")
+    pytest.skip(f"{reason}; to run these tests: {HOW_TO_RUN}")
 
 
 def _free_port() -> int:
@@ -220,3 +235,31 @@ def _start(cluster: Cluster, name: str, *arguments: str) -> subprocess.Popen:
     if process.poll() is not None:
         raise AssertionError(f"{name} stopped at once ({process.returncode})\n" + cluster.logs())
     return process
+
+
+def task_process(task: str) -> int | None:
+    """The PID of the Python process running SLURM task ``task`` (array task ``12_0``, or job ``12``):
+    submitit's ``_submit`` with the task's ids in its environment (not the ``srun`` that started it)."""
+    job, _, index = task.partition("_")
+    wanted = {f"SLURM_ARRAY_JOB_ID={job}".encode(), f"SLURM_ARRAY_TASK_ID={index}".encode()} if index else \
+        {f"SLURM_JOB_ID={job}".encode()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if Path(arguments[0].decode()).name.startswith("python") and b"submitit.core._submit" in arguments \
+                    and wanted <= set((entry / "environ").read_bytes().split(b"\0")):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (or is stopped), not gone nor a zombie."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False

@@ -97,10 +97,10 @@ grid point, every task at once unless ``jobs`` caps it, with the GPU and time re
 submitit's checkpointing (:class:`SweepJob` is ``Checkpointable``) and resumes from its run folder,
 and a task that leaves the queue without its result (killed, its node lost) has failed, with or
 without job accounting (:mod:`ensembles.studies.slurm`); ``debug`` is submitit's in-process
-executor. Failed jobs are submitted again up to ``retries`` times. Jobs that read other jobs' runs run in dependency waves (:attr:`Sweep.waves`):
-each wave as above (slurm: one array per wave) once the one before has ended; a job whose run to
-read failed (after its retries) is not run, but reported and logged as "skipped: its teacher X
-failed". Without waiting (``--no-wait``), only the jobs whose runs to read are finished are
+executor. Failed jobs are submitted again up to ``retries`` times. Jobs that read other jobs' runs
+run in dependency waves (:attr:`Sweep.waves`): each wave as above (slurm: one array per wave) once
+the one before has ended; a job whose run to read failed (after its retries) is not run, but
+reported and logged as "skipped: its teacher X failed". Without waiting (``--no-wait``), only the jobs whose runs to read are finished are
 submitted; run the sweep again for the rest. ``sweep status`` shows a job not started as
 ``waiting for`` the runs it reads, or as skipped. Reports are not made here (``ensembles`` does not
 depend on ``reports``): the CLI builds them over :func:`sweep_runs`.
@@ -1129,9 +1129,8 @@ def check_before_running(sweep: Sweep, data_path=None, *, trust_model_code: bool
 
 
 def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local", jobs: int | None = None,
-              retries: int = 1,
-              cluster: ClusterRequest | None = None, data_path=None, device: str = "auto", wait: bool = True,
-              progress: bool = False, echo: Callable[[str], None] | None = None,
+              retries: int = 1, cluster: ClusterRequest | None = None, data_path=None, device: str = "auto",
+              wait: bool = True, progress: bool = False, echo: Callable[[str], None] | None = None,
               poll_seconds: float = 2.0, threads: int | None = None,
               trust_model_code: bool | None = None) -> SweepResult:
     """Run every job of ``sweep`` into ``root`` with ``executor`` (local, slurm or debug).
@@ -1143,9 +1142,9 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     attempt redoes only the missing work. SLURM tasks are followed through the queue
     (:func:`ensembles.studies.slurm.watch`, every ``poll_seconds`` at first): one that leaves it
     without its result has failed, even on a cluster without job accounting, and its failure names
-    its SLURM state, exit code and the end of its error log. Jobs that read other jobs' run folders run in
-    dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a job
-    whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
+    its SLURM state, exit code and the end of its error log. Jobs that read other jobs' run folders
+    run in dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a
+    job whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
     runs to read are finished and returns; the others wait for the next call.
     ``trust_model_code`` (None: ``SHARPDIV_TRUST_MODEL_CODE``) lets models that name Python code be
     built, here and in every job. ``sharpdiv sweep run`` calls :func:`check_before_running` first,
