@@ -677,8 +677,9 @@ def _sweep_report(sweep, paths, out, force=False):
               help="Root folder: one run folder per grid point, the sweep log, and report/.")
 @click.option("--executor", type=click.Choice(["local", "slurm", "debug"]), default="local", show_default=True,
               help="local: here (N processes with --jobs); slurm: an array job; debug: submitit in-process.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Jobs at once (local: processes, one GPU each when there are GPUs; slurm: array parallelism).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Jobs at once (local: processes, one GPU each when there are GPUs, default 1; slurm: a cap on "
+                   "the array's tasks running at once, default none).")
 @click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Submit failed jobs again this many times (only their missing work is redone).")
 @click.option("--slurm-partition", default=None, help="SLURM partition.")
@@ -686,7 +687,8 @@ def _sweep_report(sweep, paths, out, force=False):
 @click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPUs per SLURM task.")
 @click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), default=None, help="Memory per SLURM task.")
 @click.option("--time", "time_limit", default="24:00:00", show_default=True,
-              help="Time per SLURM task ([D-]HH:MM:SS or minutes); preempted or timed-out tasks are requeued.")
+              help="Time per SLURM task ([D-]HH:MM:SS or minutes, at least 2); preempted or timed-out tasks are "
+                   "requeued, warned a tenth of it (at most 120 s) before the limit.")
 @click.option("--slurm-account", default=None)
 @click.option("--slurm-qos", default=None)
 @click.option("--slurm-constraint", default=None)
@@ -711,11 +713,12 @@ def sweep_run_command(file, out, executor, jobs, retries, slurm_partition, gpus_
     measurements, which reuse stored rows: stop it any time and run it again. The dataset is a
     setting of the file; --data-path overrides the file's data_path.
     """
-    from ensembles.studies.sweep import (ClusterRequest, check_before_running, read_sweep, run_sweep, sweep_runs,
-                                         timeout_minutes)
+    from ensembles.studies.slurm import check_time_limit, timeout_minutes
+    from ensembles.studies.sweep import ClusterRequest, check_before_running, read_sweep, run_sweep, sweep_runs
 
     sweep = read_sweep(file)
-    timeout_minutes(time_limit)  # checked before anything is submitted
+    # checked before anything is submitted; a limit a task could not checkpoint within only matters on SLURM
+    (check_time_limit if executor == "slurm" else timeout_minutes)(time_limit)
     # every job's data, model (code only with --trust-model-code) and corrupted data, before anything is made
     check_before_running(sweep, str(data_path) if data_path else sweep.data_path)
     if make_report:  # refused now, not after hours of training

@@ -92,13 +92,15 @@ the step cost.
 **Executors** (submitit, :func:`run_sweep`): ``local`` runs the jobs in this process (``jobs=1``) or
 N at a time in submitit's local processes, each pinned to its own GPU through
 ``CUDA_VISIBLE_DEVICES`` when there are GPUs; ``slurm`` submits one array job per sweep, one task per
-grid point, with the GPU and time requests of :class:`ClusterRequest`; a preempted or timed-out task
-is requeued by submitit's checkpointing (:class:`SweepJob` is ``Checkpointable``) and resumes from
-its run folder; ``debug`` is submitit's in-process executor. Failed jobs are submitted again up to
-``retries`` times. Jobs that read other jobs' runs run in dependency waves (:attr:`Sweep.waves`):
-each wave as above (slurm: one array per wave) once the one before has ended; a job whose run to
-read failed (after its retries) is not run, but reported and logged as "skipped: its teacher X
-failed". Without waiting (``--no-wait``), only the jobs whose runs to read are finished are
+grid point, every task at once unless ``jobs`` caps it, with the GPU and time requests of
+:class:`~ensembles.studies.slurm.ClusterRequest`; a preempted or timed-out task is requeued by
+submitit's checkpointing (:class:`SweepJob` is ``Checkpointable``) and resumes from its run folder,
+and a task that leaves the queue without its result (killed, its node lost) has failed, with or
+without job accounting (:mod:`ensembles.studies.slurm`); ``debug`` is submitit's in-process
+executor. Failed jobs are submitted again up to ``retries`` times. Jobs that read other jobs' runs
+run in dependency waves (:attr:`Sweep.waves`): each wave as above (slurm: one array per wave) once
+the one before has ended; a job whose run to read failed (after its retries) is not run, but
+reported and logged as "skipped: its teacher X failed". Without waiting (``--no-wait``), only the jobs whose runs to read are finished are
 submitted; run the sweep again for the rest. ``sweep status`` shows a job not started as
 ``waiting for`` the runs it reads, or as skipped. Reports are not made here (``ensembles`` does not
 depend on ``reports``): the CLI builds them over :func:`sweep_runs`.
@@ -110,7 +112,6 @@ import datetime
 import inspect
 import itertools
 import json
-import math
 import os
 import re
 import socket
@@ -121,6 +122,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ensembles import cpus
+from ensembles.studies import slurm
+from ensembles.studies.slurm import ClusterRequest, slurm_parameters, timeout_minutes
 from ensembles.training.settings import declared
 from landscape.checks import positive_int
 from landscape.errors import InputError
@@ -1046,71 +1049,6 @@ class SweepJob(_Checkpointable):
 # executors
 
 
-@dataclass(frozen=True)
-class ClusterRequest:
-    """What each SLURM task asks for. ``time`` is ``HH:MM:SS``, ``D-HH:MM:SS`` or minutes."""
-
-    partition: str | None = None
-    gpus_per_job: int = 1
-    time: str = "24:00:00"
-    cpus_per_job: int | None = None
-    mem_gb: float | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    array_parallelism: int | None = None
-    setup: tuple[str, ...] = ()
-
-
-def timeout_minutes(text: str | int | float) -> int:
-    """SLURM time ``[D-]HH:MM:SS``, ``MM:SS`` or minutes as whole minutes (rounded up)."""
-    value = str(text).strip()
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
-    if not match:
-        raise InputError(f"--time {text!r}: use HH:MM:SS, D-HH:MM:SS or minutes, e.g. --time 24:00:00")
-    days, first, second, third = match.groups()
-    parts = [int(first)] + [int(p) for p in (second, third) if p is not None]
-    if len(parts) == 1 and days is None:
-        minutes = parts[0]  # plain minutes, as SLURM reads "--time 90"
-        seconds = 0
-    elif len(parts) == 1:
-        minutes, seconds = 60 * parts[0], 0  # D-HH
-    elif len(parts) == 2:
-        if days is None:
-            minutes, seconds = parts  # MM:SS
-        else:
-            minutes, seconds = 60 * parts[0] + parts[1], 0  # D-HH:MM
-    else:
-        minutes, seconds = 60 * parts[0] + parts[1], parts[2]
-    total = 24 * 60 * int(days or 0) + minutes + math.ceil(seconds / 60)
-    if total < 1:
-        raise InputError(f"--time {text!r} is shorter than a minute")
-    return total
-
-
-def slurm_parameters(request: ClusterRequest, name: str, jobs: int | None = None) -> dict:
-    """submitit's ``AutoExecutor.update_parameters`` arguments for ``request``: one task per grid
-    point with its GPUs, CPUs and time; at most ``jobs`` tasks of the array at once."""
-    if request.gpus_per_job < 0:
-        raise InputError(f"--gpus-per-job must be >= 0, got {request.gpus_per_job}")
-    parameters = {"name": f"sharpdiv-{name}", "timeout_min": timeout_minutes(request.time),
-                  "gpus_per_node": request.gpus_per_job, "tasks_per_node": 1, "nodes": 1,
-                  "slurm_signal_delay_s": 120}
-    if request.cpus_per_job:
-        parameters["cpus_per_task"] = request.cpus_per_job
-    if request.mem_gb:
-        parameters["mem_gb"] = request.mem_gb
-    for option in ("partition", "account", "qos", "constraint"):
-        if getattr(request, option):
-            parameters[f"slurm_{option}"] = getattr(request, option)
-    parallel = request.array_parallelism or jobs
-    if parallel:
-        parameters["slurm_array_parallelism"] = int(parallel)
-    if request.setup:
-        parameters["slurm_setup"] = list(request.setup)
-    return parameters
-
-
 def _visible_gpus() -> list[int]:
     import torch
 
@@ -1190,19 +1128,23 @@ def check_before_running(sweep: Sweep, data_path=None, *, trust_model_code: bool
             raise InputError(f"{sweep.source}: job {job.name}: {error}") from None
 
 
-def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local", jobs: int = 1, retries: int = 1,
-              cluster: ClusterRequest | None = None, data_path=None, device: str = "auto", wait: bool = True,
-              progress: bool = False, echo: Callable[[str], None] | None = None,
+def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local", jobs: int | None = None,
+              retries: int = 1, cluster: ClusterRequest | None = None, data_path=None, device: str = "auto",
+              wait: bool = True, progress: bool = False, echo: Callable[[str], None] | None = None,
               poll_seconds: float = 2.0, threads: int | None = None,
               trust_model_code: bool | None = None) -> SweepResult:
     """Run every job of ``sweep`` into ``root`` with ``executor`` (local, slurm or debug).
 
     ``jobs`` bounds how many run at once (local: processes, each on its own GPU when there are
-    several; slurm: the array's parallelism). ``threads``: torch threads of each local process on a CPU
-    (default: the usable cores shared out, ``cores // jobs``). Jobs that fail are submitted again up to ``retries``
-    times; each attempt redoes only the missing work. Jobs that read other jobs' run folders run in
-    dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a job
-    whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
+    several, default 1; slurm: the array's parallelism, default every task of it, as the scheduler
+    allows). ``threads``: torch threads of each local process on a CPU (default: the usable cores
+    shared out, ``cores // jobs``). Jobs that fail are submitted again up to ``retries`` times; each
+    attempt redoes only the missing work. SLURM tasks are followed through the queue
+    (:func:`ensembles.studies.slurm.watch`, every ``poll_seconds`` at first): one that leaves it
+    without its result has failed, even on a cluster without job accounting, and its failure names
+    its SLURM state, exit code and the end of its error log. Jobs that read other jobs' run folders
+    run in dependency waves (:attr:`Sweep.waves`), each wave as above (slurm: one array per wave); a
+    job whose run to read failed is skipped and reported. ``wait=False`` (slurm) submits the jobs whose
     runs to read are finished and returns; the others wait for the next call.
     ``trust_model_code`` (None: ``SHARPDIV_TRUST_MODEL_CODE``) lets models that name Python code be
     built, here and in every job. ``sharpdiv sweep run`` calls :func:`check_before_running` first,
@@ -1211,7 +1153,7 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     """
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    positive_int("--jobs", jobs)
+    positive_int("--jobs", jobs, optional=True)
     positive_int("--threads", threads, optional=True)
     positive_int("--retries", retries, minimum=0)
     if not sweep.jobs:
@@ -1231,7 +1173,13 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
     trusted = model_code_trusted(trust_model_code)
     root.mkdir(parents=True, exist_ok=True)
     say = echo or (lambda message: None)
-    say(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {root} ({executor} executor, {jobs} at once)")
+    if executor == "slurm":
+        at_once = "every task at once" if jobs is None else f"at most {jobs} tasks at once"
+    else:
+        jobs = jobs or 1
+        at_once = f"{jobs} at once"
+    say(f"sweep {sweep.name}: {len(sweep.jobs)} jobs into {root} ({executor} executor, {at_once})")
+    queue = slurm.Queue() if executor == "slurm" else None
 
     outcomes: dict[str, JobOutcome] = {}
     failures: dict[str, str] = {}
@@ -1242,7 +1190,7 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
         waiting = {job.name: tuple(need for need in job.needs if not _finished(root / need))
                    for job in sweep.jobs if job not in ready}
         _run_submitit(ready, root, sweep, data_path, device, executor, jobs, cluster, wait, say, job_ids,
-                      trusted)
+                      trusted, queue, poll_seconds)
         return SweepResult(outcomes=(), failures={}, job_ids=dict(job_ids), waited=False, waiting=waiting)
     waves = sweep.waves
     for number, wave in enumerate(waves, start=1):
@@ -1271,7 +1219,7 @@ def run_sweep(sweep: Sweep, root: str | os.PathLike, *, executor: str = "local",
                                                 job_ids, threads, trusted)
             else:
                 finished = _run_submitit(todo, root, sweep, data_path, device, executor, jobs, cluster, wait, say,
-                                         job_ids, trusted)
+                                         job_ids, trusted, queue, poll_seconds)
             todo = []
             for job in wave:
                 if job.name not in finished:
@@ -1348,13 +1296,13 @@ def _run_local_processes(todo, root, sweep, data_path, device, jobs, poll_second
 
 
 def _run_submitit(todo, root, sweep, data_path, device, executor_name, jobs, cluster, wait, say, job_ids,
-                  trusted=False):
+                  trusted=False, queue: slurm.Queue | None = None, poll_seconds: float = 2.0):
     """One submitit array over ``todo`` (SLURM), or submitit's debug executor in this process."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=root / SUBMITIT_DIR / sweep.name, cluster=executor_name)
     if executor_name == "slurm":
-        executor.update_parameters(**slurm_parameters(cluster or ClusterRequest(), sweep.name, jobs))
+        executor.update_parameters(**slurm_parameters(cluster or ClusterRequest(), sweep.name, jobs, len(todo)))
     handles = []
     with executor.batch():
         for job in todo:
@@ -1363,15 +1311,43 @@ def _run_submitit(todo, root, sweep, data_path, device, executor_name, jobs, clu
     for job, handle in handles:
         job_ids[job.name] = str(handle.job_id)
     if executor_name == "slurm":
-        say(f"submitted {len(handles)} job(s) to SLURM as array {handles[0][1].job_id.split('_')[0]} "
-            f"(logs in {root / SUBMITIT_DIR / sweep.name})")
+        queue = queue or slurm.Queue()
+        array = str(handles[0][1].job_id).split("_")[0]
+        submitted = f"array {array}" if len(handles) > 1 else f"job {array}"  # submitit submits one job alone
+        say(f"submitted {len(handles)} job(s) to SLURM as {submitted} (logs in {root / SUBMITIT_DIR / sweep.name})")
+        first = queue.accounting is None
+        problem = queue.accounting_problem(array)
+        if first and problem:
+            say(f"SLURM job accounting is unavailable (sacct: {problem}); following the tasks through the queue "
+                "(squeue) instead: a task that leaves it without its result counts as failed")
     if not wait:
         return None
+    if executor_name == "slurm":
+        return _follow_slurm(handles, queue, poll_seconds, say)
     finished = {}
     for job, handle in handles:
         finished[job.name] = _collect(handle)
         outcome, error = finished[job.name]
         say("  " + (outcome.line() if outcome else f"{job.name}: failed"))
+    return finished
+
+
+def _follow_slurm(handles, queue: slurm.Queue, poll_seconds: float, say) -> dict:
+    """Each SLURM task's outcome, or its failure (state, exit code, end of its error log), as it ends."""
+    by_name = {job.name: handle for job, handle in handles}
+    tasks = {name: (str(handle.job_id), handle.paths.result_pickle) for name, handle in by_name.items()}
+    finished = {}
+    for name, end in slurm.watch(tasks, queue, poll_seconds=poll_seconds, echo=say):
+        handle = by_name[name]
+        task = str(handle.job_id)
+        if end is None:  # its result is there: what it returned, or the error it raised
+            outcome, error = _collect(handle)
+            if error is not None:
+                error = slurm.failure(task, queue.ended(task, settle=10.0), handle.paths.stderr, error)
+        else:  # it left the queue without a result: killed, cancelled, its node lost
+            outcome, error = None, slurm.failure(task, end, handle.paths.stderr)
+        finished[name] = (outcome, error)
+        say("  " + (outcome.line() if outcome else f"{name}: failed"))
     return finished
 
 
