@@ -344,7 +344,8 @@ def plot_severity(results: pd.DataFrame, directory: str | os.PathLike, *, group_
         for ax in (accuracy_ax, eir_ax):
             ax.set_xlabel("Corruption severity (0 = clean test data)")
             ax.set_xticks(range(0, 6))
-            ax.legend(title=group_by, fontsize="small")
+            if ax.get_legend_handles_labels()[0]:  # one-member runs have no EIR curve to name
+                ax.legend(title=group_by, fontsize="small")
         accuracy_ax.set_ylabel("Accuracy (%)")
         accuracy_ax.set_title("Accuracy against corruption severity")
         eir_ax.set_ylabel("Ensemble improvement rate (EIR)")

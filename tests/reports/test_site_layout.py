@@ -171,8 +171,11 @@ def test_a_zoo_leads_with_the_rank_correlations_of_its_members(tmp_path):
     assert report.page.title == CORRELATION_TITLE and _keys(report)[0] == "correlation"
     blocks = _section(report, "correlation").blocks
     assert "strongest rank correlation" in blocks[0].text and blocks[0].figures
-    member_tables = [table for block in blocks for table in block.tables]
-    assert len(member_tables) == 1 and "one point per member" in member_tables[0].title
+    tables = [table for block in blocks for table in block.tables]
+    # the per-member τ/ψ table (one-member runs: no per-ensemble one), then how each measure moves
+    # with each setting alone
+    assert len(tables) == 2 and "one point per member" in tables[0].title
+    assert tables[1].title.startswith("How each measure and target moves with each setting alone")
     assert "tradeoff" not in _keys(report)  # one-member runs have no diversity, and nothing asks for one
     assert not any("der" in note or "trade-off" in note for note in report.page.notes + report.page.not_measured)
     assert _section(report, "correlation").title != report.page.title  # the question once, as the page's title
