@@ -34,24 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import slurm_cluster  # noqa: E402
+from slurm_cluster import ONE, TWO  # noqa: E402  (the cluster tests' sweeps)
 
-TWO = """
-name = "two"
-[base]
-dataset = "digits"
-model = "small_cnn"
-width = 4
-seeds = [3, 4]
-epochs = 6
-batch_size = 32
-keep = "last"
-[grid]
-method = ["sgd", "sam"]
-rho = [0.05]
-[measure.evaluate]
-corruptions = "none"
-"""
-ONE = TWO.replace('method = ["sgd", "sam"]', 'method = ["sgd"]')
 # Over a minute of training on one thread of this machine: a one-minute limit must bite.
 LONG = ONE.replace("epochs = 6", "epochs = 200")
 

@@ -263,3 +263,25 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except (ProcessLookupError, FileNotFoundError):
         return False
+
+
+# Two grid points, small enough for a CPU test, long enough (12 member-epochs each) that a task
+# interrupted after its first epoch checkpoint is interrupted in the middle of its training.
+TWO = """
+name = "two"
+[base]
+dataset = "digits"
+model = "small_cnn"
+width = 4
+seeds = [3, 4]
+epochs = 6
+batch_size = 32
+keep = "last"
+[grid]
+method = ["sgd", "sam"]
+rho = [0.05]
+[measure.evaluate]
+corruptions = "none"
+"""
+# The same SGD grid point alone (same run folder name, same ensemble).
+ONE = TWO.replace('method = ["sgd", "sam"]', 'method = ["sgd"]')

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-from click.testing import CliRunner
 
-import cli
 from ensembles.runs.checkpoint_import import import_checkpoints
 
 from imported_runs import checkpoint, evaluate, import_args
-from tiny_runs import files_under, one_error_line
+from tiny_runs import files_under, invoke, one_error_line
 
 
 @pytest.fixture
@@ -24,10 +22,6 @@ def checkpoints(tmp_path):
 @pytest.fixture
 def run(tmp_path, checkpoints):
     return import_checkpoints(tmp_path / "run", checkpoints, model="small_cnn", num_classes=10, dataset="digits")
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------------------------

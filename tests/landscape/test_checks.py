@@ -25,17 +25,7 @@ from landscape.errors import InputError
 from landscape.hvp import LossHessian
 from landscape.theory import QuadraticSetting
 from reports.correlation import rank_correlations
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def tiny_batches(count=2, size=4, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
-             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
+from tiny_networks import tiny_batches, tiny_model
 
 
 def same(first, second):

@@ -21,6 +21,7 @@ from landscape.connectivity import (barrier_matrix, evenly_spaced_alphas, interp
                                     loss_barrier, plane, random_directions, random_directions_slice,
                                     recompute_batchnorm_statistics)
 from landscape.errors import InputError
+from tiny_networks import tiny_batches, tiny_model
 
 DTYPE = torch.float64
 
@@ -360,17 +361,6 @@ def test_bad_input_is_named():
     with pytest.raises(InputError, match="scalar"):
         interpolate(first, second, lambda outputs, targets: F.cross_entropy(outputs, targets, reduction="none"),
                     data)
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def tiny_batches(count=2, size=4, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
-             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
 
 
 def same(first, second):

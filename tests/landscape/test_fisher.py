@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from landscape import fisher
 from landscape.errors import InputError
 from landscape.fisher import per_sample_fisher_trace
+from tiny_networks import tiny_batches, tiny_model
 
 DTYPE = torch.float64
 
@@ -252,17 +253,6 @@ def test_batch_norm_without_running_statistics_is_not_treated_as_per_sample(monk
     with pytest.raises(InputError, match="unknown method|must be one of"):
         per_sample_fisher_trace(model, F.cross_entropy, (torch.zeros(2, 4, dtype=DTYPE), torch.zeros(2, dtype=torch.long)),
                                 method="ghost")
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def tiny_batches(count=2, size=4, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
-             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
 
 
 def test_fisher_takes_its_settings_by_keyword():

@@ -14,6 +14,7 @@ from landscape.errors import InputError
 from landscape.hessian import hessian_eigenvalues, hessian_spectral_density, hessian_trace
 
 from dense_hessians import exact_hessian
+from tiny_networks import tiny_batches, tiny_model
 
 DTYPE = torch.float64
 
@@ -350,17 +351,6 @@ def test_eigenvalues_agree_with_pyhessian_power_iteration(problem):
     ours = hessian_eigenvalues(model, F.cross_entropy, [(inputs, targets)], k=3,
                                generator=torch.Generator().manual_seed(21))
     assert np.allclose(ours.eigenvalues.numpy(), theirs, rtol=1e-5)
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def tiny_batches(count=2, size=4, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
-             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
 
 
 def test_hessian_takes_its_settings_by_keyword_and_records_them():

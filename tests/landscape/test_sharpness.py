@@ -22,6 +22,7 @@ from landscape import sharpness
 from landscape.errors import InputError, NonFiniteError
 from landscape.sharpness import (SharpnessResult, apgd_checkpoints, average_case_sharpness, select_parameters,
                                  worst_case_sharpness)
+from tiny_networks import tiny_batches, tiny_model
 
 DOUBLE = torch.float64
 ROUNDING = 1e-9  # relative slack for "never above the true maximum"
@@ -464,17 +465,6 @@ def test_bad_input_is_reported_clearly():
         worst_case_sharpness(model, F.cross_entropy, batches, -1.0)
     with pytest.raises(InputError, match="no batches"):
         worst_case_sharpness(model, F.cross_entropy, [], 0.1)
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def tiny_batches(count=2, size=4, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, generator=generator, dtype=torch.float64),
-             torch.randint(0, 2, (size,), generator=generator)) for _ in range(count)]
 
 
 # -- one calling convention: members, loss, data by position; every setting by keyword ------------

@@ -17,7 +17,7 @@ from reports.site import write_report
 
 import results_fixtures as fixtures
 from measured_runs import CONNECTIVITY, barrier_rows, make_seeded_run
-from tiny_runs import one_error_line
+from tiny_runs import invoke, one_error_line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,10 +177,6 @@ def test_report_of_a_glob_skips_entries_that_are_not_runs(tmp_path):
                                                "--out", str(tmp_path / "none")])
     assert only_files.exit_code == 2 and "none of the 2 paths" in only_files.stderr
     assert "Traceback" not in only_files.output
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def test_report_shows_barriers_before_and_after_alignment_next_to_der_and_eir(tmp_path):

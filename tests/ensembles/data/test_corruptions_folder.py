@@ -12,6 +12,7 @@ from ensembles.data import datasets
 from ensembles.data.corruptions import corrupt
 
 from disk_layouts import write_image_folder
+from tiny_runs import invoke
 
 
 def stored_pixels(dataset):
@@ -65,10 +66,6 @@ def test_unknown_corruption_exits_2(tmp_path):
                                            "--corruptions", "snowstorm"])
     assert result.exit_code == 2 and "snowstorm" in result.output
     assert not (tmp_path / "digits-C").exists()
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 # ----------------------------------------------------------------------------------------------

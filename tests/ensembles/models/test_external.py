@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-import cli
 from ensembles.runs import run_folder
+from tiny_runs import invoke
 
 
 ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
@@ -19,10 +18,6 @@ SMALL_BUDGETS = {
     "sharpness": ("--batch-size", 4, "--n-batches", 2, "--n-iters", 2),
     "hessian": ("--n-examples", 8, "--batch-size", 4, "--n-probes", 1),
 }
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def ok(*arguments):

@@ -3,21 +3,16 @@ equal a hand-normalised forward, and a run that normalises inside the model gets
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
-import cli
 import landscape.hessian
 from ensembles.data import datasets
 from ensembles.models import zoo
 from ensembles.models.inputs import ModelInput
 from ensembles.runs import run_folder
+from tiny_runs import invoke
 
 
 ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def ok(*arguments):

@@ -6,13 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 from torch.func import functional_call, grad, vmap
 
-import cli
 from ensembles.models import zoo
 from ensembles.models.zoo import MODEL_NAMES, build, load_weights, parameter_count
 from landscape.errors import InputError
+from tiny_runs import invoke
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -547,10 +546,6 @@ def test_a_whole_checkpoint_or_non_tensors_are_refused_with_the_fix():
         load_weights(model, {"layers.0.weight": torch.zeros(3, 6), "layers.0.bias": [0.0, 0.0, 0.0]})
     with pytest.raises(InputError, match="mapping"):
         load_weights(model, [torch.zeros(3, 6)])
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def test_timm_defaults_come_from_its_data_config():

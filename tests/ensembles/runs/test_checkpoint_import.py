@@ -20,7 +20,7 @@ from ensembles.runs.checkpoint_import import import_checkpoints
 from landscape.errors import InputError
 
 from imported_runs import checkpoint, import_args
-from tiny_runs import one_error_line, refused
+from tiny_runs import invoke, one_error_line, refused
 
 
 def reference_network(seed):
@@ -157,10 +157,6 @@ def test_import_refuses_an_unknown_dataset(tmp_path):
 @pytest.fixture
 def checkpoints(tmp_path):
     return [checkpoint(tmp_path / f"m{i}.pt", i) for i in range(2)]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from click.testing import CliRunner
 
-import cli
 from ensembles.data import datasets
 from ensembles.runs import logit_cache
 from ensembles.runs.checkpoint_import import import_checkpoints
@@ -17,7 +15,7 @@ from ensembles.runs.logit_cache import DataSlice, cache_folder
 from disk_layouts import write_cifar10
 from imported_runs import checkpoint, evaluate
 from measured_runs import make_linear_run, member_accuracy, stored_rows
-from tiny_runs import one_error_line
+from tiny_runs import invoke, one_error_line
 
 
 @pytest.fixture
@@ -28,10 +26,6 @@ def checkpoints(tmp_path):
 @pytest.fixture
 def run(tmp_path, checkpoints):
     return import_checkpoints(tmp_path / "run", checkpoints, model="small_cnn", num_classes=10, dataset="digits")
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 def test_a_folder_where_a_cache_file_belongs_is_one_line(run):

@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
-import cli
 from ensembles.data import datasets
 from ensembles.models.zoo import build
 from ensembles.runs import run_folder
@@ -23,7 +21,7 @@ from landscape.errors import InputError
 import results_fixtures as fixtures
 from imported_runs import checkpoint, evaluate
 from measured_runs import LINEAR_INPUT_SIZE, SHARPNESS, make_linear_run, make_run as make_digits_run
-from tiny_runs import one_error_line, refused
+from tiny_runs import invoke, one_error_line, refused
 
 MLP_ARGS = {"input_size": 12, "hidden": [8]}
 
@@ -234,10 +232,6 @@ def checkpoints(tmp_path):
 @pytest.fixture
 def run(tmp_path, checkpoints):
     return import_checkpoints(tmp_path / "run", checkpoints, model="small_cnn", num_classes=10, dataset="digits")
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from landscape.errors import InputError
 
 from disk_layouts import write_cifar10, write_cifar_c
 from measured_runs import LINEAR_INPUT_SIZE, make_linear_run, member_accuracy, stored_rows
+from tiny_runs import invoke
 
 N_CLASSES = 10
 SIDE = 32
@@ -508,10 +509,6 @@ def test_the_train_split_is_evaluated_only_when_asked_and_without_augmentation()
     assert chosen[0].load().augment is False
     with pytest.raises(InputError, match="--splits"):
         evaluation.evaluation_slices("digits", corruptions="none", splits="train,holdout")
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from landscape import robustness
 from landscape.ensemble import combine as combine_members
 
 from disk_layouts import write_image_folder
+from tiny_runs import invoke
 
 N_CLASSES = 4   # few classes: the targeted attack tries C − 1 targets
 SIDE = 8
@@ -212,10 +213,6 @@ def test_an_unknown_attack_is_named_with_the_choices(setting, loads):
 
 
 ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def ok(*arguments):

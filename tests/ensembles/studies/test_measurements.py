@@ -32,15 +32,11 @@ from reports.collect import SharpnessSpec, collect, sharpness_per_run
 from disk_layouts import write_cifar10
 from measured_runs import (LINEAR_INPUT_SIZE, SHARPNESS, counting, documented_batches, first_member, make_linear_run,
                            make_run, stored_rows)
+from tiny_runs import invoke
 
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("runs") / "cnn")
-
-
-def invoke(*arguments):
-    result = CliRunner().invoke(cli.main, [str(a) for a in arguments])
-    return result
 
 
 def ok(*arguments):

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
-import cli
 import landscape.alignment
 import landscape.connectivity
 from ensembles.data import datasets
@@ -20,6 +18,7 @@ from landscape.alignment import apply_permutation
 
 from measured_runs import CONNECTIVITY, barrier_rows, make_seeded_run
 from permuted_models import shuffle
+from tiny_runs import invoke
 
 
 def images(seed, count=16, size=32):
@@ -27,10 +26,6 @@ def images(seed, count=16, size=32):
 
 
 # ------------------------------------------------------------------- a timm model, end to end
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 TIMM_OPTIONS = ("--n-examples", 20, "--alphas", 3, "--bn-examples", 40, "--batch-size", 20, "--seed", 1, "--device", "cpu")

@@ -6,9 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli
 import landscape.connectivity
 import landscape.fisher
 import landscape.hessian
@@ -17,14 +15,10 @@ from ensembles.runs import run_folder
 from ensembles.studies.measurements import fisher_path
 
 from measured_runs import SHARPNESS, make_run
-from tiny_runs import refused
+from tiny_runs import invoke, refused
 
 
 MLP = {"input_size": 3 * 32 * 32, "hidden": [6]}
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def scopes_of(path, metric_prefix=""):

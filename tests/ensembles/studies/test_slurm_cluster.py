@@ -20,31 +20,11 @@ from click.testing import CliRunner
 
 import cli
 import slurm_cluster
+from slurm_cluster import ONE, TWO
 from ensembles.runs import run_folder
 from ensembles.studies import slurm, sweep
 
 ROOT = Path(__file__).resolve().parents[3]
-
-# Two grid points, small enough for a CPU test, long enough (12 member-epochs each) that a task
-# interrupted after its first epoch checkpoint is interrupted in the middle of its training.
-TWO = """
-name = "two"
-[base]
-dataset = "digits"
-model = "small_cnn"
-width = 4
-seeds = [3, 4]
-epochs = 6
-batch_size = 32
-keep = "last"
-[grid]
-method = ["sgd", "sam"]
-rho = [0.05]
-[measure.evaluate]
-corruptions = "none"
-"""
-# The same SGD grid point alone (same run folder name, same ensemble).
-ONE = TWO.replace('method = ["sgd", "sam"]', 'method = ["sgd"]')
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from ensembles.training.trainer import (TrainingSettings, accuracy, learning_rat
 from landscape.errors import InputError
 
 from killed_training import assert_identical, member_weights, train_until_killed, training_states
-from tiny_runs import one_line_refusal
+from tiny_runs import invoke, one_line_refusal
 
 # Two tiny members on 96 digits: three epochs, selections after epochs 1 and 2.
 TINY = TrainingSettings(dataset="digits", model="small_cnn", width=4, method="sharpbalance", seeds=(3, 5),
@@ -527,10 +527,6 @@ def test_resume_refuses_the_flags_it_would_ignore(best_run):
 
 
 ONE_TINY_EPOCH = ("--epochs", 1, "--seeds", 1, "--train-samples", 16, "--batch-size", 8, "--device", "cpu")
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(cli.main, [str(a) for a in arguments])
 
 
 def ok(*arguments):
