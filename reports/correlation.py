@@ -437,11 +437,12 @@ def zoo_points(results: pd.DataFrame, runs: pd.DataFrame, *, of: str = "members"
         frames.append(frame.assign(member=member))
     points = pd.concat(frames) if frames else pd.DataFrame()
     points.index.name = "path"
-    # in the order of the runs' folder names, not of the paths given: the bootstrap resamples by
-    # position, so its interval must not depend on the order (or the parent folder) of the runs
+    # in the order of the runs' folder names (then whole paths, for two runs of one name), not of the
+    # paths given: the bootstrap resamples by position, so its interval must not depend on the order
+    # (or the parent folder) of the runs
     points = points.reset_index()
-    points = (points.assign(order=points["path"].map(lambda path: Path(str(path)).name))
-              .sort_values(["order", "member"], kind="stable").drop(columns="order").reset_index(drop=True))
+    points = (points.assign(order=points["path"].map(lambda path: Path(str(path)).name), full=points["path"].map(str))
+              .sort_values(["order", "full", "member"]).drop(columns=["order", "full"]).reset_index(drop=True))
     for axis in axes:
         points[axis] = points["path"].map(settings[RUN_PREFIX + axis])
     targets = [name for name in points.columns if name in TARGETS or name.startswith("ood_error/s")]

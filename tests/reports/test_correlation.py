@@ -258,6 +258,10 @@ def test_the_points_do_not_depend_on_the_order_or_the_folder_of_the_runs(tmp_pat
     other = zoo_points(collect(moved), run_table(moved)).points
     assert [Path(p).name for p in given["path"]] == [Path(p).name for p in other["path"]]
     pd.testing.assert_frame_equal(given.drop(columns="path"), other.drop(columns="path"))
+    # two runs of one folder name in different folders: ordered by their whole paths, whatever the order given
+    both = [paths[0], moved[-1]]
+    assert zoo_points(collect(both), run_table(both)).points["path"].tolist() == \
+        zoo_points(collect(both[::-1]), run_table(both[::-1])).points["path"].tolist()
 
 
 def test_report_over_fewer_than_five_models_says_why_there_is_no_section(tmp_path):
